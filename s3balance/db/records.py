@@ -1,0 +1,115 @@
+"""Plain, immutable rows handed out of the database thread.
+
+Rows are materialised inside the DB thread into these dataclasses so that nothing lazy (no ORM
+object, no open cursor) ever crosses to the reactor thread.  Times are float seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BucketRecord:
+    """A virtual bucket clients see."""
+
+    name: str
+    created_at: float
+    #: Declared in the configuration (as opposed to created through the S3 API).
+    from_config: bool = False
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where one copy of an object's bytes lives."""
+
+    backend: str
+    real_key: str
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """A visible object of a virtual bucket."""
+
+    bucket: str
+    key: str
+    size: int
+    #: Quoted, as S3 returns it: ``'"<md5>"'`` or ``'"<md5>-<n>"'``.
+    etag: str
+    last_modified: float
+    #: Stored headers (``content-type``...), lower-case names.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: User metadata without the ``x-amz-meta-`` prefix, lower-case names.
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: ``x-amz-checksum-<algo>`` values, lower-case names.
+    checksums: dict[str, str] = field(default_factory=dict)
+    #: Sizes of the parts, in order, for an object made by multipart upload; empty otherwise.
+    part_sizes: tuple[int, ...] = ()
+    locations: tuple[Location, ...] = ()
+
+
+@dataclass(frozen=True)
+class ObjectPage:
+    """One page of a listing, with the delimiter already applied."""
+
+    objects: list[ObjectRecord]
+    common_prefixes: list[str]
+    is_truncated: bool
+    #: The last key or common prefix returned; where the next page starts (exclusive).
+    next_marker: str | None
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A multipart upload in progress."""
+
+    #: Our own opaque id, the only one clients see.
+    upload_id: str
+    bucket: str
+    key: str
+    backend: str
+    real_key: str
+    #: The backend's id for the same upload; never shown to clients.
+    backend_upload_id: str
+    initiated: float
+    headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    upload_id: str
+    part_number: int
+    etag: str
+    size: int
+    last_modified: float
+
+
+@dataclass(frozen=True)
+class UploadPage:
+    uploads: list[UploadRecord]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_key_marker: str | None
+    next_upload_id_marker: str | None
+
+
+@dataclass(frozen=True)
+class BackendUsage:
+    """Bytes s3balance placed on a backend: visible objects plus parts of uploads in progress."""
+
+    backend: str
+    used_bytes: int
+    object_count: int
+
+
+@dataclass(frozen=True)
+class OperationCounts:
+    """Class A / class B operations (and bytes) of one backend in one calendar month."""
+
+    backend: str
+    month: str  # "YYYY-MM"
+    class_a: int
+    class_b: int
+    bytes_in: int = 0
+    bytes_out: int = 0
