@@ -1,0 +1,29 @@
+"""Build the right backend adapter for a ``buckets[]`` entry."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.web.client import HTTPConnectionPool
+
+from s3balance.backends.interface import IBackend
+from s3balance.config import BucketConfig
+
+
+def make_backend(
+    config: BucketConfig, reactor: Any, data_dir: str, http_pool: HTTPConnectionPool
+) -> IBackend:
+    """A local-directory backend when ``path`` is set, an S3 backend otherwise.
+
+    Relative local paths are taken from ``data_dir`` so the embedded default works from any
+    working directory the operator chooses.
+    """
+    if config.path is not None:
+        from s3balance.backends.local import LocalDirectoryBackend
+
+        root = config.path if os.path.isabs(config.path) else os.path.join(data_dir, config.path)
+        return LocalDirectoryBackend(config.name, root, reactor, max_size=config.max_size)
+    from s3balance.backends.s3 import S3Backend
+
+    return S3Backend.from_config(config, reactor, http_pool)

@@ -1,0 +1,96 @@
+"""``twistd s3balance``: command-line options and the service they build.
+
+Everything a bad configuration can break is checked in :meth:`Options.postOptions`, before any
+port is bound or any file written, so a wrong file makes twistd exit non-zero with one line per
+problem.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorCore
+from twisted.python import usage
+
+from s3balance.config import Config
+from s3balance.configfile import ConfigError, default_config, load_config
+
+DEFAULT_CONFIG_PATH = os.path.join("etc", "s3balance.yaml")
+
+
+class Options(usage.Options):
+    """Options of ``twistd s3balance``, in the manner of ``twistd web``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve an S3 API whose virtual buckets are spread over many real buckets. "
+        f"Without --config, {DEFAULT_CONFIG_PATH} is used when it exists, else an embedded "
+        "default (SQLite and two local directories under ./data)."
+    )
+    optParameters = [
+        ["config", "c", None, "The YAML configuration file."],
+        ["data-dir", None, None, "Overrides the configuration's data_dir."],
+    ]
+    optFlags = [
+        ["check-config", None, "Validate the configuration, print it (secrets masked) and exit."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """An endpoint to listen on (repeatable), e.g. tcp:8080:interface=127.0.0.1;
+        overrides server.host/port."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+            path = DEFAULT_CONFIG_PATH
+        try:
+            if path is None:
+                loaded = default_config(self["data-dir"] or "data")
+            else:
+                loaded = load_config(path)
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration {path}:\n{e}") from None
+        except OSError as e:
+            raise usage.UsageError(f"cannot read configuration {path}: {e.strerror}") from None
+        if self["data-dir"]:
+            loaded.data_dir = self["data-dir"]
+        self["config_path"] = path
+        self["loaded"] = loaded
+        if not self["listen"]:
+            server = loaded.server
+            host = server.host.replace(":", "\\:")
+            self["listen"] = [f"tcp:{server.port}:interface={host}"]
+        if self["check-config"]:
+            import yaml
+
+            from s3balance.configfile import config_to_dict
+
+            print(yaml.safe_dump(config_to_dict(loaded, mask_secrets=True), sort_keys=False))
+            raise SystemExit(0)
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
+    """Build the whole daemon; twistd starts it, tests may too (with their own reactor)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    assert IReactorCore.providedBy(reactor)
+    from s3balance.app import S3BalanceService
+
+    config: Config = options["loaded"]
+    return S3BalanceService(
+        config,
+        reactor=reactor,
+        listen=list(options["listen"]),
+        config_path=options.get("config_path"),
+    )

@@ -1,0 +1,44 @@
+"""Real servers for tests (SeaweedFS, moto) and small helpers shared by every test module.
+
+Servers are started once per test process (:func:`shared_seaweedfs`, :func:`shared_moto`) because
+SeaweedFS needs seconds to start; tests isolate themselves with :func:`unique_bucket_name`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import uuid
+
+_bucket_counter = itertools.count()
+
+
+def unique_bucket_name(prefix: str = "t") -> str:
+    """A bucket name valid for S3 (3-63 chars, lower-case) and unique across processes and runs."""
+    base = "".join(c for c in prefix.lower() if c.isalnum() or c == "-").strip("-") or "t"
+    name = f"{base[:30]}-{os.getpid()}-{next(_bucket_counter)}-{uuid.uuid4().hex[:8]}"
+    return name[:63]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback TCP ports that were free a moment ago.
+
+    All sockets are held open until every port is chosen, so the ports are distinct; another
+    process may still grab one before the caller binds it (callers retry a failed start).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    """One loopback TCP port that was free a moment ago."""
+    return free_ports(1)[0]
