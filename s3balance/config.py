@@ -27,7 +27,7 @@ class ServerConfig:
 class DatabaseConfig:
     type: str = "sqlite"
     #: As written in the file: a SQLAlchemy URL, a Go DSN, or (SQLite) a file path.
-    dsn: str = "data/s3balance.db"
+    dsn: str = "s3balance.db"
     max_open_conns: int = 25
     max_idle_conns: int = 5
     conn_max_lifetime: float = 300.0
@@ -62,7 +62,7 @@ class BucketConfig:
     operation_limits: OperationLimits = field(default_factory=OperationLimits)
     #: *ours*: the bucket's name on the service when it differs from ``name``.
     bucket: str | None = None
-    #: *ours*: a local directory instead of an S3 endpoint.
+    #: *ours*: a local directory instead of an S3 endpoint; relative to ``data_dir``.
     path: str | None = None
     #: *ours*: a CA bundle file for a private endpoint's TLS certificate.
     ca_bundle: str | None = None
