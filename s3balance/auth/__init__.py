@@ -1,0 +1,1 @@
+"""S3 request authentication: SigV4 (header, presigned, aws-chunked), SigV2, scoped keys."""

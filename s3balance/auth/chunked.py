@@ -1,0 +1,307 @@
+"""Body filters that verify a payload while it streams: plain SHA-256 and aws-chunked framing.
+
+Both implement the front's ``BodyFilter`` protocol structurally (``feed``/``finish``).  The
+aws-chunked decoder is an incremental state machine: input may be split at any byte, only the
+current framing line is ever buffered (bounded), and chunk data passes straight through, so
+memory stays flat whatever the object size.  Framing never reaches the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from enum import Enum
+
+from s3balance import errors
+from s3balance.auth import sigv4
+from s3balance.auth.checksums import SUPPORTED_CHECKSUMS, RunningChecksum, new_checksum
+from s3balance.errors import S3Error
+
+#: Longest framing line (chunk header or trailer) we buffer before giving up.
+MAX_LINE = 4096
+#: Most trailer lines we accept.
+MAX_TRAILERS = 16
+#: Largest single chunk; S3's own objects parts are at most 5 GiB.
+MAX_CHUNK_SIZE = 5 * 1024**3
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+class Sha256PayloadVerifier:
+    """Pass the body through unchanged; at the end, compare its SHA-256 to the signed one."""
+
+    def __init__(self, expected_hex: str) -> None:
+        self._expected = expected_hex.lower()
+        self._hash = hashlib.sha256()
+
+    def feed(self, data: bytes) -> bytes:
+        self._hash.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        computed = self._hash.hexdigest()
+        if not hmac.compare_digest(computed, self._expected):
+            raise errors.XAmzContentSHA256Mismatch(
+                ClientComputedContentSHA256=self._expected,
+                S3ComputedContentSHA256=computed,
+            )
+        return b""
+
+
+@dataclass(frozen=True)
+class ChunkSigner:
+    """What chunk-signature verification needs from the request's header signature.
+
+    :param key: the SigV4 signing key of the request's scope.
+    :param timestamp: the request's ``X-Amz-Date`` (as signed).
+    :param scope: ``date/region/s3/aws4_request``.
+    :param seed_signature: the request's own signature, which the first chunk chains to.
+    """
+
+    key: bytes = field(repr=False)
+    timestamp: str
+    scope: str
+    seed_signature: str
+
+    def chunk_signature(self, previous: str, chunk_sha256_hex: str) -> str:
+        return sigv4.sign(
+            self.key,
+            sigv4.chunk_string_to_sign(self.timestamp, self.scope, previous, chunk_sha256_hex),
+        )
+
+    def trailer_signature(self, previous: str, trailer_sha256_hex: str) -> str:
+        return sigv4.sign(
+            self.key,
+            sigv4.trailer_string_to_sign(self.timestamp, self.scope, previous, trailer_sha256_hex),
+        )
+
+
+class _State(Enum):
+    CHUNK_HEADER = "chunk header"
+    DATA = "chunk data"
+    DATA_END = "CRLF after chunk data"
+    TRAILER = "trailer"
+    DONE = "done"
+
+
+def _malformed(detail: str) -> S3Error:
+    return errors.InvalidRequest(f"Malformed aws-chunked body: {detail}.")
+
+
+class AwsChunkedDecoder:
+    """Strip aws-chunked framing, verifying chunk signatures, trailer checksum and length.
+
+    :param signed_chunks: every chunk header carries ``chunk-signature=`` (the
+        ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`` modes).
+    :param trailer: the body ends with trailing headers (the ``-TRAILER`` modes).
+    :param signer: verifies chunk and trailer signatures; ``None`` parses them without checking
+        (auth disabled and the key unknown).
+    :param expected_trailer: the checksum header named by ``x-amz-trailer``, lower-case; it must
+        arrive and match.
+    :param decoded_length: ``x-amz-decoded-content-length``; the payload must be exactly that long.
+    """
+
+    def __init__(
+        self,
+        *,
+        signed_chunks: bool,
+        trailer: bool,
+        signer: ChunkSigner | None = None,
+        expected_trailer: str | None = None,
+        decoded_length: int | None = None,
+    ) -> None:
+        self._signed_chunks = signed_chunks
+        self._trailer_mode = trailer
+        self._signer = signer
+        self._expected_trailer = expected_trailer.lower() if expected_trailer else None
+        self._decoded_length = decoded_length
+        self._checksum: RunningChecksum | None = None
+        if self._expected_trailer is not None:
+            try:
+                self._checksum = new_checksum(self._expected_trailer)
+            except KeyError:
+                raise errors.InvalidRequest(
+                    f"The value specified in the x-amz-trailer header is not supported: "
+                    f"{self._expected_trailer}"
+                ) from None
+        self._state = _State.CHUNK_HEADER
+        self._line = bytearray()
+        self._remaining = 0
+        self._crlf_seen = 0
+        self._chunk_hash = hashlib.sha256()
+        self._chunk_signature = ""
+        self._previous_signature = signer.seed_signature if signer else ""
+        self._total = 0
+        self._trailer_lines: list[tuple[str, str]] = []
+        #: Trailing headers received (lower-case names), complete once :meth:`finish` passed.
+        self.trailers: dict[str, str] = {}
+
+    @property
+    def decoded_total(self) -> int:
+        """Payload bytes passed through so far."""
+        return self._total
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        view = memoryview(data)
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self._state
+            if state is _State.DATA:
+                take = min(self._remaining, end - pos)
+                piece = bytes(view[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                self._pass_data(piece)
+                out.append(piece)
+                if self._remaining == 0:
+                    self._state = _State.DATA_END
+                    self._crlf_seen = 0
+            elif state is _State.DATA_END:
+                expected = b"\r\n"[self._crlf_seen]
+                if data[pos] != expected:
+                    raise _malformed("chunk data is not followed by CRLF")
+                pos += 1
+                self._crlf_seen += 1
+                if self._crlf_seen == 2:
+                    self._end_of_chunk()
+                    self._state = _State.CHUNK_HEADER
+            elif state is _State.DONE:
+                raise _malformed("data after the final chunk")
+            else:
+                newline = data.find(b"\n", pos)
+                stop = end if newline < 0 else newline
+                if len(self._line) + (stop - pos) > MAX_LINE:
+                    raise _malformed(f"a framing line is longer than {MAX_LINE} bytes")
+                self._line += view[pos:stop]
+                if newline < 0:
+                    pos = end
+                    continue
+                pos = newline + 1
+                if not self._line.endswith(b"\r"):
+                    raise _malformed("a framing line does not end with CRLF")
+                line = bytes(self._line[:-1])
+                self._line.clear()
+                if state is _State.CHUNK_HEADER:
+                    self._chunk_header(line)
+                else:
+                    self._trailer_line(line)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._state is not _State.DONE:
+            raise errors.IncompleteBody(
+                f"The aws-chunked body ended early (in the {self._state.value})."
+            )
+        return b""
+
+    # -- framing steps -------------------------------------------------------------------------
+
+    def _pass_data(self, piece: bytes) -> None:
+        self._total += len(piece)
+        if self._decoded_length is not None and self._total > self._decoded_length:
+            raise errors.IncompleteBody(
+                "The aws-chunked body carries more data than x-amz-decoded-content-length "
+                f"({self._decoded_length})."
+            )
+        if self._signed_chunks:
+            self._chunk_hash.update(piece)
+        if self._checksum is not None:
+            self._checksum.update(piece)
+
+    def _chunk_header(self, line: bytes) -> None:
+        size_field, _, extensions = line.partition(b";")
+        size_field = size_field.strip()
+        if not size_field or len(size_field) > 16 or not set(size_field) <= _HEX_DIGITS:
+            raise _malformed("invalid chunk size")
+        size = int(size_field, 16)
+        if size > MAX_CHUNK_SIZE:
+            raise _malformed("chunk size too large")
+        signature = ""
+        for extension in extensions.split(b";") if extensions else []:
+            name, _, value = extension.strip().partition(b"=")
+            if name == b"chunk-signature":
+                signature = value.decode("ascii", "replace")
+        if self._signed_chunks:
+            if len(signature) != 64:
+                raise errors.SignatureDoesNotMatch("A chunk-signature is missing or malformed.")
+            self._chunk_signature = signature
+            self._chunk_hash = hashlib.sha256()
+        if size == 0:
+            self._final_chunk()
+        else:
+            self._remaining = size
+            self._state = _State.DATA
+
+    def _end_of_chunk(self) -> None:
+        """Verify the chunk just read: fail as early as the bad chunk, before more data passes."""
+        if not self._signed_chunks or self._signer is None:
+            return
+        expected = self._signer.chunk_signature(
+            self._previous_signature, self._chunk_hash.hexdigest()
+        )
+        if not sigv4.signatures_equal(expected, self._chunk_signature):
+            raise errors.SignatureDoesNotMatch(
+                "The chunk signature we calculated does not match the signature you provided.",
+                SignatureProvided=self._chunk_signature,
+            )
+        self._previous_signature = self._chunk_signature
+
+    def _final_chunk(self) -> None:
+        self._end_of_chunk()
+        if self._decoded_length is not None and self._total != self._decoded_length:
+            raise errors.IncompleteBody(
+                f"The aws-chunked body decoded to {self._total} bytes, "
+                f"x-amz-decoded-content-length says {self._decoded_length}."
+            )
+        self._state = _State.TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        if line:
+            if not self._trailer_mode:
+                raise _malformed("trailing headers in a body that announced none")
+            if len(self._trailer_lines) >= MAX_TRAILERS:
+                raise _malformed("too many trailing headers")
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise _malformed("a trailing header has no ':'")
+            self._trailer_lines.append(
+                (name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
+            )
+            return
+        self._check_trailers()
+        self._state = _State.DONE
+
+    def _check_trailers(self) -> None:
+        trailers = dict(self._trailer_lines)
+        if self._signed_chunks and self._trailer_mode and self._signer is not None:
+            provided = trailers.get("x-amz-trailer-signature", "")
+            canonical = "".join(
+                f"{name}:{value}\n"
+                for name, value in self._trailer_lines
+                if name != "x-amz-trailer-signature"
+            )
+            expected = self._signer.trailer_signature(
+                self._previous_signature, sigv4.sha256_hex(canonical)
+            )
+            if not sigv4.signatures_equal(expected, provided):
+                raise errors.SignatureDoesNotMatch(
+                    "The trailer signature we calculated does not match the one you provided.",
+                    SignatureProvided=provided,
+                )
+        if self._expected_trailer is not None and self._checksum is not None:
+            provided_sum = trailers.get(self._expected_trailer)
+            if provided_sum is None:
+                raise errors.InvalidRequest(
+                    f"The trailing header {self._expected_trailer} named by x-amz-trailer "
+                    "was not sent."
+                )
+            if not hmac.compare_digest(
+                self._checksum.b64digest().encode("ascii"), provided_sum.encode("latin-1")
+            ):
+                algorithm = SUPPORTED_CHECKSUMS[self._expected_trailer]
+                raise errors.BadDigest(
+                    f"The {algorithm} you specified did not match the calculated checksum."
+                )
+        self.trailers = trailers
