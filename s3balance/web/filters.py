@@ -1,0 +1,204 @@
+"""Checks that run over a request body as it streams past, without holding it.
+
+Each filter sees every body chunk once, in order (:meth:`BodyFilter.feed`), and gets a last word
+when the body ends (:meth:`BodyFilter.finish`).  A filter that finds the body bad raises
+:class:`~s3balance.errors.S3Error`; :class:`~s3balance.web.request.RequestBody` then withholds the
+last bytes from the backend, so an object whose digest failed is never stored complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import zlib
+from typing import Protocol
+
+from s3balance import errors
+from s3balance.errors import S3Error
+
+
+class BodyFilter(Protocol):
+    """One stage of the body pipeline; the output of one filter is the input of the next."""
+
+    def feed(self, data: bytes) -> bytes:
+        """Inspect or transform one chunk; returns what goes on. May raise :class:`S3Error`."""
+        ...
+
+    def finish(self) -> bytes:
+        """The body ended: returns any remaining output; raises :class:`S3Error` if it fails."""
+        ...
+
+
+def _decode_b64(value: str, size: int) -> bytes | None:
+    """The raw digest behind a base64 header value, or None when it is not ``size`` bytes."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size else None
+
+
+class ContentMD5Filter:
+    """Verifies ``Content-MD5`` (RFC 1864: base64 of the 16-byte MD5 digest).
+
+    :raises S3Error: ``InvalidDigest`` from the constructor when the header is malformed.
+    """
+
+    def __init__(self, expected_b64: str) -> None:
+        expected = _decode_b64(expected_b64, 16)
+        if expected is None:
+            raise errors.InvalidDigest()
+        self._expected = expected
+        self._md5 = hashlib.md5()
+
+    def feed(self, data: bytes) -> bytes:
+        self._md5.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        if self._md5.digest() != self._expected:
+            raise errors.BadDigest()
+        return b""
+
+
+class SHA256Filter:
+    """Verifies a hex ``x-amz-content-sha256`` payload hash (the signed-payload case of SigV4).
+
+    :raises S3Error: ``InvalidArgument`` from the constructor when the value is not 64 hex digits.
+    """
+
+    def __init__(self, expected_hex: str) -> None:
+        value = expected_hex.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise errors.InvalidArgument(
+                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, a STREAMING-* value, "
+                "or a valid sha256 value."
+            )
+        self._expected = value
+        self._sha = hashlib.sha256()
+
+    def feed(self, data: bytes) -> bytes:
+        self._sha.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        if self._sha.hexdigest() != self._expected:
+            raise errors.XAmzContentSHA256Mismatch()
+        return b""
+
+
+class _Crc32:
+    """zlib's CRC-32 in the shape of a hashlib object (S3 sends it big-endian, base64)."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+# Algorithms S3 names in x-amz-checksum-*; crc32c and crc64nvme need a native implementation
+# (pure Python runs at a few MB/s, far too slow for the data path) and none is installed.
+CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "sha1", "sha256", "crc64nvme")
+_DIGEST_SIZES = {"crc32": 4, "crc32c": 4, "sha1": 20, "sha256": 32, "crc64nvme": 8}
+
+
+class ChecksumFilter:
+    """Computes an ``x-amz-checksum-<algorithm>`` over the body and checks it when one was given.
+
+    :param algorithm: ``crc32``, ``sha1`` or ``sha256`` (case-insensitive); ``crc32c`` and
+        ``crc64nvme`` are refused with ``NotImplemented``.
+    :param expected_b64: the client's base64 value, or None to only compute it (the value is
+        then in :attr:`value_b64` for the core to store).
+    :raises S3Error: ``InvalidRequest`` for an unknown algorithm or a malformed value,
+        ``NotImplemented`` for an algorithm s3balance cannot compute.
+    """
+
+    def __init__(self, algorithm: str, expected_b64: str | None) -> None:
+        name = algorithm.strip().lower()
+        if name not in CHECKSUM_ALGORITHMS:
+            raise errors.InvalidRequest(f"Unsupported checksum algorithm: {algorithm}")
+        if name in ("crc32c", "crc64nvme"):
+            raise errors.NotImplementedError_(
+                f"The {name.upper()} checksum algorithm is not supported by this server; "
+                "use CRC32, SHA1 or SHA256."
+            )
+        self.algorithm = name
+        self._expected: bytes | None = None
+        if expected_b64 is not None:
+            self._expected = _decode_b64(expected_b64, _DIGEST_SIZES[name])
+            if self._expected is None:
+                raise errors.InvalidRequest(
+                    f"Value for x-amz-checksum-{name} header is invalid."
+                )
+        self._hash: _Crc32 | hashlib._Hash
+        self._hash = _Crc32() if name == "crc32" else hashlib.new(name)
+        self.value_b64: str | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        self._hash.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        digest = self._hash.digest()
+        self.value_b64 = base64.b64encode(digest).decode("ascii")
+        if self._expected is not None and digest != self._expected:
+            raise errors.BadDigest(
+                f"The {self.algorithm.upper()} you specified did not match the calculated checksum."
+            )
+        return b""
+
+
+class MD5Meter:
+    """Measures the MD5 of the bytes passing, for the ETag a backend should report."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5()
+        self._done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._md5.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        self._done = True
+        return b""
+
+    def hexdigest(self) -> str:
+        """The MD5 in hex; only meaningful after :meth:`finish`.
+
+        :raises RuntimeError: when the body has not ended yet.
+        """
+        if not self._done:
+            raise RuntimeError("MD5Meter.hexdigest() before the body ended")
+        return self._md5.hexdigest()
+
+
+class LengthFilter:
+    """Enforces a declared length: a short body is ``IncompleteBody``, a long one is refused
+    as soon as the excess arrives (before it can reach a backend)."""
+
+    def __init__(self, expected: int) -> None:
+        self._expected = expected
+        self.seen = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.seen += len(data)
+        if self.seen > self._expected:
+            raise _too_long(self._expected)
+        return data
+
+    def finish(self) -> bytes:
+        if self.seen < self._expected:
+            raise errors.IncompleteBody()
+        return b""
+
+
+def _too_long(expected: int) -> S3Error:
+    return errors.InvalidRequest(
+        f"The request body is longer than its declared length ({expected} bytes)."
+    )

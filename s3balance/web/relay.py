@@ -1,0 +1,186 @@
+"""Streaming a backend's object body to the client, at the client's pace.
+
+The backend's transport is registered as the response's producer, so a slow client pauses the
+backend socket instead of filling our memory.  A body that ends early, or breaks, aborts the client
+connection: with ``Content-Length`` already sent, a clean finish would turn a truncated object into
+a short "successful" download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import TimeoutError as StallTimeout
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from zope.interface import implementer
+
+from s3balance.web.request import ClientDisconnected
+
+if TYPE_CHECKING:
+    from s3balance.backends.interface import IObjectStream
+    from s3balance.web.request import StreamingRequest
+
+__all__ = ["BodyLengthMismatch", "StallTimeout", "relay_object"]
+
+
+class BodyLengthMismatch(Exception):
+    """The backend ended cleanly, but after more or fewer bytes than it announced."""
+
+
+@implementer(IPushProducer)
+class _WatchedProducer:
+    """The backend transport as the response's producer, noticing each resume (stall timer)."""
+
+    def __init__(self, producer: IPushProducer, on_resume: Callable[[], None]) -> None:
+        self._producer = producer
+        self._on_resume = on_resume
+        self.paused = False
+        self.pause_count = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pause_count += 1
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._on_resume()
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
+
+
+class _RelayProtocol(Protocol):
+    """Receives the backend body (via ``IObjectStream.deliverBody``) and writes it out."""
+
+    def __init__(
+        self, request: StreamingRequest, expected: int, clock: IReactorTime, stall_timeout: float
+    ) -> None:
+        self.request = request
+        self.expected = expected
+        self.clock = clock
+        self.stall_timeout = stall_timeout
+        self.deferred: Deferred[int] = Deferred()
+        self.relayed = 0
+        self.producer: _WatchedProducer | None = None
+        self._stall_call: IDelayedCall | None = None
+        self._done = False
+
+    def connectionMade(self) -> None:
+        request = self.request
+        backend = IPushProducer(self.transport)
+        self.producer = _WatchedProducer(backend, self._reset_stall)
+        self._stall_call = self.clock.callLater(self.stall_timeout, self._stalled)
+        if request.disconnected:
+            self._client_gone(None)
+            return
+        request.registerProducer(self.producer, True)
+        if getattr(request.channel, "_waitingForTransport", False):
+            # The client is already behind: start paused rather than overfill its buffer.
+            self.producer.pauseProducing()
+        request.notify_disconnect().addCallback(self._client_gone)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.relayed += len(data)
+        if self.relayed > self.expected:
+            self._break(
+                Failure(BodyLengthMismatch(f"backend sent more than {self.expected} bytes")),
+                stop_backend=True,
+            )
+            return
+        self._reset_stall()
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            reason = Failure(ResponseDone())
+        if self._done:
+            return
+        if reason.check(ResponseDone) is None:
+            self._break(reason, stop_backend=False)
+            return
+        if self.relayed != self.expected:
+            self._break(
+                Failure(
+                    BodyLengthMismatch(
+                        f"backend ended after {self.relayed} of {self.expected} bytes"
+                    )
+                ),
+                stop_backend=False,
+            )
+            return
+        self._end()
+        self.request.unregisterProducer()
+        self.request.finish()
+        self.deferred.callback(self.relayed)
+
+    def _reset_stall(self) -> None:
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.reset(self.stall_timeout)
+
+    def _end(self) -> None:
+        self._done = True
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+
+    def _break(self, reason: Failure, stop_backend: bool) -> None:
+        """Fail the relay: the client must see a broken connection, never a clean end."""
+        self._end()
+        if stop_backend and self.producer is not None:
+            self.producer.stopProducing()
+        request = self.request
+        if not request.disconnected:
+            request.unregisterProducer()
+            transport = request.transport
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]  # a TCP transport
+        self.deferred.errback(reason)
+
+    def _client_gone(self, _: object) -> None:
+        if self._done:
+            return
+        self._end()
+        if self.producer is not None:
+            self.producer.stopProducing()
+        self.request.unregisterProducer()
+        self.deferred.errback(Failure(ClientDisconnected("the client left during the download")))
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        if self._done:
+            return
+        self._break(
+            Failure(StallTimeout(f"no progress for {self.stall_timeout} seconds")),
+            stop_backend=True,
+        )
+
+
+def relay_object(
+    request: StreamingRequest, stream: IObjectStream, clock: IReactorTime, stall_timeout: float
+) -> Deferred[int]:
+    """Stream ``stream``'s body as the response to ``request`` (status and headers already set).
+
+    Sets ``Content-Length`` from ``stream.length`` when the caller did not.
+
+    :returns: a Deferred firing with the number of bytes relayed once the response finished;
+        failing with :class:`ClientDisconnected` (the backend was stopped),
+        :class:`BodyLengthMismatch`, :class:`StallTimeout` or the backend's own failure (the
+        client connection was aborted in those cases).
+    """
+    if request.disconnected:
+        stream.discard()
+        return fail(ClientDisconnected("the client left before the download started"))
+    if not request.responseHeaders.hasHeader(b"Content-Length"):
+        request.setHeader(b"Content-Length", b"%d" % stream.length)
+    relay = _RelayProtocol(request, stream.length, clock, stall_timeout)
+    stream.deliverBody(relay)
+    return relay.deferred

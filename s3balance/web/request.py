@@ -1,0 +1,622 @@
+"""A twisted.web request whose body streams to a backend while it arrives.
+
+Stock twisted.web reads a whole request body before any resource sees the request (see
+``/work/shared/design/streaming.md``).  :class:`StreamingRequest` asks the site, once the headers
+are in, whether this request's body should stream; if so it runs the resource tree at once and
+hands the body out as a :class:`RequestBody`, an ``IBodyProducer`` a backend consumes with
+backpressure reaching the client's TCP window.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http import parse_qs
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from s3balance import errors
+from s3balance.errors import S3Error
+
+if TYPE_CHECKING:
+    from s3balance.web.filters import BodyFilter
+
+__all__ = [
+    "BodyAbandoned",
+    "ClientDisconnected",
+    "RequestBody",
+    "StreamingRequest",
+]
+
+DEFAULT_BODY_BUFFER = 256 << 10
+
+_access_log = Logger(namespace="s3balance.access")
+
+
+class ClientDisconnected(Exception):
+    """The client's connection closed before its request was done."""
+
+
+class BodyAbandoned(Exception):
+    """The request was answered (or its consumer gave up) before the body was used up."""
+
+
+class InputFlow(Protocol):
+    """Who can stop and restart reading from the client (the request, on behalf of its channel)."""
+
+    def pause_input(self) -> None: ...
+
+    def resume_input(self) -> None: ...
+
+
+@implementer(IBodyProducer)
+class RequestBody:
+    """A client's request body as it arrives, produced to one consumer at a time.
+
+    Raw client bytes wait in a small buffer until a consumer wants them; filters run as bytes
+    are handed out, so filters added after the first bytes arrived still see every byte.  The
+    last chunk of output is always held back until the end of input has been verified by every
+    filter's ``finish()`` (the hold-back rule): a backend never receives a complete object that
+    failed its digest or signature.
+
+    :param length: the decoded body length a consumer will get, or ``UNKNOWN_LENGTH``; the front
+        may reassign it (aws-chunked) before ``startProducing``.
+    :param clock: for the stall timer.
+    :param read_timeout: seconds the client may stay silent while we are reading from it.
+    :param buffer_limit: bytes kept while nobody consumes; beyond that the client is paused.
+    :param input_flow: pauses and resumes reading from the client; None in unit tests.
+    :param awaiting_continue: the client sent ``Expect: 100-continue``: it sends nothing until the
+        first ``startProducing``, so the stall timer waits for that too.
+    :param on_start: called at the first ``startProducing`` (sends ``100 Continue``).
+    """
+
+    def __init__(
+        self,
+        length: int | str,
+        *,
+        clock: IReactorTime,
+        read_timeout: float,
+        buffer_limit: int = DEFAULT_BODY_BUFFER,
+        input_flow: InputFlow | None = None,
+        awaiting_continue: bool = False,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
+        self.length: int | str = length
+        self.bytes_received = 0
+        self.complete = False
+        self.peak_buffered = 0
+        self._clock = clock
+        self._read_timeout = read_timeout
+        self._buffer_limit = buffer_limit
+        self._input_flow = input_flow
+        self._awaiting_continue = awaiting_continue
+        self._on_start = on_start
+        self._filters: list[BodyFilter] = []
+        self._pending: deque[bytes] = deque()
+        self._pending_size = 0
+        self._held = b""
+        self._produced = 0
+        self._bytes_handed = 0
+        self._consumer: IConsumer | None = None
+        self._deferred: Deferred[None] | None = None
+        self._consumer_paused = False
+        self._input_paused = False
+        self._started = False
+        self._draining = False
+        self._succeeded = False
+        self._failure: BaseException | None = None
+        self._stall_call: IDelayedCall | None = None
+        self._update_flow()
+
+    # -- the producer side (called by the front and by a backend) --------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in memory right now (raw input not yet consumed plus the held-back chunk)."""
+        return self._pending_size + len(self._held)
+
+    def add_filter(self, body_filter: BodyFilter) -> None:
+        """Append a filter to the chain; only before the first ``startProducing``."""
+        if self._started:
+            raise RuntimeError("add_filter() after startProducing()")
+        self._filters.append(body_filter)
+
+    def restartable(self) -> bool:
+        """Whether a new consumer could still get the whole body (no byte was handed out)."""
+        return self._bytes_handed == 0 and self._failure is None and not self._succeeded
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Write the body to ``consumer``.
+
+        :returns: a Deferred firing None once every filter's ``finish()`` passed and the last
+            byte was written; failing with the filter's :class:`S3Error`,
+            :class:`ClientDisconnected`, ``RequestTimeout``, ``IncompleteBody`` or
+            :class:`BodyAbandoned`.
+        :raises RuntimeError: when called again after bytes were handed to a consumer.
+        """
+        if self._started and not self.restartable():
+            if self._failure is not None:
+                return fail(self._failure)
+            raise RuntimeError("RequestBody.startProducing() called twice")
+        if self._failure is not None:
+            return fail(self._failure)
+        # A restart abandons a previous consumer that never got a byte: its Deferred never fires.
+        first = not self._started
+        self._started = True
+        self._consumer = consumer
+        self._consumer_paused = False
+        deferred: Deferred[None] = Deferred()
+        self._deferred = deferred
+        if first:
+            self._awaiting_continue = False
+            if self._on_start is not None:
+                self._on_start()
+        self._drain()
+        return deferred
+
+    def pauseProducing(self) -> None:
+        """The consumer is full: stop reading from the client."""
+        self._consumer_paused = True
+        self._update_flow()
+
+    def resumeProducing(self) -> None:
+        """The consumer drained: hand out what is buffered and read from the client again."""
+        self._consumer_paused = False
+        self._drain()
+
+    def stopProducing(self) -> None:
+        """The consumer gave up; its Deferred never fires (as ``IBodyProducer`` requires).
+
+        While :meth:`restartable`, the body stays usable for another consumer.
+        """
+        self._consumer = None
+        self._deferred = None
+        self._consumer_paused = False
+        if not self.restartable() and self._failure is None and not self._succeeded:
+            self._discard(BodyAbandoned("the consumer stopped reading the body"))
+        self._update_flow()
+
+    # -- the input side (called by StreamingRequest) ---------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the client (already de-chunked by the HTTP parser)."""
+        self.bytes_received += len(data)
+        if self._done():
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.reset(self._read_timeout)
+        self._drain()
+        # What stays in memory once the consumer took its share (a read is at most 64 KiB).
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
+
+    def end_of_input(self) -> None:
+        """The client sent its last byte."""
+        self.complete = True
+        self._drain()
+
+    def connection_lost(self) -> None:
+        """The client went away: nothing more will arrive, and no answer can be delivered."""
+        self._input_flow = None
+        if not self._done():
+            self._fail(ClientDisconnected("the client disconnected before the body was used"))
+        self._update_flow()
+
+    def abandon(self) -> None:
+        """The request is being answered without (all of) its body; drop what arrives."""
+        if not self._done():
+            self._fail(BodyAbandoned("the request was answered before its body was used"))
+        self._update_flow()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _declared_length(self) -> int | None:
+        return self.length if isinstance(self.length, int) else None
+
+    def _done(self) -> bool:
+        return self._failure is not None or self._succeeded
+
+    def _drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            self._drain_loop()
+        except S3Error as error:
+            self._fail(error)
+        finally:
+            self._draining = False
+        self._update_flow()
+
+    def _drain_loop(self) -> None:
+        while self._consumer is not None and not self._consumer_paused and self._pending:
+            chunk = self._pending.popleft()
+            self._pending_size -= len(chunk)
+            for body_filter in self._filters:
+                chunk = body_filter.feed(chunk)
+            if chunk:
+                self._push(chunk)
+        if (
+            self.complete
+            and not self._pending
+            and self._consumer is not None
+            and not self._consumer_paused
+            and not self._done()
+        ):
+            self._finish_body()
+
+    def _push(self, output: bytes) -> None:
+        """Pass filtered output on, always keeping the newest chunk back."""
+        self._produced += len(output)
+        declared = self._declared_length()
+        if declared is not None and self._produced > declared:
+            raise errors.InvalidRequest(
+                f"The request body is longer than its declared length ({self.length} bytes)."
+            )
+        held, self._held = self._held, output
+        if held:
+            self._write(held)
+
+    def _write(self, data: bytes) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        self._bytes_handed += len(data)
+        consumer.write(data)
+
+    def _finish_body(self) -> None:
+        tail = b""
+        for index, body_filter in enumerate(self._filters):
+            output = body_filter.finish()
+            for later in self._filters[index + 1 :]:
+                output = later.feed(output)
+            tail += output
+        self._produced += len(tail)
+        declared = self._declared_length()
+        if declared is not None and self._produced != declared:
+            if self._produced < declared:
+                raise errors.IncompleteBody()
+            raise errors.InvalidRequest(
+                f"The request body is longer than its declared length ({self.length} bytes)."
+            )
+        final = self._held + tail
+        self._held = b""
+        if final:
+            self._write(final)
+        self._succeeded = True
+        deferred, self._deferred = self._deferred, None
+        self._consumer = None
+        self._cancel_stall()
+        if deferred is not None:
+            deferred.callback(None)
+
+    def _fail(self, error: BaseException) -> None:
+        deferred = self._deferred
+        self._discard(error)
+        if deferred is not None:
+            deferred.errback(Failure(error))
+
+    def _discard(self, error: BaseException) -> None:
+        self._failure = error
+        self._pending.clear()
+        self._pending_size = 0
+        self._held = b""
+        self._consumer = None
+        self._deferred = None
+        self._cancel_stall()
+
+    def _update_flow(self) -> None:
+        """Pause the client iff we do not want its bytes now; run the stall timer iff we are
+        waiting for the client."""
+        reading = not self.complete and not self._done()
+        want_pause = reading and (self._consumer_paused or self.buffered >= self._buffer_limit)
+        if want_pause != self._input_paused and self._input_flow is not None:
+            self._input_paused = want_pause
+            if want_pause:
+                self._input_flow.pause_input()
+            else:
+                self._input_flow.resume_input()
+        waiting_for_client = reading and not want_pause and not self._awaiting_continue
+        if waiting_for_client:
+            if self._stall_call is None or not self._stall_call.active():
+                self._stall_call = self._clock.callLater(self._read_timeout, self._stalled)
+        else:
+            self._cancel_stall()
+
+    def _cancel_stall(self) -> None:
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        if not self._done():
+            self._fail(errors.RequestTimeout())
+        self._update_flow()
+
+
+class _SiteSettings(Protocol):
+    """What :class:`StreamingRequest` reads from its site (provided by ``S3Site``)."""
+
+    clock: IReactorTime
+    read_timeout: float
+    max_buffered_body: int
+    body_buffer: int
+    server_header: bytes
+
+    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool: ...
+
+
+class StreamingRequest(server.Request):
+    """A request that may stream its body (see the module docstring).
+
+    :ivar request_id: 16 hex characters, for ``x-amz-request-id`` and the access log.
+    :ivar body: the streaming body, or None for a buffered request (read ``content`` then).
+    :ivar streamed: whether the resource tree ran before the body arrived.
+    :ivar disconnected: the client's connection is gone; writes are dropped.
+    """
+
+    defaultContentType = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.request_id = secrets.token_hex(8)
+        self.body: RequestBody | None = None
+        self.streamed = False
+        self.disconnected = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._settings: _SiteSettings | None = (
+            channel.site if hasattr(channel.site, "should_stream") else None
+        )
+        self._clock: IReactorTime = self._resolve_clock()
+        self._started_at = self._clock.seconds()
+        self._disconnect_waiters: list[Deferred[None]] = []
+        self._rejected = False
+        self._wants_continue = False
+        self._continue_sent = False
+        self._logged = False
+
+    def _resolve_clock(self) -> IReactorTime:
+        if self._settings is not None:
+            return self._settings.clock
+        from twisted.internet import reactor
+
+        return reactor  # type: ignore[return-value]
+
+    # -- channel callbacks ------------------------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """Headers are in: decide between streaming (run the resource now) and stock buffering."""
+        channel = self.channel
+        command, path, version = channel._command, channel._path, channel._version
+        expect = self.requestHeaders.getRawHeaders(b"Expect")
+        self._wants_continue = bool(
+            version == b"HTTP/1.1" and expect and expect[0].lower() == b"100-continue"
+        )
+        settings = self._settings
+        if settings is not None and settings.should_stream(command, path, self.requestHeaders):
+            self._begin_streaming(length, command, path, version)
+            return
+        if settings is not None and length is not None and length > settings.max_buffered_body:
+            self._reject_oversized(command, path, version)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.streamed:
+            assert self.body is not None
+            self.body.receive(data)
+            return
+        if self._rejected:
+            return
+        settings = self._settings
+        content = self.content
+        assert content is not None
+        if settings is not None and content.tell() + len(data) > settings.max_buffered_body:
+            channel = self.channel
+            self._reject_oversized(channel._command, channel._path, channel._version)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """End of body: a streamed request already runs, so only tell its body."""
+        if self.streamed:
+            assert self.body is not None
+            self.body.end_of_input()
+            return
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.disconnected = True
+        if self.body is not None:
+            self.body.connection_lost()
+        waiters, self._disconnect_waiters = self._disconnect_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self._log_access()
+
+    # -- streaming setup ---------------------------------------------------------------------------
+
+    def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
+        """What ``http.Request.requestReceived`` sets, without touching a body."""
+        self.args = {}
+        self.method, self.uri = command, path
+        self.clientproto = version
+        parts = self.uri.split(b"?", 1)
+        if len(parts) == 1:
+            self.path = self.uri
+        else:
+            self.path, argstring = parts
+            self.args = parse_qs(argstring, 1)
+
+    def _begin_streaming(
+        self, length: int | None, command: bytes, path: bytes, version: bytes
+    ) -> None:
+        settings = self._settings
+        assert settings is not None
+        self.streamed = True
+        self._set_request_line(command, path, version)
+        self.content = BytesIO()
+        self.body = RequestBody(
+            UNKNOWN_LENGTH if length is None else length,
+            clock=self._clock,
+            read_timeout=settings.read_timeout,
+            buffer_limit=settings.body_buffer,
+            input_flow=self,
+            awaiting_continue=self._wants_continue,
+            on_start=self._body_wanted,
+        )
+        # The channel's idle timeout would fire while a backend pushes back; the body's stall
+        # timer replaces it until this request is done (requestDone restores it).
+        channel = self.channel
+        previous = channel.setTimeout(None)
+        if previous is not None:
+            channel._savedTimeOut = previous
+        self.process()
+
+    def _body_wanted(self) -> None:
+        """First ``startProducing``: the client may send its body now (``100 Continue``)."""
+        channel = getattr(self, "channel", None)
+        body = self.body
+        if (
+            self._wants_continue
+            and not self._continue_sent
+            and not self.startedWriting
+            and not self.finished
+            and not self.disconnected
+            and channel is not None
+            and body is not None
+            and not body.complete
+        ):
+            self._continue_sent = True
+            channel._send100Continue()
+
+    def pause_input(self) -> None:
+        channel = getattr(self, "channel", None)
+        if channel is not None and not self.disconnected:
+            channel.hold_input()
+
+    def resume_input(self) -> None:
+        channel = getattr(self, "channel", None)
+        if channel is not None and not self.disconnected:
+            channel.release_input()
+
+    def _reject_oversized(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._rejected = True
+        self._set_request_line(command, path, version)
+        self.content = BytesIO()
+        self.prepare_early_response()
+        self.respond_error(errors.MaxMessageLengthExceeded())
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def prepare_early_response(self) -> None:
+        """Call before answering a request whose body was not (fully) read.
+
+        The unread rest of the body must never be parsed as a next request (pitfall 1), so the
+        connection closes after this answer; the body stops being fed and fails with
+        :class:`BodyAbandoned`.  A streamed body that already arrived whole keeps the
+        connection open.
+        """
+        unread = self._rejected or (self.body is not None and not self.body.complete)
+        if unread:
+            channel = getattr(self, "channel", None)
+            if channel is not None:
+                channel.persistent = False
+            if not self.startedWriting:
+                self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        if self.body is not None:
+            self.body.abandon()
+
+    def respond_error(self, error: S3Error) -> None:
+        """Answer with S3's XML error document and finish (used for errors found here)."""
+        if self.finished or self.disconnected:
+            return
+        resource = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else "/"
+        document = error.to_xml(resource, self.request_id)
+        self.setResponseCode(error.status)
+        self.setHeader(b"Content-Type", b"application/xml")
+        self.setHeader(b"Content-Length", b"%d" % len(document))
+        self.write(document)
+        self.finish()
+
+    def write(self, data: bytes) -> None:
+        """Write response bytes; after the client left, drop them (pitfall 5)."""
+        if self.disconnected or getattr(self, "channel", None) is None:
+            return
+        if not self.startedWriting:
+            self._before_headers()
+        before = self.sentLength
+        super().write(data)
+        self.bytes_out += self.sentLength - before
+
+    def _before_headers(self) -> None:
+        if self.streamed and self.body is not None and not self.body.complete:
+            self.prepare_early_response()
+        server_header = self._settings.server_header if self._settings else b"s3balance"
+        self.responseHeaders.setRawHeaders(b"Server", [server_header])
+        if not self.responseHeaders.hasHeader(b"Date"):
+            self.responseHeaders.setRawHeaders(b"Date", [formatdate(usegmt=True).encode()])
+        if not self.responseHeaders.hasHeader(b"x-amz-request-id"):
+            self.responseHeaders.setRawHeaders(b"x-amz-request-id", [self.request_id.encode()])
+
+    def finish(self) -> None:
+        """Finish the response; after a disconnect or a second call, do nothing (pitfall 5)."""
+        if self.disconnected or self.finished or getattr(self, "channel", None) is None:
+            return
+        super().finish()
+        self._log_access()
+
+    def unregisterProducer(self) -> None:
+        if getattr(self, "channel", None) is None:
+            self.producer = None
+            return
+        super().unregisterProducer()
+
+    def notify_disconnect(self) -> Deferred[None]:
+        """A Deferred firing None when the client's connection is lost (never on a normal end)."""
+        if self.disconnected:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._disconnect_waiters.append(waiter)
+        return waiter
+
+    def _log_access(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        client = self.client
+        host = getattr(client, "host", None)
+        address = f"{host}:{getattr(client, 'port', '')}" if host is not None else str(client)
+        status: int | str = self.code if self.finished else "disconnected"
+        _access_log.info(
+            "{method} {path} {status} in={bytes_in} out={bytes_out} {duration:.3f}s "
+            "{client} {request_id}",
+            method=_text(self.method),
+            path=_text(self.path if isinstance(self.path, bytes) else self.uri),
+            status=status,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=self._clock.seconds() - self._started_at,
+            client=address,
+            request_id=self.request_id,
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value

@@ -1,0 +1,75 @@
+"""The twisted.web site of the S3 front: streaming requests, HTTP/1.1 only, quiet errors.
+
+No S3 routing here: which requests stream is the front's decision, given as ``should_stream``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from s3balance.web.channel import S3Channel
+from s3balance.web.request import DEFAULT_BODY_BUFFER, StreamingRequest
+
+StreamPredicate = Callable[[bytes, bytes, Headers], bool]
+
+
+class S3Site(Site):
+    """The site serving S3 clients.
+
+    :param resource: the root of the S3 resource tree.
+    :param should_stream: ``(method, request_target, headers) -> bool``, asked once the headers
+        of a request are in: true for requests whose body goes to a backend (PutObject,
+        UploadPart); those run the resource tree before the body arrives.
+    :param clock: the reactor for timers (idle timeout, stall timers, log timestamps).
+    :param read_timeout: seconds a streamed body's client may stay silent while we read.
+    :param max_buffered_body: largest body of a non-streamed request (larger is answered with
+        ``MaxMessageLengthExceeded``).
+    :param body_buffer: bytes a streamed body keeps while nobody consumes them.
+    :param idle_timeout: seconds an idle connection stays open (None: forever).
+    """
+
+    requestFactory = StreamingRequest
+    protocol = S3Channel  # type: ignore[assignment]  # a plain HTTP/1.1 channel, never h2
+    displayTracebacks = False
+    server_header = b"s3balance"
+
+    def __init__(
+        self,
+        resource: IResource,
+        should_stream: StreamPredicate,
+        clock: IReactorTime | None = None,
+        read_timeout: float = 30.0,
+        max_buffered_body: int = 8 << 20,
+        body_buffer: int = DEFAULT_BODY_BUFFER,
+        idle_timeout: float | None = 60.0,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        assert clock is not None
+        # Body parameters of a POST are not query parameters: S3 routing must see only the URL.
+        super().__init__(
+            resource,
+            parsePOSTFormSubmission=False,
+            timeout=idle_timeout,
+            reactor=clock,
+        )
+        self.clock: IReactorTime = clock
+        self._should_stream = should_stream
+        self.read_timeout = read_timeout
+        self.max_buffered_body = max_buffered_body
+        self.body_buffer = body_buffer
+
+    def should_stream(self, method: bytes, path: bytes, headers: Headers) -> bool:
+        """Whether this request's body streams (the front's predicate)."""
+        return self._should_stream(method, path, headers)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """Only HTTP/1.1 over TLS: the streaming hooks exist for it alone (pitfall 9)."""
+        return [b"http/1.1"]

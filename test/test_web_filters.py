@@ -1,0 +1,116 @@
+"""Body filters: each must reject exactly the bodies S3 rejects, with S3's error code."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+
+import pytest
+
+from s3balance.errors import S3Error
+from s3balance.web.filters import (
+    ChecksumFilter,
+    ContentMD5Filter,
+    LengthFilter,
+    MD5Meter,
+    SHA256Filter,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+BODY = [b"hello ", b"streaming ", b"world"]
+WHOLE = b"".join(BODY)
+
+
+def run(body_filter, chunks=BODY) -> bytes:  # type: ignore[no-untyped-def]
+    out = b"".join(body_filter.feed(chunk) for chunk in chunks)
+    return out + body_filter.finish()
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def code_of(call) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(S3Error) as info:
+        call()
+    return info.value.code
+
+
+def test_content_md5_passes_bytes_through_and_accepts_match() -> None:
+    assert run(ContentMD5Filter(b64(hashlib.md5(WHOLE).digest()))) == WHOLE
+
+
+def test_content_md5_mismatch_is_bad_digest_at_finish() -> None:
+    body_filter = ContentMD5Filter(b64(hashlib.md5(b"other").digest()))
+    for chunk in BODY:
+        body_filter.feed(chunk)
+    assert code_of(body_filter.finish) == "BadDigest"
+
+
+@pytest.mark.parametrize("value", ["not base64!", b64(b"short"), b64(b"x" * 20), ""])
+def test_content_md5_malformed_header_is_invalid_digest(value: str) -> None:
+    assert code_of(lambda: ContentMD5Filter(value)) == "InvalidDigest"
+
+
+def test_sha256_match_and_mismatch() -> None:
+    assert run(SHA256Filter(hashlib.sha256(WHOLE).hexdigest().upper())) == WHOLE
+    wrong = SHA256Filter(hashlib.sha256(b"other").hexdigest())
+    for chunk in BODY:
+        wrong.feed(chunk)
+    assert code_of(wrong.finish) == "XAmzContentSHA256Mismatch"
+    assert code_of(lambda: SHA256Filter("UNSIGNED-PAYLOAD")) == "InvalidArgument"
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "digest"),
+    [
+        ("crc32", zlib.crc32(WHOLE).to_bytes(4, "big")),
+        ("CRC32", zlib.crc32(WHOLE).to_bytes(4, "big")),
+        ("sha1", hashlib.sha1(WHOLE).digest()),
+        ("sha256", hashlib.sha256(WHOLE).digest()),
+    ],
+)
+def test_checksum_computes_the_value_s3_expects(algorithm: str, digest: bytes) -> None:
+    computing = ChecksumFilter(algorithm, None)
+    assert run(computing) == WHOLE
+    assert computing.value_b64 == b64(digest)
+    assert run(ChecksumFilter(algorithm, b64(digest))) == WHOLE
+
+
+def test_checksum_mismatch_is_bad_digest_and_malformed_value_refused() -> None:
+    wrong = ChecksumFilter("crc32", b64(zlib.crc32(b"other").to_bytes(4, "big")))
+    for chunk in BODY:
+        wrong.feed(chunk)
+    assert code_of(wrong.finish) == "BadDigest"
+    assert code_of(lambda: ChecksumFilter("sha256", b64(b"1234"))) == "InvalidRequest"
+    assert code_of(lambda: ChecksumFilter("md4", None)) == "InvalidRequest"
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
+def test_unsupported_checksums_say_not_implemented(algorithm: str) -> None:
+    assert code_of(lambda: ChecksumFilter(algorithm, None)) == "NotImplemented"
+
+
+def test_md5_meter_reports_md5_only_after_finish() -> None:
+    meter = MD5Meter()
+    meter.feed(WHOLE[:3])
+    with pytest.raises(RuntimeError):
+        meter.hexdigest()
+    meter.feed(WHOLE[3:])
+    meter.finish()
+    assert meter.hexdigest() == hashlib.md5(WHOLE).hexdigest()
+
+
+def test_length_filter_short_long_and_exact() -> None:
+    assert run(LengthFilter(len(WHOLE))) == WHOLE
+    short = LengthFilter(len(WHOLE) + 1)
+    for chunk in BODY:
+        short.feed(chunk)
+    assert code_of(short.finish) == "IncompleteBody"
+    long = LengthFilter(len(WHOLE) - 1)
+    long.feed(BODY[0])
+    long.feed(BODY[1])
+    # The excess is refused as it arrives, before it could be passed on.
+    assert code_of(lambda: long.feed(BODY[2])) == "InvalidRequest"
