@@ -88,9 +88,33 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     from s3balance.app import S3BalanceService
 
     config: Config = options["loaded"]
+    prepare_database(config)
     return S3BalanceService(
         config,
         reactor=reactor,
         listen=list(options["listen"]),
         config_path=options.get("config_path"),
     )
+
+
+def prepare_database(config: Config) -> None:
+    """Check (or, with ``auto_migrate``, upgrade) the schema before twistd forks or binds.
+
+    Done synchronously, before the reactor runs, so a refused schema ends the process with a
+    non-zero status and one clear line instead of a daemon that runs without a usable database.
+    """
+    from s3balance.db import engine as db_engine
+    from s3balance.db import migrate
+    from s3balance.dsn import database_url
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    url = database_url(config.database.type, config.database.dsn, config.data_dir)
+    engine = db_engine.create_engine(url, config.database)
+    try:
+        migrate.check_or_upgrade(engine, config.database.auto_migrate)
+    except migrate.SchemaOutdated as e:
+        raise SystemExit(f"s3balance: {e}") from None
+    except Exception as e:  # an unreachable server, bad credentials...
+        raise SystemExit(f"s3balance: cannot use the database: {e}") from None
+    finally:
+        engine.dispose()

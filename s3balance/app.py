@@ -1,0 +1,160 @@
+"""The daemon assembled: database, backends, monitors, gateway core, the S3 front and listeners.
+
+The order matters and is the reason this module exists: the schema is checked (and upgraded when
+``database.auto_migrate`` is on) before anything listens, monitors start before the first request,
+and listeners stop first at shutdown so in-flight transfers get a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+
+from s3balance.auth.authenticator import Authenticator
+from s3balance.auth.credentials import KeyRing
+from s3balance.backends.factory import make_backend
+from s3balance.backends.interface import IBackend
+from s3balance.config import Config
+from s3balance.db.connector import DBConnector
+from s3balance.gateway import Gateway
+from s3balance.health import HealthMonitor
+from s3balance.metrics import REGISTRY, MetricsResource
+from s3balance.placement import make_strategy
+from s3balance.pool import BackendPool
+from s3balance.usage import UsageMonitor
+from s3balance.web.health import HealthResource
+from s3balance.web.resource import S3Resource
+from s3balance.web.routing import should_stream
+from s3balance.web.site import S3Site
+
+log = Logger()
+
+#: Persistent connections kept per backend host; the Agent default of 2 serialises transfers.
+MAX_PERSISTENT_PER_HOST = 32
+
+
+class S3BalanceService(MultiService):
+    """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        listen: list[str],
+        config_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.config_path = config_path
+        os.makedirs(config.data_dir, exist_ok=True)
+
+        self.db = DBConnector(config.database, config.data_dir, reactor)
+        self.db.setServiceParent(self)
+        self.store = self.db.store
+
+        self.http_pool = HTTPConnectionPool(reactor, persistent=True)
+        self.http_pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        self.backends: dict[str, IBackend] = {
+            bucket.name: make_backend(bucket, reactor, config.data_dir, self.http_pool)
+            for bucket in config.real_buckets
+        }
+
+        # Monitors ask the pool for the live set, so a reload's added backends are probed too.
+        self.health = HealthMonitor(
+            lambda: self.pool.backends(),
+            clock=reactor,
+            period=config.balancer.health_check_period,
+            probe_timeout=config.balancer.probe_timeout,
+            unhealthy_threshold=config.balancer.unhealthy_threshold,
+            healthy_threshold=config.balancer.healthy_threshold,
+        )
+        self.usage = UsageMonitor(
+            self.store,
+            lambda: self.pool.backends(),
+            clock=reactor,
+            period=config.balancer.update_stats_period,
+        )
+        self.pool = BackendPool(
+            self.backends,
+            {b.name: b for b in config.real_buckets},
+            make_strategy(config.balancer.strategy),
+            self.health,
+            self.usage,
+            store=self.store,
+            clock=reactor,
+        )
+        self.gateway = Gateway(
+            store=self.store,
+            pool=self.pool,
+            health=self.health,
+            usage=self.usage,
+            clock=reactor,
+            config=config,
+        )
+
+        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool)}
+        if config.metrics.enabled:
+            metrics_name = config.metrics.path.strip("/").encode("utf-8")
+            reserved[metrics_name] = MetricsResource(REGISTRY, token=config.metrics.token)
+        authenticator = Authenticator(
+            KeyRing.from_config(config.s3api),
+            required=config.s3api.auth_required,
+            region=config.s3api.region,
+            host_override=config.s3api.host,
+            clock=reactor.seconds,
+        )
+        self.resource = S3Resource(
+            self.gateway,
+            config=config,
+            reserved=reserved,
+            authenticator=authenticator,
+            clock=reactor,
+            stall_timeout=config.server.write_timeout,
+        )
+        self.site = S3Site(
+            self.resource,
+            should_stream=should_stream,
+            clock=reactor,
+            read_timeout=config.server.read_timeout,
+            idle_timeout=config.server.idle_timeout,
+        )
+        self.listen = listen
+        self._listeners: list[Any] = []
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        # The database first (schema check or upgrade); a failure stops the daemon before it binds.
+        try:
+            yield self.db.setup()
+            for bucket in self.config.virtual_buckets:
+                yield self.store.create_bucket(bucket.name, self.reactor.seconds(), from_config=True)
+        except Exception:
+            log.failure("s3balance cannot start")
+            self.reactor.stop()
+            return
+        for child in (self.health, self.usage, self.pool):
+            child.setServiceParent(self)
+        super().startService()
+        for description in self.listen:
+            listener = strports.service(description, self.site, reactor=self.reactor)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
+        yield self.usage.refresh()
+        log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        for listener in self._listeners:
+            yield defer.maybeDeferred(listener.disownServiceParent)
+        yield super().stopService()
+        for backend in self.backends.values():
+            yield backend.close()
+        yield self.http_pool.closeCachedConnections()
