@@ -1,0 +1,173 @@
+"""Schema migrations (Alembic), driven from code: no ``alembic.ini``.
+
+The scripts live in the repository's top-level ``alembic/`` folder, which a wheel carries as
+``s3balance/migrations`` (in a checkout that path is a symlink to ``alembic/``);
+:func:`script_location` finds whichever exists.  The folder is deliberately not a Python
+package, so running from the repository root never shadows the ``alembic`` library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+import s3balance
+
+
+class SchemaOutdated(Exception):
+    """The database schema is not the one this version of s3balance uses."""
+
+
+#: How long a daemon waits for another one that is migrating the same database.
+MIGRATION_LOCK_TIMEOUT = 300
+
+#: Alembic loads env.py and the scripts as modules, which is not thread-safe: one run at a time.
+_process_lock = threading.Lock()
+
+
+def script_location() -> Path:
+    """The migrations folder: in the installed package, else in the source checkout."""
+    package_dir = Path(s3balance.__file__).resolve().parent
+    for candidate in (package_dir / "migrations", package_dir.parent / "alembic"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no migrations folder next to {package_dir}")
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    """An Alembic configuration for our scripts; ``env.py`` runs on ``connection`` when given."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migration scripts"
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The database's schema revision; None for a database Alembic never touched."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema(engine: sa.Engine) -> None:
+    """:raises SchemaOutdated: the database is not at :func:`head_revision`."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {revision.revision for revision in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaOutdated(
+            f"the database schema is at revision {current}, newer than this s3balance knows "
+            f"(its latest is {head}): run a newer s3balance against this database"
+        )
+    where = "empty" if current is None else f"at revision {current}"
+    raise SchemaOutdated(
+        f"the database schema is {where} but this s3balance needs revision {head}: run with "
+        "database.auto_migrate: true, or `twistd s3balance --config F --upgrade-db`, to upgrade it"
+    )
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision``; safe while other daemons start on the same database
+    (they wait on a database lock, then find nothing left to do)."""
+    with _process_lock, engine.connect() as connection, _migration_lock(connection):
+        command.upgrade(alembic_config(connection), revision)
+        connection.commit()
+
+
+def check_or_upgrade(engine: sa.Engine, auto_migrate: bool) -> None:
+    """What the daemon does on start: upgrade when allowed, else refuse an outdated schema."""
+    if auto_migrate:
+        upgrade(engine)
+    check_schema(engine)
+
+
+@contextlib.contextmanager
+def _migration_lock(connection: sa.Connection) -> Iterator[None]:
+    """Serialise migrations of one server database across processes (SQLite databases are not
+    shared by several daemons; in one process :data:`_process_lock` serialises)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        # A session lock, released explicitly: the migrations commit their own transactions.
+        connection.execute(sa.text("SELECT pg_advisory_lock(hashtext('s3balance-migrate'))"))
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('s3balance-migrate'))"))
+            connection.commit()
+    elif name in ("mysql", "mariadb"):
+        got = connection.execute(
+            sa.text("SELECT GET_LOCK('s3balance-migrate', :timeout)"),
+            {"timeout": MIGRATION_LOCK_TIMEOUT},
+        ).scalar()
+        connection.commit()
+        if got != 1:
+            raise RuntimeError("timed out waiting for another s3balance migrating the database")
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.execute(sa.text("SELECT RELEASE_LOCK('s3balance-migrate')"))
+            connection.commit()
+    else:
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m s3balance.db.migrate``: upgrade, inspect, or write the next migration.
+
+    ``revision --autogenerate`` compares a database at head with the models and writes a new
+    script into the migrations folder, to be reviewed (and usually edited) by hand.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m s3balance.db.migrate")
+    parser.add_argument("--url", required=True, help="SQLAlchemy URL of the database")
+    parser.add_argument("--scripts", help="migrations folder (default: the package's)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("upgrade", help="upgrade the schema to head")
+    commands.add_parser("current", help="print the schema revision and the head")
+    revision = commands.add_parser("revision", help="write a new migration script")
+    revision.add_argument("-m", "--message", required=True)
+    revision.add_argument("--autogenerate", action="store_true")
+    args = parser.parse_args(argv)
+
+    from s3balance.db.engine import create_engine
+
+    engine = create_engine(args.url)
+    try:
+        if args.command == "upgrade":
+            upgrade(engine)
+        elif args.command == "current":
+            print(f"current: {current_revision(engine)}  head: {head_revision()}")
+        else:
+            with engine.connect() as connection:
+                config = alembic_config(connection)
+                if args.scripts:
+                    config.set_main_option("script_location", args.scripts)
+                command.revision(config, message=args.message, autogenerate=args.autogenerate)
+    finally:
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

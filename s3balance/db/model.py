@@ -1,0 +1,224 @@
+"""The schema, as SQLAlchemy Core tables.
+
+This module is the reference the migrations in ``alembic/versions`` must reproduce: a test compares
+a freshly migrated database with :data:`metadata` and fails on any difference.
+
+Object keys (and upload ids, which are compared in listings) are stored as their UTF-8 BYTES in a
+binary column (BLOB on SQLite, BYTEA on PostgreSQL, VARBINARY on MySQL/MariaDB), not as text.  S3
+lists keys in UTF-8 byte order; a binary column compares with ``memcmp`` on every database, so
+``ORDER BY`` and range scans are bytewise whatever the server's collation.  Text columns would need
+``COLLATE "C"`` on PostgreSQL and a ``_bin`` collation on MySQL, and MySQL's ``utf8mb4_bin`` is a
+PAD SPACE collation, which would make ``"a"`` and ``"a "`` the same key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+
+#: Longest object key S3 accepts, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: MySQL table options: InnoDB for transactions and row locks, utf8mb4 for any text, and a binary
+#: collation so names compare exactly (case-sensitively) as on the other databases.
+_MYSQL_TABLE: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+class Utf8Bytes(sa.types.TypeDecorator[str]):
+    """A string stored as its UTF-8 bytes, so it sorts and compares bytewise everywhere.
+
+    Bound values may also be ``bytes``: range scans bound a prefix's byte successor, which is not
+    always valid UTF-8.
+    """
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # BLOB cannot be indexed without a prefix length; VARBINARY can, and does not pad.
+            return dialect.type_descriptor(mysql.VARBINARY(self.length))
+        return dialect.type_descriptor(sa.LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        return str(value).encode("utf-8")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return bytes(value).decode("utf-8")
+
+
+class JsonText(sa.types.TypeDecorator[Any]):
+    """JSON kept in a plain text column.
+
+    Plain text rather than the databases' JSON types: MariaDB's JSON is an alias of LONGTEXT that
+    reflects differently from how it is declared, and nothing here queries inside the documents.
+    MEDIUMTEXT on MySQL because the part sizes of a 10,000-part object exceed TEXT's 64 KiB.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.MEDIUMTEXT())
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+#: Row ids: BIGINT where it matters, but INTEGER on SQLite, where only an INTEGER PRIMARY KEY is
+#: the auto-incrementing rowid.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+virtual_buckets = sa.Table(
+    "virtual_buckets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("from_config", sa.Boolean, nullable=False),
+    sa.UniqueConstraint("name"),
+    **_MYSQL_TABLE,
+)
+
+objects = sa.Table(
+    "objects",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "bucket_id",
+        sa.Integer,
+        sa.ForeignKey("virtual_buckets.id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    sa.Column("key", Utf8Bytes(MAX_KEY_BYTES), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.String(80), nullable=False),
+    sa.Column("last_modified", sa.Double, nullable=False),
+    sa.Column("headers", JsonText, nullable=False),
+    sa.Column("user_metadata", JsonText, nullable=False),
+    sa.Column("checksums", JsonText, nullable=False),
+    sa.Column("part_sizes", JsonText, nullable=False),
+    # (bucket_id, key) is both the identity of an object and the index listings range-scan.
+    sa.UniqueConstraint("bucket_id", "key"),
+    **_MYSQL_TABLE,
+)
+
+object_locations = sa.Table(
+    "object_locations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "object_id",
+        sa.BigInteger,
+        sa.ForeignKey("objects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    #: Order of the locations within the object (the first one is read first).
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("backend", sa.String(255), nullable=False),
+    sa.Column("real_key", sa.Text, nullable=False),
+    sa.Index(None, "object_id"),
+    sa.Index(None, "backend"),
+    **_MYSQL_TABLE,
+)
+
+multipart_uploads = sa.Table(
+    "multipart_uploads",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("upload_id", Utf8Bytes(255), nullable=False),
+    sa.Column(
+        "bucket_id",
+        sa.Integer,
+        sa.ForeignKey("virtual_buckets.id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    sa.Column("key", Utf8Bytes(MAX_KEY_BYTES), nullable=False),
+    sa.Column("backend", sa.String(255), nullable=False),
+    sa.Column("real_key", sa.Text, nullable=False),
+    sa.Column("backend_upload_id", sa.Text, nullable=False),
+    sa.Column("initiated", sa.Double, nullable=False),
+    sa.Column("headers", JsonText, nullable=False),
+    sa.Column("user_metadata", JsonText, nullable=False),
+    sa.UniqueConstraint("upload_id"),
+    # ListMultipartUploads orders by (key, upload id) within a bucket.
+    sa.Index(None, "bucket_id", "key", "upload_id"),
+    sa.Index(None, "initiated"),
+    sa.Index(None, "backend"),
+    **_MYSQL_TABLE,
+)
+
+multipart_parts = sa.Table(
+    "multipart_parts",
+    metadata,
+    sa.Column(
+        "upload_ref",
+        sa.BigInteger,
+        sa.ForeignKey("multipart_uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("part_number", sa.Integer, primary_key=True, autoincrement=False),
+    #: The backend holding the part's bytes, whose usage the part counts towards.
+    sa.Column("backend", sa.String(255), nullable=False),
+    sa.Column("etag", sa.String(80), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("last_modified", sa.Double, nullable=False),
+    **_MYSQL_TABLE,
+)
+
+backend_usage = sa.Table(
+    "backend_usage",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("used_bytes", sa.BigInteger, nullable=False),
+    sa.Column("object_count", sa.BigInteger, nullable=False),
+    **_MYSQL_TABLE,
+)
+
+operation_counters = sa.Table(
+    "operation_counters",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("class_a", sa.BigInteger, nullable=False),
+    sa.Column("class_b", sa.BigInteger, nullable=False),
+    sa.Column("bytes_in", sa.BigInteger, nullable=False),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False),
+    sa.Index(None, "month"),
+    **_MYSQL_TABLE,
+)

@@ -1,0 +1,174 @@
+"""Running database work off the reactor thread, one transaction per call.
+
+Like buildbot's ``DBThreadPool``: callers hand over a function ``fn(connection, *args)``; it runs
+in a dedicated thread with its own connection inside a transaction, and the Deferred fires (in the
+reactor thread) with whatever ``fn`` returned, which must be plain data (records), never a result
+set or anything else still tied to the connection.
+
+Transient failures (deadlocks, lock timeouts, a connection lost mid-transaction, SQLite's "database
+is locked") roll back and run ``fn`` again, up to :data:`MAX_ATTEMPTS` times: ``fn`` must therefore
+do nothing but database work.  A failure while committing is never retried, since whether the
+commit happened is then unknown.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from s3balance.db.engine import READ_ONLY_OPTION
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 5
+
+log = Logger()
+
+#: PostgreSQL SQLSTATEs worth a retry: serialization failure, deadlock, lock not available.
+_PG_TRANSIENT = {"40001", "40P01", "55P03"}
+#: MySQL/MariaDB error numbers worth a retry: lock wait timeout, deadlock.
+_MYSQL_TRANSIENT = {1205, 1213}
+
+
+class DBPool(Protocol):
+    """What :class:`~s3balance.db.store.MetadataStore` needs from a pool."""
+
+    engine: sa.Engine
+
+    def do(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``fn(connection, *args)`` in a read-write transaction."""
+        ...
+
+    def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``fn(connection, *args)`` in a transaction that only reads."""
+        ...
+
+    def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``fn(engine, *args)``, outside any transaction (migrations)."""
+        ...
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether running the same transaction again may well succeed."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    if getattr(orig, "pgcode", None) in _PG_TRANSIENT:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT:
+        return True
+    message = str(orig).lower()
+    return "database is locked" in message or "database table is locked" in message
+
+
+def run_transaction(
+    engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
+) -> T:
+    """Run ``fn(connection, *args)`` in a transaction in the calling thread, retrying transient
+    failures (see the module docstring)."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        with engine.connect() as connection:
+            if read_only:
+                connection.execution_options(**{READ_ONLY_OPTION: True})
+            transaction = connection.begin()
+            try:
+                result = fn(connection, *args)
+            except Exception as error:
+                try:
+                    transaction.rollback()
+                except sa.exc.DBAPIError:
+                    pass  # the connection is gone; closing it below discards it
+                if attempt < MAX_ATTEMPTS and is_transient(error):
+                    log.info(
+                        "retrying {fn} after transient database error: {error}",
+                        fn=getattr(fn, "__name__", fn),
+                        error=error,
+                    )
+                    time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+                    continue
+                raise
+            transaction.commit()
+            return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DBThreadPool:
+    """A dedicated :class:`ThreadPool` for database work (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        reactor: IReactorFromThreads,
+        max_threads: int,
+        name: str = "s3balance-db",
+    ) -> None:
+        self.engine = engine
+        self._reactor = reactor
+        self._threadpool = ThreadPool(minthreads=1, maxthreads=max(1, max_threads), name=name)
+        self.running = False
+
+    @property
+    def max_threads(self) -> int:
+        return self._threadpool.max
+
+    def start(self) -> None:
+        if not self.running:
+            self._threadpool.start()
+            self.running = True
+
+    def stop(self) -> None:
+        """Wait for calls in progress, end the threads and close every connection.
+
+        Blocks the calling thread until running transactions end: call it at shutdown only.
+        """
+        if self.running:
+            self.running = False
+            self._threadpool.stop()
+        self.engine.dispose()
+
+    def do(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(
+            self._reactor, self._threadpool, run_transaction, self.engine, fn, args
+        )
+
+    def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(
+            self._reactor, self._threadpool, run_transaction, self.engine, fn, args, True
+        )
+
+    def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(self._reactor, self._threadpool, fn, self.engine, *args)
+
+
+class InlineDBPool:
+    """Runs each call synchronously in the calling thread; the Deferred has fired on return.
+
+    For tests (no reactor needed, and several Python threads can race real transactions) and for
+    offline tools.  Never use it in the daemon: it blocks the reactor.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def stop(self) -> None:
+        self.engine.dispose()
+
+    def do(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(run_transaction, self.engine, fn, args)
+
+    def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(run_transaction, self.engine, fn, args, True)
+
+    def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return defer.maybeDeferred(fn, self.engine, *args)

@@ -1,0 +1,263 @@
+"""Engine settings per database, and the pool's transactions and retries."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from twisted.internet import reactor
+
+from s3balance.config import DatabaseConfig
+from s3balance.db import engine as db_engine
+from s3balance.db import model
+from s3balance.db.connector import DBConnector
+from s3balance.db.pool import InlineDBPool, is_transient, run_transaction
+from s3balance.db.records import Location, ObjectRecord
+from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase, make_store
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'x' / 'meta.db'}"
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:
+    engine = db_engine.create_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            pragma = connection.exec_driver_sql
+            assert pragma("PRAGMA journal_mode").scalar() == "wal"
+            assert pragma("PRAGMA foreign_keys").scalar() == 1
+            assert pragma("PRAGMA busy_timeout").scalar() == db_engine.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_writers_queue_instead_of_failing(sqlite_url: str) -> None:
+    """A writer waits (busy timeout) for another's transaction rather than failing."""
+    engine = db_engine.create_engine(sqlite_url)
+    model.metadata.create_all(engine)
+    pool = InlineDBPool(engine)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def slow_writer(connection: sa.Connection) -> None:
+        connection.execute(
+            model.backend_usage.insert().values(backend="a", used_bytes=1, object_count=1)
+        )
+        holding.set()
+        assert release.wait(10)
+
+    thread = threading.Thread(target=pool.do, args=(slow_writer,))
+    thread.start()
+    assert holding.wait(10)
+    threading.Timer(0.3, release.set).start()
+    try:
+        pool.do(
+            lambda c: c.execute(
+                model.backend_usage.update().values(used_bytes=model.backend_usage.c.used_bytes + 1)
+            )
+        )
+    finally:
+        release.set()
+        thread.join(10)
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(model.backend_usage.c.used_bytes)).scalar() == 2
+    engine.dispose()
+
+
+def test_thread_and_connection_counts_follow_config(sqlite_url: str) -> None:
+    config = DatabaseConfig(max_open_conns=25, max_idle_conns=5)
+    assert db_engine.thread_count(sqlite_url, config) == db_engine.SQLITE_MAX_THREADS
+    assert db_engine.thread_count("sqlite://", config) == 1
+    assert db_engine.thread_count("postgresql+psycopg2://h/db", config) == 25
+    assert (
+        db_engine.thread_count("postgresql+psycopg2://h/db", DatabaseConfig(max_open_conns=0)) == 1
+    )
+    engine = db_engine.create_engine("postgresql+psycopg2://u@127.0.0.1/none", config)
+    pool: Any = engine.pool
+    assert (pool.size(), pool._max_overflow) == (5, 20)
+    assert pool._pre_ping and pool._recycle == 300
+    engine.dispose()
+    connector = DBConnector(
+        DatabaseConfig(type="sqlite", dsn="meta.db", max_open_conns=2), "/nonexistent", reactor
+    )
+    assert connector.pool.max_threads == 2
+    assert connector.url.endswith("/nonexistent/meta.db")
+
+
+def test_log_level_controls_statement_logging(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for level, logged in (("info", True), ("warn", False)):
+        caplog.clear()
+        engine = db_engine.create_engine(sqlite_url, DatabaseConfig(log_level=level))
+        with caplog.at_level(logging.NOTSET), engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 42")
+        engine.dispose()
+        assert any("SELECT 42" in record.getMessage() for record in caplog.records) is logged
+
+
+def test_failed_transaction_rolls_back_and_is_not_retried(sqlite_url: str) -> None:
+    engine = db_engine.create_engine(sqlite_url)
+    model.metadata.create_all(engine)
+    calls = []
+
+    def fails(connection: sa.Connection) -> None:
+        calls.append(1)
+        connection.execute(
+            model.backend_usage.insert().values(backend="a", used_bytes=1, object_count=1)
+        )
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        run_transaction(engine, fails, ())
+    assert calls == [1]
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(model.backend_usage)).all() == []
+    engine.dispose()
+
+
+def test_transient_failure_is_retried(sqlite_url: str) -> None:
+    engine = db_engine.create_engine(sqlite_url)
+    model.metadata.create_all(engine)
+    locked = sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert is_transient(locked)
+    assert not is_transient(sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE")))
+    attempts = []
+
+    def flaky(connection: sa.Connection) -> str:
+        attempts.append(1)
+        connection.execute(
+            model.backend_usage.insert().values(backend="a", used_bytes=1, object_count=1)
+        )
+        if len(attempts) < 3:
+            raise locked
+        return "done"
+
+    assert run_transaction(engine, flaky, ()) == "done"
+    with engine.connect() as connection:  # the failed attempts left nothing behind
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(model.backend_usage)).scalar()
+            == 1
+        )
+    engine.dispose()
+
+
+class ServerEngineTests:
+    server = ""
+
+    @pytest.fixture(autouse=True)
+    def _database(self) -> Any:
+        database = ServerDatabase(self.server)
+        reason = database.unreachable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        self.url = database.create()
+        yield
+        database.drop()
+
+    def test_real_deadlock_is_retried(self) -> None:
+        """Two transactions locking rows in opposite orders: the server kills one, the pool
+        runs it again, and both land."""
+        engine = db_engine.create_engine(self.url)
+        model.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                model.backend_usage.insert(),
+                [{"backend": name, "used_bytes": 0, "object_count": 0} for name in ("a", "b")],
+            )
+        barrier = threading.Barrier(2, timeout=20)
+        table = model.backend_usage
+        attempts: list[str] = []
+
+        def bump(connection: sa.Connection, first: str, second: str) -> None:
+            attempts.append(first)
+            connection.execute(
+                table.update()
+                .where(table.c.backend == first)
+                .values(used_bytes=table.c.used_bytes + 1)
+            )
+            if attempts.count(first) == 1:
+                barrier.wait()  # both hold their first row: now each wants the other's
+            connection.execute(
+                table.update()
+                .where(table.c.backend == second)
+                .values(used_bytes=table.c.used_bytes + 1)
+            )
+
+        errors: list[BaseException] = []
+
+        def run(first: str, second: str) -> None:
+            try:
+                run_transaction(engine, bump, (first, second))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=pair) for pair in (("a", "b"), ("b", "a"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        try:
+            assert errors == []
+            assert len(attempts) == 3  # one of the two ran twice
+            with engine.connect() as connection:
+                used = dict(
+                    connection.execute(sa.select(table.c.backend, table.c.used_bytes)).all()
+                )
+            assert used == {"a": 2, "b": 2}
+        finally:
+            engine.dispose()
+
+    def test_store_survives_a_dropped_connection(self) -> None:
+        """pool_pre_ping: a server restart (here: our connection killed) costs no error."""
+        store, cleanup = make_store(None, url=self.url, inline=True)
+        try:
+            assert store.create_bucket("vb", now=0).result is True  # type: ignore[attr-defined]
+            with store.pool.engine.connect() as connection:
+                backend_id = connection.exec_driver_sql(
+                    "SELECT pg_backend_pid()"
+                    if "postgresql" in self.url
+                    else "SELECT CONNECTION_ID()"
+                ).scalar()
+            killer = ServerDatabase(self.server)._admin
+            with killer.connect() as connection:
+                if "postgresql" in self.url:
+                    connection.exec_driver_sql(f"SELECT pg_terminate_backend({backend_id})")
+                else:
+                    connection.exec_driver_sql(f"KILL {backend_id}")
+            killer.dispose()
+            record = ObjectRecord(
+                "vb", "k", 1, '"e"', 0.0, locations=(Location("b", "\U0001f600"),)
+            )
+            store.put_object(record)
+            assert store.get_object("vb", "k").result == record  # type: ignore[attr-defined]
+        finally:
+            cleanup()
+
+
+@pytest.mark.postgres
+class TestPostgresEngine(ServerEngineTests):
+    server = POSTGRES_SERVER
+
+
+@pytest.mark.mysql
+class TestMySQLEngine(ServerEngineTests):
+    server = MYSQL_SERVER
+
+    def test_mysql_session_settings(self) -> None:
+        engine = db_engine.create_engine(self.url)
+        try:
+            with engine.connect() as connection:
+                charset = connection.exec_driver_sql("SELECT @@character_set_client").scalar()
+                isolation = connection.exec_driver_sql("SELECT @@tx_isolation").scalar()
+            assert charset == "utf8mb4"
+            assert isolation == "READ-COMMITTED"
+        finally:
+            engine.dispose()
