@@ -1,0 +1,1 @@
+"""Operating a running daemon: the ``/api`` admin resource and live reconfiguration."""

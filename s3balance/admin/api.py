@@ -1,0 +1,481 @@
+"""The admin API under ``/api``: the Go S3 Balance paths, JSON in and out.
+
+Every request but a CORS preflight (``OPTIONS``) must carry ``api.token``, as
+``Authorization: Bearer <token>`` or as the bare token (both are what the Go project accepts);
+otherwise the answer is 401 ``{"error": "..."}``.  Times are float seconds since the epoch (UTC),
+sizes are bytes, months are ``"YYYY-MM"`` (UTC).  Errors are ``{"error": "<message>"}`` with a
+4xx/5xx status, except a refused configuration: 400 ``{"errors": ["<key path>: <problem>", ...]}``.
+
+Endpoints and their answers:
+
+``GET /api/buckets`` -> ``{"buckets": [<bucket>, ...]}``, real buckets first (by name), then
+virtual ones.  A real bucket is ``{"name", "virtual": false, "endpoint", "region", "bucket"
+(its name on the service), "path" (local directory or null), "enabled", "weight", "max_size",
+"healthy", "last_probe", "last_error", "probe_latency_seconds", "used_bytes", "object_count",
+"capacity_bytes" (max_size, or what the storage reports, or null), "storage_free_bytes",
+"month", "class_a_operations", "class_b_operations", "class_a_limit", "class_b_limit"}``
+(limits: 0 means unlimited).  A virtual bucket is ``{"name", "virtual": true, "created",
+"from_config"}``.
+
+``GET /api/buckets/{name}`` -> one ``<bucket>``, or 404.
+
+``POST /api/buckets/{name}/enable`` and ``.../disable`` -> ``{"bucket": <bucket>, "changes":
+[...]}``; the change is made to the running configuration (so ``GET /api/config`` shows it), but
+not written to the file: a SIGHUP reload goes back to what the file says.
+
+``POST /api/strategy`` with ``{"strategy": "<one of STRATEGIES>"}`` -> ``{"strategy",
+"changes"}``; ``GET /api/strategy`` -> ``{"strategy", "strategies": [...]}``.
+
+``GET /api/health`` -> ``{"status": "healthy"|"degraded"|"unhealthy", "reason", "backends":
+{...}}`` (the ``/health`` document plus a one-line reason); ``POST /api/health/probe`` runs a
+probe round first.
+
+``GET /api/config`` -> the running configuration in the file's format, secrets as ``"***"``.
+``POST /api/config`` with a full or partial configuration (the file's format, as JSON; in
+``buckets`` an entry updates the bucket of the same name, ``{"name": x, "remove": true}``
+removes one, ``"***"`` keeps a secret) -> ``{"changes": [...], "config": {...}}``.  The update is
+validated like the file at start; ``${VAR}`` is not expanded from the daemon's environment.
+Sections that need a restart are listed in ``changes`` and left as they run.
+
+``GET /api/stats/monthly`` (this month), ``GET /api/stats/monthly/{year}/{month}`` ->
+``{"month", "backends": {<name>: <counts>}, "total": <counts>}`` with ``<counts>`` =
+``{"class_a", "class_b", "bytes_in", "bytes_out"}``; this month lists every configured backend,
+also those with no operations yet.
+
+``GET /api/stats/monthly/range?start=YYYY-MM&end=YYYY-MM`` -> ``{"start", "end", "months":
+[{"month", "backends", "total"}, ...]}``, one entry per month of the range (at most 120).
+
+``GET /api/stats/bucket/{name}/history[?start=YYYY-MM&end=YYYY-MM]`` -> ``{"bucket", "months":
+[{"month", "class_a", "class_b", "bytes_in", "bytes_out"}, ...]}`` for a real bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from s3balance.admin.reload import apply_config
+from s3balance.config import STRATEGIES, BucketConfig, Config
+from s3balance.configfile import ConfigError, config_to_dict, merge_config, parse_config
+from s3balance.db.records import OperationCounts
+from s3balance.pool import month_of
+from s3balance.web.health import health_report
+
+if TYPE_CHECKING:
+    from s3balance.app import S3BalanceService
+
+log = Logger()
+
+#: A configuration update is a few kilobytes; refuse anything absurd before parsing it.
+MAX_BODY = 1024 * 1024
+#: Longest month range one stats request may cover (ten years).
+MAX_RANGE_MONTHS = 120
+
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+JSON = dict[str, Any]
+Handler = Callable[..., Coroutine[Any, Any, JSON]]
+
+
+class ApiError(Exception):
+    """An answer other than 200, with a JSON body."""
+
+    def __init__(self, status: int, body: JSON) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+
+
+def _error(status: int, message: str) -> ApiError:
+    return ApiError(status, {"error": message})
+
+
+class AdminResource(Resource):
+    """The ``/api`` subtree; every path below it is routed here (it is a leaf).
+
+    :param service: the running daemon: its ``config``, ``pool``, ``health``, ``usage``,
+        ``store`` and ``reactor`` are read at every request, so a reload is seen at once.
+    :param allow_origin: the ``Access-Control-Allow-Origin`` sent to browsers; the token, not
+        the origin, is what guards the API.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: S3BalanceService, allow_origin: str = "*") -> None:
+        super().__init__()
+        self.service = service
+        self.allow_origin = allow_origin
+        self._routes: list[tuple[bytes, tuple[str, ...], Handler]] = [
+            (b"GET", ("buckets",), self.get_buckets),
+            (b"GET", ("buckets", "{}"), self.get_bucket),
+            (b"POST", ("buckets", "{}", "enable"), self.enable_bucket),
+            (b"POST", ("buckets", "{}", "disable"), self.disable_bucket),
+            (b"GET", ("strategy",), self.get_strategy),
+            (b"POST", ("strategy",), self.set_strategy),
+            (b"GET", ("health",), self.get_health),
+            (b"POST", ("health", "probe"), self.probe_health),
+            (b"GET", ("config",), self.get_config),
+            (b"POST", ("config",), self.post_config),
+            (b"GET", ("stats", "monthly"), self.stats_this_month),
+            (b"GET", ("stats", "monthly", "range"), self.stats_range),
+            (b"GET", ("stats", "monthly", "{}", "{}"), self.stats_month),
+            (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
+        ]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def render(self, request: Request) -> Any:
+        self._cors(request)
+        request.setHeader(b"cache-control", b"no-store")
+        if request.method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-max-age", b"600")
+            return b""
+        try:
+            self._authorize(request)
+            handler, params = self._route(request)
+        except ApiError as error:
+            return self._body(request, error.status, error.body)
+        finished = [False]
+        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+
+        def answer(body: JSON) -> None:
+            if not finished[0]:
+                request.write(self._body(request, 200, body))
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, ApiError):
+                status, body = error.status, error.body
+            else:
+                log.failure("admin API request {uri} failed", failure, uri=request.uri)
+                status, body = 500, {"error": f"internal error: {failure.getErrorMessage()}"}
+            if not finished[0]:
+                request.write(self._body(request, status, body))
+                request.finish()
+
+        Deferred.fromCoroutine(handler(request, *params)).addCallbacks(answer, failed)
+        return NOT_DONE_YET
+
+    def _cors(self, request: Request) -> None:
+        request.setHeader(b"access-control-allow-origin", self.allow_origin.encode("utf-8"))
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
+
+    def _body(self, request: Request, status: int, body: JSON) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        if status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="s3balance-api"')
+        return json.dumps(body, indent=2, sort_keys=False).encode("utf-8") + b"\n"
+
+    def _authorize(self, request: Request) -> None:
+        token = self.service.config.api.token.encode("utf-8")
+        if not token:
+            raise _error(401, "the admin API has no token configured (api.token)")
+        header = (request.getHeader("authorization") or "").strip()
+        if not header:
+            raise _error(401, "missing Authorization header")
+        scheme, _, rest = header.partition(" ")
+        presented = rest.strip() if scheme.lower() == "bearer" else header
+        if not hmac.compare_digest(presented.encode("utf-8"), token):
+            raise _error(401, "invalid token")
+
+    def _route(self, request: Request) -> tuple[Handler, list[str]]:
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or []]
+        while segments and segments[-1] == "":
+            segments.pop()
+        allowed: list[bytes] = []
+        for method, pattern, handler in self._routes:
+            params = _match(pattern, segments)
+            if params is None:
+                continue
+            if method == request.method or (method == b"GET" and request.method == b"HEAD"):
+                return handler, params
+            allowed.append(method)
+        if allowed:
+            request.setHeader(b"allow", b", ".join(sorted(set(allowed)) + [b"OPTIONS"]))
+            raise _error(405, f"method {request.method.decode('latin-1')} not allowed here")
+        raise _error(404, "no such endpoint: /api/" + "/".join(segments))
+
+    # -- buckets -----------------------------------------------------------------------------
+
+    async def get_buckets(self, request: Request) -> JSON:
+        real = [self._real_bucket(name) for name in self.service.pool.names()]
+        virtual = [_virtual_bucket(record) for record in await self.service.store.list_buckets()]
+        return {"buckets": real + virtual}
+
+    async def get_bucket(self, request: Request, name: str) -> JSON:
+        if name in self.service.pool.names():
+            return self._real_bucket(name)
+        record = await self.service.store.get_bucket(name)
+        if record is None:
+            raise _error(404, f"no bucket named {name!r}")
+        return _virtual_bucket(record)
+
+    async def enable_bucket(self, request: Request, name: str) -> JSON:
+        return await self._set_enabled(name, True)
+
+    async def disable_bucket(self, request: Request, name: str) -> JSON:
+        return await self._set_enabled(name, False)
+
+    async def _set_enabled(self, name: str, enabled: bool) -> JSON:
+        config = self.service.config
+        if name not in {b.name for b in config.real_buckets}:
+            raise _error(404, f"no real bucket named {name!r}")
+        buckets = [
+            dataclasses.replace(b, enabled=enabled) if b.name == name and not b.virtual else b
+            for b in config.buckets
+        ]
+        changes = await self._apply(dataclasses.replace(config, buckets=buckets))
+        return {"bucket": self._real_bucket(name), "changes": changes}
+
+    def _real_bucket(self, name: str) -> JSON:
+        service = self.service
+        config: BucketConfig = service.pool.config(name)
+        state = service.health.state(name)
+        usage = service.usage.usage(name)
+        counts = service.pool.operation_counts(name)
+        capacity = config.max_size
+        if capacity is None:
+            capacity = service.usage.storage_total(name)
+        return {
+            "name": name,
+            "virtual": False,
+            "endpoint": config.endpoint,
+            "region": config.region,
+            "bucket": config.real_name,
+            "path": config.path,
+            "enabled": config.enabled,
+            "weight": config.weight,
+            "max_size": config.max_size,
+            "healthy": state.healthy,
+            "last_probe": state.last_probe,
+            "last_error": state.last_error,
+            "probe_latency_seconds": state.latency,
+            "used_bytes": usage.used_bytes,
+            "object_count": usage.object_count,
+            "capacity_bytes": capacity,
+            "storage_free_bytes": service.usage.storage_free(name),
+            "month": counts.month,
+            "class_a_operations": counts.class_a,
+            "class_b_operations": counts.class_b,
+            "class_a_limit": config.operation_limits.type_a,
+            "class_b_limit": config.operation_limits.type_b,
+        }
+
+    # -- strategy ----------------------------------------------------------------------------
+
+    async def get_strategy(self, request: Request) -> JSON:
+        return {"strategy": self.service.config.balancer.strategy, "strategies": list(STRATEGIES)}
+
+    async def set_strategy(self, request: Request) -> JSON:
+        body = _json_body(request)
+        strategy = body.get("strategy")
+        if strategy not in STRATEGIES:
+            raise ApiError(
+                400,
+                {"errors": [f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}"]},
+            )
+        config = self.service.config
+        balancer = dataclasses.replace(config.balancer, strategy=strategy)
+        changes = await self._apply(dataclasses.replace(config, balancer=balancer))
+        return {"strategy": self.service.config.balancer.strategy, "changes": changes}
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def get_health(self, request: Request) -> JSON:
+        return self._health()
+
+    async def probe_health(self, request: Request) -> JSON:
+        await self.service.health.probe_now()
+        return self._health()
+
+    def _health(self) -> JSON:
+        report = health_report(self.service.pool)
+        backends: dict[str, dict[str, Any]] = report["backends"]  # type: ignore[assignment]
+        enabled = {name: b for name, b in backends.items() if b["enabled"]}
+        sick = sorted(name for name, b in enabled.items() if not b["healthy"])
+        if not enabled:
+            reason = "no backend is enabled"
+        elif not sick:
+            reason = f"all {len(enabled)} enabled backends are healthy"
+        else:
+            details = ", ".join(
+                f"{name} ({backends[name]['last_error'] or 'down'})" for name in sick
+            )
+            reason = f"{len(sick)} of {len(enabled)} enabled backends unhealthy: {details}"
+        return {"status": report["status"], "reason": reason, "backends": backends}
+
+    # -- configuration -----------------------------------------------------------------------
+
+    async def get_config(self, request: Request) -> JSON:
+        return config_to_dict(self.service.config, mask_secrets=True)
+
+    async def post_config(self, request: Request) -> JSON:
+        partial = _json_body(request)
+        current = config_to_dict(self.service.config, mask_secrets=False)
+        try:
+            new = parse_config(merge_config(current, partial), environ={})
+        except ConfigError as error:
+            raise ApiError(400, {"errors": error.problems}) from error
+        changes = await self._apply(new)
+        return {"changes": changes, "config": config_to_dict(self.service.config, True)}
+
+    async def _apply(self, new: Config) -> list[str]:
+        try:
+            return await apply_config(self.service, new)
+        except ConfigError as error:
+            raise ApiError(400, {"errors": error.problems}) from error
+
+    # -- statistics --------------------------------------------------------------------------
+
+    async def stats_this_month(self, request: Request) -> JSON:
+        month = month_of(self.service.reactor.seconds())
+        return await self._month(month, include=self.service.pool.names())
+
+    async def stats_month(self, request: Request, year: str, month: str) -> JSON:
+        text = f"{year}-{month.zfill(2)}"
+        if not _is_month(text):
+            raise _error(400, f"not a month: {year}/{month} (expected /YYYY/MM)")
+        return await self._month(text, include=[])
+
+    async def stats_range(self, request: Request) -> JSON:
+        start = _query(request, "start")
+        end = _query(request, "end")
+        months = _months_between(start, end)
+        await self.service.pool.flush()
+        assert start is not None and end is not None  # checked by _months_between
+        history = await self.service.store.operation_history(None, start, end)
+        by_month: dict[str, dict[str, OperationCounts]] = {m: {} for m in months}
+        for counts in history:
+            by_month.setdefault(counts.month, {})[counts.backend] = counts
+        return {
+            "start": start,
+            "end": end,
+            "months": [_month_document(m, by_month[m], []) for m in months],
+        }
+
+    async def stats_history(self, request: Request, name: str) -> JSON:
+        start = _query(request, "start", required=False)
+        end = _query(request, "end", required=False)
+        for text in (start, end):
+            if text is not None and not _is_month(text):
+                raise _error(400, f"not a month: {text!r} (expected YYYY-MM)")
+        await self.service.pool.flush()
+        history = await self.service.store.operation_history(name, start or "", end or "9999-12")
+        if not history and name not in self.service.pool.names():
+            raise _error(404, f"no real bucket named {name!r} and no history for it")
+        return {
+            "bucket": name,
+            "months": [{"month": c.month, **_counts(c)} for c in history],
+        }
+
+    async def _month(self, month: str, include: list[str]) -> JSON:
+        # Counts still in the pool's memory go to the store first, so the answer is complete.
+        await self.service.pool.flush()
+        counts = await self.service.store.operation_counts(month)
+        return _month_document(month, counts, include)
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:
+    if len(pattern) != len(segments):
+        return None
+    params = []
+    for expected, actual in zip(pattern, segments, strict=True):
+        if expected == "{}":
+            if not actual:
+                return None
+            params.append(actual)
+        elif expected != actual:
+            return None
+    return params
+
+
+def _virtual_bucket(record: Any) -> JSON:
+    return {
+        "name": record.name,
+        "virtual": True,
+        "created": record.created_at,
+        "from_config": record.from_config,
+    }
+
+
+def _json_body(request: Request) -> JSON:
+    content = request.content
+    data = content.read(MAX_BODY + 1) if content is not None else b""
+    if len(data) > MAX_BODY:
+        raise _error(413, f"request body larger than {MAX_BODY} bytes")
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError as error:
+        raise _error(400, f"request body is not JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise _error(400, "request body must be a JSON object")
+    return body
+
+
+def _query(request: Request, name: str, required: bool = True) -> str | None:
+    values = (request.args or {}).get(name.encode("ascii"))
+    if not values:
+        if required:
+            raise _error(400, f"query parameter {name} (YYYY-MM) is required")
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _is_month(text: str) -> bool:
+    match = _MONTH_RE.match(text)
+    return match is not None and 1 <= int(match.group(2)) <= 12
+
+
+def _months_between(start: str | None, end: str | None) -> list[str]:
+    for text in (start, end):
+        if text is None or not _is_month(text):
+            raise _error(400, f"not a month: {text!r} (expected YYYY-MM)")
+    assert start is not None and end is not None
+    if start > end:
+        raise _error(400, f"start {start} is after end {end}")
+    year, month = int(start[:4]), int(start[5:])
+    months: list[str] = []
+    while True:
+        current = f"{year:04d}-{month:02d}"
+        months.append(current)
+        if current == end:
+            return months
+        if len(months) == MAX_RANGE_MONTHS:
+            raise _error(400, f"a range covers at most {MAX_RANGE_MONTHS} months")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def _counts(counts: OperationCounts | None) -> JSON:
+    if counts is None:
+        return {"class_a": 0, "class_b": 0, "bytes_in": 0, "bytes_out": 0}
+    return {
+        "class_a": counts.class_a,
+        "class_b": counts.class_b,
+        "bytes_in": counts.bytes_in,
+        "bytes_out": counts.bytes_out,
+    }
+
+
+def _month_document(month: str, counts: dict[str, OperationCounts], include: list[str]) -> JSON:
+    names = sorted(set(counts) | set(include))
+    backends = {name: _counts(counts.get(name)) for name in names}
+    total = {
+        key: sum(b[key] for b in backends.values())
+        for key in ("class_a", "class_b", "bytes_in", "bytes_out")
+    }
+    return {"month": month, "backends": backends, "total": total}
