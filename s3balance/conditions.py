@@ -1,0 +1,144 @@
+"""Conditional requests and byte ranges, as S3 evaluates them: pure functions, no I/O.
+
+S3's precedence (GetObject/HeadObject documentation): when ``If-Match`` holds, a failing
+``If-Unmodified-Since`` is ignored; when ``If-None-Match`` fails (the ETag matches), a holding
+``If-Modified-Since`` is ignored and the answer is 304.  ``If-Match`` failures answer 412 before any
+304 is considered.  Unparseable dates are ignored, as HTTP says.  CopyObject's
+``x-amz-copy-source-if-*`` follow the same rules, except that every failure is a 412.
+
+Ranges: one ``bytes=`` range is served (206); a syntactically invalid header, another unit, or
+several ranges are ignored and the whole object is returned (S3 does the same); a range that
+starts past the end answers 416 InvalidRange.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import math
+from email.utils import format_datetime, parsedate_to_datetime
+
+from s3balance import errors
+
+
+class Outcome(enum.Enum):
+    PROCEED = "proceed"
+    NOT_MODIFIED = "not-modified"
+    PRECONDITION_FAILED = "precondition-failed"
+
+
+def _normalise_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """Whether an ``If-Match``/``If-None-Match`` list names ``etag`` (``*`` names any)."""
+    wanted = _normalise_etag(etag)
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or (candidate and _normalise_etag(candidate) == wanted):
+            return True
+    return False
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Seconds since the epoch for an HTTP date (any of the three RFC 9110 forms), or ``None``
+    when absent or unparseable."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    return parsed.timestamp()
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 1123 date in GMT (``Last-Modified``): whole seconds, as S3 sends it."""
+    moment = datetime.datetime.fromtimestamp(math.floor(timestamp), tz=datetime.UTC)
+    return format_datetime(moment, usegmt=True)
+
+
+def evaluate(
+    etag: str,
+    last_modified: float,
+    if_match: str | None = None,
+    if_none_match: str | None = None,
+    if_modified_since: str | None = None,
+    if_unmodified_since: str | None = None,
+    *,
+    for_copy: bool = False,
+) -> Outcome:
+    """Decide a conditional request against the stored object's ETag and modification time.
+
+    :param for_copy: evaluating ``x-amz-copy-source-if-*``: a would-be 304 is a 412.
+    """
+    modified = math.floor(last_modified)
+    if if_match is not None:
+        if not etag_matches(if_match, etag):
+            return Outcome.PRECONDITION_FAILED
+    else:
+        unmodified_since = parse_http_date(if_unmodified_since)
+        if unmodified_since is not None and modified > unmodified_since:
+            return Outcome.PRECONDITION_FAILED
+    not_modified = Outcome.PRECONDITION_FAILED if for_copy else Outcome.NOT_MODIFIED
+    if if_none_match is not None:
+        if etag_matches(if_none_match, etag):
+            return not_modified
+    else:
+        modified_since = parse_http_date(if_modified_since)
+        if modified_since is not None and modified <= modified_since:
+            return not_modified
+    return Outcome.PROCEED
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range ``(first, last)`` a ``Range`` header asks of an object of
+    ``size`` bytes, or ``None`` to serve the whole object.
+
+    :raises S3Error: InvalidRange (416) when the range is well formed but not satisfiable.
+    """
+    if header is None:
+        return None
+    value = header.strip()
+    unit, sep, spec = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    spec = spec.strip()
+    if "," in spec:
+        return None
+    first_text, dash, last_text = spec.partition("-")
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if not dash or not (first_text or last_text):
+        return None
+    if (first_text and not first_text.isdigit()) or (last_text and not last_text.isdigit()):
+        return None
+    if not first_text:
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise _unsatisfiable(value, size)
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    if last_text:
+        last = int(last_text)
+        if last < first:
+            return None
+    else:
+        last = size - 1
+    if first >= size:
+        raise _unsatisfiable(value, size)
+    return first, min(last, size - 1)
+
+
+def _unsatisfiable(requested: str, size: int) -> errors.S3Error:
+    return errors.InvalidRange(RangeRequested=requested, ActualObjectSize=str(size))
+
+
+def content_range(byte_range: tuple[int, int], size: int) -> str:
+    """The ``Content-Range`` header value of a 206 answer."""
+    return f"bytes {byte_range[0]}-{byte_range[1]}/{size}"

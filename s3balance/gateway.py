@@ -1,0 +1,651 @@
+"""The S3 semantics of virtual buckets, independent of HTTP: where objects go, where metadata is
+written, and how the two stay consistent.
+
+Placement: :meth:`BackendPool.choose` ranks the eligible backends; the first one that accepts the
+bytes wins.  A write that fails *before any body byte was consumed* moves on to the next choice
+(up to ``balancer.retry_attempts`` attempts, ``balancer.retry_delay`` apart); once bytes went out
+it fails, and the backend keeps nothing (its ``put_object`` contract).
+
+Consistency rules, in order:
+
+1. Metadata is committed (``store.put_object``) only after the backend confirmed the write; a
+   failed commit deletes the bytes just written.
+2. Writes to one ``(backend, real key)`` are serialised inside the daemon by a lock held from the
+   backend write to the commit, so the backend's last writer is also the database's last commit.
+3. Bytes an overwrite or a delete made unreachable are deleted *after* the commit, under the same
+   lock, and only when the current row no longer references them; a crash in between leaves an
+   orphan for scrub, never a row without bytes.
+
+Real keys are ``<virtual bucket>/<key>`` inside the chosen real bucket.
+
+Operation classes counted per backend follow Cloudflare R2: class A (mutating or listing) for
+PutObject, CopyObject, multipart calls and listings; class B (reads) for GetObject and
+HeadObject on a backend; DeleteObject is free.  Listings and HeadObject are answered from the
+metadata store, so they never reach a backend and are not counted (HeadObject still answers 503
+when no location of the object is readable, as GetObject would).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from s3balance import errors
+from s3balance.backends.interface import (
+    BackendError,
+    BackendNoSuchKey,
+    BackendUnavailable,
+    IBackend,
+    IObjectStream,
+    PutResult,
+    backend_error_to_s3,
+)
+from s3balance.config import Config
+from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
+from s3balance.db.store import BucketNotEmptyError, MetadataStore, NoSuchBucketError
+
+log = Logger()
+
+#: S3's limit for a single PUT.
+MAX_PUT_SIZE = 5 * 1024**3
+#: S3's limit on a key's UTF-8 length.
+MAX_KEY_BYTES = 1024
+#: Names the daemon serves itself; a virtual bucket may not take them.
+RESERVED_BUCKET_NAMES = frozenset({"health", "metrics", "api"})
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+class Pool(Protocol):
+    """What the core needs of :class:`s3balance.pool.BackendPool`."""
+
+    def get(self, name: str) -> IBackend: ...
+
+    def is_available(self, name: str) -> bool: ...
+
+    def choose(self, bucket: str, key: str, size: int) -> list[str]: ...
+
+    def reserve(self, name: str, size: int) -> Callable[[], None]: ...
+
+    def over_read_limit(self, name: str) -> bool: ...
+
+    def record_operation(
+        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+    ) -> None: ...
+
+
+class Health(Protocol):
+    def mark_failure(self, name: str, error: str) -> None: ...
+
+
+class Usage(Protocol):
+    def adjust(self, name: str, delta_bytes: int, delta_objects: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    retry_attempts: int = 3
+    retry_delay: float = 1.0
+    allow_create_bucket: bool = True
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_config(cls, config: Config) -> GatewaySettings:
+        return cls(
+            retry_attempts=config.balancer.retry_attempts,
+            retry_delay=config.balancer.retry_delay,
+            allow_create_bucket=config.s3api.allow_create_bucket,
+            region=config.s3api.region,
+        )
+
+
+def real_key(bucket: str, key: str) -> str:
+    """Where a virtual object lives inside whichever real bucket holds it."""
+    return f"{bucket}/{key}"
+
+
+def validate_bucket_name(name: str) -> None:
+    """S3's rules for new bucket names (the DNS-compatible ones), plus our reserved names.
+
+    :raises S3Error: InvalidBucketName.
+    """
+    if (
+        not _BUCKET_NAME.match(name)
+        or ".." in name
+        or ".-" in name
+        or "-." in name
+        or _IP_ADDRESS.match(name)
+        or name.startswith("xn--")
+        or name.endswith("-s3alias")
+        or name in RESERVED_BUCKET_NAMES
+    ):
+        raise errors.InvalidBucketName(BucketName=name)
+
+
+def quoted_etag(etag: str) -> str:
+    """S3's quoted form; some servers (SeaweedFS's CopyObjectResult) drop the quotes."""
+    etag = etag.strip()
+    if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"'):
+        return etag
+    return f'"{etag.strip(chr(34))}"'
+
+
+def validate_key(key: str) -> None:
+    """:raises S3Error: KeyTooLongError past 1024 UTF-8 bytes."""
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise errors.KeyTooLongError(Size=str(len(key.encode("utf-8"))), MaxSizeAllowed="1024")
+
+
+class _KeyLocks:
+    """One DeferredLock per ``(backend, real key)`` in use, dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[defer.DeferredLock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, backend: str, key: str) -> AsyncIterator[None]:
+        ident = (backend, key)
+        lock, users = self._locks.get(ident, (defer.DeferredLock(), 0))
+        self._locks[ident] = (lock, users + 1)
+        try:
+            await lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[ident]
+            if users <= 1:
+                del self._locks[ident]
+            else:
+                self._locks[ident] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class _Relay(TwistedProtocol):
+    """Receives a backend stream and writes it into the consumer of another backend's upload."""
+
+    def __init__(self, producer: StreamBodyProducer, consumer: IConsumer) -> None:
+        self._producer = producer
+        self._consumer = consumer
+
+    def connectionMade(self) -> None:
+        self._producer._attached(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._consumer.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._producer._ended(reason if reason is not None else Failure(ResponseDone()))
+
+
+@implementer(IBodyProducer)
+class StreamBodyProducer:
+    """Feeds a backend's GET stream into another backend's PUT, with backpressure: the target's
+    ``pauseProducing`` pauses the source connection.
+
+    Used once; call :meth:`discard` when the upload never started.
+    """
+
+    def __init__(self, stream: IObjectStream) -> None:
+        self.length: int = stream.length
+        self._stream = stream
+        self._started = False
+        self._transport: IPushProducer | None = None
+        self._paused = False
+        self._done: defer.Deferred[None] = defer.Deferred()
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        self._started = True
+        self._stream.deliverBody(_Relay(self, consumer))
+        return self._done
+
+    def _attached(self, transport: Any) -> None:
+        self._transport = transport
+        if self._paused:
+            transport.pauseProducing()
+
+    def _ended(self, reason: Failure) -> None:
+        if self._done.called:
+            return
+        if reason.check(ResponseDone):
+            self._done.callback(None)
+        else:
+            self._done.errback(reason)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._transport is not None:
+            self._transport.stopProducing()
+
+    def discard(self) -> None:
+        if not self._started:
+            self._started = True
+            self._stream.discard()
+
+
+def _restartable(body: IBodyProducer) -> bool:
+    check = getattr(body, "restartable", None)
+    return bool(check()) if callable(check) else False
+
+
+class Gateway:
+    """Virtual buckets over a pool of real ones.
+
+    :param store: the metadata store.
+    :param pool: ranks and hands out backends (:class:`s3balance.pool.BackendPool`).
+    :param health: told about backend failures seen on the data path.
+    :param usage: the in-memory usage estimate, kept in step with commits.
+    :param clock: for retry delays and object timestamps.
+    :param config: the daemon's configuration (or pass ``settings``).
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        pool: Pool,
+        health: Health,
+        usage: Usage,
+        clock: IReactorTime,
+        config: Config | None = None,
+        settings: GatewaySettings | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.health = health
+        self.usage = usage
+        self.clock = clock
+        if settings is None:
+            settings = GatewaySettings.from_config(config) if config else GatewaySettings()
+        self.settings = settings
+        self._locks = _KeyLocks()
+
+    # -- buckets -------------------------------------------------------------------------
+
+    async def list_buckets(self) -> list[BucketRecord]:
+        return await self.store.list_buckets()
+
+    async def get_bucket(self, name: str) -> BucketRecord:
+        """:raises S3Error: NoSuchBucket."""
+        record = await self.store.get_bucket(name)
+        if record is None:
+            raise errors.NoSuchBucket(BucketName=name)
+        return record
+
+    async def create_bucket(self, name: str) -> None:
+        """:raises S3Error: AccessDenied when disabled, InvalidBucketName,
+        BucketAlreadyOwnedByYou (there is a single owner)."""
+        if not self.settings.allow_create_bucket:
+            raise errors.AccessDenied("Creating buckets is disabled on this server.")
+        validate_bucket_name(name)
+        created = await self.store.create_bucket(name, self.clock.seconds())
+        if not created:
+            raise errors.BucketAlreadyOwnedByYou(BucketName=name)
+
+    async def delete_bucket(self, name: str) -> None:
+        """Delete an empty virtual bucket.  A bucket declared in the configuration comes back at
+        the next start.
+
+        :raises S3Error: NoSuchBucket, BucketNotEmpty.
+        """
+        try:
+            await self.store.delete_bucket(name)
+        except NoSuchBucketError:
+            raise errors.NoSuchBucket(BucketName=name) from None
+        except BucketNotEmptyError:
+            raise errors.BucketNotEmpty(BucketName=name) from None
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get_object_record(self, bucket: str, key: str) -> ObjectRecord:
+        """The visible object, from metadata only.
+
+        :raises S3Error: NoSuchKey, or NoSuchBucket when the bucket itself is missing.
+        """
+        record = await self.store.get_object(bucket, key)
+        if record is None:
+            await self.get_bucket(bucket)
+            raise errors.NoSuchKey(Key=key)
+        return record
+
+    def readable_location(self, record: ObjectRecord) -> Location:
+        """The location a read of ``record`` should use.
+
+        :raises S3Error: ServiceUnavailable when no location's backend is enabled and healthy,
+            SlowDown when the ones that are have used up their class-B budget.
+        """
+        over_limit = False
+        for location in record.locations:
+            if not self.pool.is_available(location.backend):
+                continue
+            if self.pool.over_read_limit(location.backend):
+                over_limit = True
+                continue
+            return location
+        if over_limit:
+            raise errors.SlowDown("The storage holding this object has used its read budget.")
+        raise errors.ServiceUnavailable("The storage backend for this object is not available.")
+
+    async def open_object(
+        self, record: ObjectRecord, byte_range: tuple[int, int] | None = None
+    ) -> IObjectStream:
+        """Start reading ``record``'s bytes (a range of them) from its backend.
+
+        :raises S3Error: as :meth:`readable_location`; NoSuchKey when the backend lost the bytes
+            (a dangling row, logged for the operator).
+        """
+        location = self.readable_location(record)
+        backend = self.pool.get(location.backend)
+        try:
+            stream = await backend.get_object(location.real_key, byte_range)
+        except BackendNoSuchKey:
+            log.error(
+                "dangling metadata: {bucket}/{key} is recorded on {backend} as {real_key} but "
+                "the backend does not have it",
+                bucket=record.bucket,
+                key=record.key,
+                backend=location.backend,
+                real_key=location.real_key,
+            )
+            raise errors.NoSuchKey(Key=record.key) from None
+        except BackendError as error:
+            if isinstance(error, BackendUnavailable):
+                self.health.mark_failure(location.backend, error.detail)
+            raise backend_error_to_s3(error) from error
+        self.pool.record_operation(location.backend, "B", bytes_out=stream.length)
+        return stream
+
+    async def list_objects(
+        self,
+        bucket: str,
+        prefix: str = "",
+        delimiter: str = "",
+        start_after: str = "",
+        max_keys: int = 1000,
+    ) -> ObjectPage:
+        """A page of the bucket's listing, from metadata. :raises S3Error: NoSuchBucket."""
+        await self.get_bucket(bucket)
+        if max_keys <= 0:
+            return ObjectPage([], [], False, None)
+        return await self.store.list_objects(bucket, prefix, delimiter, start_after, max_keys)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: IBodyProducer,
+        length: int,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+        checksums: Callable[[], dict[str, str]] | None = None,
+    ) -> ObjectRecord:
+        """Store a new object from a streamed body and make it visible.
+
+        :param body: the producer; when it has ``restartable()`` returning true, a backend that
+            refused before reading it may be replaced by the next choice.
+        :param checksums: called after the body was fully read; ``x-amz-checksum-*`` values to
+            keep with the object (lower-case names).
+        :returns: the committed record (its ETag is the backend's).
+        :raises S3Error: NoSuchBucket, EntityTooLarge, ServiceUnavailable when no backend can take
+            it, the body's own error (BadDigest...), or a backend error mapped for clients.
+        """
+        validate_key(key)
+        if length > MAX_PUT_SIZE:
+            raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
+        await self.get_bucket(bucket)
+
+        def write(backend: IBackend, target: str) -> defer.Deferred[PutResult]:
+            return backend.put_object(target, body, length, dict(headers), dict(metadata))
+
+        return await self._place(
+            bucket,
+            key,
+            length,
+            write,
+            lambda: _restartable(body),
+            headers=dict(headers),
+            metadata=dict(metadata),
+            checksums=checksums,
+        )
+
+    async def copy_object(
+        self,
+        source: ObjectRecord,
+        bucket: str,
+        key: str,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+    ) -> ObjectRecord:
+        """Copy ``source`` to ``bucket``/``key`` with the given stored headers and metadata (the
+        caller has applied the metadata directive).
+
+        The pool chooses the target as for a new object; when that is a backend holding the
+        source, the copy is server-side, otherwise the bytes stream from one backend into the
+        other with backpressure.
+        """
+        validate_key(key)
+        await self.get_bucket(bucket)
+        source_location = self.readable_location(source)
+
+        def write(backend: IBackend, target: str) -> defer.Deferred[PutResult]:
+            if backend.name == source_location.backend:
+                return backend.copy_object(
+                    source_location.real_key, target, dict(headers), dict(metadata)
+                )
+            return defer.ensureDeferred(
+                self._streamed_copy(source_location, backend, target, headers, metadata)
+            )
+
+        kept = dict(source.checksums)
+        in_place = source.bucket == bucket and source.key == key
+        return await self._place(
+            bucket,
+            key,
+            source.size,
+            write,
+            lambda: True,
+            headers=dict(headers),
+            metadata=dict(metadata),
+            checksums=lambda: kept,
+            prefer=source_location.backend if in_place else None,
+        )
+
+    async def _streamed_copy(
+        self,
+        source: Location,
+        target_backend: IBackend,
+        target: str,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+    ) -> PutResult:
+        try:
+            stream = await self.pool.get(source.backend).get_object(source.real_key)
+        except BackendNoSuchKey:
+            raise errors.NoSuchKey("The source object's bytes are missing.") from None
+        except BackendError as error:
+            raise backend_error_to_s3(error) from error
+        self.pool.record_operation(source.backend, "B", bytes_out=stream.length)
+        producer = StreamBodyProducer(stream)
+        try:
+            return await target_backend.put_object(
+                target, producer, stream.length, dict(headers), dict(metadata)
+            )
+        finally:
+            producer.discard()
+
+    async def _place(
+        self,
+        bucket: str,
+        key: str,
+        size: int,
+        write: Callable[[IBackend, str], defer.Deferred[PutResult]],
+        restartable: Callable[[], bool],
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        checksums: Callable[[], dict[str, str]] | None,
+        prefer: str | None = None,
+    ) -> ObjectRecord:
+        """Write to the best backend that takes it, then commit; the retry loop of the module
+        docstring."""
+        candidates = self.pool.choose(bucket, key, size)
+        if prefer is not None and prefer in candidates:
+            candidates = [prefer] + [name for name in candidates if name != prefer]
+        if not candidates:
+            raise errors.InsufficientStorage()
+        target = real_key(bucket, key)
+        attempts = max(1, self.settings.retry_attempts)
+        last_error: BackendUnavailable | None = None
+        for attempt, name in enumerate(candidates[:attempts]):
+            if attempt:
+                await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
+            outcome = await self._write_and_commit(
+                name, bucket, key, target, size, write, headers, metadata, checksums
+            )
+            if isinstance(outcome, BackendUnavailable):
+                last_error = outcome
+                if outcome.body_started or not restartable():
+                    break
+                log.warn(
+                    "backend {backend} refused {bucket}/{key} before the body: {detail}; "
+                    "trying the next choice",
+                    backend=name,
+                    bucket=bucket,
+                    key=key,
+                    detail=outcome.detail,
+                )
+                continue
+            record, replaced, previous = outcome
+            self._adjust_usage(record, previous)
+            await self._remove_unreferenced(bucket, key, replaced)
+            return record
+        assert last_error is not None
+        raise backend_error_to_s3(last_error)
+
+    async def _write_and_commit(
+        self,
+        name: str,
+        bucket: str,
+        key: str,
+        target: str,
+        size: int,
+        write: Callable[[IBackend, str], defer.Deferred[PutResult]],
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> tuple[ObjectRecord, list[Location], ObjectRecord | None] | BackendUnavailable:
+        """One attempt on one backend, under the key's lock; a refusal that may be retried is
+        returned, every other failure raised."""
+        backend = self.pool.get(name)
+        release = self.pool.reserve(name, size)
+        try:
+            async with self._locks.hold(name, target):
+                try:
+                    result = await write(backend, target)
+                except BackendUnavailable as error:
+                    self.health.mark_failure(name, error.detail)
+                    return error
+                except BackendError as error:
+                    log.error(
+                        "writing {target} to {backend} failed: {detail}",
+                        target=target, backend=name, detail=error.detail,
+                    )
+                    raise backend_error_to_s3(error) from error
+                self.pool.record_operation(name, "A", bytes_in=result.size)
+                stored_checksums = dict(result.checksums)
+                if checksums is not None:
+                    stored_checksums.update(checksums())
+                record = ObjectRecord(
+                    bucket=bucket,
+                    key=key,
+                    size=result.size,
+                    etag=quoted_etag(result.etag),
+                    last_modified=self.clock.seconds(),
+                    headers=headers,
+                    metadata=metadata,
+                    checksums=stored_checksums,
+                    locations=(Location(name, target),),
+                )
+                try:
+                    previous = await self.store.get_object(bucket, key)
+                    replaced = await self.store.put_object(record)
+                except Exception as error:
+                    await self._delete_bytes(name, target)
+                    if isinstance(error, NoSuchBucketError):
+                        raise errors.NoSuchBucket(BucketName=bucket) from None
+                    log.failure(
+                        "committing {bucket}/{key} failed; its bytes were removed",
+                        Failure(error), bucket=bucket, key=key,
+                    )
+                    raise errors.InternalError() from error
+                return record, replaced, previous
+        finally:
+            release()
+
+    def _adjust_usage(self, record: ObjectRecord, previous: ObjectRecord | None) -> None:
+        for location in record.locations:
+            self.usage.adjust(location.backend, record.size, 1)
+        if previous is not None:
+            for backend in {location.backend for location in previous.locations}:
+                self.usage.adjust(backend, -previous.size, -1)
+
+    async def _delete_bytes(self, backend: str, target: str) -> None:
+        try:
+            await self.pool.get(backend).delete_object(target)
+        except Exception as error:
+            log.warn(
+                "could not delete {target} from {backend} ({error}); scrub will find it",
+                target=target, backend=backend, error=error,
+            )
+
+    async def _remove_unreferenced(
+        self, bucket: str, key: str, locations: list[Location] | tuple[Location, ...]
+    ) -> None:
+        """Delete bytes the metadata no longer points at.  Under the location's lock, the row is
+        read again: a later write of the same key to the same backend may own them by now."""
+        for location in locations:
+            async with self._locks.hold(location.backend, location.real_key):
+                current = await self.store.get_object(bucket, key)
+                if current is not None and location in current.locations:
+                    continue
+                await self._delete_bytes(location.backend, location.real_key)
+
+    # -- deleting ------------------------------------------------------------------------
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Remove the row, then the bytes; deleting a missing key succeeds (S3 answers 204).
+
+        :raises S3Error: NoSuchBucket.
+        """
+        removed = await self.store.delete_object(bucket, key)
+        if removed is None:
+            await self.get_bucket(bucket)
+            return
+        for backend in {location.backend for location in removed.locations}:
+            self.usage.adjust(backend, -removed.size, -1)
+        await self._remove_unreferenced(bucket, key, removed.locations)

@@ -1,0 +1,408 @@
+"""Object operations: PutObject, GetObject, HeadObject, CopyObject, DeleteObject(s), object ACL.
+
+The HTTP side only: validation S3 does before reading a body, headers in and out, conditional
+requests and ranges.  Placement and metadata belong to :class:`s3balance.gateway.Gateway`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from s3balance import conditions, errors
+from s3balance.backends.interface import STORED_HEADERS
+from s3balance.db.records import ObjectRecord
+from s3balance.gateway import MAX_PUT_SIZE, validate_key
+from s3balance.web import xml
+from s3balance.web.answer import (
+    STREAMED,
+    Answer,
+    RequestContext,
+    add_response_headers,
+    refuse_acl_header,
+)
+from s3balance.web.buckets import accept_private_acl
+from s3balance.web.filters import (
+    CHECKSUM_ALGORITHMS,
+    BodyFilter,
+    ChecksumFilter,
+    ContentMD5Filter,
+    LengthFilter,
+)
+from s3balance.web.relay import relay_object
+
+#: S3 gives objects stored without a Content-Type this one.
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+
+_HEADER_NAMES = {
+    "content-type": "Content-Type",
+    "content-encoding": "Content-Encoding",
+    "content-disposition": "Content-Disposition",
+    "content-language": "Content-Language",
+    "cache-control": "Cache-Control",
+    "expires": "Expires",
+}
+_OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+#: Headers asking for features s3balance does not have; honouring them silently would lie.
+_UNSUPPORTED_WRITE_HEADERS = (
+    "x-amz-tagging",
+    "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold",
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-website-redirect-location",
+)
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """A small, already-received body (buffered by twisted.web) as a restartable producer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+    def restartable(self) -> bool:
+        return True
+
+
+def _version_id_must_be_null(ctx: RequestContext) -> None:
+    version = ctx.query("versionId")
+    if version is not None and version != "null":
+        raise errors.InvalidArgument(
+            "Invalid version id specified", ArgumentName="versionId", ArgumentValue=version
+        )
+
+
+def _refuse_unsupported(ctx: RequestContext) -> None:
+    for name in _UNSUPPORTED_WRITE_HEADERS:
+        if ctx.header(name) is not None:
+            raise errors.NotImplementedError_(f"The {name} header is not supported.")
+    refuse_acl_header(ctx)
+
+
+def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers S3 keeps with an object, and its user metadata, from a PUT or a
+    REPLACE copy."""
+    headers: dict[str, str] = {}
+    for name in STORED_HEADERS:
+        value = ctx.header(name)
+        if value is not None:
+            headers[name] = value
+    encoding = headers.get("content-encoding")
+    if encoding is not None:
+        # aws-chunked is transfer framing of the request, not a property of the object.
+        kept = [e.strip() for e in encoding.split(",") if e.strip().lower() != "aws-chunked"]
+        if kept:
+            headers["content-encoding"] = ", ".join(kept)
+        else:
+            del headers["content-encoding"]
+    headers.setdefault("content-type", DEFAULT_CONTENT_TYPE)
+    return headers, ctx.headers_with_prefix("x-amz-meta-")
+
+
+def _declared_length(ctx: RequestContext) -> int:
+    decoded = ctx.header("x-amz-decoded-content-length")
+    raw = decoded if decoded is not None else ctx.header("content-length")
+    if raw is None:
+        raise errors.MissingContentLength()
+    try:
+        length = int(raw)
+    except ValueError:
+        raise errors.InvalidArgument("The Content-Length is not a number.") from None
+    if length < 0:
+        raise errors.InvalidArgument("The Content-Length is negative.")
+    return length
+
+
+def _body_filters(ctx: RequestContext) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
+    """Checks S3 runs over an upload: Content-MD5 and every ``x-amz-checksum-*`` sent."""
+    filters: list[BodyFilter] = []
+    md5 = ctx.header("content-md5")
+    if md5 is not None:
+        filters.append(ContentMD5Filter(md5))
+    checksums: list[ChecksumFilter] = []
+    for algorithm in CHECKSUM_ALGORITHMS:
+        value = ctx.header(f"x-amz-checksum-{algorithm}")
+        if value is not None:
+            checksums.append(ChecksumFilter(algorithm, value))
+    filters.extend(checksums)
+    return filters, checksums
+
+
+def _run_filters(filters: list[Any], data: bytes) -> None:
+    """Apply body filters to a body that is already whole."""
+    for body_filter in filters:
+        data = body_filter.feed(data) + body_filter.finish()
+
+
+async def handle_PutObject(ctx: RequestContext) -> Answer:
+    validate_key(ctx.key)
+    _refuse_unsupported(ctx)
+    length = _declared_length(ctx)
+    if length > MAX_PUT_SIZE:
+        raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
+    await ctx.gateway.get_bucket(ctx.bucket)
+    headers, metadata = stored_headers_from_request(ctx)
+    filters, checksum_filters = _body_filters(ctx)
+    streamed = getattr(ctx.request, "body", None)
+    body: IBodyProducer
+    if streamed is not None:
+        streamed.length = length
+        for body_filter in [*filters, LengthFilter(length)]:
+            streamed.add_filter(body_filter)
+        body = streamed
+    else:
+        data = ctx.read_body()
+        if len(data) != length:
+            raise errors.IncompleteBody()
+        _run_filters(filters, data)
+        body = BytesBody(data)
+
+    def checksums() -> dict[str, str]:
+        return {
+            f"x-amz-checksum-{f.algorithm}": f.value_b64
+            for f in checksum_filters
+            if f.value_b64 is not None
+        }
+
+    record = await ctx.gateway.put_object(
+        ctx.bucket, ctx.key, body, length, headers, metadata, checksums
+    )
+    answer_headers = [("ETag", record.etag)]
+    answer_headers.extend((name, value) for name, value in record.checksums.items())
+    return Answer(200, answer_headers)
+
+
+def object_headers(
+    ctx: RequestContext, record: ObjectRecord, whole: bool
+) -> list[tuple[str, str]]:
+    """What GET and HEAD answer about an object besides length and range."""
+    stored = dict(record.headers)
+    stored.setdefault("content-type", DEFAULT_CONTENT_TYPE)
+    for parameter, name in _OVERRIDES.items():
+        value = ctx.query(parameter)
+        if value is not None:
+            stored[name] = value
+    headers = [(_HEADER_NAMES[name], stored[name]) for name in _HEADER_NAMES if name in stored]
+    headers.extend((f"x-amz-meta-{name}", value) for name, value in record.metadata.items())
+    headers.append(("ETag", record.etag))
+    headers.append(("Last-Modified", conditions.http_date(record.last_modified)))
+    headers.append(("Accept-Ranges", "bytes"))
+    mode = ctx.header("x-amz-checksum-mode")
+    if whole and mode is not None and mode.upper() == "ENABLED":
+        headers.extend(sorted(record.checksums.items()))
+    return headers
+
+
+def _check_conditions(ctx: RequestContext, record: ObjectRecord) -> Answer | None:
+    outcome = conditions.evaluate(
+        record.etag,
+        record.last_modified,
+        if_match=ctx.header("if-match"),
+        if_none_match=ctx.header("if-none-match"),
+        if_modified_since=ctx.header("if-modified-since"),
+        if_unmodified_since=ctx.header("if-unmodified-since"),
+    )
+    if outcome is conditions.Outcome.PRECONDITION_FAILED:
+        raise errors.PreconditionFailed(Condition="If-Match or If-Unmodified-Since")
+    if outcome is conditions.Outcome.NOT_MODIFIED:
+        return Answer(
+            304,
+            [
+                ("ETag", record.etag),
+                ("Last-Modified", conditions.http_date(record.last_modified)),
+            ],
+        )
+    return None
+
+
+async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
+    _version_id_must_be_null(ctx)
+    record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
+    not_modified = _check_conditions(ctx, record)
+    if not_modified is not None:
+        return not_modified
+    byte_range = conditions.parse_range(ctx.header("range"), record.size)
+    headers = object_headers(ctx, record, whole=byte_range is None)
+    status = 200
+    length = record.size
+    if byte_range is not None:
+        status = 206
+        length = byte_range[1] - byte_range[0] + 1
+        headers.append(("Content-Range", conditions.content_range(byte_range, record.size)))
+    if not with_body:
+        ctx.gateway.readable_location(record)
+        headers.append(("Content-Length", str(length)))
+        return Answer(status, headers)
+    stream = await ctx.gateway.open_object(record, byte_range)
+    request: Any = ctx.request
+    request.setResponseCode(status)
+    add_response_headers(request, headers)
+    request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
+    await relay_object(request, stream, ctx.clock, ctx.stall_timeout)
+    return STREAMED
+
+
+async def handle_GetObject(ctx: RequestContext) -> Any:
+    return await _read(ctx, with_body=True)
+
+
+async def handle_HeadObject(ctx: RequestContext) -> Any:
+    return await _read(ctx, with_body=False)
+
+
+async def handle_DeleteObject(ctx: RequestContext) -> Answer:
+    _version_id_must_be_null(ctx)
+    await ctx.gateway.delete_object(ctx.bucket, ctx.key)
+    return Answer(204)
+
+
+def _verify_required_digest(ctx: RequestContext, body: bytes) -> None:
+    """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one)."""
+    filters, checksum_filters = _body_filters(ctx)
+    if not filters:
+        raise errors.InvalidRequest("Missing required header for this request: Content-MD5")
+    _run_filters(filters, body)
+
+
+async def handle_DeleteObjects(ctx: RequestContext) -> Answer:
+    body = ctx.read_body()
+    _verify_required_digest(ctx, body)
+    request = xml.parse_delete(body)
+    await ctx.gateway.get_bucket(ctx.bucket)
+    outcomes: list[xml.DeleteOutcome] = []
+    for key in request.keys:
+        try:
+            validate_key(key)
+            await ctx.gateway.delete_object(ctx.bucket, key)
+        except errors.S3Error as error:
+            outcomes.append(xml.DeleteOutcome(key, error))
+        else:
+            outcomes.append(xml.DeleteOutcome(key))
+    return Answer.xml(xml.delete_result(outcomes, request.quiet))
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``x-amz-copy-source`` header (``[/]bucket/key[?versionId=]``).
+
+    :raises S3Error: InvalidArgument for a malformed value or a version other than ``null``.
+    """
+    path, _, query = value.partition("?")
+    if query:
+        name, _, version = query.partition("=")
+        if name != "versionId" or unquote(version) != "null":
+            raise errors.InvalidArgument(
+                "Invalid version id specified", ArgumentName="x-amz-copy-source"
+            )
+    decoded = unquote(path, errors="strict")
+    if decoded.startswith("/"):
+        decoded = decoded[1:]
+    bucket, slash, key = decoded.partition("/")
+    if not bucket or not slash or not key:
+        raise errors.InvalidArgument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+            ArgumentName="x-amz-copy-source",
+            ArgumentValue=value,
+        )
+    return bucket, key
+
+
+async def handle_CopyObject(ctx: RequestContext) -> Answer:
+    validate_key(ctx.key)
+    _refuse_unsupported(ctx)
+    source_header = ctx.header("x-amz-copy-source") or ""
+    try:
+        source_bucket, source_key = parse_copy_source(source_header)
+    except UnicodeError:
+        raise errors.InvalidArgument("Invalid copy source encoding.") from None
+    identity = ctx.identity
+    if identity is not None and not identity.may_access(source_bucket, False):
+        raise errors.AccessDenied()
+    directive = (ctx.header("x-amz-metadata-directive") or "COPY").strip().upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise errors.InvalidArgument(
+            "Unknown metadata directive.",
+            ArgumentName="x-amz-metadata-directive",
+            ArgumentValue=directive,
+        )
+    source = await ctx.gateway.get_object_record(source_bucket, source_key)
+    if source.size > MAX_PUT_SIZE:
+        raise errors.InvalidRequest(
+            "The specified copy source is larger than the maximum allowable size for a copy "
+            f"source: {MAX_PUT_SIZE}"
+        )
+    outcome = conditions.evaluate(
+        source.etag,
+        source.last_modified,
+        if_match=ctx.header("x-amz-copy-source-if-match"),
+        if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
+        if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
+        if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
+        for_copy=True,
+    )
+    if outcome is not conditions.Outcome.PROCEED:
+        raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
+    if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY":
+        raise errors.InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect location "
+            "or encryption attributes."
+        )
+    if directive == "REPLACE":
+        headers, metadata = stored_headers_from_request(ctx)
+    else:
+        headers, metadata = dict(source.headers), dict(source.metadata)
+    record = await ctx.gateway.copy_object(source, ctx.bucket, ctx.key, headers, metadata)
+    return Answer.xml(xml.copy_object_result(record.etag, record.last_modified))
+
+
+async def handle_GetObjectAcl(ctx: RequestContext) -> Answer:
+    _version_id_must_be_null(ctx)
+    await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
+    return Answer.xml(xml.access_control_policy(ctx.owner))
+
+
+async def handle_PutObjectAcl(ctx: RequestContext) -> Answer:
+    _version_id_must_be_null(ctx)
+    await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
+    accept_private_acl(ctx)
+    return Answer(200)
+
+
+HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
+    "PutObject": handle_PutObject,
+    "GetObject": handle_GetObject,
+    "HeadObject": handle_HeadObject,
+    "DeleteObject": handle_DeleteObject,
+    "DeleteObjects": handle_DeleteObjects,
+    "CopyObject": handle_CopyObject,
+    "GetObjectAcl": handle_GetObjectAcl,
+    "PutObjectAcl": handle_PutObjectAcl,
+}

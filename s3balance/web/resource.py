@@ -1,0 +1,350 @@
+"""The root resource: where every request enters, is authenticated, routed and answered.
+
+Order of work for an S3 request (one place, so it can be audited):
+
+1. Reserved children first: ``/health``, ``/metrics``, ``/api`` (the ``reserved`` dict) are
+   served by their own resources; no bucket can have those names.
+2. Routing (:mod:`s3balance.web.routing`): the operation, from the query string, then the method.
+3. **Authentication hook** (:meth:`S3Resource.authenticate`): with an
+   :class:`~s3balance.auth.authenticator.Authenticator`, the signature is verified for every S3
+   request, the identity's bucket scope and read-only flag are checked, and the payload filter
+   (SigV4 payload hash, aws-chunked decoding with chunk signatures or trailer checksum) is put
+   in front of the streamed body.  Without one, requests are anonymous and allowed, and
+   aws-chunked bodies are still decoded (an unverifying authenticator is used).
+4. The handler for the operation (:mod:`s3balance.web.buckets`, :mod:`s3balance.web.objects`)
+   returns an :class:`~s3balance.web.answer.Answer` (written here) or streams the object itself.
+
+Multipart hook: the root resource takes an optional ``multipart`` handler object; the seven
+multipart operations (CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
+AbortMultipartUpload, ListParts, ListMultipartUploads) call its method
+``handle_<Operation>(request, ctx)`` (``ctx`` is the :class:`RequestContext`; the method
+returns, or fires with, an :class:`Answer` or :data:`STREAMED`).  Without it they answer 501
+NotImplemented.
+
+Every response carries ``x-amz-request-id`` and ``x-amz-id-2``; every error is S3's XML document
+(no body for HEAD); unexpected exceptions are logged with the request id and answered
+InternalError.  The request is finished exactly once, here.  A client that goes away stops the
+backend work through the data itself: an upload's body fails (the backend keeps nothing) and a
+download's relay stops the backend stream.  Handlers are deliberately *not* cancelled: cancelling a
+Deferred does not stop a database transaction already running in its thread, and abandoning a
+write between the backend's confirmation and the commit would leave rows and bytes disagreeing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from s3balance import errors, metrics
+from s3balance.auth.authenticator import Authenticator
+from s3balance.auth.credentials import KeyRing
+from s3balance.auth.headers import RequestHeaders
+from s3balance.config import Config
+from s3balance.gateway import Gateway
+from s3balance.web import buckets, objects
+from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.routing import (
+    METHOD_NOT_ALLOWED,
+    MULTIPART_OPERATIONS,
+    NOT_IMPLEMENTED,
+    Route,
+    Router,
+)
+from s3balance.web.xml import Owner
+
+log = Logger()
+
+#: Operations that change data: refused to read-only keys.
+WRITE_OPERATIONS = frozenset(
+    {
+        "PutObject",
+        "CopyObject",
+        "DeleteObject",
+        "DeleteObjects",
+        "CreateBucket",
+        "DeleteBucket",
+        "PutBucketAcl",
+        "PutObjectAcl",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+    }
+)
+
+Handler = Callable[[RequestContext], Any]
+
+HANDLERS: dict[str, Handler] = {
+    "ListBuckets": buckets.handle_ListBuckets,
+    "HeadBucket": buckets.handle_HeadBucket,
+    "GetBucketLocation": buckets.handle_GetBucketLocation,
+    "GetBucketVersioning": buckets.handle_GetBucketVersioning,
+    "CreateBucket": buckets.handle_CreateBucket,
+    "DeleteBucket": buckets.handle_DeleteBucket,
+    "GetBucketAcl": buckets.handle_GetBucketAcl,
+    "PutBucketAcl": buckets.handle_PutBucketAcl,
+    "ListObjects": buckets.handle_ListObjects,
+    "ListObjectsV2": buckets.handle_ListObjectsV2,
+    "ListObjectVersions": buckets.handle_ListObjectVersions,
+    **objects.HANDLERS,
+}
+
+#: A stalled download (client not reading, backend not sending) is abandoned after this long.
+DEFAULT_STALL_TIMEOUT = 60.0
+
+
+def owner_for(access_key: str) -> Owner:
+    """The single owner every bucket and object shows: stable for one access key."""
+    seed = f"s3balance:{access_key}".encode()
+    return Owner(hashlib.sha256(seed).hexdigest(), "s3balance")
+
+
+class S3Resource(Resource):
+    """The daemon's root resource.
+
+    :param gateway: the core.
+    :param config: for the region, virtual-host domain and the owner's access key.
+    :param reserved: children served before any bucket, by first path segment.
+    :param authenticator: verifies signatures; ``None`` means anonymous access (see module doc).
+    :param multipart: the multipart handler object, or ``None`` (501 for those operations).
+    :param clock: for stall timers of downloads and durations.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        config: Config | None = None,
+        reserved: Mapping[bytes, IResource] | None = None,
+        authenticator: Authenticator | None = None,
+        multipart: Any = None,
+        clock: IReactorTime | None = None,
+        stall_timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        config = config or Config()
+        self.gateway = gateway
+        self.config = config
+        self.reserved = dict(reserved or {})
+        self.region = config.s3api.region
+        domain = config.s3api.domain if config.s3api.virtual_host else ""
+        self.router = Router(domain or None)
+        self.auth_enabled = authenticator is not None
+        self.authenticator = authenticator or Authenticator(
+            KeyRing(), required=False, region=config.s3api.region
+        )
+        self.multipart = multipart
+        self.clock: IReactorTime = clock or gateway.clock
+        self.stall_timeout = stall_timeout or max(
+            config.server.write_timeout, DEFAULT_STALL_TIMEOUT
+        )
+        self.owner = owner_for(config.s3api.access_key or "s3balance")
+        self._operation = _S3Operation(self)
+
+    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
+        """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
+        return self.router.should_stream(method, path, headers)
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if path in self.reserved and self.router.host_bucket(request.requestHeaders) is None:
+            return self.reserved[path]
+        # Everything else is S3: one leaf reads the whole target itself.
+        return self._operation
+
+    def render(self, request: Request) -> Any:
+        return self._operation.render(request)
+
+    # -- the authentication hook -------------------------------------------------------------
+
+    def authenticate(self, request: Request, route: Route) -> Any:
+        """Verify the request and return the identity (``None`` when anonymous).
+
+        Also installs the payload filter on a streamed body and refuses operations outside the
+        identity's bucket scope or beyond a read-only key.
+
+        :raises S3Error: any authentication error, AccessDenied.
+        """
+        headers = RequestHeaders.from_twisted(request.requestHeaders)
+        result = self.authenticator.authenticate(
+            request.method.decode("latin-1"),
+            request.uri,
+            headers,
+            bucket_from_host=self.router.host_bucket(request.requestHeaders),
+        )
+        body = getattr(request, "body", None)
+        if body is not None:
+            payload_filter = self.authenticator.body_filter(result, headers)
+            if payload_filter is not None:
+                body.add_filter(payload_filter)
+        identity = result.identity
+        if identity is not None:
+            write = route.operation in WRITE_OPERATIONS
+            if not identity.may_access(route.bucket or "", write):
+                raise errors.AccessDenied()
+        return identity
+
+
+class _S3Operation(Resource):
+    """The leaf that serves every S3 request (see the module docstring for the order)."""
+
+    isLeaf = True
+
+    def __init__(self, root: S3Resource) -> None:
+        super().__init__()
+        self.root = root
+
+    def render(self, request: Request) -> Any:
+        root = self.root
+        request_id = getattr(request, "request_id", None) or secrets.token_hex(8)
+        request.responseHeaders.setRawHeaders(b"x-amz-request-id", [request_id.encode()])
+        request.responseHeaders.setRawHeaders(
+            b"x-amz-id-2", [base64.b64encode(os.urandom(24))]
+        )
+        started = root.clock.seconds()
+        try:
+            route = root.router.route(request.method, request.uri, request.requestHeaders)
+        except ValueError:
+            route = Route("InvalidURI", None, None)
+        ctx = RequestContext(
+            request=request,
+            route=route,
+            request_id=request_id,
+            gateway=root.gateway,
+            owner=root.owner,
+            clock=root.clock,
+            region=root.region,
+            stall_timeout=root.stall_timeout,
+            read_body=lambda: _buffered_body(request),
+        )
+        request.notifyFinish().addBoth(self._count, request, route, started)
+        work = defer.ensureDeferred(self._serve(request, ctx))
+        work.addCallbacks(
+            lambda answer: self._answer(request, ctx, answer),
+            lambda failure: self._fail(request, ctx, failure),
+        )
+        work.addErrback(self._last_resort, request, request_id)
+        return NOT_DONE_YET
+
+    async def _serve(self, request: Request, ctx: RequestContext) -> Any:
+        route = ctx.route
+        if route.operation == "InvalidURI":
+            raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
+        ctx.identity = self.root.authenticate(request, route)
+        if route.operation == NOT_IMPLEMENTED:
+            raise errors.NotImplementedError_()
+        if route.operation == METHOD_NOT_ALLOWED:
+            raise errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
+        if route.operation in MULTIPART_OPERATIONS:
+            method = getattr(self.root.multipart, f"handle_{route.operation}", None)
+            if method is None:
+                raise errors.NotImplementedError_("Multipart uploads are not available.")
+            result = method(request, ctx)
+        else:
+            result = HANDLERS[route.operation](ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _answer(self, request: Request, ctx: RequestContext, answer: Any) -> None:
+        if answer is STREAMED:
+            return
+        assert isinstance(answer, Answer)
+        if getattr(request, "disconnected", False) or request.finished:
+            return
+        body = getattr(request, "body", None)
+        if body is not None and not body.complete:
+            request.prepare_early_response()  # type: ignore[attr-defined]
+        request.setResponseCode(answer.status)
+        add_response_headers(request, answer.headers)
+        if not request.responseHeaders.hasHeader(b"content-length"):
+            length = len(answer.body) if answer.status not in (204, 304) else 0
+            if answer.status not in (204, 304):
+                request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
+        if answer.body and request.method != b"HEAD":
+            request.write(answer.body)
+        request.finish()
+
+    def _fail(self, request: Request, ctx: RequestContext, failure: Failure) -> None:
+        if request.startedWriting or request.finished:
+            # The status line is out: the only honest signal left is a broken connection
+            # (the relay has already aborted it when the transfer broke).
+            log.info(
+                "request {request_id} ({operation}) ended after its answer began: {error}",
+                request_id=ctx.request_id,
+                operation=ctx.route.operation,
+                error=failure.getErrorMessage(),
+            )
+            channel = getattr(request, "channel", None)
+            if not request.finished and channel is not None:
+                channel.forceAbortClient()
+            return
+        if getattr(request, "disconnected", False):
+            log.info(
+                "request {request_id} ({operation}): the client went away ({error})",
+                request_id=ctx.request_id,
+                operation=ctx.route.operation,
+                error=failure.getErrorMessage(),
+            )
+            return
+        error = failure.value
+        if not isinstance(error, errors.S3Error):
+            log.failure(
+                "request {request_id} ({operation}) failed",
+                failure,
+                request_id=ctx.request_id,
+                operation=ctx.route.operation,
+            )
+            error = errors.InternalError()
+        body = getattr(request, "body", None)
+        if body is not None and not body.complete:
+            request.prepare_early_response()  # type: ignore[attr-defined]
+        write_error(request, error, ctx.route.path, ctx.request_id)
+
+    def _last_resort(self, failure: Failure, request: Request, request_id: str) -> None:
+        log.failure("answering request {request_id} failed", failure, request_id=request_id)
+        channel = getattr(request, "channel", None)
+        if not request.finished and channel is not None:
+            channel.forceAbortClient()
+
+    def _count(self, _: Any, request: Request, route: Route, started: float) -> None:
+        status = str(request.code) if request.finished else "disconnected"
+        metrics.S3_OPERATIONS.labels(route.operation, route.bucket or "", status).inc()
+        metrics.S3_OPERATION_DURATION.labels(route.operation).observe(
+            max(0.0, self.root.clock.seconds() - started)
+        )
+
+
+def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
+    """S3's XML error answer (headers only for HEAD) and finish."""
+    document = error.to_xml(resource, request_id)
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
+    if request.method == b"HEAD" or error.status == 304:
+        request.responseHeaders.removeHeader(b"content-length")
+        request.finish()
+        return
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(document)])
+    request.write(document)
+    request.finish()
+
+
+def _buffered_body(request: Request) -> bytes:
+    """The body twisted.web buffered for a non-streamed request (XML documents, small PUTs)."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read()
+    return data

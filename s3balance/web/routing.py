@@ -1,0 +1,309 @@
+"""Which S3 operation a request is, decided from the query string first, then the method.
+
+Routing on the method alone is how other gateways turned ``PUT ?tagging`` into an overwrite of the
+object and ``DELETE /bucket?cors`` into a wipe of the bucket: here every sub-resource and every
+query parameter must be known.  A sub-resource s3balance does not serve routes to
+``NotImplemented``; an unknown parameter does too, so nothing is ever guessed.
+
+Addressing: path style ``/{bucket}/{key}``, and virtual-host style ``Host: {bucket}.{domain}``
+when a domain is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from twisted.web.http_headers import Headers
+
+#: Query parameters that carry authentication or SDK bookkeeping: allowed on every operation.
+_NEUTRAL_PARAMS = frozenset(
+    {
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "x-amz-expires",
+        "x-amz-signedheaders",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-user-agent",
+        "awsaccesskeyid",
+        "signature",
+        "expires",
+        "x-id",
+    }
+)
+
+_LIST_V1_PARAMS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
+_LIST_V2_PARAMS = frozenset(
+    {
+        "list-type",
+        "prefix",
+        "delimiter",
+        "max-keys",
+        "encoding-type",
+        "continuation-token",
+        "start-after",
+        "fetch-owner",
+    }
+)
+_LIST_VERSIONS_PARAMS = frozenset(
+    {
+        "versions",
+        "prefix",
+        "delimiter",
+        "max-keys",
+        "encoding-type",
+        "key-marker",
+        "version-id-marker",
+    }
+)
+_LIST_UPLOADS_PARAMS = frozenset(
+    {"uploads", "prefix", "delimiter", "max-uploads", "encoding-type", "key-marker",
+     "upload-id-marker"}
+)
+_RESPONSE_OVERRIDES = frozenset(
+    {
+        "response-content-type",
+        "response-content-language",
+        "response-expires",
+        "response-cache-control",
+        "response-content-disposition",
+        "response-content-encoding",
+    }
+)
+
+#: Operations handed to the optional multipart handler.
+MULTIPART_OPERATIONS = frozenset(
+    {
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+        "ListMultipartUploads",
+    }
+)
+
+#: Answered 501 NotImplemented without touching any data.
+NOT_IMPLEMENTED = "NotImplemented"
+#: A method S3 does not define for the resource: 405.
+METHOD_NOT_ALLOWED = "MethodNotAllowed"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A classified request.
+
+    :ivar operation: S3's operation name (``GetObject``...), or :data:`NOT_IMPLEMENTED` /
+        :data:`METHOD_NOT_ALLOWED`.
+    :ivar bucket: the virtual bucket, ``None`` for service-level requests.
+    :ivar key: the object key (decoded UTF-8), ``None`` for bucket-level requests.
+    :ivar query: decoded query parameters (first value of each; a bare ``?acl`` maps to ``""``).
+    :ivar path: the decoded path, for ``Resource`` in error documents.
+    """
+
+    operation: str
+    bucket: str | None
+    key: str | None
+    query: dict[str, str] = field(default_factory=dict)
+    path: str = "/"
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.operation in MULTIPART_OPERATIONS
+
+
+class Router:
+    """Classifies requests; one instance per daemon, configured with the addressing style.
+
+    :param virtual_host_domain: the base domain of virtual-host addressing
+        (``<bucket>.<domain>``), or ``None`` for path style only.
+    """
+
+    def __init__(self, virtual_host_domain: str | None = None) -> None:
+        domain = (virtual_host_domain or "").strip(".").lower()
+        self._suffix = "." + domain if domain else None
+
+    def host_bucket(self, headers: Headers) -> str | None:
+        """The bucket named by the ``Host`` header in virtual-host style, if any."""
+        if self._suffix is None:
+            return None
+        raw = headers.getRawHeaders(b"host", [b""])[0].decode("latin-1").lower()
+        if raw.startswith("["):
+            return None
+        host = raw.rsplit(":", 1)[0] if ":" in raw else raw
+        if host.endswith(self._suffix) and len(host) > len(self._suffix):
+            return host[: -len(self._suffix)]
+        return None
+
+    def split_target(
+        self, raw_target: bytes, headers: Headers
+    ) -> tuple[str | None, str | None, dict[str, str], str]:
+        """``(bucket, key, query, decoded path)`` of a raw request target.
+
+        :raises ValueError: the path is not valid percent-encoded UTF-8.
+        """
+        raw_path, _, raw_query = raw_target.partition(b"?")
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+        query: dict[str, str] = {}
+        for name, value in parse_qsl(
+            raw_query.decode("latin-1"), keep_blank_values=True, encoding="utf-8",
+            errors="strict",
+        ):
+            query.setdefault(name, value)
+        vhost_bucket = self.host_bucket(headers)
+        if vhost_bucket is not None:
+            key = path[1:] if path.startswith("/") else path
+            return vhost_bucket, (key or None), query, path
+        rest = path[1:] if path.startswith("/") else path
+        if not rest:
+            return None, None, query, path
+        bucket, slash, key = rest.partition("/")
+        return bucket, (key if slash and key else None), query, path
+
+    def route(self, method: bytes, raw_target: bytes, headers: Headers) -> Route:
+        """Classify a request.
+
+        :raises ValueError: the path is not valid percent-encoded UTF-8.
+        """
+        bucket, key, query, path = self.split_target(raw_target, headers)
+        verb = method.decode("latin-1").upper()
+        lowered = {name.lower() for name in query} - _NEUTRAL_PARAMS
+        has_copy_source = headers.hasHeader(b"x-amz-copy-source")
+        if bucket is None:
+            operation = _service_operation(verb, lowered)
+        elif key is None:
+            operation = _bucket_operation(verb, lowered, query)
+        else:
+            operation = _object_operation(verb, lowered, has_copy_source)
+        return Route(operation, bucket, key, query, path)
+
+    def should_stream(self, method: bytes, raw_target: bytes, headers: Headers) -> bool:
+        """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
+        instead of buffering it: true for a PUT of a key carrying a body."""
+        if method.upper() != b"PUT":
+            return False
+        if not _has_body(headers):
+            return False
+        try:
+            route = self.route(method, raw_target, headers)
+        except ValueError:
+            return False
+        return route.operation in ("PutObject", "UploadPart")
+
+
+def _has_body(headers: Headers) -> bool:
+    encodings = b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower()
+    if b"chunked" in encodings:
+        return True
+    lengths = headers.getRawHeaders(b"content-length")
+    if not lengths:
+        return False
+    try:
+        return int(lengths[0]) > 0
+    except ValueError:
+        return False
+
+
+def _only(params: set[str], allowed: frozenset[str]) -> bool:
+    return params <= allowed
+
+
+def _service_operation(verb: str, params: set[str]) -> str:
+    if verb == "GET":
+        return "ListBuckets" if not params - {"prefix", "max-buckets", "continuation-token",
+                                              "bucket-region"} else NOT_IMPLEMENTED
+    return METHOD_NOT_ALLOWED
+
+
+def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str:
+    if "acl" in params:
+        if params != {"acl"}:
+            return NOT_IMPLEMENTED
+        return {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"}.get(verb, NOT_IMPLEMENTED)
+    if "location" in params:
+        return "GetBucketLocation" if verb == "GET" and params == {"location"} else NOT_IMPLEMENTED
+    if "versioning" in params:
+        return "GetBucketVersioning" if verb == "GET" and params == {"versioning"} else (
+            NOT_IMPLEMENTED
+        )
+    if "versions" in params:
+        if verb == "GET" and _only(params, _LIST_VERSIONS_PARAMS):
+            return "ListObjectVersions"
+        return NOT_IMPLEMENTED
+    if "uploads" in params:
+        if verb == "GET" and _only(params, _LIST_UPLOADS_PARAMS):
+            return "ListMultipartUploads"
+        return NOT_IMPLEMENTED
+    if "delete" in params:
+        return "DeleteObjects" if verb == "POST" and params == {"delete"} else NOT_IMPLEMENTED
+    if verb == "GET":
+        if "list-type" in params:
+            if query.get("list-type", query.get("List-Type")) == "2" and _only(
+                params, _LIST_V2_PARAMS
+            ):
+                return "ListObjectsV2"
+            return NOT_IMPLEMENTED
+        return "ListObjects" if _only(params, _LIST_V1_PARAMS) else NOT_IMPLEMENTED
+    if params:
+        return NOT_IMPLEMENTED
+    if verb == "HEAD":
+        return "HeadBucket"
+    if verb == "PUT":
+        return "CreateBucket"
+    if verb == "DELETE":
+        return "DeleteBucket"
+    if verb == "POST":
+        # A browser form upload (POST object): not served.
+        return NOT_IMPLEMENTED
+    return METHOD_NOT_ALLOWED
+
+
+def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str:
+    if "acl" in params:
+        if not params <= {"acl", "versionid"}:
+            return NOT_IMPLEMENTED
+        return {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"}.get(verb, NOT_IMPLEMENTED)
+    if "uploads" in params:
+        return "CreateMultipartUpload" if verb == "POST" and params == {"uploads"} else (
+            NOT_IMPLEMENTED
+        )
+    if "uploadid" in params:
+        if verb == "PUT" and params == {"uploadid", "partnumber"}:
+            return "UploadPartCopy" if has_copy_source else "UploadPart"
+        if verb == "POST" and params == {"uploadid"}:
+            return "CompleteMultipartUpload"
+        if verb == "DELETE" and params == {"uploadid"}:
+            return "AbortMultipartUpload"
+        if verb == "GET" and params <= {"uploadid", "max-parts", "part-number-marker",
+                                         "encoding-type"}:
+            return "ListParts"
+        return NOT_IMPLEMENTED
+    if verb in ("GET", "HEAD"):
+        if params <= _RESPONSE_OVERRIDES | {"versionid"}:
+            return "GetObject" if verb == "GET" else "HeadObject"
+        return NOT_IMPLEMENTED
+    if verb == "PUT":
+        if params:
+            return NOT_IMPLEMENTED
+        return "CopyObject" if has_copy_source else "PutObject"
+    if verb == "DELETE":
+        return "DeleteObject" if params <= {"versionid"} else NOT_IMPLEMENTED
+    if verb == "POST":
+        return NOT_IMPLEMENTED
+    return METHOD_NOT_ALLOWED
+
+
+_PATH_STYLE = Router()
+
+
+def should_stream(method: bytes, raw_target: bytes, headers: Headers) -> bool:
+    """:meth:`Router.should_stream` for path-style addressing only.
+
+    With virtual-host addressing on, give :class:`~s3balance.web.site.S3Site` the root
+    resource's :meth:`~s3balance.web.resource.S3Resource.should_stream` instead: it knows the
+    domain, so ``PUT /key`` on ``<bucket>.<domain>`` streams too.
+    """
+    return _PATH_STYLE.should_stream(method, raw_target, headers)

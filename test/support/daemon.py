@@ -1,0 +1,300 @@
+"""An in-process s3balance for end-to-end tests: real store, real backends, real sockets.
+
+:func:`start_daemon` wires what ``s3balance.app`` wires (SQLite store on its own thread pool,
+backends, health and usage monitors, pool, gateway, root resource, :class:`S3Site`) and listens on
+``127.0.0.1:0``.  Boto3 calls are blocking: run them with :func:`in_thread` from trial tests while
+the reactor serves the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.web.client import HTTPConnectionPool
+
+from s3balance.auth.authenticator import Authenticator
+from s3balance.auth.credentials import KeyRing
+from s3balance.backends.factory import make_backend
+from s3balance.backends.interface import IBackend
+from s3balance.config import BucketConfig, Config
+from s3balance.db import migrate
+from s3balance.db.engine import create_engine
+from s3balance.db.pool import DBThreadPool
+from s3balance.db.store import MetadataStore
+from s3balance.gateway import Gateway
+from s3balance.health import HealthMonitor
+from s3balance.placement import make_strategy
+from s3balance.pool import BackendPool
+from s3balance.usage import UsageMonitor
+from s3balance.web.resource import S3Resource
+from s3balance.web.site import S3Site
+
+T = TypeVar("T")
+
+
+def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+    """Run a blocking call (boto3, a raw socket) off the reactor thread."""
+    return threads.deferToThread(function, *args, **kwargs)
+
+
+@dataclass
+class Daemon:
+    config: Config
+    store: MetadataStore
+    db_pool: DBThreadPool
+    backends: dict[str, IBackend]
+    health: HealthMonitor
+    usage: UsageMonitor
+    pool: BackendPool
+    gateway: Gateway
+    resource: S3Resource
+    site: S3Site
+    port: Any
+    http_pool: HTTPConnectionPool
+    cleanups: list[Callable[[], Any]] = field(default_factory=list)
+    channels: list[Any] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @property
+    def port_number(self) -> int:
+        return int(self.port.getHost().port)
+
+    def client(self, **config_options: Any) -> Any:
+        """A boto3 client for the daemon: path style, no retries.
+
+        ``request_checksum_calculation`` defaults to ``when_supported`` (boto3's default, the
+        aws-chunked CRC32 trailer); pass ``"when_required"`` for plain bodies.
+        """
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        options: dict[str, Any] = {
+            "s3": {"addressing_style": "path"},
+            "retries": {"max_attempts": 1},
+            "connect_timeout": 5,
+            "read_timeout": 30,
+        }
+        options.update(config_options)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.config.s3api.access_key or "anonymous-test",
+            aws_secret_access_key=self.config.s3api.secret_key or "anonymous-secret",
+            region_name=self.config.s3api.region,
+            config=BotoConfig(**options),
+        )
+
+    async def real_keys(self, backend: str, prefix: str = "") -> list[str]:
+        """The real keys a backend holds (to check nothing was left behind)."""
+        listed = await self.backends[backend].list_objects(prefix)
+        return sorted(entry.key for entry in listed)
+
+    async def stop(self) -> None:
+        from twisted.internet import reactor, task
+
+        await self.port.stopListening()
+        # Clients keep connections alive: close them so the reactor is clean after the test.
+        for channel in list(self.channels):
+            transport = getattr(channel, "transport", None)
+            if transport is not None and channel.connected:
+                transport.abortConnection()
+        for _ in range(100):
+            if not any(channel.connected for channel in self.channels):
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        for cleanup in reversed(self.cleanups):
+            await defer.maybeDeferred(cleanup)
+        for backend in self.backends.values():
+            await backend.close()
+        await self.http_pool.closeCachedConnections()
+        await threads.deferToThread(self.db_pool.stop)
+
+
+def local_buckets(root: str, names: list[str], **options: Any) -> list[BucketConfig]:
+    """Real buckets stored in local directories under ``root``."""
+    return [BucketConfig(name=n, path=os.path.join(root, n), **options) for n in names]
+
+
+def seaweed_buckets(weed: Any, names: list[str], **options: Any) -> list[BucketConfig]:
+    """Real buckets on a running SeaweedFS (created here)."""
+    configs = []
+    for name in names:
+        weed.create_bucket(name)
+        configs.append(
+            BucketConfig(
+                name=name,
+                endpoint=weed.endpoint,
+                region=weed.region,
+                access_key_id=weed.access_key,
+                secret_access_key=weed.secret_key,
+                path_style=True,
+                use_ssl=False,
+                **options,
+            )
+        )
+    return configs
+
+
+async def start_daemon(
+    workdir: str,
+    real_buckets: list[BucketConfig],
+    virtual_buckets: tuple[str, ...] = ("vb",),
+    strategy: str = "round-robin",
+    configure: Callable[[Config], None] | None = None,
+    reactor: Any = None,
+) -> Daemon:
+    """Build and start a daemon; call :meth:`Daemon.stop` when done.
+
+    Signatures are checked when ``configure`` sets ``s3api.auth_required`` (keys from ``s3api``).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config = Config(data_dir=workdir)
+    config.buckets = list(real_buckets) + [
+        BucketConfig(name=name, virtual=True) for name in virtual_buckets
+    ]
+    config.balancer.strategy = strategy
+    config.balancer.retry_delay = 0.01
+    if configure is not None:
+        configure(config)
+
+    url = f"sqlite:///{os.path.join(workdir, 'meta.db')}"
+    engine = create_engine(url)
+    await threads.deferToThread(migrate.upgrade, engine)
+    db_pool = DBThreadPool(engine, reactor, max_threads=2)
+    db_pool.start()
+    store = MetadataStore(db_pool)
+    for name in virtual_buckets:
+        await store.create_bucket(name, reactor.seconds(), from_config=True)
+
+    http_pool = HTTPConnectionPool(reactor, persistent=True)
+    http_pool.maxPersistentPerHost = 16
+    backends = {
+        bucket.name: make_backend(bucket, reactor, workdir, http_pool)
+        for bucket in config.real_buckets
+    }
+    health = HealthMonitor(lambda: backends, clock=reactor, period=3600.0, probe_timeout=5.0)
+    usage = UsageMonitor(store, lambda: backends, clock=reactor, period=3600.0)
+    pool = BackendPool(
+        backends,
+        {b.name: b for b in config.real_buckets},
+        make_strategy(strategy),
+        health,
+        usage,
+        store=None,
+        clock=reactor,
+    )
+    gateway = Gateway(
+        store=store, pool=pool, health=health, usage=usage, clock=reactor, config=config
+    )
+    authenticator = None
+    if config.s3api.auth_required:
+        authenticator = Authenticator(
+            KeyRing.from_config(config.s3api), required=True, region=config.s3api.region
+        )
+    resource = S3Resource(gateway, config=config, reserved={}, authenticator=authenticator)
+    site = S3Site(resource, should_stream=resource.should_stream, clock=reactor, read_timeout=5.0)
+    daemon = Daemon(
+        config,
+        store,
+        db_pool,
+        backends,
+        health,
+        usage,
+        pool,
+        gateway,
+        resource,
+        site,
+        None,
+        http_pool,
+    )
+    build = site.buildProtocol
+
+    def tracked(address: Any) -> Any:
+        channel = build(address)
+        if channel is not None:
+            daemon.channels.append(channel)
+        return channel
+
+    site.buildProtocol = tracked  # type: ignore[method-assign]
+    daemon.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return daemon
+
+
+class DaemonTestCase:
+    """Mixin for ``twisted.trial.unittest.TestCase``: a daemon over local-directory backends
+    (``backend_names``), and ``self.s3`` a boto3 client with boto3's default settings
+    (aws-chunked uploads with a CRC32 trailer)."""
+
+    backend_names = ["r1", "r2"]
+    client_options: dict[str, Any] = {}
+
+    def configure(self, config: Config) -> None:
+        pass
+
+    def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
+        return local_buckets(workdir, self.backend_names)
+
+    async def start(self) -> None:
+        import shutil
+        import tempfile
+
+        self.workdir = tempfile.mkdtemp(prefix="s3b-e2e-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)  # type: ignore[attr-defined]
+        self.daemon = await start_daemon(
+            self.workdir, self.real_bucket_configs(self.workdir), configure=self.configure
+        )
+        self.addCleanup(  # type: ignore[attr-defined]
+            lambda: defer.ensureDeferred(self.daemon.stop())
+        )
+        self.s3 = self.daemon.client(**self.client_options)
+
+    def setUp(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self.start())
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        """A blocking (boto3) call, run off the reactor thread.
+
+        A streamed ``Body`` in the answer is read in that thread too (reading it on the reactor
+        thread would block the daemon that is sending it) and replaced by an in-memory file.
+        """
+
+        def run() -> T:
+            import io
+
+            result = function(*args, **kwargs)
+            if isinstance(result, dict) and hasattr(result.get("Body"), "read"):
+                result["Body"] = io.BytesIO(result["Body"].read())
+            return result
+
+        return in_thread(run)
+
+    def error_of(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a boto3 call expected to fail; fires with ``(code, status, response)``."""
+        from botocore.exceptions import ClientError
+
+        def run() -> tuple[str, int, dict[str, Any]]:
+            try:
+                function(*args, **kwargs)
+            except ClientError as error:
+                response = error.response
+                return (
+                    response["Error"].get("Code", ""),
+                    response["ResponseMetadata"]["HTTPStatusCode"],
+                    response,
+                )
+            raise AssertionError(f"{function} succeeded")
+
+        return in_thread(run)
+
+    async def backend_keys(self) -> dict[str, list[str]]:
+        return {name: await self.daemon.real_keys(name) for name in self.backend_names}
