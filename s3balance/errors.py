@@ -103,6 +103,9 @@ InvalidPartOrder = _factory(
     "InvalidPartOrder", 400, "The list of parts was not in ascending order."
 )
 InvalidRange = _factory("InvalidRange", 416, "The requested range is not satisfiable")
+InvalidPartNumber = _factory(
+    "InvalidPartNumber", 416, "The requested partnumber is not satisfiable"
+)
 InvalidRequest = _factory("InvalidRequest", 400, "Invalid Request")
 KeyTooLongError = _factory("KeyTooLongError", 400, "Your key is too long")
 MalformedXML = _factory(

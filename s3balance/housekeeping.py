@@ -1,0 +1,130 @@
+"""Abandoned multipart uploads are aborted after a while, so their parts stop taking space.
+
+Clients that crash or give up never send AbortMultipartUpload: their parts would stay on the
+backend (and count towards its used bytes) forever.  :class:`UploadExpiry` aborts, every
+``period`` seconds, the uploads initiated more than ``expiry`` seconds ago: on the backend first,
+then in the store.  An upload whose backend cannot abort it now (unreachable, or no longer
+configured) keeps its row and is tried again next round; no failure stops the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from s3balance.config import MultipartConfig
+from s3balance.db.store import MetadataStore
+from s3balance.multipart import UploadPool, discard_upload
+
+log = Logger()
+
+
+class Usage(Protocol):
+    def adjust(self, name: str, delta_bytes: int, delta_objects: int) -> None: ...
+
+
+class UploadExpiry(Service):
+    """The expiry task (see the module docstring).
+
+    :param store: where uploads are listed and forgotten.
+    :param pool: gives each upload's backend (:class:`s3balance.pool.BackendPool`).
+    :param clock: drives the loop and tells the time uploads are compared with.
+    :param expiry: seconds after which an upload is abandoned.
+    :param period: seconds between rounds (the first runs at start).
+    :param usage: when given, told about the bytes released, until its next refresh.
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        pool: UploadPool,
+        clock: IReactorTime,
+        expiry: float = MultipartConfig.expiry,
+        period: float = MultipartConfig.cleanup_period,
+        usage: Usage | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.clock = clock
+        self.expiry = expiry
+        self.period = period
+        self.usage = usage
+        self.aborted = 0
+        self._loop: LoopingCall | None = None
+        self._stopped: defer.Deferred[Any] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: MultipartConfig,
+        store: MetadataStore,
+        pool: UploadPool,
+        clock: IReactorTime,
+        usage: Usage | None = None,
+    ) -> UploadExpiry:
+        return cls(store, pool, clock, config.expiry, config.cleanup_period, usage)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.run_once)
+        self._loop.clock = self.clock
+        self._stopped = self._loop.start(self.period, now=True)
+        self._stopped.addErrback(lambda f: log.failure("upload expiry loop stopped", f))
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        return self._stopped
+
+    def run_once(self) -> defer.Deferred[int]:
+        """One round; fires with the number of uploads aborted, never fails."""
+        return defer.ensureDeferred(self._round()).addErrback(self._round_failed)
+
+    def _round_failed(self, failure: Failure) -> int:
+        log.failure("upload expiry round failed; next round in {period}s", failure,
+                    period=self.period)
+        return 0
+
+    async def _round(self) -> int:
+        cutoff = self.clock.seconds() - self.expiry
+        expired = await self.store.uploads_initiated_before(cutoff)
+        aborted = 0
+        for upload in expired:
+            try:
+                released = await discard_upload(self.store, self.pool, upload)
+            except KeyError:
+                log.warn(
+                    "expired upload {upload_id} of {bucket}/{key} is on backend {backend}, "
+                    "which is not configured; kept for a later round",
+                    upload_id=upload.upload_id, bucket=upload.bucket, key=upload.key,
+                    backend=upload.backend,
+                )
+                continue
+            except Exception as error:
+                log.warn(
+                    "could not abort expired upload {upload_id} on {backend}: {error}; "
+                    "retrying next round",
+                    upload_id=upload.upload_id, backend=upload.backend, error=error,
+                )
+                continue
+            if released is None:
+                continue  # completed or aborted by a client meanwhile
+            aborted += 1
+            if self.usage is not None:
+                self.usage.adjust(upload.backend, -released, 0)
+            log.info(
+                "aborted upload {upload_id} of {bucket}/{key}, initiated at {initiated}, "
+                "releasing {released} bytes on {backend}",
+                upload_id=upload.upload_id, bucket=upload.bucket, key=upload.key,
+                initiated=upload.initiated, released=released, backend=upload.backend,
+            )
+        self.aborted += aborted
+        return aborted

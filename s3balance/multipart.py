@@ -1,0 +1,618 @@
+"""Multipart uploads through virtual buckets, independent of HTTP.
+
+An upload lives on exactly one backend, chosen when it is created; every part streams to that
+backend, and completing assembles the object there.  Clients only ever see our own opaque upload
+id (random, URL-safe); the backend's id stays in the metadata store.  An id that is unknown, or
+belongs to another bucket or key, is ``NoSuchUpload``.
+
+Capacity, when the final size is unknown:
+
+- CreateMultipartUpload ranks backends as for a new object of :data:`MIN_FREE_FOR_UPLOAD` bytes
+  (one minimum-size part, 5 MiB): a backend with less room than that never gets a new upload.
+- Each part is checked against the room left on the upload's backend when it arrives (the bytes
+  of parts already stored count as used, those of parts streaming right now are reserved): a
+  backend that filled up, became unhealthy or used its write budget meanwhile answers 503
+  ``ServiceUnavailable`` for that part, and the upload stays intact.
+
+Consistency follows :mod:`s3balance.gateway`: a part is recorded only after the backend confirmed
+it; completing holds the gateway's lock on ``(backend, real key)`` from the backend's completion to
+the commit, and bytes of a replaced object are deleted afterwards, only when no longer referenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from twisted.internet import task
+from twisted.logger import Logger
+from twisted.web.iweb import IBodyProducer
+
+from s3balance import errors
+from s3balance.backends.interface import (
+    BackendError,
+    BackendUnavailable,
+    IBackend,
+    PartResult,
+    backend_error_to_s3,
+)
+from s3balance.db.records import (
+    Location,
+    ObjectRecord,
+    PartRecord,
+    UploadPage,
+    UploadRecord,
+)
+from s3balance.db.store import MetadataStore, NoSuchBucketError
+from s3balance.gateway import (
+    Gateway,
+    StreamBodyProducer,
+    real_key,
+    validate_key,
+)
+
+log = Logger()
+
+#: S3's smallest part, except the last one.
+MIN_PART_SIZE = 5 * 1024**2
+#: S3's largest part.
+MAX_PART_SIZE = 5 * 1024**3
+#: Part numbers go from 1 to this.
+MAX_PART_NUMBER = 10_000
+#: Room a backend needs to be chosen for a new upload (see the module docstring).
+MIN_FREE_FOR_UPLOAD = MIN_PART_SIZE
+#: Most parts or uploads one listing page returns.
+MAX_LISTING = 1000
+
+_MULTIPART_ETAG = re.compile(r'^"[0-9a-f]{32}-\d+"$')
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+@runtime_checkable
+class RoomCheck(Protocol):
+    """What :class:`s3balance.pool.BackendPool` offers to check a backend's room for a part."""
+
+    def candidates(self, size: int) -> Sequence[Any]: ...
+
+
+class UploadPool(Protocol):
+    """The part of the backend pool that aborting an upload needs."""
+
+    def get(self, name: str) -> IBackend: ...
+
+    def record_operation(
+        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+    ) -> None: ...
+
+
+def new_upload_id() -> str:
+    """An opaque, URL-safe upload id (32 characters, 192 random bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def validate_part_number(part_number: int) -> None:
+    """:raises S3Error: InvalidArgument outside 1..10000."""
+    if not 1 <= part_number <= MAX_PART_NUMBER:
+        raise errors.InvalidArgument(
+            "Part number must be an integer between 1 and 10000, inclusive",
+            ArgumentName="partNumber",
+            ArgumentValue=str(part_number),
+        )
+
+
+def parse_part_number(raw: str | None) -> int:
+    """The ``partNumber`` query value as S3 reads it.
+
+    :raises S3Error: InvalidArgument when missing, not an integer, or outside 1..10000.
+    """
+    try:
+        number = int(raw or "")
+    except ValueError:
+        raise errors.InvalidArgument(
+            "Part number must be an integer between 1 and 10000, inclusive",
+            ArgumentName="partNumber",
+            ArgumentValue=raw or "",
+        ) from None
+    validate_part_number(number)
+    return number
+
+
+def normalise_etag(etag: str) -> str:
+    """An ETag compared the way S3 compares them in CompleteMultipartUpload: quotes optional."""
+    return etag.strip().strip('"').lower()
+
+
+def multipart_etag(part_etags: Sequence[str]) -> str | None:
+    """S3's multipart ETag (quoted): MD5 of the concatenated binary part MD5s, dash, part count.
+
+    :returns: ``None`` when a part ETag is not a plain MD5 (then only the backend knows).
+    """
+    digests = []
+    for etag in part_etags:
+        bare = normalise_etag(etag)
+        if not _MD5_ETAG.match(bare):
+            return None
+        digests.append(bytes.fromhex(bare))
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
+
+
+def part_range(record: ObjectRecord, part_number: int) -> tuple[int, int]:
+    """The inclusive byte range of part ``part_number`` of an object (GET/HEAD ``partNumber``).
+
+    An object not made by multipart upload is one part: part 1 is the whole object.  For an
+    empty object part 1 is ``(0, -1)``: the caller answers the (empty) object as a whole.
+
+    :raises S3Error: InvalidArgument outside 1..10000, InvalidPartNumber (416) beyond the
+        object's parts.
+    """
+    validate_part_number(part_number)
+    sizes = record.part_sizes or (record.size,)
+    if part_number > len(sizes):
+        raise errors.InvalidPartNumber(
+            PartNumberRequested=str(part_number), ActualPartCount=str(len(sizes))
+        )
+    first = sum(sizes[: part_number - 1])
+    return first, first + sizes[part_number - 1] - 1
+
+
+def parts_count(record: ObjectRecord) -> int | None:
+    """``x-amz-mp-parts-count`` of an object: its part count, ``None`` when not multipart."""
+    return len(record.part_sizes) if record.part_sizes else None
+
+
+def parse_copy_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``x-amz-copy-source-range: bytes=first-last`` against a source of ``size`` bytes.
+
+    :returns: the inclusive range, or ``None`` for the whole source.
+    :raises S3Error: InvalidArgument when malformed, InvalidRange when beyond the source.
+    """
+    if header is None:
+        return None
+    match = re.fullmatch(r"\s*bytes=(\d+)-(\d+)\s*", header)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        raise errors.InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy",
+            ArgumentName="x-amz-copy-source-range",
+            ArgumentValue=header,
+        )
+    first, last = int(match.group(1)), int(match.group(2))
+    if last >= size:
+        raise errors.InvalidRange(RangeRequested=header.strip(), ActualObjectSize=str(size))
+    return first, last
+
+
+async def discard_upload(
+    store: MetadataStore, pool: UploadPool, upload: UploadRecord
+) -> int | None:
+    """Abort ``upload`` on its backend, then forget it in the store.
+
+    :returns: the bytes of parts released on the upload's backend, or ``None`` when the store no
+        longer had the upload (completed or aborted meanwhile).
+    :raises BackendError: the backend could not abort it; the row is kept for a later attempt.
+    :raises KeyError: the upload's backend is not configured (any more); the row is kept.
+    """
+    backend = pool.get(upload.backend)
+    await backend.abort_multipart_upload(upload.real_key, upload.backend_upload_id)
+    pool.record_operation(upload.backend, "A")
+    released = sum(part.size for part in await all_parts(store, upload.upload_id))
+    dropped = await store.abort_upload(upload.upload_id)
+    return None if dropped is None else released
+
+
+async def all_parts(store: MetadataStore, upload_id: str) -> list[PartRecord]:
+    """Every recorded part of an upload, ascending (at most 10,000, in pages)."""
+    parts: list[PartRecord] = []
+    marker = 0
+    for _ in range(MAX_PART_NUMBER // MAX_LISTING + 1):
+        page = await store.list_parts(upload_id, marker, MAX_LISTING)
+        parts.extend(page)
+        if len(page) < MAX_LISTING:
+            break
+        marker = page[-1].part_number
+    return parts
+
+
+class MultipartUploads:
+    """The seven multipart operations over virtual buckets.
+
+    :param gateway: the core (store, pool, health, usage, clock, settings and the key locks).
+    :param min_part_size: smallest non-last part CompleteMultipartUpload accepts (S3's 5 MiB).
+    :param id_factory: makes new upload ids.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        min_part_size: int = MIN_PART_SIZE,
+        id_factory: Callable[[], str] = new_upload_id,
+    ) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.pool = gateway.pool
+        self.clock = gateway.clock
+        self.min_part_size = min_part_size
+        self._new_id = id_factory
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _backend(self, name: str) -> IBackend:
+        try:
+            return self.pool.get(name)
+        except KeyError:
+            raise errors.ServiceUnavailable(
+                "The storage backend holding this upload is not configured."
+            ) from None
+
+    def _backend_failed(self, name: str, error: BackendError, what: str) -> errors.S3Error:
+        if isinstance(error, BackendUnavailable):
+            self.gateway.health.mark_failure(name, error.detail)
+        else:
+            log.warn("{what} on {backend} failed: {detail}", what=what, backend=name,
+                     detail=error.detail)
+        return backend_error_to_s3(error)
+
+    def _require_room(self, name: str, size: int) -> None:
+        """:raises S3Error: ServiceUnavailable when ``name`` cannot take ``size`` more bytes."""
+        if not isinstance(self.pool, RoomCheck):
+            return
+        if all(candidate.name != name for candidate in self.pool.candidates(size)):
+            raise errors.ServiceUnavailable(
+                "The storage holding this upload cannot take this part now (full, unhealthy "
+                "or over its write budget); retry later."
+            )
+
+    async def get_upload(self, bucket: str, key: str, upload_id: str) -> UploadRecord:
+        """The upload ``upload_id`` of ``bucket``/``key``.
+
+        :raises S3Error: NoSuchUpload (also for another bucket's or key's id), NoSuchBucket.
+        """
+        upload = await self.store.get_upload(upload_id) if upload_id else None
+        if upload is None or upload.bucket != bucket or upload.key != key:
+            await self.gateway.get_bucket(bucket)
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        return upload
+
+    # -- CreateMultipartUpload -----------------------------------------------------------
+
+    async def create(
+        self, bucket: str, key: str, headers: Mapping[str, str], metadata: Mapping[str, str]
+    ) -> UploadRecord:
+        """Start an upload on the best backend with room for at least one part.
+
+        A backend refusing the creation is replaced by the next choice (nothing was sent yet).
+
+        :raises S3Error: NoSuchBucket, KeyTooLongError, ServiceUnavailable.
+        """
+        validate_key(key)
+        await self.gateway.get_bucket(bucket)
+        candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
+        if not candidates:
+            raise errors.InsufficientStorage()
+        target = real_key(bucket, key)
+        settings = self.gateway.settings
+        last_error: BackendError | None = None
+        for attempt, name in enumerate(candidates[: max(1, settings.retry_attempts)]):
+            if attempt:
+                await task.deferLater(self.clock, settings.retry_delay, lambda: None)
+            backend = self._backend(name)
+            try:
+                backend_id = await backend.create_multipart_upload(
+                    target, dict(headers), dict(metadata)
+                )
+            except BackendUnavailable as error:
+                self.gateway.health.mark_failure(name, error.detail)
+                last_error = error
+                continue
+            except BackendError as error:
+                raise self._backend_failed(name, error, "creating an upload") from error
+            self.pool.record_operation(name, "A")
+            upload = UploadRecord(
+                upload_id=self._new_id(),
+                bucket=bucket,
+                key=key,
+                backend=name,
+                real_key=target,
+                backend_upload_id=backend_id,
+                initiated=self.clock.seconds(),
+                headers=dict(headers),
+                metadata=dict(metadata),
+            )
+            try:
+                await self.store.create_upload(upload)
+            except BaseException as error:
+                await self._abort_quietly(backend, upload)
+                if isinstance(error, NoSuchBucketError):
+                    raise errors.NoSuchBucket(BucketName=bucket) from None
+                raise
+            return upload
+        assert last_error is not None
+        raise backend_error_to_s3(last_error)
+
+    async def _abort_quietly(self, backend: IBackend, upload: UploadRecord) -> None:
+        try:
+            await backend.abort_multipart_upload(upload.real_key, upload.backend_upload_id)
+        except Exception as error:
+            log.warn("could not abort upload {id} on {backend}: {error}",
+                     id=upload.backend_upload_id, backend=upload.backend, error=error)
+
+    # -- UploadPart / UploadPartCopy ---------------------------------------------------------
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: IBodyProducer,
+        length: int,
+    ) -> PartRecord:
+        """Stream one part to the upload's backend and record it (replacing that number).
+
+        :raises S3Error: InvalidArgument, EntityTooLarge, NoSuchUpload, ServiceUnavailable
+            (backend full or down), the body's own error (BadDigest, IncompleteBody...).
+        """
+        validate_part_number(part_number)
+        if length > MAX_PART_SIZE:
+            raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
+        upload = await self.get_upload(bucket, key, upload_id)
+        backend = self._backend(upload.backend)
+        self._require_room(upload.backend, length)
+        release = self.pool.reserve(upload.backend, length)
+        try:
+            try:
+                result = await backend.upload_part(
+                    upload.real_key, upload.backend_upload_id, part_number, body, length
+                )
+            except BackendError as error:
+                raise self._backend_failed(upload.backend, error, "uploading a part") from error
+            self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
+            return await self._record_part(upload, result)
+        finally:
+            release()
+
+    async def upload_part_copy(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        source: ObjectRecord,
+        byte_range: tuple[int, int] | None,
+    ) -> PartRecord:
+        """Make a part from (a range of) a visible object: server-side when the source is on the
+        upload's backend, streamed from the source's backend otherwise.
+
+        :param byte_range: inclusive, within the source (see :func:`parse_copy_range`).
+        :raises S3Error: as :meth:`upload_part`; InvalidRange for a range beyond the source,
+            NoSuchKey when the source's bytes are gone.
+        """
+        validate_part_number(part_number)
+        if byte_range is not None and not 0 <= byte_range[0] <= byte_range[1] < source.size:
+            raise errors.InvalidRange(
+                RangeRequested=f"bytes={byte_range[0]}-{byte_range[1]}",
+                ActualObjectSize=str(source.size),
+            )
+        size = source.size if byte_range is None else byte_range[1] - byte_range[0] + 1
+        if size > MAX_PART_SIZE:
+            raise errors.InvalidRequest(
+                "The specified copy source is larger than the maximum allowable size for a copy "
+                "source: 5368709120"
+            )
+        upload = await self.get_upload(bucket, key, upload_id)
+        backend = self._backend(upload.backend)
+        self._require_room(upload.backend, size)
+        local = next((loc for loc in source.locations if loc.backend == upload.backend), None)
+        release = self.pool.reserve(upload.backend, size)
+        try:
+            try:
+                if local is not None and self.pool.is_available(local.backend):
+                    result = await backend.upload_part_copy(
+                        upload.real_key, upload.backend_upload_id, part_number,
+                        local.real_key, byte_range,
+                    )
+                else:
+                    result = await self._streamed_part(upload, backend, part_number, source,
+                                                       byte_range)
+            except BackendError as error:
+                raise self._backend_failed(upload.backend, error, "copying a part") from error
+            self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
+            return await self._record_part(upload, result)
+        finally:
+            release()
+
+    async def _streamed_part(
+        self,
+        upload: UploadRecord,
+        backend: IBackend,
+        part_number: int,
+        source: ObjectRecord,
+        byte_range: tuple[int, int] | None,
+    ) -> PartResult:
+        stream = await self.gateway.open_object(source, byte_range)
+        producer = StreamBodyProducer(stream)
+        try:
+            return await backend.upload_part(
+                upload.real_key, upload.backend_upload_id, part_number, producer, stream.length
+            )
+        finally:
+            producer.discard()
+
+    async def _record_part(self, upload: UploadRecord, result: PartResult) -> PartRecord:
+        previous = await self.store.list_parts(upload.upload_id, result.part_number - 1, 1)
+        replaced = sum(p.size for p in previous if p.part_number == result.part_number)
+        part = PartRecord(
+            upload.upload_id, result.part_number, result.etag, result.size, self.clock.seconds()
+        )
+        try:
+            await self.store.put_part(part, upload.backend)
+        except KeyError:
+            # Completed or aborted while the part streamed: what the backend kept went with it.
+            raise errors.NoSuchUpload(UploadId=upload.upload_id) from None
+        self.gateway.usage.adjust(upload.backend, result.size - replaced, 0)
+        return part
+
+    # -- CompleteMultipartUpload ---------------------------------------------------------
+
+    async def complete(
+        self, bucket: str, key: str, upload_id: str, requested: Sequence[tuple[int, str]]
+    ) -> ObjectRecord:
+        """Assemble the listed parts into the visible object.
+
+        :param requested: ``(part number, ETag)`` pairs from the client's document (quotes
+            optional in the ETag).
+        :raises S3Error: MalformedXML (no parts), InvalidPartOrder, InvalidPart, EntityTooSmall,
+            NoSuchUpload, ServiceUnavailable.
+        """
+        if not requested:
+            raise errors.MalformedXML()
+        numbers = [number for number, _ in requested]
+        if any(later <= earlier for earlier, later in zip(numbers, numbers[1:], strict=False)):
+            raise errors.InvalidPartOrder()
+        for number in numbers:
+            validate_part_number(number)
+        upload = await self.get_upload(bucket, key, upload_id)
+        stored_parts = await all_parts(self.store, upload_id)
+        stored = {part.part_number: part for part in stored_parts}
+        chosen: list[PartRecord] = []
+        for number, etag in requested:
+            part = stored.get(number)
+            if part is None or normalise_etag(part.etag) != normalise_etag(etag):
+                raise errors.InvalidPart(UploadId=upload_id, PartNumber=str(number),
+                                         ETag=etag)
+            chosen.append(part)
+        for part in chosen[:-1]:
+            if part.size < self.min_part_size:
+                raise errors.EntityTooSmall(
+                    ProposedSize=str(part.size),
+                    MinSizeAllowed=str(self.min_part_size),
+                    PartNumber=str(part.part_number),
+                    ETag=part.etag,
+                )
+        backend = self._backend(upload.backend)
+        location = Location(upload.backend, upload.real_key)
+        size = sum(part.size for part in chosen)
+        async with self.gateway._locks.hold(upload.backend, upload.real_key):
+            try:
+                result = await backend.complete_multipart_upload(
+                    upload.real_key,
+                    upload.backend_upload_id,
+                    [(part.part_number, part.etag) for part in chosen],
+                )
+            except BackendError as error:
+                raise self._backend_failed(upload.backend, error, "completing an upload") \
+                    from error
+            self.pool.record_operation(upload.backend, "A")
+            if result.size != size:
+                log.error(
+                    "backend {backend} assembled {real_key} as {got} bytes, parts say {want}",
+                    backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
+                )
+            etag = result.etag
+            if not _MULTIPART_ETAG.match(etag):
+                etag = multipart_etag([part.etag for part in chosen]) or etag
+            record = ObjectRecord(
+                bucket=bucket,
+                key=key,
+                size=result.size,
+                etag=etag,
+                last_modified=self.clock.seconds(),
+                headers=dict(upload.headers),
+                metadata=dict(upload.metadata),
+                checksums=dict(result.checksums),
+                part_sizes=tuple(part.size for part in chosen),
+                locations=(location,),
+            )
+            previous = await self.store.get_object(bucket, key)
+            try:
+                replaced = await self.store.complete_upload(upload_id, record)
+            except (KeyError, NoSuchBucketError) as error:
+                current = await self.store.get_object(bucket, key)
+                if current is None or location not in current.locations:
+                    await self.gateway._delete_bytes(upload.backend, upload.real_key)
+                if isinstance(error, NoSuchBucketError):
+                    raise errors.NoSuchBucket(BucketName=bucket) from None
+                raise errors.NoSuchUpload(UploadId=upload_id) from None
+        self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
+        self.gateway._adjust_usage(record, previous)
+        await self.gateway._remove_unreferenced(bucket, key, replaced)
+        return record
+
+    # -- AbortMultipartUpload ------------------------------------------------------------
+
+    async def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        """Discard the upload on its backend and in the store.
+
+        :raises S3Error: NoSuchUpload, ServiceUnavailable (the row stays: retry later).
+        """
+        upload = await self.get_upload(bucket, key, upload_id)
+        try:
+            released = await discard_upload(self.store, self.pool, upload)
+        except KeyError:
+            raise self._backend_failed_missing() from None
+        except BackendError as error:
+            raise self._backend_failed(upload.backend, error, "aborting an upload") from error
+        if released is None:
+            raise errors.NoSuchUpload(UploadId=upload_id)
+        self.gateway.usage.adjust(upload.backend, -released, 0)
+
+    def _backend_failed_missing(self) -> errors.S3Error:
+        return errors.ServiceUnavailable(
+            "The storage backend holding this upload is not configured."
+        )
+
+    # -- listings ------------------------------------------------------------------------
+
+    async def list_parts(
+        self, bucket: str, key: str, upload_id: str, part_number_marker: int, max_parts: int
+    ) -> tuple[UploadRecord, list[PartRecord], bool]:
+        """A page of an upload's parts: ``(upload, parts, is_truncated)``."""
+        upload = await self.get_upload(bucket, key, upload_id)
+        max_parts = min(max(max_parts, 0), MAX_LISTING)
+        if max_parts == 0:
+            return upload, [], False
+        parts = await self.store.list_parts(upload_id, part_number_marker, max_parts + 1)
+        return upload, parts[:max_parts], len(parts) > max_parts
+
+    async def list_uploads(
+        self,
+        bucket: str,
+        prefix: str = "",
+        delimiter: str = "",
+        key_marker: str = "",
+        upload_id_marker: str = "",
+        max_uploads: int = MAX_LISTING,
+    ) -> UploadPage:
+        """A page of the bucket's uploads in progress. :raises S3Error: NoSuchBucket."""
+        await self.gateway.get_bucket(bucket)
+        max_uploads = min(max(max_uploads, 0), MAX_LISTING)
+        if max_uploads == 0:
+            return UploadPage([], [], False, None, None)
+        try:
+            return await self.store.list_uploads(
+                bucket, prefix, delimiter, key_marker, upload_id_marker, max_uploads
+            )
+        except NoSuchBucketError:
+            raise errors.NoSuchBucket(BucketName=bucket) from None
+
+
+__all__ = [
+    "MAX_PART_NUMBER",
+    "MAX_PART_SIZE",
+    "MIN_FREE_FOR_UPLOAD",
+    "MIN_PART_SIZE",
+    "MultipartUploads",
+    "all_parts",
+    "discard_upload",
+    "multipart_etag",
+    "new_upload_id",
+    "normalise_etag",
+    "parse_copy_range",
+    "parse_part_number",
+    "part_range",
+    "parts_count",
+    "validate_part_number",
+]

@@ -1,0 +1,464 @@
+"""The HTTP side of multipart uploads: S3's requests and documents around
+:class:`s3balance.multipart.MultipartUploads`.
+
+:class:`MultipartHandler` is the ``multipart`` object of :class:`s3balance.web.resource.S3Resource`:
+one ``handle_<Operation>(request, ctx)`` method per operation, each returning an
+:class:`~s3balance.web.answer.Answer`, or :data:`~s3balance.web.answer.STREAMED` when it wrote the
+response itself.
+
+CompleteMultipartUpload may take long (a backend concatenating gigabytes).  As S3 does, when it has
+not finished after ``keepalive_interval`` seconds, the answer is committed as ``200`` with the XML
+declaration, a space follows every ``keepalive_interval`` seconds so neither the client nor a
+proxy times out, and the result document (or an ``<Error>`` document, still inside the 200) ends
+it.  Work that finishes sooner is answered normally, with the error's own status.  The channel's
+idle timeout is off while a request is being processed, and a client that leaves does not stop a
+completion half way (the metadata must follow what the backend did).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+
+from s3balance import conditions, errors
+from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
+from s3balance.gateway import validate_key
+from s3balance.multipart import (
+    MAX_LISTING,
+    MAX_PART_SIZE,
+    MultipartUploads,
+    parse_copy_range,
+    parse_part_number,
+)
+from s3balance.web.answer import STREAMED, Answer, RequestContext
+from s3balance.web.filters import ChecksumFilter, LengthFilter
+from s3balance.web.objects import (
+    BytesBody,
+    _body_filters,
+    _declared_length,
+    _refuse_unsupported,
+    _run_filters,
+    parse_copy_source,
+    stored_headers_from_request,
+)
+from s3balance.web.xml import (
+    Owner,
+    _local,
+    _owner,
+    _parse,
+    _root,
+    _serialise,
+    _sub,
+    iso8601,
+    url_encode,
+)
+
+log = Logger()
+
+#: Seconds between the keep-alive spaces of a long CompleteMultipartUpload (S3 uses about 10).
+KEEPALIVE_INTERVAL = 10.0
+_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+
+def initiate_result(bucket: str, key: str, upload_id: str) -> bytes:
+    root = _root("InitiateMultipartUploadResult")
+    _sub(root, "Bucket", bucket)
+    _sub(root, "Key", key)
+    _sub(root, "UploadId", upload_id)
+    return _serialise(root)
+
+
+def copy_part_result(part: PartRecord) -> bytes:
+    root = _root("CopyPartResult")
+    _sub(root, "LastModified", iso8601(part.last_modified))
+    _sub(root, "ETag", part.etag)
+    return _serialise(root)
+
+
+def complete_result(location: str, record: ObjectRecord) -> bytes:
+    root = _root("CompleteMultipartUploadResult")
+    _sub(root, "Location", location)
+    _sub(root, "Bucket", record.bucket)
+    _sub(root, "Key", record.key)
+    _sub(root, "ETag", record.etag)
+    return _serialise(root)
+
+
+def list_parts_result(
+    upload: UploadRecord,
+    parts: list[PartRecord],
+    owner: Owner,
+    part_number_marker: int,
+    max_parts: int,
+    is_truncated: bool,
+    url_encoded: bool,
+) -> bytes:
+    root = _root("ListPartsResult")
+    _sub(root, "Bucket", upload.bucket)
+    _sub(root, "Key", url_encode(upload.key) if url_encoded else upload.key)
+    _sub(root, "UploadId", upload.upload_id)
+    _owner(root, owner, "Initiator")
+    _owner(root, owner)
+    _sub(root, "StorageClass", "STANDARD")
+    _sub(root, "PartNumberMarker", str(part_number_marker))
+    next_marker = parts[-1].part_number if parts else part_number_marker
+    _sub(root, "NextPartNumberMarker", str(next_marker))
+    _sub(root, "MaxParts", str(max_parts))
+    _sub(root, "IsTruncated", "true" if is_truncated else "false")
+    if url_encoded:
+        _sub(root, "EncodingType", "url")
+    for part in parts:
+        element = _sub(root, "Part")
+        _sub(element, "PartNumber", str(part.part_number))
+        _sub(element, "LastModified", iso8601(part.last_modified))
+        _sub(element, "ETag", part.etag)
+        _sub(element, "Size", str(part.size))
+    return _serialise(root)
+
+
+def list_uploads_result(
+    bucket: str,
+    page: UploadPage,
+    owner: Owner,
+    prefix: str,
+    delimiter: str,
+    key_marker: str,
+    upload_id_marker: str,
+    max_uploads: int,
+    url_encoded: bool,
+) -> bytes:
+    def text(value: str) -> str:
+        return url_encode(value) if url_encoded else value
+
+    root = _root("ListMultipartUploadsResult")
+    _sub(root, "Bucket", bucket)
+    _sub(root, "KeyMarker", text(key_marker))
+    _sub(root, "UploadIdMarker", upload_id_marker)
+    _sub(root, "NextKeyMarker", text(page.next_key_marker or ""))
+    _sub(root, "NextUploadIdMarker", page.next_upload_id_marker or "")
+    _sub(root, "Prefix", text(prefix))
+    if delimiter:
+        _sub(root, "Delimiter", text(delimiter))
+    _sub(root, "MaxUploads", str(max_uploads))
+    _sub(root, "IsTruncated", "true" if page.is_truncated else "false")
+    if url_encoded:
+        _sub(root, "EncodingType", "url")
+    for upload in page.uploads:
+        element = _sub(root, "Upload")
+        _sub(element, "Key", text(upload.key))
+        _sub(element, "UploadId", upload.upload_id)
+        _owner(element, owner, "Initiator")
+        _owner(element, owner)
+        _sub(element, "StorageClass", "STANDARD")
+        _sub(element, "Initiated", iso8601(upload.initiated))
+    for common in page.common_prefixes:
+        element = _sub(root, "CommonPrefixes")
+        _sub(element, "Prefix", text(common))
+    return _serialise(root)
+
+
+def parse_complete(body: bytes) -> list[tuple[int, str]]:
+    """``(part number, ETag)`` pairs of a CompleteMultipartUpload body, in document order.
+
+    :raises S3Error: MalformedXML when it is not such a document, a part lacks its number or
+        ETag, the number is not an integer, or no part is listed.
+    """
+    root = _parse(body)
+    if _local(root.tag) != "CompleteMultipartUpload":
+        raise errors.MalformedXML()
+    parts: list[tuple[int, str]] = []
+    for element in root:
+        if _local(element.tag) != "Part":
+            continue
+        number_text: str | None = None
+        etag: str | None = None
+        for field_ in element:
+            name = _local(field_.tag)
+            if name == "PartNumber":
+                number_text = (field_.text or "").strip()
+            elif name == "ETag":
+                etag = (field_.text or "").strip()
+        if number_text is None or not etag:
+            raise errors.MalformedXML()
+        try:
+            number = int(number_text)
+        except ValueError:
+            raise errors.MalformedXML() from None
+        parts.append((number, etag))
+    if not parts:
+        raise errors.MalformedXML()
+    return parts
+
+
+# -- query parameters --------------------------------------------------------------------------
+
+
+def _count_parameter(ctx: RequestContext, name: str, default: int) -> int:
+    raw = ctx.query(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise errors.InvalidArgument(
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
+            ArgumentValue=raw,
+        )
+    return value
+
+
+def _url_encoded(ctx: RequestContext) -> bool:
+    encoding = ctx.query("encoding-type")
+    if encoding is None:
+        return False
+    if encoding.lower() != "url":
+        raise errors.InvalidArgument(
+            "Invalid Encoding Method specified in Request",
+            ArgumentName="encoding-type",
+            ArgumentValue=encoding,
+        )
+    return True
+
+
+def _upload_id(ctx: RequestContext) -> str:
+    return ctx.query("uploadId") or ""
+
+
+# -- the long completion -----------------------------------------------------------------------
+
+
+def _shielded(work: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """A Deferred following ``work`` whose cancellation leaves ``work`` running."""
+    outer: defer.Deferred[Any] = defer.Deferred(lambda _: None)
+
+    def forward(result: Any) -> None:
+        if not outer.called:
+            outer.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("multipart completion failed after its client left", result)
+
+    work.addBoth(forward)
+    return outer
+
+
+class _KeepAlive:
+    """Commits a slow answer as 200 and writes a space every ``interval`` seconds."""
+
+    def __init__(self, request: Any, clock: IReactorTime, interval: float) -> None:
+        self.request = request
+        self.clock = clock
+        self.interval = interval
+        self.committed = False
+        self.spaces = 0
+        self._call: IDelayedCall | None = clock.callLater(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        request = self.request
+        if getattr(request, "disconnected", False) or request.finished:
+            return
+        if not self.committed:
+            self.committed = True
+            request.setResponseCode(200)
+            request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
+            request.write(_DECLARATION)
+        else:
+            self.spaces += 1
+            request.write(b" ")
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def finish(self, document: bytes) -> None:
+        """End the committed answer with ``document`` (its own declaration dropped)."""
+        self.stop()
+        if document.startswith(_DECLARATION):
+            document = document[len(_DECLARATION):]
+        self.request.write(document)
+        self.request.finish()
+
+
+# -- the handler -------------------------------------------------------------------------------
+
+
+class MultipartHandler:
+    """The multipart operations of the S3 front (see the module docstring).
+
+    :param uploads: the multipart core.
+    :param keepalive_interval: seconds before a slow CompleteMultipartUpload is committed as 200,
+        and between the spaces that follow.
+    """
+
+    def __init__(
+        self, uploads: MultipartUploads, keepalive_interval: float = KEEPALIVE_INTERVAL
+    ) -> None:
+        self.uploads = uploads
+        self.keepalive_interval = keepalive_interval
+
+    async def handle_CreateMultipartUpload(self, request: Any, ctx: RequestContext) -> Answer:
+        validate_key(ctx.key)
+        _refuse_unsupported(ctx)
+        headers, metadata = stored_headers_from_request(ctx)
+        answer_headers: list[tuple[str, str]] = [("Content-Type", "application/xml")]
+        algorithm = ctx.header("x-amz-checksum-algorithm")
+        if algorithm is not None:
+            ChecksumFilter(algorithm, None)  # refuses what parts could not be checked with
+            answer_headers.append(("x-amz-checksum-algorithm", algorithm.upper()))
+        upload = await self.uploads.create(ctx.bucket, ctx.key, headers, metadata)
+        body = initiate_result(ctx.bucket, ctx.key, upload.upload_id)
+        return Answer(200, answer_headers, body)
+
+    async def handle_UploadPart(self, request: Any, ctx: RequestContext) -> Answer:
+        part_number = parse_part_number(ctx.query("partNumber"))
+        length = _declared_length(ctx)
+        if length > MAX_PART_SIZE:
+            raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
+        filters, checksum_filters = _body_filters(ctx)
+        streamed = getattr(request, "body", None)
+        body: IBodyProducer
+        if streamed is not None:
+            streamed.length = length
+            for body_filter in [*filters, LengthFilter(length)]:
+                streamed.add_filter(body_filter)
+            body = streamed
+        else:
+            data = ctx.read_body()
+            if len(data) != length:
+                raise errors.IncompleteBody()
+            _run_filters(filters, data)
+            body = BytesBody(data)
+        part = await self.uploads.upload_part(
+            ctx.bucket, ctx.key, _upload_id(ctx), part_number, body, length
+        )
+        answer_headers = [("ETag", part.etag)]
+        answer_headers.extend(
+            (f"x-amz-checksum-{f.algorithm}", f.value_b64)
+            for f in checksum_filters
+            if f.value_b64 is not None
+        )
+        return Answer(200, answer_headers)
+
+    async def handle_UploadPartCopy(self, request: Any, ctx: RequestContext) -> Answer:
+        part_number = parse_part_number(ctx.query("partNumber"))
+        upload_id = _upload_id(ctx)
+        source_header = ctx.header("x-amz-copy-source") or ""
+        try:
+            source_bucket, source_key = parse_copy_source(source_header)
+        except UnicodeError:
+            raise errors.InvalidArgument("Invalid copy source encoding.") from None
+        identity = ctx.identity
+        if identity is not None and not identity.may_access(source_bucket, False):
+            raise errors.AccessDenied()
+        await self.uploads.get_upload(ctx.bucket, ctx.key, upload_id)
+        source = await ctx.gateway.get_object_record(source_bucket, source_key)
+        outcome = conditions.evaluate(
+            source.etag,
+            source.last_modified,
+            if_match=ctx.header("x-amz-copy-source-if-match"),
+            if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
+            if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
+            if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
+            for_copy=True,
+        )
+        if outcome is not conditions.Outcome.PROCEED:
+            raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
+        byte_range = parse_copy_range(ctx.header("x-amz-copy-source-range"), source.size)
+        part = await self.uploads.upload_part_copy(
+            ctx.bucket, ctx.key, upload_id, part_number, source, byte_range
+        )
+        return Answer.xml(copy_part_result(part))
+
+    async def handle_CompleteMultipartUpload(self, request: Any, ctx: RequestContext) -> Any:
+        requested = parse_complete(ctx.read_body())
+        work = defer.ensureDeferred(
+            self.uploads.complete(ctx.bucket, ctx.key, _upload_id(ctx), requested)
+        )
+        keepalive = _KeepAlive(request, ctx.clock, self.keepalive_interval)
+        try:
+            record: ObjectRecord = await _shielded(work)
+        except defer.CancelledError:
+            keepalive.stop()
+            raise
+        except Exception as error:
+            if not keepalive.committed:
+                keepalive.stop()
+                raise
+            if not isinstance(error, errors.S3Error):
+                log.failure(
+                    "request {request_id}: completing an upload failed",
+                    Failure(error),
+                    request_id=ctx.request_id,
+                )
+                error = errors.InternalError()
+            keepalive.finish(error.to_xml(ctx.route.path, ctx.request_id))
+            return STREAMED
+        document = complete_result(self._location(request, ctx), record)
+        if not keepalive.committed:
+            keepalive.stop()
+            return Answer.xml(document)
+        keepalive.finish(document)
+        return STREAMED
+
+    def _location(self, request: Any, ctx: RequestContext) -> str:
+        host = ctx.header("host") or "localhost"
+        scheme = "https" if request.isSecure() else "http"
+        return f"{scheme}://{host}{ctx.route.path}"
+
+    async def handle_AbortMultipartUpload(self, request: Any, ctx: RequestContext) -> Answer:
+        await self.uploads.abort(ctx.bucket, ctx.key, _upload_id(ctx))
+        return Answer(204)
+
+    async def handle_ListParts(self, request: Any, ctx: RequestContext) -> Answer:
+        max_parts = min(_count_parameter(ctx, "max-parts", MAX_LISTING), MAX_LISTING)
+        marker = _count_parameter(ctx, "part-number-marker", 0)
+        url_encoded = _url_encoded(ctx)
+        upload, parts, truncated = await self.uploads.list_parts(
+            ctx.bucket, ctx.key, _upload_id(ctx), marker, max_parts
+        )
+        return Answer.xml(
+            list_parts_result(upload, parts, ctx.owner, marker, max_parts, truncated, url_encoded)
+        )
+
+    async def handle_ListMultipartUploads(self, request: Any, ctx: RequestContext) -> Answer:
+        max_uploads = min(_count_parameter(ctx, "max-uploads", MAX_LISTING), MAX_LISTING)
+        url_encoded = _url_encoded(ctx)
+        prefix = ctx.query("prefix") or ""
+        delimiter = ctx.query("delimiter") or ""
+        key_marker = ctx.query("key-marker") or ""
+        upload_id_marker = ctx.query("upload-id-marker") or ""
+        page = await self.uploads.list_uploads(
+            ctx.bucket, prefix, delimiter, key_marker, upload_id_marker, max_uploads
+        )
+        return Answer.xml(
+            list_uploads_result(
+                ctx.bucket, page, ctx.owner, prefix, delimiter, key_marker, upload_id_marker,
+                max_uploads, url_encoded,
+            )
+        )
+
+
+def wire(gateway: Any, keepalive_interval: float = KEEPALIVE_INTERVAL) -> MultipartHandler:
+    """The handler for a gateway: ``S3Resource(..., multipart=wire(gateway))``."""
+    return MultipartHandler(MultipartUploads(gateway), keepalive_interval)
+
+
+__all__ = [
+    "KEEPALIVE_INTERVAL",
+    "MultipartHandler",
+    "parse_complete",
+    "wire",
+]
