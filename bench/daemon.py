@@ -1,0 +1,93 @@
+"""The real s3balance daemon (``twistd -n s3balance``) as a child process before the backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import yaml
+
+from bench.nginx import BACKEND_BUCKET
+from bench.procs import LOOPBACK, ServerProcess, free_port
+
+#: The virtual bucket clients of the bench use.
+VIRTUAL_BUCKET = "bench-virtual"
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def daemon_config(
+    workdir: str, port: int, backend_url: str, local_root: str | None = None
+) -> dict[str, object]:
+    """One real bucket (the nginx backend, path style), one virtual bucket, SQLite, no auth.
+
+    Health probes and usage refreshes keep their normal periods: they are part of what the
+    daemon does while it serves.
+
+    :param local_root: when set, the real bucket is this local directory instead of nginx (the
+        ``--s3balance-backend local`` diagnostic: s3balance's own file backend, no S3 adapter).
+    """
+    real: dict[str, object] = {
+        "name": "nginx-backend",
+        "bucket": BACKEND_BUCKET,
+        "endpoint": backend_url,
+        "region": "us-east-1",
+        "access_key_id": "bench",
+        "secret_access_key": "bench-secret",
+        "path_style": True,
+        "use_ssl": False,
+    }
+    if local_root is not None:
+        real = {"name": "local-backend", "path": local_root}
+    return {
+        "server": {"host": LOOPBACK, "port": port},
+        "database": {"type": "sqlite", "dsn": os.path.join(workdir, "s3balance.db")},
+        "data_dir": os.path.join(workdir, "s3balance-data"),
+        "buckets": [real, {"name": VIRTUAL_BUCKET, "virtual": True}],
+        "s3api": {"auth_required": False},
+    }
+
+
+class S3BalanceDaemon:
+    """``twistd -n --pidfile= s3balance --config FILE`` run with the venv's python.
+
+    The process started is twistd's python itself, so its ``/proc`` entry measures the daemon.
+    """
+
+    def __init__(self, workdir: str, backend_url: str, local_root: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config_path = os.path.join(workdir, "s3balance.yaml")
+        config = daemon_config(workdir, self.port, backend_url, local_root)
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        env = dict(os.environ)
+        # twistd finds the ``s3balance`` plugin in the repo's twisted/plugins only when the repo is
+        # on sys.path (the editable install's import hook does not list plugin directories).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+        self.server = ServerProcess(
+            "s3balance",
+            [twistd, "-n", "--pidfile=", "s3balance", "--config", self.config_path],
+            os.path.join(workdir, "s3balance.log"),
+            cwd=workdir,
+            env=env,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def start(self, deadline_seconds: float = 30.0) -> None:
+        self.server.start()
+        self.server.wait_ready(self.port, f"/{VIRTUAL_BUCKET}", deadline_seconds)
+
+    def stop(self) -> None:
+        self.server.stop(grace_seconds=10.0)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.server.log_tail(lines)

@@ -1,0 +1,653 @@
+"""The benchmark run: start every server, measure each path, print ratios and the targets.
+
+Paths measured, all ending at the same nginx backend on loopback:
+
+* ``direct``: the client talks to the backend itself (the baseline);
+* ``nginx-proxy``: nginx as a streaming reverse proxy in front of it (the bar to reach);
+* ``s3balance``: the real daemon, its one real bucket being the backend.
+
+The machine is shared and noisy: every figure is the median of ``--repeat`` runs, the paths are
+interleaved inside each repetition so noise hits them alike, and the verdicts compare ratios
+measured in the same run, never absolute speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from bench import clients
+from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
+from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
+from bench.procs import memory_kib
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+DIRECT, PROXY, S3BALANCE = "direct", "nginx-proxy", "s3balance"
+ALL_PATHS = (DIRECT, PROXY, S3BALANCE)
+
+# Targets of the issue "The S3 data path".
+TARGET_GET_VS_PROXY = 1.0
+TARGET_PUT_VS_PROXY = 0.8
+TARGET_PEAK_RSS_MIB = 80.0
+TARGET_RSS_GROWTH_MIB = 8.0
+#: Below this, curl straight to the backend may itself be the bottleneck.
+CLIENT_FLOOR_MB_S = 1000.0
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``256MiB``, ``1G``, ``4k`` or bytes; binary multiples."""
+    units = {"k": 1 << 10, "m": MiB, "g": GiB}
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if cleaned and cleaned[-1] in units:
+        return int(float(cleaned[:-1]) * units[cleaned[-1]])
+    return int(cleaned)
+
+
+def human_size(size: int) -> str:
+    if size >= GiB and size % GiB == 0:
+        return f"{size // GiB} GiB"
+    if size >= MiB and size % MiB == 0:
+        return f"{size // MiB} MiB"
+    if size >= 1024 and size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} B"
+
+
+@dataclass
+class Path:
+    """Where a client sends requests for one path, and the bucket prefix it uses there."""
+
+    name: str
+    base_url: str
+    bucket: str
+
+    def url(self, key: str) -> str:
+        return f"{self.base_url}/{self.bucket}/{key}"
+
+
+@dataclass
+class Measurement:
+    """The repeated figures of one path x operation; ``error`` set when it could not be measured."""
+
+    operation: str
+    path: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def median(self) -> float | None:
+        if self.error or not self.samples:
+            return None
+        return statistics.median(self.samples)
+
+
+@dataclass
+class Results:
+    measurements: dict[tuple[str, str], Measurement] = field(default_factory=dict)
+    #: Label ("after 64 MiB") -> (VmHWM, VmRSS) of the daemon in KiB.
+    daemon_memory: list[tuple[str, int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: A path that could not be set up at all (the run still measures the others).
+    setup_errors: list[str] = field(default_factory=list)
+    operations: list[str] = field(default_factory=list)
+
+    def get(self, operation: str, path: str, unit: str) -> Measurement:
+        key = (operation, path)
+        if key not in self.measurements:
+            self.measurements[key] = Measurement(operation, path, unit)
+            if operation not in self.operations:
+                self.operations.append(operation)
+        return self.measurements[key]
+
+    def median(self, operation: str, path: str) -> float | None:
+        found = self.measurements.get((operation, path))
+        return found.median if found else None
+
+    def memory_after(self, label: str) -> tuple[int, int] | None:
+        for found, hwm, rss in self.daemon_memory:
+            if found == label:
+                return hwm, rss
+        return None
+
+
+def choose_workdir_parent(largest: int, requested: str | None) -> str:
+    """tmpfs when it has room for the source file, two stored copies and nginx's body temp file.
+
+    On disk, the backend's writes would measure the disk, not the data path.
+    """
+    if requested:
+        return requested
+    needed = 4 * largest + 512 * MiB
+    if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free >= needed:
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+def measure(
+    results: Results,
+    operation: str,
+    path: Path,
+    unit: str,
+    action: Callable[[], float],
+) -> None:
+    """Run one sample; a failure marks the whole measurement failed and is kept for the report."""
+    entry = results.get(operation, path.name, unit)
+    if entry.error:
+        return
+    try:
+        entry.samples.append(action())
+    except (clients.TransferError, OSError, ValueError) as e:
+        entry.error = str(e)[:300]
+
+
+def verify(
+    results: Results, operation: str, path: Path, unit: str, check: Callable[[], None]
+) -> None:
+    """An untimed check (the object reads back intact); a failure fails the measurement."""
+    entry = results.get(operation, path.name, unit)
+    if entry.error:
+        return
+    try:
+        check()
+    except (clients.TransferError, OSError) as e:
+        entry.error = str(e)[:300]
+
+
+class Bench:
+    def __init__(self, options: argparse.Namespace, out: Any = sys.stdout) -> None:
+        self.options = options
+        self.out = out
+        self.results = Results()
+        self.paths: list[Path] = []
+        self.daemon: S3BalanceDaemon | None = None
+        self.servers: list[Any] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- servers -----------------------------------------------------------------------------
+
+    def start_servers(self, workdir: str) -> None:
+        data_root = os.path.join(workdir, "backend-data")
+        backend = Nginx.backend(workdir, data_root)
+        backend.start()
+        self.servers.append(backend)
+        wanted = self.options.paths
+        if DIRECT in wanted:
+            self.paths.append(Path(DIRECT, backend.url, BACKEND_BUCKET))
+        if PROXY in wanted:
+            proxy = Nginx.proxy(workdir, backend.port, self.options.proxy_buffer)
+            proxy.start()
+            self.servers.append(proxy)
+            self.paths.append(Path(PROXY, proxy.url, BACKEND_BUCKET))
+        if S3BALANCE in wanted:
+            local_root = None
+            if self.options.s3balance_backend == "local":
+                local_root = os.path.join(workdir, "s3balance-local")
+                self.results.notes.append(
+                    "s3balance stored into a local directory (--s3balance-backend local), not "
+                    "into nginx: its ratios compare different backends"
+                )
+            daemon = S3BalanceDaemon(workdir, backend.url, local_root)
+            self.servers.append(daemon)
+            try:
+                daemon.start()
+            except RuntimeError as e:
+                self.results.setup_errors.append(f"s3balance did not start: {e}")
+                self.say(f"! s3balance did not start:\n{e}")
+            else:
+                self.daemon = daemon
+                self.paths.append(Path(S3BALANCE, daemon.url, VIRTUAL_BUCKET))
+
+    def stop_servers(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+
+    def record_daemon_memory(self, label: str) -> None:
+        if self.daemon is None:
+            return
+        try:
+            figures = memory_kib(self.daemon.pid)
+        except OSError as e:
+            self.results.notes.append(f"daemon memory {label}: {e}")
+            return
+        self.results.daemon_memory.append((label, figures["VmHWM"], figures["VmRSS"]))
+        self.say(
+            f"  s3balance memory {label}: peak {figures['VmHWM'] / 1024:.1f} MiB, "
+            f"now {figures['VmRSS'] / 1024:.1f} MiB"
+        )
+
+    # -- large objects -----------------------------------------------------------------------
+
+    def large(self, workdir: str, size: int) -> None:
+        label = human_size(size)
+        source = os.path.join(workdir, f"source-{size}")
+        self.say(f"large objects, {label}: writing the source file")
+        md5 = clients.make_source_file(source, size)
+        key = f"large/object-{size}"
+        put_op, get_op = f"PUT {label}", f"GET {label}"
+        try:
+            for rep in range(self.options.repeat):
+                for path in self.paths:
+                    measure(
+                        self.results, put_op, path, "MB/s", partial(self.put, path, key, source)
+                    )
+                self.say(f"  PUT {label} round {rep + 1}/{self.options.repeat} done")
+            for path in self.paths:
+                verify(self.results, get_op, path, "MB/s", partial(self.check, path, key, md5))
+            for rep in range(self.options.repeat):
+                for path in self.paths:
+                    measure(self.results, get_op, path, "MB/s", partial(self.get, path, key, size))
+                self.say(f"  GET {label} round {rep + 1}/{self.options.repeat} done")
+            self.record_daemon_memory(f"after {label}")
+        finally:
+            os.unlink(source)
+            for path in self.paths:
+                if path.name != PROXY:  # the proxy path shares the direct path's object
+                    try:
+                        clients.delete(path.url(key))
+                    except OSError as e:
+                        self.results.notes.append(f"cleanup of {path.name} {key}: {e}")
+
+    def put(self, path: Path, key: str, source: str) -> float:
+        return clients.put_file(path.url(key), source, self.options.timeout).megabytes_per_second
+
+    def get(self, path: Path, key: str, size: int) -> float:
+        return clients.get_to_null(path.url(key), size, self.options.timeout).megabytes_per_second
+
+    def check(self, path: Path, key: str, md5: str) -> None:
+        """The stored object reads back byte for byte through this path."""
+        got = clients.download_md5(path.url(key), self.options.timeout)
+        if got != md5:
+            raise clients.TransferError(f"GET {path.url(key)} returned other bytes (md5 {got})")
+
+    # -- small objects -----------------------------------------------------------------------
+
+    def small(self, workdir: str) -> None:
+        options = self.options
+        use_wrk = options.small_client == "wrk" or (
+            options.small_client == "auto" and clients.wrk_available()
+        )
+        label = human_size(options.small_size)
+        connections = options.concurrency
+        threads = min(2, connections) if use_wrk else connections
+        keys_per_thread = max(1, options.small_count // threads)
+        client = "wrk" if use_wrk else "python threads"
+        self.say(
+            f"small objects, {label}: {client}, {connections} connections, "
+            f"{keys_per_thread * threads} keys, {options.small_seconds:g} s per run"
+        )
+        for path in self.paths:
+            self.results.get(f"PUT {label} x{connections}", path.name, "req/s")  # table order
+            verify(
+                self.results,
+                f"GET {label} x{connections}",
+                path,
+                "req/s",
+                partial(
+                    clients.fill_keys,
+                    path.base_url,
+                    f"/{path.bucket}/small/",
+                    threads,
+                    keys_per_thread,
+                    options.small_size,
+                    min(connections, 16),
+                    120.0,
+                ),
+            )
+        for method in ("PUT", "GET"):
+            operation = f"{method} {label} x{connections}"
+            for rep in range(options.repeat):
+                for path in self.paths:
+                    prefix = f"/{path.bucket}/small/"
+
+                    def run(p: Path = path, m: str = method, pre: str = prefix) -> float:
+                        if use_wrk:
+                            load = clients.run_wrk(
+                                workdir,
+                                p.base_url,
+                                m,
+                                pre,
+                                keys_per_thread,
+                                options.small_size,
+                                connections,
+                                options.small_seconds,
+                            )
+                        else:
+                            load = clients.run_thread_pool(
+                                p.base_url,
+                                m,
+                                pre,
+                                keys_per_thread,
+                                options.small_size,
+                                connections,
+                                options.small_seconds,
+                            )
+                        if load.failures:
+                            raise clients.TransferError(
+                                f"{load.failures} of {load.requests + load.failures} requests "
+                                f"failed ({load.example_failure})"
+                            )
+                        return load.requests_per_second
+
+                    measure(self.results, operation, path, "req/s", run)
+                self.say(f"  {operation} round {rep + 1}/{options.repeat} done")
+        self.record_daemon_memory("after small objects")
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> Results:
+        options = self.options
+        parent = choose_workdir_parent(max(options.sizes, default=0), options.workdir)
+        workdir = tempfile.mkdtemp(prefix="s3balance-bench-", dir=parent)
+        self.say(f"work dir {workdir}")
+        started = time.monotonic()
+        try:
+            self.start_servers(workdir)
+            self.record_daemon_memory("at start")
+            for size in sorted(options.sizes):
+                self.large(workdir, size)
+            if options.small_count > 0:
+                self.small(workdir)
+        finally:
+            self.stop_servers()
+            if options.keep:
+                self.say(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        self.results.notes.append(f"whole run: {time.monotonic() - started:.0f} s")
+        return self.results
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def _figure(entry: Measurement) -> str:
+    if entry.error:
+        return "FAILED"
+    median = entry.median
+    if median is None:
+        return "-"
+    spread = ""
+    if len(entry.samples) > 1:
+        spread = f" ({min(entry.samples):.0f}-{max(entry.samples):.0f})"
+    return f"{median:.0f} {entry.unit}{spread}"
+
+
+def table(results: Results, paths: list[str]) -> list[str]:
+    """Operation x path: median (min-max), ratio to direct, ratio to nginx-proxy."""
+    rows = [("operation", "path", "median (min-max)", "vs direct", "vs nginx-proxy")]
+    errors = []
+    for operation in results.operations:
+        direct = results.median(operation, DIRECT)
+        proxy = results.median(operation, PROXY)
+        for path in paths:
+            entry = results.measurements.get((operation, path))
+            if entry is None:
+                continue
+            value = entry.median
+            rows.append(
+                (operation, path, _figure(entry), _ratio(value, direct), _ratio(value, proxy))
+            )
+            if entry.error:
+                errors.append(f"{operation} via {path}: {entry.error}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines + [f"! {error}" for error in errors]
+
+
+@dataclass
+class Verdict:
+    target: str
+    measured: str
+    passed: bool | None  # None: could not be judged in this run
+
+
+def verdicts(results: Results, sizes: list[int], small_label: str | None) -> list[Verdict]:
+    """The issue's targets, judged on this run's figures."""
+    found: list[Verdict] = []
+    large = [s for s in sizes if s >= 256 * MiB] or sorted(sizes)[-1:]
+    for size in large:
+        label = human_size(size)
+        for method, target in (("GET", TARGET_GET_VS_PROXY), ("PUT", TARGET_PUT_VS_PROXY)):
+            operation = f"{method} {label}"
+            ours = results.median(operation, S3BALANCE)
+            proxy = results.median(operation, PROXY)
+            text = f"{operation}: s3balance >= {target:.1f}x nginx-proxy"
+            if ours is None or not proxy:
+                found.append(Verdict(text, "not measured", None))
+            else:
+                ratio = ours / proxy
+                found.append(Verdict(text, f"{ratio:.2f}x", ratio >= target))
+    peaks = [hwm for _, hwm, _ in results.daemon_memory]
+    if peaks:
+        peak = max(peaks) / 1024
+        found.append(
+            Verdict(
+                f"s3balance peak RSS <= {TARGET_PEAK_RSS_MIB:.0f} MiB",
+                f"{peak:.1f} MiB",
+                peak <= TARGET_PEAK_RSS_MIB,
+            )
+        )
+    else:
+        found.append(Verdict(f"s3balance peak RSS <= {TARGET_PEAK_RSS_MIB:.0f} MiB", "-", None))
+    small_after = results.memory_after(f"after {human_size(64 * MiB)}")
+    large_after = results.memory_after(f"after {human_size(GiB)}")
+    growth_target = f"peak RSS growth 64 MiB -> 1 GiB <= {TARGET_RSS_GROWTH_MIB:.0f} MiB"
+    if small_after and large_after:
+        growth = (large_after[0] - small_after[0]) / 1024
+        found.append(Verdict(growth_target, f"{growth:.1f} MiB", growth <= TARGET_RSS_GROWTH_MIB))
+    else:
+        found.append(Verdict(growth_target, "needs --sizes with 64M and 1G", None))
+    if small_label:
+        for method in ("PUT", "GET"):
+            operation = f"{method} {small_label}"
+            ours = results.median(operation, S3BALANCE)
+            proxy = results.median(operation, PROXY)
+            if ours is not None and proxy:
+                found.append(
+                    Verdict(
+                        f"{operation}: s3balance vs nginx-proxy (no target)",
+                        f"{ours / proxy:.2f}x",
+                        None,
+                    )
+                )
+    return found
+
+
+def client_warnings(results: Results) -> list[str]:
+    """Say when the direct figures are too low for the client to be ruled out as the limit."""
+    warnings = []
+    for operation in results.operations:
+        if not operation.startswith(("PUT ", "GET ")) or " x" in operation:
+            continue
+        direct = results.median(operation, DIRECT)
+        if direct is not None and direct < CLIENT_FLOOR_MB_S:
+            warnings.append(
+                f"{operation} direct reached only {direct:.0f} MB/s (< {CLIENT_FLOOR_MB_S:.0f}): "
+                "the client or the backend may limit every path"
+            )
+    return warnings
+
+
+def report(results: Results, options: argparse.Namespace, paths: list[str]) -> list[str]:
+    lines = [
+        "",
+        "== s3balance bench (loopback; medians of "
+        f"{options.repeat} run(s); ratios are what to compare on a shared machine) ==",
+    ]
+    lines += table(results, paths)
+    lines.append("")
+    lines.append("s3balance daemon memory (VmHWM = peak resident, VmRSS = resident now):")
+    if results.daemon_memory:
+        for label, hwm, rss in results.daemon_memory:
+            lines.append(f"  {label:<22} peak {hwm / 1024:7.1f} MiB   now {rss / 1024:7.1f} MiB")
+        at_start = results.memory_after("at start")
+        peak = max(hwm for _, hwm, _ in results.daemon_memory)
+        if at_start:
+            lines.append(
+                f"  the idle daemon (imports, database, reactor): {at_start[0] / 1024:.1f} MiB; "
+                f"transfers added {(peak - at_start[0]) / 1024:.1f} MiB at most"
+            )
+    else:
+        lines.append("  not measured")
+    lines.append("")
+    lines.append("targets:")
+    small_label = None
+    if options.small_count > 0:
+        small_label = f"{human_size(options.small_size)} x{options.concurrency}"
+    for verdict in verdicts(results, options.sizes, small_label):
+        state = {True: "PASS", False: "FAIL", None: "----"}[verdict.passed]
+        lines.append(f"  [{state}] {verdict.target}: {verdict.measured}")
+    for warning in client_warnings(results):
+        lines.append(f"warning: {warning}")
+    for error in results.setup_errors:
+        lines.append(f"error: {error}")
+    for note in results.notes:
+        lines.append(f"note: {note}")
+    return lines
+
+
+def to_json(results: Results, options: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "options": {k: v for k, v in vars(options).items()},
+        "measurements": [
+            {
+                "operation": m.operation,
+                "path": m.path,
+                "unit": m.unit,
+                "samples": m.samples,
+                "median": m.median,
+                "error": m.error,
+            }
+            for m in results.measurements.values()
+        ],
+        "daemon_memory_kib": [
+            {"label": label, "VmHWM": hwm, "VmRSS": rss}
+            for label, hwm, rss in results.daemon_memory
+        ],
+        "notes": results.notes,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Loopback benchmark: direct backend vs nginx-proxy vs s3balance.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 64 MiB objects, 1 repetition, a short small-object run",
+    )
+    parser.add_argument("--sizes", help="large object sizes, e.g. 64M,256M,1G (default)")
+    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 3)")
+    parser.add_argument(
+        "--small-count",
+        type=int,
+        help="distinct small objects written then read (default 1000; 0 skips small objects)",
+    )
+    parser.add_argument("--small-size", type=parse_size, default=4096, help="default 4K")
+    parser.add_argument("--small-seconds", type=float, help="length of one small-object run (5)")
+    parser.add_argument("--concurrency", type=int, help="connections for small objects (32)")
+    parser.add_argument(
+        "--small-client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="wrk when installed (auto), else a pool of python threads",
+    )
+    parser.add_argument(
+        "--paths", default=",".join(ALL_PATHS), help=f"subset of {','.join(ALL_PATHS)}"
+    )
+    parser.add_argument(
+        "--proxy-buffer",
+        type=parse_size,
+        default=64 << 10,
+        help="nginx-proxy's client_body_buffer_size and proxy_buffer_size (default 64K)",
+    )
+    parser.add_argument(
+        "--s3balance-backend",
+        choices=("nginx", "local"),
+        default="nginx",
+        help="s3balance's real bucket: the nginx backend through its S3 adapter (default), or a "
+        "local directory beside it (diagnostic: no S3 adapter on the way)",
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="per transfer, seconds")
+    parser.add_argument("--workdir", help="parent of the temp dir (default /dev/shm when roomy)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    options = parser.parse_args(argv)
+    quick = options.quick
+    options.sizes = [
+        parse_size(s) for s in (options.sizes or ("64M" if quick else "64M,256M,1G")).split(",")
+    ]
+    if options.repeat is None:
+        options.repeat = 1 if quick else 3
+    if options.small_count is None:
+        options.small_count = 100 if quick else 1000
+    if options.small_seconds is None:
+        options.small_seconds = 2.0 if quick else 5.0
+    if options.concurrency is None:
+        options.concurrency = 8 if quick else 32
+    options.paths = [p.strip() for p in options.paths.split(",") if p.strip()]
+    unknown = set(options.paths) - set(ALL_PATHS)
+    if unknown:
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
+    if options.repeat < 1 or options.concurrency < 1 or options.small_seconds <= 0:
+        parser.error("--repeat, --concurrency and --small-seconds must be positive")
+    if options.small_client == "wrk" and not clients.wrk_available():
+        parser.error("wrk is not installed (apt-get install wrk), use --small-client python")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run and print the table; exit 0 when no judged target failed, 1 if one did, 2 on setup."""
+    options = parse_args(argv)
+    if not nginx_available():
+        print("nginx is required: apt-get install nginx", file=sys.stderr)
+        return 2
+    if shutil.which(clients.CURL) is None:
+        print("curl is required: apt-get install curl", file=sys.stderr)
+        return 2
+    bench = Bench(options)
+    try:
+        results = bench.run()
+    except RuntimeError as e:
+        print(f"bench setup failed: {e}", file=sys.stderr)
+        return 2
+    path_names = [p for p in ALL_PATHS if p in options.paths]
+    for line in report(results, options, path_names):
+        print(line)
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(to_json(results, options), f, indent=2)
+    small_label = f"{human_size(options.small_size)} x{options.concurrency}"
+    judged = verdicts(results, options.sizes, small_label if options.small_count else None)
+    failed = (
+        bool(results.setup_errors)
+        or any(v.passed is False for v in judged)
+        or any(m.error for m in results.measurements.values())
+    )
+    return 1 if failed else 0

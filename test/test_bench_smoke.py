@@ -1,0 +1,186 @@
+"""Smoke test of ``bench/``: its servers start, each path round-trips 1 MiB, verdicts are right.
+
+Fast enough for CI (well under 60 s): 1 MiB objects, one repetition, one-second small runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from bench import clients
+from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
+from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
+from bench.procs import memory_kib
+from bench.run import (
+    DIRECT,
+    PROXY,
+    S3BALANCE,
+    Measurement,
+    Results,
+    main,
+    parse_args,
+    parse_size,
+    verdicts,
+)
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(
+        not nginx_available() or shutil.which("curl") is None, reason="needs nginx and curl"
+    ),
+]
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    path = tempfile.mkdtemp(prefix="bench-smoke-", dir=parent)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def backend(workdir: str) -> Iterator[Nginx]:
+    server = Nginx.backend(workdir, os.path.join(workdir, "data"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def source(workdir: str) -> tuple[str, str]:
+    path = os.path.join(workdir, "source")
+    return path, clients.make_source_file(path, MiB)
+
+
+def round_trip(url: str, source: tuple[str, str]) -> None:
+    path, md5 = source
+    put = clients.put_file(url, path, timeout=20)
+    assert 200 <= put.status < 300
+    get = clients.get_to_null(url, MiB, timeout=20)
+    assert get.bytes_moved == MiB
+    assert clients.download_md5(url, timeout=20) == md5
+
+
+def test_backend_stores_what_is_put(backend: Nginx, workdir: str, source: tuple[str, str]) -> None:
+    url = f"{backend.url}/{BACKEND_BUCKET}/smoke/a"
+    round_trip(url, source)
+    with open(os.path.join(workdir, "data", BACKEND_BUCKET, "smoke", "a"), "rb") as stored:
+        assert hashlib.md5(stored.read()).hexdigest() == source[1]
+    assert clients.delete(url) in (200, 204)
+    with pytest.raises(clients.TransferError, match="404"):
+        clients.get_to_null(url, MiB, timeout=20)
+
+
+def test_nginx_proxy_streams_to_the_backend(
+    backend: Nginx, workdir: str, source: tuple[str, str]
+) -> None:
+    proxy = Nginx.proxy(workdir, backend.port)
+    proxy.start()
+    try:
+        round_trip(f"{proxy.url}/{BACKEND_BUCKET}/smoke/b", source)
+        # The bytes went through to the backend, not into some proxy cache.
+        round_trip_check = clients.download_md5(f"{backend.url}/{BACKEND_BUCKET}/smoke/b", 20)
+        assert round_trip_check == source[1]
+    finally:
+        proxy.stop()
+
+
+def test_s3balance_daemon_round_trip(backend: Nginx, workdir: str, source: tuple[str, str]) -> None:
+    daemon = S3BalanceDaemon(workdir, backend.url)
+    try:
+        daemon.start()
+        round_trip(f"{daemon.url}/{VIRTUAL_BUCKET}/smoke/c", source)
+        memory = memory_kib(daemon.pid)
+        assert 0 < memory["VmRSS"] <= memory["VmHWM"]
+        assert clients.delete(f"{daemon.url}/{VIRTUAL_BUCKET}/smoke/c") in (200, 204)
+    finally:
+        daemon.stop()
+
+
+def test_small_object_load_counts_failures(backend: Nginx, workdir: str) -> None:
+    """GETs of keys nobody wrote are failures, never throughput."""
+    missing = clients.run_thread_pool(
+        backend.url, "GET", f"/{BACKEND_BUCKET}/none/", 5, 4096, connections=2, seconds=0.5
+    )
+    assert missing.requests == 0 and missing.failures > 0
+    put = clients.run_thread_pool(
+        backend.url, "PUT", f"/{BACKEND_BUCKET}/small/", 5, 4096, connections=2, seconds=0.5
+    )
+    assert put.failures == 0 and put.requests > 10
+    if clients.wrk_available():
+        got = clients.run_wrk(
+            workdir, backend.url, "GET", f"/{BACKEND_BUCKET}/small/", 5, 4096, 2, 1.0
+        )
+        assert got.failures == 0 and got.requests > 10
+
+
+def _results(put_ratio: float, get_ratio: float) -> Results:
+    results = Results()
+    for operation, ratio in (("PUT 256 MiB", put_ratio), ("GET 256 MiB", get_ratio)):
+        for path, value in ((DIRECT, 2000.0), (PROXY, 1000.0), (S3BALANCE, 1000.0 * ratio)):
+            results.get(operation, path, "MB/s").samples.append(value)
+    results.daemon_memory = [("after 64 MiB", 40 * 1024, 30 * 1024), ("after 1 GiB", 52 * 1024, 0)]
+    return results
+
+
+def test_verdicts_judge_the_issue_targets() -> None:
+    judged = {
+        v.target: v.passed
+        for v in verdicts(_results(0.79, 1.0), [64 * MiB, 256 * MiB, 1 << 30], None)
+    }
+    assert judged["PUT 256 MiB: s3balance >= 0.8x nginx-proxy"] is False
+    assert judged["GET 256 MiB: s3balance >= 1.0x nginx-proxy"] is True
+    assert judged["s3balance peak RSS <= 80 MiB"] is True
+    assert judged["peak RSS growth 64 MiB -> 1 GiB <= 8 MiB"] is False  # grew 12 MiB
+    assert Measurement("x", "p", "MB/s", [1.0, 3.0, 2.0]).median == 2.0
+    assert Measurement("x", "p", "MB/s", [1.0], error="boom").median is None
+
+
+def test_options() -> None:
+    assert (
+        parse_size("1G") == 1 << 30 and parse_size("64MiB") == 64 * MiB and parse_size("4k") == 4096
+    )
+    quick = parse_args(["--quick"])
+    assert quick.sizes == [64 * MiB] and quick.repeat == 1
+    full = parse_args([])
+    assert full.sizes == [64 * MiB, 256 * MiB, 1 << 30] and full.repeat == 3
+    assert isinstance(parse_args(["--paths", "direct"]), argparse.Namespace)
+    with pytest.raises(SystemExit):
+        parse_args(["--paths", "carrier-pigeon"])
+
+
+def test_one_command_runs_every_path(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "--sizes",
+            "1M",
+            "--repeat",
+            "1",
+            "--small-count",
+            "10",
+            "--small-seconds",
+            "1",
+            "--concurrency",
+            "2",
+            "--small-client",
+            "python",
+        ]
+    )
+    out = capsys.readouterr().out
+    for operation in ("PUT 1 MiB", "GET 1 MiB", "PUT 4 KiB x2", "GET 4 KiB x2"):
+        for path in (DIRECT, PROXY, S3BALANCE):
+            unit = "req/s" if "KiB" in operation else "MB/s"
+            assert re.search(rf"^{operation}\s+{path}\s+\d+ {unit}", out, re.M), out
+    assert "FAILED" not in out and "error:" not in out, out
+    assert code in (0, 1)  # 1: a target missed at 1 MiB is a figure, not a broken bench
