@@ -8,37 +8,38 @@ and listeners stop first at shutdown so in-flight transfers get a grace period.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
+from s3balance.admin.api import AdminResource
+from s3balance.admin.reload import close_retired, install_sighup
 from s3balance.auth.authenticator import Authenticator
 from s3balance.auth.credentials import KeyRing
 from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
+from s3balance.backends.s3 import make_http_pool
 from s3balance.config import Config
 from s3balance.db.connector import DBConnector
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
+from s3balance.housekeeping import UploadExpiry
 from s3balance.metrics import REGISTRY, MetricsResource
+from s3balance.multipart import MultipartUploads
 from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
 from s3balance.usage import UsageMonitor
 from s3balance.web.health import HealthResource
+from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
-from s3balance.web.routing import should_stream
 from s3balance.web.site import S3Site
 
 log = Logger()
-
-#: Persistent connections kept per backend host; the Agent default of 2 serialises transfers.
-MAX_PERSISTENT_PER_HOST = 32
-
 
 class S3BalanceService(MultiService):
     """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""
@@ -60,8 +61,7 @@ class S3BalanceService(MultiService):
         self.db.setServiceParent(self)
         self.store = self.db.store
 
-        self.http_pool = HTTPConnectionPool(reactor, persistent=True)
-        self.http_pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        self.http_pool = make_http_pool(reactor)
         self.backends: dict[str, IBackend] = {
             bucket.name: make_backend(bucket, reactor, config.data_dir, self.http_pool)
             for bucket in config.real_buckets
@@ -104,6 +104,8 @@ class S3BalanceService(MultiService):
         if config.metrics.enabled:
             metrics_name = config.metrics.path.strip("/").encode("utf-8")
             reserved[metrics_name] = MetricsResource(REGISTRY, token=config.metrics.token)
+        if config.api.enabled:
+            reserved[b"api"] = AdminResource(self)
         authenticator = Authenticator(
             KeyRing.from_config(config.s3api),
             required=config.s3api.auth_required,
@@ -116,18 +118,20 @@ class S3BalanceService(MultiService):
             config=config,
             reserved=reserved,
             authenticator=authenticator,
+            multipart=MultipartHandler(MultipartUploads(self.gateway)),
             clock=reactor,
             stall_timeout=config.server.write_timeout,
         )
         self.site = S3Site(
             self.resource,
-            should_stream=should_stream,
+            should_stream=self.resource.should_stream,
             clock=reactor,
             read_timeout=config.server.read_timeout,
             idle_timeout=config.server.idle_timeout,
         )
         self.listen = listen
         self._listeners: list[Any] = []
+        self._uninstall_sighup: Callable[[], None] | None = None
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
@@ -135,18 +139,24 @@ class S3BalanceService(MultiService):
         try:
             yield self.db.setup()
             for bucket in self.config.virtual_buckets:
-                yield self.store.create_bucket(bucket.name, self.reactor.seconds(), from_config=True)
+                now = self.reactor.seconds()
+                yield self.store.create_bucket(bucket.name, now, from_config=True)
         except Exception:
             log.failure("s3balance cannot start")
             self.reactor.stop()
             return
-        for child in (self.health, self.usage, self.pool):
+        self.expiry = UploadExpiry.from_config(
+            self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
+        )
+        for child in (self.health, self.usage, self.pool, self.expiry):
             child.setServiceParent(self)
         super().startService()
         for description in self.listen:
             listener = strports.service(description, self.site, reactor=self.reactor)
             listener.setServiceParent(self)
             self._listeners.append(listener)
+        if self.config_path is not None:
+            self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
         log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
 
@@ -154,7 +164,10 @@ class S3BalanceService(MultiService):
     def stopService(self) -> Any:
         for listener in self._listeners:
             yield defer.maybeDeferred(listener.disownServiceParent)
+        if self._uninstall_sighup is not None:
+            self._uninstall_sighup()
         yield super().stopService()
+        yield close_retired(self)
         for backend in self.backends.values():
             yield backend.close()
         yield self.http_pool.closeCachedConnections()

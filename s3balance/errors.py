@@ -82,7 +82,9 @@ EntityTooSmall = _factory(
     "EntityTooSmall", 400, "Your proposed upload is smaller than the minimum allowed object size."
 )
 IncompleteBody = _factory(
-    "IncompleteBody", 400, "You did not provide the number of bytes specified by the Content-Length."
+    "IncompleteBody",
+    400,
+    "You did not provide the number of bytes specified by the Content-Length.",
 )
 InternalError = _factory(
     "InternalError", 500, "We encountered an internal error. Please try again."
@@ -131,7 +133,9 @@ NoSuchUpload = _factory(
     "been aborted or completed.",
 )
 NotImplementedError_ = _factory(
-    "NotImplemented", 501, "A header or query you provided implies functionality that is not implemented."
+    "NotImplemented",
+    501,
+    "A header or query you provided implies functionality that is not implemented.",
 )
 NotModified = _factory("NotModified", 304, "Not Modified")
 PreconditionFailed = _factory(
@@ -140,7 +144,8 @@ PreconditionFailed = _factory(
 RequestTimeout = _factory(
     "RequestTimeout",
     400,
-    "Your socket connection to the server was not read from or written to within the timeout period.",
+    "Your socket connection to the server was not read from or written to within the timeout "
+    "period.",
 )
 RequestTimeTooSkewed = _factory(
     "RequestTimeTooSkewed",

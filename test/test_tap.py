@@ -24,7 +24,9 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
-def test_no_file_gives_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_file_gives_the_embedded_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     options = parse()
     config = options["loaded"]
@@ -50,7 +52,12 @@ def test_etc_s3balance_yaml_is_the_default_file(
 def test_listen_is_repeatable_and_overrides_server_host_port(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", "server: {port: 9999}\nbuckets: [{name: r, path: d}]\n")
     options = parse(
-        "--config", config, "--listen", "tcp:0:interface=127.0.0.1", "-l", "tcp6:0:interface=\\:\\:1"
+        "--config",
+        config,
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "-l",
+        "tcp6:0:interface=\\:\\:1",
     )
     assert options["listen"] == ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"]
 
@@ -63,9 +70,7 @@ def test_ipv6_host_is_escaped_in_the_endpoint(tmp_path: Path) -> None:
 
 
 def test_a_bad_file_is_a_usage_error_naming_key_and_value(tmp_path: Path) -> None:
-    config = write(
-        tmp_path / "c.yaml", "buckets: [{name: r, path: d, max_size: '12 parsecs'}]\n"
-    )
+    config = write(tmp_path / "c.yaml", "buckets: [{name: r, path: d, max_size: '12 parsecs'}]\n")
     with pytest.raises(usage.UsageError) as raised:
         parse("--config", config)
     assert "buckets[0].max_size" in str(raised.value)
@@ -79,9 +84,9 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_data_dir_option_overrides_the_file(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", "data_dir: here\nbuckets: [{name: r, path: d}]\n")
-    assert parse("--config", config, "--data-dir", str(tmp_path / "there"))["loaded"].data_dir == str(
-        tmp_path / "there"
-    )
+    assert parse("--config", config, "--data-dir", str(tmp_path / "there"))[
+        "loaded"
+    ].data_dir == str(tmp_path / "there")
 
 
 def test_make_service_wires_database_backends_and_front(tmp_path: Path) -> None:

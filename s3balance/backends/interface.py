@@ -172,7 +172,8 @@ class IBackend(Interface):
     def create_multipart_upload(
         key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> Deferred[str]:
-        """Start a multipart upload; fires with the backend's own upload id (never shown to clients)."""
+        """Start a multipart upload; fires with the backend's own upload id (never shown to
+        clients)."""
 
     def upload_part(
         key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int

@@ -1,7 +1,8 @@
 """Plain, immutable rows handed out of the database thread.
 
 Rows are materialised inside the DB thread into these dataclasses so that nothing lazy (no ORM
-object, no open cursor) ever crosses to the reactor thread.  Times are float seconds since the epoch.
+object, no open cursor) ever crosses to the reactor thread.  Times are float seconds since the
+epoch.
 """
 
 from __future__ import annotations

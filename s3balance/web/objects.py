@@ -19,6 +19,7 @@ from s3balance import conditions, errors
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.gateway import MAX_PUT_SIZE, validate_key
+from s3balance.multipart import parse_part_number, part_range, parts_count
 from s3balance.web import xml
 from s3balance.web.answer import (
     STREAMED,
@@ -249,8 +250,18 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     not_modified = _check_conditions(ctx, record)
     if not_modified is not None:
         return not_modified
-    byte_range = conditions.parse_range(ctx.header("range"), record.size)
+    part_number = ctx.query("partNumber")
+    if part_number is not None:
+        # A part of a multipart object, as S3 serves it: a 206 with that part's bytes.
+        byte_range: tuple[int, int] | None = part_range(record, parse_part_number(part_number))
+        if byte_range is not None and byte_range[1] < byte_range[0]:
+            byte_range = None  # part 1 of an empty object: the (empty) object itself
+    else:
+        byte_range = conditions.parse_range(ctx.header("range"), record.size)
     headers = object_headers(ctx, record, whole=byte_range is None)
+    count = parts_count(record)
+    if part_number is not None and count is not None:
+        headers.append(("x-amz-mp-parts-count", str(count)))
     status = 200
     length = record.size
     if byte_range is not None:

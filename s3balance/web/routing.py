@@ -282,7 +282,7 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
             return "ListParts"
         return NOT_IMPLEMENTED
     if verb in ("GET", "HEAD"):
-        if params <= _RESPONSE_OVERRIDES | {"versionid"}:
+        if params <= _RESPONSE_OVERRIDES | {"versionid", "partnumber"}:
             return "GetObject" if verb == "GET" else "HeadObject"
         return NOT_IMPLEMENTED
     if verb == "PUT":

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import Request
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
-from twisted.web.http import Request
 from twisted.web.server import Site
 
 from s3balance.web.channel import S3Channel
