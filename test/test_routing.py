@@ -50,6 +50,8 @@ COPY = {"x-amz-copy-source": "/src/key"}
         ("PUT", "/b/k?acl", {}, "PutObjectAcl"),
         ("POST", "/b/k?uploads", {}, "CreateMultipartUpload"),
         ("PUT", "/b/k?partNumber=1&uploadId=u", {}, "UploadPart"),
+        ("GET", "/b/k?partNumber=2", {}, "GetObject"),
+        ("HEAD", "/b/k?partNumber=1", {}, "HeadObject"),
         ("PUT", "/b/k?partNumber=1&uploadId=u", COPY, "UploadPartCopy"),
         ("POST", "/b/k?uploadId=u", {}, "CompleteMultipartUpload"),
         ("DELETE", "/b/k?uploadId=u", {}, "AbortMultipartUpload"),
@@ -92,7 +94,6 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
         "/b/k?torrent",
         "/b/k?attributes",
         "/b?some-future-subresource",
-        "/b/k?partNumber=2",
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "POST"])
@@ -111,6 +112,8 @@ def test_unserved_subresources_are_refused_whatever_the_method(method: str, targ
         ("GET", "/b?list-type=3"),
         ("GET", "/b?delete"),
         ("PUT", "/b/k?uploadId=u"),
+        ("PUT", "/b/k?partNumber=2"),  # a part without its upload is no PutObject
+        ("DELETE", "/b/k?partNumber=2"),
         ("GET", "/?tagging"),
     ],
 )

@@ -14,6 +14,7 @@ paused download) is not a backend stall and does not count.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -192,6 +193,8 @@ class _GuardedBody:
         self._sent = 0
         self._held = b""
         self._agent_paused = False
+        #: MD5 of what went out: the ETag when a backend answers a PUT without one.
+        self.md5 = hashlib.md5()
 
     # Agent's side (we are its producer) ------------------------------------------------------
 
@@ -227,6 +230,7 @@ class _GuardedBody:
             return
         self.started = True
         self._watch.touch()
+        self.md5.update(data)
         total = self._sent + len(self._held) + len(data)
         if total > self.length:
             self._fail(
@@ -757,21 +761,25 @@ class S3Backend:
         headers: dict[str, str],
         body: IBodyProducer,
         length: int,
-    ) -> _Answer:
-        """PUT a streamed body; never retried (the body cannot be replayed)."""
+    ) -> tuple[_Answer, str]:
+        """PUT a streamed body; never retried (the body cannot be replayed).
+
+        :returns: the answer and the MD5 of the bytes sent.
+        """
         if length == 0:
             # With nothing to hold back, wait for the body to succeed before the backend sees
             # the request at all.
             await _drain_empty(self.name, body, _StallWatch(self._reactor, self._stall_timeout))
-            return await self._call("PUT", path, query, headers, b"")
+            answer = await self._call("PUT", path, query, headers, b"", ok=_SUCCESS)
+            return answer, hashlib.md5(b"").hexdigest()
         response, watch, guard = await self._attempt(
             "PUT", path, query, headers, None, body, length
         )
         assert guard is not None
         answer = await self._read(response, watch)
-        if answer.status != 200:
+        if answer.status not in _SUCCESS:
             raise self._error(answer, body_started=guard.started)
-        return answer
+        return answer, guard.md5.hexdigest()
 
     # -- IBackend ------------------------------------------------------------------------------
 
@@ -793,12 +801,17 @@ class S3Backend:
         headers: dict[str, str],
         metadata: dict[str, str],
     ) -> PutResult:
-        answer = await self._upload(
+        answer, md5 = await self._upload(
             self.address.object_path(key), None, self._request_headers(headers, metadata),
             body, length,
         )
+        # S3 services always send the ETag; plain HTTP stores (WebDAV) answer 201/204 without
+        # one, and then the MD5 of what we sent is what S3 would have said.
+        etag = answer.header("etag")
         return PutResult(
-            etag=_require_etag(self.name, answer), size=length, checksums=_checksums(answer)
+            etag=s3xml.quote_etag(etag) if etag else f'"{md5}"',
+            size=length,
+            checksums=_checksums(answer),
         )
 
     def get_object(
@@ -920,7 +933,7 @@ class S3Backend:
         self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
     ) -> PartResult:
         query = [("partNumber", str(part_number)), ("uploadId", upload_id)]
-        answer = await self._upload(self.address.object_path(key), query, {}, body, length)
+        answer, _ = await self._upload(self.address.object_path(key), query, {}, body, length)
         return PartResult(part_number, _require_etag(self.name, answer), length)
 
     def upload_part_copy(
@@ -1123,6 +1136,10 @@ def _first_header(response: IResponse, name: str) -> str | None:
         return None
     value = values[0]
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+#: Statuses that mean a PUT was stored: S3 answers 200, WebDAV-style stores 201 or 204.
+_SUCCESS = (200, 201, 204)
 
 
 def _require_etag(backend: str, answer: _Answer) -> str:
