@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -162,12 +162,29 @@ class S3BalanceService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        # Stop accepting first, then let transfers in flight finish (within the grace period)
+        # before the backends and the database go away under them.
         for listener in self._listeners:
             yield defer.maybeDeferred(listener.disownServiceParent)
+        if self.site.in_flight:
+            log.info(
+                "waiting up to {grace}s for {count} requests in flight",
+                grace=self.config.server.shutdown_grace,
+                count=len(self.site.in_flight),
+            )
+        left = yield self.site.drained(self.config.server.shutdown_grace)
+        if left:
+            log.warn("{count} requests still running at shutdown are cut off", count=left)
         if self._uninstall_sighup is not None:
             self._uninstall_sighup()
-        yield super().stopService()
+        # Monitors and the pool's counter flush still use the database: stop them (and wait for
+        # their last queries) before the database's threads go.
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            if child is not self.db:
+                yield defer.maybeDeferred(child.stopService)
         yield close_retired(self)
         for backend in self.backends.values():
             yield backend.close()
         yield self.http_pool.closeCachedConnections()
+        yield defer.maybeDeferred(self.db.stopService)

@@ -21,6 +21,9 @@ class ServerConfig:
     read_timeout: float = 30.0
     write_timeout: float = 30.0
     idle_timeout: float = 60.0
+    #: *ours*: at SIGTERM, how long transfers in flight may take to finish after the listener
+    #: stopped accepting.
+    shutdown_grace: float = 30.0
 
 
 @dataclass

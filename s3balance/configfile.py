@@ -421,6 +421,7 @@ class _Reader:
             read_timeout=s.duration("read_timeout", d.read_timeout),
             write_timeout=s.duration("write_timeout", d.write_timeout),
             idle_timeout=s.duration("idle_timeout", d.idle_timeout),
+            shutdown_grace=s.duration("shutdown_grace", d.shutdown_grace),
         )
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
@@ -764,6 +765,7 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "read_timeout": format_duration(c.server.read_timeout),
             "write_timeout": format_duration(c.server.write_timeout),
             "idle_timeout": format_duration(c.server.idle_timeout),
+            "shutdown_grace": format_duration(c.server.shutdown_grace),
         },
         "database": {
             "type": db.type,

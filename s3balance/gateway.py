@@ -22,7 +22,8 @@ Operation classes counted per backend follow Cloudflare R2: class A (mutating or
 PutObject, CopyObject, multipart calls and listings; class B (reads) for GetObject and
 HeadObject on a backend; DeleteObject is free.  Listings and HeadObject are answered from the
 metadata store, so they never reach a backend and are not counted (HeadObject still answers 503
-when no location of the object is readable, as GetObject would).
+when no location of the object is readable, as GetObject would).  In redirect mode a GetObject
+answered with a presigned URL counts as one class-B read of the backend it points at.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class GatewaySettings:
     retry_delay: float = 1.0
     allow_create_bucket: bool = True
     region: str = "us-east-1"
+    #: ``False`` is redirect mode: GetObject answers 302 to a presigned URL of the backend.
+    proxy_mode: bool = True
+    #: Lifetime in seconds of the presigned URLs of redirect mode.
+    presign_expiry: float = 300.0
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -109,6 +114,8 @@ class GatewaySettings:
             retry_delay=config.balancer.retry_delay,
             allow_create_bucket=config.s3api.allow_create_bucket,
             region=config.s3api.region,
+            proxy_mode=config.s3api.proxy_mode,
+            presign_expiry=config.s3api.presign_expiry,
         )
 
 
@@ -378,6 +385,34 @@ class Gateway:
             raise backend_error_to_s3(error) from error
         self.pool.record_operation(location.backend, "B", bytes_out=stream.length)
         return stream
+
+    def presigned_url(self, record: ObjectRecord, response_overrides: dict[str, str]) -> str | None:
+        """Redirect mode: a presigned GET URL of ``record``'s bytes on the backend chosen as for a
+        read, valid ``presign_expiry`` seconds, or ``None`` when that backend cannot presign (a
+        local directory) and the read must be proxied.
+
+        The URL pins no range, so a client that follows the redirect with its ``Range`` header
+        gets the range from the backend.  A URL handed out counts as the class-B read it will
+        become; its bytes never pass through the daemon, so none are counted.
+
+        :param response_overrides: ``response-*`` query parameters for the backend to apply.
+        :raises S3Error: as :meth:`readable_location`.
+        """
+        location = self.readable_location(record)
+        backend = self.pool.get(location.backend)
+        if not backend.can_presign:
+            return None
+        expires_in = max(1, int(self.settings.presign_expiry))
+        try:
+            url = backend.presign_get(location.real_key, expires_in, dict(response_overrides))
+        except BackendError as error:
+            log.warn(
+                "{backend} could not presign {real_key} ({detail}); proxying the read",
+                backend=location.backend, real_key=location.real_key, detail=error.detail,
+            )
+            return None
+        self.pool.record_operation(location.backend, "B")
+        return url
 
     async def list_objects(
         self,

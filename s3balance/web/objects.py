@@ -2,6 +2,18 @@
 
 The HTTP side only: validation S3 does before reading a body, headers in and out, conditional
 requests and ranges.  Placement and metadata belong to :class:`s3balance.gateway.Gateway`.
+
+Redirect mode (``s3api.proxy_mode: false``): GetObject answers ``302 Found`` whose ``Location``
+is a presigned GET URL of the object on its backend, valid ``s3api.presign_expiry`` seconds and
+carrying the request's ``response-*`` overrides, with ``Cache-Control: no-store`` and an empty
+body.  Everything that fails a proxied read before its first byte fails the redirect the same way
+and before it: authentication, NoSuchBucket/NoSuchKey, a bad ``versionId``, the conditional
+headers (304/412 from metadata), an unsatisfiable ``Range`` (416), the backend's availability
+(503) and its class-B budget (SlowDown); the redirect counts as the class-B read.  The URL pins no
+range: a client following it resends its ``Range`` header to the backend.  Proxied even in
+redirect mode: objects on backends that cannot presign (local directories), ``partNumber`` reads
+(a presigned URL cannot carry the part's range), HeadObject (answered from metadata) and every
+upload.
 """
 
 from __future__ import annotations
@@ -272,6 +284,10 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
         ctx.gateway.readable_location(record)
         headers.append(("Content-Length", str(length)))
         return Answer(status, headers)
+    if part_number is None and not ctx.gateway.settings.proxy_mode:
+        redirect = _redirect(ctx, record)
+        if redirect is not None:
+            return redirect
     stream = await ctx.gateway.open_object(record, byte_range)
     request: Any = ctx.request
     request.setResponseCode(status)
@@ -279,6 +295,22 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
     await relay_object(request, stream, ctx.clock, ctx.stall_timeout)
     return STREAMED
+
+
+def _redirect(ctx: RequestContext, record: ObjectRecord) -> Answer | None:
+    """Redirect mode's answer (see the module docstring), or ``None`` to proxy the read.
+
+    :raises S3Error: ServiceUnavailable or SlowDown, as a proxied read would.
+    """
+    overrides = {
+        parameter: value
+        for parameter in _OVERRIDES
+        if (value := ctx.query(parameter)) is not None
+    }
+    url = ctx.gateway.presigned_url(record, overrides)
+    if url is None:
+        return None
+    return Answer(302, [("Location", url), ("Cache-Control", "no-store")])
 
 
 async def handle_GetObject(ctx: RequestContext) -> Any:

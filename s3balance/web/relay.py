@@ -9,7 +9,7 @@ a short "successful" download.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as StallTimeout
@@ -19,7 +19,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
+from s3balance.metrics import INFLIGHT_TRANSFERS
 from s3balance.web.request import ClientDisconnected
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from s3balance.backends.interface import IObjectStream
@@ -182,5 +185,12 @@ def relay_object(
     if not request.responseHeaders.hasHeader(b"Content-Length"):
         request.setHeader(b"Content-Length", b"%d" % stream.length)
     relay = _RelayProtocol(request, stream.length, clock, stall_timeout)
+    INFLIGHT_TRANSFERS.labels(direction="out").inc()
+    relay.deferred.addBoth(_transfer_ended)
     stream.deliverBody(relay)
     return relay.deferred
+
+
+def _transfer_ended(result: _T) -> _T:
+    INFLIGHT_TRANSFERS.labels(direction="out").dec()
+    return result

@@ -25,6 +25,7 @@ from twisted.web.http import parse_qs
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from s3balance.metrics import INFLIGHT_TRANSFERS
 from s3balance import errors
 from s3balance.errors import S3Error
 
@@ -356,6 +357,10 @@ class _SiteSettings(Protocol):
 
     def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool: ...
 
+    def request_started(self, request: StreamingRequest) -> None: ...
+
+    def request_ended(self, request: StreamingRequest) -> None: ...
+
 
 class StreamingRequest(server.Request):
     """A request that may stream its body (see the module docstring).
@@ -386,6 +391,8 @@ class StreamingRequest(server.Request):
         self._wants_continue = False
         self._continue_sent = False
         self._logged = False
+        if self._settings is not None:
+            self._settings.request_started(self)
 
     def _resolve_clock(self) -> IReactorTime:
         if self._settings is not None:
@@ -470,6 +477,7 @@ class StreamingRequest(server.Request):
         settings = self._settings
         assert settings is not None
         self.streamed = True
+        INFLIGHT_TRANSFERS.labels(direction="in").inc()
         self._set_request_line(command, path, version)
         self.content = BytesIO()
         self.body = RequestBody(
@@ -597,9 +605,14 @@ class StreamingRequest(server.Request):
         return waiter
 
     def _log_access(self) -> None:
+        """The request's one ending, whichever way it ends: log it and stop counting it."""
         if self._logged:
             return
         self._logged = True
+        if self.streamed:
+            INFLIGHT_TRANSFERS.labels(direction="in").dec()
+        if self._settings is not None:
+            self._settings.request_ended(self)
         client = self.client
         host = getattr(client, "host", None)
         address = f"{host}:{getattr(client, 'port', '')}" if host is not None else str(client)

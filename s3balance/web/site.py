@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
 from twisted.web.http_headers import Headers
@@ -66,10 +67,44 @@ class S3Site(Site):
         self.read_timeout = read_timeout
         self.max_buffered_body = max_buffered_body
         self.body_buffer = body_buffer
+        self.in_flight: set[StreamingRequest] = set()
+        self._drain_waiters: list[Deferred[None]] = []
 
     def should_stream(self, method: bytes, path: bytes, headers: Headers) -> bool:
         """Whether this request's body streams (the front's predicate)."""
         return self._should_stream(method, path, headers)
+
+    def request_started(self, request: StreamingRequest) -> None:
+        self.in_flight.add(request)
+
+    def request_ended(self, request: StreamingRequest) -> None:
+        self.in_flight.discard(request)
+        if not self.in_flight:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # a drain that already gave up
+                    waiter.callback(None)
+
+    def drained(self, grace: float) -> Deferred[int]:
+        """Fires once no request is in flight, or after ``grace`` seconds, with the number of
+        requests still running then (a shutdown lets transfers finish, but not forever)."""
+        if not self.in_flight:
+            return succeed(0)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+
+        def give_up() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timeout = self.clock.callLater(grace, give_up)
+
+        def remaining(_: None) -> int:
+            if timeout.active():
+                timeout.cancel()
+            return len(self.in_flight)
+
+        return waiter.addCallback(remaining)
 
     def acceptableProtocols(self) -> list[bytes]:
         """Only HTTP/1.1 over TLS: the streaming hooks exist for it alone (pitfall 9)."""

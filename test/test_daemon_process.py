@@ -1,0 +1,211 @@
+"""The daemon as users run it: ``twistd -n s3balance`` in its own process, real sockets."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+
+from test.support import unique_bucket_name
+from test.support.process import DaemonProcess, run_twistd
+from test.support.seaweedfs import SeaweedFS
+
+GO_METRIC_NAMES = (
+    "s3_balance_bucket_healthy",
+    "s3_balance_bucket_usage_bytes",
+    "s3_balance_bucket_capacity_bytes",
+    "s3_balance_s3_operations_total",
+    "s3_balance_s3_operation_duration_seconds",
+    "s3_balance_balancer_decisions_total",
+)
+
+
+def client(endpoint: str):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+        region_name="us-east-1",
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def metric_value(text: str, name: str, bucket: str) -> float | None:
+    match = re.search(rf'^{name}{{bucket="{re.escape(bucket)}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def test_embedded_default_serves_s3_health_and_metrics(tmp_path: Path) -> None:
+    """The README's two commands: no configuration at all gives a working S3 endpoint."""
+    config = {"buckets": [{"name": "disk-1", "path": "b1"}, {"name": "disk-2", "path": "b2"}]}
+    with DaemonProcess(tmp_path, config) as daemon:
+        s3 = client(daemon.endpoint)
+        s3.create_bucket(Bucket="demo")
+        for i in range(6):
+            s3.put_object(Bucket="demo", Key=f"k{i}", Body=b"x" * (1000 + i))
+        assert s3.get_object(Bucket="demo", Key="k3")["Body"].read() == b"x" * 1003
+        listed = s3.list_objects_v2(Bucket="demo")
+        assert [o["Key"] for o in listed["Contents"]] == [f"k{i}" for i in range(6)]
+        health = daemon.health()
+        assert health["status"] == "healthy"
+        assert set(health["backends"]) == {"disk-1", "disk-2"}
+        metrics = daemon.metrics()
+        for name in GO_METRIC_NAMES:
+            assert name in metrics, name
+        # Both real buckets received objects (the default strategy spreads by free space).
+        placed = [
+            metric_value(metrics, "s3_balance_bucket_usage_bytes", b) for b in ("disk-1", "disk-2")
+        ]
+        assert sum(v or 0 for v in placed) == sum(1000 + i for i in range(6))
+        assert_clean_exit(daemon, daemon.stop())
+
+
+def test_a_bad_configuration_is_refused_before_binding(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "buckets:\n  - {name: r, path: d}\n  - {name: s, path: e, max_size: '12 parsecs'}\n"
+        "balancer: {strategy: fastest}\n"
+    )
+    result = run_twistd(tmp_path, "--config", "bad.yaml", "--listen", "tcp:0")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "buckets[1].max_size: '12 parsecs' is not a size" in output
+    assert "balancer.strategy: 'fastest'" in output
+    assert not (tmp_path / "data").exists()  # nothing created, nothing bound
+
+
+def test_an_outdated_schema_refuses_to_start_without_auto_migrate(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE unrelated (id INTEGER)"))
+    engine.dispose()
+    (tmp_path / "c.yaml").write_text(
+        f"database: {{dsn: '{tmp_path / 'old.db'}', auto_migrate: false}}\n"
+        "buckets: [{name: r, path: d}]\n"
+    )
+    result = run_twistd(tmp_path, "--config", "c.yaml", "--listen", "tcp:0")
+    assert result.returncode != 0
+    assert "database.auto_migrate: true" in result.stderr
+
+    # A schema from a newer s3balance is refused too, and said so.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+        connection.execute(sa.text("INSERT INTO alembic_version VALUES ('9999_future')"))
+    engine.dispose()
+    result = run_twistd(tmp_path, "--config", "c.yaml", "--listen", "tcp:0")
+    assert result.returncode != 0
+    assert "newer than this s3balance knows" in result.stderr
+
+
+def test_sigterm_lets_an_upload_in_flight_finish_and_stops_accepting(tmp_path: Path) -> None:
+    config = {"buckets": [{"name": "disk", "path": "b"}], "server": {"shutdown_grace": "20s"}}
+    with DaemonProcess(tmp_path, config) as daemon:
+        client(daemon.endpoint).create_bucket(Bucket="grace")
+        size = 4 << 20
+        upload = socket.create_connection(("127.0.0.1", daemon.port), timeout=20)
+        upload.sendall(b"PUT /grace/slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        upload.sendall(b"a" * (size // 2))
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)
+        # The listener goes away at once...
+        assert wait_until(lambda: _refused(daemon.port), timeout=10)
+        # ...while the upload in flight still completes and is stored.
+        upload.sendall(b"a" * (size - size // 2))
+        answer = _read_response(upload)
+        upload.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert_clean_exit(daemon, daemon.wait(30))
+    # The object really is there for the next run of the daemon.
+    with DaemonProcess(tmp_path, config) as again:
+        body = client(again.endpoint).get_object(Bucket="grace", Key="slow")["Body"].read()
+        assert body == b"a" * size
+
+
+@pytest.mark.slow
+def test_a_killed_seaweedfs_turns_unhealthy_and_back(tmp_path: Path) -> None:
+    weed = SeaweedFS(str(tmp_path / "weed"))
+    weed.start()
+    try:
+        bucket = unique_bucket_name("health")
+        weed.create_bucket(bucket)
+        config = {
+            "buckets": [
+                {
+                    "name": "weed",
+                    "bucket": bucket,
+                    "endpoint": weed.endpoint,
+                    "region": weed.region,
+                    "access_key_id": weed.access_key,
+                    "secret_access_key": weed.secret_key,
+                    "path_style": True,
+                },
+                {"name": "disk", "path": "d"},
+            ],
+            "balancer": {
+                "health_check_period": "500ms",
+                "probe_timeout": "1s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 2,
+            },
+        }
+        with DaemonProcess(tmp_path / "daemon", config) as daemon:
+
+            def weed_state() -> tuple[bool, float | None]:
+                healthy = daemon.health()["backends"]["weed"]["healthy"]
+                gauge = metric_value(daemon.metrics(), "s3_balance_bucket_healthy", "weed")
+                return healthy, gauge
+
+            assert wait_until(lambda: weed_state() == (True, 1.0), timeout=10)
+            weed.kill()
+            # Two failed probes, one period apart, each bounded by the probe timeout.
+            assert wait_until(lambda: weed_state() == (False, 0.0), timeout=8)
+            assert daemon.health()["status"] == "degraded"
+            assert daemon.health()["backends"]["weed"]["last_error"]
+            weed.restart()
+            assert wait_until(lambda: weed_state() == (True, 1.0), timeout=20)
+            assert daemon.health()["status"] == "healthy"
+    finally:
+        weed.kill()
+
+
+def assert_clean_exit(daemon: DaemonProcess, status: int | None) -> None:
+    """twistd re-raises SIGTERM after a clean shutdown, so the status says "terminated"."""
+    assert status in (0, -signal.SIGTERM), daemon.log_tail()
+    assert "Server Shut Down." in daemon.log_tail(), daemon.log_tail()
+    assert "Traceback" not in daemon.log_path.read_text(), daemon.log_tail(200)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
