@@ -25,9 +25,9 @@ from twisted.web.http import parse_qs
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from s3balance.metrics import INFLIGHT_TRANSFERS
 from s3balance import errors
 from s3balance.errors import S3Error
+from s3balance.metrics import INFLIGHT_TRANSFERS
 
 if TYPE_CHECKING:
     from s3balance.web.filters import BodyFilter
