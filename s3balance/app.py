@@ -14,7 +14,6 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from s3balance.admin.api import AdminResource
@@ -29,6 +28,7 @@ from s3balance.db.connector import DBConnector
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
 from s3balance.housekeeping import UploadExpiry
+from s3balance.logs import make_logger
 from s3balance.metrics import REGISTRY, MetricsResource
 from s3balance.multipart import MultipartUploads
 from s3balance.placement import make_strategy
@@ -39,7 +39,7 @@ from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
 
-log = Logger()
+log = make_logger()
 
 class S3BalanceService(MultiService):
     """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""

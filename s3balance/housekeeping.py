@@ -15,14 +15,14 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from s3balance.config import MultipartConfig
 from s3balance.db.store import MetadataStore
+from s3balance.logs import make_logger
 from s3balance.multipart import UploadPool, discard_upload
 
-log = Logger()
+log = make_logger()
 
 
 class Usage(Protocol):

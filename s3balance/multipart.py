@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet import task
-from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 
 from s3balance import errors
@@ -53,8 +52,9 @@ from s3balance.gateway import (
     real_key,
     validate_key,
 )
+from s3balance.logs import make_logger
 
-log = Logger()
+log = make_logger()
 
 #: S3's smallest part, except the last one.
 MIN_PART_SIZE = 5 * 1024**2

@@ -22,7 +22,6 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from s3balance import metrics
@@ -31,10 +30,11 @@ from s3balance.config import BucketConfig
 from s3balance.db.records import OperationCounts
 from s3balance.db.store import MetadataStore
 from s3balance.health import HealthMonitor
+from s3balance.logs import make_logger
 from s3balance.placement import Candidate, IPlacementStrategy
 from s3balance.usage import UsageMonitor
 
-log = Logger()
+log = make_logger()
 
 OP_CLASSES = ("A", "B")
 

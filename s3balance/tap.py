@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, default_config, load_config
+from s3balance.logs import LEVELS, set_level
 
 DEFAULT_CONFIG_PATH = os.path.join("etc", "s3balance.yaml")
 
@@ -32,6 +33,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The YAML configuration file."],
         ["data-dir", None, None, "Overrides the configuration's data_dir."],
+        ["log-level", None, "info", f"One of {', '.join(LEVELS)}; warn silences the access log."],
     ]
     optFlags = [
         ["check-config", None, "Validate the configuration, print it (secrets masked) and exit."],
@@ -49,6 +51,10 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def postOptions(self) -> None:
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(
+                f"--log-level: {self['log-level']!r} is not a level; use one of {', '.join(LEVELS)}"
+            )
         path = self["config"]
         if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
             path = DEFAULT_CONFIG_PATH
@@ -88,6 +94,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     from s3balance.app import S3BalanceService
 
     config: Config = options["loaded"]
+    set_level(options.get("log-level", "info"))
     prepare_database(config)
     return S3BalanceService(
         config,

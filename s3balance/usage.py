@@ -16,15 +16,15 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from s3balance import metrics
 from s3balance.backends.interface import Capacity, IBackend
 from s3balance.db.records import BackendUsage
 from s3balance.db.store import MetadataStore
+from s3balance.logs import make_logger
 
-log = Logger()
+log = make_logger()
 
 
 class UsageMonitor(Service):

@@ -261,3 +261,27 @@ class TestMySQLEngine(ServerEngineTests):
             assert isolation == "READ-COMMITTED"
         finally:
             engine.dispose()
+
+
+def test_a_current_schema_is_recognised_without_importing_alembic(tmp_path: Any) -> None:
+    """Alembic costs the daemon ~10 MiB resident: a restart on a current schema must not load
+    it, and an upgrade in a child process must leave a schema the daemon accepts."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/meta.db"
+    script = (
+        "import sys\n"
+        "from s3balance.db.engine import create_engine\n"
+        "from s3balance.db import migrate\n"
+        f"engine = create_engine({url!r})\n"
+        "migrate.check_or_upgrade(engine, auto_migrate=True, in_child=True)\n"
+        "print('alembic' in sys.modules)\n"
+        "migrate.check_or_upgrade(engine, auto_migrate=False)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert first.returncode == 0, first.stderr.decode()
+    # The upgrade ran in a grandchild; only the final check_schema imported alembic here.
+    second = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().split() == ["False"]

@@ -86,3 +86,35 @@ class AuthTests(DaemonTestCase, unittest.TestCase):
 
         self.assertEqual(await self.call(anonymous), 403)
         self.assertEqual(await self.backend_keys(), {"r1": [], "r2": []})
+
+    async def test_presigned_urls_and_their_tampering(self) -> None:
+        """The fast variant of ``test_clients_auth.PresignedUrlTests`` (local backends, curl)."""
+        from test.test_clients_auth import curl
+
+
+        def presign(method: str, key: str, expires: int = 300) -> str:
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            client = boto3.client(
+                "s3", endpoint_url=self.daemon.endpoint, aws_access_key_id="MAINKEY",
+                aws_secret_access_key="main-secret", region_name="us-east-1",
+                config=BotoConfig(s3={"addressing_style": "path"}, signature_version="s3v4"),
+            )
+            return str(client.generate_presigned_url(
+                method, Params={"Bucket": "vb", "Key": key}, ExpiresIn=expires
+            ))
+
+        put_url = presign("put_object", "p")
+        for url, code, status in (
+            (put_url.replace("/vb/p", "/vb/q"), "SignatureDoesNotMatch", 403),
+            (put_url + "&x-id=PutObject", "SignatureDoesNotMatch", 403),
+            (presign("put_object", "p", expires=604801), "AuthorizationQueryParametersError", 400),
+        ):
+            reply = await self.call(curl, url, method="PUT", upload=b"data")
+            self.assertEqual((reply.status, reply.code), (status, code))
+        self.assertEqual(await self.backend_keys(), {"r1": [], "r2": []})
+        reply = await self.call(curl, put_url, method="PUT", upload=b"data")
+        self.assertEqual(reply.status, 200)
+        got = await self.call(curl, presign("get_object", "p"))
+        self.assertEqual((got.status, got.body), (200, b"data"))

@@ -105,6 +105,8 @@ metrics: {{path: /prom}}
     options = parse("--config", config, "--listen", "tcp:0:interface=127.0.0.1")
     service = tap.makeService(options, reactor=MemoryReactorClock())
     assert isinstance(service, S3BalanceService)
+    for backend in service.backends.values():  # their disk threads would outlive the test
+        backend.close()
     assert sorted(service.pool.names()) == ["disk-a", "disk-b"]
     assert service.pool.strategy.name == "weighted"
     assert service.pool.config("disk-a").max_size == 1 << 30

@@ -47,6 +47,11 @@ also those with no operations yet.
 
 ``GET /api/stats/bucket/{name}/history[?start=YYYY-MM&end=YYYY-MM]`` -> ``{"bucket", "months":
 [{"month", "class_a", "class_b", "bytes_in", "bytes_out"}, ...]}`` for a real bucket.
+
+``POST /api/scrub`` with ``{"remove_orphans": bool, "backends": [names] (optional, default all),
+"grace": seconds (optional, default 3600)}`` -> the :class:`s3balance.scrub.ScrubReport` as JSON
+(``{"clean", "orphans", "dangling", "removed", "errors", "backends": {<name>: {...}}, ...}``).
+A scrub lists whole real buckets: it can take long on big ones.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ class AdminResource(Resource):
             (b"GET", ("stats", "monthly", "range"), self.stats_range),
             (b"GET", ("stats", "monthly", "{}", "{}"), self.stats_month),
             (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
+            (b"POST", ("scrub",), self.post_scrub),
         ]
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -382,6 +388,36 @@ class AdminResource(Resource):
             "bucket": name,
             "months": [{"month": c.month, **_counts(c)} for c in history],
         }
+
+    # -- scrub -------------------------------------------------------------------------------
+
+    async def post_scrub(self, request: Request) -> JSON:
+        from s3balance.scrub import DEFAULT_GRACE, scrub
+
+        body = _json_body(request)
+        remove = body.get("remove_orphans", False)
+        if not isinstance(remove, bool):
+            raise _error(400, "remove_orphans must be true or false")
+        grace = body.get("grace", DEFAULT_GRACE)
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+            raise _error(400, "grace must be a number of seconds >= 0")
+        available = self.service.pool.backends()
+        names = body.get("backends")
+        if names is None:
+            names = sorted(available)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _error(400, "backends must be a list of real bucket names")
+        unknown = sorted(set(names) - set(available))
+        if unknown:
+            raise _error(404, f"no real bucket named {', '.join(unknown)}")
+        report = await scrub(
+            self.service.store,
+            {name: available[name] for name in names},
+            remove_orphans=remove,
+            grace=float(grace),
+            now=self.service.reactor.seconds,
+        )
+        return report.to_json()
 
     async def _month(self, month: str, include: list[str]) -> JSON:
         # Counts still in the pool's memory go to the store first, so the answer is complete.

@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.logger import Logger
 
 from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BalancerConfig, BucketConfig, Config
 from s3balance.configfile import ConfigError, load_config
+from s3balance.logs import make_logger
 from s3balance.placement import make_strategy
 
 if TYPE_CHECKING:
     from s3balance.app import S3BalanceService
 
-log = Logger()
+log = make_logger()
 
 #: Seconds a retired backend stays open for transfers that started before the reload.
 CLOSE_GRACE = 900.0

@@ -16,14 +16,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -56,6 +63,7 @@ from s3balance.backends.interface import (
 )
 from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
+from s3balance.web.channel import tune_transport
 
 #: Persistent connections per backend host; Twisted's default of 2 serialises concurrent GETs.
 MAX_PERSISTENT_PER_HOST = 32
@@ -117,7 +125,12 @@ def _load_trust_root(ca_bundle: str) -> Any:
 
 
 class _StallWatch:
-    """Fires ``on_stall`` once when, while active, nothing moved for ``timeout`` seconds."""
+    """Fires ``on_stall`` once when, while active, nothing moved for ``timeout`` seconds.
+
+    :meth:`touch` runs for every chunk, so it only records the time; the one timer, when it
+    comes due, re-arms itself for whatever is left of the timeout since the last movement
+    (resetting a DelayedCall per chunk cost a measurable share of a transfer's CPU time).
+    """
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         self._reactor = reactor
@@ -125,6 +138,7 @@ class _StallWatch:
         self._call: IDelayedCall | None = None
         self._active = False
         self._stopped = False
+        self._last = 0.0
         self.fired = False
         self.on_stall: Callable[[], None] = lambda: None
 
@@ -144,10 +158,9 @@ class _StallWatch:
         """Something moved: start counting again."""
         if not self._active or self._stopped or self.fired:
             return
-        if self._call is not None and self._call.active():
-            self._call.reset(self._timeout)
-        else:
-            self._call = self._reactor.callLater(self._timeout, self._fire)
+        self._last = self._reactor.seconds()
+        if self._call is None:
+            self._call = self._reactor.callLater(self._timeout, self._due)
 
     def stop(self) -> None:
         self._stopped = True
@@ -158,10 +171,77 @@ class _StallWatch:
             self._call.cancel()
         self._call = None
 
-    def _fire(self) -> None:
+    def _due(self) -> None:
         self._call = None
+        if not self._active or self._stopped or self.fired:
+            return
+        left = self._last + self._timeout - self._reactor.seconds()
+        if left > 0:
+            self._call = self._reactor.callLater(left, self._due)
+            return
         self.fired = True
         self.on_stall()
+
+
+#: Bodies from this size on are hashed in a worker thread: MD5 costs about as much CPU as the
+#: rest of the upload path, and hashlib releases the GIL, so it runs on another core.
+BACKGROUND_HASH_MIN = 1 << 20
+#: Bytes queued for the hashing thread before the reactor waits for it (bounds memory).
+BACKGROUND_HASH_BACKLOG = 2 << 20
+
+_hash_executor: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """One thread for every upload's MD5: a single worker keeps each digest's updates in order."""
+    global _hash_executor
+    if _hash_executor is None:
+        _hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3balance-md5")
+    return _hash_executor
+
+
+class _InlineMD5:
+    """MD5 computed as bytes pass (small bodies: a thread hand-over would cost more)."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5()
+
+    def update(self, data: bytes) -> None:
+        self._md5.update(data)
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+class _BackgroundMD5:
+    """MD5 computed in the hashing thread; :meth:`hexdigest` waits for the queued updates.
+
+    The queue is bounded by :data:`BACKGROUND_HASH_BACKLOG`: beyond it :meth:`update` waits
+    for the thread to catch up, so a slow hash costs time, never memory.
+    """
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5()
+        self._queued = 0
+        self._pending: deque[tuple[Future[None], int]] = deque()
+
+    def update(self, data: bytes) -> None:
+        while self._pending and self._pending[0][0].done():
+            self._queued -= self._pending.popleft()[1]
+        if self._queued > BACKGROUND_HASH_BACKLOG:
+            self._wait()
+        self._pending.append((_hasher().submit(self._md5.update, data), len(data)))
+        self._queued += len(data)
+
+    def _wait(self) -> None:
+        while self._pending:
+            future, size = self._pending.popleft()
+            future.result()
+            self._queued -= size
+
+    def hexdigest(self) -> str:
+        self._wait()
+        return self._md5.hexdigest()
 
 
 class BodyLengthMismatch(BackendError):
@@ -194,7 +274,7 @@ class _GuardedBody:
         self._held = b""
         self._agent_paused = False
         #: MD5 of what went out: the ETag when a backend answers a PUT without one.
-        self.md5 = hashlib.md5()
+        self.md5 = _BackgroundMD5() if length >= BACKGROUND_HASH_MIN else _InlineMD5()
 
     # Agent's side (we are its producer) ------------------------------------------------------
 
@@ -516,6 +596,29 @@ class _Answer:
         return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
+@implementer(IStreamClientEndpoint)
+class _TunedEndpoint:
+    """Connects like the wrapped endpoint, then tunes the connection (larger reads, no Nagle:
+    Agent writes a request's headers and its body separately)."""
+
+    def __init__(self, inner: IStreamClientEndpoint) -> None:
+        self._inner = inner
+
+    def connect(self, protocol_factory: Any) -> Deferred[Any]:
+        def tuned(protocol: Any) -> Any:
+            tune_transport(protocol.transport)
+            return protocol
+
+        return self._inner.connect(protocol_factory).addCallback(tuned)
+
+
+class _TunedAgent(Agent):
+    """Agent whose new connections go through :class:`_TunedEndpoint`."""
+
+    def _getEndpoint(self, uri: Any) -> IStreamClientEndpoint:
+        return _TunedEndpoint(super()._getEndpoint(uri))
+
+
 @implementer(IBackend)
 class S3Backend:
     """One real bucket on an S3-compatible service.
@@ -559,7 +662,7 @@ class S3Backend:
             if ca_bundle
             else BrowserLikePolicyForHTTPS()
         )
-        self._agent = Agent(
+        self._agent = _TunedAgent(
             reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool
         )
 

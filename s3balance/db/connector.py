@@ -12,7 +12,6 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from s3balance.config import DatabaseConfig
@@ -20,8 +19,9 @@ from s3balance.db import engine as db_engine
 from s3balance.db import migrate
 from s3balance.db.pool import DBThreadPool
 from s3balance.db.store import MetadataStore
+from s3balance.logs import make_logger
 
-log = Logger()
+log = make_logger()
 
 
 class DBConnector(service.Service):

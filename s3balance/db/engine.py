@@ -8,8 +8,8 @@ Each database gets the settings that make the store's transactions behave the sa
 - MySQL/MariaDB: utf8mb4 and READ COMMITTED, which, like PostgreSQL's default, takes no gap locks
   on missing rows; insert-if-missing races then end in a duplicate-key error the store handles
   rather than a deadlock.
-- All: ``pool_pre_ping`` so a restarted server costs a reconnect rather than a daemon restart, and
-  ``pool_recycle`` from ``conn_max_lifetime``.
+- Servers: ``pool_pre_ping`` so a restarted server costs a reconnect rather than a daemon
+  restart; all: ``pool_recycle`` from ``conn_max_lifetime``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ def create_engine(url: str | URL, config: DatabaseConfig | None = None) -> Engin
     threads = thread_count(parsed, config)
 
     if backend == "sqlite":
+        # A local file cannot "restart" under us: the ping would be one more statement in
+        # every transaction for nothing.
+        kwargs["pool_pre_ping"] = False
         if is_memory_sqlite(parsed):
             kwargs["poolclass"] = pool.StaticPool
             kwargs["connect_args"] = {"check_same_thread": False}

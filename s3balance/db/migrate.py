@@ -9,17 +9,27 @@ package, so running from the repository root never shadows the ``alembic`` libra
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 import s3balance
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (with Mako) costs the daemon about 10 MiB of resident memory for good; it is imported
+# only when a schema must actually change, and the daemon then upgrades in a child process.
+
+#: The child process reads the database URL from here (never from argv, which ``ps`` shows).
+URL_ENVIRONMENT = "S3BALANCE_MIGRATE_URL"
 
 
 class SchemaOutdated(Exception):
@@ -44,6 +54,8 @@ def script_location() -> Path:
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic configuration for our scripts; ``env.py`` runs on ``connection`` when given."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location()))
     if connection is not None:
@@ -52,6 +64,8 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "no migration scripts"
     return head
@@ -59,12 +73,52 @@ def head_revision() -> str:
 
 def current_revision(engine: sa.Engine) -> str | None:
     """The database's schema revision; None for a database Alembic never touched."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$""", re.M)
+
+
+def quick_head_revision() -> str | None:
+    """The head revision read from the scripts' ``revision``/``down_revision`` lines without
+    Alembic; None when the scripts do not form one plain chain (Alembic must decide)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (script_location() / "versions").glob("*.py"):
+        fields = dict(_REVISION_LINE.findall(script.read_text(encoding="utf-8")))
+        revision = fields.get("revision", "").strip("'\"")
+        parent = fields.get("down_revision", "")
+        if not revision or not re.fullmatch(r"None|(['\"])[\w-]+\1", parent):
+            return None
+        revisions.add(revision)
+        if parent != "None":
+            parents.add(parent.strip("'\""))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def quick_current_revision(engine: sa.Engine) -> str | None:
+    """The database's revision by a plain query of Alembic's table (None: no table, no row)."""
+    with engine.connect() as connection:
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        rows = connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    return rows[0][0] if len(rows) == 1 else None
+
+
+def at_head(engine: sa.Engine) -> bool:
+    """Whether the schema is current, decided without importing Alembic."""
+    head = quick_head_revision()
+    return head is not None and quick_current_revision(engine) == head
+
+
 def check_schema(engine: sa.Engine) -> None:
     """:raises SchemaOutdated: the database is not at :func:`head_revision`."""
+    from alembic.script import ScriptDirectory
+
     current = current_revision(engine)
     head = head_revision()
     if current == head:
@@ -86,15 +140,50 @@ def check_schema(engine: sa.Engine) -> None:
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``; safe while other daemons start on the same database
     (they wait on a database lock, then find nothing left to do)."""
+    from alembic import command
+
     with _process_lock, engine.connect() as connection, _migration_lock(connection):
         command.upgrade(alembic_config(connection), revision)
         connection.commit()
 
 
-def check_or_upgrade(engine: sa.Engine, auto_migrate: bool) -> None:
-    """What the daemon does on start: upgrade when allowed, else refuse an outdated schema."""
+def upgrade_in_child(engine: sa.Engine) -> None:
+    """:func:`upgrade` run by ``python -m s3balance.db.migrate upgrade`` in a child process, so
+    Alembic never enters the daemon's memory.
+
+    :raises RuntimeError: the child failed (its output is in the message).
+    """
+    env = dict(os.environ)
+    env[URL_ENVIRONMENT] = engine.url.render_as_string(hide_password=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "s3balance.db.migrate", "upgrade"],
+        env=env,
+        capture_output=True,
+        timeout=MIGRATION_LOCK_TIMEOUT + 60,
+    )
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).decode("utf-8", "replace").strip()
+        raise RuntimeError(f"upgrading the database schema failed: {output[-2000:]}")
+
+
+def check_or_upgrade(engine: sa.Engine, auto_migrate: bool, in_child: bool = False) -> None:
+    """What the daemon does on start: upgrade when allowed, else refuse an outdated schema.
+
+    A schema already at head is recognised without Alembic.
+
+    :param in_child: upgrade in a child process (the daemon); an in-memory SQLite database
+        exists only in this process and is always upgraded here.
+    """
+    if at_head(engine):
+        return
     if auto_migrate:
-        upgrade(engine)
+        database = engine.url.database
+        if in_child and engine.url.get_backend_name() != "sqlite" or (
+            in_child and database not in (None, "", ":memory:")
+        ):
+            upgrade_in_child(engine)
+        else:
+            upgrade(engine)
     check_schema(engine)
 
 
@@ -140,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m s3balance.db.migrate")
-    parser.add_argument("--url", required=True, help="SQLAlchemy URL of the database")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENVIRONMENT),
+        help=f"SQLAlchemy URL of the database (default: ${URL_ENVIRONMENT})",
+    )
     parser.add_argument("--scripts", help="migrations folder (default: the package's)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("upgrade", help="upgrade the schema to head")
@@ -149,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     revision.add_argument("-m", "--message", required=True)
     revision.add_argument("--autogenerate", action="store_true")
     args = parser.parse_args(argv)
+    if not args.url:
+        parser.error(f"--url or ${URL_ENVIRONMENT} is required")
+
+    from alembic import command
 
     from s3balance.db.engine import create_engine
 

@@ -21,13 +21,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 
 from s3balance import conditions, errors
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
 from s3balance.gateway import validate_key
+from s3balance.logs import make_logger
 from s3balance.multipart import (
     MAX_LISTING,
     MAX_PART_SIZE,
@@ -58,7 +58,7 @@ from s3balance.web.xml import (
     url_encode,
 )
 
-log = Logger()
+log = make_logger()
 
 #: Seconds between the keep-alive spaces of a long CompleteMultipartUpload (S3 uses about 10).
 KEEPALIVE_INTERVAL = 10.0

@@ -73,6 +73,7 @@ class _RelayProtocol(Protocol):
         self.relayed = 0
         self.producer: _WatchedProducer | None = None
         self._stall_call: IDelayedCall | None = None
+        self._last_progress = clock.seconds()
         self._done = False
 
     def connectionMade(self) -> None:
@@ -126,8 +127,9 @@ class _RelayProtocol(Protocol):
         self.deferred.callback(self.relayed)
 
     def _reset_stall(self) -> None:
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.reset(self.stall_timeout)
+        """Per chunk: only note the time; :meth:`_stalled` re-arms itself when progress came
+        after it was scheduled (cheaper than resetting a DelayedCall per chunk)."""
+        self._last_progress = self.clock.seconds()
 
     def _end(self) -> None:
         self._done = True
@@ -160,6 +162,10 @@ class _RelayProtocol(Protocol):
     def _stalled(self) -> None:
         self._stall_call = None
         if self._done:
+            return
+        left = self._last_progress + self.stall_timeout - self.clock.seconds()
+        if left > 0:
+            self._stall_call = self.clock.callLater(left, self._stalled)
             return
         self._break(
             Failure(StallTimeout(f"no progress for {self.stall_timeout} seconds")),

@@ -117,6 +117,7 @@ class RequestBody:
         self._succeeded = False
         self._failure: BaseException | None = None
         self._stall_call: IDelayedCall | None = None
+        self._last_input = clock.seconds()
         self._update_flow()
 
     # -- the producer side (called by the front and by a backend) --------------------------------
@@ -196,8 +197,7 @@ class RequestBody:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.reset(self._read_timeout)
+        self._last_input = self._clock.seconds()
         self._drain()
         # What stays in memory once the consumer took its share (a read is at most 64 KiB).
         self.peak_buffered = max(self.peak_buffered, self.buffered)
@@ -320,7 +320,11 @@ class RequestBody:
         """Pause the client iff we do not want its bytes now; run the stall timer iff we are
         waiting for the client."""
         reading = not self.complete and not self._done()
-        want_pause = reading and (self._consumer_paused or self.buffered >= self._buffer_limit)
+        # The held-back chunk does not count: it leaves only when the next chunk arrives, so
+        # counting it would stop the client for good once one read reaches the limit.
+        want_pause = reading and (
+            self._consumer_paused or self._pending_size >= self._buffer_limit
+        )
         if want_pause != self._input_paused and self._input_flow is not None:
             self._input_paused = want_pause
             if want_pause:
@@ -329,8 +333,10 @@ class RequestBody:
                 self._input_flow.resume_input()
         waiting_for_client = reading and not want_pause and not self._awaiting_continue
         if waiting_for_client:
-            if self._stall_call is None or not self._stall_call.active():
-                self._stall_call = self._clock.callLater(self._read_timeout, self._stalled)
+            if self._stall_call is None:
+                # The wait for the client starts now (after a pause or 100 Continue).
+                self._last_input = self._clock.seconds()
+                self._stall_call = self._clock.callLater(self._read_timeout, self._stall_due)
         else:
             self._cancel_stall()
 
@@ -339,8 +345,14 @@ class RequestBody:
             self._stall_call.cancel()
         self._stall_call = None
 
-    def _stalled(self) -> None:
+    def _stall_due(self) -> None:
+        """The timer is not reset per chunk (``receive`` only notes the time): when it comes due
+        early, re-arm it for what is left since the last byte."""
         self._stall_call = None
+        left = self._last_input + self._read_timeout - self._clock.seconds()
+        if left > 0:
+            self._stall_call = self._clock.callLater(left, self._stall_due)
+            return
         if not self._done():
             self._fail(errors.RequestTimeout())
         self._update_flow()

@@ -42,7 +42,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -53,6 +52,7 @@ from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
+from s3balance.logs import make_logger
 from s3balance.web import buckets, objects
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.routing import (
@@ -64,7 +64,7 @@ from s3balance.web.routing import (
 )
 from s3balance.web.xml import Owner
 
-log = Logger()
+log = make_logger()
 
 #: Operations that change data: refused to read-only keys.
 WRITE_OPERATIONS = frozenset(

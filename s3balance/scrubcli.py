@@ -1,0 +1,137 @@
+"""``python -m s3balance.scrubcli``: scrub from the command line, beside or without the daemon.
+
+Opens the database and the real buckets of a configuration file exactly as the daemon does, runs
+:func:`s3balance.scrub.scrub`, prints the report and exits with a status a cron job or a test can
+act on: 0 clean, 1 orphans or dangling rows found (even when they were removed), 2 the scrub
+could not be done (bad configuration, database or backend unreachable). The schema is never
+upgraded from here: a scrub must not change the database's shape behind a running daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import defer, task
+
+from s3balance.configfile import ConfigError, default_config, load_config
+from s3balance.scrub import DEFAULT_GRACE, ScrubReport, scrub
+
+EXIT_CLEAN = 0
+EXIT_FOUND = 1
+EXIT_ERROR = 2
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m s3balance.scrubcli",
+        description="Compare the metadata store with the real buckets: report orphans (objects "
+        "no row references) and dangling rows (rows whose object is missing).",
+    )
+    parser.add_argument("--config", "-c", help="the daemon's YAML configuration file")
+    parser.add_argument("--data-dir", help="overrides the configuration's data_dir")
+    parser.add_argument(
+        "--remove-orphans",
+        action="store_true",
+        help="delete orphans older than the grace period",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="seconds under which an orphan may be an upload in flight: reported, never removed "
+        f"(default {DEFAULT_GRACE:g})",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        help="scrub only this real bucket (repeatable; default all)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a scrub on the real reactor; the process's exit status."""
+    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    status: list[int] = [EXIT_ERROR]
+
+    async def run(reactor: Any) -> None:
+        status[0] = await _run(reactor, arguments)
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            return EXIT_ERROR
+    return status[0]
+
+
+async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
+    from s3balance.backends.factory import make_backend
+    from s3balance.backends.s3 import make_http_pool
+    from s3balance.db.connector import DBConnector
+
+    try:
+        config = load_config(arguments.config) if arguments.config else default_config("data")
+    except ConfigError as error:
+        print(f"invalid configuration {arguments.config}:\n{error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:
+        print(f"cannot read configuration {arguments.config}: {error.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    if arguments.data_dir:
+        config.data_dir = arguments.data_dir
+    names = {bucket.name for bucket in config.real_buckets}
+    unknown = sorted(set(arguments.backend) - names)
+    if unknown:
+        print(f"no real bucket named {', '.join(unknown)}", file=sys.stderr)
+        return EXIT_ERROR
+    wanted = set(arguments.backend) or names
+    if not os.path.isdir(config.data_dir):
+        print(f"data directory {config.data_dir} does not exist", file=sys.stderr)
+        return EXIT_ERROR
+
+    database = DBConnector(
+        dataclasses.replace(config.database, auto_migrate=False), config.data_dir, reactor
+    )
+    http_pool = make_http_pool(reactor)
+    backends = {
+        bucket.name: make_backend(bucket, reactor, config.data_dir, http_pool)
+        for bucket in config.real_buckets
+        if bucket.name in wanted
+    }
+    try:
+        try:
+            await database.setup()
+        except Exception as error:
+            print(f"cannot use the database: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        report = await scrub(
+            database.store,
+            backends,
+            remove_orphans=arguments.remove_orphans,
+            grace=arguments.grace,
+        )
+    finally:
+        for backend in backends.values():
+            await backend.close()
+        await http_pool.closeCachedConnections()
+        database.pool.stop()
+    print(json.dumps(report.to_json(), indent=2) if arguments.json else report.summary())
+    return exit_status(report)
+
+
+def exit_status(report: ScrubReport) -> int:
+    if report.errors:
+        return EXIT_ERROR
+    return EXIT_CLEAN if report.clean else EXIT_FOUND
+
+
+if __name__ == "__main__":
+    sys.exit(main())
