@@ -118,7 +118,8 @@ def prepare_database(config: Config) -> None:
     url = database_url(config.database.type, config.database.dsn, config.data_dir)
     engine = db_engine.create_engine(url, config.database)
     try:
-        migrate.check_or_upgrade(engine, config.database.auto_migrate)
+        # In a child process: the daemon then never imports Alembic (about 10 MiB for its life).
+        migrate.check_or_upgrade(engine, config.database.auto_migrate, in_child=True)
     except migrate.SchemaOutdated as e:
         raise SystemExit(f"s3balance: {e}") from None
     except Exception as e:  # an unreachable server, bad credentials...

@@ -61,7 +61,7 @@ class DBConnector(service.Service):
         if self._setup is None:
             self.pool.start()
             self._setup = self.pool.do_with_engine(
-                migrate.check_or_upgrade, self.config.auto_migrate
+                migrate.check_or_upgrade, self.config.auto_migrate, True
             )
             self._setup.addBoth(self._settled)
         waiter: defer.Deferred[None] = defer.Deferred()

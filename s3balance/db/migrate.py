@@ -133,7 +133,8 @@ def check_schema(engine: sa.Engine) -> None:
     where = "empty" if current is None else f"at revision {current}"
     raise SchemaOutdated(
         f"the database schema is {where} but this s3balance needs revision {head}: run with "
-        "database.auto_migrate: true, or `twistd s3balance --config F --upgrade-db`, to upgrade it"
+        "database.auto_migrate: true, or upgrade it with "
+        "`S3BALANCE_MIGRATE_URL=<database URL> python -m s3balance.db.migrate upgrade`"
     )
 
 
@@ -184,6 +185,8 @@ def check_or_upgrade(engine: sa.Engine, auto_migrate: bool, in_child: bool = Fal
             upgrade_in_child(engine)
         else:
             upgrade(engine)
+        if at_head(engine):
+            return
     check_schema(engine)
 
 
