@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from s3balance.backends.interface import BackendError, BackendNoSuchKey, IBackend, ListedObject
 from s3balance.db.store import MetadataStore
+from s3balance.logs import make_logger
 
-log = Logger()
+log = make_logger()
 
 #: Default age, in seconds, under which an orphan may be an upload about to be committed.
 DEFAULT_GRACE = 3600.0

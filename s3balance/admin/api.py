@@ -65,7 +65,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -74,13 +73,14 @@ from s3balance.admin.reload import apply_config
 from s3balance.config import STRATEGIES, BucketConfig, Config
 from s3balance.configfile import ConfigError, config_to_dict, merge_config, parse_config
 from s3balance.db.records import OperationCounts
+from s3balance.logs import make_logger
 from s3balance.pool import month_of
 from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
     from s3balance.app import S3BalanceService
 
-log = Logger()
+log = make_logger()
 
 #: A configuration update is a few kilobytes; refuse anything absurd before parsing it.
 MAX_BODY = 1024 * 1024

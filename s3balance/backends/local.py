@@ -22,11 +22,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -62,8 +62,9 @@ from s3balance.backends.interface import (
     PresignNotSupported,
     PutResult,
 )
+from s3balance.logs import make_logger
 
-log = logging.getLogger(__name__)
+log = make_logger()
 
 _T = TypeVar("_T")
 
@@ -363,7 +364,9 @@ class _Store:
                 except FileNotFoundError:
                     continue  # deleted while we walked
                 except ValueError:
-                    log.warning("%s: unreadable sidecar %s", self.name, file_name)
+                    log.warn(
+                        "{backend}: unreadable sidecar {file}", backend=self.name, file=file_name
+                    )
                     continue
                 key = sidecar.get("key")
                 if isinstance(key, str) and key.startswith(prefix):
@@ -461,9 +464,7 @@ class _Store:
         parts.sort(key=lambda part: part.part_number)
         return parts
 
-    def complete_upload(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
-    ) -> PutResult:
+    def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> PutResult:
         """Concatenate the named parts (streaming) into the object, then drop the upload."""
         directory, upload = self._load_upload(key, upload_id)
         if not parts:
@@ -502,8 +503,11 @@ class _Store:
                 os.close(fd)
         etag = _multipart_etag([_unquote_etag(etag) for _, etag in parts])
         result = self.commit_object(
-            key, _Written(temp_path, whole.hexdigest(), size), etag,
-            upload["headers"], upload["metadata"],
+            key,
+            _Written(temp_path, whole.hexdigest(), size),
+            etag,
+            upload["headers"],
+            upload["metadata"],
         )
         self._remove_upload_dir(directory)
         return result
@@ -668,9 +672,7 @@ class _BodyReceiver:
         if self._writing or not self._queue or self._error is not None:
             return
         self._writing = True
-        writing = deferToThreadPool(
-            self._backend._reactor, self._backend._pool, self._write_queued
-        )
+        writing = deferToThreadPool(self._backend._reactor, self._backend._pool, self._write_queued)
         writing.addBoth(self._writer_stopped)
 
     def _write_queued(self) -> None:
@@ -724,7 +726,7 @@ class _BodyReceiver:
         try:
             self._body.stopProducing()
         except Exception:
-            log.debug("body refused stopProducing", exc_info=True)
+            log.debug("body refused stopProducing: {error}", error=sys.exc_info()[1])
 
 
 @implementer(IObjectStream, IPushProducer)
@@ -873,10 +875,17 @@ class LocalDirectoryBackend:
 
     def _log_stale_removed(self, removed: int) -> None:
         if removed:
-            log.info("%s: removed %d stale temporary files", self.name, removed)
+            log.info(
+                "{backend}: removed {count} stale temporary files", backend=self.name, count=removed
+            )
 
     def _log_start_failure(self, failure: Failure) -> None:
-        log.error("%s: cannot prepare %s: %s", self.name, self.root, failure.getErrorMessage())
+        log.error(
+            "{backend}: cannot prepare {root}: {error}",
+            backend=self.name,
+            root=self.root,
+            error=failure.getErrorMessage(),
+        )
 
     def _now_started(self, _: object) -> None:
         self._started = True
@@ -928,7 +937,12 @@ class LocalDirectoryBackend:
     ) -> PutResult:
         written = await _BodyReceiver(self, body, length, "put-").receive()
         return await self._run(
-            self._store.commit_object, key, written, f'"{written.md5}"', headers, metadata,
+            self._store.commit_object,
+            key,
+            written,
+            f'"{written.md5}"',
+            headers,
+            metadata,
             body_started=True,
         )
 
@@ -985,9 +999,7 @@ class LocalDirectoryBackend:
     def upload_part(
         self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
     ) -> Deferred[PartResult]:
-        return Deferred.fromCoroutine(
-            self._upload_part(key, upload_id, part_number, body, length)
-        )
+        return Deferred.fromCoroutine(self._upload_part(key, upload_id, part_number, body, length))
 
     def upload_part_copy(
         self,
@@ -1024,9 +1036,7 @@ class LocalDirectoryBackend:
 
         def timed_out(failure: Failure) -> Failure:
             if failure.check(TimeoutError, CancelledError):
-                return Failure(
-                    BackendUnavailable(self.name, f"probe took longer than {timeout}s")
-                )
+                return Failure(BackendUnavailable(self.name, f"probe took longer than {timeout}s"))
             return failure
 
         return probing.addErrback(timed_out)

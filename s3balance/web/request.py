@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import parse_qs
@@ -27,6 +26,7 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.errors import S3Error
+from s3balance.logs import named_logger
 from s3balance.metrics import INFLIGHT_TRANSFERS
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ __all__ = [
 
 DEFAULT_BODY_BUFFER = 256 << 10
 
-_access_log = Logger(namespace="s3balance.access")
+_access_log = named_logger("s3balance.access")
 
 
 class ClientDisconnected(Exception):
