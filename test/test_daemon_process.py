@@ -209,3 +209,52 @@ def _read_response(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+def test_a_class_a_limit_sends_the_fourth_write_elsewhere_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """``operation_limits.type_a: 3``: three writes land on the preferred backend, the fourth and
+    later go to the other one, and the monthly count survives a restart."""
+    config = {
+        "buckets": [
+            # least-space prefers the unlimited backend while it is within its budget.
+            {"name": "cheap", "path": "cheap", "operation_limits": {"type_a": 3}},
+            {"name": "other", "path": "other", "max_size": "1GiB"},
+            {"name": "vb1", "virtual": True},
+        ],
+        "balancer": {"strategy": "least-space", "update_stats_period": "500ms"},
+        "api": {"enabled": True, "token": "secret-token"},
+    }
+
+    def stats(daemon: DaemonProcess) -> dict:  # type: ignore[type-arg]
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{daemon.endpoint}/api/stats/monthly",
+            headers={"Authorization": "Bearer secret-token"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return json.loads(answer.read())["backends"]
+
+    def usage(daemon: DaemonProcess) -> tuple[float | None, float | None]:
+        text = daemon.metrics()
+        return (
+            metric_value(text, "s3_balance_bucket_objects", "cheap"),
+            metric_value(text, "s3_balance_bucket_objects", "other"),
+        )
+
+    with DaemonProcess(tmp_path, config) as daemon:
+        s3 = client(daemon.endpoint)
+        for i in range(5):
+            s3.put_object(Bucket="vb1", Key=f"k{i}", Body=b"z" * 100)
+        assert wait_until(lambda: usage(daemon) == (3.0, 2.0), timeout=10), usage(daemon)
+        assert stats(daemon)["cheap"]["class_a"] == 3
+        # Reads are class B and have no limit here: every object still reads back.
+        for i in range(5):
+            assert s3.get_object(Bucket="vb1", Key=f"k{i}")["Body"].read() == b"z" * 100
+    with DaemonProcess(tmp_path, config) as again:
+        client(again.endpoint).put_object(Bucket="vb1", Key="k5", Body=b"z")
+        assert wait_until(lambda: usage(again) == (3.0, 3.0), timeout=10), usage(again)
+        assert stats(again)["cheap"]["class_a"] == 3
