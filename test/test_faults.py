@@ -7,15 +7,23 @@ Each test is bounded (timeouts on every socket and wait) and uses loopback only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
+import re
+import shutil
 import signal
 import socket
+import sqlite3
+import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 import sqlalchemy as sa
 from botocore.config import Config as BotoConfig
@@ -24,7 +32,7 @@ from test.dbfixture import POSTGRES_SERVER, ServerDatabase
 from test.support import unique_bucket_name
 from test.support.process import DaemonProcess
 from test.support.scrubbing import assert_process_left_nothing
-from test.support.seaweedfs import SeaweedFS
+from test.support.seaweedfs import SeaweedFS, shared_seaweedfs
 
 
 def client(endpoint: str) -> Any:
@@ -211,6 +219,7 @@ def test_malformed_input_gets_an_error_and_the_daemon_keeps_serving(tmp_path: Pa
 # -- the metadata database restarted under traffic --------------------------------------------
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 def test_postgres_connections_killed_under_traffic_then_recovery(tmp_path: Path) -> None:
     database = ServerDatabase(POSTGRES_SERVER)
@@ -241,18 +250,22 @@ def test_postgres_connections_killed_under_traffic_then_recovery(tmp_path: Path)
 
             worker = threading.Thread(target=traffic)
             worker.start()
+            terminated: list[bool] = []
             try:
                 for _ in range(5):
                     with admin.connect() as connection:
-                        connection.exec_driver_sql(
+                        rows = connection.exec_driver_sql(
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                             f"WHERE datname = '{database.name}' AND pid <> pg_backend_pid()"
                         )
+                        terminated.extend(bool(row[0]) for row in rows)
                     time.sleep(0.2)
             finally:
                 stop.set()
                 worker.join(30)
             assert not worker.is_alive()
+            # Otherwise the test proves nothing: the daemon really lost connections.
+            assert any(terminated), terminated
             statuses = {status for _, status, _ in results}
             # Every answer is a whole HTTP response: 200, or a clean S3 5xx error document.
             assert 0 not in statuses, results
@@ -424,3 +437,411 @@ class _Prefixed:
             data, self.prefix = self.prefix, b""
             return data
         return self.sock.recv(size)
+
+
+# -- helpers for the transfer faults below ----------------------------------------------------
+
+
+def inflight(daemon: DaemonProcess, direction: str) -> float:
+    """``s3_balance_inflight_transfers{direction=...}`` as the daemon reports it now."""
+    pattern = rf'^s3_balance_inflight_transfers{{direction="{direction}"}} (\S+)$'
+    match = re.search(pattern, daemon.metrics(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def backend_sockets(pid: int, port: int) -> dict[int, tuple[int, int]]:
+    """The process's established TCP connections to ``port`` on loopback: inode to
+    ``(tx_queue, rx_queue)`` (bytes not yet acknowledged by the peer, bytes not yet read)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            established = fields[3] == "01"
+            inode = int(fields[9])
+            if established and remote_port == port and inode in inodes:
+                tx, rx = (int(v, 16) for v in fields[4].split(":"))
+                found[inode] = (tx, rx)
+    return found
+
+
+def daemon_pid(daemon: DaemonProcess) -> int:
+    assert daemon.process is not None
+    return daemon.process.pid
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Close with a TCP reset, as a client killed mid-transfer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def object_backends(data_dir: Path, key: str) -> list[str]:
+    """Where the metadata (the daemon's SQLite file) says object ``key`` is: [] for no row."""
+    (database,) = list(data_dir.glob("*.db"))
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        rows = db.execute(
+            "SELECT l.backend FROM objects o JOIN object_locations l ON l.object_id = o.id "
+            "WHERE o.key = ?",
+            (key.encode(),),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def head_status(s3: Any, bucket: str, key: str) -> int:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as error:
+        return int(error.response["ResponseMetadata"]["HTTPStatusCode"])
+    return 200
+
+
+def listed_keys(s3: Any, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def send_slowly(
+    sock: socket.socket,
+    total: int,
+    chunk: int,
+    pause: float,
+    at: int | None = None,
+    action: Any = None,
+) -> int:
+    """Send ``total`` bytes of body in ``chunk``s with ``pause`` between them; run ``action``
+    once ``at`` bytes are out.  Stops at the first send error; the bytes sent."""
+    sent = 0
+    block = b"s" * chunk
+    while sent < total:
+        if at is not None and action is not None and sent >= at:
+            action()
+            action = None
+        try:
+            sock.sendall(block[: min(chunk, total - sent)])
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            break
+        sent += min(chunk, total - sent)
+        time.sleep(pause)
+    return sent
+
+
+# -- a backend killed during a large PUT's body -----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_seaweedfs_killed_mid_put_body_leaves_nothing_and_comes_back(tmp_path: Path) -> None:
+    weed = SeaweedFS(str(tmp_path / "weed"))
+    weed.start()
+    try:
+        weed_config = _weed_bucket(weed, "weed")
+        config = {
+            # The disk is too small for the big object: it can only go to SeaweedFS.
+            "buckets": [weed_config, {"name": "disk", "path": "d", "max_size": "4MiB"}],
+            "balancer": {
+                "strategy": "round-robin",
+                "health_check_period": "500ms",
+                "probe_timeout": "1s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 2,
+                "retry_delay": "100ms",
+            },
+        }
+        direct = weed.boto3_client()
+
+        def on_weed() -> set[str]:
+            listed = direct.list_objects_v2(Bucket=weed_config["bucket"])
+            return {o["Key"] for o in listed.get("Contents", [])}
+
+        with DaemonProcess(tmp_path / "daemon", config) as daemon:
+            data_dir = Path(daemon.config["data_dir"])
+            s3 = client(daemon.endpoint)
+            s3.create_bucket(Bucket="midput")
+            size = 64 << 20
+            upload = socket.create_connection(("127.0.0.1", daemon.port), timeout=20)
+            upload.sendall(
+                b"PUT /midput/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+            )
+            # 1 MiB every 50 ms: the kill lands with a quarter of the body out.
+            sent = send_slowly(upload, size, 1 << 20, 0.05, at=16 << 20, action=weed.kill)
+            answer = read_response(upload)
+            upload.close()
+            assert sent >= 16 << 20
+            # An S3 error document (5xx), or the connection cut: never a 200.
+            assert answer.status == 0 or (500 <= answer.status < 600 and answer.s3_code), (
+                answer.status,
+                answer.body[:300],
+            )
+            assert b"Traceback" not in answer.body
+            # No row, no visible object.
+            assert object_backends(data_dir, "big") == []
+            assert head_status(s3, "midput", "big") == 404
+            assert "big" not in listed_keys(s3, "midput")
+
+            # The next writes go to the disk, whether or not the daemon knows yet that SeaweedFS
+            # is down (a refused connection is retried on the next choice).
+            for i in range(4):
+                s3.put_object(Bucket="midput", Key=f"next{i}", Body=b"n" * 1000)
+                assert object_backends(data_dir, f"next{i}") == ["disk"]
+            assert wait_until(lambda: not daemon.health()["backends"]["weed"]["healthy"], 10)
+
+            weed.restart()
+            assert wait_until(lambda: daemon.health()["backends"]["weed"]["healthy"], 20)
+            # Used again: an object only SeaweedFS can hold, and small ones taking turns.
+            s3.put_object(Bucket="midput", Key="again-big", Body=b"A" * (6 << 20))
+            assert object_backends(data_dir, "again-big") == ["weed"]
+            for i in range(2):
+                s3.put_object(Bucket="midput", Key=f"again{i}", Body=b"a" * 1000)
+            placed = {object_backends(data_dir, f"again{i}")[0] for i in range(2)}
+            assert placed == {"weed", "disk"}, placed
+            weed_keys = on_weed()
+            assert "midput/again-big" in weed_keys
+            assert "midput/big" not in weed_keys, weed_keys
+            uploads = direct.list_multipart_uploads(Bucket=weed_config["bucket"])
+            assert uploads.get("Uploads", []) == [], uploads
+            assert s3.get_object(Bucket="midput", Key="again-big")["Body"].read() == (
+                b"A" * (6 << 20)
+            )
+        assert_process_left_nothing(daemon.config_path)
+    finally:
+        weed.kill()
+
+
+# -- a client that leaves mid-PUT or mid-GET --------------------------------------------------
+
+
+def _shared_weed_config(tmp_path: Path) -> tuple[SeaweedFS, dict[str, Any]]:
+    weed = shared_seaweedfs()
+    weed_bucket = _weed_bucket(weed, "weed")
+    config = {
+        "buckets": [weed_bucket],
+        "balancer": {"health_check_period": "1s", "probe_timeout": "1s"},
+    }
+    return weed, config
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_client_gone_mid_put_cancels_the_backend_upload(tmp_path: Path) -> None:
+    weed, config = _shared_weed_config(tmp_path)
+    real_bucket = config["buckets"][0]["bucket"]
+    direct = weed.boto3_client()
+    with DaemonProcess(tmp_path, config) as daemon:
+        s3 = client(daemon.endpoint)
+        s3.create_bucket(Bucket="leave")
+        s3.put_object(Bucket="leave", Key="small", Body=b"s" * 100)
+        size = 64 << 20
+        upload = socket.create_connection(("127.0.0.1", daemon.port), timeout=20)
+        upload.sendall(b"PUT /leave/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        send_slowly(upload, 8 << 20, 1 << 20, 0.02)
+        assert wait_until(lambda: inflight(daemon, "in") == 1, 10), daemon.metrics()
+        # The daemon has a connection to SeaweedFS carrying the body (give it time to drain).
+        time.sleep(0.5)
+        during = backend_sockets(daemon_pid(daemon), weed.s3_port)
+        assert during, "no connection to SeaweedFS during the upload"
+        reset_close(upload)
+
+        # The request ended: counted out, logged as a disconnect, its backend request cancelled
+        # (the connection that carried half a body is closed, never returned to the pool).
+        assert wait_until(lambda: inflight(daemon, "in") == 0, 10), daemon.metrics()
+        assert wait_until(lambda: "PUT /leave/big disconnected" in daemon.log_tail(200), 10), (
+            daemon.log_tail()
+        )
+        assert wait_until(
+            lambda: not set(during) <= set(backend_sockets(daemon_pid(daemon), weed.s3_port)), 10
+        ), (during, backend_sockets(daemon_pid(daemon), weed.s3_port))
+        # Nothing on SeaweedFS: no object, no multipart upload left open.
+        listed = direct.list_objects_v2(Bucket=real_bucket).get("Contents", [])
+        assert [o["Key"] for o in listed] == ["leave/small"], listed
+        uploads = direct.list_multipart_uploads(Bucket=real_bucket).get("Uploads", [])
+        assert uploads == [], uploads
+        assert head_status(s3, "leave", "big") == 404
+        assert object_backends(Path(daemon.config["data_dir"]), "big") == []
+        # And the daemon keeps serving.
+        s3.put_object(Bucket="leave", Key="after", Body=b"a" * 1000)
+        assert s3.get_object(Bucket="leave", Key="after")["Body"].read() == b"a" * 1000
+    assert_process_left_nothing(daemon.config_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_client_gone_mid_get_stops_reading_from_the_backend(tmp_path: Path) -> None:
+    weed, config = _shared_weed_config(tmp_path)
+    with DaemonProcess(tmp_path, config) as daemon:
+        s3 = client(daemon.endpoint)
+        s3.create_bucket(Bucket="gone")
+        size = 64 << 20
+        s3.put_object(Bucket="gone", Key="big", Body=b"g" * size)
+        reader = socket.create_connection(("127.0.0.1", daemon.port), timeout=20)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        reader.sendall(b"GET /gone/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = reader.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        assert inflight(daemon, "out") == 1
+        # The reader stops reading: backpressure leaves SeaweedFS's bytes waiting unread in the
+        # daemon's socket (a receive queue), which identifies the connection carrying the body.
+        pid = daemon_pid(daemon)
+
+        def stalled_connections() -> set[int]:
+            return {i for i, (_, rx) in backend_sockets(pid, weed.s3_port).items() if rx > 0}
+
+        assert wait_until(lambda: bool(stalled_connections()), 10), backend_sockets(
+            pid, weed.s3_port
+        )
+        carrying = stalled_connections()
+        reset_close(reader)
+
+        # The daemon stops: the transfer is counted out promptly and that connection is closed
+        # (a connection with 60 MiB unread cannot be returned to the pool).
+        assert wait_until(lambda: inflight(daemon, "out") == 0, 5), daemon.metrics()
+        assert wait_until(lambda: not carrying & set(backend_sockets(pid, weed.s3_port)), 5), (
+            carrying,
+            backend_sockets(pid, weed.s3_port),
+        )
+        assert wait_until(lambda: "GET /gone/big disconnected" in daemon.log_tail(200), 10), (
+            daemon.log_tail()
+        )
+        # It keeps serving, the same object included.
+        body = s3.get_object(Bucket="gone", Key="big")["Body"].read()
+        assert len(body) == size and body == b"g" * size
+        assert inflight(daemon, "out") == 0
+    assert_process_left_nothing(daemon.config_path)
+
+
+# -- the metadata database really restarted ---------------------------------------------------
+
+
+def _postgres_cluster() -> tuple[str, str] | None:
+    """(version, name) of the local PostgreSQL cluster that pg_ctlcluster manages, or None."""
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir() if (p / "main").is_dir())
+    return (versions[-1], "main") if versions else None
+
+
+def _pg_ctl(cluster: tuple[str, str], action: str, check: bool = True) -> None:
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action]
+    if action in ("stop", "restart"):
+        command += ["-m", "fast"]
+    subprocess.run(command, check=check, capture_output=True, timeout=60)
+
+
+def _ensure_postgres_running(cluster: tuple[str, str]) -> None:
+    """Whatever happened, leave the shared server running (other tests use it too)."""
+    if not _pg_ready(3):
+        _pg_ctl(cluster, "start", check=False)
+    assert _pg_ready(30), "PostgreSQL did not come back"
+
+
+def _pg_ready(timeout: float) -> bool:
+    def ready() -> bool:
+        done = subprocess.run(
+            ["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, timeout=10
+        )
+        return done.returncode == 0
+
+    return wait_until(ready, timeout, interval=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(150)
+def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -> None:
+    database = ServerDatabase(POSTGRES_SERVER)
+    reason = database.unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = _postgres_cluster()
+    if cluster is None or os.geteuid() != 0:
+        pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL server")
+    url = database.create()
+    try:
+        config = {
+            "buckets": [{"name": "disk", "path": "d"}],
+            "database": {"type": "postgres", "dsn": url},
+        }
+        with DaemonProcess(tmp_path, config) as daemon:
+            s3 = client(daemon.endpoint)
+            s3.create_bucket(Bucket="pgrestart")
+            s3.put_object(Bucket="pgrestart", Key="before", Body=b"b" * 100)
+            requests = {
+                "get": b"GET /pgrestart/before HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "put": b"PUT /pgrestart/during HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Connection: close\r\n\r\nhello",
+                "list": b"GET /pgrestart?list-type=2 HTTP/1.1\r\nHost: x\r\n"
+                b"Connection: close\r\n\r\n",
+            }
+            during: list[tuple[str, int, str]] = []
+            try:
+                _pg_ctl(cluster, "stop")
+                # The window: the server is down for the few seconds these requests take.
+                for name, request in requests.items():
+                    answer = raw_request(daemon.port, request, limit=15)
+                    during.append((name, answer.status, answer.s3_code or ""))
+                    assert b"Traceback" not in answer.body
+            finally:
+                _pg_ctl(cluster, "start", check=False)
+                _ensure_postgres_running(cluster)
+            # Each answer is whole: a success, or a clean S3 5xx error document...
+            for name, status, code in during:
+                assert status == 200 or (500 <= status < 600 and code), (name, status, code)
+            # ...and the window was real: some request met the stopped server, and was told to
+            # retry later as S3 says it (503 ServiceUnavailable), not that we broke (500).
+            assert any(status == 503 for _, status, _ in during), during
+            assert all(code == "ServiceUnavailable" for _, s, code in during if s >= 500), during
+
+            # Then a real restart while requests keep coming.
+            results: list[tuple[int, str]] = []
+            stop = threading.Event()
+
+            def traffic() -> None:
+                for _ in range(300):
+                    if stop.is_set():
+                        return
+                    answer = raw_request(daemon.port, requests["get"], limit=15)
+                    results.append((answer.status, answer.s3_code or ""))
+                    time.sleep(0.02)
+
+            worker = threading.Thread(target=traffic)
+            worker.start()
+            try:
+                time.sleep(0.3)
+                _pg_ctl(cluster, "restart")
+            finally:
+                try:
+                    _ensure_postgres_running(cluster)
+                finally:
+                    time.sleep(0.5)
+                    stop.set()
+                    worker.join(30)
+            assert not worker.is_alive()
+            assert results
+            for status, code in results:
+                assert status == 200 or (500 <= status < 600 and code), (status, code, results)
+
+            # Recovery by itself: reads and writes work again, nothing needed from an operator.
+            get_before = requests["get"]
+            assert wait_until(lambda: raw_request(daemon.port, get_before).status == 200, 20)
+            s3.put_object(Bucket="pgrestart", Key="after", Body=b"a" * 10)
+            assert s3.get_object(Bucket="pgrestart", Key="after")["Body"].read() == b"a" * 10
+            keys = listed_keys(s3, "pgrestart")
+            assert {"before", "after"} <= keys, keys
+            # A PUT answered with an error left no object; one answered 200 is there.
+            put_status = next(status for name, status, _ in during if name == "put")
+            assert ("during" in keys) == (put_status == 200), (put_status, keys)
+        assert_process_left_nothing(daemon.config_path)
+    finally:
+        database.drop()

@@ -40,6 +40,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -299,7 +300,19 @@ class _S3Operation(Resource):
             )
             return
         error = failure.value
-        if not isinstance(error, errors.S3Error):
+        if isinstance(error, DBAPIError) and error.connection_invalidated or isinstance(
+            error, (OperationalError, InterfaceError)
+        ):
+            # The metadata database is unreachable (restarting, network): a condition clients
+            # should retry, as S3 says with 503, not a bug of ours.
+            log.warn(
+                "request {request_id} ({operation}): the database is unavailable: {error}",
+                request_id=ctx.request_id,
+                operation=ctx.route.operation,
+                error=failure.getErrorMessage(),
+            )
+            error = errors.ServiceUnavailable("The metadata store is unavailable; retry later.")
+        elif not isinstance(error, errors.S3Error):
             log.failure(
                 "request {request_id} ({operation}) failed",
                 failure,
