@@ -109,7 +109,7 @@ BACKEND_BYTES_OUT = Counter(
 )
 INFLIGHT_TRANSFERS = Gauge(
     "s3_balance_inflight_transfers",
-    "Object bodies streaming right now, by direction (upload or download).",
+    "Object bodies streaming right now: direction in (uploads from clients) or out (downloads).",
     ["direction"],
     registry=REGISTRY,
 )
