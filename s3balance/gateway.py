@@ -10,11 +10,30 @@ Consistency rules, in order:
 
 1. Metadata is committed (``store.put_object``) only after the backend confirmed the write; a
    failed commit deletes the bytes just written.
-2. Writes to one ``(backend, real key)`` are serialised inside the daemon by a lock held from the
-   backend write to the commit, so the backend's last writer is also the database's last commit.
-3. Bytes an overwrite or a delete made unreachable are deleted *after* the commit, under the same
-   lock, and only when the current row no longer references them; a crash in between leaves an
-   orphan for scrub, never a row without bytes.
+2. Writes to one ``(backend, real key)`` are serialised from the backend write to the commit, so
+   the backend's last writer is also the database's last commit.  Several daemons may share the
+   database, so the lock is a *write intent* row in it (``store.claim_write``), claimed in a short
+   transaction before the backend write; a daemon that finds the location claimed polls (with
+   backoff, up to ``claim_wait_timeout``, answering SlowDown after) while its client's body
+   waits, paused.  An in-process lock sits in front, so a daemon never polls against itself.  A
+   long write renews its claim's heartbeat every ``claim_heartbeat`` seconds; a claim not renewed
+   for ``claim_stale_after`` seconds belongs to a dead daemon and is taken over.  The commit
+   releases the claim in its own transaction, and refuses to commit when the claim was taken
+   over meanwhile (the bytes may be the other daemon's).
+3. Bytes an overwrite or a delete made unreachable are deleted *after* the commit, and only under a
+   claim the commit took in its transaction for them: a replaced location that another writer
+   holds is left alone (that writer is about to commit new bytes there, and its commit will in
+   turn hand over ours for deletion), and no one can start writing a location between our commit
+   and our deletion of it.  So of two writers of one key to different backends the later
+   committer wins and deletes the earlier one's bytes.  A crash in between leaves an orphan for
+   scrub, never a row without bytes.
+
+Real keys must stay ``<virtual bucket>/<key>`` (an index can be rebuilt from the backends), which is
+why per-write unique keys are not used to avoid these races.
+
+A plain PUT costs two transactions: the claim (which also checks that the bucket exists) and the
+commit (which releases the claim); a third releases the deletion claims when an overwrite moved
+the object to another backend.
 
 Real keys are ``<virtual bucket>/<key>`` inside the chosen real bucket.
 
@@ -28,7 +47,10 @@ answered with a presigned URL counts as one class-B read of the backend it point
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,7 +77,14 @@ from s3balance.backends.interface import (
 )
 from s3balance.config import Config
 from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
-from s3balance.db.store import BucketNotEmptyError, MetadataStore, NoSuchBucketError
+from s3balance.db.store import (
+    BucketNotEmptyError,
+    ClaimLostError,
+    MetadataStore,
+    NoSuchBucketError,
+    Replacement,
+    WriteIntent,
+)
 
 log = Logger()
 
@@ -106,6 +135,14 @@ class GatewaySettings:
     proxy_mode: bool = True
     #: Lifetime in seconds of the presigned URLs of redirect mode.
     presign_expiry: float = 300.0
+    #: How long a write waits for another daemon's write of the same location (then SlowDown).
+    claim_wait_timeout: float = 30.0
+    #: First and longest pause between two attempts at a claimed location.
+    claim_poll_initial: float = 0.05
+    claim_poll_max: float = 1.0
+    #: How often a write in progress renews its claim, and when an unrenewed claim is dead.
+    claim_heartbeat: float = 30.0
+    claim_stale_after: float = 300.0
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -116,6 +153,7 @@ class GatewaySettings:
             region=config.s3api.region,
             proxy_mode=config.s3api.proxy_mode,
             presign_expiry=config.s3api.presign_expiry,
+            claim_wait_timeout=config.server.read_timeout,
         )
 
 
@@ -290,6 +328,8 @@ class Gateway:
             settings = GatewaySettings.from_config(config) if config else GatewaySettings()
         self.settings = settings
         self._locks = _KeyLocks()
+        #: Names this daemon in the write intents it holds.
+        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- buckets -------------------------------------------------------------------------
 
@@ -453,7 +493,6 @@ class Gateway:
         validate_key(key)
         if length > MAX_PUT_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-        await self.get_bucket(bucket)
 
         def write(backend: IBackend, target: str) -> defer.Deferred[PutResult]:
             return backend.put_object(target, body, length, dict(headers), dict(metadata))
@@ -547,11 +586,12 @@ class Gateway:
         prefer: str | None = None,
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
-        docstring."""
+        docstring.  :raises S3Error: NoSuchBucket (checked when claiming), and see callers."""
         candidates = self.pool.choose(bucket, key, size)
         if prefer is not None and prefer in candidates:
             candidates = [prefer] + [name for name in candidates if name != prefer]
         if not candidates:
+            await self.get_bucket(bucket)
             raise errors.InsufficientStorage()
         target = real_key(bucket, key)
         attempts = max(1, self.settings.retry_attempts)
@@ -575,12 +615,109 @@ class Gateway:
                     detail=outcome.detail,
                 )
                 continue
-            record, replaced, previous = outcome
-            self._adjust_usage(record, previous)
-            await self._remove_unreferenced(bucket, key, replaced)
-            return record
+            return outcome
         assert last_error is not None
         raise backend_error_to_s3(last_error)
+
+    # -- write intents -------------------------------------------------------------------
+
+    def write_intent(self, token: str) -> WriteIntent:
+        """``token``'s claim as of now, by this daemon's clock and staleness limit."""
+        return WriteIntent(
+            token, self.daemon_id, self.clock.seconds(), self.settings.claim_stale_after
+        )
+
+    async def _claim(self, backend: str, target: str, token: str, bucket: str | None) -> None:
+        """Claim ``(backend, target)``, polling with backoff while another daemon holds it.
+
+        :raises S3Error: SlowDown after ``claim_wait_timeout``; NoSuchBucket.
+        """
+        settings = self.settings
+        deadline = self.clock.seconds() + settings.claim_wait_timeout
+        delay = settings.claim_poll_initial
+        while True:
+            try:
+                claimed = await self.store.claim_write(
+                    backend, target, self.write_intent(token), bucket
+                )
+            except NoSuchBucketError:
+                raise errors.NoSuchBucket(BucketName=bucket) from None
+            if claimed:
+                return
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                log.warn(
+                    "{target} on {backend} stayed claimed by another write for {wait}s",
+                    target=target, backend=backend, wait=settings.claim_wait_timeout,
+                )
+                await self._release(token)  # leave the queue, or it would hold up the next writer
+                raise errors.SlowDown("Another write of this key is in progress; try again.")
+            await task.deferLater(self.clock, min(delay, remaining), lambda: None)
+            delay = min(delay * 2, settings.claim_poll_max)
+
+    async def _heartbeat(self, token: str) -> None:
+        try:
+            await self.store.refresh_write(token, self.clock.seconds())
+        except Exception as error:
+            log.warn("could not renew write intent {token}: {error}", token=token, error=error)
+
+    @asynccontextmanager
+    async def claimed(
+        self, backend: str, target: str, bucket: str | None = None
+    ) -> AsyncIterator[_Claim]:
+        """Hold ``(backend, target)`` against every writer, in this daemon and in others sharing
+        the database, renewing the claim while held; released on the way out unless the body
+        marked it released (a commit releases it in its transaction).
+
+        :param bucket: check this virtual bucket exists in the claiming transaction.
+        :raises S3Error: SlowDown, NoSuchBucket.
+        """
+        async with self._locks.hold(backend, target):
+            claim = _Claim(uuid.uuid4().hex)
+            await self._claim(backend, target, claim.token, bucket)
+            heartbeat = task.LoopingCall(
+                lambda: defer.ensureDeferred(self._heartbeat(claim.token))
+            )
+            heartbeat.clock = self.clock
+            heartbeat.start(self.settings.claim_heartbeat, now=False)
+            try:
+                yield claim
+            finally:
+                heartbeat.stop()
+                if not claim.released:
+                    await self._release(claim.token)
+
+    async def _release(self, token: str) -> None:
+        try:
+            await self.store.release_write(token)
+        except Exception as error:
+            log.warn(
+                "could not release write intent {token} ({error}); it expires after {stale}s",
+                token=token, error=error, stale=self.settings.claim_stale_after,
+            )
+
+    async def commit(self, record: ObjectRecord, claim: _Claim) -> Replacement:
+        """Commit ``record`` written under ``claim``, then delete the bytes it replaced and
+        adjust the usage estimate.
+
+        :raises ClaimLostError: :raises NoSuchBucketError: (nothing committed; bytes untouched)
+        """
+        replaced = await self.store.replace_object(record, self.write_intent(claim.token))
+        claim.committed = True
+        claim.released = not replaced.to_delete
+        self._adjust_usage(record, replaced)
+        await self.delete_claimed(replaced.to_delete, claim.token)
+        claim.released = True
+        return replaced
+
+    async def delete_claimed(self, locations: list[Location], token: str) -> None:
+        """Delete bytes the metadata no longer points at, which ``token`` claimed in the
+        transaction that unreferenced them, then release the claims."""
+        if not locations:
+            return
+        for location in locations:
+            await self._delete_bytes(location.backend, location.real_key)
+        await self._release(token)
 
     async def _write_and_commit(
         self,
@@ -593,13 +730,13 @@ class Gateway:
         headers: dict[str, str],
         metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
-    ) -> tuple[ObjectRecord, list[Location], ObjectRecord | None] | BackendUnavailable:
-        """One attempt on one backend, under the key's lock; a refusal that may be retried is
-        returned, every other failure raised."""
+    ) -> ObjectRecord | BackendUnavailable:
+        """One attempt on one backend, under the location's claim; a refusal that may be
+        retried is returned, every other failure raised."""
         backend = self.pool.get(name)
         release = self.pool.reserve(name, size)
         try:
-            async with self._locks.hold(name, target):
+            async with self.claimed(name, target, bucket) as claim:
                 try:
                     result = await write(backend, target)
                 except BackendUnavailable as error:
@@ -627,9 +764,17 @@ class Gateway:
                     locations=(Location(name, target),),
                 )
                 try:
-                    previous = await self.store.get_object(bucket, key)
-                    replaced = await self.store.put_object(record)
+                    await self.commit(record, claim)
+                except ClaimLostError as error:
+                    log.error(
+                        "the write intent of {bucket}/{key} on {backend} was taken over as "
+                        "stale; not committing (the bytes may be the other writer's)",
+                        bucket=bucket, key=key, backend=name,
+                    )
+                    raise errors.InternalError() from error
                 except Exception as error:
+                    if claim.committed:
+                        raise  # committed; only the clean-up after it failed
                     await self._delete_bytes(name, target)
                     if isinstance(error, NoSuchBucketError):
                         raise errors.NoSuchBucket(BucketName=bucket) from None
@@ -638,16 +783,16 @@ class Gateway:
                         Failure(error), bucket=bucket, key=key,
                     )
                     raise errors.InternalError() from error
-                return record, replaced, previous
+                return record
         finally:
             release()
 
-    def _adjust_usage(self, record: ObjectRecord, previous: ObjectRecord | None) -> None:
+    def _adjust_usage(self, record: ObjectRecord, replaced: Replacement) -> None:
         for location in record.locations:
             self.usage.adjust(location.backend, record.size, 1)
-        if previous is not None:
-            for backend in {location.backend for location in previous.locations}:
-                self.usage.adjust(backend, -previous.size, -1)
+        if replaced.previous_size is not None:
+            for backend in {location.backend for location in replaced.previous_locations}:
+                self.usage.adjust(backend, -replaced.previous_size, -1)
 
     async def _delete_bytes(self, backend: str, target: str) -> None:
         try:
@@ -658,29 +803,31 @@ class Gateway:
                 target=target, backend=backend, error=error,
             )
 
-    async def _remove_unreferenced(
-        self, bucket: str, key: str, locations: list[Location] | tuple[Location, ...]
-    ) -> None:
-        """Delete bytes the metadata no longer points at.  Under the location's lock, the row is
-        read again: a later write of the same key to the same backend may own them by now."""
-        for location in locations:
-            async with self._locks.hold(location.backend, location.real_key):
-                current = await self.store.get_object(bucket, key)
-                if current is not None and location in current.locations:
-                    continue
-                await self._delete_bytes(location.backend, location.real_key)
-
     # -- deleting ------------------------------------------------------------------------
 
     async def delete_object(self, bucket: str, key: str) -> None:
         """Remove the row, then the bytes; deleting a missing key succeeds (S3 answers 204).
+        Bytes another writer is about to commit over are left to that writer.
 
         :raises S3Error: NoSuchBucket.
         """
-        removed = await self.store.delete_object(bucket, key)
-        if removed is None:
+        token = uuid.uuid4().hex
+        removed = await self.store.remove_object(bucket, key, self.write_intent(token))
+        if removed.previous_size is None:
             await self.get_bucket(bucket)
             return
-        for backend in {location.backend for location in removed.locations}:
-            self.usage.adjust(backend, -removed.size, -1)
-        await self._remove_unreferenced(bucket, key, removed.locations)
+        for backend in {location.backend for location in removed.previous_locations}:
+            self.usage.adjust(backend, -removed.previous_size, -1)
+        await self.delete_claimed(removed.to_delete, token)
+
+
+class _Claim:
+    """A held write intent: its token, whether its write was committed, and whether the claims
+    were released already (by the commit's transaction, or after deleting what it replaced)."""
+
+    __slots__ = ("token", "committed", "released")
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.committed = False
+        self.released = False

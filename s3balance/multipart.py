@@ -45,7 +45,7 @@ from s3balance.db.records import (
     UploadPage,
     UploadRecord,
 )
-from s3balance.db.store import MetadataStore, NoSuchBucketError
+from s3balance.db.store import ClaimLostError, MetadataStore, NoSuchBucketError
 from s3balance.gateway import (
     Gateway,
     StreamBodyProducer,
@@ -495,7 +495,7 @@ class MultipartUploads:
         backend = self._backend(upload.backend)
         location = Location(upload.backend, upload.real_key)
         size = sum(part.size for part in chosen)
-        async with self.gateway._locks.hold(upload.backend, upload.real_key):
+        async with self.gateway.claimed(upload.backend, upload.real_key) as claim:
             try:
                 result = await backend.complete_multipart_upload(
                     upload.real_key,
@@ -526,19 +526,31 @@ class MultipartUploads:
                 part_sizes=tuple(part.size for part in chosen),
                 locations=(location,),
             )
-            previous = await self.store.get_object(bucket, key)
             try:
-                replaced = await self.store.complete_upload(upload_id, record)
+                replaced = await self.store.complete_upload_replacing(
+                    upload_id, record, self.gateway.write_intent(claim.token)
+                )
+            except ClaimLostError as error:
+                log.error(
+                    "the write intent of {bucket}/{key} on {backend} was taken over as stale; "
+                    "not committing the completed upload",
+                    bucket=bucket, key=key, backend=upload.backend,
+                )
+                raise errors.InternalError() from error
             except (KeyError, NoSuchBucketError) as error:
+                # Still under our claim: nobody else is writing the location.
                 current = await self.store.get_object(bucket, key)
                 if current is None or location not in current.locations:
                     await self.gateway._delete_bytes(upload.backend, upload.real_key)
                 if isinstance(error, NoSuchBucketError):
                     raise errors.NoSuchBucket(BucketName=bucket) from None
                 raise errors.NoSuchUpload(UploadId=upload_id) from None
-        self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
-        self.gateway._adjust_usage(record, previous)
-        await self.gateway._remove_unreferenced(bucket, key, replaced)
+            self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
+            self.gateway._adjust_usage(record, replaced)
+            claim.committed = True
+            claim.released = not replaced.to_delete
+            await self.gateway.delete_claimed(replaced.to_delete, claim.token)
+            claim.released = True
         return record
 
     # -- AbortMultipartUpload ------------------------------------------------------------

@@ -222,3 +222,41 @@ operation_counters = sa.Table(
     sa.Index(None, "month"),
     **_MYSQL_TABLE,
 )
+
+#: Longest real key: a virtual bucket name (63 bytes) + "/" + a key (1024 bytes), with room for
+#: configured names; a (backend, real key) index still fits InnoDB's 3072-byte limit.
+MAX_REAL_KEY_BYTES = 1536
+
+#: Claims on a ``(backend, real key)`` held from before a write (or a deletion) of those bytes
+#: until its metadata is committed, so daemons sharing the database never write one location at
+#: the same time (see :mod:`s3balance.gateway`).  One token may hold several rows: a write's
+#: target and the replaced locations it is about to delete.
+write_intents = sa.Table(
+    "write_intents",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("real_key", Utf8Bytes(MAX_REAL_KEY_BYTES), primary_key=True),
+    sa.Column("token", sa.String(64), nullable=False),
+    #: Who holds it, for operators reading the table.
+    sa.Column("daemon", sa.String(255), nullable=False),
+    sa.Column("claimed_at", sa.Double, nullable=False),
+    #: Refreshed while the write goes on; a claim whose heartbeat is old belongs to a dead daemon.
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+    sa.Index(None, "token"),
+    **_MYSQL_TABLE,
+)
+
+#: Writers waiting for a claimed location, so claims are granted first come, first served: a
+#: daemon's own queued writers would otherwise re-claim at once, before another daemon's next
+#: poll, and starve it.
+write_waiters = sa.Table(
+    "write_waiters",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("real_key", Utf8Bytes(MAX_REAL_KEY_BYTES), primary_key=True),
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("first_seen", sa.Double, nullable=False),
+    #: Renewed at every poll; a waiter not seen for a while gave up (client gone, timed out).
+    sa.Column("last_seen", sa.Double, nullable=False),
+    **_MYSQL_TABLE,
+)

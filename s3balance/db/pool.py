@@ -9,6 +9,9 @@ Transient failures (deadlocks, lock timeouts, a connection lost mid-transaction,
 is locked") roll back and run ``fn`` again, up to :data:`MAX_ATTEMPTS` times: ``fn`` must therefore
 do nothing but database work.  A failure while committing is never retried, since whether the
 commit happened is then unknown.
+
+Every call's duration, retries included, is observed in ``s3_balance_db_query_duration_seconds``
+labelled with the store operation (the function's name without its leading underscore).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from s3balance.db.engine import READ_ONLY_OPTION
+from s3balance.metrics import DB_QUERY_DURATION
 
 T = TypeVar("T")
 
@@ -72,11 +76,26 @@ def is_transient(error: BaseException) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
+def operation_name(fn: Callable[..., Any]) -> str:
+    """The metrics label of a store function: ``_put_object`` is ``put_object``."""
+    return str(getattr(fn, "__name__", "unknown")).lstrip("_") or "unknown"
+
+
 def run_transaction(
     engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
 ) -> T:
     """Run ``fn(connection, *args)`` in a transaction in the calling thread, retrying transient
     failures (see the module docstring)."""
+    started = time.monotonic()
+    try:
+        return _run_with_retries(engine, fn, args, read_only)
+    finally:
+        DB_QUERY_DURATION.labels(operation_name(fn)).observe(time.monotonic() - started)
+
+
+def _run_with_retries(
+    engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool
+) -> T:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         with engine.connect() as connection:
             if read_only:

@@ -11,12 +11,21 @@ missing, and falling back to the update when a concurrent insert won), and an ob
 replaced or deleted is locked with ``SELECT ... FOR UPDATE`` before its old size is subtracted.
 Usage rows are always updated in backend-name order, so two transactions never wait on each other's
 usage rows in opposite orders (a deadlock).
+
+Write intents (table ``write_intents``) serialise writes of one ``(backend, real key)`` across
+daemons; :mod:`s3balance.gateway` explains the protocol.  Here: :meth:`MetadataStore.claim_write`
+takes a location (or a dead daemon's stale claim of it), :meth:`MetadataStore.replace_object`
+commits an object and, in the same transaction, releases the writer's claim and claims the
+replaced locations it may delete - skipping those another writer holds, since that writer is
+about to commit new bytes there.  A commit always locks the object row before any intent row, so
+two commits of one key never wait on each other in opposite orders.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -30,6 +39,8 @@ from s3balance.db.model import (
     objects,
     operation_counters,
     virtual_buckets,
+    write_intents,
+    write_waiters,
 )
 from s3balance.db.records import (
     BackendUsage,
@@ -62,6 +73,43 @@ class BucketNotEmptyError(Exception):
 
 class NoSuchBucketError(Exception):
     """The named virtual bucket does not exist."""
+
+
+class ClaimLostError(Exception):
+    """A commit found its write's claim gone: another daemon took it over as stale, so the bytes
+    at the location may be that daemon's.  Nothing was committed."""
+
+
+@dataclass(frozen=True)
+class WriteIntent:
+    """Who claims locations, and the clock to judge other claims by.
+
+    :param token: unique per write; every row a write claims carries it.
+    :param daemon: the claiming daemon, for operators reading the table.
+    :param now: the claimer's current time (seconds since the epoch).
+    :param stale_after: a claim whose heartbeat is older than this many seconds belongs to a
+        dead daemon and may be taken over.
+    """
+
+    token: str
+    daemon: str
+    now: float
+    stale_after: float
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """What a commit replaced (or a delete removed), as the caller needs it.
+
+    :param previous_size: the replaced object's size; None when there was no object.
+    :param previous_locations: where the replaced object was (for usage accounting).
+    :param to_delete: replaced locations nothing references any more, claimed for the caller
+        when it passed a :class:`WriteIntent`: delete their bytes, then release the token.
+    """
+
+    previous_size: int | None
+    previous_locations: tuple[Location, ...]
+    to_delete: list[Location]
 
 
 class MetadataStore:
@@ -101,6 +149,21 @@ class MetadataStore:
         :raises NoSuchBucketError: the bucket was deleted meanwhile.
         """
         return self.pool.do(_put_object, record)
+
+    def replace_object(self, record: ObjectRecord, intent: WriteIntent) -> Deferred[Replacement]:
+        """:meth:`put_object` for a write that claimed ``record``'s locations with ``intent``.
+
+        In the same transaction, releases those claims and claims (for ``intent.token``) the
+        replaced locations to delete, leaving out any that another live claim holds.
+        :raises ClaimLostError: ``intent`` no longer holds ``record``'s first location.
+        :raises NoSuchBucketError:
+        """
+        return self.pool.do(_replace_object, record, intent)
+
+    def remove_object(self, bucket: str, key: str, intent: WriteIntent) -> Deferred[Replacement]:
+        """:meth:`delete_object`, also claiming the removed locations for deletion as
+        :meth:`replace_object` does (``previous_size`` is None when there was no object)."""
+        return self.pool.do(_remove_object, bucket, key, intent)
 
     def delete_object(self, bucket: str, key: str) -> Deferred[ObjectRecord | None]:
         """Remove the object row (usage adjusted in the same transaction); fires with what was
@@ -164,6 +227,13 @@ class MetadataStore:
         :raises KeyError: the upload no longer exists."""
         return self.pool.do(_complete_upload, upload_id, record)
 
+    def complete_upload_replacing(
+        self, upload_id: str, record: ObjectRecord, intent: WriteIntent
+    ) -> Deferred[Replacement]:
+        """:meth:`complete_upload` with the claims of :meth:`replace_object`.
+        :raises KeyError: :raises NoSuchBucketError: :raises ClaimLostError:"""
+        return self.pool.do(_complete_upload_replacing, upload_id, record, intent)
+
     def abort_upload(self, upload_id: str) -> Deferred[UploadRecord | None]:
         """Drop the upload and its parts (releasing their usage); fires with what was dropped."""
         return self.pool.do(_abort_upload, upload_id)
@@ -189,6 +259,33 @@ class MetadataStore:
     def uploads_initiated_before(self, when: float) -> Deferred[list[UploadRecord]]:
         """Uploads of every bucket initiated before ``when``, oldest first."""
         return self.pool.do_read(_uploads_initiated_before, when)
+
+    # -- write intents ---------------------------------------------------------------------
+
+    def claim_write(
+        self,
+        backend: str,
+        real_key: str,
+        intent: WriteIntent,
+        bucket: str | None = None,
+    ) -> Deferred[bool]:
+        """Claim ``(backend, real_key)`` for ``intent.token``: fires True when it is ours (new,
+        already ours, or taken over from a claim older than ``intent.stale_after``), False when
+        another live claim holds it.
+
+        :param bucket: also check this virtual bucket exists (saves a query per write).
+        :raises NoSuchBucketError:
+        """
+        return self.pool.do(_claim_write, backend, real_key, intent, bucket)
+
+    def refresh_write(self, token: str, now: float) -> Deferred[int]:
+        """Renew the heartbeat of ``token``'s claims; fires with how many it still holds."""
+        return self.pool.do(_refresh_write, token, now)
+
+    def release_write(self, token: str) -> Deferred[None]:
+        """Drop every claim of ``token``, and its place in any queue (nothing happens when it
+        holds none)."""
+        return self.pool.do(_release_write, token)
 
     # -- operation counters ----------------------------------------------------------------
 
@@ -433,12 +530,50 @@ def _put_object(conn: sa.Connection, record: ObjectRecord) -> list[Location]:
     deltas = _new_deltas()
     replaced = _write_object(conn, record, deltas)
     _apply_usage(conn, deltas)
+    return replaced.to_delete
+
+
+def _replace_object(conn: sa.Connection, record: ObjectRecord, intent: WriteIntent) -> Replacement:
+    deltas = _new_deltas()
+    replaced = _write_object(conn, record, deltas)
+    replaced = _settle_claims(conn, record, replaced, intent)
+    _apply_usage(conn, deltas)
     return replaced
 
 
-def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) -> list[Location]:
-    """Upsert ``record``'s rows, noting usage changes in ``deltas``; returns the replaced
-    object's locations that ``record`` does not reuse."""
+def _settle_claims(
+    conn: sa.Connection, record: ObjectRecord, replaced: Replacement, intent: WriteIntent
+) -> Replacement:
+    """Release the writer's claims on ``record``'s locations (refusing the commit when the first
+    is no longer ours) and claim the replaced locations to delete; called after the object row
+    was locked."""
+    for position, location in enumerate(record.locations):
+        released = conn.execute(
+            write_intents.delete().where(
+                write_intents.c.backend == location.backend,
+                write_intents.c.real_key == location.real_key,
+                write_intents.c.token == intent.token,
+            )
+        ).rowcount
+        if not released and position == 0:
+            raise ClaimLostError(f"{location.backend}:{location.real_key}")
+    return _claim_for_deletion(conn, replaced, intent)
+
+
+def _claim_for_deletion(
+    conn: sa.Connection, replaced: Replacement, intent: WriteIntent
+) -> Replacement:
+    deletable = [
+        location
+        for location in replaced.to_delete
+        if _claim(conn, location.backend, location.real_key, intent)
+    ]
+    return Replacement(replaced.previous_size, replaced.previous_locations, deletable)
+
+
+def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) -> Replacement:
+    """Upsert ``record``'s rows, noting usage changes in ``deltas``; returns what was replaced,
+    with the replaced locations that ``record`` does not reuse as ``to_delete``."""
     bucket_id = _require_bucket(conn, record.bucket)
     values = {
         "size": record.size,
@@ -450,6 +585,7 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
         "part_sizes": list(record.part_sizes),
     }
     old_locations: tuple[Location, ...] = ()
+    old_size: int | None = None
     for _ in range(_UPSERT_ATTEMPTS):
         existing = conn.execute(
             sa.select(objects.c.id, objects.c.size)
@@ -458,6 +594,7 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
         ).first()
         if existing is not None:
             object_id = existing.id
+            old_size = existing.size
             old_locations = _locations_of(conn, [object_id])[object_id]
             for location in old_locations:
                 deltas[location.backend][0] -= existing.size
@@ -501,7 +638,7 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
     for location in old_locations:
         if location not in kept and location not in replaced:
             replaced.append(location)
-    return replaced
+    return Replacement(old_size, old_locations, replaced)
 
 
 def _delete_object(conn: sa.Connection, bucket: str, key: str) -> ObjectRecord | None:
@@ -524,6 +661,14 @@ def _delete_object(conn: sa.Connection, bucket: str, key: str) -> ObjectRecord |
         deltas[location.backend][1] -= 1
     _apply_usage(conn, deltas)
     return _object_record(row, bucket, locations)
+
+
+def _remove_object(conn: sa.Connection, bucket: str, key: str, intent: WriteIntent) -> Replacement:
+    removed = _delete_object(conn, bucket, key)
+    if removed is None:
+        return Replacement(None, (), [])
+    unique = list(dict.fromkeys(removed.locations))
+    return _claim_for_deletion(conn, Replacement(removed.size, removed.locations, unique), intent)
 
 
 # -- listings --------------------------------------------------------------------------------
@@ -821,6 +966,19 @@ def _complete_upload(conn: sa.Connection, upload_id: str, record: ObjectRecord) 
     _drop_upload(conn, upload, deltas)
     replaced = _write_object(conn, record, deltas)
     _apply_usage(conn, deltas)
+    return replaced.to_delete
+
+
+def _complete_upload_replacing(
+    conn: sa.Connection, upload_id: str, record: ObjectRecord, intent: WriteIntent
+) -> Replacement:
+    upload = _lock_upload(conn, upload_id)
+    if upload is None:
+        raise KeyError(upload_id)
+    deltas = _new_deltas()
+    _drop_upload(conn, upload, deltas)
+    replaced = _settle_claims(conn, record, _write_object(conn, record, deltas), intent)
+    _apply_usage(conn, deltas)
     return replaced
 
 
@@ -935,4 +1093,131 @@ def _operation_history(
     return sorted(records, key=lambda record: (record.month, record.backend))
 
 
-__all__ = ["BucketNotEmptyError", "MetadataStore", "NoSuchBucketError", "model"]
+# -- write intents ---------------------------------------------------------------------------
+
+
+def _claim(conn: sa.Connection, backend: str, real_key: str, intent: WriteIntent) -> bool:
+    """Insert ``intent``'s claim, or take over a stale one; False while a live claim holds it.
+
+    The locking read sees the latest committed claim on every database (MariaDB's plain reads
+    would see the transaction's snapshot); a failed insert means a concurrent claim won the race,
+    which the next round reads.
+    """
+    where = sa.and_(write_intents.c.backend == backend, write_intents.c.real_key == real_key)
+    claimed = {
+        "token": intent.token,
+        "daemon": intent.daemon[:255],
+        "claimed_at": intent.now,
+        "heartbeat_at": intent.now,
+    }
+    stale_before = intent.now - intent.stale_after
+    for _ in range(_UPSERT_ATTEMPTS):
+        row = conn.execute(
+            sa.select(write_intents.c.token, write_intents.c.heartbeat_at)
+            .where(where)
+            .with_for_update()
+        ).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        write_intents.insert().values(backend=backend, real_key=real_key, **claimed)
+                    )
+                return True
+            except sa.exc.IntegrityError:
+                continue
+        if row.token == intent.token:
+            return True
+        if row.heartbeat_at >= stale_before:
+            return False
+        taken = conn.execute(
+            write_intents.update()
+            .where(where, write_intents.c.token == row.token)
+            .values(**claimed)
+        ).rowcount
+        if taken:
+            return True
+    return False
+
+
+#: A waiter that has not polled for this long gave up (its client left, or it timed out); the
+#: gateway polls at least every second.
+WAITER_STALE_AFTER = 5.0
+
+
+def _claim_write(
+    conn: sa.Connection, backend: str, real_key: str, intent: WriteIntent, bucket: str | None
+) -> bool:
+    """A writer's claim, first come, first served: while an older writer waits for the same
+    location, a newer one does not get it even when it is free, and joins the queue."""
+    if bucket is not None:
+        _require_bucket(conn, bucket)
+    waiting = sa.and_(write_waiters.c.backend == backend, write_waiters.c.real_key == real_key)
+    conn.execute(
+        write_waiters.delete().where(
+            waiting, write_waiters.c.last_seen < intent.now - WAITER_STALE_AFTER
+        )
+    )
+    mine = conn.execute(
+        sa.select(write_waiters.c.first_seen).where(waiting, write_waiters.c.token == intent.token)
+    ).first()
+    since = mine.first_seen if mine is not None else intent.now
+    ahead = conn.execute(
+        sa.select(write_waiters.c.token)
+        .where(
+            waiting,
+            write_waiters.c.token != intent.token,
+            sa.or_(
+                write_waiters.c.first_seen < since,
+                sa.and_(write_waiters.c.first_seen == since, write_waiters.c.token < intent.token),
+            ),
+        )
+        .limit(1)
+    ).first()
+    granted = ahead is None and _claim(conn, backend, real_key, intent)
+    if granted:
+        if mine is not None:
+            conn.execute(
+                write_waiters.delete().where(waiting, write_waiters.c.token == intent.token)
+            )
+    elif mine is not None:
+        conn.execute(
+            write_waiters.update()
+            .where(waiting, write_waiters.c.token == intent.token)
+            .values(last_seen=intent.now)
+        )
+    else:
+        conn.execute(
+            write_waiters.insert().values(
+                backend=backend,
+                real_key=real_key,
+                token=intent.token,
+                first_seen=since,
+                last_seen=intent.now,
+            )
+        )
+    return granted
+
+
+def _refresh_write(conn: sa.Connection, token: str, now: float) -> int:
+    return int(
+        conn.execute(
+            write_intents.update().where(write_intents.c.token == token).values(heartbeat_at=now)
+        ).rowcount
+    )
+
+
+def _release_write(conn: sa.Connection, token: str) -> None:
+    conn.execute(write_intents.delete().where(write_intents.c.token == token))
+    conn.execute(write_waiters.delete().where(write_waiters.c.token == token))
+
+
+__all__ = [
+    "BucketNotEmptyError",
+    "ClaimLostError",
+    "MetadataStore",
+    "NoSuchBucketError",
+    "Replacement",
+    "WriteIntent",
+    "model",
+]
