@@ -74,3 +74,19 @@ class SeaweedPlacementTests(DaemonTestCase, unittest.TestCase):
             await self.call(self.s3.delete_object, Bucket="vb", Key=key)
         self.assertEqual(await self.call(self._real_keys, self.real_names[0]), [])
         self.assertEqual(await self.call(self._real_keys, self.real_names[1]), [])
+
+    async def test_a_key_the_backend_refuses_is_a_client_error_and_leaves_nothing(self) -> None:
+        """SeaweedFS cannot store a key with a ``.`` segment: the client hears 400, not 500."""
+        from botocore.exceptions import ClientError
+
+        try:
+            await self.call(self.s3.put_object, Bucket="vb", Key="c/./d", Body=b"dot")
+        except ClientError as error:
+            self.assertEqual(error.response["Error"]["Code"], "InvalidArgument")
+            self.assertEqual(error.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        else:
+            self.fail("SeaweedFS stored a key with a '.' segment: this test needs another key")
+        listed = await self.call(self.s3.list_objects_v2, Bucket="vb")
+        self.assertEqual(listed.get("Contents", []), [])
+        for name in self.real_names:
+            self.assertEqual(await self.call(self._real_keys, name), [])

@@ -279,6 +279,13 @@ class BackendAccessDenied(BackendError):
     s3_code = "ServiceUnavailable"
 
 
+class BackendRefused(BackendError):
+    """The backend refused the request as sent (HTTP 400-class): a key it cannot store (some
+    services reject ``.`` path segments or over-long segments), a size over its limits."""
+
+    s3_code = "InvalidArgument"
+
+
 class PresignNotSupported(BackendError):
     s3_code = "NotImplemented"
 
@@ -291,6 +298,11 @@ def backend_error_to_s3(error: BackendError) -> errors.S3Error:
         return errors.NoSuchUpload()
     if isinstance(error, BackendInvalidPart):
         return errors.InvalidPart()
+    if isinstance(error, BackendRefused):
+        return errors.InvalidArgument(
+            "The storage backend chosen for this object refused the request; the key or the "
+            "size may not be supported there."
+        )
     if isinstance(error, (BackendUnavailable, BackendAccessDenied)):
         return errors.ServiceUnavailable("The storage backend for this object is not available.")
     return errors.InternalError()

@@ -52,6 +52,7 @@ from s3balance.backends.interface import (
     BackendInvalidPart,
     BackendNoSuchKey,
     BackendNoSuchUpload,
+    BackendRefused,
     BackendUnavailable,
     Capacity,
     IBackend,
@@ -840,6 +841,10 @@ class S3Backend:
             return BackendInvalidPart(self.name, detail)
         if status == 404 and code in ("NoSuchKey", ""):
             return BackendNoSuchKey(self.name, detail)
+        if status in (400, 411, 413, 414):
+            # The backend will not take this request as sent (a key it cannot store, a size over
+            # its limits): the client's to change, not an error of ours.
+            return BackendRefused(self.name, detail)
         return BackendError(self.name, detail)
 
     def _request_headers(
