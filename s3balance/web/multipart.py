@@ -22,7 +22,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.iweb import IBodyProducer
 
 from s3balance import conditions, errors
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
@@ -36,15 +35,13 @@ from s3balance.multipart import (
     parse_part_number,
 )
 from s3balance.web.answer import STREAMED, Answer, RequestContext
-from s3balance.web.filters import ChecksumFilter, LengthFilter
+from s3balance.web.filters import ChecksumFilter
 from s3balance.web.objects import (
-    BytesBody,
-    _body_filters,
     _declared_length,
     _refuse_unsupported,
-    _run_filters,
     parse_copy_source,
     stored_headers_from_request,
+    upload_body,
 )
 from s3balance.web.xml import (
     Owner,
@@ -327,20 +324,7 @@ class MultipartHandler:
         length = _declared_length(ctx)
         if length > MAX_PART_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
-        filters, checksum_filters = _body_filters(ctx)
-        streamed = getattr(request, "body", None)
-        body: IBodyProducer
-        if streamed is not None:
-            streamed.length = length
-            for body_filter in [*filters, LengthFilter(length)]:
-                streamed.add_filter(body_filter)
-            body = streamed
-        else:
-            data = ctx.read_body()
-            if len(data) != length:
-                raise errors.IncompleteBody()
-            _run_filters(filters, data)
-            body = BytesBody(data)
+        body, checksum_filters = upload_body(ctx, length)
         part = await self.uploads.upload_part(
             ctx.bucket, ctx.key, _upload_id(ctx), part_number, body, length
         )

@@ -175,6 +175,27 @@ def _run_filters(filters: list[Any], data: bytes) -> None:
         data = body_filter.feed(data) + body_filter.finish()
 
 
+def upload_body(ctx: RequestContext, length: int) -> tuple[IBodyProducer, list[ChecksumFilter]]:
+    """The body of a PutObject or UploadPart with S3's checks attached, and the checksum filters
+    whose values are stored.
+
+    A streamed body runs the checks as its bytes pass (its last bytes are held back until they
+    all passed); a body that arrived buffered is checked whole before any backend sees it.
+    """
+    filters, checksum_filters = _body_filters(ctx)
+    streamed = getattr(ctx.request, "body", None)
+    if streamed is not None:
+        streamed.length = length
+        for body_filter in [*filters, LengthFilter(length)]:
+            streamed.add_filter(body_filter)
+        return streamed, checksum_filters
+    data = ctx.read_body()
+    if len(data) != length:
+        raise errors.IncompleteBody()
+    _run_filters(filters, data)
+    return BytesBody(data), checksum_filters
+
+
 async def handle_PutObject(ctx: RequestContext) -> Answer:
     validate_key(ctx.key)
     _refuse_unsupported(ctx)
@@ -183,20 +204,7 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
     await ctx.gateway.get_bucket(ctx.bucket)
     headers, metadata = stored_headers_from_request(ctx)
-    filters, checksum_filters = _body_filters(ctx)
-    streamed = getattr(ctx.request, "body", None)
-    body: IBodyProducer
-    if streamed is not None:
-        streamed.length = length
-        for body_filter in [*filters, LengthFilter(length)]:
-            streamed.add_filter(body_filter)
-        body = streamed
-    else:
-        data = ctx.read_body()
-        if len(data) != length:
-            raise errors.IncompleteBody()
-        _run_filters(filters, data)
-        body = BytesBody(data)
+    body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
         return {
