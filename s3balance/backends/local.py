@@ -830,6 +830,15 @@ class _FileStream:
         self.stopProducing()
 
 
+class _DiskThreadPool(ThreadPool):
+    """Disk threads that never keep the process alive: a write cut short at exit leaves only a
+    temporary file (objects appear by an atomic rename), so nothing is worth waiting for."""
+
+    @staticmethod
+    def threadFactory(*args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
 @implementer(IBackend)
 class LocalDirectoryBackend:
     """Objects as files in a local directory; see the module docstring for the layout.
@@ -860,7 +869,7 @@ class LocalDirectoryBackend:
         self._own_pool = threadpool is None
         self._shutdown_trigger: object = None
         if threadpool is None:
-            threadpool = ThreadPool(minthreads=0, maxthreads=4, name=f"s3balance-local-{name}")
+            threadpool = _DiskThreadPool(minthreads=0, maxthreads=4, name=f"s3balance-local-{name}")
             threadpool.start()
             self._shutdown_trigger = reactor.addSystemEventTrigger(
                 "during", "shutdown", threadpool.stop
