@@ -23,10 +23,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from concurrent.futures import thread as executor_threads
+
+    # Executor threads are told to stop and joined by Python itself at exit: not leaks.
+    joined_at_exit = set(getattr(executor_threads, "_threads_queues", {}))
     leaked = [
         thread.name
         for thread in threading.enumerate()
-        if thread is not threading.main_thread() and thread.is_alive() and not thread.daemon
+        if thread is not threading.main_thread()
+        and thread.is_alive()
+        and not thread.daemon
+        and thread not in joined_at_exit
     ]
     if not leaked:
         return
