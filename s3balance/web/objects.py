@@ -202,7 +202,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     length = _declared_length(ctx)
     if length > MAX_PUT_SIZE:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-    await ctx.gateway.get_bucket(ctx.bucket)
+    # No bucket check here: the gateway's write claim checks the bucket in the same transaction,
+    # still before any body byte is read.
     headers, metadata = stored_headers_from_request(ctx)
     body, checksum_filters = upload_body(ctx, length)
 
