@@ -22,10 +22,11 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from twisted.internet import reactor
 
@@ -180,3 +181,23 @@ class ServerDatabase:
                 connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self.name}`")
         self.url = None
         self._admin.dispose()
+
+
+def server_database(server: str, marker_name: str) -> Any:
+    """A class-scoped pytest fixture giving the test class ``db_url``: a fresh database on
+    ``server`` (skipped, with the reason, when the server does not answer), dropped after."""
+
+    @pytest.fixture(scope="class")
+    def fixture(request: pytest.FixtureRequest) -> Generator[None, None, None]:
+        database = ServerDatabase(server)
+        reason = database.unreachable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        request.cls.db_url = database.create()
+        try:
+            yield
+        finally:
+            database.drop()
+
+    fixture.__name__ = marker_name
+    return fixture

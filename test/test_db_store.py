@@ -25,9 +25,9 @@ from s3balance.db.store import BucketNotEmptyError, MetadataStore, NoSuchBucketE
 from test.dbfixture import (
     MYSQL_SERVER,
     POSTGRES_SERVER,
-    ServerDatabase,
     empty_all_tables,
     make_store,
+    server_database,
 )
 
 Gen = Generator[Any, Any, None]
@@ -636,23 +636,6 @@ class SQLiteThreadPoolStoreTests(StoreTests, unittest.TestCase):
         d.addCallback(lambda _: self.assertEqual(len(seen), 1))
         d.addCallback(lambda _: self.assertFalse(seen[0] == threading.current_thread().name))
         return d
-
-
-def server_database(server: str, marker_name: str) -> Any:
-    @pytest.fixture(scope="class")
-    def fixture(request: pytest.FixtureRequest) -> Generator[None, None, None]:
-        database = ServerDatabase(server)
-        reason = database.unreachable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        request.cls.db_url = database.create()
-        try:
-            yield
-        finally:
-            database.drop()
-
-    fixture.__name__ = marker_name
-    return fixture
 
 
 postgres_db = server_database(POSTGRES_SERVER, "postgres_db")

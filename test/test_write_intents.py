@@ -25,7 +25,7 @@ from s3balance.db import model
 from s3balance.db.store import MetadataStore, WriteIntent
 from s3balance.gateway import Gateway, GatewaySettings
 from s3balance.web.objects import BytesBody
-from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase, make_store
+from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, make_store, server_database
 from test.test_gateway import HeldBody
 
 KEY = "shared/key"
@@ -307,23 +307,6 @@ class WriteIntentTests:
 
 class SQLiteWriteIntentTests(WriteIntentTests, unittest.TestCase):
     pass
-
-
-def server_database(server: str, marker_name: str) -> Any:
-    @pytest.fixture(scope="class")
-    def fixture(request: pytest.FixtureRequest) -> Generator[None, None, None]:
-        database = ServerDatabase(server)
-        reason = database.unreachable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        request.cls.db_url = database.create()
-        try:
-            yield
-        finally:
-            database.drop()
-
-    fixture.__name__ = marker_name
-    return fixture
 
 
 postgres_db = server_database(POSTGRES_SERVER, "postgres_db")

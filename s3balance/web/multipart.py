@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from s3balance import conditions, errors
+from s3balance import errors
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
 from s3balance.gateway import validate_key
 from s3balance.logs import make_logger
@@ -39,6 +39,7 @@ from s3balance.web.filters import ChecksumFilter
 from s3balance.web.objects import (
     _declared_length,
     _refuse_unsupported,
+    check_copy_source_conditions,
     parse_copy_source,
     stored_headers_from_request,
     upload_body,
@@ -349,17 +350,7 @@ class MultipartHandler:
             raise errors.AccessDenied()
         await self.uploads.get_upload(ctx.bucket, ctx.key, upload_id)
         source = await ctx.gateway.get_object_record(source_bucket, source_key)
-        outcome = conditions.evaluate(
-            source.etag,
-            source.last_modified,
-            if_match=ctx.header("x-amz-copy-source-if-match"),
-            if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
-            if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
-            if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
-            for_copy=True,
-        )
-        if outcome is not conditions.Outcome.PROCEED:
-            raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
+        check_copy_source_conditions(ctx, source)
         byte_range = parse_copy_range(ctx.header("x-amz-copy-source-range"), source.size)
         part = await self.uploads.upload_part_copy(
             ctx.bucket, ctx.key, upload_id, part_number, source, byte_range

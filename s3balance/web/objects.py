@@ -361,6 +361,24 @@ async def handle_DeleteObjects(ctx: RequestContext) -> Answer:
     return Answer.xml(xml.delete_result(outcomes, request.quiet))
 
 
+def check_copy_source_conditions(ctx: RequestContext, source: ObjectRecord) -> None:
+    """``x-amz-copy-source-if-*`` of CopyObject and UploadPartCopy, judged on the source.
+
+    :raises S3Error: PreconditionFailed (412) when one does not hold.
+    """
+    outcome = conditions.evaluate(
+        source.etag,
+        source.last_modified,
+        if_match=ctx.header("x-amz-copy-source-if-match"),
+        if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
+        if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
+        if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
+        for_copy=True,
+    )
+    if outcome is not conditions.Outcome.PROCEED:
+        raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
+
+
 def parse_copy_source(value: str) -> tuple[str, str]:
     """``(bucket, key)`` of an ``x-amz-copy-source`` header (``[/]bucket/key[?versionId=]``).
 
@@ -410,17 +428,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
             "The specified copy source is larger than the maximum allowable size for a copy "
             f"source: {MAX_PUT_SIZE}"
         )
-    outcome = conditions.evaluate(
-        source.etag,
-        source.last_modified,
-        if_match=ctx.header("x-amz-copy-source-if-match"),
-        if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
-        if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
-        if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
-        for_copy=True,
-    )
-    if outcome is not conditions.Outcome.PROCEED:
-        raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
+    check_copy_source_conditions(ctx, source)
     if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY":
         raise errors.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself "
