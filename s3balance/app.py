@@ -15,6 +15,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from s3balance.admin.api import AdminResource
 from s3balance.admin.reload import close_retired, install_sighup
@@ -155,10 +156,35 @@ class S3BalanceService(MultiService):
             listener = strports.service(description, self.site, reactor=self.reactor)
             listener.setServiceParent(self)
             self._listeners.append(listener)
+        metrics_site = self._separate_metrics_site()
+        if metrics_site is not None:
+            host = self.config.server.host.replace(":", "\\:")
+            description = f"tcp:{self.config.metrics.port}:interface={host}"
+            listener = strports.service(description, metrics_site, reactor=self.reactor)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
         if self.config_path is not None:
             self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
         log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
+
+    def _separate_metrics_site(self) -> Site | None:
+        """``metrics.port`` (a Go key): the metrics path also on a port of its own, so a
+        scraper can be let in where S3 clients are not."""
+        metrics = self.config.metrics
+        if not (metrics.enabled and metrics.port):
+            return None
+        root = Resource()
+        node = root
+        segments = [s.encode("utf-8") for s in metrics.path.strip("/").split("/")]
+        for segment in segments[:-1]:
+            child = Resource()
+            node.putChild(segment, child)
+            node = child
+        node.putChild(segments[-1], MetricsResource(REGISTRY, token=metrics.token))
+        site = Site(root)
+        site.displayTracebacks = False
+        return site
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -258,3 +258,45 @@ def test_a_class_a_limit_sends_the_fourth_write_elsewhere_even_after_a_restart(
         client(again.endpoint).put_object(Bucket="vb1", Key="k5", Body=b"z")
         assert wait_until(lambda: usage(again) == (3.0, 3.0), timeout=10), usage(again)
         assert stats(again)["cheap"]["class_a"] == 3
+
+
+def test_metrics_port_serves_the_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:
+    """``metrics.port`` (a Go key): scrapers get their own port; S3 is not served there."""
+    import urllib.error
+    import urllib.request
+
+    from test.support import free_port
+
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1"},
+        "buckets": [{"name": "disk", "path": "d"}],
+        "metrics": {"path": "/prom", "port": port, "token": "scrape-me"},
+    }
+    with DaemonProcess(tmp_path, config) as daemon:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/prom", headers={"Authorization": "Bearer scrape-me"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            text = answer.read().decode()
+        assert 's3_balance_bucket_healthy{bucket="disk"}' in text
+        # The token guards that port too, and S3 requests are not answered there.
+        for path, headers in (
+            ("/prom", {}),
+            ("/somebucket", {"Authorization": "Bearer scrape-me"}),
+        ):
+            try:
+                urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers),
+                    timeout=5,
+                )
+            except urllib.error.HTTPError as error:
+                assert error.code in (401, 404), (path, error.code)
+            else:
+                raise AssertionError(f"{path} answered on the metrics port")
+        # The main listener keeps serving the metrics path as well, with the same token.
+        main = urllib.request.Request(
+            f"{daemon.endpoint}/prom", headers={"Authorization": "Bearer scrape-me"}
+        )
+        with urllib.request.urlopen(main, timeout=5) as answer:
+            assert "s3_balance_bucket_healthy" in answer.read().decode()
