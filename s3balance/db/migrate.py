@@ -40,7 +40,9 @@ class SchemaOutdated(Exception):
 MIGRATION_LOCK_TIMEOUT = 300
 
 #: Alembic loads env.py and the scripts as modules, which is not thread-safe: one run at a time.
-_process_lock = threading.Lock()
+#: Checks take it too: on SQLite a new connection's first statements (switching to WAL) fail with
+#: "database is locked" while another thread of this process migrates.
+_process_lock = threading.RLock()
 
 
 def script_location() -> Path:
@@ -175,19 +177,20 @@ def check_or_upgrade(engine: sa.Engine, auto_migrate: bool, in_child: bool = Fal
     :param in_child: upgrade in a child process (the daemon); an in-memory SQLite database
         exists only in this process and is always upgraded here.
     """
-    if at_head(engine):
-        return
-    if auto_migrate:
-        database = engine.url.database
-        if in_child and engine.url.get_backend_name() != "sqlite" or (
-            in_child and database not in (None, "", ":memory:")
-        ):
-            upgrade_in_child(engine)
-        else:
-            upgrade(engine)
+    with _process_lock:
         if at_head(engine):
             return
-    check_schema(engine)
+        if auto_migrate:
+            database = engine.url.database
+            if in_child and engine.url.get_backend_name() != "sqlite" or (
+                in_child and database not in (None, "", ":memory:")
+            ):
+                upgrade_in_child(engine)
+            else:
+                upgrade(engine)
+            if at_head(engine):
+                return
+        check_schema(engine)
 
 
 @contextlib.contextmanager
