@@ -163,6 +163,7 @@ class AdminApiTests(TestCase):
         root = self.service.backends["r2"].root  # type: ignore[attr-defined]
         import shutil
 
+        await self.service.backends["r2"].capacity()  # its disk threads are done preparing root
         shutil.rmtree(root)
         with open(root, "w") as blocker:
             blocker.write("not a directory")

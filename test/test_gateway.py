@@ -124,7 +124,9 @@ class RetryTests(GatewayTestCase):
 
     async def _start(self) -> None:
         await super()._start()
-        # A disk that vanished: the local backend answers BackendUnavailable before the body.
+        # Let the backend finish preparing its directory (its disk threads walk it), then pull
+        # the disk away: the local backend answers BackendUnavailable before the body.
+        await self.daemon.pool.get("r1").capacity()
         shutil.rmtree(os.path.join(self.workdir, "r1"))
 
     async def test_refused_writes_move_to_the_next_choice(self) -> None:
