@@ -183,21 +183,30 @@ class ServerDatabase:
         self._admin.dispose()
 
 
+@contextlib.contextmanager
+def fresh_server_database(server: str) -> Generator[str, None, None]:
+    """The URL of a new database on ``server``, dropped afterwards; the test is skipped, with
+    the reason, when the server does not answer."""
+    database = ServerDatabase(server)
+    reason = database.unreachable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    url = database.create()
+    try:
+        yield url
+    finally:
+        database.drop()
+
+
 def server_database(server: str, marker_name: str) -> Any:
     """A class-scoped pytest fixture giving the test class ``db_url``: a fresh database on
     ``server`` (skipped, with the reason, when the server does not answer), dropped after."""
 
     @pytest.fixture(scope="class")
     def fixture(request: pytest.FixtureRequest) -> Generator[None, None, None]:
-        database = ServerDatabase(server)
-        reason = database.unreachable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        request.cls.db_url = database.create()
-        try:
+        with fresh_server_database(server) as url:
+            request.cls.db_url = url
             yield
-        finally:
-            database.drop()
 
     fixture.__name__ = marker_name
     return fixture

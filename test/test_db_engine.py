@@ -18,7 +18,13 @@ from s3balance.db import model
 from s3balance.db.connector import DBConnector
 from s3balance.db.pool import InlineDBPool, is_transient, run_transaction
 from s3balance.db.records import Location, ObjectRecord
-from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase, make_store
+from test.dbfixture import (
+    MYSQL_SERVER,
+    POSTGRES_SERVER,
+    ServerDatabase,
+    fresh_server_database,
+    make_store,
+)
 
 
 @pytest.fixture
@@ -154,13 +160,9 @@ class ServerEngineTests:
 
     @pytest.fixture(autouse=True)
     def _database(self) -> Any:
-        database = ServerDatabase(self.server)
-        reason = database.unreachable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        self.url = database.create()
-        yield
-        database.drop()
+        with fresh_server_database(self.server) as url:
+            self.url = url
+            yield
 
     def test_real_deadlock_is_retried(self) -> None:
         """Two transactions locking rows in opposite orders: the server kills one, the pool

@@ -23,7 +23,7 @@ from s3balance.config import DatabaseConfig
 from s3balance.db import engine as db_engine
 from s3balance.db import migrate, model
 from s3balance.db.connector import DBConnector
-from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase
+from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, fresh_server_database
 
 REPO = Path(s3balance.__file__).resolve().parent.parent
 
@@ -116,13 +116,9 @@ class ServerMigrationTests(MigrationTests):
 
     @pytest.fixture(autouse=True)
     def _database(self) -> Any:
-        database = ServerDatabase(self.server)
-        reason = database.unreachable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        self.url = database.create()
-        yield
-        database.drop()
+        with fresh_server_database(self.server) as url:
+            self.url = url
+            yield
 
     def empty_database_url(self) -> str:
         return self.url
