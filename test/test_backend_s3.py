@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from s3balance.backends.interface import (
@@ -627,6 +629,88 @@ class FailureTests(TestCase):
         started = time.monotonic()
         await self.assertFailure(backend.probe(0.5), BackendUnavailable)
         self.assertLess(time.monotonic() - started, 3)
+
+
+class _EtagScriptedStore(Resource):
+    """A WebDAV-like store (PUT 201, HEAD, DELETE) whose PUT answers carry an ETag or not,
+    as told per request: the adapter's ETag fallback is observable through what it returns."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_etags: list[bool] = []
+        self.head_etag = True
+        self.objects: dict[bytes, bytes] = {}
+        self.heads = 0
+
+    def render_PUT(self, request: Any) -> bytes:
+        self.objects[request.path] = request.content.read()
+        if self.put_etags.pop(0):
+            request.setHeader(b"ETag", b'"from-the-backend"')
+        request.setResponseCode(201)
+        return b""
+
+    def render_HEAD(self, request: Any) -> bytes:
+        self.heads += 1
+        body = self.objects.get(request.path)
+        if body is None:
+            request.setResponseCode(404)
+            return b""
+        if self.head_etag:
+            request.setHeader(b"ETag", b'"from-head"')
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b""
+
+    def render_DELETE(self, request: Any) -> bytes:
+        self.objects.pop(request.path, None)
+        request.setResponseCode(204)
+        return b""
+
+
+class PutEtagTests(TestCase):
+    """The ETag a PUT reports: the backend's own, else the MD5 of the bytes sent, measured only
+    while the backend has not shown that it sends ETags (hashing costs as much CPU as the rest
+    of the upload)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.store = _EtagScriptedStore()
+        port = reactor.listenTCP(0, Site(self.store), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.backend = _backend_at(self, f"http://127.0.0.1:{port.getHost().port}")
+
+    async def _put(self, key: str, size: int) -> str:
+        result = await self.backend.put_object(key, GeneratedBody(size, seed=size), size, {}, {})
+        return result.etag
+
+    async def test_store_without_etags_gets_the_md5_of_every_body(self) -> None:
+        self.store.put_etags = [False, False]
+        for key, size in (("small", 1000), ("large", 3 << 20)):  # inline and threaded hashing
+            self.assertEqual(await self._put(key, size), f'"{generated_md5(size, seed=size)}"')
+        self.assertEqual(self.store.heads, 0)
+
+    async def test_backend_etag_wins_and_later_bodies_are_not_hashed(self) -> None:
+        self.store.put_etags = [True, True, False, False]
+        self.assertEqual(await self._put("a", 1000), '"from-the-backend"')
+        self.assertEqual(await self._put("b", 1000), '"from-the-backend"')
+        # The third answer lacks the ETag the earlier ones had: the body was not hashed, so
+        # the adapter asks HEAD (an MD5 here would mean it had hashed after all) ...
+        self.assertEqual(await self._put("c", 1000), '"from-head"')
+        self.assertEqual(self.store.heads, 1)
+        # ... and hashes again from then on.
+        self.assertEqual(await self._put("d", 1000), f'"{generated_md5(1000, seed=1000)}"')
+        self.assertEqual(self.store.heads, 1)
+
+    async def test_no_etag_anywhere_fails_the_put_and_removes_the_object(self) -> None:
+        self.store.put_etags = [True, False]
+        self.store.head_etag = False
+        await self._put("a", 10)
+        await self.assertFailure(
+            self.backend.put_object("b", GeneratedBody(10), 10, {}, {}), BackendError
+        )
+        self.assertEqual(list(self.store.objects), [b"/bucket/a"])
 
 
 class KilledBackendTests(TestCase):

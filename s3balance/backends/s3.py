@@ -64,6 +64,7 @@ from s3balance.backends.interface import (
 )
 from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
+from s3balance.logs import make_logger
 from s3balance.web.channel import tune_transport
 
 #: Persistent connections per backend host; Twisted's default of 2 serialises concurrent GETs.
@@ -261,7 +262,12 @@ class _GuardedBody:
     """
 
     def __init__(
-        self, backend: str, inner: IBodyProducer, length: int, watch: _StallWatch
+        self,
+        backend: str,
+        inner: IBodyProducer,
+        length: int,
+        watch: _StallWatch,
+        hash_body: bool = True,
     ) -> None:
         self.length = length
         self.started = False
@@ -275,7 +281,9 @@ class _GuardedBody:
         self._held = b""
         self._agent_paused = False
         #: MD5 of what went out: the ETag when a backend answers a PUT without one.
-        self.md5 = _BackgroundMD5() if length >= BACKGROUND_HASH_MIN else _InlineMD5()
+        self.md5: _InlineMD5 | _BackgroundMD5 | None = None
+        if hash_body:
+            self.md5 = _BackgroundMD5() if length >= BACKGROUND_HASH_MIN else _InlineMD5()
 
     # Agent's side (we are its producer) ------------------------------------------------------
 
@@ -311,7 +319,8 @@ class _GuardedBody:
             return
         self.started = True
         self._watch.touch()
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         total = self._sent + len(self._held) + len(data)
         if total > self.length:
             self._fail(
@@ -658,6 +667,8 @@ class S3Backend:
         self._own_pool = pool is None
         self._pool = pool if pool is not None else make_http_pool(reactor)
         self._stall_timeout = stall_timeout
+        #: Whether the last PUT answer carried an ETag (then the next PUT is not hashed).
+        self._sends_put_etags = False
         policy: IPolicyForHTTPS = (
             BrowserLikePolicyForHTTPS(trustRoot=_load_trust_root(ca_bundle))
             if ca_bundle
@@ -722,6 +733,7 @@ class S3Backend:
         body: bytes | None,
         producer: IBodyProducer | None,
         length: int,
+        hash_body: bool = False,
     ) -> tuple[IResponse, _StallWatch, _GuardedBody | None]:
         """Send one request and wait for the response headers.
 
@@ -734,7 +746,7 @@ class S3Backend:
         guard: _GuardedBody | None = None
         body_producer: IBodyProducer | None = None
         if producer is not None:
-            guard = _GuardedBody(self.name, producer, length, watch)
+            guard = _GuardedBody(self.name, producer, length, watch, hash_body)
             body_producer = guard
         elif body is not None:
             body_producer = _BytesBody(body)
@@ -869,10 +881,13 @@ class S3Backend:
         headers: dict[str, str],
         body: IBodyProducer,
         length: int,
-    ) -> tuple[_Answer, str]:
+        hash_body: bool = False,
+    ) -> tuple[_Answer, str | None]:
         """PUT a streamed body; never retried (the body cannot be replayed).
 
-        :returns: the answer and the MD5 of the bytes sent.
+        :param hash_body: measure the MD5 of the bytes sent (costs about as much CPU as the
+            rest of the upload path).
+        :returns: the answer and, when ``hash_body``, the MD5 of the bytes sent.
         """
         if length == 0:
             # With nothing to hold back, wait for the body to succeed before the backend sees
@@ -881,13 +896,13 @@ class S3Backend:
             answer = await self._call("PUT", path, query, headers, b"", ok=_SUCCESS)
             return answer, hashlib.md5(b"").hexdigest()
         response, watch, guard = await self._attempt(
-            "PUT", path, query, headers, None, body, length
+            "PUT", path, query, headers, None, body, length, hash_body
         )
         assert guard is not None
         answer = await self._read(response, watch)
         if answer.status not in _SUCCESS:
             raise self._error(answer, body_started=guard.started)
-        return answer, guard.md5.hexdigest()
+        return answer, guard.md5.hexdigest() if guard.md5 is not None else None
 
     # -- IBackend ------------------------------------------------------------------------------
 
@@ -909,18 +924,42 @@ class S3Backend:
         headers: dict[str, str],
         metadata: dict[str, str],
     ) -> PutResult:
+        # S3 services always answer a PUT with the ETag; plain HTTP stores (WebDAV) answer
+        # 201/204 without one, and then the MD5 of what we sent is what S3 would have said.
+        # Hashing costs about as much CPU as the rest of the upload, so it stops once this
+        # backend has shown that it sends ETags.
+        hash_body = not self._sends_put_etags
         answer, md5 = await self._upload(
             self.address.object_path(key), None, self._request_headers(headers, metadata),
-            body, length,
+            body, length, hash_body,
         )
-        # S3 services always send the ETag; plain HTTP stores (WebDAV) answer 201/204 without
-        # one, and then the MD5 of what we sent is what S3 would have said.
         etag = answer.header("etag")
-        return PutResult(
-            etag=s3xml.quote_etag(etag) if etag else f'"{md5}"',
-            size=length,
-            checksums=_checksums(answer),
+        self._sends_put_etags = bool(etag)
+        if etag:
+            quoted = s3xml.quote_etag(etag)
+        elif md5 is not None:
+            quoted = f'"{md5}"'
+        else:
+            quoted = await self._etag_after_put(key)
+        return PutResult(etag=quoted, size=length, checksums=_checksums(answer))
+
+    async def _etag_after_put(self, key: str) -> str:
+        """The ETag of an object whose PUT answer had none although earlier ones did (the
+        service changed, or sits behind another proxy now): ask HEAD; without one there either,
+        remove the object rather than store it under an invented ETag."""
+        log.warn(
+            "backend {backend} answered a PUT without an ETag after earlier ones had one; "
+            "asking HEAD and hashing from now on",
+            backend=self.name,
         )
+        try:
+            return (await self._head_object(key)).etag
+        except BackendError:
+            try:
+                await self._delete_object(key)
+            except BackendError:
+                pass  # the gateway's own clean-up of a failed PUT tries again
+            raise
 
     def get_object(
         self, key: str, byte_range: tuple[int, int] | None = None
@@ -1041,6 +1080,7 @@ class S3Backend:
         self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
     ) -> PartResult:
         query = [("partNumber", str(part_number)), ("uploadId", upload_id)]
+        # No MD5: a part's ETag has to come from the backend (CompleteMultipartUpload names it).
         answer, _ = await self._upload(self.address.object_path(key), query, {}, body, length)
         return PartResult(part_number, _require_etag(self.name, answer), length)
 
@@ -1245,6 +1285,8 @@ def _first_header(response: IResponse, name: str) -> str | None:
     value = values[0]
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
+
+log = make_logger()
 
 #: Statuses that mean a PUT was stored: S3 answers 200, WebDAV-style stores 201 or 204.
 _SUCCESS = (200, 201, 204)
