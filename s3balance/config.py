@@ -24,6 +24,8 @@ class ServerConfig:
     #: *ours*: at SIGTERM, how long transfers in flight may take to finish after the listener
     #: stopped accepting.
     shutdown_grace: float = 30.0
+    #: *ours*: let the kernel move large downloads between plain TCP connections (``splice``).
+    zero_copy: bool = True
 
 
 @dataclass

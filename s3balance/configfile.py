@@ -422,6 +422,7 @@ class _Reader:
             write_timeout=s.duration("write_timeout", d.write_timeout),
             idle_timeout=s.duration("idle_timeout", d.idle_timeout),
             shutdown_grace=s.duration("shutdown_grace", d.shutdown_grace),
+            zero_copy=s.boolean("zero_copy", d.zero_copy),
         )
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
@@ -766,6 +767,7 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "write_timeout": format_duration(c.server.write_timeout),
             "idle_timeout": format_duration(c.server.idle_timeout),
             "shutdown_grace": format_duration(c.server.shutdown_grace),
+            "zero_copy": c.server.zero_copy,
         },
         "database": {
             "type": db.type,

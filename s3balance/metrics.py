@@ -113,6 +113,11 @@ INFLIGHT_TRANSFERS = Gauge(
     ["direction"],
     registry=REGISTRY,
 )
+ZERO_COPY_BYTES = Counter(
+    "s3_balance_zero_copy_bytes",
+    "Download bytes the kernel moved from a backend's socket to the client's (server.zero_copy).",
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

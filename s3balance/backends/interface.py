@@ -11,7 +11,7 @@ Every method returns a Deferred; bodies stream in both directions and never sit 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
@@ -117,6 +117,25 @@ class IObjectStream(Interface):
 
     def discard() -> None:
         """Throw the body away and release the connection, without reading it."""
+
+
+class ISocketBody(Interface):
+    """Offered, beside ``IPushProducer``, by the transport an :class:`IObjectStream` body
+    protocol is connected to, when the rest of the body can be read straight off a plain TCP
+    socket (the zero-copy download path, :mod:`s3balance.web.splice`)."""
+
+    def detach() -> Any:
+        """Take the rest of the body off the stream: first deliver (``dataReceived``) whatever
+        was already read, then stop reading and return the ``socket.socket``, positioned at the
+        next body byte.  ``None`` when that is not possible (TLS, chunked framing, the body
+        already ended); the stream then goes on as before.
+
+        After a detach the protocol gets no more calls; the caller reads the remaining bytes
+        itself and then calls :meth:`release`.
+        """
+
+    def release() -> None:
+        """Close the detached connection (its HTTP state is no longer known to the client)."""
 
 
 class IBackend(Interface):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +58,7 @@ from s3balance.backends.interface import (
     Capacity,
     IBackend,
     IObjectStream,
+    ISocketBody,
     ListedObject,
     ObjectInfo,
     PartResult,
@@ -66,6 +68,7 @@ from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
 from s3balance.logs import make_logger
 from s3balance.web.channel import tune_transport
+from s3balance.web.splice import tcp_socket
 
 #: Persistent connections per backend host; Twisted's default of 2 serialises concurrent GETs.
 MAX_PERSISTENT_PER_HOST = 32
@@ -451,7 +454,7 @@ class _Collector(Protocol):
             self.done.errback(reason)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, ISocketBody)
 class _ConsumerTransport:
     """The transport a GET stream's protocol sees: its pauses are not backend stalls."""
 
@@ -473,6 +476,12 @@ class _ConsumerTransport:
     def loseConnection(self) -> None:
         self._guard.stop()
 
+    def detach(self) -> socket.socket | None:
+        return self._guard.detach()
+
+    def release(self) -> None:
+        self._guard.release()
+
 
 class _StreamGuard(Protocol):
     """Passes a GET body from Agent to the caller's protocol.
@@ -482,14 +491,20 @@ class _StreamGuard(Protocol):
     the stall watch.  A stall replaces the end reason with :class:`BackendUnavailable`.
     """
 
-    def __init__(self, backend: str, watch: _StallWatch, inner: Any) -> None:
+    def __init__(
+        self, backend: str, watch: _StallWatch, inner: Any, identity: bool = False
+    ) -> None:
         self._backend = backend
         self._watch = watch
         self._inner = inner
+        self._identity = identity
         self._buffer: list[bytes] = []
         self._ended: Failure | None = None
         self._consumer_paused = False
         self._delivered_end = False
+        #: Set by :meth:`detach`: the caller reads the body off the socket, we deliver nothing.
+        self._detached = False
+        self._raw: Any = None
         watch.on_stall = self.stop
 
     def connectionMade(self) -> None:
@@ -513,7 +528,33 @@ class _StreamGuard(Protocol):
         if self._ended is None and self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
+    def detach(self) -> socket.socket | None:
+        """See :meth:`ISocketBody.detach`: only for a length-delimited body on plain TCP."""
+        if self._ended is not None or self._detached or not self._identity:
+            return None
+        # Agent's TransportProxyProducer wraps the connection's own transport (a private
+        # attribute, checked by the tests); under TLS that is a TLS protocol, not a socket.
+        raw = getattr(self.transport, "_producer", None)
+        sock = tcp_socket(raw)
+        if sock is None or raw is None or raw in raw.reactor.getWriters():
+            return None  # TLS or not TCP; or still sending the request: not ours to take
+        while self._buffer:
+            self._inner.dataReceived(self._buffer.pop(0))
+        assert raw is not None
+        raw.stopReading()
+        self._detached = True
+        self._raw = raw
+        self._watch.stop()
+        return sock
+
+    def release(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
+        if self._detached:
+            return
         self._watch.touch()
         if self._buffer or self._consumer_paused:
             # Twisted resumes the socket right after connecting us, even if our consumer paused
@@ -532,6 +573,8 @@ class _StreamGuard(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._watch.stop()
+        if self._detached:
+            return  # the caller read the body off the socket and closed it
         if reason is None:
             reason = Failure(ResponseDone())
         if self._watch.fired:
@@ -570,7 +613,8 @@ class S3ObjectStream:
         self._watch = watch
 
     def deliverBody(self, protocol: Any) -> None:
-        self._response.deliverBody(_StreamGuard(self._backend, self._watch, protocol))
+        identity = self._response.length is not UNKNOWN_LENGTH
+        self._response.deliverBody(_StreamGuard(self._backend, self._watch, protocol, identity))
 
     def discard(self) -> None:
         self._watch.stop()

@@ -59,6 +59,7 @@ class RequestContext:
     clock: IReactorTime
     region: str
     stall_timeout: float
+    zero_copy: bool = False
     identity: Any = None
     read_body: Callable[[], bytes] = lambda: b""
 

@@ -302,7 +302,7 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     request.setResponseCode(status)
     add_response_headers(request, headers)
     request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
-    await relay_object(request, stream, ctx.clock, ctx.stall_timeout)
+    await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
     return STREAMED
 
 

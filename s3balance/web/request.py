@@ -585,6 +585,12 @@ class StreamingRequest(server.Request):
         super().write(data)
         self.bytes_out += self.sentLength - before
 
+    def note_sent(self, count: int) -> None:
+        """Count response bytes that went to the client without :meth:`write` (the kernel moved
+        them: :mod:`s3balance.web.splice`)."""
+        self.sentLength += count
+        self.bytes_out += count
+
     def _before_headers(self) -> None:
         if self.streamed and self.body is not None and not self.body.complete:
             self.prepare_early_response()

@@ -227,6 +227,7 @@ class _S3Operation(Resource):
             clock=root.clock,
             region=root.region,
             stall_timeout=root.stall_timeout,
+            zero_copy=root.config.server.zero_copy,
             read_body=lambda: _buffered_body(request),
         )
         request.notifyFinish().addBoth(self._count, request, route, started)
