@@ -71,6 +71,8 @@ class Nginx:
         self.name = name
         self.workdir = workdir
         self.port = port
+        #: The backend's second port, without ETags on PUT (only set by :meth:`backend`).
+        self.plain_port = port
         self.config_path = os.path.join(workdir, f"{name}.conf")
         with open(self.config_path, "w") as f:
             f.write(config)
@@ -86,18 +88,24 @@ class Nginx:
 
     @classmethod
     def backend(cls, workdir: str, data_root: str) -> Nginx:
-        """Path-style ``/bucket/key`` PUT, GET, HEAD and DELETE on files under ``data_root``.
+        """Path-style ``/bucket/key`` PUT, GET, HEAD and DELETE on files under ``data_root``, on
+        two ports over the same files.
+
+        ``port`` answers a PUT with an ETag, as every S3 service does, so s3balance takes the
+        backend's ETag and hashes nothing. nginx cannot compute an MD5, so the ETag is opaque,
+        in the form S3 gives ETags that are not an MD5 (``"<hex>-1"``, as for a one-part
+        multipart object); clients then know not to compare it with the bytes' MD5. ``plain_port``
+        answers like a plain WebDAV store, without an ETag: there s3balance measures the MD5 of
+        every body it sends, to report what S3 would have said.
 
         The request-body temp dir sits in ``data_root`` so a finished PUT is a rename, not a copy.
         """
         port = free_port()
+        plain_port = free_port()
         os.makedirs(os.path.join(data_root, BACKEND_BUCKET), exist_ok=True)
         body_temp = os.path.join(data_root, ".body-temp")
         os.makedirs(body_temp, exist_ok=True)
-        config = _main_section(workdir, "backend") + (
-            f"  client_body_temp_path {body_temp};\n"
-            "  server {\n"
-            f"    listen {LOOPBACK}:{port};\n"
+        storage = (
             f"    root {data_root};\n"
             "    client_max_body_size 0;\n"
             "    client_body_buffer_size 1m;\n"
@@ -108,10 +116,32 @@ class Nginx:
             "      default_type application/xml;\n"
             f"      return 200 '{EMPTY_LISTING}';\n"
             "    }\n"
+        )
+        config = _main_section(workdir, "backend") + (
+            f"  client_body_temp_path {body_temp};\n"
+            "  server {\n"
+            f"    listen {LOOPBACK}:{port};\n"
+            f"{storage}"
+            "    location / {\n"
+            "      if ($request_method = PUT) {\n"
+            '        add_header ETag "\\"${request_id}-1\\"" always;\n'
+            "      }\n"
+            "    }\n"
+            "  }\n"
+            "  server {\n"
+            f"    listen {LOOPBACK}:{plain_port};\n"
+            f"{storage}"
             "  }\n"
             "}\n"
         )
-        return cls("backend", workdir, port, config)
+        backend = cls("backend", workdir, port, config)
+        backend.plain_port = plain_port
+        return backend
+
+    @property
+    def plain_url(self) -> str:
+        """The backend's port that answers PUT without an ETag (see :meth:`backend`)."""
+        return f"http://{LOOPBACK}:{self.plain_port}"
 
     @classmethod
     def proxy(cls, workdir: str, upstream_port: int, buffer_size: int = 64 << 10) -> Nginx:

@@ -123,6 +123,29 @@ class ServerProcess:
             process.wait(timeout=grace_seconds)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, its threads included."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its child processes (nginx's workers under their master)."""
+    children: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            children.append(int(entry))
+    return [pid, *children]
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """``VmHWM`` (peak resident) and ``VmRSS`` (resident now) of a process, in KiB."""
     found: dict[str, int] = {}

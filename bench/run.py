@@ -29,13 +29,18 @@ from typing import Any
 from bench import clients
 from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
 from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
-from bench.procs import memory_kib
+from bench.procs import cpu_seconds, memory_kib, process_tree
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 DIRECT, PROXY, S3BALANCE = "direct", "nginx-proxy", "s3balance"
-ALL_PATHS = (DIRECT, PROXY, S3BALANCE)
+#: s3balance in front of the backend's port that answers PUT without an ETag (a plain WebDAV
+#: store): the daemon then measures the MD5 of every body it uploads.
+S3BALANCE_MD5 = "s3balance-md5"
+ALL_PATHS = (DIRECT, PROXY, S3BALANCE, S3BALANCE_MD5)
+#: Paths with a process between client and backend whose CPU time is measured.
+MIDDLE_PATHS = (PROXY, S3BALANCE, S3BALANCE_MD5)
 
 # Targets of the issue "The S3 data path".
 TARGET_GET_VS_PROXY = 1.0
@@ -85,6 +90,8 @@ class Measurement:
     path: str
     unit: str
     samples: list[float] = field(default_factory=list)
+    #: CPU seconds the process in the middle (proxy or daemon) spent per GiB moved.
+    cpu_per_gib: list[float] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -92,6 +99,12 @@ class Measurement:
         if self.error or not self.samples:
             return None
         return statistics.median(self.samples)
+
+    @property
+    def cpu_median(self) -> float | None:
+        if self.error or not self.cpu_per_gib:
+            return None
+        return statistics.median(self.cpu_per_gib)
 
 
 @dataclass
@@ -142,13 +155,22 @@ def measure(
     path: Path,
     unit: str,
     action: Callable[[], float],
+    cpu_pids: list[int] | None = None,
+    size: int = 0,
 ) -> None:
-    """Run one sample; a failure marks the whole measurement failed and is kept for the report."""
+    """Run one sample; a failure marks the whole measurement failed and is kept for the report.
+
+    :param cpu_pids: processes whose CPU time during the sample is charged to ``size`` bytes.
+    """
     entry = results.get(operation, path.name, unit)
     if entry.error:
         return
     try:
+        before = sum(cpu_seconds(pid) for pid in cpu_pids or ())
         entry.samples.append(action())
+        if cpu_pids and size:
+            used = sum(cpu_seconds(pid) for pid in cpu_pids) - before
+            entry.cpu_per_gib.append(used * GiB / size)
     except (clients.TransferError, OSError, ValueError) as e:
         entry.error = str(e)[:300]
 
@@ -174,6 +196,8 @@ class Bench:
         self.paths: list[Path] = []
         self.daemon: S3BalanceDaemon | None = None
         self.servers: list[Any] = []
+        #: Path name -> the process(es) between client and backend (for CPU per GiB).
+        self.middle: dict[str, int] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -193,6 +217,7 @@ class Bench:
             proxy.start()
             self.servers.append(proxy)
             self.paths.append(Path(PROXY, proxy.url, BACKEND_BUCKET))
+            self.middle[PROXY] = proxy.server.pid
         if S3BALANCE in wanted:
             local_root = None
             if self.options.s3balance_backend == "local":
@@ -211,6 +236,20 @@ class Bench:
             else:
                 self.daemon = daemon
                 self.paths.append(Path(S3BALANCE, daemon.url, VIRTUAL_BUCKET))
+                self.middle[S3BALANCE] = daemon.pid
+        if S3BALANCE_MD5 in wanted:
+            second = os.path.join(workdir, "md5-daemon")
+            os.makedirs(second)
+            plain = S3BalanceDaemon(second, backend.plain_url)
+            self.servers.append(plain)
+            try:
+                plain.start()
+            except RuntimeError as e:
+                self.results.setup_errors.append(f"s3balance (md5) did not start: {e}")
+                self.say(f"! s3balance (md5) did not start:\n{e}")
+            else:
+                self.paths.append(Path(S3BALANCE_MD5, plain.url, VIRTUAL_BUCKET))
+                self.middle[S3BALANCE_MD5] = plain.pid
 
     def stop_servers(self) -> None:
         for server in reversed(self.servers):
@@ -230,6 +269,24 @@ class Bench:
             f"now {figures['VmRSS'] / 1024:.1f} MiB"
         )
 
+    def warm_up(self, workdir: str) -> None:
+        """One untimed 1 MiB PUT, GET and DELETE per path: connections to the backend are open
+        and the daemon has seen whether the backend answers PUT with an ETag (until it has, it
+        hashes what it sends) before anything is timed, as on a daemon that has been serving."""
+        source = os.path.join(workdir, "warm-up")
+        clients.make_source_file(source, MiB)
+        try:
+            for path in self.paths:
+                url = path.url("warm-up")
+                try:
+                    clients.put_file(url, source, self.options.timeout)
+                    clients.get_to_null(url, MiB, self.options.timeout)
+                    clients.delete(url)
+                except (clients.TransferError, OSError) as e:
+                    self.results.notes.append(f"warm-up of {path.name}: {e}")
+        finally:
+            os.unlink(source)
+
     # -- large objects -----------------------------------------------------------------------
 
     def large(self, workdir: str, size: int) -> None:
@@ -243,14 +300,28 @@ class Bench:
             for rep in range(self.options.repeat):
                 for path in self.paths:
                     measure(
-                        self.results, put_op, path, "MB/s", partial(self.put, path, key, source)
+                        self.results,
+                        put_op,
+                        path,
+                        "MB/s",
+                        partial(self.put, path, key, source),
+                        self.middle_pids(path),
+                        size,
                     )
                 self.say(f"  PUT {label} round {rep + 1}/{self.options.repeat} done")
             for path in self.paths:
                 verify(self.results, get_op, path, "MB/s", partial(self.check, path, key, md5))
             for rep in range(self.options.repeat):
                 for path in self.paths:
-                    measure(self.results, get_op, path, "MB/s", partial(self.get, path, key, size))
+                    measure(
+                        self.results,
+                        get_op,
+                        path,
+                        "MB/s",
+                        partial(self.get, path, key, size),
+                        self.middle_pids(path),
+                        size,
+                    )
                 self.say(f"  GET {label} round {rep + 1}/{self.options.repeat} done")
             self.record_daemon_memory(f"after {label}")
         finally:
@@ -261,6 +332,13 @@ class Bench:
                         clients.delete(path.url(key))
                     except OSError as e:
                         self.results.notes.append(f"cleanup of {path.name} {key}: {e}")
+
+    def middle_pids(self, path: Path) -> list[int]:
+        """The processes between client and backend on ``path`` (nginx: master and workers)."""
+        pid = self.middle.get(path.name)
+        if pid is None:
+            return []
+        return process_tree(pid) if path.name == PROXY else [pid]
 
     def put(self, path: Path, key: str, source: str) -> float:
         return clients.put_file(path.url(key), source, self.options.timeout).megabytes_per_second
@@ -358,6 +436,7 @@ class Bench:
         try:
             self.start_servers(workdir)
             self.record_daemon_memory("at start")
+            self.warm_up(workdir)
             for size in sorted(options.sizes):
                 self.large(workdir, size)
             if options.small_count > 0:
@@ -418,6 +497,37 @@ def table(results: Results, paths: list[str]) -> list[str]:
     return lines + [f"! {error}" for error in errors]
 
 
+def cpu_table(results: Results, paths: list[str]) -> list[str]:
+    """Large objects: CPU seconds per GiB of the process between client and backend.
+
+    Less noisy than MB/s on a shared machine (it does not count time spent waiting for a core),
+    and what a proxy costs whatever the machine: lower is better.
+    """
+    middle = [p for p in paths if p in MIDDLE_PATHS]
+    rows = [("operation", *middle, *(f"{p} / nginx-proxy" for p in middle if p != PROXY))]
+    for operation in results.operations:
+        if " x" in operation:
+            continue  # small objects: requests, not bytes
+        values = []
+        for path in middle:
+            entry = results.measurements.get((operation, path))
+            values.append(entry.cpu_median if entry else None)
+        if all(v is None for v in values):
+            continue
+        by_path = dict(zip(middle, values, strict=True))
+        cells = [f"{v:.2f} s/GiB" if v is not None else "-" for v in values]
+        ratios = [_ratio(by_path[p], by_path.get(PROXY)) for p in middle if p != PROXY]
+        rows.append((operation, *cells, *ratios))
+    if len(rows) == 1:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 @dataclass
 class Verdict:
     target: str
@@ -441,6 +551,17 @@ def verdicts(results: Results, sizes: list[int], small_label: str | None) -> lis
             else:
                 ratio = ours / proxy
                 found.append(Verdict(text, f"{ratio:.2f}x", ratio >= target))
+        hashed = results.median(f"PUT {label}", S3BALANCE_MD5)
+        proxy = results.median(f"PUT {label}", PROXY)
+        if hashed is not None and proxy:
+            found.append(
+                Verdict(
+                    f"PUT {label}: s3balance-md5 (backend without ETag) vs nginx-proxy "
+                    "(no target)",
+                    f"{hashed / proxy:.2f}x",
+                    None,
+                )
+            )
     peaks = [hwm for _, hwm, _ in results.daemon_memory]
     if peaks:
         peak = max(peaks) / 1024
@@ -499,6 +620,13 @@ def report(results: Results, options: argparse.Namespace, paths: list[str]) -> l
         f"{options.repeat} run(s); ratios are what to compare on a shared machine) ==",
     ]
     lines += table(results, paths)
+    cpu = cpu_table(results, paths)
+    if cpu:
+        lines.append("")
+        lines.append(
+            "CPU time of the process in the middle per GiB moved (medians; lower is better):"
+        )
+        lines += cpu
     lines.append("")
     lines.append("s3balance daemon memory (VmHWM = peak resident, VmRSS = resident now):")
     if results.daemon_memory:

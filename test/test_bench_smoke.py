@@ -23,6 +23,7 @@ from bench.run import (
     DIRECT,
     PROXY,
     S3BALANCE,
+    S3BALANCE_MD5,
     Measurement,
     Results,
     main,
@@ -82,6 +83,25 @@ def test_backend_stores_what_is_put(backend: Nginx, workdir: str, source: tuple[
         clients.get_to_null(url, MiB, timeout=20)
 
 
+def test_backend_port_answers_put_with_an_etag_and_plain_port_without(
+    backend: Nginx, source: tuple[str, str]
+) -> None:
+    """The port the daemon uses answers PUT like an S3 service (with an opaque, non-MD5 ETag);
+    the plain port like a WebDAV store (without).  GET keeps nginx's own ETag on both."""
+    import urllib.request
+
+    def put(url: str) -> dict[str, str]:
+        request = urllib.request.Request(url, data=b"hello", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return {k.lower(): v for k, v in answer.headers.items()}
+
+    etag = put(f"{backend.url}/{BACKEND_BUCKET}/smoke/etag").get("etag", "")
+    assert re.fullmatch(r'"[0-9a-f]{32}-1"', etag), etag
+    assert "etag" not in put(f"{backend.plain_url}/{BACKEND_BUCKET}/smoke/plain")
+    with urllib.request.urlopen(f"{backend.url}/{BACKEND_BUCKET}/smoke/plain", timeout=10) as got:
+        assert got.read() == b"hello" and got.headers["ETag"]
+
+
 def test_nginx_proxy_streams_to_the_backend(
     backend: Nginx, workdir: str, source: tuple[str, str]
 ) -> None:
@@ -94,6 +114,27 @@ def test_nginx_proxy_streams_to_the_backend(
         assert round_trip_check == source[1]
     finally:
         proxy.stop()
+
+
+def test_s3balance_md5_daemon_round_trip(
+    backend: Nginx, workdir: str, source: tuple[str, str]
+) -> None:
+    """Before the ETag-less port, the daemon reports the MD5 it measured as the ETag."""
+    import urllib.request
+
+    second = os.path.join(workdir, "md5-daemon")
+    os.makedirs(second)
+    daemon = S3BalanceDaemon(second, backend.plain_url)
+    try:
+        daemon.start()
+        url = f"{daemon.url}/{VIRTUAL_BUCKET}/smoke/m"
+        with open(source[0], "rb") as f:
+            request = urllib.request.Request(url, data=f.read(), method="PUT")
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            assert answer.headers["ETag"] == f'"{source[1]}"'
+        round_trip(url, source)
+    finally:
+        daemon.stop()
 
 
 def test_s3balance_daemon_round_trip(backend: Nginx, workdir: str, source: tuple[str, str]) -> None:
@@ -179,8 +220,9 @@ def test_one_command_runs_every_path(capsys: pytest.CaptureFixture[str]) -> None
     )
     out = capsys.readouterr().out
     for operation in ("PUT 1 MiB", "GET 1 MiB", "PUT 4 KiB x2", "GET 4 KiB x2"):
-        for path in (DIRECT, PROXY, S3BALANCE):
+        for path in (DIRECT, PROXY, S3BALANCE, S3BALANCE_MD5):
             unit = "req/s" if "KiB" in operation else "MB/s"
             assert re.search(rf"^{operation}\s+{path}\s+\d+ {unit}", out, re.M), out
+    assert re.search(r"^GET 1 MiB\s+[\d.]+ s/GiB\s+[\d.]+ s/GiB", out, re.M), out
     assert "FAILED" not in out and "error:" not in out, out
     assert code in (0, 1)  # 1: a target missed at 1 MiB is a figure, not a broken bench
