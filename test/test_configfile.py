@@ -63,6 +63,7 @@ def test_go_file_loads_unchanged() -> None:
     assert config.server.port == 8080
     assert config.server.read_timeout == 30.0
     assert config.server.idle_timeout == 60.0
+    assert config.server.zero_copy is True
     assert config.database.type == "sqlite"
     assert config.database.dsn == "data/s3-balance.db"
     assert config.database.conn_max_lifetime == 300.0
@@ -165,6 +166,7 @@ def test_unknown_keys_are_refused_with_a_suggestion(data: Any, expected: str) ->
         ),
         (minimal(metrics={"enabled": "true"}), "metrics.enabled: 'true' is not a boolean"),
         (minimal(metrics={"enabled": 1}), "metrics.enabled: 1 is not a boolean"),
+        (minimal(server={"zero_copy": "off"}), "server.zero_copy: 'off' is not a boolean"),
         (minimal(server={"host": ["a"]}), "server.host: a list is not text"),
         (minimal(s3api={"region": True}), "s3api.region: true is not text (put it in quotes"),
         (minimal(server=[1, 2]), "server: a list is not a mapping (expected keys: host, port"),
