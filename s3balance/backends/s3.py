@@ -2,8 +2,8 @@
 
 Object bytes go through :class:`twisted.web.client.Agent` with a persistent connection pool in
 both directions and are never held whole (treq would decode gzip, buffer and re-serialise URLs).
-Every request is signed by botocore (:mod:`s3balance.backends.s3signing`); XML answers are read
-by :mod:`s3balance.backends.s3xml`.
+Every request is signed by :mod:`s3balance.backends.s3signing` (tested against botocore); XML
+answers are read by :mod:`s3balance.backends.s3xml`.
 
 Timeouts: Agent's ``connectTimeout`` bounds connecting; a stall watch aborts a request when
 nothing moves for ``stall_timeout`` while the backend is the one expected to act (answering,

@@ -1,20 +1,60 @@
 """Where a request to a real S3 bucket goes, and its SigV4 signature.
 
-The URL is built once, percent-encoded here, and the very same bytes are signed (by botocore, never
-a hand-rolled signer) and sent by Agent: SigV4 signs the exact request target, so any
-re-serialisation in between (``..`` segments collapsed, ``+`` turned into a space, ``~`` encoded)
-would break the signature or, worse, address a different key.
+The URL is built once, percent-encoded here, and the very same bytes are signed and sent by Agent:
+SigV4 signs the exact request target, so any re-serialisation in between (``..`` segments
+collapsed, ``+`` turned into a space, ``~`` encoded) would break the signature or, worse, address
+a different key.
+
+The signer is a transcription of botocore's ``S3SigV4Auth`` and ``S3SigV4QueryAuth`` for the
+requests built here, not an independent reading of the specification: ``test/test_s3signing.py``
+checks that it produces byte for byte the headers and URLs botocore produces for the same input.
+It exists because importing botocore (with urllib3 and dateutil) cost the daemon about 3.5 MiB of
+resident memory for its whole life, for a few HMACs per request.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from email.utils import formatdate
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
-from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config as BotocoreConfig
-from botocore.credentials import Credentials
+from s3balance.auth.sigv4 import (
+    ALGORITHM,
+    EMPTY_SHA256,
+    SERVICE,
+    TERMINATOR,
+    TIMESTAMP_FORMAT,
+    UNSIGNED_PAYLOAD,
+    signing_key,
+)
+
+#: Headers botocore leaves out of a signature (hop-by-hop or rewritten on the way).
+UNSIGNED_HEADERS = frozenset(
+    {
+        "baggage",
+        "connection",
+        "expect",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "traceparent",
+        "tracestate",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "x-amzn-trace-id",
+    }
+)
+
+#: Headers the signer sets itself; a caller's values for them are dropped.
+_REPLACED_HEADERS = frozenset({"authorization", "date", "x-amz-date", "x-amz-content-sha256"})
 
 
 def quote_key(key: str) -> str:
@@ -114,7 +154,7 @@ class BucketAddress:
 
 
 class Signer:
-    """SigV4 signatures for one set of credentials and region, by botocore.
+    """SigV4 signatures for one set of credentials and region, as botocore's S3 signers make them.
 
     Payload modes: a request without body signs the empty body's hash; a small in-memory body
     (multipart XML) is hashed and signed; a streamed body is sent as ``UNSIGNED-PAYLOAD``.
@@ -122,13 +162,28 @@ class Signer:
     to plain-http endpoints (loopback or a private network) the operator chose that trade; and
     whenever the client gave a Content-MD5 (or an ``x-amz-checksum-*``) we forward it, so the
     backend verifies the bytes it stores anyway.  Hashing the body first would mean buffering it.
+
+    S3 flavour of SigV4, as botocore applies it: the canonical URI is the URL's path exactly as
+    sent (never normalised nor re-encoded), and the canonical query is the URL's own
+    ``name=value`` pairs, sorted as they are written.
+
+    :param clock: seconds since the epoch (``time.time``); the signing time, to the second.
     """
 
-    def __init__(self, access_key: str, secret_key: str, region: str) -> None:
-        self._credentials = Credentials(access_key, secret_key)
+    def __init__(
+        self,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._access_key = access_key
+        self._secret_key = secret_key
         self._region = region
-        self._unsigned_payload = BotocoreConfig(s3={"payload_signing_enabled": False})
-        self._signed_payload = BotocoreConfig(s3={"payload_signing_enabled": True})
+        self._clock = clock
+        #: The last signing date and its derived key (it changes once a day); one tuple, so a
+        #: reader never pairs a date with another date's key.
+        self._derived: tuple[str, bytes] = ("", b"")
 
     def sign(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, streamed: bool
@@ -137,26 +192,130 @@ class Signer:
         ``Authorization``.
 
         ``headers`` must hold every header the request will carry except ``Content-Length``
-        (which Agent adds; S3 does not require it signed), including ``Host``.
+        (which Agent adds; S3 does not require it signed), including ``Host``.  Values the caller
+        gives for the three headers above are replaced; a ``Date`` header is re-dated to the
+        signing time and then stands for ``X-Amz-Date`` (as botocore does).
 
         :param body: the whole body when it is in memory; ``None`` for no body or a streamed one.
         :param streamed: the body comes from a producer: sign ``UNSIGNED-PAYLOAD``.
+        :raises ValueError: ``headers`` has no ``Host``.
         """
-        request = AWSRequest(method=method, url=url, headers=dict(headers), data=body or b"")
-        request.context["client_config"] = (
-            self._unsigned_payload if streamed else self._signed_payload
-        )
-        S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
-        signed = {name: str(value) for name, value in request.headers.items()}
+        seconds = math.floor(self._clock())
+        timestamp = time.strftime(TIMESTAMP_FORMAT, time.gmtime(seconds))
+        dated = any(name.lower() == "date" for name in headers)
+        signed = {
+            name: value for name, value in headers.items() if name.lower() not in _REPLACED_HEADERS
+        }
+        if dated:
+            signed["Date"] = formatdate(seconds)
+        else:
+            signed["X-Amz-Date"] = timestamp
         if streamed:
-            assert signed.get("X-Amz-Content-SHA256") == UNSIGNED_PAYLOAD
+            payload = UNSIGNED_PAYLOAD
+        elif body:
+            payload = hashlib.sha256(body).hexdigest()
+        else:
+            payload = EMPTY_SHA256
+        signed["X-Amz-Content-SHA256"] = payload
+
+        values: dict[str, list[str]] = {}
+        for name, value in signed.items():
+            lowered = name.lower()
+            if lowered not in UNSIGNED_HEADERS:
+                values.setdefault(lowered, []).append(value)
+        if "host" not in values:
+            raise ValueError("the headers to sign carry no Host")
+        canonical_headers = "".join(
+            f"{name}:{','.join(' '.join(value.split()) for value in values[name])}\n"
+            for name in sorted(values)
+        )
+        signed_names = ";".join(sorted(name.strip() for name in values))
+        parts = urlsplit(url)
+        canonical = "\n".join(
+            [
+                method.upper(),
+                parts.path,
+                _canonical_query(parts.query),
+                canonical_headers,
+                signed_names,
+                payload,
+            ]
+        )
+        signature = self._signature(timestamp, canonical)
+        signed["Authorization"] = (
+            f"{ALGORITHM} Credential={self._access_key}/{self._scope(timestamp)}, "
+            f"SignedHeaders={signed_names}, Signature={signature}"
+        )
         return signed
 
     def presign(self, url: str, host: str, expires_in: int, params: dict[str, str]) -> str:
         """A query-signed GET URL for ``url`` (without query) carrying ``params``
-        (``response-*`` overrides), which botocore encodes and signs with its own."""
-        request = AWSRequest(method="GET", url=url, headers={"Host": host}, params=dict(params))
-        S3SigV4QueryAuth(self._credentials, "s3", self._region, expires=expires_in).add_auth(
-            request
+        (``response-*`` overrides), encoded and signed with the ``X-Amz-*`` parameters."""
+        seconds = math.floor(self._clock())
+        timestamp = time.strftime(TIMESTAMP_FORMAT, time.gmtime(seconds))
+        parts = urlsplit(url)
+        operation = {
+            name: found[0] for name, found in parse_qs(parts.query, keep_blank_values=True).items()
+        }
+        operation.update(params)
+        authentication = [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", f"{self._access_key}/{self._scope(timestamp)}"),
+            ("X-Amz-Date", timestamp),
+            ("X-Amz-Expires", str(expires_in)),
+            ("X-Amz-SignedHeaders", "host"),
+        ]
+        query = _percent_encode_pairs(authentication)
+        if operation:
+            query = f"{_percent_encode_pairs(operation.items())}&{query}"
+        presigned = urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+        signed_parts = urlsplit(presigned)
+        canonical = "\n".join(
+            [
+                "GET",
+                signed_parts.path,
+                _canonical_query(signed_parts.query),
+                f"host:{' '.join(host.split())}\n",
+                "host",
+                UNSIGNED_PAYLOAD,
+            ]
         )
-        return str(request.url)
+        return f"{presigned}&X-Amz-Signature={self._signature(timestamp, canonical)}"
+
+    def _scope(self, timestamp: str) -> str:
+        return f"{timestamp[:8]}/{self._region}/{SERVICE}/{TERMINATOR}"
+
+    def _signature(self, timestamp: str, canonical: str) -> str:
+        date = timestamp[:8]
+        derived_date, key = self._derived
+        if derived_date != date:
+            key = signing_key(self._secret_key, date, self._region)
+            self._derived = (date, key)
+        to_sign = "\n".join(
+            [
+                ALGORITHM,
+                timestamp,
+                self._scope(timestamp),
+                hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            ]
+        )
+        return hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _canonical_query(query: str) -> str:
+    """A URL's query as SigV4 signs it: its ``name=value`` pairs, as written, sorted."""
+    if not query:
+        return ""
+    pairs = []
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        pairs.append((name, value))
+    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
+def _percent_encode_pairs(pairs: Iterable[tuple[str, str]]) -> str:
+    """``name=value`` pairs in order, UTF-8 percent-encoded but for ``-._~``."""
+    return "&".join(
+        f"{quote(name.encode('utf-8'), safe='-._~')}={quote(value.encode('utf-8'), safe='-._~')}"
+        for name, value in pairs
+    )
