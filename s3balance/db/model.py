@@ -17,7 +17,6 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
@@ -35,6 +34,12 @@ metadata = sa.MetaData(
 
 #: MySQL table options: InnoDB for transactions and row locks, utf8mb4 for any text, and a binary
 #: collation so names compare exactly (case-sensitively) as on the other databases.
+#:
+#: Every table gets them just before it is created on MySQL or MariaDB (see
+#: :func:`_add_mysql_options`), not as ``sa.Table`` keywords: SQLAlchemy validates ``mysql_*``
+#: keywords by importing its whole MySQL dialect, every driver module included, which cost each
+#: SQLite or PostgreSQL daemon about 1 MiB of resident memory.  For the same reason the MySQL
+#: column types below are imported only when a MySQL dialect asks for them.
 _MYSQL_TABLE: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
@@ -58,6 +63,8 @@ class Utf8Bytes(sa.types.TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             # BLOB cannot be indexed without a prefix length; VARBINARY can, and does not pad.
             return dialect.type_descriptor(mysql.VARBINARY(self.length))
         return dialect.type_descriptor(sa.LargeBinary())
@@ -86,6 +93,8 @@ class JsonText(sa.types.TypeDecorator[Any]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
             return dialect.type_descriptor(mysql.MEDIUMTEXT())
         return dialect.type_descriptor(sa.Text())
 
@@ -112,7 +121,6 @@ virtual_buckets = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("from_config", sa.Boolean, nullable=False),
     sa.UniqueConstraint("name"),
-    **_MYSQL_TABLE,
 )
 
 objects = sa.Table(
@@ -135,7 +143,6 @@ objects = sa.Table(
     sa.Column("part_sizes", JsonText, nullable=False),
     # (bucket_id, key) is both the identity of an object and the index listings range-scan.
     sa.UniqueConstraint("bucket_id", "key"),
-    **_MYSQL_TABLE,
 )
 
 object_locations = sa.Table(
@@ -154,7 +161,6 @@ object_locations = sa.Table(
     sa.Column("real_key", sa.Text, nullable=False),
     sa.Index(None, "object_id"),
     sa.Index(None, "backend"),
-    **_MYSQL_TABLE,
 )
 
 multipart_uploads = sa.Table(
@@ -180,7 +186,6 @@ multipart_uploads = sa.Table(
     sa.Index(None, "bucket_id", "key", "upload_id"),
     sa.Index(None, "initiated"),
     sa.Index(None, "backend"),
-    **_MYSQL_TABLE,
 )
 
 multipart_parts = sa.Table(
@@ -198,7 +203,6 @@ multipart_parts = sa.Table(
     sa.Column("etag", sa.String(80), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("last_modified", sa.Double, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 backend_usage = sa.Table(
@@ -207,7 +211,6 @@ backend_usage = sa.Table(
     sa.Column("backend", sa.String(255), primary_key=True),
     sa.Column("used_bytes", sa.BigInteger, nullable=False),
     sa.Column("object_count", sa.BigInteger, nullable=False),
-    **_MYSQL_TABLE,
 )
 
 operation_counters = sa.Table(
@@ -220,7 +223,6 @@ operation_counters = sa.Table(
     sa.Column("bytes_in", sa.BigInteger, nullable=False),
     sa.Column("bytes_out", sa.BigInteger, nullable=False),
     sa.Index(None, "month"),
-    **_MYSQL_TABLE,
 )
 
 #: Longest real key: a virtual bucket name (63 bytes) + "/" + a key (1024 bytes), with room for
@@ -243,7 +245,6 @@ write_intents = sa.Table(
     #: Refreshed while the write goes on; a claim whose heartbeat is old belongs to a dead daemon.
     sa.Column("heartbeat_at", sa.Double, nullable=False),
     sa.Index(None, "token"),
-    **_MYSQL_TABLE,
 )
 
 #: Writers waiting for a claimed location, so claims are granted first come, first served: a
@@ -258,5 +259,15 @@ write_waiters = sa.Table(
     sa.Column("first_seen", sa.Double, nullable=False),
     #: Renewed at every poll; a waiter not seen for a while gave up (client gone, timed out).
     sa.Column("last_seen", sa.Double, nullable=False),
-    **_MYSQL_TABLE,
 )
+
+
+def _add_mysql_options(table: sa.Table, connection: sa.Connection, **kw: Any) -> None:
+    """``before_create``: give ``table`` the :data:`_MYSQL_TABLE` options on MySQL or MariaDB
+    (whose dialect is loaded by then); other databases ignore them and never load it."""
+    if connection.dialect.name in ("mysql", "mariadb"):
+        table.dialect_kwargs.update(_MYSQL_TABLE)
+
+
+for _table in metadata.tables.values():
+    sa.event.listen(_table, "before_create", _add_mysql_options)
