@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, default_config, load_config
+from s3balance.heap import steady_heap
 from s3balance.logs import LEVELS, set_level
 
 DEFAULT_CONFIG_PATH = os.path.join("etc", "s3balance.yaml")
@@ -95,6 +96,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
 
     config: Config = options["loaded"]
     set_level(options.get("log-level", "info"))
+    steady_heap()  # see s3balance/heap.py: large transfers otherwise churn the heap
     prepare_database(config)
     return S3BalanceService(
         config,
