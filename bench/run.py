@@ -226,30 +226,28 @@ class Bench:
                     "s3balance stored into a local directory (--s3balance-backend local), not "
                     "into nginx: its ratios compare different backends"
                 )
-            daemon = S3BalanceDaemon(workdir, backend.url, local_root)
-            self.servers.append(daemon)
-            try:
-                daemon.start()
-            except RuntimeError as e:
-                self.results.setup_errors.append(f"s3balance did not start: {e}")
-                self.say(f"! s3balance did not start:\n{e}")
-            else:
-                self.daemon = daemon
-                self.paths.append(Path(S3BALANCE, daemon.url, VIRTUAL_BUCKET))
-                self.middle[S3BALANCE] = daemon.pid
+            self.daemon = self.start_daemon(S3BALANCE, workdir, backend.url, local_root)
         if S3BALANCE_MD5 in wanted:
             second = os.path.join(workdir, "md5-daemon")
             os.makedirs(second)
-            plain = S3BalanceDaemon(second, backend.plain_url)
-            self.servers.append(plain)
-            try:
-                plain.start()
-            except RuntimeError as e:
-                self.results.setup_errors.append(f"s3balance (md5) did not start: {e}")
-                self.say(f"! s3balance (md5) did not start:\n{e}")
-            else:
-                self.paths.append(Path(S3BALANCE_MD5, plain.url, VIRTUAL_BUCKET))
-                self.middle[S3BALANCE_MD5] = plain.pid
+            self.start_daemon(S3BALANCE_MD5, second, backend.plain_url)
+
+    def start_daemon(
+        self, name: str, workdir: str, backend_url: str, local_root: str | None = None
+    ) -> S3BalanceDaemon | None:
+        """Start a daemon for path ``name``; a daemon that does not start is a setup error of
+        that path only (the others are still measured)."""
+        daemon = S3BalanceDaemon(workdir, backend_url, local_root)
+        self.servers.append(daemon)
+        try:
+            daemon.start()
+        except RuntimeError as e:
+            self.results.setup_errors.append(f"{name} did not start: {e}")
+            self.say(f"! {name} did not start:\n{e}")
+            return None
+        self.paths.append(Path(name, daemon.url, VIRTUAL_BUCKET))
+        self.middle[name] = daemon.pid
+        return daemon
 
     def stop_servers(self) -> None:
         for server in reversed(self.servers):
