@@ -18,10 +18,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
-from s3balance.backends.interface import IObjectStream
-from s3balance.web.relay import BodyLengthMismatch, StallTimeout, relay_object
+from s3balance.backends.interface import IObjectStream, ISocketBody
+from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, StallTimeout, relay_object
 from s3balance.web.request import ClientDisconnected, StreamingRequest
 from s3balance.web.site import S3Site
 
@@ -65,7 +65,7 @@ def never_stream(method: bytes, path: bytes, headers: Any) -> bool:
 
 
 def start_get(
-    length: int,
+    length: int, zero_copy: bool = False, stream: HeldStream | None = None
 ) -> tuple[StreamingRequest, HeldStream, StringTransport, MemoryReactorClock, Deferred[int]]:
     clock = MemoryReactorClock()
     getter = Getter()
@@ -76,8 +76,8 @@ def start_get(
     channel.dataReceived(b"GET /bucket/key HTTP/1.1\r\nHost: example\r\n\r\n")
     request = getter.requests[0]
     request.setResponseCode(200)
-    stream = HeldStream(length)
-    relayed = relay_object(request, stream, clock, 30.0)
+    stream = stream or HeldStream(length)
+    relayed = relay_object(request, stream, clock, 30.0, zero_copy)
     return request, stream, transport, clock, relayed
 
 
@@ -104,6 +104,20 @@ def test_success_finishes_once_with_content_length() -> None:
     assert b"chunked" not in response.lower()
     assert response.endswith(b"\r\n\r\n0123456789")
     assert request.finished and not transport.disconnecting
+
+
+def test_zero_copy_does_not_hold_the_body_for_a_client_without_a_tcp_socket() -> None:
+    """A backend socket that could be taken over, but a client the kernel cannot write to (TLS,
+    here an in-memory transport): the body flows at once, never paused for a splice."""
+    length = SPLICE_MIN * 2
+    stream = HeldStream(length)
+    directlyProvides(stream.transport, ISocketBody)
+    request, stream, transport, clock, relayed = start_get(length, True, stream)
+    assert stream.transport.producerState == "producing"
+    assert stream.protocol is not None
+    stream.protocol.dataReceived(b"x" * length)
+    stream.protocol.connectionLost(Failure(ResponseDone()))
+    assert relayed.result == length
 
 
 def test_slow_client_pauses_the_backend() -> None:

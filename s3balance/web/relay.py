@@ -15,8 +15,9 @@ ordinary path.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as StallTimeout
@@ -112,22 +113,35 @@ class _RelayProtocol(Protocol):
             # The client is already behind: start paused rather than overfill its buffer.
             self.producer.pauseProducing()
         request.notify_disconnect().addCallback(self._client_gone)
-        if self._zero_copy and ISocketBody.providedBy(self.transport):
+        if (
+            self._zero_copy
+            and ISocketBody.providedBy(self.transport)
+            and self._client_socket() is not None
+        ):
             # Hold the body until the next turn, when the backend's socket can be taken over.
             self.producer.pauseProducing()
             self.clock.callLater(0, self._begin_splice)
+
+    def _client_socket(self) -> tuple[Any, Any, socket.socket] | None:
+        """The client's transport, its reactor and its socket, when a splice can write to it
+        (plain TCP, a reactor that watches file descriptors); ``None`` otherwise (TLS...)."""
+        client = getattr(self.request.channel, "transport", None)
+        reactor = getattr(client, "reactor", None)
+        sink = splice.tcp_socket(client)
+        if client is None or sink is None or not IReactorFDSet.providedBy(reactor):
+            return None
+        return client, reactor, sink
 
     def _begin_splice(self) -> None:
         """Hand the rest of the body to the kernel, or resume the ordinary relay."""
         if self._done or self.request.disconnected:
             return
         assert self.producer is not None
-        client = getattr(self.request.channel, "transport", None)
-        reactor = getattr(client, "reactor", None)
-        sink = splice.tcp_socket(client)
-        if client is None or sink is None or not IReactorFDSet.providedBy(reactor):
+        found = self._client_socket()
+        if found is None:
             self.producer.resumeProducing()
             return
+        client, reactor, sink = found
         body: ISocketBody = ISocketBody(self.transport)
         source = body.detach()  # delivers what was already read: it goes through write()
         if source is None:
