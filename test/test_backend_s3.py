@@ -40,6 +40,7 @@ from s3balance.backends.s3signing import BucketAddress, Signer
 from s3balance.config import BucketConfig
 from test.backend_contract import MIN_PART, BackendContractMixin
 from test.support import free_port, unique_bucket_name
+from test.support.adapters import s3_backend_at
 from test.support.bodies import (
     BodyFailed,
     BytesBody,
@@ -203,25 +204,6 @@ def _scripted_server(
 
     test.addCleanup(cleanup)
     return factory
-
-
-def _backend_at(
-    test: TestCase, endpoint: str, stall_timeout: float = 30, connect_timeout: float = 5
-) -> S3Backend:
-    backend = S3Backend(
-        name="test-backend",
-        endpoint=endpoint,
-        bucket="bucket",
-        region="us-east-1",
-        access_key="AKID",
-        secret_key="secret",
-        path_style=True,
-        reactor=reactor,
-        stall_timeout=stall_timeout,
-        connect_timeout=connect_timeout,
-    )
-    test.addCleanup(backend.close)
-    return backend
 
 
 class _Ending(Protocol):
@@ -489,7 +471,7 @@ class FailureTests(TestCase):
     timeout = 30
 
     async def test_connection_refused_is_unavailable_before_any_body_byte(self) -> None:
-        backend = _backend_at(self, f"http://127.0.0.1:{free_port()}")
+        backend = s3_backend_at(self, f"http://127.0.0.1:{free_port()}")
         body = GeneratedBody(1000)
         error: Any = await self.assertFailure(
             backend.put_object("k", body, 1000, {}, {}), BackendUnavailable
@@ -501,7 +483,7 @@ class FailureTests(TestCase):
 
     async def test_stall_before_the_answer_aborts_the_request(self) -> None:
         server = _scripted_server(self, lambda connection: None)  # accepts, never answers
-        backend = _backend_at(self, server.endpoint, stall_timeout=0.5)
+        backend = s3_backend_at(self, server.endpoint, stall_timeout=0.5)
         started = time.monotonic()
         await self.assertFailure(backend.head_object("k"), BackendUnavailable)
         # One retry (HEAD is idempotent), each attempt given up after 0.5 s.
@@ -521,7 +503,7 @@ class FailureTests(TestCase):
             )
 
         server = _scripted_server(self, half_an_answer)
-        backend = _backend_at(self, server.endpoint, stall_timeout=0.5)
+        backend = s3_backend_at(self, server.endpoint, stall_timeout=0.5)
         stream = await backend.get_object("k")
         self.assertEqual((stream.length, stream.size, stream.etag), (100000, 100000, '"abc"'))
         protocol = _Ending()
@@ -539,7 +521,7 @@ class FailureTests(TestCase):
             connection.transport.loseConnection()
 
         server = _scripted_server(self, truncated)
-        backend = _backend_at(self, server.endpoint)
+        backend = s3_backend_at(self, server.endpoint)
         stream = await backend.get_object("k")
         protocol = _Ending()
         stream.deliverBody(protocol)
@@ -560,7 +542,7 @@ class FailureTests(TestCase):
             connection.received = b""
 
         server = _scripted_server(self, busy)
-        backend = _backend_at(self, server.endpoint)
+        backend = s3_backend_at(self, server.endpoint)
         await self.assertFailure(backend.get_object("k"), BackendUnavailable)
         self.assertEqual(server.requests, 2)
         await self.assertFailure(backend.delete_object("k"), BackendUnavailable)
@@ -575,7 +557,7 @@ class FailureTests(TestCase):
 
     async def test_backend_not_reading_the_body_is_a_stall(self) -> None:
         server = _scripted_server(self, lambda connection: None, read=False)
-        backend = _backend_at(self, server.endpoint, stall_timeout=0.5)
+        backend = s3_backend_at(self, server.endpoint, stall_timeout=0.5)
         size = 64 * 1024 * 1024
         body = GeneratedBody(size)
         started = time.monotonic()
@@ -595,7 +577,7 @@ class FailureTests(TestCase):
             )
 
         server = _scripted_server(self, half_a_listing)
-        backend = _backend_at(self, server.endpoint, stall_timeout=0.5)
+        backend = s3_backend_at(self, server.endpoint, stall_timeout=0.5)
         started = time.monotonic()
         await self.assertFailure(backend.list_objects(""), BackendUnavailable)
         self.assertLess(time.monotonic() - started, 5)
@@ -614,7 +596,7 @@ class FailureTests(TestCase):
             connection.received = b""
 
         server = _scripted_server(self, late_error)
-        backend = _backend_at(self, server.endpoint)
+        backend = s3_backend_at(self, server.endpoint)
         await self.assertFailure(
             backend.complete_multipart_upload("k", "u", [(1, '"e"')]), BackendUnavailable
         )
@@ -625,7 +607,7 @@ class FailureTests(TestCase):
 
     async def test_probe_gives_up_at_its_timeout(self) -> None:
         server = _scripted_server(self, lambda connection: None)
-        backend = _backend_at(self, server.endpoint, stall_timeout=30)
+        backend = s3_backend_at(self, server.endpoint, stall_timeout=30)
         started = time.monotonic()
         await self.assertFailure(backend.probe(0.5), BackendUnavailable)
         self.assertLess(time.monotonic() - started, 3)
@@ -679,7 +661,7 @@ class PutEtagTests(TestCase):
         self.store = _EtagScriptedStore()
         port = reactor.listenTCP(0, Site(self.store), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        self.backend = _backend_at(self, f"http://127.0.0.1:{port.getHost().port}")
+        self.backend = s3_backend_at(self, f"http://127.0.0.1:{port.getHost().port}")
 
     async def _put(self, key: str, size: int) -> str:
         result = await self.backend.put_object(key, GeneratedBody(size, seed=size), size, {}, {})
@@ -850,7 +832,7 @@ class TLSTests(TestCase):
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         ca_path, server_options = _self_signed_certificate(directory)
         server = _scripted_server(self, self._head_answer, tls=server_options)
-        untrusting = _backend_at(self, server.endpoint)
+        untrusting = s3_backend_at(self, server.endpoint)
         await self.assertFailure(untrusting.head_object("k"), BackendUnavailable)
         trusting = S3Backend(
             "tls", server.endpoint, "bucket", "us-east-1", "AKID", "secret", True, reactor,

@@ -24,6 +24,7 @@ from s3balance.web import splice
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, relay_object
 from s3balance.web.request import ClientDisconnected, StreamingRequest
 from s3balance.web.site import S3Site
+from test.support.adapters import s3_backend_at
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -187,18 +188,7 @@ class SpliceRelayTests(TestCase):
 
     def _start(self, backend: ThreadBackend, zero_copy: bool = True) -> Getter:
         self.addCleanup(backend.close)
-        adapter = S3Backend(
-            name="thread-backend",
-            endpoint=f"http://127.0.0.1:{backend.port}",
-            bucket="bucket",
-            region="us-east-1",
-            access_key="AKID",
-            secret_key="secret",
-            path_style=True,
-            reactor=reactor,
-            stall_timeout=10,
-        )
-        self.addCleanup(adapter.close)
+        adapter = s3_backend_at(self, f"http://127.0.0.1:{backend.port}", stall_timeout=10)
         getter = Getter(adapter, zero_copy)
         site = S3Site(getter, _never_stream, clock=reactor)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
