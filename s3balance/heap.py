@@ -53,4 +53,5 @@ def steady_heap() -> bool:
         (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         (_M_ARENA_MAX, ARENA_MAX),
     )
+    # A list, not a generator: every setting is applied even when an earlier one is refused.
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])
