@@ -101,12 +101,14 @@ class Daemon:
 
         await self.port.stopListening()
         # Clients keep connections alive: close them so the reactor is clean after the test.
+        # A channel leaves ``channels`` when its connection is lost (``Protocol.connected`` is
+        # never reset, so it cannot tell).
         for channel in list(self.channels):
             transport = getattr(channel, "transport", None)
-            if transport is not None and channel.connected:
+            if transport is not None:
                 transport.abortConnection()
         for _ in range(100):
-            if not any(channel.connected for channel in self.channels):
+            if not self.channels:
                 break
             await task.deferLater(reactor, 0.01, lambda: None)
         for cleanup in reversed(self.cleanups):
@@ -223,6 +225,13 @@ async def start_daemon(
         channel = build(address)
         if channel is not None:
             daemon.channels.append(channel)
+            lose = channel.connectionLost
+
+            def connectionLost(reason: Any) -> None:
+                daemon.channels.remove(channel)
+                lose(reason)
+
+            channel.connectionLost = connectionLost
         return channel
 
     site.buildProtocol = tracked  # type: ignore[method-assign]
