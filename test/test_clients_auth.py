@@ -29,6 +29,8 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from s3balance.config import BucketConfig, Config, Credential
+from test.support import require_tool
+from test.support.clients import aws_binary
 from test.support.daemon import DaemonTestCase, seaweed_buckets
 
 MAIN_KEY, MAIN_SECRET = "MAINKEY", "main-secret-0123456789"
@@ -335,9 +337,6 @@ def s3cmd_config(folder: str, port: int, key: str, secret: str, sigv2: bool) -> 
     return path
 
 
-S3CMD = "/usr/bin/s3cmd"
-AWS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin",
-                   "aws")
 
 
 @pytest.mark.slow
@@ -391,8 +390,7 @@ class ClientAuthTests(SeaweedAuthCase, unittest.TestCase):
         return self.client_for(MAIN_KEY, MAIN_SECRET)
 
     async def test_awscli(self) -> None:
-        if not os.access(AWS, os.X_OK):
-            raise unittest.SkipTest("awscli is not installed in the venv")
+        AWS = aws_binary()
         endpoint = ["--endpoint-url", self.daemon.endpoint]
         source = os.path.join(self.workdir, "cli.txt")
         data = os.urandom(70_000)
@@ -441,8 +439,7 @@ class ClientAuthTests(SeaweedAuthCase, unittest.TestCase):
         self.assertEqual(await self.keys_in(), ["api.bin", "dir/cli.txt"])
 
     async def test_s3cmd_sigv4_and_sigv2(self) -> None:
-        if not os.access(S3CMD, os.X_OK):
-            raise unittest.SkipTest("s3cmd is not installed")
+        S3CMD = require_tool("s3cmd")
         port = self.daemon.port_number
         source = os.path.join(self.workdir, "s3cmd.bin")
         data = os.urandom(50_000)
@@ -503,11 +500,10 @@ class PresignedUrlTests(SeaweedAuthCase, unittest.TestCase):
         self.assertEqual(put.status, 200, put.body)
         got = await self.call(curl, self.presign("get_object", "up.bin"))
         self.assertEqual((got.status, got.body), (200, data))
-        if os.access(AWS, os.X_OK):
-            url = (await self.call(run_ok, [AWS, "s3", "presign", "s3://vb/up.bin",
-                                            "--endpoint-url", self.daemon.endpoint])).strip()
-            got = await self.call(curl, url)
-            self.assertEqual((got.status, got.body), (200, data))
+        url = (await self.call(run_ok, [aws_binary(), "s3", "presign", "s3://vb/up.bin",
+                                        "--endpoint-url", self.daemon.endpoint])).strip()
+        got = await self.call(curl, url)
+        self.assertEqual((got.status, got.body), (200, data))
 
     async def test_tampered_presigned_urls(self) -> None:
         data = b"presigned payload"

@@ -8,7 +8,6 @@ import hashlib
 import http.client
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -22,10 +21,10 @@ from s3balance.backends.interface import BackendInvalidPart
 from s3balance.config import BucketConfig
 from s3balance.multipart import MultipartUploads
 from s3balance.web.multipart import MultipartHandler
+from test.support import require_tool
 from test.support.daemon import DaemonTestCase, seaweed_buckets
 
 MiB = 1024 * 1024
-VENV_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin")
 
 
 def random_file(path: str, size: int) -> str:
@@ -439,9 +438,7 @@ class RealClientTests(MultipartDaemonCase, unittest.TestCase):
         self.assertEqual(self.leftover_uploads(), [])
 
     async def test_awscli_cp_of_a_large_file(self) -> None:
-        aws = os.path.join(VENV_BIN, "aws")
-        if not os.access(aws, os.X_OK):
-            raise unittest.SkipTest("awscli is not installed in the venv")
+        aws = require_tool("aws")
         source = os.path.join(self.workdir, "cli.bin")
         back = os.path.join(self.workdir, "cli-back.bin")
         digest = random_file(source, 20 * MiB)
@@ -456,9 +453,7 @@ class RealClientTests(MultipartDaemonCase, unittest.TestCase):
         self.assertEqual(file_md5(back), digest)
 
     async def test_rclone_copy_and_check(self) -> None:
-        rclone = shutil.which("rclone")
-        if rclone is None:
-            raise unittest.SkipTest("rclone is not installed")
+        rclone = require_tool("rclone")
         folder = os.path.join(self.workdir, "tree")
         os.makedirs(os.path.join(folder, "sub"))
         random_file(os.path.join(folder, "big.bin"), 12 * MiB)

@@ -4,7 +4,6 @@ fails the redirect first."""
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +11,7 @@ import pytest
 from twisted.trial import unittest
 
 from s3balance.config import Config
+from test.support import require_tool
 from test.support.daemon import DaemonTestCase
 from test.test_clients_auth import (
     MAIN_KEY,
@@ -182,9 +182,7 @@ class RedirectTests(SeaweedAuthCase, unittest.TestCase):
         self.assertTrue(location.startswith(self.weed.endpoint), location)
 
     async def test_rclone_follows_the_redirect(self) -> None:
-        rclone = shutil.which("rclone")
-        if rclone is None:
-            raise unittest.SkipTest("rclone is not installed")
+        rclone = require_tool("rclone")
         await self.put("dir/r.bin")
         await self.put("dir/s.bin", b"second object")
         env = clean_env()

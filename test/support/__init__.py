@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
+import sys
+import unittest
 import uuid
 
 _bucket_counter = itertools.count()
@@ -42,3 +45,28 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """One loopback TCP port that was free a moment ago."""
     return free_ports(1)[0]
+
+
+def find_tool(name: str) -> str | None:
+    """An executable next to the interpreter running the tests (the venv's awscli, weed), else
+    on ``$PATH``; ``None`` when neither has it."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(name)
+
+
+def require_tool(name: str) -> str:
+    """The path of client tool ``name``.
+
+    A developer without it gets a skip; under CI (``CI`` set, as ``.ci/run`` runs), whose job is
+    to install every client the suite relies on, a missing tool fails the test instead of hiding
+    what it checks behind a skip.
+    """
+    found = find_tool(name)
+    if found is not None:
+        return found
+    message = f"{name} is not installed (neither beside {sys.executable} nor on PATH)"
+    if os.environ.get("CI"):
+        raise AssertionError(message + "; .ci/run must install it")
+    raise unittest.SkipTest(message)

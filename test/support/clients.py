@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from test.support import unique_bucket_name
+from test.support import require_tool, unique_bucket_name
 from test.support.process import DaemonProcess
 from test.support.seaweedfs import SeaweedFS
 
@@ -192,9 +190,8 @@ def run_client(
 
 
 def aws_binary() -> str:
-    """The venv's awscli (v1), next to the interpreter running the tests."""
-    candidate = Path(sys.executable).with_name("aws")
-    return str(candidate) if candidate.exists() else shutil.which("aws") or "aws"
+    """awscli (v1) from the test extra, next to the interpreter running the tests."""
+    return require_tool("aws")
 
 
 def aws(endpoint: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:

