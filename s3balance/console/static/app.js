@@ -20,7 +20,7 @@ function h(tag, attrs, ...children) {
     else if (name === "text") element.textContent = value;
     else element.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     element.append(child instanceof Node ? child : String(child));
   }
@@ -117,7 +117,7 @@ function setTitle(text) {
 
 function render(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((node) => node !== null && node !== undefined));
 }
 
 function failed(error) {
@@ -190,7 +190,7 @@ function signIn() {
 // -- charts -------------------------------------------------------------------------------------
 
 function lineChart(id, title, samples, field, format) {
-  const width = 600, height = 170, left = 56, bottom = 22, top = 10;
+  const width = 360, height = 150, left = 56, bottom = 20, top = 10;
   const values = samples.map((sample) => sample[field]);
   const max = Math.max(1e-9, ...values);
   const last = values.length ? values[values.length - 1] : 0;
@@ -210,7 +210,7 @@ function lineChart(id, title, samples, field, format) {
     });
     svg.append(s("polyline", { class: "line", points: points.join(" ") }));
     svg.append(s("text", { x: left, y: height - 4 }, when(t0).slice(11, 16)),
-      s("text", { x: width - 40, y: height - 4 }, when(t1).slice(11, 16)));
+      s("text", { x: width - 32, y: height - 4 }, when(t1).slice(11, 16)));
   } else {
     svg.append(s("text", { x: left + 10, y: height / 2 }, "collecting samples…"));
   }
@@ -219,7 +219,7 @@ function lineChart(id, title, samples, field, format) {
 
 function barChart(id, title, groups, series) {
   // groups: [{label, values: {name: number}}]; series: [{name, label, cls}]
-  const width = 600, height = 190, left = 56, bottom = 34, top = 10;
+  const width = 480, height = 190, left = 56, bottom = 34, top = 10;
   const max = Math.max(1, ...groups.flatMap((g) => series.map((x) => g.values[x.name] || 0)));
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
     "aria-label": title + ": " + groups.map((g) => g.label + " " + series.map((x) => x.label + " " + count(g.values[x.name] || 0)).join(", ")).join("; ") });
@@ -383,7 +383,7 @@ async function objects(where) {
   let sofar = "";
   for (const part of prefix.split("/").filter(Boolean)) { sofar += part + "/"; crumbs.push(h("li", {}, link(sofar, part))); }
   const folderRows = page.prefixes.map((p) => h("tr", { class: "folder" },
-    cell("Name", "📁 ", link(p, p.slice(prefix.length))), cell("Size", "folder"), cell("Modified", ""), cell("ETag", ""), cell("Stored on", ""), cell("Actions", "")));
+    cell("Name", link(p, p.slice(prefix.length))), cell("Size", "folder"), cell("Modified", ""), cell("ETag", ""), cell("Stored on", ""), cell("Actions", "")));
   const objectRows = page.objects.map((o) => h("tr", { "data-key": o.key },
     cell("Name", h("span", { class: "mono" }, o.key.slice(prefix.length))),
     numCell("Size", bytes(o.size)),
