@@ -335,3 +335,14 @@ def test_problem_documents_find_the_key_and_its_line() -> None:
         }
     ]
     assert "api" in restart_keys() and "s3api.allow_create_bucket" not in restart_keys()
+
+
+def test_metrics_path_may_not_hide_the_console() -> None:
+    from s3balance.configfile import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config(
+            {"buckets": [{"name": "b", "path": "/tmp/b"}], "metrics": {"path": "/web/metrics"}}
+        )
+    assert "metrics.path: '/web/metrics' is inside the web console" in str(refused.value)
+    parse_config({"buckets": [{"name": "b", "path": "/tmp/b"}], "metrics": {"path": "/webstats"}})

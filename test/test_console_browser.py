@@ -35,6 +35,7 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -51,6 +52,16 @@ RECORD_VIOLATIONS = (
     "document.addEventListener('securitypolicyviolation', function (e) {"
     "  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI); });"
 )
+
+#: Form controls a screen reader could not name: no label, no aria-label, no text.
+UNLABELLED_CONTROLS = """
+return Array.from(document.querySelectorAll('input, select, textarea, button'))
+  .filter((e) => e.type !== 'hidden')
+  .filter((e) => e.tagName === 'BUTTON'
+    ? !(e.textContent.trim() || e.getAttribute('aria-label'))
+    : !((e.labels && e.labels.length) || e.getAttribute('aria-label')))
+  .map((e) => e.outerHTML.slice(0, 120));
+"""
 
 
 class Console:
@@ -85,6 +96,7 @@ class Console:
     def screenshot(self, name: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.check_page_stays_home()
+        self.check_every_control_is_labelled()
         self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
     def check_page_stays_home(self) -> None:
@@ -97,6 +109,10 @@ class Console:
             assert url.startswith(self.base + "/") or url.startswith("blob:" + self.base), url
         violations = self.driver.execute_script("return window.__cspViolations || [];")
         assert violations == []
+
+    def check_every_control_is_labelled(self) -> None:
+        unlabelled = self.driver.execute_script(UNLABELLED_CONTROLS)
+        assert unlabelled == []
 
     def api(self, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -220,8 +236,7 @@ def test_sign_in_refuses_a_wrong_token_then_accepts_the_right_one(console: Conso
     console.screenshot("signin-wrong-token")
     assert console.driver.execute_script("return sessionStorage.length") == 0
     field.clear()
-    field.send_keys(TOKEN)
-    field.submit()
+    field.send_keys(TOKEN + Keys.ENTER)  # the keyboard alone signs in
     console.title_is("Dashboard")
     # The token is in this tab's session storage and in no cookie.
     stored = console.driver.execute_script("return sessionStorage.getItem('s3balance.token')")
@@ -241,6 +256,15 @@ def test_dashboard_shows_every_backend_and_its_state(console: Console) -> None:
     for chart in ("requests", "errors", "bytes-in", "bytes-out"):
         console.find(f"#chart-{chart} svg")
     console.screenshot("dashboard")
+    # The keyboard reaches the skip link first, then the pages.
+    body = console.driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    focused = console.driver.switch_to.active_element
+    assert focused.text == "Skip to content"
+    for _ in range(2):
+        focused.send_keys(Keys.TAB)
+        focused = console.driver.switch_to.active_element
+    assert focused.text == "Dashboard" and focused.get_attribute("aria-current") == "page"
 
 
 def test_disable_and_enable_a_backend_changes_health(console: Console) -> None:
@@ -372,6 +396,12 @@ def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
 def test_sign_out(console: Console) -> None:
     console.open("/web/dashboard")
     console.title_is("Dashboard")
+    # By now the traffic history has a few samples: this is the README's picture.
+    # (two samples are 20 s apart; the dashboard redraws every 10 s)
+    console.wait(30).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#chart-requests polyline"))
+    )
+    console.screenshot("dashboard-with-traffic")
     console.find("#signout").click()
     console.text_in("#signin-note", "Signed out")
     assert console.driver.execute_script("return sessionStorage.getItem('s3balance.token')") is None

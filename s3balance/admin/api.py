@@ -52,6 +52,38 @@ also those with no operations yet.
 "grace": seconds (optional, default 3600)}`` -> the :class:`s3balance.scrub.ScrubReport` as JSON
 (``{"clean", "orphans", "dangling", "removed", "errors", "backends": {<name>: {...}}, ...}``).
 A scrub lists whole real buckets: it can take long on big ones.
+
+For the web console (:mod:`s3balance.console`), which has no other way in:
+
+``POST /api/buckets`` with ``{"name"}`` -> the new ``<virtual bucket>`` (CreateBucket's rules:
+``s3api.allow_create_bucket``, the name rules; S3 errors come back as their status with
+``{"error", "code"}``).  ``DELETE /api/buckets/{name}`` -> ``{"deleted"}``, an empty virtual bucket
+only (409 ``BucketNotEmpty``; 409 for a real bucket's name).
+
+``GET /api/virtual-buckets`` -> ``{"buckets": [<virtual bucket> + "object_count", "bytes"]}``.
+
+``GET /api/buckets/{name}/objects?prefix=&delimiter=&start_after=&max_keys=`` (delimiter ``/``
+and 100 keys by default, at most 1000) -> ``{"bucket", "prefix", "objects": [{"key", "size",
+"last_modified", "etag" (unquoted), "content_type", "locations": [{"backend", "real_key"}]}],
+"prefixes", "truncated", "next_start_after"}``.
+
+``GET /api/buckets/{name}/download?key=K`` -> the object's bytes, relayed from its backend as
+they come (``Content-Disposition: attachment``); ``HEAD`` -> the object's document.
+``DELETE /api/buckets/{name}/object?key=K`` -> ``{"deleted", "bucket"}``.
+
+``GET /api/balancer`` -> ``{"strategy", "strategies", "decisions": {<real bucket>: {"total",
+<strategy>: count, ...}}}``: placements since the daemon started.
+
+``GET /api/history`` -> ``{"period", "samples": [{"time", "requests_per_second",
+"server_errors_per_second", "client_errors_per_second", "bytes_in_per_second",
+"bytes_out_per_second"}]}``, oldest first, the last hour (:mod:`s3balance.admin.history`).
+
+``GET /api/config/yaml`` -> ``{"yaml" (secrets masked), "restart_keys"}``.
+``POST /api/config/validate`` with ``{"yaml": "<text>"}`` or ``{"config": {...}}`` -> ``{"valid",
+"problems": [{"key", "message", "line", "text"}]}``: ``POST /api/config``'s validation, without
+applying (a backend that cannot be built is only found by applying).  ``POST /api/config/yaml``
+with the same body applies like ``POST /api/config`` (answer: ``{"changes", "config"}``; refused:
+400 ``{"errors", "problems"}``).  YAML that does not parse is 400 with its line.
 """
 
 from __future__ import annotations
