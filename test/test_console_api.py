@@ -346,3 +346,19 @@ def test_metrics_path_may_not_hide_the_console() -> None:
         )
     assert "metrics.path: '/web/metrics' is inside the web console" in str(refused.value)
     parse_config({"buckets": [{"name": "b", "path": "/tmp/b"}], "metrics": {"path": "/webstats"}})
+
+
+def test_every_console_asset_is_package_data() -> None:
+    """The wheel carries what the console serves (pyproject's package-data globs cover it)."""
+    import fnmatch
+    import tomllib
+
+    from s3balance.console import resource
+
+    root = Path(resource.__file__).parent
+    pyproject = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["s3balance.console"]
+    shipped = sorted(p.relative_to(root).as_posix() for p in (root / "static").iterdir())
+    assert shipped == sorted(["static/shell.html", *(f"static/{n}" for n in resource.ASSETS)])
+    for name in shipped:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in globs), name

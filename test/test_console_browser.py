@@ -278,6 +278,11 @@ def test_disable_and_enable_a_backend_changes_health(console: Console) -> None:
     console.find(f"#toggle-{name}").click()
     console.wait().until(lambda _: console.health_of(name)["enabled"])
     console.text_in(f'tr[data-backend="{name}"]', "healthy")
+    weight = console.find(f"#weight-{name}")
+    weight.clear()
+    weight.send_keys("3")
+    console.find(f"#save-weight-{name}").click()
+    console.wait().until(lambda _: console.api(f"buckets/{name}")["weight"] == 3)
     console.screenshot("backends")
 
 
