@@ -387,13 +387,22 @@ def test_invalid_yaml_shows_the_problem_next_to_its_key(console: Console) -> Non
 def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
     console.driver.set_window_size(390, 844)
     try:
-        for page, title in (("dashboard", "Dashboard"), ("settings", "Settings")):
+        pages = (
+            ("dashboard", "Dashboard"),
+            ("backends", "Backends"),
+            ("buckets", "Buckets"),
+            ("buckets/photos", "Bucket photos"),
+            ("balancer", "Balancer"),
+            ("stats", "Statistics"),
+            ("settings", "Settings"),
+        )
+        for page, title in pages:
             console.open(f"/web/{page}")
             console.title_is(title)
             width = console.driver.execute_script("return document.documentElement.scrollWidth;")
             viewport = console.driver.execute_script("return window.innerWidth;")
             assert width <= viewport, (page, width, viewport)
-            console.screenshot(f"{page}-390px")
+            console.screenshot(f"{page.replace('/', '-')}-390px")
     finally:
         console.driver.set_window_size(1280, 900)
 

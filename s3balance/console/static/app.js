@@ -238,7 +238,10 @@ function barChart(id, title, groups, series) {
     });
     svg.append(s("text", { x: left + i * slot + 2, y: height - 18 }, group.label.slice(0, 14)));
   });
-  svg.append(s("text", { x: left, y: height - 2 }, series.map((x) => `${x.label}: ${x.cls === "bar-a" ? "blue" : "amber"}`).join("   ")));
+  series.forEach((x, j) => {
+    svg.append(s("rect", { class: x.cls, x: left + j * 110, y: height - 11, width: 10, height: 10 }),
+      s("text", { x: left + j * 110 + 14, y: height - 2 }, x.label));
+  });
   return h("figure", { id }, h("figcaption", {}, title), svg);
 }
 
@@ -285,6 +288,7 @@ async function dashboard() {
       h("div", { class: "charts" },
         lineChart("chart-requests", "Requests per second", samples, "requests_per_second", rate),
         lineChart("chart-errors", "Server errors (5xx) per second", samples, "server_errors_per_second", rate),
+        lineChart("chart-client-errors", "Client errors (4xx) per second", samples, "client_errors_per_second", rate),
         lineChart("chart-bytes-in", "Bytes in per second", samples, "bytes_in_per_second", (n) => bytes(n) + "/s"),
         lineChart("chart-bytes-out", "Bytes out per second", samples, "bytes_out_per_second", (n) => bytes(n) + "/s")));
   };
@@ -383,7 +387,7 @@ async function objects(where) {
   let sofar = "";
   for (const part of prefix.split("/").filter(Boolean)) { sofar += part + "/"; crumbs.push(h("li", {}, link(sofar, part))); }
   const folderRows = page.prefixes.map((p) => h("tr", { class: "folder" },
-    cell("Name", link(p, p.slice(prefix.length))), cell("Size", "folder"), cell("Modified", ""), cell("ETag", ""), cell("Stored on", ""), cell("Actions", "")));
+    cell("Name", link(p, p.slice(prefix.length))), cell("Size", "folder"), ...["Modified", "ETag", "Stored on", "Actions"].map((label) => h("td", { "data-label": label, class: "empty" }))));
   const objectRows = page.objects.map((o) => h("tr", { "data-key": o.key },
     cell("Name", h("span", { class: "mono" }, o.key.slice(prefix.length))),
     numCell("Size", bytes(o.size)),
