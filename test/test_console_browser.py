@@ -283,6 +283,8 @@ def test_disable_and_enable_a_backend_changes_health(console: Console) -> None:
     weight.send_keys("3")
     console.find(f"#save-weight-{name}").click()
     console.wait().until(lambda _: console.api(f"buckets/{name}")["weight"] == 3)
+    console.find("#probe-now").click()
+    console.text_in("#toast", "Probed: all 2 enabled backends are healthy")
     console.screenshot("backends")
 
 
@@ -382,6 +384,15 @@ def test_invalid_yaml_shows_the_problem_next_to_its_key(console: Console) -> Non
     assert console.api("strategy")["strategy"] == "weighted"
     console.driver.execute_script("arguments[0].scrollIntoView();", console.find("#yaml-problems"))
     console.screenshot("settings-yaml-problem")
+    # Export: the running configuration as a file, secrets masked.
+    console.find("#yaml-export").click()
+    exported = console.downloads / "s3balance.yaml"
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and not exported.exists():
+        time.sleep(0.1)
+    text = exported.read_text()
+    assert "strategy: weighted" in text and "***" in text
+    assert "seaweed-secret" not in text and TOKEN not in text
 
 
 def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
