@@ -262,6 +262,8 @@ def test_console_pages_and_their_headers(daemon: DaemonProcess) -> None:
     assert call(base, "GET", "/web/static/style.css", token=None).status == 200
     assert call(base, "GET", "/web/static/missing.js", token=None).status == 404
     assert call(base, "GET", "/web/nothing", token=None).status == 404
+    refused = call(base, "POST", "/web/dashboard", body={}, token=None)
+    assert refused.status == 405 and refused.headers["X-Frame-Options"] == "DENY"
     assert call(base, "GET", "/web/static/../../etc/passwd", token=None).status == 404
     # A bucket whose name only starts with "web" is S3's, not the console's.
     s3_answer = call(base, "GET", "/website/", token=None)

@@ -57,8 +57,13 @@ class ConsoleResource(Resource):
             for name, data in self._files.items()
         }
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes:
+        # On every answer, the 405 for another method included.
         self._security_headers(request)
+        result: bytes = super().render(request)
+        return result
+
+    def render_GET(self, request: Request) -> bytes:
         segments = [s.decode("utf-8", "replace") for s in request.postpath or []]
         while segments and segments[-1] == "":
             segments.pop()
