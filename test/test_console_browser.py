@@ -32,7 +32,11 @@ webdriver = pytest.importorskip("selenium.webdriver")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -86,6 +90,18 @@ class Console:
 
     def find(self, css: str) -> Any:
         return self.wait().until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+    def click(self, css: str) -> None:
+        """Click what ``css`` names, finding it again if a redraw replaced it meanwhile."""
+
+        def attempt(driver: Any) -> bool:
+            try:
+                driver.find_element(By.CSS_SELECTOR, css).click()
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+            return True
+
+        self.wait().until(attempt)
 
     def text_in(self, css: str, text: str) -> None:
         self.wait().until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
@@ -249,10 +265,10 @@ def test_dashboard_shows_every_backend_and_its_state(console: Console) -> None:
     console.open("/web/dashboard")
     console.title_is("Dashboard")
     console.text_in("#overall-status", "healthy")
+    # (located again at each look: the dashboard redraws itself every 10 s)
     for name in console.backends:
-        row = console.find(f'tr[data-backend="{name}"]')
-        assert "healthy" in row.text
-        assert row.find_element(By.CSS_SELECTOR, "meter").get_attribute("aria-label")
+        console.text_in(f'tr[data-backend="{name}"]', "healthy")
+        console.find(f'tr[data-backend="{name}"] meter[aria-label]')
     for chart in ("requests", "errors", "bytes-in", "bytes-out"):
         console.find(f"#chart-{chart} svg")
     console.screenshot("dashboard")
@@ -271,19 +287,22 @@ def test_disable_and_enable_a_backend_changes_health(console: Console) -> None:
     name = console.backends[1]
     console.open("/web/backends")
     console.title_is("Backends")
-    console.find(f"#toggle-{name}").click()
+    console.click(f"#toggle-{name}")
     console.wait().until(lambda _: not console.health_of(name)["enabled"])
+    # The table is drawn again after each change: wait for the new one before the next move.
+    console.text_in(f"#toggle-{name}", "Enable")
     console.text_in(f'tr[data-backend="{name}"]', "disabled")
     console.screenshot("backends-disabled")
-    console.find(f"#toggle-{name}").click()
+    console.click(f"#toggle-{name}")
     console.wait().until(lambda _: console.health_of(name)["enabled"])
+    console.text_in(f"#toggle-{name}", "Disable")
     console.text_in(f'tr[data-backend="{name}"]', "healthy")
     weight = console.find(f"#weight-{name}")
     weight.clear()
     weight.send_keys("3")
-    console.find(f"#save-weight-{name}").click()
+    console.click(f"#save-weight-{name}")
     console.wait().until(lambda _: console.api(f"buckets/{name}")["weight"] == 3)
-    console.find("#probe-now").click()
+    console.click("#probe-now")
     console.text_in("#toast", "Probed: all 2 enabled backends are healthy")
     console.screenshot("backends")
 
@@ -309,7 +328,7 @@ def test_buckets_list_create_and_delete(console: Console) -> None:
     console.find('tr[data-bucket="made-in-console"]')
     assert any(b["name"] == "made-in-console" for b in console.api("virtual-buckets")["buckets"])
     console.screenshot("buckets")
-    console.find('tr[data-bucket="made-in-console"] button').click()
+    console.click('tr[data-bucket="made-in-console"] button')
     console.wait().until(ec.alert_is_present()).accept()
     console.wait().until(
         ec.invisibility_of_element_located((By.CSS_SELECTOR, 'tr[data-bucket="made-in-console"]'))
