@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from s3balance.admin.api import AdminResource
+from s3balance.admin.history import TrafficHistory
 from s3balance.admin.reload import close_retired, install_sighup
 from s3balance.auth.authenticator import Authenticator
 from s3balance.auth.credentials import KeyRing
@@ -25,6 +26,7 @@ from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.backends.s3 import make_http_pool
 from s3balance.config import Config
+from s3balance.console.resource import ConsoleResource
 from s3balance.db.connector import DBConnector
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
@@ -107,6 +109,11 @@ class S3BalanceService(MultiService):
             reserved[metrics_name] = MetricsResource(REGISTRY, token=config.metrics.token)
         if config.api.enabled:
             reserved[b"api"] = AdminResource(self)
+            # The web console (pages only; all it shows comes through /api) and the traffic
+            # history its dashboard charts.
+            reserved[b"web"] = ConsoleResource()
+            self.traffic = TrafficHistory(reactor)
+            self.traffic.setServiceParent(self)
         authenticator = Authenticator(
             KeyRing.from_config(config.s3api),
             required=config.s3api.auth_required,

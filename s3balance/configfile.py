@@ -57,6 +57,8 @@ MAX_PRESIGN_EXPIRY = 7 * 24 * 3600.0
 DEFAULT_SQLITE_DSN = "s3balance.db"
 #: The admin API lives under this prefix; the metrics path must not shadow it.
 ADMIN_API_PREFIX = "/api"
+#: The web console lives under this prefix (with the admin API); nor may the metrics path.
+WEB_CONSOLE_PREFIX = "/web"
 
 _BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -580,6 +582,8 @@ class _Reader:
                 )
             if path == ADMIN_API_PREFIX or path.startswith(ADMIN_API_PREFIX + "/"):
                 s.report("path", f"{path!r} is inside the admin API ({ADMIN_API_PREFIX}/...)")
+            if path == WEB_CONSOLE_PREFIX or path.startswith(WEB_CONSOLE_PREFIX + "/"):
+                s.report("path", f"{path!r} is inside the web console ({WEB_CONSOLE_PREFIX}/...)")
         port = s.integer("port", d.port, 0, 65535, "; 0: serve on the main listener")
         if port and port == server.port:
             s.report(

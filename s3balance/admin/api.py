@@ -52,6 +52,38 @@ also those with no operations yet.
 "grace": seconds (optional, default 3600)}`` -> the :class:`s3balance.scrub.ScrubReport` as JSON
 (``{"clean", "orphans", "dangling", "removed", "errors", "backends": {<name>: {...}}, ...}``).
 A scrub lists whole real buckets: it can take long on big ones.
+
+For the web console (:mod:`s3balance.console`), which has no other way in:
+
+``POST /api/buckets`` with ``{"name"}`` -> the new ``<virtual bucket>`` (CreateBucket's rules:
+``s3api.allow_create_bucket``, the name rules; S3 errors come back as their status with
+``{"error", "code"}``).  ``DELETE /api/buckets/{name}`` -> ``{"deleted"}``, an empty virtual bucket
+only (409 ``BucketNotEmpty``; 409 for a real bucket's name).
+
+``GET /api/virtual-buckets`` -> ``{"buckets": [<virtual bucket> + "object_count", "bytes"]}``.
+
+``GET /api/buckets/{name}/objects?prefix=&delimiter=&start_after=&max_keys=`` (delimiter ``/``
+and 100 keys by default, at most 1000) -> ``{"bucket", "prefix", "objects": [{"key", "size",
+"last_modified", "etag" (unquoted), "content_type", "locations": [{"backend", "real_key"}]}],
+"prefixes", "truncated", "next_start_after"}``.
+
+``GET /api/buckets/{name}/download?key=K`` -> the object's bytes, relayed from its backend as
+they come (``Content-Disposition: attachment``); ``HEAD`` -> the object's document.
+``DELETE /api/buckets/{name}/object?key=K`` -> ``{"deleted", "bucket"}``.
+
+``GET /api/balancer`` -> ``{"strategy", "strategies", "decisions": {<real bucket>: {"total",
+<strategy>: count, ...}}}``: placements since the daemon started.
+
+``GET /api/history`` -> ``{"period", "samples": [{"time", "requests_per_second",
+"server_errors_per_second", "client_errors_per_second", "bytes_in_per_second",
+"bytes_out_per_second"}]}``, oldest first, the last hour (:mod:`s3balance.admin.history`).
+
+``GET /api/config/yaml`` -> ``{"yaml" (secrets masked), "restart_keys"}``.
+``POST /api/config/validate`` with ``{"yaml": "<text>"}`` or ``{"config": {...}}`` -> ``{"valid",
+"problems": [{"key", "message", "line", "text"}]}``: ``POST /api/config``'s validation, without
+applying (a backend that cannot be built is only found by applying).  ``POST /api/config/yaml``
+with the same body applies like ``POST /api/config`` (answer: ``{"changes", "config"}``; refused:
+400 ``{"errors", "problems"}``).  YAML that does not parse is 400 with its line.
 """
 
 from __future__ import annotations
@@ -137,6 +169,20 @@ class AdminResource(Resource):
             (b"GET", ("stats", "monthly", "{}", "{}"), self.stats_month),
             (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
             (b"POST", ("scrub",), self.post_scrub),
+        ]
+        # For the web console (s3balance.console); documented in the module docstring.
+        self._routes += [
+            (b"POST", ("buckets",), self.create_bucket),
+            (b"DELETE", ("buckets", "{}"), self.delete_bucket),
+            (b"GET", ("buckets", "{}", "objects"), self.list_objects),
+            (b"GET", ("buckets", "{}", "download"), self.download_object),
+            (b"DELETE", ("buckets", "{}", "object"), self.delete_object),
+            (b"GET", ("virtual-buckets",), self.get_virtual_buckets),
+            (b"GET", ("balancer",), self.get_balancer),
+            (b"GET", ("history",), self.get_history),
+            (b"GET", ("config", "yaml"), self.get_config_yaml),
+            (b"POST", ("config", "yaml"), self.post_config_yaml),
+            (b"POST", ("config", "validate"), self.validate_config),
         ]
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -425,6 +471,159 @@ class AdminResource(Resource):
         counts = await self.service.store.operation_counts(month)
         return _month_document(month, counts, include)
 
+    # -- for the web console -----------------------------------------------------------------
+
+    async def create_bucket(self, request: Request) -> JSON:
+        body = _json_body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _error(400, "name: a bucket name is required")
+        if name in self.service.pool.names():
+            raise _error(409, f"{name!r} is a real bucket's name")
+        await _s3_call(self.service.gateway.create_bucket(name))
+        record = await self.service.store.get_bucket(name)
+        return _virtual_bucket(record)
+
+    async def delete_bucket(self, request: Request, name: str) -> JSON:
+        if name in self.service.pool.names():
+            raise _error(409, f"{name!r} is a real bucket: remove it from the configuration")
+        await _s3_call(self.service.gateway.delete_bucket(name))
+        return {"deleted": name}
+
+    async def get_virtual_buckets(self, request: Request) -> JSON:
+        from s3balance.admin.bucketstats import virtual_bucket_totals
+
+        totals = await self.service.store.pool.do_read(virtual_bucket_totals)
+        buckets = []
+        for record in await self.service.store.list_buckets():
+            counted = totals.get(record.name)
+            buckets.append(
+                {
+                    **_virtual_bucket(record),
+                    "object_count": counted.object_count if counted else 0,
+                    "bytes": counted.bytes if counted else 0,
+                }
+            )
+        return {"buckets": buckets}
+
+    async def list_objects(self, request: Request, name: str) -> JSON:
+        prefix = _query(request, "prefix", required=False) or ""
+        delimiter = _query(request, "delimiter", required=False)
+        start_after = _query(request, "start_after", required=False) or ""
+        text = _query(request, "max_keys", required=False) or str(DEFAULT_PAGE)
+        if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+            raise _error(400, f"max_keys: {text!r} is not a whole number from 1 to {MAX_PAGE}")
+        page = await _s3_call(
+            self.service.gateway.list_objects(
+                name,
+                prefix=prefix,
+                delimiter="/" if delimiter is None else delimiter,
+                start_after=start_after,
+                max_keys=int(text),
+            )
+        )
+        return {
+            "bucket": name,
+            "prefix": prefix,
+            "objects": [_object_document(record) for record in page.objects],
+            "prefixes": list(page.common_prefixes),
+            "truncated": page.is_truncated,
+            "next_start_after": page.next_marker if page.is_truncated else None,
+        }
+
+    async def download_object(self, request: Request, name: str) -> JSON:
+        from s3balance.web.relay import relay_object
+        from s3balance.web.request import StreamingRequest
+
+        if not isinstance(request, StreamingRequest):
+            raise _error(501, "downloads need the daemon's own site (a streaming request)")
+        key = _query(request, "key")
+        assert key is not None
+        gateway = self.service.gateway
+        record = await _s3_call(gateway.get_object_record(name, key))
+        if request.method == b"HEAD":
+            return _object_document(record)
+        stream = await _s3_call(gateway.open_object(record))
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)
+        request.setResponseCode(200)
+        content_type = record.headers.get("content-type") or "application/octet-stream"
+        request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
+        request.setHeader(b"content-disposition", _attachment(key))
+        request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", b"sandbox")
+        stall = float(self.service.config.server.write_timeout) or 60.0
+        try:
+            await relay_object(request, stream, self.service.reactor, max(stall, 60.0))
+        except Exception as error:  # the connection was aborted: nothing more to answer
+            log.warn(
+                "download of {bucket}/{key} through the admin API ended: {error}",
+                bucket=name, key=key, error=error,
+            )
+        # The response is over (finished, or its connection aborted): wait until twisted.web says
+        # so, so that nothing is written after it.
+        await finished
+        return {}
+
+    async def delete_object(self, request: Request, name: str) -> JSON:
+        key = _query(request, "key")
+        assert key is not None
+        await _s3_call(self.service.gateway.delete_object(name, key))
+        return {"deleted": key, "bucket": name}
+
+    async def get_balancer(self, request: Request) -> JSON:
+        from s3balance.admin.history import balancer_decisions
+
+        decisions = balancer_decisions()
+        names = sorted(set(self.service.pool.names()) | set(decisions))
+        return {
+            "strategy": self.service.config.balancer.strategy,
+            "strategies": list(STRATEGIES),
+            "decisions": {
+                name: {"total": sum(decisions.get(name, {}).values()), **decisions.get(name, {})}
+                for name in names
+            },
+        }
+
+    async def get_history(self, request: Request) -> JSON:
+        from s3balance.admin.history import DEFAULT_PERIOD
+
+        history = getattr(self.service, "traffic", None)
+        if history is None:
+            return {"period": DEFAULT_PERIOD, "samples": []}
+        return {"period": history.period, "samples": history.samples()}
+
+    async def get_config_yaml(self, request: Request) -> JSON:
+        from s3balance.admin.configcheck import config_yaml, restart_keys
+
+        document = config_to_dict(self.service.config, mask_secrets=True)
+        return {"yaml": config_yaml(document), "restart_keys": restart_keys()}
+
+    async def validate_config(self, request: Request) -> JSON:
+        from s3balance.admin.configcheck import problem_documents
+
+        partial, lines = _partial_from(_json_body(request))
+        current = config_to_dict(self.service.config, mask_secrets=False)
+        try:
+            parse_config(merge_config(current, partial), environ={})
+        except ConfigError as error:
+            return {"valid": False, "problems": problem_documents(error.problems, lines)}
+        return {"valid": True, "problems": []}
+
+    async def post_config_yaml(self, request: Request) -> JSON:
+        from s3balance.admin.configcheck import problem_documents
+
+        partial, lines = _partial_from(_json_body(request))
+        current = config_to_dict(self.service.config, mask_secrets=False)
+        try:
+            new = parse_config(merge_config(current, partial), environ={})
+            changes = await apply_config(self.service, new)
+        except ConfigError as error:
+            problems = problem_documents(error.problems, lines)
+            raise ApiError(400, {"errors": error.problems, "problems": problems}) from error
+        return {"changes": changes, "config": config_to_dict(self.service.config, True)}
+
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:
     if len(pattern) != len(segments):
@@ -515,3 +714,69 @@ def _month_document(month: str, counts: dict[str, OperationCounts], include: lis
         for key in ("class_a", "class_b", "bytes_in", "bytes_out")
     }
     return {"month": month, "backends": backends, "total": total}
+
+
+# -- helpers of the web console's endpoints ---------------------------------------------------
+
+#: Objects per page of ``GET /api/buckets/{name}/objects`` by default, and at most.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+async def _s3_call(awaitable: Any) -> Any:
+    """Await a gateway call; its S3 error becomes the same status with a JSON body."""
+    from s3balance.errors import S3Error
+
+    try:
+        return await awaitable
+    except S3Error as error:
+        raise ApiError(error.status, {"error": error.message, "code": error.code}) from error
+
+
+def _object_document(record: Any) -> JSON:
+    return {
+        "key": record.key,
+        "size": record.size,
+        "last_modified": record.last_modified,
+        "etag": record.etag.strip('"'),
+        "content_type": record.headers.get("content-type"),
+        "locations": [
+            {"backend": location.backend, "real_key": location.real_key}
+            for location in record.locations
+        ],
+    }
+
+
+def _attachment(key: str) -> bytes:
+    """``Content-Disposition`` naming the key's last segment (RFC 6266 / RFC 5987)."""
+    from urllib.parse import quote
+
+    filename = key.rstrip("/").rsplit("/", 1)[-1] or "object"
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}".encode(
+        "ascii"
+    )
+
+
+def _partial_from(body: JSON) -> tuple[JSON, dict[str, int]]:
+    """The configuration a console request carries: ``{"yaml": text}`` (with the line of each
+    key) or ``{"config": {...}}``.
+
+    :raises ApiError: 400 with ``problems`` for YAML that does not parse.
+    """
+    from s3balance.admin.configcheck import YamlTextError, parse_yaml_text
+
+    if "yaml" in body:
+        text = body["yaml"]
+        if not isinstance(text, str):
+            raise _error(400, "yaml must be a string")
+        try:
+            return parse_yaml_text(text)
+        except YamlTextError as error:
+            problem = {"key": None, "message": error.message, "line": error.line}
+            problem["text"] = error.message
+            raise ApiError(400, {"errors": [error.message], "problems": [problem]}) from error
+    partial = body.get("config")
+    if not isinstance(partial, dict):
+        raise _error(400, 'send {"yaml": "<text>"} or {"config": {...}}')
+    return partial, {}

@@ -1,0 +1,1 @@
+"""The web console at ``/web``: a static page shell and its assets (see :mod:`.resource`)."""
