@@ -42,6 +42,14 @@ _UNSUPPORTED_STREAMING = (
     "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
     "STREAMING-AWS4-HMAC-SHA256-EVENTS",
 )
+#: ``x-amz-*`` headers a SigV4 request may carry unsigned.  ``x-amz-content-sha256`` is the
+#: payload hash: its value is the last line of the canonical request, so a changed value fails
+#: the signature whether or not the header is listed as signed (S3, Ceph and MinIO accept it
+#: unsigned; botocore's presigner never signs it).  Nothing else: ``x-amz-date`` and
+#: ``x-amz-security-token`` travel in the query of a presigned URL, and a header-signed request
+#: signs them (botocore leaves only ``expect``, ``user-agent``, ``transfer-encoding`` and
+#: ``x-amzn-trace-id`` unsigned, none of them ``x-amz-*``).
+UNSIGNED_AMZ_HEADERS_ALLOWED = frozenset({"x-amz-content-sha256"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 _NO_DATE = "AWS authentication requires a valid Date or x-amz-date header"
 
@@ -110,6 +118,25 @@ def _parse_http_date(value: str) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def unsigned_amz_headers(hdrs: RequestHeaders, signed_names: Sequence[str]) -> list[str]:
+    """The ``x-amz-*`` headers of a SigV4 request that its signature does not cover, sorted.
+
+    S3 refuses these on header-signed *and* presigned requests alike: an ``x-amz-*`` header
+    changes what a request does (``x-amz-copy-source`` turns an upload into a copy of another
+    object, ``x-amz-meta-*``, ``x-amz-acl``... change what is stored), so a presigned URL signed
+    for ``host`` alone must not carry any.  The one exception, :data:`UNSIGNED_AMZ_HEADERS_ALLOWED`,
+    is bound into the signature through its value anyway.
+    """
+    signed = {name.strip().lower() for name in signed_names}
+    return sorted(
+        name
+        for name in hdrs.names()
+        if name.startswith("x-amz-")
+        and name not in signed
+        and name not in UNSIGNED_AMZ_HEADERS_ALLOWED
+    )
 
 
 def _is_sha256_hex(value: str) -> bool:
@@ -482,17 +509,12 @@ class Authenticator:
         hdrs: RequestHeaders,
     ) -> AuthResult:
         secret = self._secret(claim.access_key)
-        if not claim.presigned:
-            unsigned = sorted(
-                name
-                for name in hdrs.names()
-                if name.startswith("x-amz-") and name not in claim.signed_headers
+        unsigned = unsigned_amz_headers(hdrs, claim.signed_headers)
+        if unsigned:
+            raise errors.AccessDenied(
+                "There were headers present in the request which were not signed",
+                HeadersNotSigned=", ".join(unsigned),
             )
-            if unsigned:
-                raise errors.AccessDenied(
-                    "There were headers present in the request which were not signed",
-                    HeadersNotSigned=", ".join(unsigned),
-                )
         canonical = sigv4.canonical_request(
             method,
             raw_path,

@@ -245,7 +245,7 @@ class _S3Operation(Resource):
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
         ctx.identity = self.root.authenticate(request, route)
         if route.operation == NOT_IMPLEMENTED:
-            raise errors.NotImplementedError_()
+            raise errors.NotImplementedError_(route.refusal or None)
         if route.operation == METHOD_NOT_ALLOWED:
             raise errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
         if route.operation in MULTIPART_OPERATIONS:
