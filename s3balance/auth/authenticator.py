@@ -572,13 +572,15 @@ class Authenticator:
             raise errors.AccessDenied(_NO_DATE)
         self._check_skew(request_time, shown)
         secret = self._secret(access_key)
-        resource = sigv2.canonical_resource(raw_path, raw_query, bucket_from_host)
+        resources = sigv2.canonical_resources(raw_path, raw_query, bucket_from_host)
         # S3 signs an empty Date when x-amz-date is present; some clients (botocore) sign the
         # Date they send regardless.  Both values are the client's own, so accept either.
         dates = [""] if amz_date is not None else []
         if http_date is not None:
             dates.append(http_date.strip())
-        return self._check_v2(access_key, secret, signature, method, hdrs, dates, resource, "sigv2")
+        return self._check_v2(
+            access_key, secret, signature, method, hdrs, dates, resources, "sigv2"
+        )
 
     def _verify_v2_query(
         self,
@@ -613,9 +615,9 @@ class Authenticator:
             ):
                 pairs.append((lower, [value]))
         merged = RequestHeaders((name, v) for name, values in pairs for v in values)
-        resource = sigv2.canonical_resource(raw_path, raw_query, bucket_from_host)
+        resources = sigv2.canonical_resources(raw_path, raw_query, bucket_from_host)
         return self._check_v2(
-            access_key, secret, query["Signature"], method, merged, [expires_text], resource,
+            access_key, secret, query["Signature"], method, merged, [expires_text], resources,
             "sigv2-presigned",
         )  # fmt: skip
 
@@ -627,19 +629,22 @@ class Authenticator:
         method: str,
         hdrs: RequestHeaders,
         dates: list[str],
-        resource: str,
+        resources: list[str],
         scheme: str,
     ) -> AuthResult:
+        """Accept the signature if it matches one of the strings to sign the client may have
+        meant (each date it sent, each spelling of the resource)."""
         first_to_sign = ""
-        for date in dates:
-            to_sign = sigv2.string_to_sign(method, hdrs, date, resource)
-            first_to_sign = first_to_sign or to_sign
-            expected = sigv2.sign(secret, to_sign)
-            if sigv4.signatures_equal(expected, signature):
-                identity = self._keyring.identity_for(access_key)
-                return AuthResult(
-                    identity, self._declared_payload(hdrs, ""), access_key, scheme
-                )
+        for resource in resources:
+            for date in dates:
+                to_sign = sigv2.string_to_sign(method, hdrs, date, resource)
+                first_to_sign = first_to_sign or to_sign
+                expected = sigv2.sign(secret, to_sign)
+                if sigv4.signatures_equal(expected, signature):
+                    identity = self._keyring.identity_for(access_key)
+                    return AuthResult(
+                        identity, self._declared_payload(hdrs, ""), access_key, scheme
+                    )
         raise errors.SignatureDoesNotMatch(
             AWSAccessKeyId=access_key,
             StringToSign=first_to_sign,
