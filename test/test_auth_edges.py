@@ -131,7 +131,9 @@ class AuthEdgeTests(SeaweedAuthCase, unittest.TestCase):
             curl, upload_url, method="PUT", headers={"x-amz-copy-source": "vb/secret"}
         )
         self.assertEqual((stolen.status, stolen.code), (403, "AccessDenied"))
-        self.assertIn(b"There were headers present in the request which were not signed", stolen.body)
+        self.assertIn(
+            b"There were headers present in the request which were not signed", stolen.body
+        )
         self.assertIn(b"<HeadersNotSigned>x-amz-copy-source</HeadersNotSigned>", stolen.body)
         # UploadPart: the same trick turns it into UploadPartCopy.
         upload = await self.call(main.create_multipart_upload, Bucket="vb", Key="parts")
