@@ -79,6 +79,7 @@ def _resume_accepting(port: Any) -> None:
     if start_reading is not None:
         start_reading()
 
+
 class S3BalanceService(MultiService):
     """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""
 

@@ -56,3 +56,11 @@ def access_operation(operation: str, param_names: Iterable[str] = ()) -> str:
     ``NotImplemented[cors]``."""
     names = sorted(set(param_names))
     return f"{operation}[{','.join(names)}]" if names else operation
+
+
+def printable(text: str) -> str:
+    """``text`` for a one-line log: each character that is not printable (a request path may
+    carry U+0085, a line break to some readers) as a ``\\xNN`` / ``\\uNNNN`` escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

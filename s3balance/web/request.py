@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.errors import S3Error
-from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger
+from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS
 
 if TYPE_CHECKING:
@@ -642,7 +642,7 @@ class StreamingRequest(server.Request):
         _access_log.info(
             ACCESS_LINE,
             method=_text(self.method),
-            path=_text(self.path if isinstance(self.path, bytes) else self.uri),
+            path=printable(_text(self.path if isinstance(self.path, bytes) else self.uri)),
             operation=getattr(self, "access_operation", NO_VALUE),
             status=status,
             error_code=getattr(self, "access_error", NO_VALUE),
