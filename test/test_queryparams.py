@@ -200,8 +200,10 @@ def test_an_unknown_parameter_on_a_write_is_refused(method: str, query: str) -> 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(
-    "name", ["x-amz-meta-owner", "x-amz-acl", "x-amz-copy-source", "X-Amz-Tagging"]
-)
+    "name",
+    ["x-amz-meta-owner", "x-amz-acl", "x-amz-copy-source", "X-Amz-Tagging", "content-type",
+     "Content-MD5"],
+)  # fmt: skip
 def test_request_headers_hoisted_into_the_query_are_refused(method: str, name: str) -> None:
     """S3 applies them; s3balance reads them only as headers, so it refuses instead of dropping."""
     result = route(method, f"/b/k?{name}=v")

@@ -19,9 +19,11 @@ delete of the bucket, so three explicit lists say what each parameter means here
 Anything else is unknown.  S3 ignores unknown parameters; here, so that a sub-resource this list
 has not heard of yet can never become a write or a misleading answer:
 
-- an unknown ``x-amz-*`` parameter is refused (501) with every method: SDKs hoist request headers
-  (``x-amz-meta-*``, ``x-amz-acl``, ``x-amz-copy-source``...) into presigned URLs' queries, and S3
-  then applies them; s3balance reads those only as headers, and would otherwise drop them;
+- an unknown ``x-amz-*`` parameter, ``content-type`` or ``content-md5`` is refused (501) with every
+  method: presigners hoist request headers (``x-amz-meta-*``, ``x-amz-acl``,
+  ``x-amz-copy-source``..., and for SigV2 botocore also ``Content-Type`` and ``Content-MD5``) into
+  the query, and S3 then applies them; s3balance reads those only as headers, and would otherwise
+  drop them;
 - on PUT, POST and DELETE any unknown parameter is refused (501): it may be a sub-resource;
 - on GET and HEAD an unknown parameter with a value (``?_=1712345``, a cache buster) is ignored as
   S3 does, and one without a value (``?newthing``, the way S3 spells a sub-resource) is refused.
@@ -125,6 +127,8 @@ IGNORED_PREFIXES = ("x-amz-checksum-",)
 
 #: Every parameter some served operation honours.
 _ALL_HONOURED = frozenset().union(*HONOURED_PARAMS.values())
+#: Request headers (besides ``x-amz-*``) that presigners move into the query.
+_HOISTED_HEADERS = frozenset({"content-type", "content-md5"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -162,7 +166,7 @@ def judge_query(method: str, query: Mapping[str, str]) -> QueryVerdict:
             return QueryVerdict(frozenset(params), f"The {name} sub-resource is not implemented.")
         if lower in _ALL_HONOURED:
             params.add(lower)
-        elif lower.startswith("x-amz-"):
+        elif lower.startswith("x-amz-") or lower in _HOISTED_HEADERS:
             return QueryVerdict(
                 frozenset(params),
                 f"Query parameter {name} is a request header given in the query string; "
