@@ -232,7 +232,7 @@ class AuthEdgeTests(SeaweedAuthCase, unittest.TestCase):
         self.assertEqual(listed.status, 200, listed.body)
         self.assertIn(b"<Key>a/one</Key>", listed.body)
         # PUT ?cors must never overwrite anything; ?newthing neither.
-        for query in ("cors", "tagging", "newthing", "x-amz-acl=public-read"):
+        for query in ("cors", "website", "newthing", "x-amz-acl=public-read"):
             target = f"/vb/a/one?{query}"
             url = f"http://127.0.0.1:{port}{target}"
             refused = await self.call(
