@@ -257,6 +257,35 @@ class AdminApiTests(TestCase):
         self.assertEqual((status, document["status"]), (400, 400))
         self.assertTrue(document["errors"])
 
+    async def test_unexpected_failures_are_json_500_too(self) -> None:
+        """A handler that fails, or an answer JSON cannot hold, still gets a JSON answer."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from s3balance.admin.api import AdminResource
+
+        admin = AdminResource(self.service)  # type: ignore[arg-type]
+
+        async def broken(request: Any) -> Any:
+            raise RuntimeError("the store went away")
+
+        async def unserialisable(request: Any) -> Any:
+            return {"when": {1, 2}}
+
+        admin._routes += [(b"GET", ("broken",), broken), (b"GET", ("odd",), unserialisable)]
+        root = Resource()
+        root.putChild(b"api", admin)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}/api"
+        for path in ("/broken", "/odd"):
+            response = await treq.get(base + path, headers=BEARER, pool=self.http)
+            document = json.loads(await response.content())
+            self.assertEqual(response.code, 500)
+            self.assertEqual(document["status"], 500)
+            self.assertTrue(document["error"].startswith("internal error"))
+        self.flushLoggedErrors(RuntimeError, TypeError)
+
     async def test_a_number_where_text_belongs_is_refused(self) -> None:
         """``POST /api/config`` took an integer as a secret (issue 13, 3): JSON has types."""
         before = self.service.config

@@ -173,11 +173,14 @@ class AdminResource(Resource):
             else:
                 log.failure("admin API request {uri} failed", failure, uri=request.uri)
                 status, body = 500, {"error": f"internal error: {failure.getErrorMessage()}"}
-            if not finished[0]:
+            if not finished[0] and not request.startedWriting:
                 request.write(self._body(request, status, body))
                 request.finish()
 
-        Deferred.fromCoroutine(handler(request, *params)).addCallbacks(answer, failed)
+        # An error while rendering the answer (a value JSON cannot hold) is answered like any
+        # other: JSON 500, never a request left without an answer.
+        work = Deferred.fromCoroutine(handler(request, *params)).addCallback(answer)
+        work.addErrback(failed)
         return NOT_DONE_YET
 
     def _cors(self, request: Request) -> None:
