@@ -115,6 +115,31 @@ def test_a_port_already_in_use_ends_the_daemon_with_one_line(tmp_path: Path) -> 
     assert "s3balance listening" not in log
 
 
+def test_a_metrics_port_in_use_ends_the_daemon_too(tmp_path: Path) -> None:
+    """``metrics.port`` is a listener like the others: all are bound, or the daemon exits."""
+    with _held_port() as holder:
+        metrics_port = holder.getsockname()[1]
+        config = {
+            "server": {"host": "127.0.0.1"},
+            "buckets": [{"name": "disk-1", "path": "b1"}],
+            "metrics": {"port": metrics_port},
+        }
+        daemon = DaemonProcess(tmp_path, config)
+        daemon.start(wait=False)
+        try:
+            status = daemon.wait(timeout=60)
+        finally:
+            daemon.stop()
+        log = daemon.log_path.read_text()
+    assert status == 1, log
+    line = (
+        f"s3balance: cannot listen on tcp:{metrics_port}:interface=127.0.0.1: "
+        "Address already in use"
+    )
+    assert log.count(line) == 1, log
+    assert "s3balance listening" not in log
+
+
 def test_a_daemonising_twistd_reports_the_port_in_use_and_exits(tmp_path: Path) -> None:
     """Without ``-n`` twistd's parent waits for its child's word: it must get one."""
     import subprocess
