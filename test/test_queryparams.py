@@ -107,12 +107,31 @@ def test_each_operation_takes_every_parameter_it_honours(operation: str) -> None
     if operation == "UploadPartCopy":
         return  # UploadPart with x-amz-copy-source: the same parameters
     method, target = EXAMPLES[operation]
+    spelling = {"versionid": "versionId", "partnumber": "partNumber", "uploadid": "uploadId"}
     extra = "&".join(
-        f"{name}=v" for name in sorted(HONOURED_PARAMS[operation]) if name not in _SELECTORS
+        f"{spelling.get(name, name)}=v"
+        for name in sorted(HONOURED_PARAMS[operation])
+        if name not in _SELECTORS
     )
     if extra:
         target += ("&" if "?" in target else "?") + extra
     assert route(method, target).operation == operation, target
+
+
+def test_honoured_parameters_count_only_in_s3s_spelling() -> None:
+    """S3 does not know ``?UPLOADID=``: it would overwrite the object; here it is refused."""
+    assert route("PUT", "/b/k?uploadId=u&partNumber=1").operation == "UploadPart"
+    for target in ("/b/k?UPLOADID=u&PARTNUMBER=1", "/b/k?uploadid=u&partnumber=1",
+                   "/b/k?UploadId=u&partNumber=1"):  # fmt: skip
+        result = route("PUT", target)
+        assert result.operation == NOT_IMPLEMENTED, target
+    assert route("DELETE", "/b/k?VersionId=3").operation == NOT_IMPLEMENTED
+    # On a read, another spelling with a value is ignored as S3 ignores it...
+    assert route("GET", "/b?LIST-TYPE=2").operation == "ListObjects"
+    assert route("GET", "/b/k?VERSIONID=3").operation == "GetObject"
+    # ... and without one it may be a sub-resource.
+    assert route("GET", "/b?ACL").operation == NOT_IMPLEMENTED
+    assert route("PUT", "/b?Acl").operation == NOT_IMPLEMENTED
 
 
 def test_parameters_of_other_operations_are_refused_not_ignored() -> None:
@@ -212,6 +231,8 @@ def test_request_headers_hoisted_into_the_query_are_refused(method: str, name: s
 
 
 def test_judge_query_reports_the_honoured_parameters() -> None:
-    verdict = judge_query("GET", {"list-type": "2", "Prefix": "a", "x-id": "ListObjectsV2"})
-    assert verdict.params == {"list-type", "prefix"}
+    verdict = judge_query(
+        "GET", {"list-type": "2", "prefix": "a", "Delimiter": "/", "x-id": "ListObjectsV2"}
+    )
+    assert verdict.params == {"list-type", "prefix"}  # Delimiter: not S3's spelling, ignored
     assert verdict.refusal == ""

@@ -28,7 +28,11 @@ has not heard of yet can never become a write or a misleading answer:
 - on GET and HEAD an unknown parameter with a value (``?_=1712345``, a cache buster) is ignored as
   S3 does, and one without a value (``?newthing``, the way S3 spells a sub-resource) is refused.
 
-Names are compared in lower case, as S3's own parameters never differ only by case.
+Sub-resources we refuse and parameters we ignore are recognised whatever their case (refusing or
+ignoring is safe either way).  A parameter is honoured only in S3's spelling (``uploadId``,
+``partNumber``, ``versionId``; every other one in lower case): S3 takes ``?UPLOADID=`` for a
+parameter it does not know, and the handlers read S3's spelling, so another spelling is judged
+as unknown (``PUT /b/k?UPLOADID=u&PARTNUMBER=1`` is refused, never an overwrite).
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ IGNORED_PREFIXES = ("x-amz-checksum-",)
 
 #: Every parameter some served operation honours.
 _ALL_HONOURED = frozenset().union(*HONOURED_PARAMS.values())
+#: The parameters whose S3 spelling is not all lower case (the lists hold lower-case names).
+_SPELLING = {"uploadid": "uploadId", "partnumber": "partNumber", "versionid": "versionId"}
 #: Request headers (besides ``x-amz-*``) that presigners move into the query.
 _HOISTED_HEADERS = frozenset({"content-type", "content-md5"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -164,7 +170,7 @@ def judge_query(method: str, query: Mapping[str, str]) -> QueryVerdict:
             continue
         if lower in UNSERVED_SUBRESOURCES:
             return QueryVerdict(frozenset(params), f"The {name} sub-resource is not implemented.")
-        if lower in _ALL_HONOURED:
+        if lower in _ALL_HONOURED and name == _SPELLING.get(lower, lower):
             params.add(lower)
         elif lower.startswith("x-amz-") or lower in _HOISTED_HEADERS:
             return QueryVerdict(
