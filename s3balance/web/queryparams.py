@@ -33,6 +33,11 @@ ignoring is safe either way).  A parameter is honoured only in S3's spelling (``
 ``partNumber``, ``versionId``; every other one in lower case): S3 takes ``?UPLOADID=`` for a
 parameter it does not know, and the handlers read S3's spelling, so another spelling is judged
 as unknown (``PUT /b/k?UPLOADID=u&PARTNUMBER=1`` is refused, never an overwrite).
+
+To serve a sub-resource (``?tagging``, say): take it out of :data:`UNSERVED_SUBRESOURCES`, give
+each operation it selects an entry in :data:`HONOURED_PARAMS` (``"GetObjectTagging":
+frozenset({"tagging", "versionid"})``...), and route it by method in
+:mod:`s3balance.web.routing` (a branch before the plain object or bucket operations).
 """
 
 from __future__ import annotations
