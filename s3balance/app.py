@@ -1,8 +1,9 @@
 """The daemon assembled: database, backends, monitors, gateway core, the S3 front and listeners.
 
-The order matters and is the reason this module exists: the schema is checked (and upgraded when
-``database.auto_migrate`` is on) before anything listens, monitors start before the first request,
-and listeners stop first at shutdown so in-flight transfers get a grace period.
+The order matters and is the reason this module exists: the ports are bound first, so a daemon
+that cannot listen exits at once; the schema is checked (and upgraded when
+``database.auto_migrate`` is on) before any connection is accepted, monitors start before the
+first request, and listeners stop first at shutdown so in-flight transfers get a grace period.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -43,6 +44,43 @@ from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
 
 log = make_logger()
+
+
+class ListenError(Exception):
+    """An endpoint the daemon was told to listen on cannot be listened on."""
+
+
+class CannotStart(SystemExit, Exception):  # noqa: N818 (it is an exit, like SystemExit)
+    """Ends twistd with status 1 and one line, in the foreground and as a daemon.
+
+    A :class:`SystemExit` so that Python prints only its text (no traceback) and exits 1; an
+    :class:`Exception` too, because a daemonising twistd reports only an ``Exception`` to the
+    parent process waiting on its status pipe (a bare ``SystemExit`` would leave that parent
+    waiting for ever).
+    """
+
+
+def _listen_failure_text(failure: Failure) -> str:
+    """``Address already in use`` rather than Twisted's ``Couldn't listen on ...`` preamble."""
+    error = failure.value
+    os_error = getattr(error, "socketError", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror
+    return failure.getErrorMessage()
+
+
+def _pause_accepting(port: Any) -> None:
+    """Stop accepting connections on a bound port (they wait in the kernel's backlog)."""
+    stop_reading = getattr(port, "stopReading", None)
+    if stop_reading is not None:
+        stop_reading()
+
+
+def _resume_accepting(port: Any) -> None:
+    start_reading = getattr(port, "startReading", None)
+    if start_reading is not None:
+        start_reading()
+
 
 class S3BalanceService(MultiService):
     """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""
@@ -138,12 +176,72 @@ class S3BalanceService(MultiService):
             idle_timeout=config.server.idle_timeout,
         )
         self.listen = listen
-        self._listeners: list[Any] = []
+        self._ports: list[Any] = []
+        self._bound = False
         self._uninstall_sighup: Callable[[], None] | None = None
+
+    def privilegedStartService(self) -> None:
+        """Bind every listener now, before twistd runs the reactor (and before it sheds
+        privileges): a port that cannot be bound ends the process with one line and status 1,
+        as a bad configuration does, instead of a daemon that listens nowhere.
+
+        The ports accept nothing until :meth:`startService` has set up the database.
+        """
+        try:
+            self._bind_listeners()
+        except ListenError as error:
+            raise CannotStart(str(error)) from None
+        super().privilegedStartService()
+
+    def _listen_descriptions(self) -> list[tuple[str, Site]]:
+        """Every ``(endpoint description, site)`` this daemon listens on."""
+        wanted: list[tuple[str, Site]] = [(description, self.site) for description in self.listen]
+        metrics_site = self._separate_metrics_site()
+        if metrics_site is not None:
+            host = self.config.server.host.replace(":", "\\:")
+            wanted.append((f"tcp:{self.config.metrics.port}:interface={host}", metrics_site))
+        return wanted
+
+    def _bind_listeners(self) -> None:
+        """Listen on every endpoint, paused; all or none.
+
+        :raises ListenError: one endpoint cannot be listened on (those already bound are closed).
+        """
+        if self._bound:
+            return
+        self._bound = True
+        for description, site in self._listen_descriptions():
+            outcome: list[Any] = []
+            try:
+                endpoint = endpoints.serverFromString(self.reactor, description)
+                endpoint.listen(site).addBoth(outcome.append)
+            except Exception as error:  # a description the parser refuses
+                outcome.append(Failure(error))
+            result = outcome[0] if outcome else None
+            if result is None or isinstance(result, Failure):
+                for port in self._ports:
+                    port.stopListening()
+                self._ports = []
+                reason = (
+                    "the endpoint did not start listening at once"
+                    if result is None
+                    else _listen_failure_text(result)
+                )
+                raise ListenError(f"s3balance: cannot listen on {description}: {reason}")
+            _pause_accepting(result)
+            self._ports.append(result)
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
-        # The database first (schema check or upgrade); a failure stops the daemon before it binds.
+        # Bound already when twistd called privilegedStartService; tests may call only this.
+        try:
+            self._bind_listeners()
+        except ListenError as error:
+            log.critical("{message}", message=str(error))
+            self.reactor.stop()
+            return
+        # The database first (schema check or upgrade); a failure stops the daemon before it
+        # accepts any connection.
         try:
             yield self.db.setup()
             for bucket in self.config.virtual_buckets:
@@ -159,17 +257,8 @@ class S3BalanceService(MultiService):
         for child in (self.health, self.usage, self.pool, self.expiry):
             child.setServiceParent(self)
         super().startService()
-        for description in self.listen:
-            listener = strports.service(description, self.site, reactor=self.reactor)
-            listener.setServiceParent(self)
-            self._listeners.append(listener)
-        metrics_site = self._separate_metrics_site()
-        if metrics_site is not None:
-            host = self.config.server.host.replace(":", "\\:")
-            description = f"tcp:{self.config.metrics.port}:interface={host}"
-            listener = strports.service(description, metrics_site, reactor=self.reactor)
-            listener.setServiceParent(self)
-            self._listeners.append(listener)
+        for port in self._ports:
+            _resume_accepting(port)
         if self.config_path is not None:
             self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
@@ -197,8 +286,9 @@ class S3BalanceService(MultiService):
     def stopService(self) -> Any:
         # Stop accepting first, then let transfers in flight finish (within the grace period)
         # before the backends and the database go away under them.
-        for listener in self._listeners:
-            yield defer.maybeDeferred(listener.disownServiceParent)
+        ports, self._ports = self._ports, []
+        for port in ports:
+            yield defer.maybeDeferred(port.stopListening)
         if self.site.in_flight:
             log.info(
                 "waiting up to {grace}s for {count} requests in flight",

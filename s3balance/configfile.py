@@ -143,14 +143,20 @@ def load_config(path: str, environ: Mapping[str, str] = os.environ) -> Config:
     return parse_config(data, environ)
 
 
-def parse_config(data: Any, environ: Mapping[str, str] = os.environ) -> Config:
+def parse_config(
+    data: Any, environ: Mapping[str, str] = os.environ, *, typed: bool = False
+) -> Config:
     """Validate already-loaded YAML data, expanding ``${VAR}`` and ``${VAR:-default}`` first.
 
+    :param typed: the data comes from a format whose values carry their type (the admin API's
+        JSON): a text key then takes only a string.  YAML files keep Go's leniency, where a bare
+        number is also text (``secret_key: 12345``); in JSON a number where text belongs is a
+        client's mistake, refused like any other wrong type.
     :raises ConfigError: listing every problem found.
     """
     problems: list[str] = []
     expanded = _expand(data, "", environ, problems)
-    config = _Reader(problems).config(expanded)
+    config = _Reader(problems, typed).config(expanded)
     if problems:
         raise ConfigError(problems)
     return config
@@ -220,9 +226,14 @@ def _describe(value: Any) -> str:
 class _Section:
     """One mapping of the file: hands out typed values and reports what is wrong with them."""
 
-    def __init__(self, problems: list[str], path: str, value: Any, known: tuple[str, ...]) -> None:
+    def __init__(
+        self, problems: list[str], path: str, value: Any, known: tuple[str, ...],
+        typed: bool = False,
+    ) -> None:  # fmt: skip
         self.problems = problems
         self.path = path
+        #: Text keys take strings only (see :func:`parse_config`).
+        self.typed = typed
         self.data: dict[Any, Any] = {}
         #: The value was there but not a mapping (its keys' problems would only be noise).
         self.malformed = value is not None and not isinstance(value, dict)
@@ -259,11 +270,16 @@ class _Section:
             return default
         if isinstance(value, str):
             return str(value)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and not self.typed:
             # Go's YAML decoder turns a bare number into a string field too (a numeric password).
             return str(value)
         shown = "this value" if secret else _describe(value)
-        hint = " (put it in quotes if you meant the word)" if isinstance(value, bool) else ""
+        if isinstance(value, bool):
+            hint = " (put it in quotes if you meant the word)"
+        elif self.typed and isinstance(value, int | float):
+            hint = " (give it as a JSON string)"
+        else:
+            hint = ""
         self.report(key, f"{shown} is not text{hint}")
         return default
 
@@ -340,7 +356,9 @@ class _Section:
             return None
 
     def section(self, key: str, known: tuple[str, ...]) -> _Section:
-        return _Section(self.problems, _join(self.path, key), self.data.get(key), known)
+        return _Section(
+            self.problems, _join(self.path, key), self.data.get(key), known, self.typed
+        )
 
     def items(self, key: str, what: str) -> list[tuple[str, Any]]:
         """The entries of a list value, each with its path (``buckets[2]``)."""
@@ -379,14 +397,15 @@ VIRTUAL_FORBIDDEN = (
 class _Reader:
     """Builds a :class:`Config` from expanded data, appending every problem to ``problems``."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], typed: bool = False) -> None:
         self.problems = problems
+        self.typed = typed
 
     def report(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
     def config(self, data: Any) -> Config:
-        top = _Section(self.problems, "", data, TOP_KEYS)
+        top = _Section(self.problems, "", data, TOP_KEYS, self.typed)
         data_dir = top.text("data_dir", Config().data_dir)
         if not data_dir:
             top.report("data_dir", "must not be empty")
@@ -457,7 +476,7 @@ class _Reader:
         first_use: dict[str, str] = {}
         looks_real = 0
         for path, item in entries:
-            bucket = self.bucket(_Section(self.problems, path, item, BUCKET_KEYS))
+            bucket = self.bucket(_Section(self.problems, path, item, BUCKET_KEYS, self.typed))
             if isinstance(item, dict) and item.get("virtual") is not True:
                 looks_real += 1
             if bucket is None:
@@ -631,7 +650,9 @@ class _Reader:
         if access_key:
             first_use[access_key] = "s3api.access_key"
         for path, item in s.items("credentials", "key pairs"):
-            credential = self.credential(_Section(self.problems, path, item, CREDENTIAL_KEYS))
+            credential = self.credential(
+                _Section(self.problems, path, item, CREDENTIAL_KEYS, self.typed)
+            )
             if credential.access_key in first_use:
                 self.report(
                     f"{path}.access_key",

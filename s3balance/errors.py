@@ -7,7 +7,19 @@ body.  Keeping the catalogue in one place keeps codes and statuses consistent ac
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
+import re
+from xml.sax.saxutils import escape as _escape_markup
+
+#: What XML 1.0 cannot carry: control characters other than tab/newline/return, lone surrogates
+#: (a header byte that is not UTF-8 reaches us as one), U+FFFE and U+FFFF.
+_NOT_XML_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """``text`` as XML character data: markup escaped, and every character XML 1.0 cannot carry
+    replaced by U+FFFD, so that an error about a request with a raw ``0xE9`` or a control byte
+    in a header still renders (the exact bytes are in the ``...Bytes`` elements)."""
+    return _escape_markup(_NOT_XML_CHARACTER.sub("\ufffd", text))
 
 
 class S3Error(Exception):

@@ -7,6 +7,7 @@ add what twisted.logger lacks: a global level that turns the methods below it in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import txaio
@@ -35,3 +36,31 @@ def set_level(level: str) -> None:
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
     txaio.set_global_log_level(level)  # type: ignore[attr-defined]
+
+
+#: The access log's line, one per request (written by ``s3balance.web.request``): method, path
+#: without the query (a presigned URL's query holds its signature), the S3 operation (with the
+#: query parameter names that made a request refused), status, S3 error code (``-`` when none),
+#: bytes in and out, duration, client address and request id.
+ACCESS_LINE = (
+    "{method} {path} {operation} {status} {error_code} in={bytes_in} out={bytes_out} "
+    "{duration:.3f}s {client} {request_id}"
+)
+#: The operation or error code of a request that has none (``/health``, a dropped connection).
+NO_VALUE = "-"
+
+
+def access_operation(operation: str, param_names: Iterable[str] = ()) -> str:
+    """The operation as the access line shows it: ``GetObject``; for a refusal, the query
+    parameter names that caused it (names only: values may be signatures), as in
+    ``NotImplemented[cors]``."""
+    names = sorted(set(param_names))
+    return f"{operation}[{','.join(names)}]" if names else operation
+
+
+def printable(text: str) -> str:
+    """``text`` for a one-line log: each character that is not printable (a request path may
+    carry U+0085, a line break to some readers) as a ``\\xNN`` / ``\\uNNNN`` escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

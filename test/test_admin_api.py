@@ -237,6 +237,78 @@ class AdminApiTests(TestCase):
         self.assertEqual(status, 400)
         self.assertTrue(document["errors"])
 
+    async def test_every_error_is_json_with_its_status(self) -> None:
+        """A token that is not UTF-8 got Twisted's HTML 500 page (issue 13, 3)."""
+        for token in (b"Bearer caf\xe9", b"\xff\xfe", b"Bearer " + TOKEN.encode() + b"\xe9"):
+            status, document, response = await self.request(
+                "GET", "/buckets", headers={b"Authorization": [token]}
+            )
+            self.assertEqual((status, document), (401, {"error": "invalid token", "status": 401}))
+            self.assertEqual(
+                response.headers.getRawHeaders(b"content-type"), [b"application/json"]
+            )
+        status, document, _ = await self.request("GET", "/buckets", headers={})
+        self.assertEqual((status, document["status"]), (401, 401))
+        status, document, _ = await self.request("GET", "/nothing")
+        self.assertEqual((status, document["status"]), (404, 404))
+        status, document, _ = await self.request("DELETE", "/config")
+        self.assertEqual((status, document["status"]), (405, 405))
+        status, document, _ = await self.request("POST", "/config", {"server": {"port": "x"}})
+        self.assertEqual((status, document["status"]), (400, 400))
+        self.assertTrue(document["errors"])
+
+    async def test_unexpected_failures_are_json_500_too(self) -> None:
+        """A handler that fails, or an answer JSON cannot hold, still gets a JSON answer."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from s3balance.admin.api import AdminResource
+
+        admin = AdminResource(self.service)  # type: ignore[arg-type]
+
+        async def broken(request: Any) -> Any:
+            raise RuntimeError("the store went away")
+
+        async def unserialisable(request: Any) -> Any:
+            return {"when": {1, 2}}
+
+        admin._routes += [(b"GET", ("broken",), broken), (b"GET", ("odd",), unserialisable)]
+        root = Resource()
+        root.putChild(b"api", admin)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}/api"
+        for path in ("/broken", "/odd"):
+            response = await treq.get(base + path, headers=BEARER, pool=self.http)
+            document = json.loads(await response.content())
+            self.assertEqual(response.code, 500)
+            self.assertEqual(document["status"], 500)
+            self.assertTrue(document["error"].startswith("internal error"))
+        self.flushLoggedErrors(RuntimeError, TypeError)
+
+    async def test_a_number_where_text_belongs_is_refused(self) -> None:
+        """``POST /api/config`` took an integer as a secret (issue 13, 3): JSON has types."""
+        before = self.service.config
+        for update, key in (
+            ({"s3api": {"secret_key": 12345}}, "s3api.secret_key"),
+            ({"api": {"token": 42}}, "api.token"),
+            ({"metrics": {"token": 1.5}}, "metrics.token"),
+            ({"buckets": [{"name": "r1", "secret_access_key": 7}]}, "secret_access_key"),
+            ({"s3api": {"region": 1}}, "s3api.region"),
+            ({"data_dir": 3}, "data_dir"),
+        ):
+            status, document, _ = await self.request("POST", "/config", update)
+            self.assertEqual(status, 400, update)
+            problems = document["errors"]
+            self.assertTrue(any(key in p and "is not text" in p for p in problems), problems)
+            if "secret" in key or "token" in key:
+                self.assertFalse(any("12345" in p or "42" in p for p in problems), problems)
+            self.assertIs(self.service.config, before)
+        # The same value as a string is taken (this one takes effect at the next start).
+        status, document, _ = await self.request("POST", "/config", {"api": {"token": "42"}})
+        self.assertEqual(status, 200, document)
+        self.assertEqual(document["changes"], ["api changed: needs a restart"])
+
     async def test_strategy_endpoint(self) -> None:
         status, document, _ = await self.request("POST", "/strategy", {"strategy": "least-space"})
         self.assertEqual((status, document["strategy"]), (200, "least-space"))

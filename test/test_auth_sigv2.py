@@ -151,3 +151,33 @@ def test_presigned_tampering() -> None:
     assert code_of(lambda: later.verify(authenticator())) == "SignatureDoesNotMatch"
     partial = wire.with_target(b"/bucket/key?AWSAccessKeyId=" + ACCESS_KEY.encode())
     assert code_of(lambda: partial.verify(authenticator())) == "AccessDenied"
+
+
+@pytest.mark.parametrize("sent", ["/photos", "/photos/"])
+@pytest.mark.parametrize("signed", ["/photos/", "/photos"])
+@pytest.mark.parametrize("query", ["", "?location", "?prefix=a&max-keys=2"])
+def test_a_bucket_verifies_with_or_without_the_trailing_slash(
+    sent: str, signed: str, query: str
+) -> None:
+    """botocore sends ``GET /photos`` but signs ``/photos/`` (its ``auth_path``), as S3 accepts;
+    a client following S3's documentation signs the path as sent."""
+    wire = sigv2_request("GET", sent + query, url_path=sent + query, auth_path=signed)
+    assert wire.verify(authenticator()).identity is not None
+    # Virtual-host style: GET / on photos.<domain>.
+    wire = sigv2_request("GET", "/" + query, auth_path=signed)
+    assert wire.verify(authenticator(), bucket_from_host="photos").identity is not None
+
+
+def test_the_slash_leniency_is_for_buckets_only() -> None:
+    wire = sigv2_request("GET", "/photos/key", auth_path="/photos/key/")
+    assert code_of(lambda: wire.verify(authenticator())) == "SignatureDoesNotMatch"
+    wire = sigv2_request("GET", "/photos", auth_path="/other/")
+    assert code_of(lambda: wire.verify(authenticator())) == "SignatureDoesNotMatch"
+    assert sigv2.canonical_resources(b"/", b"", None) == ["/"]
+    assert sigv2.canonical_resources(b"/b/k", b"acl", None) == ["/b/k?acl"]
+    assert sigv2.canonical_resources(b"/b", b"acl", None) == ["/b/?acl", "/b?acl"]
+
+
+def test_botocore_sigv2_presigned_bucket_listing_verifies() -> None:
+    wire = sigv2_presigned("GET", "/photos")
+    assert wire.verify(authenticator()).identity is not None

@@ -157,6 +157,59 @@ def test_unsigned_amz_header_is_rejected() -> None:
     assert sigv4_request("GET", "/b/k").with_header("User-Agent", "x").verify(authenticator())
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("x-amz-copy-source", "/other/secret"),
+        ("x-amz-meta-owner", "mallory"),
+        ("X-Amz-Acl", "public-read"),
+        ("x-amz-date", "20300101T000000Z"),
+        ("x-amz-security-token", "token"),
+    ],
+)
+@pytest.mark.parametrize("operation", ["put_object", "get_object"])
+def test_presigned_urls_refuse_unsigned_amz_headers(name: str, value: str, operation: str) -> None:
+    """A presigned upload became a copy of any object with an unsigned x-amz-copy-source."""
+    url = _boto3_client().generate_presigned_url(
+        operation, Params={"Bucket": "photos", "Key": "upload"}, ExpiresIn=600
+    )
+    wire = _wire_from_url("PUT" if operation == "put_object" else "GET", url)
+    assert wire.verify(authenticator()).identity is not None
+    with pytest.raises(S3Error) as caught:
+        wire.with_header(name, value).verify(authenticator())
+    assert caught.value.code == "AccessDenied"
+    assert caught.value.status == 403
+    assert caught.value.message == (
+        "There were headers present in the request which were not signed"
+    )
+    assert caught.value.extra["HeadersNotSigned"] == name.lower()
+
+
+def test_presigned_urls_take_signed_amz_headers() -> None:
+    url = _boto3_client().generate_presigned_url(
+        "put_object", Params={"Bucket": "photos", "Key": "k", "Metadata": {"owner": "alice"}}
+    )
+    assert "x-amz-meta-owner" in url  # in X-Amz-SignedHeaders
+    wire = _wire_from_url("PUT", url).with_header("x-amz-meta-owner", "alice")
+    assert wire.verify(authenticator()).identity is not None
+    changed = wire.with_header("x-amz-meta-owner", "mallory")
+    assert code_of(lambda: changed.verify(authenticator())) == "SignatureDoesNotMatch"
+
+
+def test_content_sha256_may_be_unsigned_because_the_signature_covers_its_value() -> None:
+    url = _boto3_client().generate_presigned_url(
+        "put_object", Params={"Bucket": "photos", "Key": "k"}
+    )
+    wire = _wire_from_url("PUT", url)
+    same = wire.with_header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+    assert same.verify(authenticator()).payload == "UNSIGNED-PAYLOAD"
+    # Another value changes the canonical request: the signature no longer matches.
+    other = wire.with_header("x-amz-content-sha256", sigv4.EMPTY_SHA256)
+    assert code_of(lambda: other.verify(authenticator())) == "SignatureDoesNotMatch"
+    streaming = wire.with_header("x-amz-content-sha256", sigv4.STREAMING_UNSIGNED_TRAILER)
+    assert code_of(lambda: streaming.verify(authenticator())) == "SignatureDoesNotMatch"
+
+
 def test_clock_skew_is_rejected_both_ways() -> None:
     wire = sigv4_request("GET", key_path("bucket", "k"))
     assert wire.verify(authenticator(offset=14 * 60)).identity is not None

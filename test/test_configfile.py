@@ -711,3 +711,39 @@ def test_yaml_anchors_may_be_overridden(tmp_path: Path) -> None:
         ("a", "/a", "eu-1"),
         ("b", "/b", "eu-1"),
     ]
+
+
+# --- typed data (the admin API's JSON) ---------------------------------------------------------
+
+
+def test_yaml_keeps_bare_numbers_as_text_but_typed_data_refuses_them() -> None:
+    """Go reads ``secret_key: 12345`` as text; in JSON a number for a secret is a mistake."""
+    data = minimal(s3api={"access_key": "AK", "secret_key": 12345}, api={"token": 42})
+    loaded = parse_config(copy.deepcopy(data), {})
+    assert (loaded.s3api.secret_key, loaded.api.token) == ("12345", "42")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(copy.deepcopy(data), {}, typed=True)
+    found = caught.value.problems
+    assert "s3api.secret_key: this value is not text (give it as a JSON string)" in found
+    assert "api.token: this value is not text (give it as a JSON string)" in found
+    assert not any("12345" in p or "42" in p for p in found)  # secrets are not shown
+
+
+def test_typed_data_checks_text_in_every_section() -> None:
+    data = minimal(
+        data_dir=1,
+        server={"host": 127},
+        s3api={"access_key": 5, "secret_key": "s", "credentials": [
+            {"access_key": "K2", "secret_key": 6.5}]},
+    )  # fmt: skip
+    data["buckets"][0]["secret_access_key"] = 9
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, {}, typed=True)
+    found = caught.value.problems
+    for key in ("data_dir: 1", "server.host: 127", "s3api.access_key: 5",
+                "s3api.credentials[0].secret_key: this value",
+                "buckets[0].secret_access_key: this value"):  # fmt: skip
+        assert any(p.startswith(key) and "is not text" in p for p in found), (key, found)
+    # Well-typed data passes, and round-trips through config_to_dict as the API merges it.
+    config = parse_config(minimal(), {})
+    assert parse_config(config_to_dict(config, mask_secrets=False), {}, typed=True) == config

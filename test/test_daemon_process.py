@@ -89,6 +89,80 @@ def test_a_bad_configuration_is_refused_before_binding(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # nothing created, nothing bound
 
 
+def _held_port() -> socket.socket:
+    """A listening socket on a loopback port, as another program holding it."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder
+
+
+def test_a_port_already_in_use_ends_the_daemon_with_one_line(tmp_path: Path) -> None:
+    """It used to log nothing, listen nowhere, keep probing and never exit (issue 13, 4)."""
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        daemon = DaemonProcess(tmp_path, {"buckets": [{"name": "disk-1", "path": "b1"}]}, port)
+        daemon.start(wait=False)
+        try:
+            status = daemon.wait(timeout=60)
+        finally:
+            daemon.stop()
+        log = daemon.log_path.read_text()
+    line = f"s3balance: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"
+    assert status == 1, log
+    assert log.count(line) == 1, log
+    assert "Traceback" not in log, log
+    assert "s3balance listening" not in log
+
+
+def test_a_metrics_port_in_use_ends_the_daemon_too(tmp_path: Path) -> None:
+    """``metrics.port`` is a listener like the others: all are bound, or the daemon exits."""
+    with _held_port() as holder:
+        metrics_port = holder.getsockname()[1]
+        config = {
+            "server": {"host": "127.0.0.1"},
+            "buckets": [{"name": "disk-1", "path": "b1"}],
+            "metrics": {"port": metrics_port},
+        }
+        daemon = DaemonProcess(tmp_path, config)
+        daemon.start(wait=False)
+        try:
+            status = daemon.wait(timeout=60)
+        finally:
+            daemon.stop()
+        log = daemon.log_path.read_text()
+    assert status == 1, log
+    line = (
+        f"s3balance: cannot listen on tcp:{metrics_port}:interface=127.0.0.1: "
+        "Address already in use"
+    )
+    assert log.count(line) == 1, log
+    assert "s3balance listening" not in log
+
+
+def test_a_daemonising_twistd_reports_the_port_in_use_and_exits(tmp_path: Path) -> None:
+    """Without ``-n`` twistd's parent waits for its child's word: it must get one."""
+    import subprocess
+
+    from test.support.process import daemon_environment, twistd_command
+
+    (tmp_path / "s3balance.yaml").write_text("buckets:\n  - {name: disk-1, path: b1}\n")
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            twistd_command() + [
+                f"--pidfile={tmp_path / 'twistd.pid'}", f"--logfile={tmp_path / 'twistd.log'}",
+                "s3balance", "--config", "s3balance.yaml",
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+            ],
+            cwd=tmp_path, env=daemon_environment(), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result
+    assert f"cannot listen on tcp:{port}" in result.stderr
+    assert not (tmp_path / "twistd.pid").exists()
+
+
 def test_an_outdated_schema_refuses_to_start_without_auto_migrate(tmp_path: Path) -> None:
     import sqlalchemy as sa
 

@@ -24,6 +24,39 @@ class BucketTests(DaemonTestCase, unittest.TestCase):
         code, status, _ = await self.error_of(self.s3.list_objects_v2, Bucket="r1")
         self.assertEqual((code, status), ("NoSuchBucket", 404))
 
+    async def test_list_buckets_honours_its_parameters(self) -> None:
+        """The routing table accepted ``max-buckets``, ``prefix``... while they were ignored."""
+        for name in ("photos-a", "photos-b", "photos-c", "zzz"):
+            await self.call(self.s3.create_bucket, Bucket=name)
+        names = lambda result: [b["Name"] for b in result["Buckets"]]  # noqa: E731
+        result = await self.call(self.s3.list_buckets, Prefix="photos-")
+        self.assertEqual(names(result), ["photos-a", "photos-b", "photos-c"])
+        self.assertEqual(result["Prefix"], "photos-")
+        first = await self.call(self.s3.list_buckets, Prefix="photos-", MaxBuckets=2)
+        self.assertEqual(names(first), ["photos-a", "photos-b"])
+        rest = await self.call(
+            self.s3.list_buckets, Prefix="photos-", MaxBuckets=2,
+            ContinuationToken=first["ContinuationToken"],
+        )  # fmt: skip
+        self.assertEqual(names(rest), ["photos-c"])
+        self.assertNotIn("ContinuationToken", rest)
+        paged = [
+            name
+            for page in await self.call(
+                lambda: list(self.s3.get_paginator("list_buckets").paginate(
+                    PaginationConfig={"PageSize": 1}
+                ))
+            )
+            for name in names(page)
+        ]  # fmt: skip
+        self.assertEqual(paged, ["photos-a", "photos-b", "photos-c", "vb", "zzz"])
+        here = await self.call(self.s3.list_buckets, BucketRegion="us-east-1")
+        self.assertEqual(len(names(here)), 5)
+        elsewhere = await self.call(self.s3.list_buckets, BucketRegion="eu-west-3")
+        self.assertEqual(names(elsewhere), [])
+        code, status, _ = await self.error_of(self.s3.list_buckets, MaxBuckets=10001)
+        self.assertEqual((code, status), ("InvalidArgument", 400))
+
     async def test_create_head_locate_and_delete(self) -> None:
         await self.call(self.s3.create_bucket, Bucket="new-bucket")
         head = await self.call(self.s3.head_bucket, Bucket="new-bucket")

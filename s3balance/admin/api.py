@@ -3,8 +3,9 @@
 Every request but a CORS preflight (``OPTIONS``) must carry ``api.token``, as
 ``Authorization: Bearer <token>`` or as the bare token (both are what the Go project accepts);
 otherwise the answer is 401 ``{"error": "..."}``.  Times are float seconds since the epoch (UTC),
-sizes are bytes, months are ``"YYYY-MM"`` (UTC).  Errors are ``{"error": "<message>"}`` with a
-4xx/5xx status, except a refused configuration: 400 ``{"errors": ["<key path>: <problem>", ...]}``.
+sizes are bytes, months are ``"YYYY-MM"`` (UTC).  Errors are ``{"error": "<message>", "status":
+<status>}`` with that 4xx/5xx status, except a refused configuration: 400 ``{"errors": ["<key
+path>: <problem>", ...], "status": 400}``.  Every error, unexpected ones included, is JSON.
 
 Endpoints and their answers:
 
@@ -34,7 +35,8 @@ probe round first.
 ``POST /api/config`` with a full or partial configuration (the file's format, as JSON; in
 ``buckets`` an entry updates the bucket of the same name, ``{"name": x, "remove": true}``
 removes one, ``"***"`` keeps a secret) -> ``{"changes": [...], "config": {...}}``.  The update is
-validated like the file at start; ``${VAR}`` is not expanded from the daemon's environment.
+validated like the file at start, with JSON's types (a number where text belongs, such as a
+secret, is refused); ``${VAR}`` is not expanded from the daemon's environment.
 Sections that need a restart are listed in ``changes`` and left as they run.
 
 ``GET /api/stats/monthly`` (this month), ``GET /api/stats/monthly/{year}/{month}`` ->
@@ -199,6 +201,9 @@ class AdminResource(Resource):
             handler, params = self._route(request)
         except ApiError as error:
             return self._body(request, error.status, error.body)
+        except Exception:
+            log.failure("admin API request {uri} failed", uri=request.uri)
+            return self._body(request, 500, {"error": "internal error"})
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
 
@@ -214,11 +219,14 @@ class AdminResource(Resource):
             else:
                 log.failure("admin API request {uri} failed", failure, uri=request.uri)
                 status, body = 500, {"error": f"internal error: {failure.getErrorMessage()}"}
-            if not finished[0]:
+            if not finished[0] and not request.startedWriting:
                 request.write(self._body(request, status, body))
                 request.finish()
 
-        Deferred.fromCoroutine(handler(request, *params)).addCallbacks(answer, failed)
+        # An error while rendering the answer (a value JSON cannot hold) is answered like any
+        # other: JSON 500, never a request left without an answer.
+        work = Deferred.fromCoroutine(handler(request, *params)).addCallback(answer)
+        work.addErrback(failed)
         return NOT_DONE_YET
 
     def _cors(self, request: Request) -> None:
@@ -227,6 +235,9 @@ class AdminResource(Resource):
         request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
 
     def _body(self, request: Request, status: int, body: JSON) -> bytes:
+        """The JSON answer; an error's body also carries its HTTP ``status``."""
+        if status >= 400 and "status" not in body:
+            body = {**body, "status": status}
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         if status == 401:
@@ -237,12 +248,13 @@ class AdminResource(Resource):
         token = self.service.config.api.token.encode("utf-8")
         if not token:
             raise _error(401, "the admin API has no token configured (api.token)")
-        header = (request.getHeader("authorization") or "").strip()
+        # Raw bytes: a header that is not UTF-8 is simply a wrong token, never a decoding error.
+        header = b",".join(request.requestHeaders.getRawHeaders(b"authorization", [])).strip()
         if not header:
             raise _error(401, "missing Authorization header")
-        scheme, _, rest = header.partition(" ")
-        presented = rest.strip() if scheme.lower() == "bearer" else header
-        if not hmac.compare_digest(presented.encode("utf-8"), token):
+        scheme, _, rest = header.partition(b" ")
+        presented = rest.strip() if scheme.lower() == b"bearer" else header
+        if not hmac.compare_digest(presented, token):
             raise _error(401, "invalid token")
 
     def _route(self, request: Request) -> tuple[Handler, list[str]]:
@@ -380,7 +392,7 @@ class AdminResource(Resource):
         partial = _json_body(request)
         current = config_to_dict(self.service.config, mask_secrets=False)
         try:
-            new = parse_config(merge_config(current, partial), environ={})
+            new = parse_config(merge_config(current, partial), environ={}, typed=True)
         except ConfigError as error:
             raise ApiError(400, {"errors": error.problems}) from error
         changes = await self._apply(new)
@@ -603,10 +615,12 @@ class AdminResource(Resource):
     async def validate_config(self, request: Request) -> JSON:
         from s3balance.admin.configcheck import problem_documents
 
-        partial, lines = _partial_from(_json_body(request))
+        body = _json_body(request)
+        partial, lines = _partial_from(body)
         current = config_to_dict(self.service.config, mask_secrets=False)
         try:
-            parse_config(merge_config(current, partial), environ={})
+            # JSON is typed (a number is not a secret); YAML text reads like the file.
+            parse_config(merge_config(current, partial), environ={}, typed="yaml" not in body)
         except ConfigError as error:
             return {"valid": False, "problems": problem_documents(error.problems, lines)}
         return {"valid": True, "problems": []}
@@ -614,10 +628,13 @@ class AdminResource(Resource):
     async def post_config_yaml(self, request: Request) -> JSON:
         from s3balance.admin.configcheck import problem_documents
 
-        partial, lines = _partial_from(_json_body(request))
+        body = _json_body(request)
+        partial, lines = _partial_from(body)
         current = config_to_dict(self.service.config, mask_secrets=False)
         try:
-            new = parse_config(merge_config(current, partial), environ={})
+            new = parse_config(
+                merge_config(current, partial), environ={}, typed="yaml" not in body
+            )
             changes = await apply_config(self.service, new)
         except ConfigError as error:
             problems = problem_documents(error.problems, lines)

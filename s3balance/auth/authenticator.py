@@ -42,6 +42,14 @@ _UNSUPPORTED_STREAMING = (
     "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
     "STREAMING-AWS4-HMAC-SHA256-EVENTS",
 )
+#: ``x-amz-*`` headers a SigV4 request may carry unsigned.  ``x-amz-content-sha256`` is the
+#: payload hash: its value is the last line of the canonical request, so a changed value fails
+#: the signature whether or not the header is listed as signed (S3, Ceph and MinIO accept it
+#: unsigned; botocore's presigner never signs it).  Nothing else: ``x-amz-date`` and
+#: ``x-amz-security-token`` travel in the query of a presigned URL, and a header-signed request
+#: signs them (botocore leaves only ``expect``, ``user-agent``, ``transfer-encoding`` and
+#: ``x-amzn-trace-id`` unsigned, none of them ``x-amz-*``).
+UNSIGNED_AMZ_HEADERS_ALLOWED = frozenset({"x-amz-content-sha256"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 _NO_DATE = "AWS authentication requires a valid Date or x-amz-date header"
 
@@ -110,6 +118,25 @@ def _parse_http_date(value: str) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def unsigned_amz_headers(hdrs: RequestHeaders, signed_names: Sequence[str]) -> list[str]:
+    """The ``x-amz-*`` headers of a SigV4 request that its signature does not cover, sorted.
+
+    S3 refuses these on header-signed *and* presigned requests alike: an ``x-amz-*`` header
+    changes what a request does (``x-amz-copy-source`` turns an upload into a copy of another
+    object, ``x-amz-meta-*``, ``x-amz-acl``... change what is stored), so a presigned URL signed
+    for ``host`` alone must not carry any.  The one exception, :data:`UNSIGNED_AMZ_HEADERS_ALLOWED`,
+    is bound into the signature through its value anyway.
+    """
+    signed = {name.strip().lower() for name in signed_names}
+    return sorted(
+        name
+        for name in hdrs.names()
+        if name.startswith("x-amz-")
+        and name not in signed
+        and name not in UNSIGNED_AMZ_HEADERS_ALLOWED
+    )
 
 
 def _is_sha256_hex(value: str) -> bool:
@@ -482,17 +509,12 @@ class Authenticator:
         hdrs: RequestHeaders,
     ) -> AuthResult:
         secret = self._secret(claim.access_key)
-        if not claim.presigned:
-            unsigned = sorted(
-                name
-                for name in hdrs.names()
-                if name.startswith("x-amz-") and name not in claim.signed_headers
+        unsigned = unsigned_amz_headers(hdrs, claim.signed_headers)
+        if unsigned:
+            raise errors.AccessDenied(
+                "There were headers present in the request which were not signed",
+                HeadersNotSigned=", ".join(unsigned),
             )
-            if unsigned:
-                raise errors.AccessDenied(
-                    "There were headers present in the request which were not signed",
-                    HeadersNotSigned=", ".join(unsigned),
-                )
         canonical = sigv4.canonical_request(
             method,
             raw_path,
@@ -550,13 +572,15 @@ class Authenticator:
             raise errors.AccessDenied(_NO_DATE)
         self._check_skew(request_time, shown)
         secret = self._secret(access_key)
-        resource = sigv2.canonical_resource(raw_path, raw_query, bucket_from_host)
+        resources = sigv2.canonical_resources(raw_path, raw_query, bucket_from_host)
         # S3 signs an empty Date when x-amz-date is present; some clients (botocore) sign the
         # Date they send regardless.  Both values are the client's own, so accept either.
         dates = [""] if amz_date is not None else []
         if http_date is not None:
             dates.append(http_date.strip())
-        return self._check_v2(access_key, secret, signature, method, hdrs, dates, resource, "sigv2")
+        return self._check_v2(
+            access_key, secret, signature, method, hdrs, dates, resources, "sigv2"
+        )
 
     def _verify_v2_query(
         self,
@@ -591,9 +615,9 @@ class Authenticator:
             ):
                 pairs.append((lower, [value]))
         merged = RequestHeaders((name, v) for name, values in pairs for v in values)
-        resource = sigv2.canonical_resource(raw_path, raw_query, bucket_from_host)
+        resources = sigv2.canonical_resources(raw_path, raw_query, bucket_from_host)
         return self._check_v2(
-            access_key, secret, query["Signature"], method, merged, [expires_text], resource,
+            access_key, secret, query["Signature"], method, merged, [expires_text], resources,
             "sigv2-presigned",
         )  # fmt: skip
 
@@ -605,19 +629,22 @@ class Authenticator:
         method: str,
         hdrs: RequestHeaders,
         dates: list[str],
-        resource: str,
+        resources: list[str],
         scheme: str,
     ) -> AuthResult:
+        """Accept the signature if it matches one of the strings to sign the client may have
+        meant (each date it sent, each spelling of the resource)."""
         first_to_sign = ""
-        for date in dates:
-            to_sign = sigv2.string_to_sign(method, hdrs, date, resource)
-            first_to_sign = first_to_sign or to_sign
-            expected = sigv2.sign(secret, to_sign)
-            if sigv4.signatures_equal(expected, signature):
-                identity = self._keyring.identity_for(access_key)
-                return AuthResult(
-                    identity, self._declared_payload(hdrs, ""), access_key, scheme
-                )
+        for resource in resources:
+            for date in dates:
+                to_sign = sigv2.string_to_sign(method, hdrs, date, resource)
+                first_to_sign = first_to_sign or to_sign
+                expected = sigv2.sign(secret, to_sign)
+                if sigv4.signatures_equal(expected, signature):
+                    identity = self._keyring.identity_for(access_key)
+                    return AuthResult(
+                        identity, self._declared_payload(hdrs, ""), access_key, scheme
+                    )
         raise errors.SignatureDoesNotMatch(
             AWSAccessKeyId=access_key,
             StringToSign=first_to_sign,

@@ -45,6 +45,28 @@ def canonical_resource(raw_path: bytes, raw_query: bytes, bucket_from_host: str 
     return path + ("?" + "&".join(selected) if selected else "")
 
 
+def canonical_resources(
+    raw_path: bytes, raw_query: bytes, bucket_from_host: str | None
+) -> list[str]:
+    """The resources a client may have signed for this request, the usual form first.
+
+    For a request on a bucket itself, clients disagree on the trailing slash: botocore and s3cmd
+    sign ``/bucket/`` whether they send ``/bucket`` or ``/bucket/`` (and S3 accepts it), while a
+    client following S3's documentation to the letter signs the path as sent.  Both name the
+    same bucket, so both are accepted; any other request has exactly one canonical resource.
+    """
+    resource = canonical_resource(raw_path, raw_query, bucket_from_host)
+    path, mark, query = resource.partition("?")
+    segments = path.split("/")
+    bucket_only = (len(segments) == 2 and segments[1]) or (
+        len(segments) == 3 and segments[1] and not segments[2]
+    )
+    if not bucket_only:
+        return [resource]
+    bare = "/" + segments[1]
+    return [bare + "/" + mark + query, bare + mark + query]
+
+
 def amz_headers(headers: RequestHeaders) -> str:
     """``x-amz-name:v1,v2\\n`` for each ``x-amz-*`` header, sorted by name."""
     lines = []

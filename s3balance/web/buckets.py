@@ -18,11 +18,53 @@ from s3balance.web.answer import Answer, RequestContext, refuse_acl_header
 MAX_KEYS = 1000
 
 
+#: S3's largest ``max-buckets``.
+MAX_BUCKETS = 10000
+
+
 async def handle_ListBuckets(ctx: RequestContext) -> Answer:
+    """Every bucket the key may see, filtered and paged as S3 does (``prefix``,
+    ``bucket-region``, ``max-buckets``, ``continuation-token``: the last name of the page before).
+    """
+    max_buckets = _max_buckets(ctx.query("max-buckets"))
+    prefix = ctx.query("prefix") or ""
+    after = ctx.query("continuation-token") or ""
+    region = ctx.query("bucket-region")
     buckets = await ctx.gateway.list_buckets()
     if ctx.identity is not None:
         buckets = [b for b in buckets if ctx.identity.may_access(b.name, False)]
-    return Answer.xml(xml.list_buckets(buckets, ctx.owner))
+    buckets = sorted(
+        (b for b in buckets if b.name.startswith(prefix) and b.name > after),
+        key=lambda b: b.name,
+    )
+    if region is not None and region != ctx.region:
+        buckets = []  # every bucket here is in the daemon's one region
+    token = None
+    if max_buckets is not None and len(buckets) > max_buckets:
+        buckets = buckets[:max_buckets]
+        token = buckets[-1].name
+    return Answer.xml(
+        xml.list_buckets(
+            buckets, ctx.owner, continuation_token=token, prefix=ctx.query("prefix")
+        )
+    )
+
+
+def _max_buckets(value: str | None) -> int | None:
+    """``max-buckets``: 1..10000, or ``None`` when absent.
+
+    :raises S3Error: InvalidArgument.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isdigit() and len(text) <= 5 and 1 <= int(text) <= MAX_BUCKETS):
+        raise errors.InvalidArgument(
+            f"max-buckets must be an integer between 1 and {MAX_BUCKETS}",
+            ArgumentName="max-buckets",
+            ArgumentValue=value,
+        )
+    return int(text)
 
 
 async def handle_HeadBucket(ctx: RequestContext) -> Answer:

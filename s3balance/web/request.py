@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.errors import S3Error
-from s3balance.logs import named_logger
+from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS
 
 if TYPE_CHECKING:
@@ -388,6 +388,9 @@ class StreamingRequest(server.Request):
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
         self.request_id = secrets.token_hex(8)
+        #: For the access line: the S3 operation and error code, set by whoever decides them.
+        self.access_operation = NO_VALUE
+        self.access_error = NO_VALUE
         self.body: RequestBody | None = None
         self.streamed = False
         self.disconnected = False
@@ -569,6 +572,7 @@ class StreamingRequest(server.Request):
             return
         resource = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else "/"
         document = error.to_xml(resource, self.request_id)
+        self.access_error = error.code
         self.setResponseCode(error.status)
         self.setHeader(b"Content-Type", b"application/xml")
         self.setHeader(b"Content-Length", b"%d" % len(document))
@@ -636,11 +640,12 @@ class StreamingRequest(server.Request):
         address = f"{host}:{getattr(client, 'port', '')}" if host is not None else str(client)
         status: int | str = self.code if self.finished else "disconnected"
         _access_log.info(
-            "{method} {path} {status} in={bytes_in} out={bytes_out} {duration:.3f}s "
-            "{client} {request_id}",
+            ACCESS_LINE,
             method=_text(self.method),
-            path=_text(self.path if isinstance(self.path, bytes) else self.uri),
+            path=printable(_text(self.path if isinstance(self.path, bytes) else self.uri)),
+            operation=getattr(self, "access_operation", NO_VALUE),
             status=status,
+            error_code=getattr(self, "access_error", NO_VALUE),
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=self._clock.seconds() - self._started_at,

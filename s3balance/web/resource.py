@@ -53,9 +53,10 @@ from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
-from s3balance.logs import make_logger
+from s3balance.logs import access_operation, make_logger
 from s3balance.web import buckets, objects
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.queryparams import is_ignored
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
     MULTIPART_OPERATIONS,
@@ -218,6 +219,11 @@ class _S3Operation(Resource):
             route = root.router.route(request.method, request.uri, request.requestHeaders)
         except ValueError:
             route = Route("InvalidURI", None, None)
+        refused = route.operation in (NOT_IMPLEMENTED, METHOD_NOT_ALLOWED)
+        request.access_operation = access_operation(  # type: ignore[attr-defined]
+            route.operation,
+            (name for name in route.query if not is_ignored(name)) if refused else (),
+        )
         ctx = RequestContext(
             request=request,
             route=route,
@@ -245,7 +251,7 @@ class _S3Operation(Resource):
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
         ctx.identity = self.root.authenticate(request, route)
         if route.operation == NOT_IMPLEMENTED:
-            raise errors.NotImplementedError_()
+            raise errors.NotImplementedError_(route.refusal or None)
         if route.operation == METHOD_NOT_ALLOWED:
             raise errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
         if route.operation in MULTIPART_OPERATIONS:
@@ -343,6 +349,7 @@ class _S3Operation(Resource):
 def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
     """S3's XML error answer (headers only for HEAD) and finish."""
     document = error.to_xml(resource, request_id)
+    request.access_error = error.code  # type: ignore[attr-defined]
     request.setResponseCode(error.status)
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
     if request.method == b"HEAD" or error.status == 304:

@@ -1,9 +1,11 @@
 """Which S3 operation a request is, decided from the query string first, then the method.
 
 Routing on the method alone is how other gateways turned ``PUT ?tagging`` into an overwrite of the
-object and ``DELETE /bucket?cors`` into a wipe of the bucket: here every sub-resource and every
-query parameter must be known.  A sub-resource s3balance does not serve routes to
-``NotImplemented``; an unknown parameter does too, so nothing is ever guessed.
+object and ``DELETE /bucket?cors`` into a wipe of the bucket: here every query parameter is judged
+by :mod:`s3balance.web.queryparams` (sub-resources we do not serve, parameters we honour,
+parameters we ignore as S3 does) before the method is looked at.  A sub-resource s3balance does
+not serve routes to ``NotImplemented``, and so does a combination of parameters no served
+operation takes, so nothing is ever guessed.
 
 Addressing: path style ``/{bucket}/{key}``, and virtual-host style ``Host: {bucket}.{domain}``
 when a domain is configured.
@@ -16,62 +18,13 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from twisted.web.http_headers import Headers
 
-#: Query parameters that carry authentication or SDK bookkeeping: allowed on every operation.
-_NEUTRAL_PARAMS = frozenset(
-    {
-        "x-amz-algorithm",
-        "x-amz-credential",
-        "x-amz-date",
-        "x-amz-expires",
-        "x-amz-signedheaders",
-        "x-amz-signature",
-        "x-amz-security-token",
-        "x-amz-user-agent",
-        "awsaccesskeyid",
-        "signature",
-        "expires",
-        "x-id",
-    }
-)
+from s3balance.web.queryparams import HONOURED_PARAMS, judge_query
 
-_LIST_V1_PARAMS = frozenset({"prefix", "delimiter", "marker", "max-keys", "encoding-type"})
-_LIST_V2_PARAMS = frozenset(
-    {
-        "list-type",
-        "prefix",
-        "delimiter",
-        "max-keys",
-        "encoding-type",
-        "continuation-token",
-        "start-after",
-        "fetch-owner",
-    }
-)
-_LIST_VERSIONS_PARAMS = frozenset(
-    {
-        "versions",
-        "prefix",
-        "delimiter",
-        "max-keys",
-        "encoding-type",
-        "key-marker",
-        "version-id-marker",
-    }
-)
-_LIST_UPLOADS_PARAMS = frozenset(
-    {"uploads", "prefix", "delimiter", "max-uploads", "encoding-type", "key-marker",
-     "upload-id-marker"}
-)
-_RESPONSE_OVERRIDES = frozenset(
-    {
-        "response-content-type",
-        "response-content-language",
-        "response-expires",
-        "response-cache-control",
-        "response-content-disposition",
-        "response-content-encoding",
-    }
-)
+_HONOURED = HONOURED_PARAMS
+_LIST_V1_PARAMS = HONOURED_PARAMS["ListObjects"]
+_LIST_V2_PARAMS = HONOURED_PARAMS["ListObjectsV2"]
+_LIST_VERSIONS_PARAMS = HONOURED_PARAMS["ListObjectVersions"]
+_LIST_UPLOADS_PARAMS = HONOURED_PARAMS["ListMultipartUploads"]
 
 #: Operations handed to the optional multipart handler.
 MULTIPART_OPERATIONS = frozenset(
@@ -102,6 +55,8 @@ class Route:
     :ivar key: the object key (decoded UTF-8), ``None`` for bucket-level requests.
     :ivar query: decoded query parameters (first value of each; a bare ``?acl`` maps to ``""``).
     :ivar path: the decoded path, for ``Resource`` in error documents.
+    :ivar refusal: for :data:`NOT_IMPLEMENTED` because of the query string, why (the message of
+        the 501).
     """
 
     operation: str
@@ -109,6 +64,7 @@ class Route:
     key: str | None
     query: dict[str, str] = field(default_factory=dict)
     path: str = "/"
+    refusal: str = ""
 
     @property
     def is_multipart(self) -> bool:
@@ -170,7 +126,10 @@ class Router:
         """
         bucket, key, query, path = self.split_target(raw_target, headers)
         verb = method.decode("latin-1").upper()
-        lowered = {name.lower() for name in query} - _NEUTRAL_PARAMS
+        verdict = judge_query(verb, query)
+        if verdict.refusal:
+            return Route(NOT_IMPLEMENTED, bucket, key, query, path, verdict.refusal)
+        lowered = set(verdict.params)
         has_copy_source = headers.hasHeader(b"x-amz-copy-source")
         if bucket is None:
             operation = _service_operation(verb, lowered)
@@ -178,7 +137,11 @@ class Router:
             operation = _bucket_operation(verb, lowered, query)
         else:
             operation = _object_operation(verb, lowered, has_copy_source)
-        return Route(operation, bucket, key, query, path)
+        refusal = ""
+        if operation == NOT_IMPLEMENTED:
+            named = ", ".join(sorted(lowered)) or "no query parameters"
+            refusal = f"{verb} with {named} is not implemented."
+        return Route(operation, bucket, key, query, path, refusal)
 
     def should_stream(self, method: bytes, raw_target: bytes, headers: Headers) -> bool:
         """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
@@ -213,8 +176,7 @@ def _only(params: set[str], allowed: frozenset[str]) -> bool:
 
 def _service_operation(verb: str, params: set[str]) -> str:
     if verb == "GET":
-        return "ListBuckets" if not params - {"prefix", "max-buckets", "continuation-token",
-                                              "bucket-region"} else NOT_IMPLEMENTED
+        return "ListBuckets" if _only(params, _HONOURED["ListBuckets"]) else NOT_IMPLEMENTED
     return METHOD_NOT_ALLOWED
 
 
@@ -263,7 +225,7 @@ def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str
 
 def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str:
     if "acl" in params:
-        if not params <= {"acl", "versionid"}:
+        if not params <= _HONOURED["GetObjectAcl"]:
             return NOT_IMPLEMENTED
         return {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"}.get(verb, NOT_IMPLEMENTED)
     if "uploads" in params:
@@ -277,12 +239,11 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
             return "CompleteMultipartUpload"
         if verb == "DELETE" and params == {"uploadid"}:
             return "AbortMultipartUpload"
-        if verb == "GET" and params <= {"uploadid", "max-parts", "part-number-marker",
-                                         "encoding-type"}:
+        if verb == "GET" and params <= _HONOURED["ListParts"]:
             return "ListParts"
         return NOT_IMPLEMENTED
     if verb in ("GET", "HEAD"):
-        if params <= _RESPONSE_OVERRIDES | {"versionid", "partnumber"}:
+        if params <= _HONOURED["GetObject"]:
             return "GetObject" if verb == "GET" else "HeadObject"
         return NOT_IMPLEMENTED
     if verb == "PUT":
@@ -290,7 +251,7 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
             return NOT_IMPLEMENTED
         return "CopyObject" if has_copy_source else "PutObject"
     if verb == "DELETE":
-        return "DeleteObject" if params <= {"versionid"} else NOT_IMPLEMENTED
+        return "DeleteObject" if params <= _HONOURED["DeleteObject"] else NOT_IMPLEMENTED
     if verb == "POST":
         return NOT_IMPLEMENTED
     return METHOD_NOT_ALLOWED

@@ -66,7 +66,15 @@ def _owner(parent: ET.Element, owner: Owner, tag: str = "Owner") -> None:
     _sub(element, "DisplayName", owner.display_name)
 
 
-def list_buckets(buckets: Iterable[BucketRecord], owner: Owner) -> bytes:
+def list_buckets(
+    buckets: Iterable[BucketRecord],
+    owner: Owner,
+    *,
+    continuation_token: str | None = None,
+    prefix: str | None = None,
+) -> bytes:
+    """``ListAllMyBucketsResult``; ``continuation_token`` when the page was cut short,
+    ``prefix`` echoed when the request gave one."""
     root = _root("ListAllMyBucketsResult")
     _owner(root, owner)
     container = _sub(root, "Buckets")
@@ -74,6 +82,10 @@ def list_buckets(buckets: Iterable[BucketRecord], owner: Owner) -> bytes:
         element = _sub(container, "Bucket")
         _sub(element, "Name", bucket.name)
         _sub(element, "CreationDate", iso8601(bucket.created_at))
+    if continuation_token is not None:
+        _sub(root, "ContinuationToken", continuation_token)
+    if prefix is not None:
+        _sub(root, "Prefix", prefix)
     return _serialise(root)
 
 
