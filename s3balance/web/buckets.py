@@ -10,12 +10,18 @@ import base64
 import binascii
 
 from s3balance import errors
+from s3balance.backends.interface import BackendError
 from s3balance.db.records import ObjectPage
+from s3balance.multipart import discard_upload
 from s3balance.web import xml
 from s3balance.web.answer import Answer, RequestContext, refuse_acl_header
 
 #: S3's page size limit for listings.
 MAX_KEYS = 1000
+#: The region where S3 answers CreateBucket of a bucket one owns already with 200.
+LEGACY_REGION = "us-east-1"
+#: DeleteBucket aborts at most this many pages of uploads in progress before giving up.
+MAX_ABORT_PAGES = 100
 
 
 async def handle_ListBuckets(ctx: RequestContext) -> Answer:
@@ -55,13 +61,53 @@ async def handle_CreateBucket(ctx: RequestContext) -> Answer:
             f"The {constraint} location constraint is incompatible with the region of this "
             f"server ({ctx.region}).",
         )
-    await ctx.gateway.create_bucket(ctx.bucket)
+    try:
+        await ctx.gateway.create_bucket(ctx.bucket)
+    except errors.S3Error as error:
+        # S3 answers a repeated CreateBucket of one's own bucket with 200 in us-east-1 (its
+        # legacy region, where it changes nothing) and 409 BucketAlreadyOwnedByYou elsewhere.
+        if error.code != "BucketAlreadyOwnedByYou" or ctx.region != LEGACY_REGION:
+            raise
     return Answer(200, [("Location", "/" + ctx.bucket)])
 
 
 async def handle_DeleteBucket(ctx: RequestContext) -> Answer:
-    await ctx.gateway.delete_bucket(ctx.bucket)
+    """Delete an empty bucket.  Uploads in progress do not keep a bucket alive on S3: when they
+    are all that is left, they are aborted (on their backends too) and the bucket goes."""
+    gateway = ctx.gateway
+    try:
+        await gateway.delete_bucket(ctx.bucket)
+    except errors.S3Error as error:
+        if error.code != "BucketNotEmpty":
+            raise
+        page = await gateway.list_objects(ctx.bucket, max_keys=1)
+        if page.objects or page.common_prefixes:
+            raise
+        await abort_uploads_of(ctx, ctx.bucket)
+        await gateway.delete_bucket(ctx.bucket)
     return Answer(204)
+
+
+async def abort_uploads_of(ctx: RequestContext, bucket: str) -> None:
+    """Abort every multipart upload of ``bucket`` on its backend and in the store.
+
+    :raises S3Error: ServiceUnavailable when a backend cannot abort one (its row stays, so the
+        bucket stays too and a retry finishes the job).
+    """
+    gateway = ctx.gateway
+    for _ in range(MAX_ABORT_PAGES):
+        page = await gateway.store.list_uploads(bucket, max_uploads=MAX_KEYS)
+        if not page.uploads:
+            return
+        for upload in page.uploads:
+            try:
+                released = await discard_upload(gateway.store, gateway.pool, upload)
+            except (KeyError, BackendError) as error:
+                raise errors.ServiceUnavailable(
+                    "An upload in progress in this bucket could not be aborted; retry later."
+                ) from error
+            if released is not None:
+                gateway.usage.adjust(upload.backend, -released, 0)
 
 
 async def handle_GetBucketAcl(ctx: RequestContext) -> Answer:
