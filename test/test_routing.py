@@ -59,6 +59,9 @@ COPY = {"x-amz-copy-source": "/src/key"}
         # SDK bookkeeping and presigned-URL parameters do not change the operation.
         ("GET", "/b/k?x-id=GetObject&X-Amz-Signature=abc&X-Amz-Date=x", {}, "GetObject"),
         ("PUT", "/b/k?x-id=PutObject", {}, "PutObject"),
+        ("GET", "/b/k?tagging", {}, "GetObjectTagging"),
+        ("PUT", "/b/k?tagging", {}, "PutObjectTagging"),
+        ("DELETE", "/b/k?tagging&versionId=null", {}, "DeleteObjectTagging"),
     ],
 )
 def test_served_operations(method: str, target: str, headers: dict[str, str], operation: str):
@@ -68,7 +71,6 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
 @pytest.mark.parametrize(
     "target",
     [
-        "/b/k?tagging",
         "/b?tagging",
         "/b?cors",
         "/b?policy",
@@ -115,6 +117,8 @@ def test_unserved_subresources_are_refused_whatever_the_method(method: str, targ
         ("PUT", "/b/k?partNumber=2"),  # a part without its upload is no PutObject
         ("DELETE", "/b/k?partNumber=2"),
         ("GET", "/?tagging"),
+        ("POST", "/b/k?tagging"),
+        ("PUT", "/b/k?tagging&uploadId=u"),
     ],
 )
 def test_wrong_combinations_are_refused(method: str, target: str):

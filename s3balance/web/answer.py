@@ -14,7 +14,6 @@ from typing import Any, Final
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from s3balance import errors
 from s3balance.gateway import Gateway
 from s3balance.web.routing import Route
 from s3balance.web.xml import Owner
@@ -109,15 +108,3 @@ def add_response_headers(request: Request, headers: list[tuple[str, str]]) -> No
         else:
             response.addRawHeader(encoded_name, encoded_value)
 
-
-def refuse_acl_header(ctx: RequestContext) -> None:
-    """A canned ``private`` ACL is what every object and bucket has; any other ACL or a grant
-    would be silently ignored, so it is refused.
-
-    :raises S3Error: NotImplemented.
-    """
-    acl = ctx.header("x-amz-acl")
-    if acl is not None and acl.strip() != "private":
-        raise errors.NotImplementedError_("Only the private canned ACL is supported.")
-    if ctx.headers_with_prefix("x-amz-grant-"):
-        raise errors.NotImplementedError_("ACL grants are not supported.")

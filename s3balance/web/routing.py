@@ -262,6 +262,14 @@ def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str
 
 
 def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str:
+    if "tagging" in params:
+        if not params <= {"tagging", "versionid"}:
+            return NOT_IMPLEMENTED
+        return {
+            "GET": "GetObjectTagging",
+            "PUT": "PutObjectTagging",
+            "DELETE": "DeleteObjectTagging",
+        }.get(verb, NOT_IMPLEMENTED)
     if "acl" in params:
         if not params <= {"acl", "versionid"}:
             return NOT_IMPLEMENTED
