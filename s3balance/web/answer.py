@@ -48,6 +48,7 @@ class RequestContext:
     :ivar identity: the verified signer (:class:`s3balance.auth.credentials.Identity`) or
         ``None`` for an anonymous request when authentication is off.
     :ivar read_body: reads a small, already-buffered request body (XML documents).
+    :ivar anonymous: see the attribute.
     """
 
     request: Request
@@ -61,6 +62,9 @@ class RequestContext:
     zero_copy: bool = False
     identity: Any = None
     read_body: Callable[[], bytes] = lambda: b""
+    #: An unsigned request while signatures are required, let through authentication only to
+    #: be checked against the resource's canned ACL (:mod:`s3balance.web.public`).
+    anonymous: bool = False
 
     @property
     def bucket(self) -> str:

@@ -56,6 +56,7 @@ from s3balance.gateway import Gateway
 from s3balance.logs import make_logger
 from s3balance.web import buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
     MULTIPART_OPERATIONS,
@@ -172,8 +173,14 @@ class S3Resource(Resource):
 
     # -- the authentication hook -------------------------------------------------------------
 
-    def authenticate(self, request: Request, route: Route) -> Any:
+    def authenticate(
+        self, request: Request, route: Route, ctx: RequestContext | None = None
+    ) -> Any:
         """Verify the request and return the identity (``None`` when anonymous).
+
+        With authentication on, an unsigned request for one of
+        :data:`~s3balance.web.public.ANONYMOUS_READS` is let through with ``ctx.anonymous`` set,
+        to be judged by the resource's ACL before its handler runs.
 
         Also installs the payload filter on a streamed body and refuses operations outside the
         identity's bucket scope or beyond a read-only key.
@@ -186,7 +193,12 @@ class S3Resource(Resource):
             request.uri,
             headers,
             bucket_from_host=self.router.host_bucket(request.requestHeaders),
+            allow_anonymous=(
+                ctx is not None and self.auth_enabled and route.operation in ANONYMOUS_READS
+            ),
         )
+        if self.auth_enabled and result.scheme == "anonymous" and ctx is not None:
+            ctx.anonymous = True
         body = getattr(request, "body", None)
         if body is not None:
             payload_filter = self.authenticator.body_filter(result, headers)
@@ -246,7 +258,9 @@ class _S3Operation(Resource):
         route = ctx.route
         if route.operation == "InvalidURI":
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
-        ctx.identity = self.root.authenticate(request, route)
+        ctx.identity = self.root.authenticate(request, route, ctx)
+        if ctx.anonymous:
+            await authorize_anonymous(ctx)
         if route.operation == NOT_IMPLEMENTED:
             raise errors.NotImplementedError_()
         if route.operation == METHOD_NOT_ALLOWED:
