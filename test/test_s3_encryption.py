@@ -119,6 +119,7 @@ class MotoEncryptionTests(MotoDaemonCase, RefusedEncryption, unittest.TestCase):
             self.s3.upload_part, Bucket="vb", Key="mp", UploadId=created["UploadId"],
             PartNumber=1, Body=b"p" * 100,
         )
+        self.assertEqual(part["ServerSideEncryption"], "AES256")
         done = await self.call(
             self.s3.complete_multipart_upload, Bucket="vb", Key="mp",
             UploadId=created["UploadId"],

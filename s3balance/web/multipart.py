@@ -348,6 +348,14 @@ class MultipartHandler:
             for f in checksum_filters
             if f.value_b64 is not None
         )
+        # S3 repeats the upload's encryption on each part's answer (the part is stored: an
+        # upload completed or aborted meanwhile only costs the header).
+        try:
+            upload = await self.uploads.get_upload(ctx.bucket, ctx.key, _upload_id(ctx))
+        except errors.S3Error:
+            pass
+        else:
+            answer_headers.extend(encryption_headers(upload.headers))
         return Answer(200, answer_headers)
 
     async def handle_UploadPartCopy(self, request: Any, ctx: RequestContext) -> Answer:
