@@ -244,7 +244,20 @@ class AuthOffTests(MotoDaemonCase, unittest.TestCase):
 
     timeout = 60
 
+    async def start(self) -> None:
+        await super().start()
+        # As s3balance.app wires it: an authenticator is always given, requiring signatures or
+        # not (here not).
+        from s3balance.auth.authenticator import Authenticator
+        from s3balance.auth.credentials import KeyRing
+
+        resource = self.daemon.resource
+        resource.authenticator = Authenticator(KeyRing(), required=False, region="us-east-1")
+        resource.auth_enabled = True
+
     async def test_private_objects_stay_readable_without_auth(self) -> None:
         await self.call(self.s3.put_object, Bucket="vb", Key="k", Body=b"x")
         status, body = await in_thread(curl, self.daemon.endpoint + "/vb/k")
         self.assertEqual((status, body), (200, b"x"))
+        status, body = await in_thread(curl, self.daemon.endpoint + "/vb?list-type=2")
+        self.assertEqual(status, 200)

@@ -143,6 +143,11 @@ class Authenticator:
 
     # -- public API -----------------------------------------------------------------------------
 
+    @property
+    def required(self) -> bool:
+        """Whether signatures are required (unsigned requests are refused unless allowed)."""
+        return self._required
+
     def authenticate(
         self,
         method: str,

@@ -188,16 +188,18 @@ class S3Resource(Resource):
         :raises S3Error: any authentication error, AccessDenied.
         """
         headers = RequestHeaders.from_twisted(request.requestHeaders)
+        # The daemon always has an authenticator; only a requiring one refuses unsigned requests.
+        signed_only = self.authenticator.required
         result = self.authenticator.authenticate(
             request.method.decode("latin-1"),
             request.uri,
             headers,
             bucket_from_host=self.router.host_bucket(request.requestHeaders),
             allow_anonymous=(
-                ctx is not None and self.auth_enabled and route.operation in ANONYMOUS_READS
+                ctx is not None and signed_only and route.operation in ANONYMOUS_READS
             ),
         )
-        if self.auth_enabled and result.scheme == "anonymous" and ctx is not None:
+        if signed_only and result.scheme == "anonymous" and ctx is not None:
             ctx.anonymous = True
         body = getattr(request, "body", None)
         if body is not None:
