@@ -155,6 +155,20 @@ class LocalEncryptionTests(RefusedEncryption, unittest.TestCase):
         keys = await self.backend_keys()
         self.assertEqual(sorted(keys["r1"] + keys["r2"]), ["vb/src"])
 
+    async def test_the_local_adapter_itself_refuses_before_reading(self) -> None:
+        from s3balance.backends.interface import BackendCannotEncrypt
+        from test.support.bodies import BytesBody
+
+        backend = self.daemon.backends["r1"]
+        body = BytesBody(b"never read")
+        with self.assertRaises(BackendCannotEncrypt):
+            await backend.put_object("vb/x", body, 10, {SSE: "AES256"}, {})
+        with self.assertRaises(BackendCannotEncrypt):
+            await backend.create_multipart_upload("vb/x", {SSE: "AES256"}, {})
+        with self.assertRaises(BackendCannotEncrypt):
+            await backend.copy_object("vb/src", "vb/x", {SSE: "AES256"}, {})
+        self.assertEqual(await self.daemon.real_keys("r1"), [])
+
 
 class MixedEncryptionTests(DaemonTestCase, unittest.TestCase):
     """A local directory and a moto bucket: encrypted writes always land on moto."""

@@ -49,7 +49,7 @@ class ObjectRecord:
     #: Sizes of the parts, in order, for an object made by multipart upload; empty otherwise.
     part_sizes: tuple[int, ...] = ()
     locations: tuple[Location, ...] = ()
-    #: Object tags (:mod:`s3balance.tagging`), in the order they were given.
+    #: Object tags (:mod:`s3balance.tagging`); the store gives them back sorted by key.
     tags: dict[str, str] = field(default_factory=dict)
     #: The canned ACL (:mod:`s3balance.acl`).
     acl: str = "private"

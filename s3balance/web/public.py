@@ -1,6 +1,7 @@
 """What an anonymous (unsigned) client may do while ``s3api.auth_required`` is on: read an
 object whose canned ACL is ``public-read`` (GetObject, HeadObject) and list a bucket whose ACL
-is ``public-read`` (ListObjects v1 and v2).  Everything else stays AccessDenied.
+is ``public-read`` (ListObjects v1 and v2, and HeadBucket, which S3 grants with listing).
+Everything else stays AccessDenied.
 
 With authentication off every request is allowed anyway and nothing here runs; the operational
 endpoints (``/health``, ``/metrics``, ``/api``) are served before S3 routing and never reach it.
@@ -12,7 +13,9 @@ from s3balance import acl, errors
 from s3balance.web.answer import RequestContext
 
 #: The only operations an unsigned request is let through authentication for.
-ANONYMOUS_READS = frozenset({"GetObject", "HeadObject", "ListObjects", "ListObjectsV2"})
+ANONYMOUS_READS = frozenset(
+    {"GetObject", "HeadObject", "ListObjects", "ListObjectsV2", "HeadBucket"}
+)
 
 
 async def authorize_anonymous(ctx: RequestContext) -> None:
