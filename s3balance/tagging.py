@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl
 from s3balance import errors
 
 MAX_TAGS = 10
+#: A bucket may have more tags than an object.
+MAX_BUCKET_TAGS = 50
 MAX_KEY_LENGTH = 128
 MAX_VALUE_LENGTH = 256
 #: A PutObjectTagging body is at most this large: ten tags of the longest keys and values, each
@@ -46,12 +48,17 @@ def _allowed(text: str) -> bool:
     return True
 
 
-def validate(pairs: list[tuple[str, str]], header_form: bool = False) -> dict[str, str]:
+def validate(
+    pairs: list[tuple[str, str]], header_form: bool = False, for_bucket: bool = False
+) -> dict[str, str]:
     """The tag set of ``pairs``, in order, after S3's checks (see the module docstring).
 
+    :param for_bucket: a bucket's tag set: up to :data:`MAX_BUCKET_TAGS` tags.
     :raises S3Error: BadRequest, InvalidTag, InvalidArgument.
     """
-    if len(pairs) > MAX_TAGS:
+    if for_bucket and len(pairs) > MAX_BUCKET_TAGS:
+        raise invalid_tag(f"Bucket tag count cannot be greater than {MAX_BUCKET_TAGS}")
+    if not for_bucket and len(pairs) > MAX_TAGS:
         raise errors.S3Error(
             "BadRequest", 400, f"Object tags cannot be greater than {MAX_TAGS}"
         )
@@ -108,7 +115,7 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_document(root: ET.Element) -> dict[str, str]:
+def parse_document(root: ET.Element, for_bucket: bool = False) -> dict[str, str]:
     """The tag set of a parsed ``<Tagging><TagSet><Tag><Key/><Value/></Tag>...`` document.
 
     :raises S3Error: MalformedXML for another shape, and see :func:`validate`.
@@ -131,7 +138,7 @@ def parse_document(root: ET.Element) -> dict[str, str]:
         if "Key" not in fields or "Value" not in fields:
             raise errors.MalformedXML()
         pairs.append((fields["Key"], fields["Value"]))
-    return validate(pairs)
+    return validate(pairs, for_bucket=for_bucket)
 
 
 def document(tags: Mapping[str, str]) -> bytes:

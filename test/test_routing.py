@@ -62,6 +62,9 @@ COPY = {"x-amz-copy-source": "/src/key"}
         ("GET", "/b/k?tagging", {}, "GetObjectTagging"),
         ("PUT", "/b/k?tagging", {}, "PutObjectTagging"),
         ("DELETE", "/b/k?tagging&versionId=null", {}, "DeleteObjectTagging"),
+        ("GET", "/b?tagging", {}, "GetBucketTagging"),
+        ("PUT", "/b?tagging", {}, "PutBucketTagging"),
+        ("DELETE", "/b?tagging", {}, "DeleteBucketTagging"),
     ],
 )
 def test_served_operations(method: str, target: str, headers: dict[str, str], operation: str):
@@ -71,7 +74,6 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
 @pytest.mark.parametrize(
     "target",
     [
-        "/b?tagging",
         "/b?cors",
         "/b?policy",
         "/b?lifecycle",
@@ -118,6 +120,8 @@ def test_unserved_subresources_are_refused_whatever_the_method(method: str, targ
         ("DELETE", "/b/k?partNumber=2"),
         ("GET", "/?tagging"),
         ("POST", "/b/k?tagging"),
+        ("POST", "/b?tagging"),
+        ("GET", "/b?tagging&prefix=a"),
         ("PUT", "/b/k?tagging&uploadId=u"),
     ],
 )

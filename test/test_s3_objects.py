@@ -348,14 +348,17 @@ class ObjectTests(DaemonTestCase, unittest.TestCase):
         wipe of the bucket's index: here they are 501 and change nothing."""
         await self.call(self.s3.put_object, Bucket="vb", Key="keep", Body=b"precious")
         code, status, _ = await self.error_of(
-            self.s3.put_bucket_tagging,
+            self.s3.put_bucket_lifecycle_configuration,
             Bucket="vb",
-            Tagging={"TagSet": [{"Key": "a", "Value": "b"}]},
+            LifecycleConfiguration={
+                "Rules": [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""},
+                           "Expiration": {"Days": 1}}]
+            },
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(self.s3.delete_bucket_cors, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))
-        code, status, _ = await self.error_of(self.s3.delete_bucket_tagging, Bucket="vb")
+        code, status, _ = await self.error_of(self.s3.delete_bucket_lifecycle, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(self.s3.get_bucket_policy, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))

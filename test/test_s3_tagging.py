@@ -1,4 +1,4 @@
-"""Object tagging through a real daemon over moto buckets, with boto3: the three tagging
+"""Object and bucket tagging through a real daemon over moto buckets, with boto3: the three tagging
 operations, ``x-amz-tagging`` on writes, ``x-amz-tagging-count``, S3's limits and errors."""
 
 from __future__ import annotations
@@ -160,3 +160,30 @@ class TaggingTests(MotoDaemonCase, unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertIn(b"<Code>MaxMessageLengthExceeded</Code>", answer)
         self.assertEqual(await self.tags_of("k"), {"keep": "me"})
+
+    async def test_bucket_tagging(self) -> None:
+        code, status, _ = await self.error_of(self.s3.get_bucket_tagging, Bucket="vb")
+        self.assertEqual((code, status), ("NoSuchTagSet", 404))
+        fifty = {f"k{i}": f"v{i}" for i in range(50)}
+        put = await self.call(self.s3.put_bucket_tagging, Bucket="vb", Tagging=tag_set(fifty))
+        self.assertEqual(put["ResponseMetadata"]["HTTPStatusCode"], 204)
+        got = await self.call(self.s3.get_bucket_tagging, Bucket="vb")
+        self.assertEqual({t["Key"]: t["Value"] for t in got["TagSet"]}, fifty)
+        too_many = {f"k{i}": "v" for i in range(51)}
+        code, status, _ = await self.error_of(
+            self.s3.put_bucket_tagging, Bucket="vb", Tagging=tag_set(too_many)
+        )
+        self.assertEqual((code, status), ("InvalidTag", 400))
+        code, status, _ = await self.error_of(
+            self.s3.put_bucket_tagging, Bucket="vb", Tagging=tag_set({"aws:x": "v"})
+        )
+        self.assertEqual((code, status), ("InvalidTag", 400))
+        got = await self.call(self.s3.get_bucket_tagging, Bucket="vb")
+        self.assertEqual(len(got["TagSet"]), 50)
+        await self.call(self.s3.delete_bucket_tagging, Bucket="vb")
+        code, status, _ = await self.error_of(self.s3.get_bucket_tagging, Bucket="vb")
+        self.assertEqual((code, status), ("NoSuchTagSet", 404))
+        code, status, _ = await self.error_of(
+            self.s3.put_bucket_tagging, Bucket="nobucket", Tagging=tag_set({"a": "b"})
+        )
+        self.assertEqual((code, status), ("NoSuchBucket", 404))

@@ -1,5 +1,5 @@
-"""Object tags and canned ACLs: a ``tags`` document and an ``acl`` name on objects and on
-multipart uploads (applied at completion), and an ``acl`` name on virtual buckets.
+"""Tags and canned ACLs: a ``tags`` document and an ``acl`` name on objects, on multipart
+uploads (applied at completion) and on virtual buckets.
 
 Revision ID: 0005
 Revises: 0002
@@ -30,9 +30,11 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("tags", json_text(), nullable=True))
         op.add_column(table, sa.Column("acl", sa.String(32), nullable=True))
     op.add_column("virtual_buckets", sa.Column("acl", sa.String(32), nullable=True))
+    op.add_column("virtual_buckets", sa.Column("tags", json_text(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("virtual_buckets", "tags")
     op.drop_column("virtual_buckets", "acl")
     for table in ("multipart_uploads", "objects"):
         op.drop_column(table, "acl")

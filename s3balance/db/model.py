@@ -122,6 +122,8 @@ virtual_buckets = sa.Table(
     sa.Column("from_config", sa.Boolean, nullable=False),
     #: The bucket's canned ACL (:mod:`s3balance.acl`); NULL is ``private``.
     sa.Column("acl", sa.String(32), nullable=True),
+    #: Bucket tags as ``{"key": "value"}``; NULL is no tag set.
+    sa.Column("tags", JsonText, nullable=True),
     sa.UniqueConstraint("name"),
 )
 

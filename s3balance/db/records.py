@@ -20,6 +20,8 @@ class BucketRecord:
     from_config: bool = False
     #: The canned ACL (:mod:`s3balance.acl`).
     acl: str = "private"
+    #: Bucket tags; ``None`` when the bucket has no tag set (not even an empty one).
+    tags: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,11 @@ class MetadataStore:
         """Give a bucket a canned ACL; fires False when there is no such bucket."""
         return self.pool.do(_set_bucket_acl, name, acl)
 
+    def set_bucket_tags(self, name: str, tags: dict[str, str] | None) -> Deferred[bool]:
+        """Replace a bucket's tag set (``None`` removes it); fires False when there is no such
+        bucket."""
+        return self.pool.do(_set_bucket_tags, name, tags)
+
     def get_bucket(self, name: str) -> Deferred[BucketRecord | None]:
         return self.pool.do_read(_get_bucket, name)
 
@@ -512,6 +517,7 @@ def _bucket_record(row: Any) -> BucketRecord:
         created_at=row.created_at,
         from_config=bool(row.from_config),
         acl=row.acl or "private",
+        tags=None if row.tags is None else dict(row.tags),
     )
 
 
@@ -536,6 +542,15 @@ def _set_bucket_acl(conn: sa.Connection, name: str, acl: str) -> bool:
         virtual_buckets.update()
         .where(virtual_buckets.c.name == name)
         .values(acl=_stored_acl(acl))
+    ).rowcount
+    return bool(updated)
+
+
+def _set_bucket_tags(conn: sa.Connection, name: str, tags: dict[str, str] | None) -> bool:
+    updated = conn.execute(
+        virtual_buckets.update()
+        .where(virtual_buckets.c.name == name)
+        .values(tags=None if tags is None else dict(tags))
     ).rowcount
     return bool(updated)
 

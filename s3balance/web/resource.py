@@ -81,6 +81,8 @@ WRITE_OPERATIONS = frozenset(
         "PutObjectAcl",
         "PutObjectTagging",
         "DeleteObjectTagging",
+        "PutBucketTagging",
+        "DeleteBucketTagging",
         "CreateMultipartUpload",
         "UploadPart",
         "UploadPartCopy",

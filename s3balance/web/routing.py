@@ -219,6 +219,14 @@ def _service_operation(verb: str, params: set[str]) -> str:
 
 
 def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str:
+    if "tagging" in params:
+        if params != {"tagging"}:
+            return NOT_IMPLEMENTED
+        return {
+            "GET": "GetBucketTagging",
+            "PUT": "PutBucketTagging",
+            "DELETE": "DeleteBucketTagging",
+        }.get(verb, NOT_IMPLEMENTED)
     if "acl" in params:
         if params != {"acl"}:
             return NOT_IMPLEMENTED
