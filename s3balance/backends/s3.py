@@ -1140,13 +1140,18 @@ class S3Backend:
         return upload_id
 
     def _encryption_refused(self, encryption: str | None, error: BackendError) -> BackendError:
-        """What a failed encrypted write means: the service's refusal of the encryption (an
-        error answer other than throttling or credentials), or ``error`` itself."""
+        """What a failed encrypted write means: the service's refusal of the encryption (a 5xx
+        answer other than 503 throttling, or a 4xx naming encryption or NotImplemented; services
+        without SSE-S3 answer either way), or ``error`` itself."""
         if encryption is None or isinstance(error, (BackendAccessDenied, BackendNoSuchKey)):
             return error
         detail = error.detail
         if not detail.startswith("HTTP ") or detail.startswith("HTTP 503"):
             return error  # not an answer (connection failure), or throttling
+        if not detail.startswith("HTTP 5") and "NotImplemented" not in detail and (
+            "ncrypt" not in detail
+        ):
+            return error  # a 4xx about something else (the key, the size...)
         started = isinstance(error, BackendUnavailable) and error.body_started
         return BackendCannotEncrypt(self.name, f"encrypted write refused: {detail}", started)
 
