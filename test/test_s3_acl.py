@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from s3balance.config import Config
+from s3balance.config import Config, Credential
 from test.support.daemon import in_thread
 from test.support.objectmeta import MotoDaemonCase
 
@@ -42,6 +42,9 @@ class CannedAclTests(MotoDaemonCase, unittest.TestCase):
         config.s3api.auth_required = True
         config.s3api.access_key = "MAINKEY"
         config.s3api.secret_key = "main-secret"
+        config.s3api.credentials = [
+            Credential("READER", "reader-secret", buckets=["vb"], read_only=True)
+        ]
 
     async def start(self) -> None:
         await super().start()
@@ -240,6 +243,32 @@ class CannedAclTests(MotoDaemonCase, unittest.TestCase):
         self.assertEqual(status, 404)
         acl = await self.call(self.s3.get_object_acl, Bucket="vb", Key="k")
         self.assertEqual(_grants(acl), {("owner", "FULL_CONTROL")})
+
+
+    async def test_a_read_only_key_reads_but_does_not_change_tags_or_acls(self) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        reader = boto3.client(
+            "s3", endpoint_url=self.daemon.endpoint, region_name="us-east-1",
+            aws_access_key_id="READER", aws_secret_access_key="reader-secret",
+            config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+        await self.call(self.s3.put_object, Bucket="vb", Key="k", Body=b"x", Tagging="a=1")
+        got = await self.call(reader.get_object_tagging, Bucket="vb", Key="k")
+        self.assertEqual(got["TagSet"], [{"Key": "a", "Value": "1"}])
+        for call, kwargs in [
+            (reader.put_object_tagging, {"Key": "k", "Tagging": {"TagSet": []}}),
+            (reader.delete_object_tagging, {"Key": "k"}),
+            (reader.put_object_acl, {"Key": "k", "ACL": "public-read"}),
+            (reader.put_bucket_acl, {"ACL": "public-read"}),
+            (reader.put_bucket_tagging, {"Tagging": {"TagSet": []}}),
+            (reader.delete_bucket_tagging, {}),
+        ]:
+            code, status, _ = await self.error_of(call, Bucket="vb", **kwargs)
+            self.assertEqual((code, status), ("AccessDenied", 403), kwargs)
+        got = await self.call(self.s3.get_object_tagging, Bucket="vb", Key="k")
+        self.assertEqual(got["TagSet"], [{"Key": "a", "Value": "1"}])
 
 
 class AuthOffTests(MotoDaemonCase, unittest.TestCase):
