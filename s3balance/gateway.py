@@ -67,6 +67,8 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.backends.interface import (
+    ENCRYPTION_HEADER,
+    BackendCannotEncrypt,
     BackendError,
     BackendNoSuchKey,
     BackendUnavailable,
@@ -343,13 +345,13 @@ class Gateway:
             raise errors.NoSuchBucket(BucketName=name)
         return record
 
-    async def create_bucket(self, name: str) -> None:
+    async def create_bucket(self, name: str, acl: str = "private") -> None:
         """:raises S3Error: AccessDenied when disabled, InvalidBucketName,
         BucketAlreadyOwnedByYou (there is a single owner)."""
         if not self.settings.allow_create_bucket:
             raise errors.AccessDenied("Creating buckets is disabled on this server.")
         validate_bucket_name(name)
-        created = await self.store.create_bucket(name, self.clock.seconds())
+        created = await self.store.create_bucket(name, self.clock.seconds(), acl=acl)
         if not created:
             raise errors.BucketAlreadyOwnedByYou(BucketName=name)
 
@@ -479,6 +481,8 @@ class Gateway:
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
         checksums: Callable[[], dict[str, str]] | None = None,
+        tags: Mapping[str, str] | None = None,
+        acl: str = "private",
     ) -> ObjectRecord:
         """Store a new object from a streamed body and make it visible.
 
@@ -506,6 +510,8 @@ class Gateway:
             headers=dict(headers),
             metadata=dict(metadata),
             checksums=checksums,
+            tags=dict(tags or {}),
+            acl=acl,
         )
 
     async def copy_object(
@@ -515,9 +521,11 @@ class Gateway:
         key: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+        acl: str = "private",
     ) -> ObjectRecord:
         """Copy ``source`` to ``bucket``/``key`` with the given stored headers and metadata (the
-        caller has applied the metadata directive).
+        caller has applied the metadata and tagging directives).
 
         The pool chooses the target as for a new object; when that is a backend holding the
         source, the copy is server-side, otherwise the bytes stream from one backend into the
@@ -548,6 +556,8 @@ class Gateway:
             metadata=dict(metadata),
             checksums=lambda: kept,
             prefer=source_location.backend if in_place else None,
+            tags=dict(tags or {}),
+            acl=acl,
         )
 
     async def _streamed_copy(
@@ -584,10 +594,14 @@ class Gateway:
         metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
         prefer: str | None = None,
+        tags: dict[str, str] | None = None,
+        acl: str = "private",
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
         docstring.  :raises S3Error: NoSuchBucket (checked when claiming), and see callers."""
         candidates = self.pool.choose(bucket, key, size)
+        if ENCRYPTION_HEADER in headers:
+            candidates = self.encrypting(candidates)
         if prefer is not None and prefer in candidates:
             candidates = [prefer] + [name for name in candidates if name != prefer]
         if not candidates:
@@ -600,7 +614,8 @@ class Gateway:
             if attempt:
                 await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
             outcome = await self._write_and_commit(
-                name, bucket, key, target, size, write, headers, metadata, checksums
+                name, bucket, key, target, size, write, headers, metadata, checksums,
+                tags=tags or {}, acl=acl,
             )
             if isinstance(outcome, BackendUnavailable):
                 last_error = outcome
@@ -618,6 +633,19 @@ class Gateway:
             return outcome
         assert last_error is not None
         raise backend_error_to_s3(last_error)
+
+    def encrypting(self, candidates: list[str]) -> list[str]:
+        """The ``candidates`` that may store objects encrypted at rest (SSE-S3).
+
+        :raises S3Error: NotImplemented when there were candidates but none can encrypt.
+        """
+        able = [name for name in candidates if getattr(self.pool.get(name), "can_encrypt", False)]
+        if candidates and not able:
+            raise errors.NotImplementedError_(
+                "Server-side encryption (x-amz-server-side-encryption: AES256) is not available: "
+                "no storage backend this object could be placed on encrypts at rest."
+            )
+        return able
 
     # -- write intents -------------------------------------------------------------------
 
@@ -730,6 +758,8 @@ class Gateway:
         headers: dict[str, str],
         metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
+        tags: dict[str, str] | None = None,
+        acl: str = "private",
     ) -> ObjectRecord | BackendUnavailable:
         """One attempt on one backend, under the location's claim; a refusal that may be
         retried is returned, every other failure raised."""
@@ -740,7 +770,8 @@ class Gateway:
                 try:
                     result = await write(backend, target)
                 except BackendUnavailable as error:
-                    self.health.mark_failure(name, error.detail)
+                    if not isinstance(error, BackendCannotEncrypt):
+                        self.health.mark_failure(name, error.detail)
                     return error
                 except BackendError as error:
                     log.error(
@@ -762,6 +793,8 @@ class Gateway:
                     metadata=metadata,
                     checksums=stored_checksums,
                     locations=(Location(name, target),),
+                    tags=dict(tags or {}),
+                    acl=acl,
                 )
                 try:
                     await self.commit(record, claim)

@@ -32,6 +32,8 @@ from twisted.web.iweb import IBodyProducer
 
 from s3balance import errors
 from s3balance.backends.interface import (
+    ENCRYPTION_HEADER,
+    BackendCannotEncrypt,
     BackendError,
     BackendUnavailable,
     IBackend,
@@ -279,7 +281,13 @@ class MultipartUploads:
     # -- CreateMultipartUpload -----------------------------------------------------------
 
     async def create(
-        self, bucket: str, key: str, headers: Mapping[str, str], metadata: Mapping[str, str]
+        self,
+        bucket: str,
+        key: str,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+        acl: str = "private",
     ) -> UploadRecord:
         """Start an upload on the best backend with room for at least one part.
 
@@ -290,6 +298,8 @@ class MultipartUploads:
         validate_key(key)
         await self.gateway.get_bucket(bucket)
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
+        if ENCRYPTION_HEADER in headers:
+            candidates = self.gateway.encrypting(list(candidates))
         if not candidates:
             raise errors.InsufficientStorage()
         target = real_key(bucket, key)
@@ -304,7 +314,8 @@ class MultipartUploads:
                     target, dict(headers), dict(metadata)
                 )
             except BackendUnavailable as error:
-                self.gateway.health.mark_failure(name, error.detail)
+                if not isinstance(error, BackendCannotEncrypt):
+                    self.gateway.health.mark_failure(name, error.detail)
                 last_error = error
                 continue
             except BackendError as error:
@@ -320,6 +331,8 @@ class MultipartUploads:
                 initiated=self.clock.seconds(),
                 headers=dict(headers),
                 metadata=dict(metadata),
+                tags=dict(tags or {}),
+                acl=acl,
             )
             try:
                 await self.store.create_upload(upload)
@@ -525,6 +538,8 @@ class MultipartUploads:
                 checksums=dict(result.checksums),
                 part_sizes=tuple(part.size for part in chosen),
                 locations=(location,),
+                tags=dict(upload.tags),
+                acl=upload.acl,
             )
             try:
                 replaced = await self.store.complete_upload_replacing(

@@ -86,11 +86,17 @@ EXAMPLES = {
     "GetBucketAcl": ("GET", "/b?acl"),
     "PutBucketAcl": ("PUT", "/b?acl"),
     "DeleteObjects": ("POST", "/b?delete"),
+    "GetBucketTagging": ("GET", "/b?tagging"),
+    "PutBucketTagging": ("PUT", "/b?tagging"),
+    "DeleteBucketTagging": ("DELETE", "/b?tagging"),
     "GetObject": ("GET", "/b/k"),
     "HeadObject": ("HEAD", "/b/k"),
     "DeleteObject": ("DELETE", "/b/k"),
     "GetObjectAcl": ("GET", "/b/k?acl"),
     "PutObjectAcl": ("PUT", "/b/k?acl"),
+    "GetObjectTagging": ("GET", "/b/k?tagging"),
+    "PutObjectTagging": ("PUT", "/b/k?tagging"),
+    "DeleteObjectTagging": ("DELETE", "/b/k?tagging"),
     "CreateMultipartUpload": ("POST", "/b/k?uploads"),
     "UploadPart": ("PUT", "/b/k?uploadId=u&partNumber=1"),
     "CompleteMultipartUpload": ("POST", "/b/k?uploadId=u"),
@@ -99,7 +105,7 @@ EXAMPLES = {
 }
 #: Parameters whose value selects the operation: the example's value is kept.
 _SELECTORS = {"list-type", "uploadid", "partnumber", "versions", "uploads", "location",
-              "versioning", "acl", "delete"}  # fmt: skip
+              "versioning", "acl", "delete", "tagging"}  # fmt: skip
 
 
 @pytest.mark.parametrize("operation", sorted(HONOURED_PARAMS))

@@ -59,6 +59,12 @@ COPY = {"x-amz-copy-source": "/src/key"}
         # SDK bookkeeping and presigned-URL parameters do not change the operation.
         ("GET", "/b/k?x-id=GetObject&X-Amz-Signature=abc&X-Amz-Date=x", {}, "GetObject"),
         ("PUT", "/b/k?x-id=PutObject", {}, "PutObject"),
+        ("GET", "/b/k?tagging", {}, "GetObjectTagging"),
+        ("PUT", "/b/k?tagging", {}, "PutObjectTagging"),
+        ("DELETE", "/b/k?tagging&versionId=null", {}, "DeleteObjectTagging"),
+        ("GET", "/b?tagging", {}, "GetBucketTagging"),
+        ("PUT", "/b?tagging", {}, "PutBucketTagging"),
+        ("DELETE", "/b?tagging", {}, "DeleteBucketTagging"),
     ],
 )
 def test_served_operations(method: str, target: str, headers: dict[str, str], operation: str):
@@ -68,8 +74,6 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
 @pytest.mark.parametrize(
     "target",
     [
-        "/b/k?tagging",
-        "/b?tagging",
         "/b?cors",
         "/b?policy",
         "/b?lifecycle",
@@ -115,6 +119,10 @@ def test_unserved_subresources_are_refused_whatever_the_method(method: str, targ
         ("PUT", "/b/k?partNumber=2"),  # a part without its upload is no PutObject
         ("DELETE", "/b/k?partNumber=2"),
         ("GET", "/?tagging"),
+        ("POST", "/b/k?tagging"),
+        ("POST", "/b?tagging"),
+        ("GET", "/b?tagging&prefix=a"),
+        ("PUT", "/b/k?tagging&uploadId=u"),
     ],
 )
 def test_wrong_combinations_are_refused(method: str, target: str):

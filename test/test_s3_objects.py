@@ -333,11 +333,11 @@ class ObjectTests(DaemonTestCase, unittest.TestCase):
         self.assertEqual(acl["Grants"][0]["Grantee"]["ID"], acl["Owner"]["ID"])
         await self.call(self.s3.put_object_acl, Bucket="vb", Key="a", ACL="private")
         code, status, _ = await self.error_of(
-            self.s3.put_object_acl, Bucket="vb", Key="a", ACL="public-read"
+            self.s3.put_object_acl, Bucket="vb", Key="a", ACL="public-read-write"
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(
-            self.s3.put_object, Bucket="vb", Key="b", Body=b"x", ACL="public-read"
+            self.s3.put_object, Bucket="vb", Key="b", Body=b"x", ACL="public-read-write"
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(self.s3.get_object_acl, Bucket="vb", Key="none")
@@ -348,17 +348,17 @@ class ObjectTests(DaemonTestCase, unittest.TestCase):
         wipe of the bucket's index: here they are 501 and change nothing."""
         await self.call(self.s3.put_object, Bucket="vb", Key="keep", Body=b"precious")
         code, status, _ = await self.error_of(
-            self.s3.put_object_tagging,
+            self.s3.put_bucket_lifecycle_configuration,
             Bucket="vb",
-            Key="keep",
-            Tagging={"TagSet": [{"Key": "a", "Value": "b"}]},
+            LifecycleConfiguration={
+                "Rules": [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""},
+                           "Expiration": {"Days": 1}}]
+            },
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(self.s3.delete_bucket_cors, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))
-        code, status, _ = await self.error_of(
-            self.s3.delete_object_tagging, Bucket="vb", Key="keep"
-        )
+        code, status, _ = await self.error_of(self.s3.delete_bucket_lifecycle, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(self.s3.get_bucket_policy, Bucket="vb")
         self.assertEqual((code, status), ("NotImplemented", 501))
@@ -369,7 +369,7 @@ class ObjectTests(DaemonTestCase, unittest.TestCase):
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         code, status, _ = await self.error_of(
-            self.s3.put_object, Bucket="vb", Key="t", Body=b"x", Tagging="a=b"
+            self.s3.put_object, Bucket="vb", Key="t", Body=b"x", WebsiteRedirectLocation="/x"
         )
         self.assertEqual((code, status), ("NotImplemented", 501))
         got = await self.call(self.s3.get_object, Bucket="vb", Key="keep")

@@ -170,12 +170,18 @@ class Authenticator:
 
     # -- public API -----------------------------------------------------------------------------
 
+    @property
+    def required(self) -> bool:
+        """Whether signatures are required (unsigned requests are refused unless allowed)."""
+        return self._required
+
     def authenticate(
         self,
         method: str,
         raw_target: bytes,
         headers: HeadersLike,
         bucket_from_host: str | None = None,
+        allow_anonymous: bool = False,
     ) -> AuthResult:
         """Verify the request's signature and say who sent it.
 
@@ -183,6 +189,9 @@ class Authenticator:
             percent-encoded).
         :param bucket_from_host: the bucket named by a virtual-host style ``Host``; SigV2
             signs ``/bucket`` in front of the path.
+        :param allow_anonymous: an unsigned request is answered with the ``anonymous`` scheme
+            even when signatures are required, for the caller to check against the resource's
+            ACL (:mod:`s3balance.acl`); a request that carries a signature is verified as ever.
         :raises S3Error: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
             AuthorizationHeaderMalformed, AuthorizationQueryParametersError,
             RequestTimeTooSkewed, InvalidRequest, InvalidArgument, NotImplemented.
@@ -198,7 +207,7 @@ class Authenticator:
                 raise
             scheme = "anonymous"  # auth off: an unintelligible Authorization is just ignored
         if scheme == "anonymous":
-            if self._required:
+            if self._required and not allow_anonymous:
                 raise errors.AccessDenied()
             return AuthResult(None, self._declared_payload(hdrs, default=""))
         if not self._required:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from twisted.web.iweb import IBodyProducer
 
 
+#: The SSE-S3 request header: in the ``headers`` of a write, the backend must store the object
+#: encrypted at rest (``AES256``) and confirm it, or refuse with :class:`BackendCannotEncrypt`.
+ENCRYPTION_HEADER = "x-amz-server-side-encryption"
+
 # Headers S3 stores with an object and returns on GET/HEAD, lower-case names.
 STORED_HEADERS = (
     "content-type",
@@ -143,6 +147,11 @@ class IBackend(Interface):
 
     name = Attribute("The configured bucket name (``buckets[].name``), unique, used in metrics.")
     can_presign = Attribute("True when :meth:`presign_get` works (redirect mode).")
+    can_encrypt = Attribute(
+        "False when the storage can never honour :data:`ENCRYPTION_HEADER` (local directories): "
+        "such a backend is not chosen for encrypted writes.  True means it may: the write "
+        "still fails with :class:`BackendCannotEncrypt` when the service refuses it."
+    )
 
     def put_object(
         key: str,
@@ -280,6 +289,17 @@ class BackendUnavailable(BackendError):
         self.body_started = body_started
 
 
+class BackendCannotEncrypt(BackendUnavailable):
+    """The backend refused, or did not confirm, server-side encryption of a write.
+
+    A placement failure: the core tries the next choice (without counting it against the
+    backend's health) and answers 501 NotImplemented when no choice encrypts.  Whatever the
+    backend wrote was removed.
+    """
+
+    s3_code = "NotImplemented"
+
+
 class BackendNoSuchKey(BackendError):
     s3_code = "NoSuchKey"
 
@@ -317,6 +337,11 @@ def backend_error_to_s3(error: BackendError) -> errors.S3Error:
         return errors.NoSuchUpload()
     if isinstance(error, BackendInvalidPart):
         return errors.InvalidPart()
+    if isinstance(error, BackendCannotEncrypt):
+        return errors.NotImplementedError_(
+            "No storage backend of this server could store the object with server-side "
+            "encryption (x-amz-server-side-encryption: AES256)."
+        )
     if isinstance(error, BackendRefused):
         return errors.InvalidArgument(
             "The storage backend chosen for this object refused the request; the key or the "

@@ -47,7 +47,9 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.backends.interface import (
+    ENCRYPTION_HEADER,
     STORED_HEADERS,
+    BackendCannotEncrypt,
     BackendError,
     BackendInvalidPart,
     BackendNoSuchKey,
@@ -852,6 +854,8 @@ class LocalDirectoryBackend:
     """
 
     can_presign = False
+    #: Files are written as they arrive: nothing here encrypts them.
+    can_encrypt = False
 
     def __init__(
         self,
@@ -944,6 +948,7 @@ class LocalDirectoryBackend:
         headers: dict[str, str],
         metadata: dict[str, str],
     ) -> PutResult:
+        self._refuse_encryption(headers)
         written = await _BodyReceiver(self, body, length, "put-").receive()
         return await self._run(
             self._store.commit_object,
@@ -986,14 +991,28 @@ class LocalDirectoryBackend:
     def delete_object(self, key: str) -> Deferred[None]:
         return self._run(self._store.delete_object, key)
 
+    def _refuse_encryption(self, headers: dict[str, str]) -> None:
+        """:raises BackendCannotEncrypt: the write asks for encryption at rest, which a local
+        directory does not do (before anything is read or written)."""
+        if any(name.lower() == ENCRYPTION_HEADER for name in headers):
+            raise BackendCannotEncrypt(self.name, "a local directory does not encrypt")
+
     def copy_object(
         self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> Deferred[PutResult]:
+        try:
+            self._refuse_encryption(headers)
+        except BackendCannotEncrypt:
+            return fail()
         return self._run(self._store.copy_object, source_key, key, headers, metadata)
 
     def create_multipart_upload(
         self, key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> Deferred[str]:
+        try:
+            self._refuse_encryption(headers)
+        except BackendCannotEncrypt:
+            return fail()
         return self._run(self._store.create_upload, key, headers, metadata)
 
     async def _upload_part(

@@ -47,8 +47,10 @@ from zope.interface import implementer
 
 from s3balance.backends import s3xml
 from s3balance.backends.interface import (
+    ENCRYPTION_HEADER,
     STORED_HEADERS,
     BackendAccessDenied,
+    BackendCannotEncrypt,
     BackendError,
     BackendInvalidPart,
     BackendNoSuchKey,
@@ -685,6 +687,8 @@ class S3Backend:
     """
 
     can_presign = True
+    #: S3 services encrypt with SSE-S3 when asked; each write checks that the service confirmed.
+    can_encrypt = True
 
     def __init__(
         self,
@@ -910,7 +914,7 @@ class S3Backend:
         out: dict[str, str] = {}
         for name, value in headers.items():
             lower = name.lower()
-            if lower in STORED_HEADERS or lower in CHECKSUM_HEADERS:
+            if lower in STORED_HEADERS or lower in CHECKSUM_HEADERS or lower == ENCRYPTION_HEADER:
                 out[lower] = value
             elif lower.startswith(CHECKSUM_PREFIX):
                 out[lower] = value
@@ -973,10 +977,15 @@ class S3Backend:
         # Hashing costs about as much CPU as the rest of the upload, so it stops once this
         # backend has shown that it sends ETags.
         hash_body = not self._sends_put_etags
-        answer, md5 = await self._upload(
-            self.address.object_path(key), None, self._request_headers(headers, metadata),
-            body, length, hash_body,
-        )
+        encryption = _encryption_asked(headers)
+        try:
+            answer, md5 = await self._upload(
+                self.address.object_path(key), None, self._request_headers(headers, metadata),
+                body, length, hash_body,
+            )
+        except BackendError as error:
+            raise self._encryption_refused(encryption, error) from error
+        await self._check_encrypted(encryption, answer, key)
         etag = answer.header("etag")
         self._sends_put_etags = bool(etag)
         if etag:
@@ -1077,8 +1086,15 @@ class S3Backend:
         request_headers = self._request_headers(headers, metadata)
         request_headers["x-amz-copy-source"] = self.address.copy_source(source_key)
         request_headers["x-amz-metadata-directive"] = "REPLACE"
-        answer = await self._call("PUT", self.address.object_path(key), None, request_headers)
-        etag = self._etag_result(answer)
+        encryption = _encryption_asked(headers)
+        try:
+            answer = await self._call(
+                "PUT", self.address.object_path(key), None, request_headers
+            )
+            etag = self._etag_result(answer)
+        except BackendError as error:
+            raise self._encryption_refused(encryption, error) from error
+        await self._check_encrypted(encryption, answer, key)
         # CopyObject does not report the size; the copy is there now, so ask.
         info = await self._head_object(key)
         return PutResult(etag=etag, size=info.size, checksums=_checksums(answer))
@@ -1101,17 +1117,56 @@ class S3Backend:
     async def _create_multipart_upload(
         self, key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> str:
-        answer = await self._call(
-            "POST",
-            self.address.object_path(key),
-            [("uploads", "")],
-            self._request_headers(headers, metadata),
-            b"",
-        )
+        encryption = _encryption_asked(headers)
         try:
-            return s3xml.parse_initiate(answer.body)
+            answer = await self._call(
+                "POST",
+                self.address.object_path(key),
+                [("uploads", "")],
+                self._request_headers(headers, metadata),
+                b"",
+            )
+        except BackendError as error:
+            raise self._encryption_refused(encryption, error) from error
+        try:
+            upload_id = s3xml.parse_initiate(answer.body)
         except s3xml.MalformedResponse as e:
             raise BackendError(self.name, str(e)) from e
+        if encryption is not None and answer.header(ENCRYPTION_HEADER) != encryption:
+            await self._abort_multipart_upload(key, upload_id)
+            raise BackendCannotEncrypt(
+                self.name, "the service did not confirm encryption of the upload"
+            )
+        return upload_id
+
+    def _encryption_refused(self, encryption: str | None, error: BackendError) -> BackendError:
+        """What a failed encrypted write means: the service's refusal of the encryption (a 5xx
+        answer other than 503 throttling, or a 4xx naming encryption or NotImplemented; services
+        without SSE-S3 answer either way), or ``error`` itself."""
+        if encryption is None or isinstance(error, (BackendAccessDenied, BackendNoSuchKey)):
+            return error
+        detail = error.detail
+        if not detail.startswith("HTTP ") or detail.startswith("HTTP 503"):
+            return error  # not an answer (connection failure), or throttling
+        if not detail.startswith("HTTP 5") and "NotImplemented" not in detail and (
+            "ncrypt" not in detail
+        ):
+            return error  # a 4xx about something else (the key, the size...)
+        started = isinstance(error, BackendUnavailable) and error.body_started
+        return BackendCannotEncrypt(self.name, f"encrypted write refused: {detail}", started)
+
+    async def _check_encrypted(self, encryption: str | None, answer: _Answer, key: str) -> None:
+        """A write that asked for encryption must have been answered with it; otherwise the
+        service ignored the header, and the unencrypted object it stored is removed.
+
+        :raises BackendCannotEncrypt:
+        """
+        if encryption is None or answer.header(ENCRYPTION_HEADER) == encryption:
+            return
+        await self._delete_object(key)
+        raise BackendCannotEncrypt(
+            self.name, "the service stored the object without confirming encryption", True
+        )
 
     def upload_part(
         self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
@@ -1360,3 +1415,10 @@ def _http_date(value: str | None) -> float:
     except (TypeError, ValueError):
         return 0.0
 
+
+def _encryption_asked(headers: dict[str, str]) -> str | None:
+    """The ``x-amz-server-side-encryption`` value of a write's headers, if any."""
+    for name, value in headers.items():
+        if name.lower() == ENCRYPTION_HEADER:
+            return value
+    return None

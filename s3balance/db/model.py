@@ -120,6 +120,10 @@ virtual_buckets = sa.Table(
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("from_config", sa.Boolean, nullable=False),
+    #: The bucket's canned ACL (:mod:`s3balance.acl`); NULL is ``private``.
+    sa.Column("acl", sa.String(32), nullable=True),
+    #: Bucket tags as ``{"key": "value"}``; NULL is no tag set.
+    sa.Column("tags", JsonText, nullable=True),
     sa.UniqueConstraint("name"),
 )
 
@@ -141,6 +145,10 @@ objects = sa.Table(
     sa.Column("user_metadata", JsonText, nullable=False),
     sa.Column("checksums", JsonText, nullable=False),
     sa.Column("part_sizes", JsonText, nullable=False),
+    #: Object tags as ``{"key": "value"}``; NULL is no tags.
+    sa.Column("tags", JsonText, nullable=True),
+    #: The object's canned ACL (:mod:`s3balance.acl`); NULL is ``private``.
+    sa.Column("acl", sa.String(32), nullable=True),
     # (bucket_id, key) is both the identity of an object and the index listings range-scan.
     sa.UniqueConstraint("bucket_id", "key"),
 )
@@ -181,6 +189,9 @@ multipart_uploads = sa.Table(
     sa.Column("initiated", sa.Double, nullable=False),
     sa.Column("headers", JsonText, nullable=False),
     sa.Column("user_metadata", JsonText, nullable=False),
+    #: Tags and canned ACL the object gets at completion (as on ``objects``).
+    sa.Column("tags", JsonText, nullable=True),
+    sa.Column("acl", sa.String(32), nullable=True),
     sa.UniqueConstraint("upload_id"),
     # ListMultipartUploads orders by (key, upload id) within a bucket.
     sa.Index(None, "bucket_id", "key", "upload_id"),

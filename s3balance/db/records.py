@@ -18,6 +18,10 @@ class BucketRecord:
     created_at: float
     #: Declared in the configuration (as opposed to created through the S3 API).
     from_config: bool = False
+    #: The canned ACL (:mod:`s3balance.acl`).
+    acl: str = "private"
+    #: Bucket tags; ``None`` when the bucket has no tag set (not even an empty one).
+    tags: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class ObjectRecord:
     #: Sizes of the parts, in order, for an object made by multipart upload; empty otherwise.
     part_sizes: tuple[int, ...] = ()
     locations: tuple[Location, ...] = ()
+    #: Object tags (:mod:`s3balance.tagging`); the store gives them back sorted by key.
+    tags: dict[str, str] = field(default_factory=dict)
+    #: The canned ACL (:mod:`s3balance.acl`).
+    acl: str = "private"
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ class UploadRecord:
     initiated: float
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: Tags and canned ACL the completed object gets.
+    tags: dict[str, str] = field(default_factory=dict)
+    acl: str = "private"
 
 
 @dataclass(frozen=True)

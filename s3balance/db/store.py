@@ -120,9 +120,20 @@ class MetadataStore:
 
     # -- virtual buckets -------------------------------------------------------------------
 
-    def create_bucket(self, name: str, now: float, from_config: bool = False) -> Deferred[bool]:
+    def create_bucket(
+        self, name: str, now: float, from_config: bool = False, acl: str = "private"
+    ) -> Deferred[bool]:
         """Create a virtual bucket; fires False (and changes nothing) when it exists already."""
-        return self.pool.do(_create_bucket, name, now, from_config)
+        return self.pool.do(_create_bucket, name, now, from_config, acl)
+
+    def set_bucket_acl(self, name: str, acl: str) -> Deferred[bool]:
+        """Give a bucket a canned ACL; fires False when there is no such bucket."""
+        return self.pool.do(_set_bucket_acl, name, acl)
+
+    def set_bucket_tags(self, name: str, tags: dict[str, str] | None) -> Deferred[bool]:
+        """Replace a bucket's tag set (``None`` removes it); fires False when there is no such
+        bucket."""
+        return self.pool.do(_set_bucket_tags, name, tags)
 
     def get_bucket(self, name: str) -> Deferred[BucketRecord | None]:
         return self.pool.do_read(_get_bucket, name)
@@ -164,6 +175,15 @@ class MetadataStore:
         """:meth:`delete_object`, also claiming the removed locations for deletion as
         :meth:`replace_object` does (``previous_size`` is None when there was no object)."""
         return self.pool.do(_remove_object, bucket, key, intent)
+
+    def set_object_tags(self, bucket: str, key: str, tags: dict[str, str]) -> Deferred[bool]:
+        """Replace an object's tags (an empty dict removes them); fires False when there is no
+        such object."""
+        return self.pool.do(_update_object, bucket, key, {"tags": dict(tags) or None})
+
+    def set_object_acl(self, bucket: str, key: str, acl: str) -> Deferred[bool]:
+        """Give an object a canned ACL; fires False when there is no such object."""
+        return self.pool.do(_update_object, bucket, key, {"acl": _stored_acl(acl)})
 
     def delete_object(self, bucket: str, key: str) -> Deferred[ObjectRecord | None]:
         """Remove the object row (usage adjusted in the same transaction); fires with what was
@@ -420,6 +440,8 @@ def _object_record(row: Any, bucket: str, locations: tuple[Location, ...]) -> Ob
         checksums=dict(row.checksums),
         part_sizes=tuple(row.part_sizes),
         locations=locations,
+        tags=dict(row.tags or {}),
+        acl=row.acl or "private",
     )
 
 
@@ -433,6 +455,8 @@ _OBJECT_COLUMNS = (
     objects.c.user_metadata,
     objects.c.checksums,
     objects.c.part_sizes,
+    objects.c.tags,
+    objects.c.acl,
 )
 
 
@@ -447,6 +471,8 @@ def _upload_record(row: Any, bucket: str) -> UploadRecord:
         initiated=row.initiated,
         headers=dict(row.headers),
         metadata=dict(row.user_metadata),
+        tags=dict(row.tags or {}),
+        acl=row.acl or "private",
     )
 
 
@@ -460,19 +486,25 @@ _UPLOAD_COLUMNS = (
     multipart_uploads.c.initiated,
     multipart_uploads.c.headers,
     multipart_uploads.c.user_metadata,
+    multipart_uploads.c.tags,
+    multipart_uploads.c.acl,
 )
 
 
 # -- buckets ---------------------------------------------------------------------------------
 
 
-def _create_bucket(conn: sa.Connection, name: str, now: float, from_config: bool) -> bool:
+def _create_bucket(
+    conn: sa.Connection, name: str, now: float, from_config: bool, acl: str = "private"
+) -> bool:
     if _bucket_id(conn, name) is not None:
         return False
     try:
         with conn.begin_nested():
             conn.execute(
-                virtual_buckets.insert().values(name=name, created_at=now, from_config=from_config)
+                virtual_buckets.insert().values(
+                    name=name, created_at=now, from_config=from_config, acl=_stored_acl(acl)
+                )
             )
     except sa.exc.IntegrityError:
         return False  # created concurrently
@@ -480,7 +512,13 @@ def _create_bucket(conn: sa.Connection, name: str, now: float, from_config: bool
 
 
 def _bucket_record(row: Any) -> BucketRecord:
-    return BucketRecord(name=row.name, created_at=row.created_at, from_config=bool(row.from_config))
+    return BucketRecord(
+        name=row.name,
+        created_at=row.created_at,
+        from_config=bool(row.from_config),
+        acl=row.acl or "private",
+        tags=None if row.tags is None else dict(row.tags),
+    )
 
 
 def _get_bucket(conn: sa.Connection, name: str) -> BucketRecord | None:
@@ -492,6 +530,42 @@ def _list_buckets(conn: sa.Connection) -> list[BucketRecord]:
     # Sorted here: the databases' text collations do not all sort by code point.
     records = [_bucket_record(row) for row in conn.execute(sa.select(virtual_buckets))]
     return sorted(records, key=lambda record: record.name)
+
+
+def _stored_acl(acl: str) -> str | None:
+    """The ``acl`` column's value: NULL for the default, ``private``."""
+    return None if acl == "private" else acl
+
+
+def _set_bucket_acl(conn: sa.Connection, name: str, acl: str) -> bool:
+    updated = conn.execute(
+        virtual_buckets.update()
+        .where(virtual_buckets.c.name == name)
+        .values(acl=_stored_acl(acl))
+    ).rowcount
+    return bool(updated)
+
+
+def _set_bucket_tags(conn: sa.Connection, name: str, tags: dict[str, str] | None) -> bool:
+    updated = conn.execute(
+        virtual_buckets.update()
+        .where(virtual_buckets.c.name == name)
+        .values(tags=None if tags is None else dict(tags))
+    ).rowcount
+    return bool(updated)
+
+
+def _update_object(conn: sa.Connection, bucket: str, key: str, values: dict[str, Any]) -> bool:
+    """Change columns of an object's row that are not about its bytes (tags, ACL)."""
+    bucket_id = _bucket_id(conn, bucket)
+    if bucket_id is None:
+        return False
+    updated = conn.execute(
+        objects.update()
+        .where(objects.c.bucket_id == bucket_id, objects.c.key == key)
+        .values(values)
+    ).rowcount
+    return bool(updated)
 
 
 def _delete_bucket(conn: sa.Connection, name: str) -> None:
@@ -583,6 +657,8 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
         "user_metadata": dict(record.metadata),
         "checksums": dict(record.checksums),
         "part_sizes": list(record.part_sizes),
+        "tags": dict(record.tags) or None,
+        "acl": _stored_acl(record.acl),
     }
     old_locations: tuple[Location, ...] = ()
     old_size: int | None = None
@@ -858,6 +934,8 @@ def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
                     initiated=upload.initiated,
                     headers=dict(upload.headers),
                     user_metadata=dict(upload.metadata),
+                    tags=dict(upload.tags) or None,
+                    acl=_stored_acl(upload.acl),
                 )
             )
     except sa.exc.IntegrityError:

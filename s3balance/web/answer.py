@@ -14,7 +14,6 @@ from typing import Any, Final
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from s3balance import errors
 from s3balance.gateway import Gateway
 from s3balance.web.routing import Route
 from s3balance.web.xml import Owner
@@ -49,6 +48,7 @@ class RequestContext:
     :ivar identity: the verified signer (:class:`s3balance.auth.credentials.Identity`) or
         ``None`` for an anonymous request when authentication is off.
     :ivar read_body: reads a small, already-buffered request body (XML documents).
+    :ivar anonymous: see the attribute.
     """
 
     request: Request
@@ -62,6 +62,9 @@ class RequestContext:
     zero_copy: bool = False
     identity: Any = None
     read_body: Callable[[], bytes] = lambda: b""
+    #: An unsigned request while signatures are required, let through authentication only to
+    #: be checked against the resource's canned ACL (:mod:`s3balance.web.public`).
+    anonymous: bool = False
 
     @property
     def bucket(self) -> str:
@@ -109,15 +112,3 @@ def add_response_headers(request: Request, headers: list[tuple[str, str]]) -> No
         else:
             response.addRawHeader(encoded_name, encoded_value)
 
-
-def refuse_acl_header(ctx: RequestContext) -> None:
-    """A canned ``private`` ACL is what every object and bucket has; any other ACL or a grant
-    would be silently ignored, so it is refused.
-
-    :raises S3Error: NotImplemented.
-    """
-    acl = ctx.header("x-amz-acl")
-    if acl is not None and acl.strip() != "private":
-        raise errors.NotImplementedError_("Only the private canned ACL is supported.")
-    if ctx.headers_with_prefix("x-amz-grant-"):
-        raise errors.NotImplementedError_("ACL grants are not supported.")

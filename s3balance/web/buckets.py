@@ -9,13 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 
-from s3balance import errors
+from s3balance import acl, errors
+from s3balance.backends.interface import BackendError
 from s3balance.db.records import ObjectPage
+from s3balance.multipart import discard_upload
 from s3balance.web import xml
-from s3balance.web.answer import Answer, RequestContext, refuse_acl_header
+from s3balance.web.answer import Answer, RequestContext
 
 #: S3's page size limit for listings.
 MAX_KEYS = 1000
+#: The region where S3 answers CreateBucket of a bucket one owns already with 200.
+LEGACY_REGION = "us-east-1"
+#: DeleteBucket aborts at most this many pages of uploads in progress before giving up.
+MAX_ABORT_PAGES = 100
 
 
 #: S3's largest ``max-buckets``.
@@ -82,8 +88,14 @@ async def handle_GetBucketVersioning(ctx: RequestContext) -> Answer:
     return Answer.xml(xml.versioning_configuration())
 
 
+def _header_acl(ctx: RequestContext, for_bucket: bool) -> str:
+    return acl.from_headers(
+        ctx.header("x-amz-acl"), bool(ctx.headers_with_prefix("x-amz-grant-")), for_bucket
+    )
+
+
 async def handle_CreateBucket(ctx: RequestContext) -> Answer:
-    refuse_acl_header(ctx)
+    bucket_acl = _header_acl(ctx, for_bucket=True)
     lock = ctx.header("x-amz-bucket-object-lock-enabled")
     if lock is not None and lock.strip().lower() == "true":
         raise errors.NotImplementedError_("Object lock is not supported.")
@@ -97,40 +109,89 @@ async def handle_CreateBucket(ctx: RequestContext) -> Answer:
             f"The {constraint} location constraint is incompatible with the region of this "
             f"server ({ctx.region}).",
         )
-    await ctx.gateway.create_bucket(ctx.bucket)
+    try:
+        await ctx.gateway.create_bucket(ctx.bucket, acl=bucket_acl)
+    except errors.S3Error as error:
+        # S3 answers a repeated CreateBucket of one's own bucket with 200 in us-east-1 (its
+        # legacy region, where it changes nothing) and 409 BucketAlreadyOwnedByYou elsewhere.
+        if error.code != "BucketAlreadyOwnedByYou" or ctx.region != LEGACY_REGION:
+            raise
     return Answer(200, [("Location", "/" + ctx.bucket)])
 
 
 async def handle_DeleteBucket(ctx: RequestContext) -> Answer:
-    await ctx.gateway.delete_bucket(ctx.bucket)
+    """Delete an empty bucket.  Uploads in progress do not keep a bucket alive on S3: when they
+    are all that is left, they are aborted (on their backends too) and the bucket goes."""
+    gateway = ctx.gateway
+    try:
+        await gateway.delete_bucket(ctx.bucket)
+    except errors.S3Error as error:
+        if error.code != "BucketNotEmpty":
+            raise
+        page = await gateway.list_objects(ctx.bucket, max_keys=1)
+        if page.objects or page.common_prefixes:
+            raise
+        await abort_uploads_of(ctx, ctx.bucket)
+        await gateway.delete_bucket(ctx.bucket)
     return Answer(204)
 
 
+async def abort_uploads_of(ctx: RequestContext, bucket: str) -> None:
+    """Abort every multipart upload of ``bucket`` on its backend and in the store.
+
+    :raises S3Error: ServiceUnavailable when a backend cannot abort one (its row stays, so the
+        bucket stays too and a retry finishes the job).
+    """
+    gateway = ctx.gateway
+    for _ in range(MAX_ABORT_PAGES):
+        page = await gateway.store.list_uploads(bucket, max_uploads=MAX_KEYS)
+        if not page.uploads:
+            return
+        for upload in page.uploads:
+            try:
+                released = await discard_upload(gateway.store, gateway.pool, upload)
+            except (KeyError, BackendError) as error:
+                raise errors.ServiceUnavailable(
+                    "An upload in progress in this bucket could not be aborted; retry later."
+                ) from error
+            if released is not None:
+                gateway.usage.adjust(upload.backend, -released, 0)
+
+
 async def handle_GetBucketAcl(ctx: RequestContext) -> Answer:
-    await ctx.gateway.get_bucket(ctx.bucket)
-    return Answer.xml(xml.access_control_policy(ctx.owner))
+    record = await ctx.gateway.get_bucket(ctx.bucket)
+    return Answer.xml(acl.policy_document(ctx.owner.id, ctx.owner.display_name, record.acl))
 
 
 async def handle_PutBucketAcl(ctx: RequestContext) -> Answer:
     await ctx.gateway.get_bucket(ctx.bucket)
-    accept_private_acl(ctx)
+    wanted = requested_acl_change(ctx, for_bucket=True)
+    if not await ctx.gateway.store.set_bucket_acl(ctx.bucket, wanted):
+        raise errors.NoSuchBucket(BucketName=ctx.bucket)
     return Answer(200)
 
 
-def accept_private_acl(ctx: RequestContext) -> None:
-    """PutBucketAcl/PutObjectAcl: the private policy (as a canned header or as a document) is
-    what exists already; anything else is refused.
+def requested_acl_change(ctx: RequestContext, for_bucket: bool) -> str:
+    """The canned ACL a PutBucketAcl/PutObjectAcl asks for, as an ``x-amz-acl`` header or as an
+    ``<AccessControlPolicy>`` document (which must amount to a served canned ACL).
 
-    :raises S3Error: NotImplemented for another ACL, InvalidRequest when none is given.
+    :raises S3Error: NotImplemented for other ACLs and grants, InvalidRequest when none is
+        given or both are, MalformedXML, MaxMessageLengthExceeded.
     """
-    refuse_acl_header(ctx)
     body = ctx.read_body()
-    if ctx.header("x-amz-acl") is not None:
-        return
+    if len(body) > acl.MAX_ACL_BODY:
+        raise errors.MaxMessageLengthExceeded()
+    grants = bool(ctx.headers_with_prefix("x-amz-grant-"))
+    header = ctx.header("x-amz-acl")
+    if header is not None or grants:
+        if body.strip():
+            raise errors.S3Error(
+                "UnexpectedContent", 400, "This request does not support content"
+            )
+        return acl.from_headers(header, grants, for_bucket)
     if not body.strip():
         raise errors.InvalidRequest("An ACL must be given in the x-amz-acl header or the body.")
-    if not xml.is_private_acl(body, ctx.owner):
-        raise errors.NotImplementedError_("Only the private ACL is supported.")
+    return acl.from_policy(xml._parse(body), ctx.owner.id)
 
 
 def parse_max_keys(value: str | None, name: str = "max-keys") -> int:

@@ -37,10 +37,15 @@ from s3balance.multipart import (
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.filters import ChecksumFilter
 from s3balance.web.objects import (
+    SSE_HEADER,
     _declared_length,
     _refuse_unsupported,
     check_copy_source_conditions,
+    encryption_headers,
     parse_copy_source,
+    requested_acl,
+    requested_encryption,
+    requested_tags,
     stored_headers_from_request,
     upload_body,
 )
@@ -311,12 +316,20 @@ class MultipartHandler:
         validate_key(ctx.key)
         _refuse_unsupported(ctx)
         headers, metadata = stored_headers_from_request(ctx)
+        encryption = requested_encryption(ctx)
+        if encryption is not None:
+            headers[SSE_HEADER] = encryption
+        tags = requested_tags(ctx)
+        upload_acl = requested_acl(ctx)
         answer_headers: list[tuple[str, str]] = [("Content-Type", "application/xml")]
+        answer_headers.extend(encryption_headers(headers))
         algorithm = ctx.header("x-amz-checksum-algorithm")
         if algorithm is not None:
             ChecksumFilter(algorithm, None)  # refuses what parts could not be checked with
             answer_headers.append(("x-amz-checksum-algorithm", algorithm.upper()))
-        upload = await self.uploads.create(ctx.bucket, ctx.key, headers, metadata)
+        upload = await self.uploads.create(
+            ctx.bucket, ctx.key, headers, metadata, tags=tags, acl=upload_acl
+        )
         body = initiate_result(ctx.bucket, ctx.key, upload.upload_id)
         return Answer(200, answer_headers, body)
 
@@ -335,6 +348,14 @@ class MultipartHandler:
             for f in checksum_filters
             if f.value_b64 is not None
         )
+        # S3 repeats the upload's encryption on each part's answer (the part is stored: an
+        # upload completed or aborted meanwhile only costs the header).
+        try:
+            upload = await self.uploads.get_upload(ctx.bucket, ctx.key, _upload_id(ctx))
+        except errors.S3Error:
+            pass
+        else:
+            answer_headers.extend(encryption_headers(upload.headers))
         return Answer(200, answer_headers)
 
     async def handle_UploadPartCopy(self, request: Any, ctx: RequestContext) -> Answer:
@@ -384,7 +405,9 @@ class MultipartHandler:
         document = complete_result(self._location(request, ctx), record)
         if not keepalive.committed:
             keepalive.stop()
-            return Answer.xml(document)
+            answer = Answer.xml(document)
+            answer.headers.extend(encryption_headers(record.headers))
+            return answer
         keepalive.finish(document)
         return STREAMED
 

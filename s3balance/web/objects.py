@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from s3balance import conditions, errors
+from s3balance import acl, conditions, errors, tagging
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.gateway import MAX_PUT_SIZE, validate_key
@@ -38,9 +38,8 @@ from s3balance.web.answer import (
     Answer,
     RequestContext,
     add_response_headers,
-    refuse_acl_header,
 )
-from s3balance.web.buckets import accept_private_acl
+from s3balance.web.buckets import requested_acl_change
 from s3balance.web.filters import (
     CHECKSUM_ALGORITHMS,
     BodyFilter,
@@ -71,12 +70,19 @@ _OVERRIDES = {
 }
 #: Headers asking for features s3balance does not have; honouring them silently would lie.
 _UNSUPPORTED_WRITE_HEADERS = (
-    "x-amz-tagging",
     "x-amz-object-lock-mode",
     "x-amz-object-lock-retain-until-date",
     "x-amz-object-lock-legal-hold",
-    "x-amz-server-side-encryption-customer-algorithm",
     "x-amz-website-redirect-location",
+)
+#: The server-side encryption header; its one served value is :data:`SSE_S3`.
+SSE_HEADER = "x-amz-server-side-encryption"
+#: SSE-S3: the storage service encrypts with its own keys.
+SSE_S3 = "AES256"
+#: Customer-provided keys (SSE-C), on the object written and on a copy's source.
+_SSE_C_PREFIXES = (
+    "x-amz-server-side-encryption-customer-",
+    "x-amz-copy-source-server-side-encryption-customer-",
 )
 
 
@@ -117,7 +123,63 @@ def _refuse_unsupported(ctx: RequestContext) -> None:
     for name in _UNSUPPORTED_WRITE_HEADERS:
         if ctx.header(name) is not None:
             raise errors.NotImplementedError_(f"The {name} header is not supported.")
-    refuse_acl_header(ctx)
+
+
+def requested_encryption(ctx: RequestContext) -> str | None:
+    """The server-side encryption a write asks for: :data:`SSE_S3` or ``None``.
+
+    SSE-S3 is passed to the backend, which must confirm it (see the README); SSE-KMS and
+    customer keys (SSE-C) cannot be honoured and are refused rather than dropped.
+
+    :raises S3Error: NotImplemented for SSE-KMS, DSSE-KMS and SSE-C; InvalidArgument for an
+        unknown algorithm.
+    """
+    for name in ctx.headers_with_prefix("x-amz-"):
+        full = "x-amz-" + name
+        if full.startswith(_SSE_C_PREFIXES):
+            raise errors.NotImplementedError_(
+                "Server-side encryption with customer-provided keys (SSE-C) is not supported."
+            )
+        if full.startswith("x-amz-server-side-encryption-") and full != SSE_HEADER:
+            raise errors.NotImplementedError_(
+                "Server-side encryption with KMS keys (SSE-KMS) is not supported."
+            )
+    value = ctx.header(SSE_HEADER)
+    if value is None:
+        return None
+    algorithm = value.strip()
+    if algorithm == SSE_S3:
+        return SSE_S3
+    if algorithm in ("aws:kms", "aws:kms:dsse"):
+        raise errors.NotImplementedError_(
+            "Server-side encryption with KMS keys (SSE-KMS) is not supported; use AES256."
+        )
+    raise errors.InvalidArgument(
+        "The encryption method specified is not supported",
+        ArgumentName=SSE_HEADER,
+        ArgumentValue=algorithm,
+    )
+
+
+def requested_tags(ctx: RequestContext) -> dict[str, str]:
+    """The tags of ``x-amz-tagging`` (none without it). :raises S3Error: see
+    :func:`s3balance.tagging.parse_header`."""
+    value = ctx.header("x-amz-tagging")
+    return {} if value is None else tagging.parse_header(value)
+
+
+def requested_acl(ctx: RequestContext, for_bucket: bool = False) -> str:
+    """The canned ACL of ``x-amz-acl`` (``private`` without it). :raises S3Error: see
+    :func:`s3balance.acl.from_headers`."""
+    return acl.from_headers(
+        ctx.header("x-amz-acl"), bool(ctx.headers_with_prefix("x-amz-grant-")), for_bucket
+    )
+
+
+def encryption_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """The encryption header S3 answers with for an object stored with ``headers``."""
+    value = headers.get(SSE_HEADER)
+    return [] if value is None else [(SSE_HEADER, value)]
 
 
 def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], dict[str, str]]:
@@ -205,6 +267,11 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     # No bucket check here: the gateway's write claim checks the bucket in the same transaction,
     # still before any body byte is read.
     headers, metadata = stored_headers_from_request(ctx)
+    encryption = requested_encryption(ctx)
+    if encryption is not None:
+        headers[SSE_HEADER] = encryption
+    tags = requested_tags(ctx)
+    object_acl = requested_acl(ctx)
     body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
@@ -215,10 +282,11 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         }
 
     record = await ctx.gateway.put_object(
-        ctx.bucket, ctx.key, body, length, headers, metadata, checksums
+        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, tags=tags, acl=object_acl
     )
     answer_headers = [("ETag", record.etag)]
     answer_headers.extend((name, value) for name, value in record.checksums.items())
+    answer_headers.extend(encryption_headers(record.headers))
     return Answer(200, answer_headers)
 
 
@@ -237,6 +305,9 @@ def object_headers(
     headers.append(("ETag", record.etag))
     headers.append(("Last-Modified", conditions.http_date(record.last_modified)))
     headers.append(("Accept-Ranges", "bytes"))
+    headers.extend(encryption_headers(record.headers))
+    if record.tags:
+        headers.append(("x-amz-tagging-count", str(len(record.tags))))
     mode = ctx.header("x-amz-checksum-mode")
     if whole and mode is not None and mode.upper() == "ENABLED":
         headers.extend(sorted(record.checksums.items()))
@@ -336,6 +407,15 @@ async def handle_DeleteObject(ctx: RequestContext) -> Answer:
     return Answer(204)
 
 
+def verify_body_digests(ctx: RequestContext, body: bytes) -> None:
+    """Check a small body against the Content-MD5 and ``x-amz-checksum-*`` it came with.
+
+    :raises S3Error: BadDigest, InvalidDigest.
+    """
+    filters, _ = _body_filters(ctx)
+    _run_filters(filters, body)
+
+
 def _verify_required_digest(ctx: RequestContext, body: bytes) -> None:
     """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one)."""
     filters, checksum_filters = _body_filters(ctx)
@@ -422,6 +502,16 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
             ArgumentName="x-amz-metadata-directive",
             ArgumentValue=directive,
         )
+    tagging_directive = (ctx.header("x-amz-tagging-directive") or "COPY").strip().upper()
+    if tagging_directive not in ("COPY", "REPLACE"):
+        raise errors.InvalidArgument(
+            "Unknown tagging directive.",
+            ArgumentName="x-amz-tagging-directive",
+            ArgumentValue=tagging_directive,
+        )
+    encryption = requested_encryption(ctx)
+    new_tags = requested_tags(ctx) if tagging_directive == "REPLACE" else None
+    object_acl = requested_acl(ctx)
     source = await ctx.gateway.get_object_record(source_bucket, source_key)
     if source.size > MAX_PUT_SIZE:
         raise errors.InvalidRequest(
@@ -429,7 +519,9 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
             f"source: {MAX_PUT_SIZE}"
         )
     check_copy_source_conditions(ctx, source)
-    if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY":
+    if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY" and (
+        encryption is None or source.headers.get(SSE_HEADER) == encryption
+    ):
         raise errors.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself "
             "without changing the object's metadata, storage class, website redirect location "
@@ -439,20 +531,31 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
         headers, metadata = stored_headers_from_request(ctx)
     else:
         headers, metadata = dict(source.headers), dict(source.metadata)
-    record = await ctx.gateway.copy_object(source, ctx.bucket, ctx.key, headers, metadata)
-    return Answer.xml(xml.copy_object_result(record.etag, record.last_modified))
+    # As on S3, the copy is encrypted as its request says, whatever the source was.
+    headers.pop(SSE_HEADER, None)
+    if encryption is not None:
+        headers[SSE_HEADER] = encryption
+    tags = dict(source.tags) if new_tags is None else new_tags
+    record = await ctx.gateway.copy_object(
+        source, ctx.bucket, ctx.key, headers, metadata, tags=tags, acl=object_acl
+    )
+    answer = Answer.xml(xml.copy_object_result(record.etag, record.last_modified))
+    answer.headers.extend(encryption_headers(record.headers))
+    return answer
 
 
 async def handle_GetObjectAcl(ctx: RequestContext) -> Answer:
     _version_id_must_be_null(ctx)
-    await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
-    return Answer.xml(xml.access_control_policy(ctx.owner))
+    record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
+    return Answer.xml(acl.policy_document(ctx.owner.id, ctx.owner.display_name, record.acl))
 
 
 async def handle_PutObjectAcl(ctx: RequestContext) -> Answer:
     _version_id_must_be_null(ctx)
     await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
-    accept_private_acl(ctx)
+    wanted = requested_acl_change(ctx, for_bucket=False)
+    if not await ctx.gateway.store.set_object_acl(ctx.bucket, ctx.key, wanted):
+        raise errors.NoSuchKey(Key=ctx.key)
     return Answer(200)
 
 

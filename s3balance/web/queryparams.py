@@ -55,7 +55,7 @@ UNSERVED_SUBRESOURCES = frozenset(
         "publicaccessblock", "replication", "requestpayment", "session", "website",
         # object sub-resources
         "attributes", "legal-hold", "renameobject", "restore", "retention", "select",
-        "select-type", "tagging", "torrent",
+        "select-type", "torrent",
     }
 )  # fmt: skip
 
@@ -94,11 +94,17 @@ HONOURED_PARAMS: Mapping[str, frozenset[str]] = {
     "GetBucketAcl": frozenset({"acl"}),
     "PutBucketAcl": frozenset({"acl"}),
     "DeleteObjects": frozenset({"delete"}),
+    "GetBucketTagging": frozenset({"tagging"}),
+    "PutBucketTagging": frozenset({"tagging"}),
+    "DeleteBucketTagging": frozenset({"tagging"}),
     "GetObject": RESPONSE_OVERRIDES | {"versionid", "partnumber"},
     "HeadObject": RESPONSE_OVERRIDES | {"versionid", "partnumber"},
     "DeleteObject": frozenset({"versionid"}),
     "GetObjectAcl": frozenset({"acl", "versionid"}),
     "PutObjectAcl": frozenset({"acl", "versionid"}),
+    "GetObjectTagging": frozenset({"tagging", "versionid"}),
+    "PutObjectTagging": frozenset({"tagging", "versionid"}),
+    "DeleteObjectTagging": frozenset({"tagging", "versionid"}),
     "CreateMultipartUpload": frozenset({"uploads"}),
     "UploadPart": frozenset({"uploadid", "partnumber"}),
     "UploadPartCopy": frozenset({"uploadid", "partnumber"}),

@@ -54,8 +54,9 @@ from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
-from s3balance.web import buckets, objects
+from s3balance.web import buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
@@ -79,6 +80,10 @@ WRITE_OPERATIONS = frozenset(
         "DeleteBucket",
         "PutBucketAcl",
         "PutObjectAcl",
+        "PutObjectTagging",
+        "DeleteObjectTagging",
+        "PutBucketTagging",
+        "DeleteBucketTagging",
         "CreateMultipartUpload",
         "UploadPart",
         "UploadPartCopy",
@@ -102,6 +107,7 @@ HANDLERS: dict[str, Handler] = {
     "ListObjectsV2": buckets.handle_ListObjectsV2,
     "ListObjectVersions": buckets.handle_ListObjectVersions,
     **objects.HANDLERS,
+    **tagging.HANDLERS,
 }
 
 #: A stalled download (client not reading, backend not sending) is abandoned after this long.
@@ -170,8 +176,14 @@ class S3Resource(Resource):
 
     # -- the authentication hook -------------------------------------------------------------
 
-    def authenticate(self, request: Request, route: Route) -> Any:
+    def authenticate(
+        self, request: Request, route: Route, ctx: RequestContext | None = None
+    ) -> Any:
         """Verify the request and return the identity (``None`` when anonymous).
+
+        With authentication on, an unsigned request for one of
+        :data:`~s3balance.web.public.ANONYMOUS_READS` is let through with ``ctx.anonymous`` set,
+        to be judged by the resource's ACL before its handler runs.
 
         Also installs the payload filter on a streamed body and refuses operations outside the
         identity's bucket scope or beyond a read-only key.
@@ -179,12 +191,19 @@ class S3Resource(Resource):
         :raises S3Error: any authentication error, AccessDenied.
         """
         headers = RequestHeaders.from_twisted(request.requestHeaders)
+        # The daemon always has an authenticator; only a requiring one refuses unsigned requests.
+        signed_only = self.authenticator.required
         result = self.authenticator.authenticate(
             request.method.decode("latin-1"),
             request.uri,
             headers,
             bucket_from_host=self.router.host_bucket(request.requestHeaders),
+            allow_anonymous=(
+                ctx is not None and signed_only and route.operation in ANONYMOUS_READS
+            ),
         )
+        if signed_only and result.scheme == "anonymous" and ctx is not None:
+            ctx.anonymous = True
         body = getattr(request, "body", None)
         if body is not None:
             payload_filter = self.authenticator.body_filter(result, headers)
@@ -249,7 +268,9 @@ class _S3Operation(Resource):
         route = ctx.route
         if route.operation == "InvalidURI":
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
-        ctx.identity = self.root.authenticate(request, route)
+        ctx.identity = self.root.authenticate(request, route, ctx)
+        if ctx.anonymous:
+            await authorize_anonymous(ctx)
         if route.operation == NOT_IMPLEMENTED:
             raise errors.NotImplementedError_(route.refusal or None)
         if route.operation == METHOD_NOT_ALLOWED:

@@ -181,6 +181,14 @@ def _service_operation(verb: str, params: set[str]) -> str:
 
 
 def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str:
+    if "tagging" in params:
+        if params != _HONOURED["GetBucketTagging"]:
+            return NOT_IMPLEMENTED
+        return {
+            "GET": "GetBucketTagging",
+            "PUT": "PutBucketTagging",
+            "DELETE": "DeleteBucketTagging",
+        }.get(verb, NOT_IMPLEMENTED)
     if "acl" in params:
         if params != {"acl"}:
             return NOT_IMPLEMENTED
@@ -224,6 +232,14 @@ def _bucket_operation(verb: str, params: set[str], query: dict[str, str]) -> str
 
 
 def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str:
+    if "tagging" in params:
+        if not params <= _HONOURED["GetObjectTagging"]:
+            return NOT_IMPLEMENTED
+        return {
+            "GET": "GetObjectTagging",
+            "PUT": "PutObjectTagging",
+            "DELETE": "DeleteObjectTagging",
+        }.get(verb, NOT_IMPLEMENTED)
     if "acl" in params:
         if not params <= _HONOURED["GetObjectAcl"]:
             return NOT_IMPLEMENTED

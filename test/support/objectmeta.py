@@ -1,0 +1,45 @@
+"""A daemon over real S3 buckets on the shared moto server, with multipart uploads wired, for the
+tests of object metadata (encryption, tags, ACLs) and bucket edges."""
+
+from __future__ import annotations
+
+import secrets
+
+from s3balance.config import BucketConfig
+from s3balance.multipart import MultipartUploads
+from s3balance.web.multipart import MultipartHandler
+from test.support.daemon import DaemonTestCase
+from test.support.motoserver import shared_moto
+
+
+def moto_buckets(names: list[str]) -> list[BucketConfig]:
+    """Real buckets on the shared moto server (created here, uniquely named)."""
+    moto = shared_moto()
+    configs = []
+    for name in names:
+        real = f"s3b-{name}-{secrets.token_hex(4)}"
+        moto.create_bucket(real)
+        configs.append(
+            BucketConfig(
+                name=name,
+                bucket=real,
+                endpoint=moto.endpoint,
+                region=moto.region,
+                access_key_id=moto.access_key,
+                secret_access_key=moto.secret_key,
+                path_style=True,
+                use_ssl=False,
+            )
+        )
+    return configs
+
+
+class MotoDaemonCase(DaemonTestCase):
+    """:class:`DaemonTestCase` over two moto buckets, multipart included."""
+
+    def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
+        return moto_buckets(self.backend_names)
+
+    async def start(self) -> None:
+        await super().start()
+        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
