@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from s3balance import errors
-from s3balance.auth import sigv4
-from s3balance.auth.checksums import SUPPORTED_CHECKSUMS, RunningChecksum, new_checksum
+from s3balance.auth import checksums, sigv4
+from s3balance.auth.checksums import ChecksumAlgorithm, RunningChecksum
 from s3balance.errors import S3Error
 
 #: Longest framing line (chunk header or trailer) we buffer before giving up.
@@ -116,14 +116,15 @@ class AwsChunkedDecoder:
         self._expected_trailer = expected_trailer.lower() if expected_trailer else None
         self._decoded_length = decoded_length
         self._checksum: RunningChecksum | None = None
+        self._algorithm: ChecksumAlgorithm | None = None
         if self._expected_trailer is not None:
-            try:
-                self._checksum = new_checksum(self._expected_trailer)
-            except KeyError:
+            self._algorithm = checksums.by_header(self._expected_trailer)
+            if self._algorithm is None:
                 raise errors.InvalidRequest(
                     f"The value specified in the x-amz-trailer header is not supported: "
                     f"{self._expected_trailer}"
-                ) from None
+                )
+            self._checksum = self._algorithm.new()
         self._state = _State.CHUNK_HEADER
         self._line = bytearray()
         self._remaining = 0
@@ -290,18 +291,21 @@ class AwsChunkedDecoder:
                     "The trailer signature we calculated does not match the one you provided.",
                     SignatureProvided=provided,
                 )
-        if self._expected_trailer is not None and self._checksum is not None:
+        algorithm = self._algorithm
+        if self._expected_trailer is not None and self._checksum is not None and algorithm:
             provided_sum = trailers.get(self._expected_trailer)
             if provided_sum is None:
                 raise errors.InvalidRequest(
                     f"The trailing header {self._expected_trailer} named by x-amz-trailer "
                     "was not sent."
                 )
-            if not hmac.compare_digest(
-                self._checksum.b64digest().encode("ascii"), provided_sum.encode("latin-1")
-            ):
-                algorithm = SUPPORTED_CHECKSUMS[self._expected_trailer]
+            provided = algorithm.decode(provided_sum)
+            if provided is None:
+                raise errors.InvalidRequest(
+                    f"Value for {algorithm.header} trailing header is invalid."
+                )
+            if not hmac.compare_digest(self._checksum.digest(), provided):
                 raise errors.BadDigest(
-                    f"The {algorithm} you specified did not match the calculated checksum."
+                    f"The {algorithm.name} you specified did not match the calculated checksum."
                 )
         self.trailers = trailers
