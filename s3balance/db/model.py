@@ -141,6 +141,9 @@ objects = sa.Table(
     sa.Column("user_metadata", JsonText, nullable=False),
     sa.Column("checksums", JsonText, nullable=False),
     sa.Column("part_sizes", JsonText, nullable=False),
+    #: Base64 checksums of the parts of a multipart object, in order, in the object's checksum
+    #: algorithm (GetObjectAttributes lists them); NULL for other objects.
+    sa.Column("part_checksums", JsonText, nullable=True),
     # (bucket_id, key) is both the identity of an object and the index listings range-scan.
     sa.UniqueConstraint("bucket_id", "key"),
 )
@@ -181,6 +184,9 @@ multipart_uploads = sa.Table(
     sa.Column("initiated", sa.Double, nullable=False),
     sa.Column("headers", JsonText, nullable=False),
     sa.Column("user_metadata", JsonText, nullable=False),
+    #: ``x-amz-checksum-algorithm`` and ``x-amz-checksum-type`` of the upload; NULL when none.
+    sa.Column("checksum_algorithm", sa.String(16), nullable=True),
+    sa.Column("checksum_type", sa.String(16), nullable=True),
     sa.UniqueConstraint("upload_id"),
     # ListMultipartUploads orders by (key, upload id) within a bucket.
     sa.Index(None, "bucket_id", "key", "upload_id"),
@@ -203,6 +209,8 @@ multipart_parts = sa.Table(
     sa.Column("etag", sa.String(80), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("last_modified", sa.Double, nullable=False),
+    #: The part's ``x-amz-checksum-<algorithm>`` values (lower-case names); NULL when none.
+    sa.Column("checksums", JsonText, nullable=True),
 )
 
 backend_usage = sa.Table(

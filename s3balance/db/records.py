@@ -47,6 +47,8 @@ class ObjectRecord:
     #: Sizes of the parts, in order, for an object made by multipart upload; empty otherwise.
     part_sizes: tuple[int, ...] = ()
     locations: tuple[Location, ...] = ()
+    #: Base64 checksums of the parts (multipart objects with a checksum algorithm), in order.
+    part_checksums: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class UploadRecord:
     initiated: float
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: ``x-amz-checksum-algorithm`` as S3 spells it (``CRC32``), or None.
+    checksum_algorithm: str | None = None
+    #: ``FULL_OBJECT`` or ``COMPOSITE`` with an algorithm, else None.
+    checksum_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class PartRecord:
     etag: str
     size: int
     last_modified: float
+    #: ``x-amz-checksum-<algorithm>`` values, lower-case names.
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -420,6 +420,7 @@ def _object_record(row: Any, bucket: str, locations: tuple[Location, ...]) -> Ob
         checksums=dict(row.checksums),
         part_sizes=tuple(row.part_sizes),
         locations=locations,
+        part_checksums=tuple(row.part_checksums or ()),
     )
 
 
@@ -433,6 +434,7 @@ _OBJECT_COLUMNS = (
     objects.c.user_metadata,
     objects.c.checksums,
     objects.c.part_sizes,
+    objects.c.part_checksums,
 )
 
 
@@ -447,6 +449,8 @@ def _upload_record(row: Any, bucket: str) -> UploadRecord:
         initiated=row.initiated,
         headers=dict(row.headers),
         metadata=dict(row.user_metadata),
+        checksum_algorithm=row.checksum_algorithm,
+        checksum_type=row.checksum_type,
     )
 
 
@@ -460,6 +464,8 @@ _UPLOAD_COLUMNS = (
     multipart_uploads.c.initiated,
     multipart_uploads.c.headers,
     multipart_uploads.c.user_metadata,
+    multipart_uploads.c.checksum_algorithm,
+    multipart_uploads.c.checksum_type,
 )
 
 
@@ -583,6 +589,7 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
         "user_metadata": dict(record.metadata),
         "checksums": dict(record.checksums),
         "part_sizes": list(record.part_sizes),
+        "part_checksums": list(record.part_checksums) or None,
     }
     old_locations: tuple[Location, ...] = ()
     old_size: int | None = None
@@ -858,6 +865,8 @@ def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
                     initiated=upload.initiated,
                     headers=dict(upload.headers),
                     user_metadata=dict(upload.metadata),
+                    checksum_algorithm=upload.checksum_algorithm,
+                    checksum_type=upload.checksum_type,
                 )
             )
     except sa.exc.IntegrityError:
@@ -895,6 +904,7 @@ def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
         "etag": part.etag,
         "size": part.size,
         "last_modified": part.last_modified,
+        "checksums": dict(part.checksums) or None,
     }
     where = sa.and_(
         multipart_parts.c.upload_ref == upload.id,
@@ -940,7 +950,10 @@ def _list_parts(
         .limit(max(0, max_parts))
     )
     return [
-        PartRecord(upload_id, row.part_number, row.etag, row.size, row.last_modified)
+        PartRecord(
+            upload_id, row.part_number, row.etag, row.size, row.last_modified,
+            dict(row.checksums or {}),
+        )
         for row in rows
     ]
 

@@ -28,11 +28,12 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance import conditions, errors
+from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.gateway import MAX_PUT_SIZE, validate_key
 from s3balance.multipart import parse_part_number, part_range, parts_count
-from s3balance.web import xml
+from s3balance.web import checksumming, xml
 from s3balance.web.answer import (
     STREAMED,
     Answer,
@@ -42,7 +43,6 @@ from s3balance.web.answer import (
 )
 from s3balance.web.buckets import accept_private_acl
 from s3balance.web.filters import (
-    CHECKSUM_ALGORITHMS,
     BodyFilter,
     ChecksumFilter,
     ContentMD5Filter,
@@ -154,19 +154,19 @@ def _declared_length(ctx: RequestContext) -> int:
     return length
 
 
-def _body_filters(ctx: RequestContext) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
-    """Checks S3 runs over an upload: Content-MD5 and every ``x-amz-checksum-*`` sent."""
+def _body_filters(
+    ctx: RequestContext, default_checksum: bool = True
+) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
+    """Checks S3 runs over an upload: Content-MD5 and the ``x-amz-checksum-*`` it names
+    (see :mod:`s3balance.web.checksumming`)."""
     filters: list[BodyFilter] = []
     md5 = ctx.header("content-md5")
     if md5 is not None:
         filters.append(ContentMD5Filter(md5))
-    checksums: list[ChecksumFilter] = []
-    for algorithm in CHECKSUM_ALGORITHMS:
-        value = ctx.header(f"x-amz-checksum-{algorithm}")
-        if value is not None:
-            checksums.append(ChecksumFilter(algorithm, value))
-    filters.extend(checksums)
-    return filters, checksums
+    checksum = checksumming.request_checksum(ctx, default=default_checksum)
+    checksum_filters = [checksum] if checksum is not None else []
+    filters.extend(checksum_filters)
+    return filters, checksum_filters
 
 
 def _run_filters(filters: list[Any], data: bytes) -> None:
@@ -175,14 +175,22 @@ def _run_filters(filters: list[Any], data: bytes) -> None:
         data = body_filter.feed(data) + body_filter.finish()
 
 
-def upload_body(ctx: RequestContext, length: int) -> tuple[IBodyProducer, list[ChecksumFilter]]:
+def upload_body(
+    ctx: RequestContext, length: int, extra: list[ChecksumFilter] | None = None
+) -> tuple[IBodyProducer, list[ChecksumFilter]]:
     """The body of a PutObject or UploadPart with S3's checks attached, and the checksum filters
     whose values are stored.
 
     A streamed body runs the checks as its bytes pass (its last bytes are held back until they
     all passed); a body that arrived buffered is checked whole before any backend sees it.
+
+    :param extra: more checksums to compute (an upload's own algorithm, for its parts); without
+        them, a body naming no checksum gets S3's default one.
     """
-    filters, checksum_filters = _body_filters(ctx)
+    filters, checksum_filters = _body_filters(ctx, default_checksum=extra is None)
+    if extra:
+        filters.extend(extra)
+        checksum_filters = [*checksum_filters, *extra]
     streamed = getattr(ctx.request, "body", None)
     if streamed is not None:
         streamed.length = length
@@ -208,17 +216,16 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
-        return {
-            f"x-amz-checksum-{f.algorithm}": f.value_b64
-            for f in checksum_filters
-            if f.value_b64 is not None
-        }
+        stored: dict[str, str] = {}
+        for checksum in checksum_filters:
+            stored.update(checksumming.stored_values(checksum, FULL_OBJECT))
+        return stored
 
     record = await ctx.gateway.put_object(
         ctx.bucket, ctx.key, body, length, headers, metadata, checksums
     )
     answer_headers = [("ETag", record.etag)]
-    answer_headers.extend((name, value) for name, value in record.checksums.items())
+    answer_headers.extend(checksumming.answer_headers(record.checksums))
     return Answer(200, answer_headers)
 
 
@@ -237,9 +244,8 @@ def object_headers(
     headers.append(("ETag", record.etag))
     headers.append(("Last-Modified", conditions.http_date(record.last_modified)))
     headers.append(("Accept-Ranges", "bytes"))
-    mode = ctx.header("x-amz-checksum-mode")
-    if whole and mode is not None and mode.upper() == "ENABLED":
-        headers.extend(sorted(record.checksums.items()))
+    if whole and checksumming.checksum_mode_enabled(ctx):
+        headers.extend(checksumming.answer_headers(record.checksums))
     return headers
 
 
@@ -337,8 +343,9 @@ async def handle_DeleteObject(ctx: RequestContext) -> Answer:
 
 
 def _verify_required_digest(ctx: RequestContext, body: bytes) -> None:
-    """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one)."""
-    filters, checksum_filters = _body_filters(ctx)
+    """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one;
+    current SDKs send CRC32 or CRC64NVME instead of Content-MD5)."""
+    filters, checksum_filters = _body_filters(ctx, default_checksum=False)
     if not filters:
         raise errors.InvalidRequest("Missing required header for this request: Content-MD5")
     _run_filters(filters, body)
