@@ -299,12 +299,12 @@ class AwsChunkedDecoder:
                     f"The trailing header {self._expected_trailer} named by x-amz-trailer "
                     "was not sent."
                 )
-            provided = algorithm.decode(provided_sum)
-            if provided is None:
+            provided_digest = algorithm.decode(provided_sum)
+            if provided_digest is None:
                 raise errors.InvalidRequest(
                     f"Value for {algorithm.header} trailing header is invalid."
                 )
-            if not hmac.compare_digest(self._checksum.digest(), provided):
+            if not hmac.compare_digest(self._checksum.digest(), provided_digest):
                 raise errors.BadDigest(
                     f"The {algorithm.name} you specified did not match the calculated checksum."
                 )

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.auth.checksums import ChecksumAlgorithm
+from s3balance.multipart_checksums import CompletionChecksums
 from s3balance.web.answer import RequestContext
 from s3balance.web.filters import ChecksumFilter
 
@@ -91,3 +92,98 @@ def answer_headers(stored: Mapping[str, str]) -> list[tuple[str, str]]:
 def checksum_mode_enabled(ctx: RequestContext) -> bool:
     mode = ctx.header("x-amz-checksum-mode")
     return mode is not None and mode.strip().upper() == "ENABLED"
+
+
+# -- multipart uploads -------------------------------------------------------------------------
+
+
+def upload_settings(ctx: RequestContext) -> tuple[str | None, str | None]:
+    """``(algorithm, type)`` of a CreateMultipartUpload, with S3's defaults and rules: CRC64NVME
+    is FULL_OBJECT only, SHA1 and SHA256 COMPOSITE only, CRC32 and CRC32C either (COMPOSITE by
+    default).
+
+    :raises S3Error: InvalidRequest for an unknown algorithm or type, a type without an
+        algorithm, or a type the algorithm does not allow.
+    """
+    raw_algorithm = ctx.header("x-amz-checksum-algorithm")
+    raw_type = ctx.header("x-amz-checksum-type")
+    checksum_type = raw_type.strip().upper() if raw_type is not None else None
+    if checksum_type is not None and checksum_type not in checksums.CHECKSUM_TYPES:
+        raise errors.InvalidRequest("Value for x-amz-checksum-type header is invalid.")
+    if raw_algorithm is None:
+        if checksum_type is not None:
+            raise errors.InvalidRequest(
+                "The x-amz-checksum-type header can only be used with the "
+                "x-amz-checksum-algorithm header."
+            )
+        return None, None
+    algorithm = checksums.by_name(raw_algorithm)
+    if algorithm is None:
+        names = ", ".join(a.name for a in checksums.ALGORITHMS.values())
+        raise errors.InvalidRequest(
+            "Checksum algorithm provided is unsupported. Please try again with any of the valid "
+            f"types: [{names}]"
+        )
+    if checksum_type is None:
+        checksum_type = algorithm.default_multipart_type
+    if checksum_type not in algorithm.multipart_types:
+        raise errors.InvalidRequest(
+            f"The {checksum_type} checksum type cannot be used with the "
+            f"{algorithm.name.lower()} checksum algorithm."
+        )
+    return algorithm.name, checksum_type
+
+
+def part_checksums(
+    ctx: RequestContext, upload_algorithm: ChecksumAlgorithm, declared: bool
+) -> list[ChecksumFilter]:
+    """The checksums an UploadPart computes besides the one its request names: the upload's
+    algorithm when the request names another (or none).
+
+    :raises S3Error: InvalidRequest when the upload declared an algorithm and the part names
+        another one.
+    """
+    named = request_checksum(ctx, default=False)
+    if named is None:
+        return [ChecksumFilter(upload_algorithm.name, None)]
+    if named.checksum is upload_algorithm:
+        return []
+    if declared:
+        raise errors.InvalidRequest(
+            "Checksum Type mismatch occurred, expected checksum Type: "
+            f"{upload_algorithm.name.lower()}, actual checksum Type: {named.algorithm}"
+        )
+    return [ChecksumFilter(upload_algorithm.name, None)]
+
+
+def completion_request(
+    ctx: RequestContext, part_entries: Mapping[int, Mapping[str, str]]
+) -> CompletionChecksums:
+    """What a CompleteMultipartUpload says about checksums: its document's part checksums and
+    its checksum headers.
+
+    :raises S3Error: InvalidRequest for a malformed or repeated ``x-amz-checksum-*`` header or
+        an unknown ``x-amz-checksum-type``.
+    """
+    expected: list[tuple[ChecksumAlgorithm, str]] = []
+    for algorithm in checksums.ALGORITHMS.values():
+        value = ctx.header(algorithm.header)
+        if value is None:
+            continue
+        base, dash, count = value.strip().partition("-")
+        if algorithm.decode(base) is None or (dash and not count.isdigit()):
+            raise errors.InvalidRequest(f"Value for {algorithm.header} header is invalid.")
+        expected.append((algorithm, value))
+    if len(expected) > 1:
+        raise errors.InvalidRequest(
+            "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
+        )
+    raw_type = ctx.header("x-amz-checksum-type")
+    checksum_type = raw_type.strip().upper() if raw_type is not None else None
+    if checksum_type is not None and checksum_type not in checksums.CHECKSUM_TYPES:
+        raise errors.InvalidRequest("Value for x-amz-checksum-type header is invalid.")
+    return CompletionChecksums(
+        parts=part_entries,
+        expected=expected[0] if expected else None,
+        checksum_type=checksum_type,
+    )

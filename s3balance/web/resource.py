@@ -54,7 +54,7 @@ from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
 from s3balance.logs import make_logger
-from s3balance.web import buckets, objects
+from s3balance.web import attributes, buckets, objects
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
@@ -101,6 +101,7 @@ HANDLERS: dict[str, Handler] = {
     "ListObjectsV2": buckets.handle_ListObjectsV2,
     "ListObjectVersions": buckets.handle_ListObjectVersions,
     **objects.HANDLERS,
+    **attributes.HANDLERS,
 }
 
 #: A stalled download (client not reading, backend not sending) is abandoned after this long.
