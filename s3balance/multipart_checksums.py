@@ -1,9 +1,10 @@
 """The checksum of a multipart object, computed at CompleteMultipartUpload as S3 does.
 
 An upload declares an algorithm and a type at creation (``x-amz-checksum-algorithm``,
-``x-amz-checksum-type``), or none, in which case it behaves as S3's default: a FULL_OBJECT
-CRC64NVME.  Every part stores its checksum in that algorithm (computed as it streamed, whatever the
-client sent), so completion never reads the parts again:
+``x-amz-checksum-type``), or none, in which case its object gets no checksum (its parts still
+keep and check those their requests carried).  Every part of an upload with an algorithm stores
+its checksum in that algorithm (computed as it streamed, whether or not the client sent it), so
+completion never reads the parts again:
 
 - COMPOSITE: ``base64(checksum(binary part checksums concatenated))-N``;
 - FULL_OBJECT: the CRC of the whole object, combined from the parts' CRCs and sizes.
@@ -23,11 +24,8 @@ from dataclasses import dataclass, field
 
 from s3balance import errors
 from s3balance.auth import checksums
-from s3balance.auth.checksums import COMPOSITE, FULL_OBJECT, ChecksumAlgorithm
+from s3balance.auth.checksums import COMPOSITE, ChecksumAlgorithm
 from s3balance.db.records import PartRecord, UploadRecord
-
-#: The algorithm of an upload that declared none.
-DEFAULT_ALGORITHM = checksums.ALGORITHMS["crc64nvme"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,11 @@ class CompletionChecksums:
     checksum_type: str | None = None
 
 
-def upload_algorithm(upload: UploadRecord) -> tuple[ChecksumAlgorithm, str]:
-    """The algorithm and type an upload's object checksum is computed with."""
+def upload_algorithm(upload: UploadRecord) -> tuple[ChecksumAlgorithm | None, str | None]:
+    """The algorithm and type an upload's object checksum is computed with (None: none)."""
     declared = checksums.by_name(upload.checksum_algorithm or "")
     if declared is None:
-        return DEFAULT_ALGORITHM, FULL_OBJECT
+        return None, None
     return declared, upload.checksum_type or declared.default_multipart_type
 
 
@@ -86,26 +84,26 @@ def completion_checksums(
         checksum), BadDigest (the object's expected checksum differs).
     """
     algorithm, checksum_type = upload_algorithm(upload)
-    declared = upload.checksum_algorithm is not None
     if request.checksum_type is not None and request.checksum_type != checksum_type:
         raise errors.InvalidRequest(
-            f"The upload was created using the {checksum_type} checksum mode. The complete "
-            "request must use the same checksum mode."
+            f"The upload was created using the {checksum_type or 'null'} checksum mode. The "
+            "complete request must use the same checksum mode."
         )
-    required = algorithm.header if declared and checksum_type == COMPOSITE else None
+    if request.expected is not None and request.expected[0] is not algorithm:
+        expected_name = algorithm.name.lower() if algorithm is not None else "null"
+        raise errors.InvalidRequest(
+            f"Checksum Type mismatch occurred, expected checksum Type: {expected_name}, "
+            f"actual checksum Type: {request.expected[0].name.lower()}"
+        )
+    required = algorithm.header if algorithm is not None and checksum_type == COMPOSITE else None
     digests: list[bytes] = []
     for part in chosen:
         _check_part_entries(upload, part, request.parts.get(part.part_number, {}), required)
-        stored = part.checksums.get(algorithm.header)
-        digest = algorithm.decode(stored) if stored is not None else None
+        stored = part.checksums.get(algorithm.header) if algorithm is not None else None
+        digest = algorithm.decode(stored) if algorithm and stored is not None else None
         if digest is not None:
             digests.append(digest)
-    if request.expected is not None and request.expected[0] is not algorithm:
-        raise errors.InvalidRequest(
-            f"Checksum Type mismatch occurred, expected checksum Type: {algorithm.name.lower()}, "
-            f"actual checksum Type: {request.expected[0].name.lower()}"
-        )
-    if len(digests) != len(chosen):
+    if algorithm is None or checksum_type is None or len(digests) != len(chosen):
         return {}, ()
     if checksum_type == COMPOSITE:
         value = checksums.composite(algorithm, digests)
@@ -124,7 +122,6 @@ def completion_checksums(
 
 
 __all__ = [
-    "DEFAULT_ALGORITHM",
     "CompletionChecksums",
     "completion_checksums",
     "upload_algorithm",

@@ -141,3 +141,24 @@ def test_multipart_type_rules() -> None:
     for name in ("sha1", "sha256"):
         assert ALGORITHMS[name].multipart_types == {COMPOSITE}
     assert checksums.CHECKSUM_TYPES == (FULL_OBJECT, COMPOSITE)
+
+
+def test_awscrt_is_loaded_only_when_an_algorithm_needs_it() -> None:
+    """Loading awscrt costs ~7 MiB of resident memory: CRC32 and the hashes never load it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from s3balance.web import resource, checksumming\n"
+        "from s3balance.auth.checksums import ALGORITHMS\n"
+        "for name in ('crc32', 'sha1', 'sha256'):\n"
+        "    ALGORITHMS[name].of(b'x')\n"
+        "assert 'awscrt' not in sys.modules, 'loaded too early'\n"
+        "ALGORITHMS['crc64nvme'].of(b'x')\n"
+        "assert 'awscrt' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=60, cwd=os.getcwd()
+    )
+    assert done.returncode == 0, done.stderr.decode()

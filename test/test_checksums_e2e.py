@@ -119,17 +119,22 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
             )
             self.assertEqual(head[f"Checksum{name}"], value(name, data))
 
-    async def test_sdk_default_and_s3_default_crc64nvme(self) -> None:
+    async def test_sdk_default_crc32_and_no_checksum(self) -> None:
         data = b"default upload" * 1000
         # boto3's default (when_supported): a CRC32.
         put = await self.call(self.s3.put_object, Bucket="vb", Key="default", Body=data)
         self.assertEqual(put["ChecksumCRC32"], value("CRC32", data))
-        # No checksum at all: S3 (and we) still give the object a CRC64NVME.
+        head = await self.call(
+            self.s3.head_object, Bucket="vb", Key="default", ChecksumMode="ENABLED"
+        )
+        self.assertEqual(head["ChecksumCRC32"], value("CRC32", data))
+        self.assertEqual(head["ChecksumType"], "FULL_OBJECT")
+        # No checksum at all: none is made up.
         plain = self.daemon.client(request_checksum_calculation="when_required")
         put = await self.call(plain.put_object, Bucket="vb", Key="none", Body=data)
-        self.assertEqual(put["ChecksumCRC64NVME"], value("CRC64NVME", data))
-        head = await self.call(self.s3.head_object, Bucket="vb", Key="none", ChecksumMode="ENABLED")
-        self.assertEqual(head["ChecksumCRC64NVME"], value("CRC64NVME", data))
+        self.assertNotIn("ChecksumType", put)
+        got = await self.call(self.s3.get_object, Bucket="vb", Key="none", ChecksumMode="ENABLED")
+        self.assertEqual(got["Body"].read(), data)
 
     async def test_wrong_and_malformed_header_values_store_nothing(self) -> None:
         data = b"payload" * 100
@@ -352,23 +357,41 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
         )
         self.assertTrue(done["ChecksumCRC32"].endswith("-2"))
 
-    async def test_multipart_without_algorithm_gets_full_object_crc64nvme(self) -> None:
+    async def test_multipart_without_algorithm_checks_what_parts_carried(self) -> None:
         parts = [os.urandom(5 * MiB), os.urandom(100)]
         created = await self.call(self.s3.create_multipart_upload, Bucket="vb", Key="mp-none")
+        self.assertNotIn("ChecksumAlgorithm", created)
         listed = []
         for number, data in enumerate(parts, 1):
-            # boto3's default sends a CRC32 with each part.
+            # boto3's default sends a CRC32 with each part: checked, kept and echoed.
             part = await self.call(
                 self.s3.upload_part, Bucket="vb", Key="mp-none", UploadId=created["UploadId"],
                 PartNumber=number, Body=data,
             )
-            listed.append({"PartNumber": number, "ETag": part["ETag"]})
+            self.assertEqual(part["ChecksumCRC32"], value("CRC32", data))
+            listed.append(
+                {"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": part["ChecksumCRC32"]}
+            )
+        wrong = [dict(listed[0]), {**listed[1], "ChecksumCRC32": value("CRC32", b"x")}]
+        code, status, _ = await self.error_of(
+            self.s3.complete_multipart_upload, Bucket="vb", Key="mp-none",
+            UploadId=created["UploadId"], MultipartUpload={"Parts": wrong},
+        )
+        self.assertEqual((code, status), ("InvalidPart", 400))
+        # An object checksum we could not compute is refused, not ignored.
+        code, status, _ = await self.error_of(
+            self.s3.complete_multipart_upload, Bucket="vb", Key="mp-none",
+            UploadId=created["UploadId"], MultipartUpload={"Parts": listed},
+            ChecksumCRC64NVME=value("CRC64NVME", b"".join(parts)),
+        )
+        self.assertEqual((code, status), ("InvalidRequest", 400))
         done = await self.call(
             self.s3.complete_multipart_upload, Bucket="vb", Key="mp-none",
             UploadId=created["UploadId"], MultipartUpload={"Parts": listed},
         )
-        self.assertEqual(done["ChecksumCRC64NVME"], value("CRC64NVME", b"".join(parts)))
-        self.assertEqual(done["ChecksumType"], "FULL_OBJECT")
+        self.assertNotIn("ChecksumType", done)
+        got = await self.call(self.s3.get_object, Bucket="vb", Key="mp-none")
+        self.assertEqual(got["Body"].read(), b"".join(parts))
 
     # -- GetObjectAttributes, DeleteObjects ---------------------------------------------------
 

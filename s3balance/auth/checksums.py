@@ -5,12 +5,16 @@ multipart uploads and their completion, GetObjectAttributes) looks the algorithm
 cannot disagree on which algorithms exist, how long a digest is or which multipart checksum types
 an algorithm allows.
 
-The CRCs come from ``awscrt`` (the AWS Common Runtime's C code, hardware-accelerated): CRC32C and
-CRC64NVME have no C implementation in the standard library, and a pure-Python CRC runs at a few
-MB/s, slow enough to stall the reactor thread.  SHA-1 and SHA-256 come from ``hashlib``.  Measured
-on the development machine: CRC32 ~1.9 GB/s, CRC32C ~14 GB/s, CRC64NVME ~6.9 GB/s, SHA-1 and
-SHA-256 ~1.3 GB/s -- all faster than the MD5 every upload already computes for its ETag
-(~0.47 GB/s), so the running checksums stay on the reactor thread, next to it.
+CRC32C, CRC64NVME and the combination of CRCs come from ``awscrt`` (the AWS Common Runtime's C
+code, hardware-accelerated): the standard library has neither, and a pure-Python CRC runs at a few
+MB/s, slow enough to stall the reactor thread.  CRC32 comes from ``zlib``, SHA-1 and SHA-256 from
+``hashlib``.  Measured on the development machine: CRC32 ~1.9 GB/s, CRC32C ~14 GB/s, CRC64NVME
+~6.9 GB/s, SHA-1 and SHA-256 ~1.3 GB/s -- all faster than the MD5 every upload already computes
+for its ETag (~0.47 GB/s), so the running checksums stay on the reactor thread, next to it.
+
+``awscrt`` is imported on first use only: loading its library costs a process about 7 MiB of
+resident memory (5 MiB of it the shared library's own pages), which a daemon whose clients never
+send CRC32C or CRC64NVME (nor complete FULL_OBJECT CRC32 uploads) need not pay.
 
 Multipart uploads have two kinds of object checksum (S3's ``x-amz-checksum-type``):
 
@@ -26,11 +30,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-from awscrt import checksums as crt
+from functools import cache
+from typing import Any, Protocol
 
 #: Prefix of the headers (and trailers) carrying checksum values.
 HEADER_PREFIX = "x-amz-checksum-"
@@ -39,6 +43,18 @@ TYPE_HEADER = "x-amz-checksum-type"
 FULL_OBJECT = "FULL_OBJECT"
 COMPOSITE = "COMPOSITE"
 CHECKSUM_TYPES = (FULL_OBJECT, COMPOSITE)
+
+
+@cache
+def _crt() -> Any:
+    """``awscrt.checksums``, imported on first use (see the module docstring)."""
+    from awscrt import checksums as crt
+
+    return crt
+
+
+def _crt_function(name: str) -> Callable[..., int]:
+    return lambda *args: int(getattr(_crt(), name)(*args))
 
 
 class RunningChecksum(Protocol):
@@ -154,11 +170,16 @@ ALGORITHMS: dict[str, ChecksumAlgorithm] = {
     a.name.lower(): a
     for a in (
         ChecksumAlgorithm(
-            "CRC64NVME", 8, _crc(crt.crc64nvme, 8), frozenset({FULL_OBJECT}), FULL_OBJECT,
-            crt.combine_crc64nvme,
+            "CRC64NVME", 8, _crc(_crt_function("crc64nvme"), 8), frozenset({FULL_OBJECT}),
+            FULL_OBJECT, _crt_function("combine_crc64nvme"),
         ),
-        ChecksumAlgorithm("CRC32", 4, _crc(crt.crc32, 4), _BOTH, COMPOSITE, crt.combine_crc32),
-        ChecksumAlgorithm("CRC32C", 4, _crc(crt.crc32c, 4), _BOTH, COMPOSITE, crt.combine_crc32c),
+        ChecksumAlgorithm(
+            "CRC32", 4, _crc(zlib.crc32, 4), _BOTH, COMPOSITE, _crt_function("combine_crc32")
+        ),
+        ChecksumAlgorithm(
+            "CRC32C", 4, _crc(_crt_function("crc32c"), 4), _BOTH, COMPOSITE,
+            _crt_function("combine_crc32c"),
+        ),
         ChecksumAlgorithm("SHA1", 20, _hash("sha1"), frozenset({COMPOSITE}), COMPOSITE),
         ChecksumAlgorithm("SHA256", 32, _hash("sha256"), frozenset({COMPOSITE}), COMPOSITE),
     )

@@ -6,8 +6,6 @@ A PutObject, UploadPart or DeleteObjects names at most one checksum: as a header
 ``x-amz-sdk-checksum-algorithm``, which must name the same algorithm.  The value is computed here
 as the body streams past (:class:`~s3balance.web.filters.ChecksumFilter`, after the aws-chunked
 decoder, so over the decoded bytes), checked against a header value, and stored with the object.
-
-An upload that names no checksum still gets a CRC64NVME, as S3 gives every new object one.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ from s3balance.multipart_checksums import CompletionChecksums
 from s3balance.web.answer import RequestContext
 from s3balance.web.filters import ChecksumFilter
 
-#: The algorithm S3 gives an object whose upload named none.
-DEFAULT_ALGORITHM = checksums.ALGORITHMS["crc64nvme"]
-
 
 def _trailer_algorithm(ctx: RequestContext) -> ChecksumAlgorithm | None:
     """The algorithm of the checksum trailer of an aws-chunked body, if it has one."""
@@ -34,11 +29,10 @@ def _trailer_algorithm(ctx: RequestContext) -> ChecksumAlgorithm | None:
     return checksums.by_header(trailer)  # the decoder refused any other name already
 
 
-def request_checksum(ctx: RequestContext, default: bool = True) -> ChecksumFilter | None:
-    """The checksum filter for an upload's body (see the module docstring).
+def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
+    """The checksum filter for an upload's body (see the module docstring), None when the
+    request names no checksum.
 
-    :param default: with no checksum named, compute :data:`DEFAULT_ALGORITHM`; without it,
-        return None.
     :raises S3Error: InvalidRequest for two checksum headers, a malformed value, or an
         ``x-amz-sdk-checksum-algorithm`` naming another (or no sent) checksum.
     """
@@ -70,7 +64,7 @@ def request_checksum(ctx: RequestContext, default: bool = True) -> ChecksumFilte
         return ChecksumFilter(algorithm.name, value)
     if trailer is not None:
         return ChecksumFilter(trailer.name, None, trailing=True)
-    return ChecksumFilter(DEFAULT_ALGORITHM.name, None) if default else None
+    return None
 
 
 def stored_values(checksum: ChecksumFilter | None, checksum_type: str) -> dict[str, str]:
@@ -135,20 +129,18 @@ def upload_settings(ctx: RequestContext) -> tuple[str | None, str | None]:
 
 
 def part_checksums(
-    ctx: RequestContext, upload_algorithm: ChecksumAlgorithm, declared: bool
+    ctx: RequestContext, upload_algorithm: ChecksumAlgorithm | None
 ) -> list[ChecksumFilter]:
     """The checksums an UploadPart computes besides the one its request names: the upload's
-    algorithm when the request names another (or none).
+    algorithm when the request names none.
 
     :raises S3Error: InvalidRequest when the upload declared an algorithm and the part names
         another one.
     """
-    named = request_checksum(ctx, default=False)
-    if named is None:
-        return [ChecksumFilter(upload_algorithm.name, None)]
-    if named.checksum is upload_algorithm:
+    named = request_checksum(ctx)
+    if upload_algorithm is None or (named is not None and named.checksum is upload_algorithm):
         return []
-    if declared:
+    if named is not None:
         raise errors.InvalidRequest(
             "Checksum Type mismatch occurred, expected checksum Type: "
             f"{upload_algorithm.name.lower()}, actual checksum Type: {named.algorithm}"

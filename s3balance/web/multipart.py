@@ -369,9 +369,7 @@ class MultipartHandler:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
         upload = await self.uploads.get_upload(ctx.bucket, ctx.key, _upload_id(ctx))
         upload_algorithm, _ = upload_algorithm_of(upload)
-        extra = checksumming.part_checksums(
-            ctx, upload_algorithm, upload.checksum_algorithm is not None
-        )
+        extra = checksumming.part_checksums(ctx, upload_algorithm)
         body, checksum_filters = upload_body(ctx, length, extra)
 
         def part_checksums() -> dict[str, str]:
@@ -381,10 +379,7 @@ class MultipartHandler:
             ctx.bucket, ctx.key, _upload_id(ctx), part_number, body, length, part_checksums
         )
         answer_headers = [("ETag", part.etag)]
-        echoed = part.checksums if upload.checksum_algorithm is not None else {
-            f.header: f.value_b64 for f in checksum_filters if f not in extra and f.value_b64
-        }
-        answer_headers.extend(checksumming.answer_headers(echoed))
+        answer_headers.extend(checksumming.answer_headers(part.checksums))
         return Answer(200, answer_headers)
 
     async def handle_UploadPartCopy(self, request: Any, ctx: RequestContext) -> Answer:

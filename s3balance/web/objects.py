@@ -154,16 +154,14 @@ def _declared_length(ctx: RequestContext) -> int:
     return length
 
 
-def _body_filters(
-    ctx: RequestContext, default_checksum: bool = True
-) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
+def _body_filters(ctx: RequestContext) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
     """Checks S3 runs over an upload: Content-MD5 and the ``x-amz-checksum-*`` it names
     (see :mod:`s3balance.web.checksumming`)."""
     filters: list[BodyFilter] = []
     md5 = ctx.header("content-md5")
     if md5 is not None:
         filters.append(ContentMD5Filter(md5))
-    checksum = checksumming.request_checksum(ctx, default=default_checksum)
+    checksum = checksumming.request_checksum(ctx)
     checksum_filters = [checksum] if checksum is not None else []
     filters.extend(checksum_filters)
     return filters, checksum_filters
@@ -184,10 +182,9 @@ def upload_body(
     A streamed body runs the checks as its bytes pass (its last bytes are held back until they
     all passed); a body that arrived buffered is checked whole before any backend sees it.
 
-    :param extra: more checksums to compute (an upload's own algorithm, for its parts); without
-        them, a body naming no checksum gets S3's default one.
+    :param extra: more checksums to compute (an upload's own algorithm, for its parts).
     """
-    filters, checksum_filters = _body_filters(ctx, default_checksum=extra is None)
+    filters, checksum_filters = _body_filters(ctx)
     if extra:
         filters.extend(extra)
         checksum_filters = [*checksum_filters, *extra]
@@ -345,7 +342,7 @@ async def handle_DeleteObject(ctx: RequestContext) -> Answer:
 def _verify_required_digest(ctx: RequestContext, body: bytes) -> None:
     """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one;
     current SDKs send CRC32 or CRC64NVME instead of Content-MD5)."""
-    filters, checksum_filters = _body_filters(ctx, default_checksum=False)
+    filters, checksum_filters = _body_filters(ctx)
     if not filters:
         raise errors.InvalidRequest("Missing required header for this request: Content-MD5")
     _run_filters(filters, body)
