@@ -4,8 +4,9 @@ metadata only (no backend is asked).
 ``x-amz-object-attributes`` names the attributes wanted (comma-separated): ``ETag``,
 ``Checksum``, ``ObjectParts``, ``StorageClass``, ``ObjectSize``.  ``ObjectParts`` pages the parts
 of a multipart object with ``x-amz-max-parts`` and ``x-amz-part-number-marker``, each part with
-its size and, when the object has one, its checksum.  An object not made by multipart upload has
-no ``ObjectParts``; an object without a checksum has no ``Checksum``.
+its size and, for a COMPOSITE checksum, the part's checksum.  As on S3, a COMPOSITE checksum
+is shown without the ``-N`` that GetObject and CompleteMultipartUpload append.  An object not made
+by multipart upload has no ``ObjectParts``; an object without a checksum has no ``Checksum``.
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def _checksum(parent: Any, record: ObjectRecord) -> None:
     if not present:
         return
     element = _sub(parent, "Checksum")
-    for algorithm, value in present:
-        _sub(element, algorithm.xml_element, value)
     checksum_type = record.checksums.get(checksums.TYPE_HEADER)
+    for algorithm, value in present:
+        if checksum_type == checksums.COMPOSITE:
+            value = value.partition("-")[0]
+        _sub(element, algorithm.xml_element, value)
     if checksum_type is not None:
         _sub(element, "ChecksumType", checksum_type)
 
@@ -102,7 +105,11 @@ def _object_parts(parent: Any, record: ObjectRecord, marker: int, max_parts: int
     _sub(element, "NextPartNumberMarker", str(numbers[-1] if numbers else marker))
     _sub(element, "MaxParts", str(max_parts))
     _sub(element, "IsTruncated", "true" if numbers and numbers[-1] < count else "false")
-    with_checksums = algorithm is not None and len(record.part_checksums) == count
+    with_checksums = (
+        algorithm is not None
+        and record.checksums.get(checksums.TYPE_HEADER) == checksums.COMPOSITE
+        and len(record.part_checksums) == count
+    )
     for number in numbers:
         part = _sub(element, "Part")
         _sub(part, "PartNumber", str(number))
