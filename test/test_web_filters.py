@@ -126,3 +126,15 @@ def test_length_filter_short_long_and_exact() -> None:
     long.feed(BODY[1])
     # The excess is refused as it arrives, before it could be passed on.
     assert code_of(lambda: long.feed(BODY[2])) == "InvalidRequest"
+
+
+def test_checksum_taken_from_a_verifying_filter_is_not_computed_again() -> None:
+    value = b64(hashlib.sha256(WHOLE).digest())
+    taken = ChecksumFilter("sha256", None, verified=lambda: value)
+    assert taken._running is None  # nothing computed here
+    assert run(taken) == WHOLE
+    assert taken.value_b64 == value
+    missing = ChecksumFilter("sha256", None, verified=lambda: None)
+    for chunk in BODY:
+        missing.feed(chunk)
+    assert code_of(missing.finish) == "IncompleteBody"

@@ -60,7 +60,7 @@ def _crt_function(name: str) -> Callable[..., int]:
 class RunningChecksum(Protocol):
     """A checksum being computed over a stream of bytes."""
 
-    def update(self, data: bytes) -> None: ...
+    def update(self, data: bytes | memoryview) -> None: ...
     def digest(self) -> bytes: ...
     def b64digest(self) -> str: ...
 
@@ -68,12 +68,12 @@ class RunningChecksum(Protocol):
 class _Crc:
     """A CRC from awscrt: ``function(data, previous) -> int``, printed big-endian."""
 
-    def __init__(self, function: Callable[[bytes, int], int], size: int) -> None:
+    def __init__(self, function: Callable[..., int], size: int) -> None:
         self._function = function
         self._size = size
         self._value = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._value = self._function(data, self._value)
 
     def digest(self) -> bytes:
@@ -87,7 +87,7 @@ class _Hash:
     def __init__(self, name: str) -> None:
         self._hash = hashlib.new(name)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
 
     def digest(self) -> bytes:
@@ -155,7 +155,7 @@ class ChecksumAlgorithm:
         return value.to_bytes(self.digest_size, "big")
 
 
-def _crc(function: Callable[[bytes, int], int], size: int) -> Callable[[], RunningChecksum]:
+def _crc(function: Callable[..., int], size: int) -> Callable[[], RunningChecksum]:
     return lambda: _Crc(function, size)
 
 

@@ -138,12 +138,25 @@ class AwsChunkedDecoder:
         self.trailers: dict[str, str] = {}
 
     @property
+    def trailer_algorithm(self) -> ChecksumAlgorithm | None:
+        """The algorithm of the checksum trailer this body must end with, if any."""
+        return self._algorithm
+
+    def verified_trailer(self) -> str | None:
+        """The trailer checksum (base64), once it arrived and matched the decoded bytes."""
+        if self._state is not _State.DONE or self._algorithm is None:
+            return None
+        return self.trailers.get(self._algorithm.header)
+
+    @property
     def decoded_total(self) -> int:
         """Payload bytes passed through so far."""
         return self._total
 
     def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
+        # Data pieces are views into ``data``: the output is copied once (by the join), or not
+        # at all when ``data`` is nothing but chunk data.
+        out: list[memoryview] = []
         view = memoryview(data)
         pos = 0
         end = len(data)
@@ -151,7 +164,7 @@ class AwsChunkedDecoder:
             state = self._state
             if state is _State.DATA:
                 take = min(self._remaining, end - pos)
-                piece = bytes(view[pos : pos + take])
+                piece = view[pos : pos + take]
                 pos += take
                 self._remaining -= take
                 self._pass_data(piece)
@@ -188,6 +201,8 @@ class AwsChunkedDecoder:
                     self._chunk_header(line)
                 else:
                     self._trailer_line(line)
+        if len(out) == 1 and len(out[0]) == end:
+            return data
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -199,7 +214,7 @@ class AwsChunkedDecoder:
 
     # -- framing steps -------------------------------------------------------------------------
 
-    def _pass_data(self, piece: bytes) -> None:
+    def _pass_data(self, piece: memoryview) -> None:
         self._total += len(piece)
         if self._decoded_length is not None and self._total > self._decoded_length:
             raise errors.IncompleteBody(

@@ -3,9 +3,10 @@
 A PutObject, UploadPart or DeleteObjects names at most one checksum: as a header
 (``x-amz-checksum-crc32: <base64>``) or, in an aws-chunked body, as the trailer named by
 ``x-amz-trailer`` (whose value the aws-chunked decoder verifies when it arrives); SDKs also send
-``x-amz-sdk-checksum-algorithm``, which must name the same algorithm.  The value is computed here
-as the body streams past (:class:`~s3balance.web.filters.ChecksumFilter`, after the aws-chunked
-decoder, so over the decoded bytes), checked against a header value, and stored with the object.
+``x-amz-sdk-checksum-algorithm``, which must name the same algorithm.  A header's value is
+checked as the body streams past (:class:`~s3balance.web.filters.ChecksumFilter`, after the
+aws-chunked decoder, so over the decoded bytes); a trailer's is taken from the decoder, which
+computed and verified it already.  Either is stored with the object.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.auth.checksums import ChecksumAlgorithm
+from s3balance.auth.chunked import AwsChunkedDecoder
 from s3balance.multipart_checksums import CompletionChecksums
 from s3balance.web.answer import RequestContext
 from s3balance.web.filters import ChecksumFilter
@@ -63,6 +65,9 @@ def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
         algorithm, value = given[0]
         return ChecksumFilter(algorithm.name, value)
     if trailer is not None:
+        decoder = getattr(ctx.request, "payload_filter", None)
+        if isinstance(decoder, AwsChunkedDecoder) and decoder.trailer_algorithm is trailer:
+            return ChecksumFilter(trailer.name, None, verified=decoder.verified_trailer)
         return ChecksumFilter(trailer.name, None, trailing=True)
     return None
 

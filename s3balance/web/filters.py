@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable
 from typing import Protocol
 
 from s3balance import errors
@@ -95,11 +96,18 @@ class ChecksumFilter:
     :param expected_b64: the client's base64 value, or None to only compute it (the value is
         then in :attr:`value_b64` for the core to store).
     :param trailing: the value came in an aws-chunked trailer (only changes the message).
+    :param verified: computing is left to another filter, earlier in the chain, which verified
+        the value: called when the body ended, it returns that value (the aws-chunked decoder's
+        checked trailer), so the body is not checksummed twice.
     :raises S3Error: ``InvalidRequest`` for an unknown algorithm or a malformed value.
     """
 
     def __init__(
-        self, algorithm: str, expected_b64: str | None, trailing: bool = False
+        self,
+        algorithm: str,
+        expected_b64: str | None,
+        trailing: bool = False,
+        verified: Callable[[], str | None] | None = None,
     ) -> None:
         found = checksums.by_name(algorithm)
         if found is None:
@@ -112,7 +120,8 @@ class ChecksumFilter:
             if self._expected is None:
                 where = "trailing header" if trailing else "header"
                 raise errors.InvalidRequest(f"Value for {found.header} {where} is invalid.")
-        self._running = found.new()
+        self._verified = verified
+        self._running = found.new() if verified is None else None
         self.value_b64: str | None = None
         #: The binary digest, once the body ended.
         self.digest: bytes | None = None
@@ -122,11 +131,20 @@ class ChecksumFilter:
         return self.checksum.header
 
     def feed(self, data: bytes) -> bytes:
-        self._running.update(data)
+        if self._running is not None:
+            self._running.update(data)
         return data
 
     def finish(self) -> bytes:
-        digest = self._running.digest()
+        if self._running is not None:
+            digest = self._running.digest()
+        else:
+            assert self._verified is not None
+            value = self._verified()
+            decoded = self.checksum.decode(value) if value is not None else None
+            if decoded is None:
+                raise errors.IncompleteBody("The body ended before its checksum trailer.")
+            digest = decoded
         self.digest = digest
         self.value_b64 = checksums.encode(digest)
         if self._expected is not None and digest != self._expected:

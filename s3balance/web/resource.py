@@ -190,6 +190,8 @@ class S3Resource(Resource):
             payload_filter = self.authenticator.body_filter(result, headers)
             if payload_filter is not None:
                 body.add_filter(payload_filter)
+                # Handlers reuse what it verified (an aws-chunked trailer's checksum).
+                request.payload_filter = payload_filter  # type: ignore[attr-defined]
         identity = result.identity
         if identity is not None:
             write = route.operation in WRITE_OPERATIONS
