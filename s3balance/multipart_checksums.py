@@ -95,9 +95,13 @@ def completion_checksums(
             f"Checksum Type mismatch occurred, expected checksum Type: {expected_name}, "
             f"actual checksum Type: {request.expected[0].name.lower()}"
         )
-    required = algorithm.header if algorithm is not None and checksum_type == COMPOSITE else None
+    composite_header = (
+        algorithm.header if algorithm is not None and checksum_type == COMPOSITE else None
+    )
     digests: list[bytes] = []
     for part in chosen:
+        # A copied part has no checksum the client could repeat: it is not required then.
+        required = composite_header if composite_header in part.checksums else None
         _check_part_entries(upload, part, request.parts.get(part.part_number, {}), required)
         stored = part.checksums.get(algorithm.header) if algorithm is not None else None
         digest = algorithm.decode(stored) if algorithm and stored is not None else None

@@ -398,6 +398,54 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
         got = await self.call(self.s3.get_object, Bucket="vb", Key="mp-none")
         self.assertEqual(got["Body"].read(), b"".join(parts))
 
+    async def test_copied_part_in_a_composite_upload(self) -> None:
+        """A copied part has no checksum to repeat: Complete does not require one, and the
+        object gets no checksum rather than a wrong one."""
+        source = os.urandom(5 * MiB)
+        await self.call(self.s3.put_object, Bucket="vb", Key="copy-src", Body=source)
+        created = await self.call(
+            self.s3.create_multipart_upload, Bucket="vb", Key="mp-copy", ChecksumAlgorithm="CRC32"
+        )
+        upload_id = created["UploadId"]
+        copied = await self.call(
+            self.s3.upload_part_copy, Bucket="vb", Key="mp-copy", UploadId=upload_id,
+            PartNumber=1, CopySource={"Bucket": "vb", "Key": "copy-src"},
+        )
+        sent = await self.call(
+            self.s3.upload_part, Bucket="vb", Key="mp-copy", UploadId=upload_id, PartNumber=2,
+            Body=b"tail", ChecksumAlgorithm="CRC32",
+        )
+        done = await self.call(
+            self.s3.complete_multipart_upload, Bucket="vb", Key="mp-copy", UploadId=upload_id,
+            MultipartUpload={"Parts": [
+                {"PartNumber": 1, "ETag": copied["CopyPartResult"]["ETag"]},
+                {"PartNumber": 2, "ETag": sent["ETag"], "ChecksumCRC32": sent["ChecksumCRC32"]},
+            ]},
+        )
+        self.assertNotIn("ChecksumCRC32", done)
+        got = await self.call(self.s3.get_object, Bucket="vb", Key="mp-copy")
+        self.assertEqual(got["Body"].read(), source + b"tail")
+
+    async def test_copy_object_checksum_algorithm(self) -> None:
+        data = b"copy source" * 100
+        await self.call(
+            self.s3.put_object, Bucket="vb", Key="c-src", Body=data, ChecksumAlgorithm="SHA256"
+        )
+        await self.call(
+            self.s3.copy_object, Bucket="vb", Key="c-same", CopySource="vb/c-src",
+            ChecksumAlgorithm="SHA256",
+        )
+        head = await self.call(
+            self.s3.head_object, Bucket="vb", Key="c-same", ChecksumMode="ENABLED"
+        )
+        self.assertEqual(head["ChecksumSHA256"], value("SHA256", data))
+        code, status, _ = await self.error_of(
+            self.s3.copy_object, Bucket="vb", Key="c-other", CopySource="vb/c-src",
+            ChecksumAlgorithm="CRC64NVME",
+        )
+        self.assertEqual((code, status), ("NotImplemented", 501))
+        await self.assert_absent("c-other")
+
     # -- GetObjectAttributes, DeleteObjects ---------------------------------------------------
 
     async def test_get_object_attributes_of_a_single_part_object(self) -> None:

@@ -184,3 +184,28 @@ def completion_request(
         expected=expected[0] if expected else None,
         checksum_type=checksum_type,
     )
+
+
+def check_copy_algorithm(ctx: RequestContext, source_checksums: Mapping[str, str]) -> None:
+    """CopyObject's ``x-amz-checksum-algorithm`` asks for the copy's checksum in that algorithm.
+
+    A copy keeps its source's checksums, so a FULL_OBJECT one of that algorithm is honoured; any
+    other would mean reading the source again, which a server-side copy does not do: refused.
+
+    :raises S3Error: InvalidRequest for an unknown algorithm, NotImplemented as above.
+    """
+    raw = ctx.header("x-amz-checksum-algorithm")
+    if raw is None:
+        return
+    algorithm = checksums.by_name(raw)
+    if algorithm is None:
+        raise errors.InvalidRequest("Value for x-amz-checksum-algorithm header is invalid.")
+    if (
+        algorithm.header in source_checksums
+        and source_checksums.get(checksums.TYPE_HEADER) == checksums.FULL_OBJECT
+    ):
+        return
+    raise errors.NotImplementedError_(
+        f"CopyObject with x-amz-checksum-algorithm {algorithm.name} is served only when the "
+        f"source already has a full-object {algorithm.name} checksum."
+    )

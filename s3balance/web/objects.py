@@ -433,6 +433,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
             f"source: {MAX_PUT_SIZE}"
         )
     check_copy_source_conditions(ctx, source)
+    checksumming.check_copy_algorithm(ctx, source.checksums)
     if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY":
         raise errors.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself "
