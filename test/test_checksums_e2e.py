@@ -312,6 +312,35 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
             self.assertEqual([p["PartNumber"] for p in rest["ObjectParts"]["Parts"]], [3])
             self.assertFalse(rest["ObjectParts"]["IsTruncated"])
 
+    async def test_upload_part_with_a_trailer(self) -> None:
+        created = await self.call(
+            self.s3.create_multipart_upload, Bucket="vb", Key="mp-trailer",
+            ChecksumAlgorithm="CRC64NVME",
+        )
+        upload_id = created["UploadId"]
+        data = os.urandom(300_000)
+        header = "x-amz-checksum-crc64nvme"
+        headers = {
+            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+            "content-encoding": "aws-chunked",
+            "x-amz-trailer": header,
+            "x-amz-decoded-content-length": str(len(data)),
+        }
+        body = trailer_body(data, 65536, f"{header}:{value('CRC64NVME', data)}")
+        status, answer, reply = await in_thread(
+            raw_request, self.daemon.port_number, "PUT",
+            f"/vb/mp-trailer?partNumber=1&uploadId={upload_id}",
+            {**headers, "content-length": str(len(body))}, body,
+        )
+        self.assertEqual(status, 200, reply)
+        self.assertEqual(answer[header], value("CRC64NVME", data))
+        done = await self.call(
+            self.s3.complete_multipart_upload, Bucket="vb", Key="mp-trailer", UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": answer["etag"]}]},
+            ChecksumCRC64NVME=value("CRC64NVME", data), ChecksumType="FULL_OBJECT",
+        )
+        self.assertEqual(done["ChecksumCRC64NVME"], value("CRC64NVME", data))
+
     async def test_multipart_checksum_errors_create_nothing(self) -> None:
         for name, checksum_type in [("SHA256", "FULL_OBJECT"), ("CRC64NVME", "COMPOSITE")]:
             code, status, response = await self.error_of(
