@@ -305,6 +305,15 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
                 [(1, 5 * MiB, value(name, parts[0])), (2, 5 * MiB, value(name, parts[1]))]
                 if expected_type == "COMPOSITE" else [(1, 5 * MiB, None), (2, 5 * MiB, None)],
             )
+            # A part read: a COMPOSITE object's part has its own checksum (boto3 checks it).
+            part_read = await self.call(
+                self.s3.get_object, Bucket="vb", Key=key, PartNumber=3, ChecksumMode="ENABLED"
+            )
+            self.assertEqual(part_read["Body"].read(), parts[2])
+            self.assertEqual(
+                part_read.get(f"Checksum{name}"),
+                value(name, parts[2]) if expected_type == "COMPOSITE" else None,
+            )
             rest = await self.call(
                 self.s3.get_object_attributes, Bucket="vb", Key=key,
                 ObjectAttributes=["ObjectParts"], PartNumberMarker=2,

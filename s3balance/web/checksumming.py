@@ -17,6 +17,7 @@ from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.auth.checksums import ChecksumAlgorithm
 from s3balance.auth.chunked import AwsChunkedDecoder
+from s3balance.db.records import ObjectRecord
 from s3balance.multipart_checksums import CompletionChecksums
 from s3balance.web.answer import RequestContext
 from s3balance.web.filters import ChecksumFilter
@@ -209,3 +210,19 @@ def check_copy_algorithm(ctx: RequestContext, source_checksums: Mapping[str, str
         f"CopyObject with x-amz-checksum-algorithm {algorithm.name} is served only when the "
         f"source already has a full-object {algorithm.name} checksum."
     )
+
+
+def part_answer_headers(record: ObjectRecord, part_number: int) -> list[tuple[str, str]]:
+    """The checksum headers of a ``partNumber`` read with ``x-amz-checksum-mode: ENABLED``: a
+    COMPOSITE object's part has its own checksum; a FULL_OBJECT one has none for a part."""
+    if record.checksums.get(checksums.TYPE_HEADER) != checksums.COMPOSITE:
+        return []
+    if not 1 <= part_number <= len(record.part_checksums):
+        return []
+    for algorithm in checksums.ALGORITHMS.values():
+        if algorithm.header in record.checksums:
+            return [
+                (algorithm.header, record.part_checksums[part_number - 1]),
+                (checksums.TYPE_HEADER, checksums.COMPOSITE),
+            ]
+    return []

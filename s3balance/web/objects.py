@@ -283,6 +283,8 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     else:
         byte_range = conditions.parse_range(ctx.header("range"), record.size)
     headers = object_headers(ctx, record, whole=byte_range is None)
+    if part_number is not None and checksumming.checksum_mode_enabled(ctx):
+        headers.extend(checksumming.part_answer_headers(record, int(part_number)))
     count = parts_count(record)
     if part_number is not None and count is not None:
         headers.append(("x-amz-mp-parts-count", str(count)))
