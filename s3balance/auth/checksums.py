@@ -54,7 +54,12 @@ def _crt() -> Any:
 
 
 def _crt_function(name: str) -> Callable[..., int]:
+    """A function of ``awscrt.checksums`` that imports it only when called."""
     return lambda *args: int(getattr(_crt(), name)(*args))
+
+
+def _crt_resolver(name: str) -> Callable[[], Callable[..., int]]:
+    return lambda: getattr(_crt(), name)  # type: ignore[no-any-return]
 
 
 class RunningChecksum(Protocol):
@@ -66,15 +71,23 @@ class RunningChecksum(Protocol):
 
 
 class _Crc:
-    """A CRC from awscrt: ``function(data, previous) -> int``, printed big-endian."""
+    """A CRC ``function(data, previous) -> int``, printed big-endian.
 
-    def __init__(self, function: Callable[..., int], size: int) -> None:
-        self._function = function
+    :param resolve: returns the function; called at the first update, so that creating a running
+        CRC never loads a library.
+    """
+
+    def __init__(self, resolve: Callable[[], Callable[..., int]], size: int) -> None:
+        self._resolve = resolve
+        self._function: Callable[..., int] | None = None
         self._size = size
         self._value = 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self._value = self._function(data, self._value)
+        function = self._function
+        if function is None:
+            function = self._function = self._resolve()
+        self._value = function(data, self._value)
 
     def digest(self) -> bytes:
         return self._value.to_bytes(self._size, "big")
@@ -155,8 +168,10 @@ class ChecksumAlgorithm:
         return value.to_bytes(self.digest_size, "big")
 
 
-def _crc(function: Callable[..., int], size: int) -> Callable[[], RunningChecksum]:
-    return lambda: _Crc(function, size)
+def _crc(
+    resolve: Callable[[], Callable[..., int]], size: int
+) -> Callable[[], RunningChecksum]:
+    return lambda: _Crc(resolve, size)
 
 
 def _hash(name: str) -> Callable[[], RunningChecksum]:
@@ -170,14 +185,15 @@ ALGORITHMS: dict[str, ChecksumAlgorithm] = {
     a.name.lower(): a
     for a in (
         ChecksumAlgorithm(
-            "CRC64NVME", 8, _crc(_crt_function("crc64nvme"), 8), frozenset({FULL_OBJECT}),
+            "CRC64NVME", 8, _crc(_crt_resolver("crc64nvme"), 8), frozenset({FULL_OBJECT}),
             FULL_OBJECT, _crt_function("combine_crc64nvme"),
         ),
         ChecksumAlgorithm(
-            "CRC32", 4, _crc(zlib.crc32, 4), _BOTH, COMPOSITE, _crt_function("combine_crc32")
+            "CRC32", 4, _crc(lambda: zlib.crc32, 4), _BOTH, COMPOSITE,
+            _crt_function("combine_crc32"),
         ),
         ChecksumAlgorithm(
-            "CRC32C", 4, _crc(_crt_function("crc32c"), 4), _BOTH, COMPOSITE,
+            "CRC32C", 4, _crc(_crt_resolver("crc32c"), 4), _BOTH, COMPOSITE,
             _crt_function("combine_crc32c"),
         ),
         ChecksumAlgorithm("SHA1", 20, _hash("sha1"), frozenset({COMPOSITE}), COMPOSITE),

@@ -134,6 +134,8 @@ class AwsChunkedDecoder:
         self._previous_signature = signer.seed_signature if signer else ""
         self._total = 0
         self._trailer_lines: list[tuple[str, str]] = []
+        self._out: list[memoryview] = []
+        self._summed = 0
         #: Trailing headers received (lower-case names), complete once :meth:`finish` passed.
         self.trailers: dict[str, str] = {}
 
@@ -155,8 +157,12 @@ class AwsChunkedDecoder:
 
     def feed(self, data: bytes) -> bytes:
         # Data pieces are views into ``data``: the output is copied once (by the join), or not
-        # at all when ``data`` is nothing but chunk data.
+        # at all when ``data`` is nothing but chunk data.  The trailer checksum runs once over
+        # the output (one call into C per read, not one per piece), unless the trailer arrives
+        # in this same read and needs it sooner (:meth:`_sum_pieces`).
         out: list[memoryview] = []
+        self._out = out
+        self._summed = 0
         view = memoryview(data)
         pos = 0
         end = len(data)
@@ -172,6 +178,13 @@ class AwsChunkedDecoder:
                 if self._remaining == 0:
                     self._state = _State.DATA_END
                     self._crlf_seen = 0
+            elif state is _State.DATA_END and self._crlf_seen == 0 and end - pos >= 2:
+                # The usual case: the whole CRLF is here.
+                if data[pos : pos + 2] != b"\r\n":
+                    raise _malformed("chunk data is not followed by CRLF")
+                pos += 2
+                self._end_of_chunk()
+                self._state = _State.CHUNK_HEADER
             elif state is _State.DATA_END:
                 expected = b"\r\n"[self._crlf_seen]
                 if data[pos] != expected:
@@ -184,7 +197,18 @@ class AwsChunkedDecoder:
             elif state is _State.DONE:
                 raise _malformed("data after the final chunk")
             else:
-                newline = data.find(b"\n", pos)
+                newline = data.find(b"\n", pos, pos + MAX_LINE + 1)
+                if newline >= 0 and not self._line:
+                    # The usual case: the whole line is in this read.
+                    if newline == pos or data[newline - 1] != 13:  # CR
+                        raise _malformed("a framing line does not end with CRLF")
+                    line = data[pos : newline - 1]
+                    pos = newline + 1
+                    if state is _State.CHUNK_HEADER:
+                        self._chunk_header(line)
+                    else:
+                        self._trailer_line(line)
+                    continue
                 stop = end if newline < 0 else newline
                 if len(self._line) + (stop - pos) > MAX_LINE:
                     raise _malformed(f"a framing line is longer than {MAX_LINE} bytes")
@@ -201,9 +225,20 @@ class AwsChunkedDecoder:
                     self._chunk_header(line)
                 else:
                     self._trailer_line(line)
-        if len(out) == 1 and len(out[0]) == end:
-            return data
-        return b"".join(out)
+        result = data if len(out) == 1 and len(out[0]) == end else b"".join(out)
+        if self._checksum is not None and self._summed < len(out):
+            if self._summed == 0:
+                self._checksum.update(result)
+            else:
+                self._sum_pieces()
+        return result
+
+    def _sum_pieces(self) -> None:
+        """Bring the trailer checksum up to date with this read's data so far."""
+        if self._checksum is not None:
+            for piece in self._out[self._summed :]:
+                self._checksum.update(piece)
+        self._summed = len(self._out)
 
     def finish(self) -> bytes:
         if self._state is not _State.DONE:
@@ -223,8 +258,6 @@ class AwsChunkedDecoder:
             )
         if self._signed_chunks:
             self._chunk_hash.update(piece)
-        if self._checksum is not None:
-            self._checksum.update(piece)
 
     def _chunk_header(self, line: bytes) -> None:
         size_field, _, extensions = line.partition(b";")
@@ -307,6 +340,7 @@ class AwsChunkedDecoder:
                     SignatureProvided=provided,
                 )
         algorithm = self._algorithm
+        self._sum_pieces()
         if self._expected_trailer is not None and self._checksum is not None and algorithm:
             provided_sum = trailers.get(self._expected_trailer)
             if provided_sum is None:
