@@ -55,6 +55,7 @@ from s3balance.gateway import (
     validate_key,
 )
 from s3balance.logs import make_logger
+from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
 
 log = make_logger()
 
@@ -286,12 +287,17 @@ class MultipartUploads:
         key: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
+        checksum_algorithm: str | None = None,
+        checksum_type: str | None = None,
         tags: Mapping[str, str] | None = None,
         acl: str = "private",
     ) -> UploadRecord:
         """Start an upload on the best backend with room for at least one part.
 
         A backend refusing the creation is replaced by the next choice (nothing was sent yet).
+
+        :param checksum_algorithm: the upload's ``x-amz-checksum-algorithm`` (validated), and
+            ``checksum_type`` its type (see :mod:`s3balance.multipart_checksums`).
 
         :raises S3Error: NoSuchBucket, KeyTooLongError, ServiceUnavailable.
         """
@@ -331,6 +337,8 @@ class MultipartUploads:
                 initiated=self.clock.seconds(),
                 headers=dict(headers),
                 metadata=dict(metadata),
+                checksum_algorithm=checksum_algorithm,
+                checksum_type=checksum_type,
                 tags=dict(tags or {}),
                 acl=acl,
             )
@@ -362,8 +370,12 @@ class MultipartUploads:
         part_number: int,
         body: IBodyProducer,
         length: int,
+        checksums: Callable[[], dict[str, str]] | None = None,
     ) -> PartRecord:
         """Stream one part to the upload's backend and record it (replacing that number).
+
+        :param checksums: called once the body was read whole: the part's
+            ``x-amz-checksum-*`` values to record.
 
         :raises S3Error: InvalidArgument, EntityTooLarge, NoSuchUpload, ServiceUnavailable
             (backend full or down), the body's own error (BadDigest, IncompleteBody...).
@@ -383,7 +395,7 @@ class MultipartUploads:
             except BackendError as error:
                 raise self._backend_failed(upload.backend, error, "uploading a part") from error
             self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
-            return await self._record_part(upload, result)
+            return await self._record_part(upload, result, checksums() if checksums else None)
         finally:
             release()
 
@@ -454,11 +466,14 @@ class MultipartUploads:
         finally:
             producer.discard()
 
-    async def _record_part(self, upload: UploadRecord, result: PartResult) -> PartRecord:
+    async def _record_part(
+        self, upload: UploadRecord, result: PartResult, checksums: dict[str, str] | None = None
+    ) -> PartRecord:
         previous = await self.store.list_parts(upload.upload_id, result.part_number - 1, 1)
         replaced = sum(p.size for p in previous if p.part_number == result.part_number)
         part = PartRecord(
-            upload.upload_id, result.part_number, result.etag, result.size, self.clock.seconds()
+            upload.upload_id, result.part_number, result.etag, result.size, self.clock.seconds(),
+            dict(checksums or {}),
         )
         try:
             await self.store.put_part(part, upload.backend)
@@ -471,14 +486,21 @@ class MultipartUploads:
     # -- CompleteMultipartUpload ---------------------------------------------------------
 
     async def complete(
-        self, bucket: str, key: str, upload_id: str, requested: Sequence[tuple[int, str]]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        requested: Sequence[tuple[int, str]],
+        checksum_request: CompletionChecksums | None = None,
     ) -> ObjectRecord:
         """Assemble the listed parts into the visible object.
 
         :param requested: ``(part number, ETag)`` pairs from the client's document (quotes
             optional in the ETag).
+        :param checksum_request: what the request says about checksums (checked, see
+            :func:`s3balance.multipart_checksums.completion_checksums`).
         :raises S3Error: MalformedXML (no parts), InvalidPartOrder, InvalidPart, EntityTooSmall,
-            NoSuchUpload, ServiceUnavailable.
+            NoSuchUpload, ServiceUnavailable, BadDigest, InvalidRequest.
         """
         if not requested:
             raise errors.MalformedXML()
@@ -505,6 +527,9 @@ class MultipartUploads:
                     PartNumber=str(part.part_number),
                     ETag=part.etag,
                 )
+        object_checksums, part_checksums = completion_checksums(
+            upload, chosen, checksum_request or CompletionChecksums()
+        )
         backend = self._backend(upload.backend)
         location = Location(upload.backend, upload.real_key)
         size = sum(part.size for part in chosen)
@@ -535,9 +560,10 @@ class MultipartUploads:
                 last_modified=self.clock.seconds(),
                 headers=dict(upload.headers),
                 metadata=dict(upload.metadata),
-                checksums=dict(result.checksums),
+                checksums=object_checksums or dict(result.checksums),
                 part_sizes=tuple(part.size for part in chosen),
                 locations=(location,),
+                part_checksums=part_checksums,
                 tags=dict(upload.tags),
                 acl=upload.acl,
             )

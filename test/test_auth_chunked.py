@@ -401,9 +401,34 @@ def test_unsigned_trailer_every_boundary_and_bad_checksum() -> None:
         run(auth.body_filter(result, headers), [missing])
 
 
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"])
+def test_every_algorithm_as_a_trailer(algorithm: str) -> None:
+    from s3balance.auth.checksums import by_name, encode
+
+    payload = b"abc def ghi" * 1000
+    found = by_name(algorithm)
+    assert found is not None
+    value = encode(found.of(payload))
+    body = unsigned_trailer_body(payload, 4000, f"x-amz-checksum-{algorithm}:{value}")
+    auth = Authenticator(KeyRing(), False, "us-east-1")
+    headers = unsigned_headers(len(payload), algorithm)
+    result = auth.authenticate("PUT", b"/b/k", headers)
+    decoder = auth.body_filter(result, headers)
+    assert run(decoder, split_at(body, [7, 4100])) == payload
+    wrong = encode(found.of(b"other"))
+    bad = unsigned_trailer_body(payload, 4000, f"x-amz-checksum-{algorithm}:{wrong}")
+    with pytest.raises(S3Error) as caught:
+        run(auth.body_filter(result, headers), [bad])
+    assert caught.value.code == "BadDigest"
+    malformed = unsigned_trailer_body(payload, 4000, f"x-amz-checksum-{algorithm}:%%%")
+    with pytest.raises(S3Error) as caught:
+        run(auth.body_filter(result, headers), [malformed])
+    assert caught.value.code == "InvalidRequest"
+
+
 def test_unsupported_trailer_algorithm() -> None:
     auth = Authenticator(KeyRing(), False, "us-east-1")
-    headers = unsigned_headers(3, "crc64nvme")
+    headers = unsigned_headers(3, "md4")
     result = auth.authenticate("PUT", b"/b/k", headers)
     with pytest.raises(S3Error) as caught:
         auth.body_filter(result, headers)
@@ -483,7 +508,7 @@ def tls_capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-@pytest.mark.parametrize("algorithm", [None, "SHA256", "SHA1"])
+@pytest.mark.parametrize("algorithm", [None, "SHA256", "SHA1", "CRC32C", "CRC64NVME"])
 def test_boto3_put_object_bytes_verify_and_decode(tls_capture: str, algorithm: str | None) -> None:
     secret = "boto-secret"
     client = boto3.client(
@@ -505,7 +530,9 @@ def test_boto3_put_object_bytes_verify_and_decode(tls_capture: str, algorithm: s
     headers: dict[str, list[str]] = {}
     for name, value in header_items:
         headers.setdefault(name, []).append(value)
-    assert headers["X-Amz-Content-SHA256"] == ["STREAMING-UNSIGNED-PAYLOAD-TRAILER"]
+    # botocore's own signer spells it X-Amz-Content-SHA256, awscrt's x-amz-content-sha256.
+    sha256_header = {name.lower(): value for name, value in headers.items()}
+    assert sha256_header["x-amz-content-sha256"] == ["STREAMING-UNSIGNED-PAYLOAD-TRAILER"]
 
     ring = KeyRing()
     ring.add("BOTOKEY", secret, Identity("BOTOKEY"))

@@ -27,6 +27,8 @@ FORBIDDEN = {
     "urllib3": "botocore",
     "dateutil": "botocore",
     "jmespath": "botocore",
+    # CRC32C and CRC64NVME: loaded when a request first needs one (~7 MiB resident).
+    "awscrt": "s3balance.auth.checksums, on first use",
     # A schema at head is recognised without Alembic; upgrades run in a child process.
     "alembic": "migrations (~10 MiB with Mako)",
     "mako": "migrations",

@@ -94,6 +94,7 @@ EXAMPLES = {
     "DeleteObject": ("DELETE", "/b/k"),
     "GetObjectAcl": ("GET", "/b/k?acl"),
     "PutObjectAcl": ("PUT", "/b/k?acl"),
+    "GetObjectAttributes": ("GET", "/b/k?attributes"),
     "GetObjectTagging": ("GET", "/b/k?tagging"),
     "PutObjectTagging": ("PUT", "/b/k?tagging"),
     "DeleteObjectTagging": ("DELETE", "/b/k?tagging"),
@@ -105,7 +106,7 @@ EXAMPLES = {
 }
 #: Parameters whose value selects the operation: the example's value is kept.
 _SELECTORS = {"list-type", "uploadid", "partnumber", "versions", "uploads", "location",
-              "versioning", "acl", "delete", "tagging"}  # fmt: skip
+              "versioning", "acl", "delete", "tagging", "attributes"}  # fmt: skip
 
 
 @pytest.mark.parametrize("operation", sorted(HONOURED_PARAMS))

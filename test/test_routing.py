@@ -71,6 +71,14 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
     assert route(method, target, headers).operation == operation
 
 
+def test_get_object_attributes_is_served_for_get_only() -> None:
+    assert route("GET", "/b/k?attributes").operation == "GetObjectAttributes"
+    assert route("GET", "/b/k?attributes&versionId=null").operation == "GetObjectAttributes"
+    for method in ("PUT", "DELETE", "POST"):
+        assert route(method, "/b/k?attributes").operation == NOT_IMPLEMENTED
+    assert route("GET", "/b/k?attributes&acl").operation == NOT_IMPLEMENTED
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -96,7 +104,6 @@ def test_served_operations(method: str, target: str, headers: dict[str, str], op
         "/b?ownershipControls",
         "/b?publicAccessBlock",
         "/b/k?torrent",
-        "/b/k?attributes",
         "/b?some-future-subresource",
     ],
 )

@@ -88,9 +88,21 @@ def test_checksum_mismatch_is_bad_digest_and_malformed_value_refused() -> None:
     assert code_of(lambda: ChecksumFilter("md4", None)) == "InvalidRequest"
 
 
+# Known answers for WHOLE computed independently (crcmod-style definitions: CRC-32C is
+# Castagnoli, reflected; CRC-64/NVME is reflected poly 0xAD93D23594C93659).
 @pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
-def test_unsupported_checksums_say_not_implemented(algorithm: str) -> None:
-    assert code_of(lambda: ChecksumFilter(algorithm, None)) == "NotImplemented"
+def test_crc32c_and_crc64nvme_are_served(algorithm: str) -> None:
+    from test.test_checksums import reference_crc
+
+    digest = reference_crc(algorithm, WHOLE)
+    computing = ChecksumFilter(algorithm, None)
+    assert run(computing) == WHOLE
+    assert computing.value_b64 == b64(digest)
+    assert run(ChecksumFilter(algorithm, b64(digest))) == WHOLE
+    wrong = ChecksumFilter(algorithm, b64(bytes(len(digest))))
+    for chunk in BODY:
+        wrong.feed(chunk)
+    assert code_of(wrong.finish) == "BadDigest"
 
 
 def test_md5_meter_reports_md5_only_after_finish() -> None:
@@ -114,3 +126,15 @@ def test_length_filter_short_long_and_exact() -> None:
     long.feed(BODY[1])
     # The excess is refused as it arrives, before it could be passed on.
     assert code_of(lambda: long.feed(BODY[2])) == "InvalidRequest"
+
+
+def test_checksum_taken_from_a_verifying_filter_is_not_computed_again() -> None:
+    value = b64(hashlib.sha256(WHOLE).digest())
+    taken = ChecksumFilter("sha256", None, verified=lambda: value)
+    assert taken._running is None  # nothing computed here
+    assert run(taken) == WHOLE
+    assert taken.value_b64 == value
+    missing = ChecksumFilter("sha256", None, verified=lambda: None)
+    for chunk in BODY:
+        missing.feed(chunk)
+    assert code_of(missing.finish) == "IncompleteBody"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from s3balance import errors
-from s3balance.auth import sigv4
-from s3balance.auth.checksums import SUPPORTED_CHECKSUMS, RunningChecksum, new_checksum
+from s3balance.auth import checksums, sigv4
+from s3balance.auth.checksums import ChecksumAlgorithm, RunningChecksum
 from s3balance.errors import S3Error
 
 #: Longest framing line (chunk header or trailer) we buffer before giving up.
@@ -116,14 +116,15 @@ class AwsChunkedDecoder:
         self._expected_trailer = expected_trailer.lower() if expected_trailer else None
         self._decoded_length = decoded_length
         self._checksum: RunningChecksum | None = None
+        self._algorithm: ChecksumAlgorithm | None = None
         if self._expected_trailer is not None:
-            try:
-                self._checksum = new_checksum(self._expected_trailer)
-            except KeyError:
+            self._algorithm = checksums.by_header(self._expected_trailer)
+            if self._algorithm is None:
                 raise errors.InvalidRequest(
                     f"The value specified in the x-amz-trailer header is not supported: "
                     f"{self._expected_trailer}"
-                ) from None
+                )
+            self._checksum = self._algorithm.new()
         self._state = _State.CHUNK_HEADER
         self._line = bytearray()
         self._remaining = 0
@@ -133,8 +134,21 @@ class AwsChunkedDecoder:
         self._previous_signature = signer.seed_signature if signer else ""
         self._total = 0
         self._trailer_lines: list[tuple[str, str]] = []
+        self._out: list[memoryview] = []
+        self._summed = 0
         #: Trailing headers received (lower-case names), complete once :meth:`finish` passed.
         self.trailers: dict[str, str] = {}
+
+    @property
+    def trailer_algorithm(self) -> ChecksumAlgorithm | None:
+        """The algorithm of the checksum trailer this body must end with, if any."""
+        return self._algorithm
+
+    def verified_trailer(self) -> str | None:
+        """The trailer checksum (base64), once it arrived and matched the decoded bytes."""
+        if self._state is not _State.DONE or self._algorithm is None:
+            return None
+        return self.trailers.get(self._algorithm.header)
 
     @property
     def decoded_total(self) -> int:
@@ -142,7 +156,13 @@ class AwsChunkedDecoder:
         return self._total
 
     def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
+        # Data pieces are views into ``data``: the output is copied once (by the join), or not
+        # at all when ``data`` is nothing but chunk data.  The trailer checksum runs once over
+        # the output (one call into C per read, not one per piece), unless the trailer arrives
+        # in this same read and needs it sooner (:meth:`_sum_pieces`).
+        out: list[memoryview] = []
+        self._out = out
+        self._summed = 0
         view = memoryview(data)
         pos = 0
         end = len(data)
@@ -150,7 +170,7 @@ class AwsChunkedDecoder:
             state = self._state
             if state is _State.DATA:
                 take = min(self._remaining, end - pos)
-                piece = bytes(view[pos : pos + take])
+                piece = view[pos : pos + take]
                 pos += take
                 self._remaining -= take
                 self._pass_data(piece)
@@ -158,6 +178,13 @@ class AwsChunkedDecoder:
                 if self._remaining == 0:
                     self._state = _State.DATA_END
                     self._crlf_seen = 0
+            elif state is _State.DATA_END and self._crlf_seen == 0 and end - pos >= 2:
+                # The usual case: the whole CRLF is here.
+                if data[pos : pos + 2] != b"\r\n":
+                    raise _malformed("chunk data is not followed by CRLF")
+                pos += 2
+                self._end_of_chunk()
+                self._state = _State.CHUNK_HEADER
             elif state is _State.DATA_END:
                 expected = b"\r\n"[self._crlf_seen]
                 if data[pos] != expected:
@@ -170,7 +197,18 @@ class AwsChunkedDecoder:
             elif state is _State.DONE:
                 raise _malformed("data after the final chunk")
             else:
-                newline = data.find(b"\n", pos)
+                newline = data.find(b"\n", pos, pos + MAX_LINE + 1)
+                if newline >= 0 and not self._line:
+                    # The usual case: the whole line is in this read.
+                    if newline == pos or data[newline - 1] != 13:  # CR
+                        raise _malformed("a framing line does not end with CRLF")
+                    line = data[pos : newline - 1]
+                    pos = newline + 1
+                    if state is _State.CHUNK_HEADER:
+                        self._chunk_header(line)
+                    else:
+                        self._trailer_line(line)
+                    continue
                 stop = end if newline < 0 else newline
                 if len(self._line) + (stop - pos) > MAX_LINE:
                     raise _malformed(f"a framing line is longer than {MAX_LINE} bytes")
@@ -187,7 +225,20 @@ class AwsChunkedDecoder:
                     self._chunk_header(line)
                 else:
                     self._trailer_line(line)
-        return b"".join(out)
+        result = data if len(out) == 1 and len(out[0]) == end else b"".join(out)
+        if self._checksum is not None and self._summed < len(out):
+            if self._summed == 0:
+                self._checksum.update(result)
+            else:
+                self._sum_pieces()
+        return result
+
+    def _sum_pieces(self) -> None:
+        """Bring the trailer checksum up to date with this read's data so far."""
+        if self._checksum is not None:
+            for piece in self._out[self._summed :]:
+                self._checksum.update(piece)
+        self._summed = len(self._out)
 
     def finish(self) -> bytes:
         if self._state is not _State.DONE:
@@ -198,7 +249,7 @@ class AwsChunkedDecoder:
 
     # -- framing steps -------------------------------------------------------------------------
 
-    def _pass_data(self, piece: bytes) -> None:
+    def _pass_data(self, piece: memoryview) -> None:
         self._total += len(piece)
         if self._decoded_length is not None and self._total > self._decoded_length:
             raise errors.IncompleteBody(
@@ -207,8 +258,6 @@ class AwsChunkedDecoder:
             )
         if self._signed_chunks:
             self._chunk_hash.update(piece)
-        if self._checksum is not None:
-            self._checksum.update(piece)
 
     def _chunk_header(self, line: bytes) -> None:
         size_field, _, extensions = line.partition(b";")
@@ -290,18 +339,22 @@ class AwsChunkedDecoder:
                     "The trailer signature we calculated does not match the one you provided.",
                     SignatureProvided=provided,
                 )
-        if self._expected_trailer is not None and self._checksum is not None:
+        algorithm = self._algorithm
+        self._sum_pieces()
+        if self._expected_trailer is not None and self._checksum is not None and algorithm:
             provided_sum = trailers.get(self._expected_trailer)
             if provided_sum is None:
                 raise errors.InvalidRequest(
                     f"The trailing header {self._expected_trailer} named by x-amz-trailer "
                     "was not sent."
                 )
-            if not hmac.compare_digest(
-                self._checksum.b64digest().encode("ascii"), provided_sum.encode("latin-1")
-            ):
-                algorithm = SUPPORTED_CHECKSUMS[self._expected_trailer]
+            provided_digest = algorithm.decode(provided_sum)
+            if provided_digest is None:
+                raise errors.InvalidRequest(
+                    f"Value for {algorithm.header} trailing header is invalid."
+                )
+            if not hmac.compare_digest(self._checksum.digest(), provided_digest):
                 raise errors.BadDigest(
-                    f"The {algorithm} you specified did not match the calculated checksum."
+                    f"The {algorithm.name} you specified did not match the calculated checksum."
                 )
         self.trailers = trailers

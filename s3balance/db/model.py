@@ -145,6 +145,9 @@ objects = sa.Table(
     sa.Column("user_metadata", JsonText, nullable=False),
     sa.Column("checksums", JsonText, nullable=False),
     sa.Column("part_sizes", JsonText, nullable=False),
+    #: Base64 checksums of the parts of a multipart object, in order, in the object's checksum
+    #: algorithm (GetObjectAttributes lists them); NULL for other objects.
+    sa.Column("part_checksums", JsonText, nullable=True),
     #: Object tags as ``{"key": "value"}``; NULL is no tags.
     sa.Column("tags", JsonText, nullable=True),
     #: The object's canned ACL (:mod:`s3balance.acl`); NULL is ``private``.
@@ -189,6 +192,9 @@ multipart_uploads = sa.Table(
     sa.Column("initiated", sa.Double, nullable=False),
     sa.Column("headers", JsonText, nullable=False),
     sa.Column("user_metadata", JsonText, nullable=False),
+    #: ``x-amz-checksum-algorithm`` and ``x-amz-checksum-type`` of the upload; NULL when none.
+    sa.Column("checksum_algorithm", sa.String(16), nullable=True),
+    sa.Column("checksum_type", sa.String(16), nullable=True),
     #: Tags and canned ACL the object gets at completion (as on ``objects``).
     sa.Column("tags", JsonText, nullable=True),
     sa.Column("acl", sa.String(32), nullable=True),
@@ -214,6 +220,8 @@ multipart_parts = sa.Table(
     sa.Column("etag", sa.String(80), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("last_modified", sa.Double, nullable=False),
+    #: The part's ``x-amz-checksum-<algorithm>`` values (lower-case names); NULL when none.
+    sa.Column("checksums", JsonText, nullable=True),
 )
 
 backend_usage = sa.Table(

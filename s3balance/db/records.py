@@ -51,6 +51,8 @@ class ObjectRecord:
     #: Sizes of the parts, in order, for an object made by multipart upload; empty otherwise.
     part_sizes: tuple[int, ...] = ()
     locations: tuple[Location, ...] = ()
+    #: Base64 checksums of the parts (multipart objects with a checksum algorithm), in order.
+    part_checksums: tuple[str, ...] = ()
     #: Object tags (:mod:`s3balance.tagging`); the store gives them back sorted by key.
     tags: dict[str, str] = field(default_factory=dict)
     #: The canned ACL (:mod:`s3balance.acl`).
@@ -83,6 +85,10 @@ class UploadRecord:
     initiated: float
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: ``x-amz-checksum-algorithm`` as S3 spells it (``CRC32``), or None.
+    checksum_algorithm: str | None = None
+    #: ``FULL_OBJECT`` or ``COMPOSITE`` with an algorithm, else None.
+    checksum_type: str | None = None
     #: Tags and canned ACL the completed object gets.
     tags: dict[str, str] = field(default_factory=dict)
     acl: str = "private"
@@ -95,6 +101,8 @@ class PartRecord:
     etag: str
     size: int
     last_modified: float
+    #: ``x-amz-checksum-<algorithm>`` values, lower-case names.
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -440,6 +440,7 @@ def _object_record(row: Any, bucket: str, locations: tuple[Location, ...]) -> Ob
         checksums=dict(row.checksums),
         part_sizes=tuple(row.part_sizes),
         locations=locations,
+        part_checksums=tuple(row.part_checksums or ()),
         tags=dict(row.tags or {}),
         acl=row.acl or "private",
     )
@@ -455,6 +456,7 @@ _OBJECT_COLUMNS = (
     objects.c.user_metadata,
     objects.c.checksums,
     objects.c.part_sizes,
+    objects.c.part_checksums,
     objects.c.tags,
     objects.c.acl,
 )
@@ -471,6 +473,8 @@ def _upload_record(row: Any, bucket: str) -> UploadRecord:
         initiated=row.initiated,
         headers=dict(row.headers),
         metadata=dict(row.user_metadata),
+        checksum_algorithm=row.checksum_algorithm,
+        checksum_type=row.checksum_type,
         tags=dict(row.tags or {}),
         acl=row.acl or "private",
     )
@@ -486,6 +490,8 @@ _UPLOAD_COLUMNS = (
     multipart_uploads.c.initiated,
     multipart_uploads.c.headers,
     multipart_uploads.c.user_metadata,
+    multipart_uploads.c.checksum_algorithm,
+    multipart_uploads.c.checksum_type,
     multipart_uploads.c.tags,
     multipart_uploads.c.acl,
 )
@@ -657,6 +663,7 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
         "user_metadata": dict(record.metadata),
         "checksums": dict(record.checksums),
         "part_sizes": list(record.part_sizes),
+        "part_checksums": list(record.part_checksums) or None,
         "tags": dict(record.tags) or None,
         "acl": _stored_acl(record.acl),
     }
@@ -934,6 +941,8 @@ def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
                     initiated=upload.initiated,
                     headers=dict(upload.headers),
                     user_metadata=dict(upload.metadata),
+                    checksum_algorithm=upload.checksum_algorithm,
+                    checksum_type=upload.checksum_type,
                     tags=dict(upload.tags) or None,
                     acl=_stored_acl(upload.acl),
                 )
@@ -973,6 +982,7 @@ def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
         "etag": part.etag,
         "size": part.size,
         "last_modified": part.last_modified,
+        "checksums": dict(part.checksums) or None,
     }
     where = sa.and_(
         multipart_parts.c.upload_ref == upload.id,
@@ -1018,7 +1028,10 @@ def _list_parts(
         .limit(max(0, max_parts))
     )
     return [
-        PartRecord(upload_id, row.part_number, row.etag, row.size, row.last_modified)
+        PartRecord(
+            upload_id, row.part_number, row.etag, row.size, row.last_modified,
+            dict(row.checksums or {}),
+        )
         for row in rows
     ]
 

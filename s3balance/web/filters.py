@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import zlib
+from collections.abc import Callable
 from typing import Protocol
 
 from s3balance import errors
+from s3balance.auth import checksums
 from s3balance.errors import S3Error
 
 
@@ -88,67 +89,67 @@ class SHA256Filter:
         return b""
 
 
-class _Crc32:
-    """zlib's CRC-32 in the shape of a hashlib object (S3 sends it big-endian, base64)."""
-
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
-
-
-# Algorithms S3 names in x-amz-checksum-*; crc32c and crc64nvme need a native implementation
-# (pure Python runs at a few MB/s, far too slow for the data path) and none is installed.
-CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "sha1", "sha256", "crc64nvme")
-_DIGEST_SIZES = {"crc32": 4, "crc32c": 4, "sha1": 20, "sha256": 32, "crc64nvme": 8}
-
-
 class ChecksumFilter:
     """Computes an ``x-amz-checksum-<algorithm>`` over the body and checks it when one was given.
 
-    :param algorithm: ``crc32``, ``sha1`` or ``sha256`` (case-insensitive); ``crc32c`` and
-        ``crc64nvme`` are refused with ``NotImplemented``.
+    :param algorithm: any algorithm of :mod:`s3balance.auth.checksums`, by name (any case).
     :param expected_b64: the client's base64 value, or None to only compute it (the value is
         then in :attr:`value_b64` for the core to store).
-    :raises S3Error: ``InvalidRequest`` for an unknown algorithm or a malformed value,
-        ``NotImplemented`` for an algorithm s3balance cannot compute.
+    :param trailing: the value came in an aws-chunked trailer (only changes the message).
+    :param verified: computing is left to another filter, earlier in the chain, which verified
+        the value: called when the body ended, it returns that value (the aws-chunked decoder's
+        checked trailer), so the body is not checksummed twice.
+    :raises S3Error: ``InvalidRequest`` for an unknown algorithm or a malformed value.
     """
 
-    def __init__(self, algorithm: str, expected_b64: str | None) -> None:
-        name = algorithm.strip().lower()
-        if name not in CHECKSUM_ALGORITHMS:
+    def __init__(
+        self,
+        algorithm: str,
+        expected_b64: str | None,
+        trailing: bool = False,
+        verified: Callable[[], str | None] | None = None,
+    ) -> None:
+        found = checksums.by_name(algorithm)
+        if found is None:
             raise errors.InvalidRequest(f"Unsupported checksum algorithm: {algorithm}")
-        if name in ("crc32c", "crc64nvme"):
-            raise errors.NotImplementedError_(
-                f"The {name.upper()} checksum algorithm is not supported by this server; "
-                "use CRC32, SHA1 or SHA256."
-            )
-        self.algorithm = name
+        self.checksum = found
+        self.algorithm = found.name.lower()
         self._expected: bytes | None = None
         if expected_b64 is not None:
-            self._expected = _decode_b64(expected_b64, _DIGEST_SIZES[name])
+            self._expected = found.decode(expected_b64)
             if self._expected is None:
-                raise errors.InvalidRequest(
-                    f"Value for x-amz-checksum-{name} header is invalid."
-                )
-        self._hash: _Crc32 | hashlib._Hash
-        self._hash = _Crc32() if name == "crc32" else hashlib.new(name)
+                where = "trailing header" if trailing else "header"
+                raise errors.InvalidRequest(f"Value for {found.header} {where} is invalid.")
+        self._verified = verified
+        self._running = found.new() if verified is None else None
         self.value_b64: str | None = None
+        #: The binary digest, once the body ended.
+        self.digest: bytes | None = None
+
+    @property
+    def header(self) -> str:
+        return self.checksum.header
 
     def feed(self, data: bytes) -> bytes:
-        self._hash.update(data)
+        if self._running is not None:
+            self._running.update(data)
         return data
 
     def finish(self) -> bytes:
-        digest = self._hash.digest()
-        self.value_b64 = base64.b64encode(digest).decode("ascii")
+        if self._running is not None:
+            digest = self._running.digest()
+        else:
+            assert self._verified is not None
+            value = self._verified()
+            decoded = self.checksum.decode(value) if value is not None else None
+            if decoded is None:
+                raise errors.IncompleteBody("The body ended before its checksum trailer.")
+            digest = decoded
+        self.digest = digest
+        self.value_b64 = checksums.encode(digest)
         if self._expected is not None and digest != self._expected:
             raise errors.BadDigest(
-                f"The {self.algorithm.upper()} you specified did not match the calculated checksum."
+                f"The {self.checksum.name} you specified did not match the calculated checksum."
             )
         return b""
 

@@ -17,6 +17,7 @@ completion half way (the metadata must follow what the backend did).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -24,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from s3balance import errors
+from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
 from s3balance.gateway import validate_key
 from s3balance.logs import make_logger
@@ -34,8 +36,9 @@ from s3balance.multipart import (
     parse_copy_range,
     parse_part_number,
 )
+from s3balance.multipart_checksums import upload_algorithm as upload_algorithm_of
+from s3balance.web import checksumming
 from s3balance.web.answer import STREAMED, Answer, RequestContext
-from s3balance.web.filters import ChecksumFilter
 from s3balance.web.objects import (
     SSE_HEADER,
     _declared_length,
@@ -92,7 +95,40 @@ def complete_result(location: str, record: ObjectRecord) -> bytes:
     _sub(root, "Bucket", record.bucket)
     _sub(root, "Key", record.key)
     _sub(root, "ETag", record.etag)
+    _checksum_elements(root, record.checksums)
     return _serialise(root)
+
+
+def _checksum_elements(parent: Any, stored: Mapping[str, str], with_type: bool = True) -> None:
+    """``<ChecksumCRC32>``... (and ``<ChecksumType>``) for stored ``x-amz-checksum-*`` values."""
+    for algorithm in checksums.ALGORITHMS.values():
+        value = stored.get(algorithm.header)
+        if value is not None:
+            _sub(parent, algorithm.xml_element, value)
+    checksum_type = stored.get(checksums.TYPE_HEADER)
+    if with_type and checksum_type is not None:
+        _sub(parent, "ChecksumType", checksum_type)
+
+
+def parse_complete_checksums(body: bytes) -> dict[int, dict[str, str]]:
+    """Per part number, the ``<ChecksumCRC32>``... values of a CompleteMultipartUpload body, as
+    ``x-amz-checksum-*`` names (the document was already checked by :func:`parse_complete`)."""
+    elements = {a.xml_element: a.header for a in checksums.ALGORITHMS.values()}
+    found: dict[int, dict[str, str]] = {}
+    for element in _parse(body):
+        if _local(element.tag) != "Part":
+            continue
+        number: int | None = None
+        values: dict[str, str] = {}
+        for field_ in element:
+            name = _local(field_.tag)
+            if name == "PartNumber":
+                number = int((field_.text or "").strip())
+            elif name in elements:
+                values[elements[name]] = (field_.text or "").strip()
+        if number is not None and values:
+            found[number] = values
+    return found
 
 
 def list_parts_result(
@@ -118,12 +154,16 @@ def list_parts_result(
     _sub(root, "IsTruncated", "true" if is_truncated else "false")
     if url_encoded:
         _sub(root, "EncodingType", "url")
+    if upload.checksum_algorithm is not None:
+        _sub(root, "ChecksumAlgorithm", upload.checksum_algorithm)
+        _sub(root, "ChecksumType", upload.checksum_type or "")
     for part in parts:
         element = _sub(root, "Part")
         _sub(element, "PartNumber", str(part.part_number))
         _sub(element, "LastModified", iso8601(part.last_modified))
         _sub(element, "ETag", part.etag)
         _sub(element, "Size", str(part.size))
+        _checksum_elements(element, part.checksums, with_type=False)
     return _serialise(root)
 
 
@@ -323,12 +363,13 @@ class MultipartHandler:
         upload_acl = requested_acl(ctx)
         answer_headers: list[tuple[str, str]] = [("Content-Type", "application/xml")]
         answer_headers.extend(encryption_headers(headers))
-        algorithm = ctx.header("x-amz-checksum-algorithm")
-        if algorithm is not None:
-            ChecksumFilter(algorithm, None)  # refuses what parts could not be checked with
-            answer_headers.append(("x-amz-checksum-algorithm", algorithm.upper()))
+        algorithm, checksum_type = checksumming.upload_settings(ctx)
+        if algorithm is not None and checksum_type is not None:
+            answer_headers.append(("x-amz-checksum-algorithm", algorithm))
+            answer_headers.append(("x-amz-checksum-type", checksum_type))
         upload = await self.uploads.create(
-            ctx.bucket, ctx.key, headers, metadata, tags=tags, acl=upload_acl
+            ctx.bucket, ctx.key, headers, metadata, algorithm, checksum_type, tags=tags,
+            acl=upload_acl,
         )
         body = initiate_result(ctx.bucket, ctx.key, upload.upload_id)
         return Answer(200, answer_headers, body)
@@ -338,16 +379,19 @@ class MultipartHandler:
         length = _declared_length(ctx)
         if length > MAX_PART_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
-        body, checksum_filters = upload_body(ctx, length)
+        upload = await self.uploads.get_upload(ctx.bucket, ctx.key, _upload_id(ctx))
+        upload_algorithm, _ = upload_algorithm_of(upload)
+        extra = checksumming.part_checksums(ctx, upload_algorithm)
+        body, checksum_filters = upload_body(ctx, length, extra)
+
+        def part_checksums() -> dict[str, str]:
+            return {f.header: f.value_b64 for f in checksum_filters if f.value_b64 is not None}
+
         part = await self.uploads.upload_part(
-            ctx.bucket, ctx.key, _upload_id(ctx), part_number, body, length
+            ctx.bucket, ctx.key, _upload_id(ctx), part_number, body, length, part_checksums
         )
         answer_headers = [("ETag", part.etag)]
-        answer_headers.extend(
-            (f"x-amz-checksum-{f.algorithm}", f.value_b64)
-            for f in checksum_filters
-            if f.value_b64 is not None
-        )
+        answer_headers.extend(checksumming.answer_headers(part.checksums))
         # S3 repeats the upload's encryption on each part's answer (the part is stored: an
         # upload completed or aborted meanwhile only costs the header).
         try:
@@ -379,9 +423,15 @@ class MultipartHandler:
         return Answer.xml(copy_part_result(part))
 
     async def handle_CompleteMultipartUpload(self, request: Any, ctx: RequestContext) -> Any:
-        requested = parse_complete(ctx.read_body())
+        document_body = ctx.read_body()
+        requested = parse_complete(document_body)
+        checksum_request = checksumming.completion_request(
+            ctx, parse_complete_checksums(document_body)
+        )
         work = defer.ensureDeferred(
-            self.uploads.complete(ctx.bucket, ctx.key, _upload_id(ctx), requested)
+            self.uploads.complete(
+                ctx.bucket, ctx.key, _upload_id(ctx), requested, checksum_request
+            )
         )
         keepalive = _KeepAlive(request, ctx.clock, self.keepalive_interval)
         try:

@@ -28,11 +28,12 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance import acl, conditions, errors, tagging
+from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.gateway import MAX_PUT_SIZE, validate_key
 from s3balance.multipart import parse_part_number, part_range, parts_count
-from s3balance.web import xml
+from s3balance.web import checksumming, xml
 from s3balance.web.answer import (
     STREAMED,
     Answer,
@@ -41,7 +42,6 @@ from s3balance.web.answer import (
 )
 from s3balance.web.buckets import requested_acl_change
 from s3balance.web.filters import (
-    CHECKSUM_ALGORITHMS,
     BodyFilter,
     ChecksumFilter,
     ContentMD5Filter,
@@ -217,18 +217,16 @@ def _declared_length(ctx: RequestContext) -> int:
 
 
 def _body_filters(ctx: RequestContext) -> tuple[list[BodyFilter], list[ChecksumFilter]]:
-    """Checks S3 runs over an upload: Content-MD5 and every ``x-amz-checksum-*`` sent."""
+    """Checks S3 runs over an upload: Content-MD5 and the ``x-amz-checksum-*`` it names
+    (see :mod:`s3balance.web.checksumming`)."""
     filters: list[BodyFilter] = []
     md5 = ctx.header("content-md5")
     if md5 is not None:
         filters.append(ContentMD5Filter(md5))
-    checksums: list[ChecksumFilter] = []
-    for algorithm in CHECKSUM_ALGORITHMS:
-        value = ctx.header(f"x-amz-checksum-{algorithm}")
-        if value is not None:
-            checksums.append(ChecksumFilter(algorithm, value))
-    filters.extend(checksums)
-    return filters, checksums
+    checksum = checksumming.request_checksum(ctx)
+    checksum_filters = [checksum] if checksum is not None else []
+    filters.extend(checksum_filters)
+    return filters, checksum_filters
 
 
 def _run_filters(filters: list[Any], data: bytes) -> None:
@@ -237,14 +235,21 @@ def _run_filters(filters: list[Any], data: bytes) -> None:
         data = body_filter.feed(data) + body_filter.finish()
 
 
-def upload_body(ctx: RequestContext, length: int) -> tuple[IBodyProducer, list[ChecksumFilter]]:
+def upload_body(
+    ctx: RequestContext, length: int, extra: list[ChecksumFilter] | None = None
+) -> tuple[IBodyProducer, list[ChecksumFilter]]:
     """The body of a PutObject or UploadPart with S3's checks attached, and the checksum filters
     whose values are stored.
 
     A streamed body runs the checks as its bytes pass (its last bytes are held back until they
     all passed); a body that arrived buffered is checked whole before any backend sees it.
+
+    :param extra: more checksums to compute (an upload's own algorithm, for its parts).
     """
     filters, checksum_filters = _body_filters(ctx)
+    if extra:
+        filters.extend(extra)
+        checksum_filters = [*checksum_filters, *extra]
     streamed = getattr(ctx.request, "body", None)
     if streamed is not None:
         streamed.length = length
@@ -275,17 +280,16 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
-        return {
-            f"x-amz-checksum-{f.algorithm}": f.value_b64
-            for f in checksum_filters
-            if f.value_b64 is not None
-        }
+        stored: dict[str, str] = {}
+        for checksum in checksum_filters:
+            stored.update(checksumming.stored_values(checksum, FULL_OBJECT))
+        return stored
 
     record = await ctx.gateway.put_object(
         ctx.bucket, ctx.key, body, length, headers, metadata, checksums, tags=tags, acl=object_acl
     )
     answer_headers = [("ETag", record.etag)]
-    answer_headers.extend((name, value) for name, value in record.checksums.items())
+    answer_headers.extend(checksumming.answer_headers(record.checksums))
     answer_headers.extend(encryption_headers(record.headers))
     return Answer(200, answer_headers)
 
@@ -308,9 +312,8 @@ def object_headers(
     headers.extend(encryption_headers(record.headers))
     if record.tags:
         headers.append(("x-amz-tagging-count", str(len(record.tags))))
-    mode = ctx.header("x-amz-checksum-mode")
-    if whole and mode is not None and mode.upper() == "ENABLED":
-        headers.extend(sorted(record.checksums.items()))
+    if whole and checksumming.checksum_mode_enabled(ctx):
+        headers.extend(checksumming.answer_headers(record.checksums))
     return headers
 
 
@@ -351,6 +354,8 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     else:
         byte_range = conditions.parse_range(ctx.header("range"), record.size)
     headers = object_headers(ctx, record, whole=byte_range is None)
+    if part_number is not None and checksumming.checksum_mode_enabled(ctx):
+        headers.extend(checksumming.part_answer_headers(record, int(part_number)))
     count = parts_count(record)
     if part_number is not None and count is not None:
         headers.append(("x-amz-mp-parts-count", str(count)))
@@ -417,7 +422,8 @@ def verify_body_digests(ctx: RequestContext, body: bytes) -> None:
 
 
 def _verify_required_digest(ctx: RequestContext, body: bytes) -> None:
-    """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one)."""
+    """DeleteObjects must carry Content-MD5 or an ``x-amz-checksum-*`` (S3 requires one;
+    current SDKs send CRC32 or CRC64NVME instead of Content-MD5)."""
     filters, checksum_filters = _body_filters(ctx)
     if not filters:
         raise errors.InvalidRequest("Missing required header for this request: Content-MD5")
@@ -519,6 +525,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
             f"source: {MAX_PUT_SIZE}"
         )
     check_copy_source_conditions(ctx, source)
+    checksumming.check_copy_algorithm(ctx, source.checksums)
     if (source_bucket, source_key) == (ctx.bucket, ctx.key) and directive == "COPY" and (
         encryption is None or source.headers.get(SSE_HEADER) == encryption
     ):

@@ -54,7 +54,7 @@ UNSERVED_SUBRESOURCES = frozenset(
         "notification", "object-lock", "ownershipcontrols", "policy", "policystatus",
         "publicaccessblock", "replication", "requestpayment", "session", "website",
         # object sub-resources
-        "attributes", "legal-hold", "renameobject", "restore", "retention", "select",
+        "legal-hold", "renameobject", "restore", "retention", "select",
         "select-type", "torrent",
     }
 )  # fmt: skip
@@ -102,6 +102,7 @@ HONOURED_PARAMS: Mapping[str, frozenset[str]] = {
     "DeleteObject": frozenset({"versionid"}),
     "GetObjectAcl": frozenset({"acl", "versionid"}),
     "PutObjectAcl": frozenset({"acl", "versionid"}),
+    "GetObjectAttributes": frozenset({"attributes", "versionid"}),
     "GetObjectTagging": frozenset({"tagging", "versionid"}),
     "PutObjectTagging": frozenset({"tagging", "versionid"}),
     "DeleteObjectTagging": frozenset({"tagging", "versionid"}),

@@ -54,7 +54,7 @@ from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
-from s3balance.web import buckets, objects, tagging
+from s3balance.web import attributes, buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
@@ -108,6 +108,7 @@ HANDLERS: dict[str, Handler] = {
     "ListObjectVersions": buckets.handle_ListObjectVersions,
     **objects.HANDLERS,
     **tagging.HANDLERS,
+    **attributes.HANDLERS,
 }
 
 #: A stalled download (client not reading, backend not sending) is abandoned after this long.
@@ -209,6 +210,8 @@ class S3Resource(Resource):
             payload_filter = self.authenticator.body_filter(result, headers)
             if payload_filter is not None:
                 body.add_filter(payload_filter)
+                # Handlers reuse what it verified (an aws-chunked trailer's checksum).
+                request.payload_filter = payload_filter  # type: ignore[attr-defined]
         identity = result.identity
         if identity is not None:
             write = route.operation in WRITE_OPERATIONS

@@ -244,6 +244,10 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
         if not params <= _HONOURED["GetObjectAcl"]:
             return NOT_IMPLEMENTED
         return {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"}.get(verb, NOT_IMPLEMENTED)
+    if "attributes" in params:
+        if verb == "GET" and params <= _HONOURED["GetObjectAttributes"]:
+            return "GetObjectAttributes"
+        return NOT_IMPLEMENTED
     if "uploads" in params:
         return "CreateMultipartUpload" if verb == "POST" and params == {"uploads"} else (
             NOT_IMPLEMENTED

@@ -1,0 +1,158 @@
+"""GetObjectAttributes (``GET /bucket/key?attributes``): what S3 knows about an object, from
+metadata only (no backend is asked).
+
+``x-amz-object-attributes`` names the attributes wanted (comma-separated): ``ETag``,
+``Checksum``, ``ObjectParts``, ``StorageClass``, ``ObjectSize``.  ``ObjectParts`` pages the parts
+of a multipart object with ``x-amz-max-parts`` and ``x-amz-part-number-marker``, each part with
+its size and, for a COMPOSITE checksum, the part's checksum.  As on S3, a COMPOSITE checksum
+is shown without the ``-N`` that GetObject and CompleteMultipartUpload append.  An object not made
+by multipart upload has no ``ObjectParts``; an object without a checksum has no ``Checksum``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from s3balance import conditions, errors
+from s3balance.auth import checksums
+from s3balance.db.records import ObjectRecord
+from s3balance.web.answer import Answer, RequestContext
+from s3balance.web.xml import _root, _serialise, _sub
+
+#: Attribute names as S3 spells them, in its response order.
+ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+#: Most parts one answer lists (S3's own limit).
+MAX_PARTS = 1000
+
+
+def requested_attributes(ctx: RequestContext) -> set[str]:
+    """The attributes ``x-amz-object-attributes`` names (any case, repeated headers joined).
+
+    :raises S3Error: InvalidArgument when the header is missing, empty or names another one.
+    """
+    values = ctx.request.requestHeaders.getRawHeaders(b"x-amz-object-attributes") or []
+    names = [
+        name.strip()
+        for value in values
+        for name in value.decode("latin-1").split(",")
+        if name.strip()
+    ]
+    if not names:
+        raise errors.InvalidArgument(
+            "The x-amz-object-attributes header specifying the attributes to be retrieved is "
+            "either missing or empty",
+            ArgumentName="x-amz-object-attributes",
+        )
+    by_lower = {name.lower(): name for name in ATTRIBUTES}
+    wanted: set[str] = set()
+    for name in names:
+        known = by_lower.get(name.lower())
+        if known is None:
+            raise errors.InvalidArgument(
+                "Invalid attribute name specified.",
+                ArgumentName="x-amz-object-attributes",
+                ArgumentValue=name,
+            )
+        wanted.add(known)
+    return wanted
+
+
+def _count_header(ctx: RequestContext, name: str, default: int) -> int:
+    raw = ctx.header(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    if not value.isdigit():
+        raise errors.InvalidArgument(
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
+            ArgumentValue=raw,
+        )
+    return int(value)
+
+
+def _checksum(parent: Any, record: ObjectRecord) -> None:
+    present = [
+        (algorithm, record.checksums[algorithm.header])
+        for algorithm in checksums.ALGORITHMS.values()
+        if algorithm.header in record.checksums
+    ]
+    if not present:
+        return
+    element = _sub(parent, "Checksum")
+    checksum_type = record.checksums.get(checksums.TYPE_HEADER)
+    for algorithm, value in present:
+        if checksum_type == checksums.COMPOSITE:
+            value = value.partition("-")[0]
+        _sub(element, algorithm.xml_element, value)
+    if checksum_type is not None:
+        _sub(element, "ChecksumType", checksum_type)
+
+
+def _object_parts(parent: Any, record: ObjectRecord, marker: int, max_parts: int) -> None:
+    if not record.part_sizes:
+        return
+    count = len(record.part_sizes)
+    max_parts = min(max_parts, MAX_PARTS)
+    numbers = list(range(marker + 1, min(count, marker + max_parts) + 1)) if marker >= 0 else []
+    algorithm = next(
+        (a for a in checksums.ALGORITHMS.values() if a.header in record.checksums), None
+    )
+    element = _sub(parent, "ObjectParts")
+    _sub(element, "PartsCount", str(count))
+    _sub(element, "PartNumberMarker", str(marker))
+    _sub(element, "NextPartNumberMarker", str(numbers[-1] if numbers else marker))
+    _sub(element, "MaxParts", str(max_parts))
+    _sub(element, "IsTruncated", "true" if numbers and numbers[-1] < count else "false")
+    with_checksums = (
+        algorithm is not None
+        and record.checksums.get(checksums.TYPE_HEADER) == checksums.COMPOSITE
+        and len(record.part_checksums) == count
+    )
+    for number in numbers:
+        part = _sub(element, "Part")
+        _sub(part, "PartNumber", str(number))
+        _sub(part, "Size", str(record.part_sizes[number - 1]))
+        if with_checksums and algorithm is not None:
+            _sub(part, algorithm.xml_element, record.part_checksums[number - 1])
+
+
+def attributes_result(
+    record: ObjectRecord, wanted: set[str], part_marker: int, max_parts: int
+) -> bytes:
+    root = _root("GetObjectAttributesResponse")
+    if "ETag" in wanted:
+        _sub(root, "ETag", record.etag.strip('"'))
+    if "Checksum" in wanted:
+        _checksum(root, record)
+    if "ObjectParts" in wanted:
+        _object_parts(root, record, part_marker, max_parts)
+    if "StorageClass" in wanted:
+        _sub(root, "StorageClass", "STANDARD")
+    if "ObjectSize" in wanted:
+        _sub(root, "ObjectSize", str(record.size))
+    return _serialise(root)
+
+
+async def handle_GetObjectAttributes(ctx: RequestContext) -> Answer:
+    version = ctx.query("versionId")
+    if version is not None and version != "null":
+        raise errors.InvalidArgument(
+            "Invalid version id specified", ArgumentName="versionId", ArgumentValue=version
+        )
+    wanted = requested_attributes(ctx)
+    max_parts = _count_header(ctx, "x-amz-max-parts", MAX_PARTS)
+    marker = _count_header(ctx, "x-amz-part-number-marker", 0)
+    record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
+    document = attributes_result(record, wanted, marker, max_parts)
+    headers = [
+        ("Content-Type", "application/xml"),
+        ("Last-Modified", conditions.http_date(record.last_modified)),
+    ]
+    return Answer(200, headers, document)
+
+
+HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
+    "GetObjectAttributes": handle_GetObjectAttributes,
+}
