@@ -2,7 +2,7 @@
 uploads (applied at completion) and on virtual buckets.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-07
 
 Written by hand to equal ``s3balance.db.model`` (a test compares them).  The columns are nullable
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
