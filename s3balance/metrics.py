@@ -63,7 +63,8 @@ BUCKET_CAPACITY_BYTES = Gauge(
 )
 S3_OPERATIONS = Counter(
     "s3_balance_s3_operations",
-    "S3 requests answered, by operation, virtual bucket and HTTP status.",
+    "S3 requests answered, by operation, virtual bucket (_other: a name that is not one) and "
+    "HTTP status.",
     ["operation", "bucket", "status"],
     registry=REGISTRY,
 )
@@ -172,6 +173,11 @@ def forget_backend(name: str) -> None:
     reported (a stale ``healthy 1`` would hide that it is gone)."""
     for metric in _PER_BACKEND:
         _remove_matching(metric, "bucket", name)
+
+
+def forget_virtual_bucket(name: str) -> None:
+    """Remove a deleted virtual bucket's request series (see :mod:`s3balance.web.labels`)."""
+    _remove_matching(S3_OPERATIONS, "bucket", name)
 
 
 class MetricsResource(Resource):

@@ -56,6 +56,7 @@ from s3balance.gateway import Gateway
 from s3balance.logs import make_logger
 from s3balance.web import buckets, objects
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.labels import OTHER_BUCKET, BucketLabels
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
     MULTIPART_OPERATIONS,
@@ -152,7 +153,12 @@ class S3Resource(Resource):
             config.server.write_timeout, DEFAULT_STALL_TIMEOUT
         )
         self.owner = owner_for(config.s3api.access_key or "s3balance")
+        #: The ``bucket`` label of request metrics comes from this bounded set.
+        self.bucket_labels = BucketLabels(self._bucket_names, self.clock)
         self._operation = _S3Operation(self)
+
+    async def _bucket_names(self) -> list[str]:
+        return [record.name for record in await self.gateway.list_buckets()]
 
     def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
         """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
@@ -334,11 +340,27 @@ class _S3Operation(Resource):
 
     def _count(self, _: Any, request: Request, route: Route, started: float) -> None:
         status = str(request.code) if request.finished else "disconnected"
-        metrics.S3_OPERATIONS.labels(route.operation, route.bucket or "", status).inc()
         metrics.S3_OPERATION_DURATION.labels(route.operation).observe(
             max(0.0, self.root.clock.seconds() - started)
         )
+        # Only the first requests wait for the label set to be loaded.
+        self.root.bucket_labels.ready().addCallback(
+            lambda _: self._count_operation(route, status)
+        )
 
+    def _count_operation(self, route: Route, status: str) -> None:
+        labels = self.root.bucket_labels
+        bucket = labels.label(route.bucket)
+        if route.bucket and route.operation == "CreateBucket" and status == "200":
+            labels.added(route.bucket)
+            bucket = route.bucket
+        elif route.bucket and route.operation == "DeleteBucket" and status == "204":
+            # A deleted bucket's series go with it, so creating and deleting names cannot grow
+            # the series either; the deletion itself is counted under the fixed label.
+            labels.removed(route.bucket)
+            metrics.forget_virtual_bucket(route.bucket)
+            bucket = OTHER_BUCKET
+        metrics.S3_OPERATIONS.labels(route.operation, bucket, status).inc()
 
 def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
     """S3's XML error answer (headers only for HEAD) and finish."""
