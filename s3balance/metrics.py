@@ -139,6 +139,25 @@ BUCKET_OPERATION_LIMIT = Gauge(
     registry=REGISTRY,
 )
 
+OPEN_CONNECTIONS = Gauge(
+    "s3_balance_open_connections",
+    "Client connections open on the S3 listener (capped by server.max_connections).",
+    registry=REGISTRY,
+)
+REFUSALS = Counter(
+    "s3_balance_refusals",
+    "Requests and connections refused to protect the daemon, by reason: header_timeout, "
+    "body_timeout, max_connections, body_too_large, body_budget (buffered bodies' memory) and "
+    "unauthenticated (a body refused before it was read).",
+    ["reason"],
+    registry=REGISTRY,
+)
+BUFFERED_BODY_BYTES = Gauge(
+    "s3_balance_buffered_body_bytes",
+    "Bytes of request bodies held in memory right now (capped by server.body_memory).",
+    registry=REGISTRY,
+)
+
 #: Metrics with a ``bucket`` label that names a real bucket (backend).
 _PER_BACKEND: tuple[MetricWrapperBase, ...] = (
     BUCKET_HEALTHY,

@@ -56,6 +56,7 @@ from s3balance.gateway import Gateway
 from s3balance.logs import make_logger
 from s3balance.web import buckets, objects
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
 from s3balance.web.labels import OTHER_BUCKET, BucketLabels
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
@@ -163,6 +164,36 @@ class S3Resource(Resource):
     def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
         """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
         return self.router.should_stream(method, path, headers)
+
+    def body_limit(self, method: bytes, target: bytes, headers: Any) -> int:
+        """For :class:`~s3balance.web.site.S3Site`: asked before a buffered body is read.
+
+        The request's signature, bucket scope and read-only flag are checked on its headers
+        alone (the payload hash is checked over the body later, as are the rest of the checks),
+        so an unauthenticated client never gets to park a body in memory.
+
+        :returns: the largest body the operation may send (:mod:`s3balance.web.bodies`).
+        :raises S3Error: the authentication error, AccessDenied.
+        """
+        first = target.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
+        if first in self.reserved and self.router.host_bucket(headers) is None:
+            return ADMIN_BODY  # the admin API checks its own token
+        try:
+            route = self.router.route(method, target, headers)
+        except ValueError:
+            return DEFAULT_BODY  # answered InvalidURI once the body is in
+        if self.auth_enabled:
+            result = self.authenticator.authenticate(
+                method.decode("latin-1"),
+                target,
+                RequestHeaders.from_twisted(headers),
+                bucket_from_host=self.router.host_bucket(headers),
+            )
+            identity = result.identity
+            write = route.operation in WRITE_OPERATIONS
+            if identity is not None and not identity.may_access(route.bucket or "", write):
+                raise errors.AccessDenied()
+        return BODY_LIMITS.get(route.operation, DEFAULT_BODY)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if path in self.reserved and self.router.host_bucket(request.requestHeaders) is None:

@@ -25,8 +25,8 @@ NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
 #: At most this many keys per DeleteObjects request, as S3.
 MAX_DELETE_KEYS = 1000
-#: DeleteObjects and ACL bodies are small; refuse anything larger than S3 would read.
-MAX_REQUEST_XML = 2 << 20
+#: No request document is larger (see :mod:`s3balance.web.bodies` for each operation's cap).
+MAX_REQUEST_XML = 4 << 20
 
 
 @dataclass(frozen=True)
