@@ -438,8 +438,8 @@ class _Reader:
         if value < LARGEST_BODY:
             s.report(
                 "body_memory",
-                f"{format_size(value)} is too small (allowed: {format_size(LARGEST_BODY)} or "
-                "more, the largest request body read into memory)",
+                f"{_describe(s.raw('body_memory'))} is too small (allowed: "
+                f"{format_size(LARGEST_BODY)} or more, the largest request body read into memory)",
             )
             return default
         return value
