@@ -161,3 +161,12 @@ class SlowClientTests(DaemonTestCase, unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
         self.assertIn(b"<Code>InvalidArgument</Code>", answer)
         self.assertIn(b"<ArgumentName>Content-Length</ArgumentName>", answer)
+
+    async def test_a_content_length_with_thousands_of_leading_zeros_is_read(self) -> None:
+        answer = await in_thread(
+            exchange,
+            self.daemon.port_number,
+            b"PUT /vb/zeros HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Length: " + b"0" * 5000 + b"3\r\n\r\nabc",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:300])

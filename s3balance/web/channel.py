@@ -154,7 +154,8 @@ class S3Channel(HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         if header == b"Content-Length":
             try:
-                parse_decimal(data)
+                # Stock Twisted converts the text as it is: thousands of leading zeros too.
+                data = b"%d" % parse_decimal(data)
             except TooManyDigits:
                 self.refuse(
                     errors.InvalidArgument(

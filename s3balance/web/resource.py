@@ -49,6 +49,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from s3balance import errors, metrics
 from s3balance.auth.authenticator import Authenticator
+from s3balance.auth.chunked import Sha256PayloadVerifier
 from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
@@ -226,6 +227,13 @@ class S3Resource(Resource):
             payload_filter = self.authenticator.body_filter(result, headers)
             if payload_filter is not None:
                 body.add_filter(payload_filter)
+        elif result.identity is not None:
+            # A buffered body is whole by now: its signed SHA-256 can be checked at once (its
+            # headers were authenticated before it was read, see body_limit).
+            payload_filter = self.authenticator.body_filter(result, headers)
+            if isinstance(payload_filter, Sha256PayloadVerifier):
+                payload_filter.feed(_buffered_body(request))
+                payload_filter.finish()
         identity = result.identity
         if identity is not None:
             write = route.operation in WRITE_OPERATIONS
