@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import time
+from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from twisted.trial import unittest
 
@@ -12,6 +14,7 @@ from s3balance import metrics
 from s3balance.config import Config
 from s3balance.web.labels import OTHER_BUCKET
 from test.support.daemon import DaemonTestCase, in_thread
+from test.support.process import DaemonProcess
 
 UNKNOWN_NAMES = 10_000
 
@@ -87,3 +90,36 @@ class BucketLabelTests(DaemonTestCase, unittest.TestCase):
         await in_thread(s3.delete_bucket, Bucket="made-here")
         labels = {labelvalues[1] for labelvalues in metrics.S3_OPERATIONS._metrics}
         self.assertNotIn("made-here", labels)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_daemon_process_memory_and_scrape_stay_flat(tmp_path: Path) -> None:
+    """The issue's measurement on the real daemon: unsigned requests to thousands of bucket
+    names grew RSS by 38 MiB and the scrape to 65 MB."""
+    config = {
+        "buckets": [{"name": "disk-1", "path": "b1"}],
+        "s3api": {"auth_required": True, "access_key": "MAINKEY", "secret_key": "main-secret"},
+    }
+    with DaemonProcess(tmp_path, config) as daemon:
+        assert daemon.process is not None
+        port = daemon.port
+        # Warm up: every code path and the fixed labels exist, the allocator has its arenas.
+        send_unsigned(port, [f"/warm-{index}/k" for index in range(2000)], 120)
+        rss_before = rss_bytes(daemon.process.pid)
+        scrape_before = len(daemon.metrics())
+        statuses = send_unsigned(port, [f"/name-{index:05d}/k" for index in range(UNKNOWN_NAMES)],
+                                 240)  # fmt: skip
+        assert len(statuses) == UNKNOWN_NAMES and set(statuses) == {403}
+        rss_growth = rss_bytes(daemon.process.pid) - rss_before
+        scrape_growth = len(daemon.metrics()) - scrape_before
+        daemon.stop()
+    assert scrape_growth < 2000, scrape_growth
+    assert rss_growth < 8 << 20, rss_growth
