@@ -152,6 +152,13 @@ REFUSALS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+#: Every reason exists from the start, so a dashboard's rate is 0 rather than missing.
+REFUSAL_REASONS = (
+    "header_timeout", "body_timeout", "max_connections", "body_too_large", "body_budget",
+    "unauthenticated",
+)  # fmt: skip
+for _reason in REFUSAL_REASONS:
+    REFUSALS.labels(_reason)
 BUFFERED_BODY_BYTES = Gauge(
     "s3_balance_buffered_body_bytes",
     "Bytes of request bodies held in memory right now (capped by server.body_memory).",
