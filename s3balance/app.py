@@ -174,6 +174,10 @@ class S3BalanceService(MultiService):
             clock=reactor,
             read_timeout=config.server.read_timeout,
             idle_timeout=config.server.idle_timeout,
+            header_timeout=config.server.header_timeout,
+            body_timeout=config.server.body_timeout,
+            max_connections=config.server.max_connections,
+            body_memory=config.server.body_memory,
         )
         self.listen = listen
         self._ports: list[Any] = []

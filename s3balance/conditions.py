@@ -19,6 +19,7 @@ import math
 from email.utils import format_datetime, parsedate_to_datetime
 
 from s3balance import errors
+from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 
 
 class Outcome(enum.Enum):
@@ -116,16 +117,17 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first_text, last_text = first_text.strip(), last_text.strip()
     if not dash or not (first_text or last_text):
         return None
-    if (first_text and not first_text.isdigit()) or (last_text and not last_text.isdigit()):
-        return None
-    if not first_text:
-        suffix = int(last_text)
+    try:
+        first = _range_number(first_text) if first_text else None
+        last = _range_number(last_text) if last_text else None
+    except ValueError:
+        return None  # S3 ignores a Range it cannot read and serves the whole object
+    if first is None:
+        suffix = last or 0
         if suffix == 0 or size == 0:
             raise _unsatisfiable(value, size)
         return max(0, size - suffix), size - 1
-    first = int(first_text)
-    if last_text:
-        last = int(last_text)
+    if last is not None:
         if last < first:
             return None
     else:
@@ -133,6 +135,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first >= size:
         raise _unsatisfiable(value, size)
     return first, min(last, size - 1)
+
+
+def _range_number(text: str) -> int:
+    """A Range bound; a huge one is beyond any object (not an error of its own)."""
+    try:
+        return parse_decimal(text)
+    except TooManyDigits:
+        return BEYOND_ANY_VALUE
 
 
 def _unsatisfiable(requested: str, size: int) -> errors.S3Error:

@@ -26,6 +26,15 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     #: *ours*: let the kernel move large downloads between plain TCP connections (``splice``).
     zero_copy: bool = True
+    #: *ours*: a request's headers must be complete this long after its first byte.
+    header_timeout: float = 10.0
+    #: *ours*: the body of a request read into memory (XML documents) must be complete this
+    #: long after its headers.
+    body_timeout: float = 30.0
+    #: *ours*: client connections open at once; more are answered 503 SlowDown and closed.
+    max_connections: int = 1000
+    #: *ours*: bytes of request bodies held in memory at once, all connections together.
+    body_memory: int = 32 << 20
 
 
 @dataclass

@@ -37,6 +37,7 @@ from s3balance.config import (
 )
 from s3balance.dsn import MASK, database_url, mask_dsn_password
 from s3balance.units import format_duration, format_size, parse_duration, parse_size
+from s3balance.web.bodies import LARGEST_BODY
 
 __all__ = [
     "ConfigError",
@@ -444,7 +445,25 @@ class _Reader:
             idle_timeout=s.duration("idle_timeout", d.idle_timeout),
             shutdown_grace=s.duration("shutdown_grace", d.shutdown_grace),
             zero_copy=s.boolean("zero_copy", d.zero_copy),
+            header_timeout=s.duration("header_timeout", d.header_timeout, positive=True),
+            body_timeout=s.duration("body_timeout", d.body_timeout, positive=True),
+            max_connections=s.integer("max_connections", d.max_connections, 1, 1_000_000),
+            body_memory=self.body_memory(s, d.body_memory),
         )
+
+    def body_memory(self, s: _Section, default: int) -> int:
+        """``server.body_memory``: at least the largest body one request may buffer."""
+        value = s.size("body_memory")
+        if value is None:
+            return default
+        if value < LARGEST_BODY:
+            s.report(
+                "body_memory",
+                f"{_describe(s.raw('body_memory'))} is too small (allowed: "
+                f"{format_size(LARGEST_BODY)} or more, the largest request body read into memory)",
+            )
+            return default
+        return value
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
         d = DatabaseConfig()
@@ -793,6 +812,10 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "idle_timeout": format_duration(c.server.idle_timeout),
             "shutdown_grace": format_duration(c.server.shutdown_grace),
             "zero_copy": c.server.zero_copy,
+            "header_timeout": format_duration(c.server.header_timeout),
+            "body_timeout": format_duration(c.server.body_timeout),
+            "max_connections": c.server.max_connections,
+            "body_memory": format_size(c.server.body_memory),
         },
         "database": {
             "type": db.type,

@@ -7,11 +7,14 @@ add what twisted.logger lacks: a global level that turns the methods below it in
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any, cast
 
 import txaio
+from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.logger import Logger as TwistedLogger
+from twisted.python.logfile import LogFile
 
 txaio.use_twisted()
 
@@ -64,3 +67,45 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# -- the log file twistd writes (rotation only) ------------------------------------------------
+
+#: A log file is rotated when it reaches this size (twistd's own default is 1 MB) ...
+LOG_FILE_SIZE = 10 << 20
+#: ... and at most this many rotated files are kept (twistd keeps every one).
+LOG_FILES_KEPT = 5
+
+_log_file_settings: dict[str, Any] = {}
+
+
+def use_capped_log_file(path: str, max_size: int, max_files: int) -> str:
+    """Arrange for twistd to log to ``path`` through :func:`capped_log_observer`.
+
+    :returns: the ``--logger`` value twistd needs (twistd builds the observer only after the
+        options were parsed, and calls its factory without arguments).
+    """
+    _log_file_settings.update(path=path, max_size=max_size, max_files=max_files)
+    return f"{__name__}.capped_log_observer"
+
+
+def capped_log_file(path: str, max_size: int, max_files: int) -> LogFile:
+    """A log file rotated at ``max_size`` bytes that keeps ``max_files`` rotated files."""
+    return LogFile.fromFullPath(path, rotateLength=max_size, maxRotatedFiles=max_files)
+
+
+def capped_log_observer() -> ILogObserver:
+    """twistd's ``--logger`` factory: the text log in the file :func:`use_capped_log_file`
+    named, with a bounded number of rotated files; ``SIGUSR1`` rotates it, as with twistd's."""
+    log_file = capped_log_file(
+        _log_file_settings["path"],
+        _log_file_settings["max_size"],
+        _log_file_settings["max_files"],
+    )
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return textFileLogObserver(cast(IO[Any], log_file))  # a file-like LogFile

@@ -63,7 +63,8 @@ BUCKET_CAPACITY_BYTES = Gauge(
 )
 S3_OPERATIONS = Counter(
     "s3_balance_s3_operations",
-    "S3 requests answered, by operation, virtual bucket and HTTP status.",
+    "S3 requests answered, by operation, virtual bucket (_other: a name that is not one) and "
+    "HTTP status.",
     ["operation", "bucket", "status"],
     registry=REGISTRY,
 )
@@ -138,6 +139,32 @@ BUCKET_OPERATION_LIMIT = Gauge(
     registry=REGISTRY,
 )
 
+OPEN_CONNECTIONS = Gauge(
+    "s3_balance_open_connections",
+    "Client connections open on the S3 listener (capped by server.max_connections).",
+    registry=REGISTRY,
+)
+REFUSALS = Counter(
+    "s3_balance_refusals",
+    "Requests and connections refused to protect the daemon, by reason: header_timeout, "
+    "body_timeout, max_connections, body_too_large, body_budget (buffered bodies' memory) and "
+    "unauthenticated (a body refused before it was read).",
+    ["reason"],
+    registry=REGISTRY,
+)
+#: Every reason exists from the start, so a dashboard's rate is 0 rather than missing.
+REFUSAL_REASONS = (
+    "header_timeout", "body_timeout", "max_connections", "body_too_large", "body_budget",
+    "unauthenticated",
+)  # fmt: skip
+for _reason in REFUSAL_REASONS:
+    REFUSALS.labels(_reason)
+BUFFERED_BODY_BYTES = Gauge(
+    "s3_balance_buffered_body_bytes",
+    "Bytes of request bodies held in memory right now (capped by server.body_memory).",
+    registry=REGISTRY,
+)
+
 #: Metrics with a ``bucket`` label that names a real bucket (backend).
 _PER_BACKEND: tuple[MetricWrapperBase, ...] = (
     BUCKET_HEALTHY,
@@ -172,6 +199,11 @@ def forget_backend(name: str) -> None:
     reported (a stale ``healthy 1`` would hide that it is gone)."""
     for metric in _PER_BACKEND:
         _remove_matching(metric, "bucket", name)
+
+
+def forget_virtual_bucket(name: str) -> None:
+    """Remove a deleted virtual bucket's request series (see :mod:`s3balance.web.labels`)."""
+    _remove_matching(S3_OPERATIONS, "bucket", name)
 
 
 class MetricsResource(Resource):

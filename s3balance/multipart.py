@@ -54,6 +54,7 @@ from s3balance.gateway import (
     real_key,
     validate_key,
 )
+from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
 
@@ -112,7 +113,7 @@ def parse_part_number(raw: str | None) -> int:
     :raises S3Error: InvalidArgument when missing, not an integer, or outside 1..10000.
     """
     try:
-        number = int(raw or "")
+        number = parse_decimal(raw or "")
     except ValueError:
         raise errors.InvalidArgument(
             "Part number must be an integer between 1 and 10000, inclusive",
@@ -174,18 +175,27 @@ def parse_copy_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
-    match = re.fullmatch(r"\s*bytes=(\d+)-(\d+)\s*", header)
-    if match is None or int(match.group(1)) > int(match.group(2)):
+    match = re.fullmatch(r"\s*bytes=([0-9]+)-([0-9]+)\s*", header)
+    bounds = [_copy_bound(text) for text in match.groups()] if match is not None else []
+    if not bounds or bounds[0] > bounds[1]:
         raise errors.InvalidArgument(
             "The x-amz-copy-source-range value must be of the form bytes=first-last where "
             "first and last are the zero-based offsets of the first and last bytes to copy",
             ArgumentName="x-amz-copy-source-range",
             ArgumentValue=header,
         )
-    first, last = int(match.group(1)), int(match.group(2))
+    first, last = bounds
     if last >= size:
         raise errors.InvalidRange(RangeRequested=header.strip(), ActualObjectSize=str(size))
     return first, last
+
+
+def _copy_bound(text: str) -> int:
+    """A copy range bound (ASCII digits); a huge one is beyond any source."""
+    try:
+        return parse_decimal(text)
+    except TooManyDigits:
+        return BEYOND_ANY_VALUE
 
 
 async def discard_upload(

@@ -17,7 +17,8 @@ from twisted.python import usage
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, default_config, load_config
 from s3balance.heap import steady_heap
-from s3balance.logs import LEVELS, set_level
+from s3balance.logs import LEVELS, LOG_FILE_SIZE, LOG_FILES_KEPT, set_level, use_capped_log_file
+from s3balance.units import format_size, parse_size
 
 DEFAULT_CONFIG_PATH = os.path.join("etc", "s3balance.yaml")
 
@@ -35,6 +36,10 @@ class Options(usage.Options):
         ["config", "c", None, "The YAML configuration file."],
         ["data-dir", None, None, "Overrides the configuration's data_dir."],
         ["log-level", None, "info", f"One of {', '.join(LEVELS)}; warn silences the access log."],
+        ["log-max-size", None, format_size(LOG_FILE_SIZE),
+         "With twistd --logfile (or as a daemon): rotate the log file at this size."],
+        ["log-max-files", None, str(LOG_FILES_KEPT),
+         "With twistd --logfile (or as a daemon): rotated log files kept (the oldest go)."],
     ]
     optFlags = [
         ["check-config", None, "Validate the configuration, print it (secrets masked) and exit."],
@@ -56,6 +61,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--log-level: {self['log-level']!r} is not a level; use one of {', '.join(LEVELS)}"
             )
+        self._cap_log_file()
         path = self["config"]
         if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
             path = DEFAULT_CONFIG_PATH
@@ -83,6 +89,34 @@ class Options(usage.Options):
 
             print(yaml.safe_dump(config_to_dict(loaded, mask_secrets=True), sort_keys=False))
             raise SystemExit(0)
+
+    def _cap_log_file(self) -> None:
+        """twistd rotates its log file at 1 MB and keeps every old file: junk traffic fills
+        the disk.  When twistd logs to a file, give it a log observer that keeps
+        ``--log-max-files`` files of ``--log-max-size``; logging to stdout (``twistd -n``
+        without ``--logfile``, as the systemd unit and the container image run) is left alone.
+        """
+        try:
+            max_size = parse_size(self["log-max-size"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-max-size: {e}") from None
+        max_files_text = str(self["log-max-files"])
+        if not max_files_text.isdigit() or not 1 <= int(max_files_text) <= 1000:
+            raise usage.UsageError(
+                f"--log-max-files: {max_files_text!r} is not a number of files (allowed: 1..1000)"
+            )
+        if max_size < 1024:
+            raise usage.UsageError(
+                f"--log-max-size: {self['log-max-size']!r} is too small (allowed: 1KB or more)"
+            )
+        twistd = getattr(self, "parent", None)
+        if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+            return  # not under twistd, or the user chose where logs go
+        logfile = twistd.get("logfile") or ""
+        if logfile == "-" or (not logfile and twistd.get("nodaemon")):
+            return  # stdout
+        path = os.path.abspath(logfile or "twistd.log")
+        twistd["logger"] = use_capped_log_file(path, max_size, int(max_files_text))
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:

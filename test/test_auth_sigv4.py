@@ -397,10 +397,19 @@ def test_presigned_expiry() -> None:
     assert caught.value.message == "Request has expired"
 
 
-@pytest.mark.parametrize("expires", [0, 604801])
+@pytest.mark.parametrize("expires", [604801])
 def test_presigned_expires_out_of_range(expires: int) -> None:
     wire = sigv4_presigned("GET", key_path("bucket", "k"), expires=expires)
     assert code_of(lambda: wire.verify(authenticator())) == "AuthorizationQueryParametersError"
+
+
+def test_presigned_expires_zero_has_expired() -> None:
+    """S3 answers ``X-Amz-Expires=0`` with 403 AccessDenied, not a parameter error."""
+    wire = sigv4_presigned("GET", key_path("bucket", "k"), expires=0)
+    with pytest.raises(S3Error) as caught:
+        wire.verify(authenticator())
+    assert (caught.value.code, caught.value.status) == ("AccessDenied", 403)
+    assert caught.value.message == "Request has expired"
 
 
 def test_presigned_wrong_region() -> None:

@@ -20,6 +20,7 @@ from s3balance.auth.chunked import AwsChunkedDecoder, ChunkSigner, Sha256Payload
 from s3balance.auth.credentials import Identity, KeyRing
 from s3balance.auth.headers import RequestHeaders, encode_signed_text
 from s3balance.errors import S3Error
+from s3balance.integers import parse_decimal
 
 #: S3 rejects requests whose time is further than this from ours.
 MAX_SKEW_SECONDS = 15 * 60
@@ -399,11 +400,10 @@ class Authenticator:
         if request_time is None:
             raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
         expires_text = query["X-Amz-Expires"]
-        if not expires_text.isdigit():
-            raise bad("X-Amz-Expires should be a number")
-        expires = int(expires_text)
-        if expires < 1:
-            raise bad("X-Amz-Expires must be non-negative")
+        try:
+            expires = parse_decimal(expires_text)
+        except ValueError:
+            raise bad("X-Amz-Expires should be a number") from None
         if expires > MAX_PRESIGN_EXPIRES:
             raise bad(
                 "X-Amz-Expires must be less than a week (in seconds) that is 604800",
@@ -414,7 +414,8 @@ class Authenticator:
                 "Date is not the same as X-Amz-Date."
             )
         now = self._clock()
-        if now > request_time + expires:
+        # A URL valid for 0 seconds has expired whatever the clocks say (S3: 403, not 400).
+        if expires == 0 or now > request_time + expires:
             raise errors.AccessDenied(
                 "Request has expired",
                 **{
@@ -606,12 +607,14 @@ class Authenticator:
                 "AWSAccessKeyId parameters"
             )
         expires_text = query["Expires"]
-        if not expires_text.isdigit():
-            raise errors.AccessDenied("Invalid date (should be seconds since epoch)")
+        try:
+            expires_at = parse_decimal(expires_text)
+        except ValueError:
+            raise errors.AccessDenied("Invalid date (should be seconds since epoch)") from None
         now = self._clock()
-        if now > int(expires_text):
+        if now > expires_at:
             raise errors.AccessDenied(
-                "Request has expired", Expires=_iso(int(expires_text)), ServerTime=_iso(now)
+                "Request has expired", Expires=_iso(expires_at), ServerTime=_iso(now)
             )
         access_key = query["AWSAccessKeyId"]
         secret = self._secret(access_key)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.sax.saxutils import escape
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as defused_fromstring
+
 from s3balance.backends.interface import ListedObject, PartResult
 
 
@@ -25,10 +28,13 @@ def _local(tag: str) -> str:
 
 
 def _parse(body: bytes) -> ET.Element:
+    """Parse a backend's answer with defusedxml (no DTD, no entities): a backend, or whatever
+    answers at its address, must not be able to make the daemon expand entities."""
     try:
-        return ET.fromstring(body)
-    except ET.ParseError as e:
+        root: ET.Element = defused_fromstring(body, forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException, ValueError) as e:
         raise MalformedResponse(f"unparsable XML from backend: {e}") from e
+    return root
 
 
 def _child(element: ET.Element, name: str) -> ET.Element | None:

@@ -12,6 +12,7 @@ import binascii
 from s3balance import acl, errors
 from s3balance.backends.interface import BackendError
 from s3balance.db.records import ObjectPage
+from s3balance.integers import parse_decimal
 from s3balance.multipart import discard_upload
 from s3balance.web import xml
 from s3balance.web.answer import Answer, RequestContext
@@ -201,20 +202,20 @@ def parse_max_keys(value: str | None, name: str = "max-keys") -> int:
     """
     if value is None or value == "":
         return MAX_KEYS
+    if value.startswith("-") and value[1:].isdigit():
+        raise errors.InvalidArgument(
+            f"Argument {name} must be an integer between 0 and 2147483647",
+            ArgumentName=name,
+            ArgumentValue=value,
+        )
     try:
-        number = int(value)
+        number = parse_decimal(value, maximum=2**31 - 1)
     except ValueError:
         raise errors.InvalidArgument(
             f"Provided {name} not an integer or within integer range",
             ArgumentName=name,
             ArgumentValue=value,
         ) from None
-    if number < 0:
-        raise errors.InvalidArgument(
-            f"Argument {name} must be an integer between 0 and 2147483647",
-            ArgumentName=name,
-            ArgumentValue=value,
-        )
     return min(number, MAX_KEYS)
 
 

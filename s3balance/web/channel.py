@@ -11,13 +11,27 @@ Three things differ from stock (see ``/work/shared/design/streaming.md``, sectio
   sends (the unread rest of a body) is dropped, never parsed as a request (pitfall 1).
 
 Header count and size limits stay those of stock Twisted (``maxHeaders``, ``totalHeadersSize``).
+Two limits are ours, against clients that hold connections open for nothing: a request's headers
+must be complete ``header_timeout`` seconds after its first byte (stock Twisted only has an idle
+timer, which every trickled byte restarts), else the client gets ``400 RequestTimeout`` and the
+connection closes; and a ``Content-Length`` is read with :func:`~s3balance.integers.parse_decimal`
+(stock Twisted converts any run of digits, and 4,300 of them raised out of the parser).
 """
 
 from __future__ import annotations
 
+import secrets
+from email.utils import formatdate
 from typing import Any
 
-from twisted.web.http import HTTPChannel
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
+
+from s3balance import errors
+from s3balance.integers import TooManyDigits, parse_decimal
+from s3balance.metrics import REFUSALS
 
 #: Bytes read from a socket per ``recv`` (and, in Twisted, the write buffer above which the
 #: producer feeding a connection is paused): Twisted's 64 KiB made per-chunk Python work (parsing,
@@ -29,6 +43,24 @@ READ_SIZE = 256 << 10
 #: the client side lag the 256 KiB reads and pause the other socket every few chunks.  The
 #: kernel takes what fits in its buffer; the rest waits for the next event, as before.
 SEND_SIZE = 4 << 20
+
+
+def error_response(error: errors.S3Error, server_header: bytes = b"s3balance") -> bytes:
+    """A whole HTTP/1.1 response carrying S3's XML error document, closing the connection (for
+    refusals made before there is a request object to answer with)."""
+    request_id = secrets.token_hex(8)
+    document = error.to_xml("/", request_id)
+    reason = RESPONSES.get(error.status, b"Error")
+    head = (
+        b"HTTP/1.1 %d %s\r\n" % (error.status, reason)
+        + b"Server: %s\r\n" % server_header
+        + b"Date: %s\r\n" % formatdate(usegmt=True).encode()
+        + b"x-amz-request-id: %s\r\n" % request_id.encode()
+        + b"Content-Type: application/xml\r\n"
+        + b"Content-Length: %d\r\n" % len(document)
+        + b"Connection: close\r\n\r\n"
+    )
+    return head + document
 
 
 def tune_transport(transport: Any) -> None:
@@ -56,17 +88,89 @@ class S3Channel(HTTPChannel):
 
     _input_held = False
     _discarding = False
+    _counted = False
+    #: Seconds from a request's first byte to the end of its headers (None: no deadline).
+    header_timeout: float | None = None
+    _header_deadline: IDelayedCall | None = None
+    #: Set by the site that built the channel (``Site.buildProtocol``).
+    site: Any
 
     def connectionMade(self) -> None:
         super().connectionMade()
         tune_transport(self.transport)
+        opened = getattr(self.site, "connection_opened", None)
+        if opened is not None:
+            self._counted = True
+            opened()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_header_deadline()
+        if self._counted:
+            self._counted = False
+            self.site.connection_closed()
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
+        if (
+            self._header_deadline is None
+            and self.header_timeout is not None
+            and self.line_mode
+            and not self._handlingRequest
+        ):
+            # The first bytes of a request (its request line or headers): they have
+            # header_timeout seconds to be complete, however slowly they trickle.
+            self._header_deadline = self.callLater(self.header_timeout, self._headers_too_slow)
         super().dataReceived(data)
 
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._discarding or not self.line_mode or self._handlingRequest:
+            return
+        REFUSALS.labels("header_timeout").inc()
+        self.refuse(errors.RequestTimeout())
+
+    def _stop_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def refuse(self, error: errors.S3Error) -> None:
+        """Answer ``error`` without a request object and close; whatever else the client sends
+        is dropped."""
+        self._discarding = True
+        self.persistent = False
+        transport = self.transport
+        if transport is None:
+            return
+        server_header = getattr(self.site, "server_header", b"s3balance")
+        transport.write(error_response(error, server_header))
+        transport.loseConnection()
+        if self.abortTimeout is not None and self._abortingCall is None:
+            # A client that reads nothing would hold the connection open: abort it then.
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        if header == b"Content-Length":
+            try:
+                # Stock Twisted converts the text as it is: thousands of leading zeros too.
+                data = b"%d" % parse_decimal(data)
+            except TooManyDigits:
+                self.refuse(
+                    errors.InvalidArgument(
+                        "The Content-Length is not a valid length.",
+                        ArgumentName="Content-Length",
+                        ArgumentValue=data[:64].decode("latin-1"),
+                    )
+                )
+                return False
+            except ValueError:
+                pass  # stock Twisted answers anything else that is not digits with 400
+        return bool(super()._maybeChooseTransferDecoder(header, data))
+
     def allHeadersReceived(self) -> None:
+        self._stop_header_deadline()
         request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)

@@ -28,6 +28,7 @@ from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
 from s3balance.gateway import validate_key
+from s3balance.integers import parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart import (
     MAX_LISTING,
@@ -232,7 +233,7 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
         if number_text is None or not etag:
             raise errors.MalformedXML()
         try:
-            number = int(number_text)
+            number = parse_decimal(number_text)
         except ValueError:
             raise errors.MalformedXML() from None
         parts.append((number, etag))
@@ -249,7 +250,7 @@ def _count_parameter(ctx: RequestContext, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse_decimal(raw)
     except ValueError:
         value = -1
     if value < 0:

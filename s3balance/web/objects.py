@@ -32,6 +32,7 @@ from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.gateway import MAX_PUT_SIZE, validate_key
+from s3balance.integers import parse_decimal
 from s3balance.multipart import parse_part_number, part_range, parts_count
 from s3balance.web import checksumming, xml
 from s3balance.web.answer import (
@@ -208,7 +209,7 @@ def _declared_length(ctx: RequestContext) -> int:
     if raw is None:
         raise errors.MissingContentLength()
     try:
-        length = int(raw)
+        length = parse_decimal(raw.strip())
     except ValueError:
         raise errors.InvalidArgument("The Content-Length is not a number.") from None
     if length < 0:

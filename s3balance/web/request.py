@@ -27,9 +27,11 @@ from zope.interface import implementer
 from s3balance import errors
 from s3balance.errors import S3Error
 from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
-from s3balance.metrics import INFLIGHT_TRANSFERS
+from s3balance.metrics import INFLIGHT_TRANSFERS, REFUSALS
+from s3balance.web.bodies import DEFAULT_BODY
 
 if TYPE_CHECKING:
+    from s3balance.web.bodies import BodyBudget
     from s3balance.web.filters import BodyFilter
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
 DEFAULT_BODY_BUFFER = 256 << 10
 
 _access_log = named_logger("s3balance.access")
+_log = named_logger("s3balance.web.request")
 
 
 class ClientDisconnected(Exception):
@@ -363,11 +366,14 @@ class _SiteSettings(Protocol):
 
     clock: IReactorTime
     read_timeout: float
-    max_buffered_body: int
+    body_timeout: float
+    body_budget: BodyBudget | None
     body_buffer: int
     server_header: bytes
 
     def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool: ...
+
+    def body_limit(self, method: bytes, path: bytes, headers: Any) -> int: ...
 
     def request_started(self, request: StreamingRequest) -> None: ...
 
@@ -403,6 +409,9 @@ class StreamingRequest(server.Request):
         self._started_at = self._clock.seconds()
         self._disconnect_waiters: list[Deferred[None]] = []
         self._rejected = False
+        self._body_cap = 0
+        self._body_reserved = 0
+        self._body_deadline: IDelayedCall | None = None
         self._wants_continue = False
         self._continue_sent = False
         self._logged = False
@@ -427,13 +436,17 @@ class StreamingRequest(server.Request):
             version == b"HTTP/1.1" and expect and expect[0].lower() == b"100-continue"
         )
         settings = self._settings
-        if settings is not None and settings.should_stream(command, path, self.requestHeaders):
+        if settings is None:
+            super().gotLength(length)
+            return
+        if settings.should_stream(command, path, self.requestHeaders):
             self._begin_streaming(length, command, path, version)
             return
-        if settings is not None and length is not None and length > settings.max_buffered_body:
-            self._reject_oversized(command, path, version)
+        # A buffered body stays in memory (never a temporary file): it is capped first.
+        self.content = BytesIO()
+        if length == 0:
             return
-        super().gotLength(length)
+        self._admit_body(settings, length, command, path, version)
 
     def handleContentChunk(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -443,13 +456,17 @@ class StreamingRequest(server.Request):
             return
         if self._rejected:
             return
-        settings = self._settings
-        content = self.content
-        assert content is not None
-        if settings is not None and content.tell() + len(data) > settings.max_buffered_body:
-            channel = self.channel
-            self._reject_oversized(channel._command, channel._path, channel._version)
-            return
+        if self._settings is not None:
+            content = self.content
+            assert content is not None
+            if content.tell() + len(data) > self._body_cap:
+                REFUSALS.labels("body_too_large").inc()
+                self._reject(errors.MaxMessageLengthExceeded())
+                return
+            # A chunked body (no declared length) is reserved as it arrives.
+            unreserved = content.tell() + len(data) - self._body_reserved
+            if unreserved > 0 and not self._reserve(unreserved):
+                return
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -458,6 +475,7 @@ class StreamingRequest(server.Request):
             assert self.body is not None
             self.body.end_of_input()
             return
+        self._stop_body_deadline()
         if self._rejected:
             return
         super().requestReceived(command, path, version)
@@ -539,12 +557,78 @@ class StreamingRequest(server.Request):
         if channel is not None and not self.disconnected:
             channel.release_input()
 
-    def _reject_oversized(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._rejected = True
+    # -- buffered bodies ---------------------------------------------------------------------------
+
+    def _admit_body(
+        self, settings: _SiteSettings, length: int | None, command: bytes, path: bytes,
+        version: bytes,
+    ) -> None:  # fmt: skip
+        """Decide, from the headers alone, whether this body may be read into memory: the
+        request must pass authentication (the payload hash is checked later, over the body),
+        fit its operation's cap and the shared budget, and arrive within ``body_timeout``."""
         self._set_request_line(command, path, version)
+        try:
+            self._body_cap = settings.body_limit(command, path, self.requestHeaders)
+        except S3Error as error:
+            REFUSALS.labels("unauthenticated").inc()
+            self._reject(error)
+            return
+        except Exception:
+            # A defect of ours: the request goes on with the smallest cap, and meets the
+            # same failure (answered InternalError) once its body is in.
+            _log.failure(
+                "checking request {request_id} before its body", request_id=self.request_id
+            )
+            self._body_cap = DEFAULT_BODY
+        if length is not None and length > self._body_cap:
+            REFUSALS.labels("body_too_large").inc()
+            self._reject(errors.MaxMessageLengthExceeded())
+            return
+        if length is not None and not self._reserve(length):
+            return
+        self._body_deadline = self._clock.callLater(settings.body_timeout, self._body_too_slow)
+
+    def _reserve(self, count: int) -> bool:
+        """Take ``count`` bytes from the shared budget, or answer 503 SlowDown."""
+        budget = self._settings.body_budget if self._settings is not None else None
+        if budget is None:
+            return True
+        if not budget.take(count):
+            REFUSALS.labels("body_budget").inc()
+            self._reject(
+                errors.SlowDown("Too many request bodies are being received; retry later.")
+            )
+            return False
+        self._body_reserved += count
+        return True
+
+    def _release_body(self) -> None:
+        self._stop_body_deadline()
+        if self._body_reserved and self._settings is not None:
+            budget = self._settings.body_budget
+            if budget is not None:
+                budget.give_back(self._body_reserved)
+        self._body_reserved = 0
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None and self._body_deadline.active():
+            self._body_deadline.cancel()
+        self._body_deadline = None
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        if self._rejected or self.finished or self.disconnected:
+            return
+        REFUSALS.labels("body_timeout").inc()
+        self._reject(errors.RequestTimeout())
+
+    def _reject(self, error: S3Error) -> None:
+        """Answer before the body was read (the connection closes after the answer)."""
+        self._rejected = True
+        self._stop_body_deadline()
         self.content = BytesIO()
         self.prepare_early_response()
-        self.respond_error(errors.MaxMessageLengthExceeded())
+        self.respond_error(error)
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -631,6 +715,7 @@ class StreamingRequest(server.Request):
         if self._logged:
             return
         self._logged = True
+        self._release_body()
         if self.streamed:
             INFLIGHT_TRANSFERS.labels(direction="in").dec()
         if self._settings is not None:

@@ -49,6 +49,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from s3balance import errors, metrics
 from s3balance.auth.authenticator import Authenticator
+from s3balance.auth.chunked import Sha256PayloadVerifier
 from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
@@ -56,6 +57,8 @@ from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
 from s3balance.web import attributes, buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
+from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
+from s3balance.web.labels import OTHER_BUCKET, BucketLabels
 from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
 from s3balance.web.routing import (
@@ -160,11 +163,46 @@ class S3Resource(Resource):
             config.server.write_timeout, DEFAULT_STALL_TIMEOUT
         )
         self.owner = owner_for(config.s3api.access_key or "s3balance")
+        #: The ``bucket`` label of request metrics comes from this bounded set.
+        self.bucket_labels = BucketLabels(self._bucket_names, self.clock)
         self._operation = _S3Operation(self)
+
+    async def _bucket_names(self) -> list[str]:
+        return [record.name for record in await self.gateway.list_buckets()]
 
     def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
         """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
         return self.router.should_stream(method, path, headers)
+
+    def body_limit(self, method: bytes, target: bytes, headers: Any) -> int:
+        """For :class:`~s3balance.web.site.S3Site`: asked before a buffered body is read.
+
+        The request's signature, bucket scope and read-only flag are checked on its headers
+        alone (the payload hash is checked over the body later, as are the rest of the checks),
+        so an unauthenticated client never gets to park a body in memory.
+
+        :returns: the largest body the operation may send (:mod:`s3balance.web.bodies`).
+        :raises S3Error: the authentication error, AccessDenied.
+        """
+        first = target.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
+        if first in self.reserved and self.router.host_bucket(headers) is None:
+            return ADMIN_BODY  # the admin API checks its own token
+        try:
+            route = self.router.route(method, target, headers)
+        except ValueError:
+            return DEFAULT_BODY  # answered InvalidURI once the body is in
+        if self.auth_enabled:
+            result = self.authenticator.authenticate(
+                method.decode("latin-1"),
+                target,
+                RequestHeaders.from_twisted(headers),
+                bucket_from_host=self.router.host_bucket(headers),
+            )
+            identity = result.identity
+            write = route.operation in WRITE_OPERATIONS
+            if identity is not None and not identity.may_access(route.bucket or "", write):
+                raise errors.AccessDenied()
+        return BODY_LIMITS.get(route.operation, DEFAULT_BODY)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if path in self.reserved and self.router.host_bucket(request.requestHeaders) is None:
@@ -212,6 +250,13 @@ class S3Resource(Resource):
                 body.add_filter(payload_filter)
                 # Handlers reuse what it verified (an aws-chunked trailer's checksum).
                 request.payload_filter = payload_filter  # type: ignore[attr-defined]
+        elif result.identity is not None:
+            # A buffered body is whole by now: its signed SHA-256 can be checked at once (its
+            # headers were authenticated before it was read, see body_limit).
+            payload_filter = self.authenticator.body_filter(result, headers)
+            if isinstance(payload_filter, Sha256PayloadVerifier):
+                payload_filter.feed(_buffered_body(request))
+                payload_filter.finish()
         identity = result.identity
         if identity is not None:
             write = route.operation in WRITE_OPERATIONS
@@ -364,11 +409,27 @@ class _S3Operation(Resource):
 
     def _count(self, _: Any, request: Request, route: Route, started: float) -> None:
         status = str(request.code) if request.finished else "disconnected"
-        metrics.S3_OPERATIONS.labels(route.operation, route.bucket or "", status).inc()
         metrics.S3_OPERATION_DURATION.labels(route.operation).observe(
             max(0.0, self.root.clock.seconds() - started)
         )
+        # Only the first requests wait for the label set to be loaded.
+        self.root.bucket_labels.ready().addCallback(
+            lambda _: self._count_operation(route, status)
+        )
 
+    def _count_operation(self, route: Route, status: str) -> None:
+        labels = self.root.bucket_labels
+        bucket = labels.label(route.bucket)
+        if route.bucket and route.operation == "CreateBucket" and status == "200":
+            labels.added(route.bucket)
+            bucket = route.bucket
+        elif route.bucket and route.operation == "DeleteBucket" and status == "204":
+            # A deleted bucket's series go with it, so creating and deleting names cannot grow
+            # the series either; the deletion itself is counted under the fixed label.
+            labels.removed(route.bucket)
+            metrics.forget_virtual_bucket(route.bucket)
+            bucket = OTHER_BUCKET
+        metrics.S3_OPERATIONS.labels(route.operation, bucket, status).inc()
 
 def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
     """S3's XML error answer (headers only for HEAD) and finish."""
