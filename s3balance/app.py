@@ -28,7 +28,7 @@ from s3balance.config import Config
 from s3balance.db.connector import DBConnector
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
-from s3balance.housekeeping import UploadExpiry
+from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.logs import make_logger
 from s3balance.metrics import REGISTRY, MetricsResource
 from s3balance.multipart import MultipartUploads
@@ -149,7 +149,9 @@ class S3BalanceService(MultiService):
         self.expiry = UploadExpiry.from_config(
             self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
         )
-        for child in (self.health, self.usage, self.pool, self.expiry):
+        grace = self.gateway.settings.delete_grace
+        self.sweeper = DeletionSweeper(self.gateway, self.reactor, min(10.0, max(1.0, grace)))
+        for child in (self.health, self.usage, self.pool, self.expiry, self.sweeper):
             child.setServiceParent(self)
         super().startService()
         for description in self.listen:

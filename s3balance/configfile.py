@@ -423,6 +423,9 @@ class _Reader:
             idle_timeout=s.duration("idle_timeout", d.idle_timeout),
             shutdown_grace=s.duration("shutdown_grace", d.shutdown_grace),
             zero_copy=s.boolean("zero_copy", d.zero_copy),
+            delete_grace=(
+                s.duration("delete_grace", 0.0) if s.given("delete_grace") else None
+            ),
         )
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
@@ -768,6 +771,11 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "idle_timeout": format_duration(c.server.idle_timeout),
             "shutdown_grace": format_duration(c.server.shutdown_grace),
             "zero_copy": c.server.zero_copy,
+            **(
+                {"delete_grace": format_duration(c.server.delete_grace)}
+                if c.server.delete_grace is not None
+                else {}
+            ),
         },
         "database": {
             "type": db.type,

@@ -81,7 +81,8 @@ class MultipartCoreCase(unittest.TestCase):
 
     async def read(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         record = await self.gateway.get_object_record("vb", key)
-        return await collect(await self.gateway.open_object(record, byte_range))
+        async with self.gateway.reading(record, byte_range) as stream:
+            return await collect(stream)
 
     async def assert_s3_error(self, code: str, coroutine: object) -> errors.S3Error:
         try:
@@ -167,7 +168,8 @@ class LifecycleTests(MultipartCoreCase):
         await self.uploads.complete("vb", "k", upload.upload_id, [(1, etag)])
         self.assertEqual(await self.read("k"), b"new")
         self.assertEqual(await self.daemon.real_keys(old_location.backend), [])
-        self.assertEqual(await self.daemon.real_keys(upload.backend), ["vb/k"])
+        self.assertEqual(await self.daemon.real_keys(upload.backend), [upload.real_key])
+        self.assertTrue(upload.real_key.startswith("vb/k~w"))
 
     async def test_completing_over_an_object_on_the_same_backend_keeps_the_new_bytes(
         self,

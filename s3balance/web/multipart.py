@@ -43,6 +43,7 @@ from s3balance.web.objects import (
     parse_copy_source,
     stored_headers_from_request,
     upload_body,
+    write_condition,
 )
 from s3balance.web.xml import (
     Owner,
@@ -358,9 +359,10 @@ class MultipartHandler:
         return Answer.xml(copy_part_result(part))
 
     async def handle_CompleteMultipartUpload(self, request: Any, ctx: RequestContext) -> Any:
+        condition = write_condition(ctx)
         requested = parse_complete(ctx.read_body())
         work = defer.ensureDeferred(
-            self.uploads.complete(ctx.bucket, ctx.key, _upload_id(ctx), requested)
+            self.uploads.complete(ctx.bucket, ctx.key, _upload_id(ctx), requested, condition)
         )
         keepalive = _KeepAlive(request, ctx.clock, self.keepalive_interval)
         try:

@@ -30,7 +30,8 @@ from zope.interface import implementer
 from s3balance import conditions, errors
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
-from s3balance.gateway import MAX_PUT_SIZE, validate_key
+from s3balance.db.store import ANY, UNCONDITIONAL, Condition
+from s3balance.gateway import MAX_PUT_SIZE, READ_ATTEMPTS, ObjectChanged, validate_key
 from s3balance.multipart import parse_part_number, part_range, parts_count
 from s3balance.web import xml
 from s3balance.web.answer import (
@@ -120,6 +121,25 @@ def _refuse_unsupported(ctx: RequestContext) -> None:
     refuse_acl_header(ctx)
 
 
+def write_condition(ctx: RequestContext, prefix: str = "") -> Condition:
+    """The conditional-write headers of a PutObject, CopyObject (on the destination),
+    CompleteMultipartUpload or DeleteObject: ``If-None-Match: *`` and ``If-Match``.
+
+    :raises S3Error: NotImplemented for an ``If-None-Match`` other than ``*`` (S3 serves only
+        that one on writes).
+    """
+    if_none_match = ctx.header(f"{prefix}if-none-match")
+    if if_none_match is not None and if_none_match.strip() != ANY:
+        raise errors.NotImplementedError_(
+            "A header you provided implies functionality that is not implemented: "
+            "If-None-Match on a write accepts only *."
+        )
+    if_match = ctx.header(f"{prefix}if-match")
+    if if_none_match is None and if_match is None:
+        return UNCONDITIONAL
+    return Condition(if_match=if_match, if_none_match=ANY if if_none_match else None)
+
+
 def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], dict[str, str]]:
     """The headers S3 keeps with an object, and its user metadata, from a PUT or a
     REPLACE copy."""
@@ -202,8 +222,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     length = _declared_length(ctx)
     if length > MAX_PUT_SIZE:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-    # No bucket check here: the gateway's write claim checks the bucket in the same transaction,
-    # still before any body byte is read.
+    # The gateway checks the bucket (and the condition) before any body byte is read.
+    condition = write_condition(ctx)
     headers, metadata = stored_headers_from_request(ctx)
     body, checksum_filters = upload_body(ctx, length)
 
@@ -215,7 +235,7 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         }
 
     record = await ctx.gateway.put_object(
-        ctx.bucket, ctx.key, body, length, headers, metadata, checksums
+        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, condition
     )
     answer_headers = [("ETag", record.etag)]
     answer_headers.extend((name, value) for name, value in record.checksums.items())
@@ -267,6 +287,16 @@ def _check_conditions(ctx: RequestContext, record: ObjectRecord) -> Answer | Non
 
 async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     _version_id_must_be_null(ctx)
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return await _read_once(ctx, with_body)
+        except ObjectChanged:
+            continue  # overwritten between the row and the bytes: answer the new object
+    raise errors.ServiceUnavailable("The object kept changing while it was read; retry.")
+
+
+async def _read_once(ctx: RequestContext, with_body: bool) -> Answer | Any:
+    """One attempt of :func:`_read`. :raises ObjectChanged: before anything was answered."""
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     not_modified = _check_conditions(ctx, record)
     if not_modified is not None:
@@ -297,12 +327,12 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
         redirect = _redirect(ctx, record)
         if redirect is not None:
             return redirect
-    stream = await ctx.gateway.open_object(record, byte_range)
-    request: Any = ctx.request
-    request.setResponseCode(status)
-    add_response_headers(request, headers)
-    request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
-    await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
+    async with ctx.gateway.reading(record, byte_range) as stream:
+        request: Any = ctx.request
+        request.setResponseCode(status)
+        add_response_headers(request, headers)
+        request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
+        await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
     return STREAMED
 
 
@@ -332,7 +362,7 @@ async def handle_HeadObject(ctx: RequestContext) -> Any:
 
 async def handle_DeleteObject(ctx: RequestContext) -> Answer:
     _version_id_must_be_null(ctx)
-    await ctx.gateway.delete_object(ctx.bucket, ctx.key)
+    await ctx.gateway.delete_object(ctx.bucket, ctx.key, write_condition(ctx))
     return Answer(204)
 
 
@@ -350,10 +380,12 @@ async def handle_DeleteObjects(ctx: RequestContext) -> Answer:
     request = xml.parse_delete(body)
     await ctx.gateway.get_bucket(ctx.bucket)
     outcomes: list[xml.DeleteOutcome] = []
-    for key in request.keys:
+    etags = request.etags or [None] * len(request.keys)
+    for key, etag in zip(request.keys, etags, strict=True):
         try:
             validate_key(key)
-            await ctx.gateway.delete_object(ctx.bucket, key)
+            condition = UNCONDITIONAL if etag is None else Condition(if_match=etag)
+            await ctx.gateway.delete_object(ctx.bucket, key, condition)
         except errors.S3Error as error:
             outcomes.append(xml.DeleteOutcome(key, error))
         else:
@@ -415,6 +447,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
     identity = ctx.identity
     if identity is not None and not identity.may_access(source_bucket, False):
         raise errors.AccessDenied()
+    condition = write_condition(ctx)
     directive = (ctx.header("x-amz-metadata-directive") or "COPY").strip().upper()
     if directive not in ("COPY", "REPLACE"):
         raise errors.InvalidArgument(
@@ -439,7 +472,9 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
         headers, metadata = stored_headers_from_request(ctx)
     else:
         headers, metadata = dict(source.headers), dict(source.metadata)
-    record = await ctx.gateway.copy_object(source, ctx.bucket, ctx.key, headers, metadata)
+    record = await ctx.gateway.copy_object(
+        source, ctx.bucket, ctx.key, headers, metadata, condition
+    )
     return Answer.xml(xml.copy_object_result(record.etag, record.last_modified))
 
 
