@@ -36,6 +36,20 @@ from s3balance.web.site import S3Site
 T = TypeVar("T")
 
 
+def without_write_ids(real_keys: list[str]) -> list[str]:
+    """``<bucket>/<key>`` of real keys (see :func:`s3balance.gateway.new_real_key`), sorted."""
+    from s3balance.gateway import parse_real_key
+
+    plain = []
+    for real in real_keys:
+        parsed = parse_real_key(real)
+        if parsed is None or parsed.key is None:
+            plain.append(real)
+        else:
+            plain.append(f"{parsed.bucket}/{parsed.key}")
+    return sorted(plain)
+
+
 def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
     """Run a blocking call (boto3, a raw socket) off the reactor thread."""
     return threads.deferToThread(function, *args, **kwargs)
