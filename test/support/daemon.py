@@ -163,10 +163,13 @@ async def start_daemon(
     strategy: str = "round-robin",
     configure: Callable[[Config], None] | None = None,
     reactor: Any = None,
+    database_url: str | None = None,
 ) -> Daemon:
     """Build and start a daemon; call :meth:`Daemon.stop` when done.
 
     Signatures are checked when ``configure`` sets ``s3api.auth_required`` (keys from ``s3api``).
+
+    :param database_url: share this database (another daemon's) instead of a new SQLite file.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -181,14 +184,14 @@ async def start_daemon(
     if configure is not None:
         configure(config)
 
-    url = f"sqlite:///{os.path.join(workdir, 'meta.db')}"
+    url = database_url or f"sqlite:///{os.path.join(workdir, 'meta.db')}"
     engine = create_engine(url)
     await threads.deferToThread(migrate.upgrade, engine)
     db_pool = DBThreadPool(engine, reactor, max_threads=2)
     db_pool.start()
     store = MetadataStore(db_pool)
     for name in virtual_buckets:
-        await store.create_bucket(name, reactor.seconds(), from_config=True)
+        await store.create_bucket(name, reactor.seconds(), from_config=True)  # False when shared
 
     http_pool = HTTPConnectionPool(reactor, persistent=True)
     http_pool.maxPersistentPerHost = 16
