@@ -64,7 +64,9 @@ class S3BalanceService(MultiService):
 
         self.http_pool = make_http_pool(reactor)
         self.backends: dict[str, IBackend] = {
-            bucket.name: make_backend(bucket, reactor, config.data_dir, self.http_pool)
+            bucket.name: make_backend(
+                bucket, reactor, config.data_dir, self.http_pool, config.server.write_timeout
+            )
             for bucket in config.real_buckets
         }
 

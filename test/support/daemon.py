@@ -196,7 +196,7 @@ async def start_daemon(
     http_pool = HTTPConnectionPool(reactor, persistent=True)
     http_pool.maxPersistentPerHost = 16
     backends = {
-        bucket.name: make_backend(bucket, reactor, workdir, http_pool)
+        bucket.name: make_backend(bucket, reactor, workdir, http_pool, config.server.write_timeout)
         for bucket in config.real_buckets
     }
     health = HealthMonitor(lambda: backends, clock=reactor, period=3600.0, probe_timeout=5.0)

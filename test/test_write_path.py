@@ -1,0 +1,346 @@
+"""The write path where bytes at a location never change (see :mod:`s3balance.gateway`).
+
+Every test here is bounded to a few seconds:
+
+- a backend that stalls after storing an overwrite (its answer held by a loopback proxy, with
+  ``server.write_timeout`` at 1 s) leaves the previous object intact, readable, with its ETag;
+- writers, deleters and readers of one key for 3 s: every GET body's MD5 is its ETag header;
+- a GET streaming a location keeps it from being deleted until it is done;
+- keys of 1017 to 1024 bytes work end to end (hashed real keys, the key in backend metadata);
+- the real key format reads back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from s3balance.config import BucketConfig, Config
+from s3balance.gateway import (
+    KEY_METADATA,
+    MAX_REAL_KEY_BYTES,
+    key_from_metadata,
+    new_real_key,
+    new_write_id,
+    parse_real_key,
+)
+from s3balance.web.objects import BytesBody
+from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
+from test.support.stallproxy import StallProxy
+
+
+def _weed() -> Any:
+    try:
+        from test.support.seaweedfs import shared_seaweedfs, weed_binary
+
+        weed_binary()
+    except Exception as error:  # the binary is missing on this machine
+        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
+    return shared_seaweedfs()
+
+
+def md5_etag(data: bytes) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'
+
+
+class RealKeyFormatTests(unittest.TestCase):
+    def test_plain_real_keys_read_back_and_order_by_time(self) -> None:
+        first, extra = new_real_key("vb", "dir/a~w.txt", new_write_id(1000.0))
+        second, _ = new_real_key("vb", "dir/a~w.txt", new_write_id(1000.0))
+        self.assertEqual(extra, {})
+        parsed = [parse_real_key(first), parse_real_key(second)]
+        for item in parsed:
+            assert item is not None
+            self.assertEqual((item.bucket, item.key), ("vb", "dir/a~w.txt"))
+        assert parsed[0] is not None and parsed[1] is not None
+        self.assertLess(parsed[0].write_id, parsed[1].write_id)  # the newest id wins
+        self.assertAlmostEqual(parsed[0].written_at or 0, 1000.0, places=3)
+        legacy = parse_real_key("vb/old/key")
+        assert legacy is not None
+        self.assertEqual((legacy.key, legacy.write_id), ("old/key", ""))
+
+    def test_keys_that_would_be_too_long_are_hashed_with_the_key_in_metadata(self) -> None:
+        for length in (1017, 1020, 1024):
+            key = "k" * (length - 2) + "é"  # multi-byte at the end
+            self.assertEqual(len(key.encode()), length)
+            real, extra = new_real_key("a-bucket-name", key, new_write_id(5.0))
+            self.assertLessEqual(len(real.encode()), MAX_REAL_KEY_BYTES)
+            parsed = parse_real_key(real)
+            assert parsed is not None
+            self.assertIsNone(parsed.key)
+            self.assertEqual(parsed.key_hash, hashlib.sha256(key.encode()).hexdigest())
+            self.assertEqual(key_from_metadata(extra), key)
+            self.assertIn(KEY_METADATA, extra)
+
+
+class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):
+    """A location being read is deleted only after its last reader is done."""
+
+    timeout = 30
+
+    async def test_a_replaced_location_waits_for_its_reader(self) -> None:
+        gateway = self.daemon.gateway
+        first = await gateway.put_object("vb", "k", BytesBody(b"one"), 3, {}, {})
+        (old,) = first.locations
+        async with gateway.reading(first) as stream:
+            await gateway.put_object("vb", "k", BytesBody(b"two"), 3, {}, {})
+            self.assertIn(old.real_key, await self.daemon.real_keys(old.backend))
+            stream.discard()
+        for _ in range(100):  # the deletion runs once the reader left; bounded wait
+            gone = old.real_key not in await self.daemon.real_keys(old.backend)
+            if gone and not await self.daemon.store.due_deletions(1e18):
+                break
+            await _sleep(0.02)
+        self.assertNotIn(old.real_key, await self.daemon.real_keys(old.backend))
+        self.assertEqual(await self.daemon.store.due_deletions(1e18), [])
+
+
+class GraceTests(DaemonTestCase, unittest.TestCase):
+    """With a grace, replaced bytes stay queued until a sweep after it."""
+
+    timeout = 30
+
+    def configure(self, config: Config) -> None:
+        config.server.delete_grace = 3600.0
+
+    async def test_replaced_bytes_wait_for_the_grace_then_the_sweep(self) -> None:
+        gateway = self.daemon.gateway
+        first = await gateway.put_object("vb", "k", BytesBody(b"one"), 3, {}, {})
+        await gateway.put_object("vb", "k", BytesBody(b"two"), 3, {}, {})
+        (old,) = first.locations
+        self.assertIn(old.real_key, await self.daemon.real_keys(old.backend))
+        self.assertEqual(await gateway.sweep_deletions(), 0)  # not due yet
+        (pending,) = await self.daemon.store.due_deletions(1e18)
+        self.assertEqual(pending.location, old)
+        self.assertIn(old.real_key, await self.daemon.store.locations_on(old.backend))
+        gateway.settings = type(gateway.settings)(delete_grace=0.0)
+        due = await self.daemon.store.due_deletions(time.time() + 3601)
+        self.assertEqual([d.location for d in due], [old])
+        # A sweep after the grace (its clock moved on) deletes the bytes and the queue row.
+        original = gateway.clock
+        gateway.clock = _Later(original, 3601)  # type: ignore[assignment]
+        try:
+            self.assertEqual(await gateway.sweep_deletions(), 1)
+        finally:
+            gateway.clock = original
+        self.assertNotIn(old.real_key, await self.daemon.real_keys(old.backend))
+        self.assertEqual(await self.daemon.store.due_deletions(1e18), [])
+
+
+class _Later:
+    def __init__(self, clock: Any, ahead: float) -> None:
+        self._clock = clock
+        self._ahead = ahead
+
+    def seconds(self) -> float:
+        return float(self._clock.seconds()) + self._ahead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clock, name)
+
+
+class StalledBackendTests(DaemonTestCase, unittest.TestCase):
+    """A backend that stores an overwrite and then stalls (its answer held by a proxy)."""
+
+    timeout = 60
+    client_options = {"request_checksum_calculation": "when_required"}
+
+    def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
+        weed = _weed()
+        self.weed = weed
+        self.real_name = f"s3b-stall-{secrets.token_hex(4)}"
+        (config,) = seaweed_buckets(weed, [self.real_name])
+        target = urlsplit(weed.endpoint)
+        self.proxy = StallProxy((target.hostname or "127.0.0.1", target.port or 80))
+        self.addCleanup(self.proxy.close)
+        config.endpoint = self.proxy.endpoint
+        self.backend_names = [config.name]
+        return [config]
+
+    def configure(self, config: Config) -> None:
+        config.server.write_timeout = 1.0  # the one stall limit, honoured by the backend
+
+    async def test_a_stalled_overwrite_leaves_the_previous_object_intact(self) -> None:
+        await self.daemon.health.probe_now()  # known healthy: one stall is not "never answered"
+        old = secrets.token_bytes(50_000)
+        put = await self.call(self.s3.put_object, Bucket="vb", Key="k", Body=old)
+        self.assertEqual(put["ETag"], md5_etag(old))
+        self.proxy.hold()
+        started = time.monotonic()
+        code, status, _ = await self.error_of(
+            self.s3.put_object, Bucket="vb", Key="k", Body=secrets.token_bytes(70_000)
+        )
+        self.assertEqual(status, 503, code)
+        self.assertLess(time.monotonic() - started, 20)  # write_timeout, not a fixed 60 s
+        self.assertGreater(self.proxy.held_bytes, 0)  # the backend did store it and answer
+        self.proxy.release()
+        # The stall counted as a failure of the backend; it answers its next probe.
+        await self.daemon.health.probe_now()
+        head = await self.call(self.s3.head_object, Bucket="vb", Key="k")
+        got = await self.call(self.s3.get_object, Bucket="vb", Key="k")
+        body = got["Body"].read()
+        self.assertEqual(body, old)
+        self.assertEqual((head["ContentLength"], head["ETag"]), (len(old), md5_etag(old)))
+        self.assertEqual(got["ETag"], md5_etag(body))
+        listed = await self.call(self.s3.list_objects_v2, Bucket="vb")
+        self.assertEqual(
+            [(o["Key"], o["Size"], o["ETag"]) for o in listed["Contents"]],
+            [("k", len(old), md5_etag(old))],
+        )
+
+
+class TornReadTests(DaemonTestCase, unittest.TestCase):
+    """Writers, deleters and readers of one key at once, for a bounded time."""
+
+    timeout = 90
+    client_options = {"request_checksum_calculation": "when_required", "max_pool_connections": 20}
+    SECONDS = 3.0
+
+    def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
+        weed = _weed()
+        suffix = secrets.token_hex(4)
+        configs = seaweed_buckets(weed, [f"s3b-torn1-{suffix}", f"s3b-torn2-{suffix}"])
+        self.backend_names = [c.name for c in configs]
+        return configs
+
+    async def test_every_get_body_matches_its_etag(self) -> None:
+        deadline = time.monotonic() + self.SECONDS
+        problems: list[str] = []
+        reads = [0]
+        lock = threading.Lock()
+
+        def writer(n: int) -> None:
+            round_ = 0
+            while time.monotonic() < deadline:
+                body = secrets.token_bytes(20_000 + 997 * n + round_ % 7)
+                try:
+                    self.s3.put_object(Bucket="vb", Key="hot", Body=body)
+                except Exception as error:
+                    with lock:
+                        problems.append(f"writer {n}: {error!r}")
+                round_ += 1
+
+        def deleter() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    self.s3.delete_object(Bucket="vb", Key="hot")
+                except Exception as error:
+                    with lock:
+                        problems.append(f"deleter: {error!r}")
+                time.sleep(0.05)
+
+        def reader() -> None:
+            from botocore.exceptions import ClientError
+
+            while time.monotonic() < deadline:
+                try:
+                    got = self.s3.get_object(Bucket="vb", Key="hot")
+                    body = got["Body"].read()
+                except ClientError as error:
+                    if error.response["Error"]["Code"] != "NoSuchKey":
+                        with lock:
+                            problems.append(f"reader: {error!r}")
+                    continue
+                with lock:
+                    reads[0] += 1
+                    if md5_etag(body) != got["ETag"] or len(body) != got["ContentLength"]:
+                        problems.append(
+                            f"torn read: {len(body)} bytes, MD5 {md5_etag(body)}, "
+                            f"headers {got['ContentLength']} {got['ETag']}"
+                        )
+
+        def run() -> None:
+            threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+            threads += [threading.Thread(target=deleter) for _ in range(2)]
+            threads += [threading.Thread(target=reader) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(self.SECONDS + 30)
+
+        await self.call(run)
+        self.assertEqual(problems, [])
+        self.assertGreater(reads[0], 0)
+        # Nothing is left behind but the last object, if the last word was a write.
+        keys = await self.backend_keys()
+        record = await self.daemon.store.get_object("vb", "hot")
+        expected = [] if record is None else [record.locations[0].real_key]
+        self.assertEqual(sorted(keys[self.backend_names[0]] + keys[self.backend_names[1]]),
+                         expected)
+
+
+class LongKeyTests(DaemonTestCase, unittest.TestCase):
+    """Every key S3 accepts works, up to 1024 bytes: on SeaweedFS and on local directories."""
+
+    timeout = 90
+    client_options = {"request_checksum_calculation": "when_required"}
+
+    def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
+        weed = _weed()
+        self.weed = weed
+        self.real_name = f"s3b-long-{secrets.token_hex(4)}"
+        (config,) = seaweed_buckets(weed, [self.real_name])
+        from test.support.daemon import local_buckets
+
+        (local,) = local_buckets(workdir, ["disk"])
+        self.backend_names = [config.name, local.name]
+        return [config, local]
+
+    async def test_keys_of_1017_to_1024_bytes_end_to_end(self) -> None:
+        keys = [f"{length:04d}/" + "x" * (length - 5) for length in (1017, 1020, 1023, 1024)]
+        for key in keys:
+            self.assertEqual(len(key.encode()), int(key[:4]))
+            data = key.encode()[:64] * 10
+            put = await self.call(self.s3.put_object, Bucket="vb", Key=key, Body=data)
+            self.assertEqual(put["ETag"], md5_etag(data))
+            got = await self.call(self.s3.get_object, Bucket="vb", Key=key)
+            self.assertEqual(got["Body"].read(), data)
+            copy_key = key[:-1] + "c"
+            await self.call(
+                self.s3.copy_object, Bucket="vb", Key=copy_key, CopySource=f"vb/{key}"
+            )
+            got = await self.call(self.s3.get_object, Bucket="vb", Key=copy_key)
+            self.assertEqual(got["Body"].read(), data)
+        listed = await self.call(self.s3.list_objects_v2, Bucket="vb")
+        self.assertEqual(len(listed["Contents"]), 8)
+        # On the backends: hashed real keys, the key kept in the metadata.
+        for key in keys:
+            record = await self.daemon.store.get_object("vb", key)
+            assert record is not None
+            (location,) = record.locations
+            parsed = parse_real_key(location.real_key)
+            assert parsed is not None
+            self.assertIsNone(parsed.key)
+            info = await self.daemon.backends[location.backend].head_object(location.real_key)
+            self.assertEqual(key_from_metadata(info.metadata), key)
+            head = await self.call(self.s3.head_object, Bucket="vb", Key=key)
+            self.assertEqual(head["Metadata"], {})  # never shown to clients
+        for key in keys:
+            await self.call(self.s3.delete_object, Bucket="vb", Key=key)
+            await self.call(self.s3.delete_object, Bucket="vb", Key=key[:-1] + "c")
+        self.assertEqual(
+            without_write_ids([k for keys_ in (await self.backend_keys()).values() for k in keys_]),
+            [],
+        )
+
+    async def test_a_1025_byte_key_is_refused(self) -> None:
+        code, status, _ = await self.error_of(
+            self.s3.put_object, Bucket="vb", Key="k" * 1025, Body=b"x"
+        )
+        self.assertEqual((code, status), ("KeyTooLongError", 400))
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+__all__ = ["defer"]
