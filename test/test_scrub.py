@@ -38,6 +38,42 @@ async def _plant(backend: Any, key: str, data: bytes) -> None:
     await backend.put_object(key, BytesBody(data), len(data), {}, {})
 
 
+class ScrubUnderstandsRealKeys(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
+    """Orphans name the write they came from; rows whose bytes differ are reported."""
+
+    timeout = 60
+    backend_names = ["r1"]
+
+    async def test_orphans_name_their_key_and_mismatched_rows_are_reported(self) -> None:
+        gateway = self.daemon.gateway
+        backend = self.daemon.backends["r1"]
+        record = await gateway.put_object("vb", "k", BytesBody(b"12345"), 5, {}, {})
+        # An abandoned write of "k" and of a long key: what a killed daemon leaves.
+        abandoned, _ = gateway.new_location("vb", "k")
+        await _plant(backend, abandoned, b"half")
+        long_key = "L" * 1020
+        hashed, extra = gateway.new_location("vb", long_key)
+        await backend.put_object(hashed, BytesBody(b"long"), 4, {}, extra)
+        report = await scrub(self.daemon.store, self.daemon.backends, grace=0)
+        found = {(o.key, o.bucket, o.virtual_key) for o in report.backends["r1"].orphans}
+        self.assertEqual(found, {(abandoned, "vb", "k"), (hashed, "vb", long_key)})
+        self.assertEqual(report.mismatch_count, 0)
+        # The row's bytes replaced behind its back (what an in-place overwrite used to do).
+        (location,) = record.locations
+        await _plant(backend, location.real_key, b"other bytes")
+        report = await scrub(self.daemon.store, self.daemon.backends, True, grace=0)
+        (mismatch,) = report.backends["r1"].mismatched
+        self.assertEqual(
+            (mismatch.key, mismatch.recorded_size, mismatch.stored_size),
+            (location.real_key, 5, 11),
+        )
+        self.assertEqual(mismatch.recorded_etag, record.etag)
+        self.assertFalse(report.clean)
+        self.assertIn("mismatched " + location.real_key, report.summary())
+        self.assertEqual(report.to_json()["mismatched"], 1)
+        self.assertEqual(len(report.backends["r1"].removed), 2)  # the orphans, not the row
+
+
 class ScrubOnLocalDirectories(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     timeout = 60
 
@@ -205,7 +241,13 @@ def test_command_line_and_admin_endpoint_against_a_daemon_process(tmp_path: Path
         )
         assert status == 200, answer
         assert answer["backends"]["weed"]["removed"] == [
-            {"key": "vbk/orphan", "size": 55, "last_modified": pytest.approx(time.time(), abs=120)}
+            {
+                "key": "vbk/orphan",
+                "size": 55,
+                "last_modified": pytest.approx(time.time(), abs=120),
+                "bucket": "vbk",
+                "virtual_key": "orphan",
+            }
         ]
         assert answer["dangling"] == 1 and answer["clean"] is False
         keys = [o["Key"] for o in direct.list_objects_v2(Bucket=bucket).get("Contents", [])]
