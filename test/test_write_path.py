@@ -7,7 +7,8 @@ Every test here is bounded to a few seconds:
 - writers, deleters and readers of one key for 3 s: every GET body's MD5 is its ETag header;
 - a GET streaming a location keeps it from being deleted until it is done;
 - keys of 1017 to 1024 bytes work end to end (hashed real keys, the key in backend metadata);
-- the real key format reads back.
+- the real key format reads back;
+- a daemon killed during CompleteMultipartUpload leaves the previous object, and the retry works.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import hashlib
 import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance.config import BucketConfig, Config
@@ -343,4 +344,115 @@ async def _sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-__all__ = ["defer"]
+
+
+# -- a daemon killed during CompleteMultipartUpload ------------------------------------------
+
+
+def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
+    tmp_path: Path,
+) -> None:
+    """The backend assembles the upload (its answer held by a proxy), the daemon is killed before
+    its commit: after a restart the previous object is intact and readable with its ETag, and
+    the retried CompleteMultipartUpload succeeds at once (no SlowDown)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    from test.support.process import DaemonProcess
+
+    weed = _weed()
+    bucket = f"s3b-kill-{secrets.token_hex(4)}"
+    weed.create_bucket(bucket)
+    target = urlsplit(weed.endpoint)
+    direct = weed.boto3_client()
+    with StallProxy((target.hostname or "127.0.0.1", target.port or 80)) as proxy:
+        config: dict[str, Any] = {
+            "buckets": [
+                {
+                    "name": "weed",
+                    "bucket": bucket,
+                    "endpoint": proxy.endpoint,
+                    "region": weed.region,
+                    "access_key_id": weed.access_key,
+                    "secret_access_key": weed.secret_key,
+                    "path_style": True,
+                },
+                {"name": "vbk", "virtual": True},
+            ],
+        }
+        with DaemonProcess(tmp_path, config) as daemon:
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=daemon.endpoint,
+                aws_access_key_id="any",
+                aws_secret_access_key="any",
+                region_name="us-east-1",
+                config=BotoConfig(
+                    s3={"addressing_style": "path"},
+                    retries={"max_attempts": 1},
+                    read_timeout=20,
+                    request_checksum_calculation="when_required",
+                ),
+            )
+            old = b"the previous object"
+            s3.put_object(Bucket="vbk", Key="k", Body=old)
+            upload = s3.create_multipart_upload(Bucket="vbk", Key="k")["UploadId"]
+            first = secrets.token_bytes(5 * 1024 * 1024)
+            parts = []
+            for number, data in ((1, first), (2, b"tail")):
+                etag = s3.upload_part(
+                    Bucket="vbk", Key="k", UploadId=upload, PartNumber=number, Body=data
+                )["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+            total = len(first) + 4
+
+            proxy.hold()
+            outcome: list[Any] = []
+
+            def complete() -> None:
+                try:
+                    outcome.append(
+                        s3.complete_multipart_upload(
+                            Bucket="vbk", Key="k", UploadId=upload,
+                            MultipartUpload={"Parts": parts},
+                        )
+                    )
+                except Exception as error:  # the daemon dies under it
+                    outcome.append(error)
+
+            caller = threading.Thread(target=complete)
+            caller.start()
+
+            def assembled() -> bool:
+                listed = direct.list_objects_v2(Bucket=bucket).get("Contents", [])
+                return any(o["Size"] == total for o in listed)
+
+            deadline = time.monotonic() + 10
+            while not (assembled() and proxy.held_bytes):
+                assert time.monotonic() < deadline, "the backend never assembled the upload"
+                time.sleep(0.05)
+            assert daemon.process is not None
+            daemon.process.kill()
+            daemon.process.wait(10)
+            caller.join(30)
+            assert outcome and isinstance(outcome[0], Exception), outcome
+            proxy.release()
+
+            daemon.start()
+            head = s3.head_object(Bucket="vbk", Key="k")
+            got = s3.get_object(Bucket="vbk", Key="k")
+            body = got["Body"].read()
+            assert body == old
+            assert (head["ContentLength"], head["ETag"]) == (len(old), md5_etag(old))
+            assert got["ETag"] == md5_etag(body)
+
+            started = time.monotonic()
+            done = s3.complete_multipart_upload(
+                Bucket="vbk", Key="k", UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+            assert time.monotonic() - started < 10
+            assert done["ETag"].endswith('-2"')
+            got = s3.get_object(Bucket="vbk", Key="k")
+            assert got["Body"].read() == first + b"tail"
+            assert got["ETag"] == done["ETag"]
+            assert s3.list_multipart_uploads(Bucket="vbk").get("Uploads", []) == []
