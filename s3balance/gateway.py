@@ -500,6 +500,21 @@ class Gateway:
         finally:
             self._reader_done(location)
 
+    @asynccontextmanager
+    async def holding(self, location: Location) -> AsyncIterator[None]:
+        """Count a reader of ``location`` that reads it some other way than :meth:`reading`
+        (a server-side copy on its backend), so it is not deleted meanwhile.
+
+        :raises ObjectChanged: it is being deleted already.
+        """
+        if location in self._deleting:
+            raise ObjectChanged()
+        self._readers[location] = self._readers.get(location, 0) + 1
+        try:
+            yield
+        finally:
+            self._reader_done(location)
+
     def _reader_done(self, location: Location) -> None:
         left = self._readers.get(location, 1) - 1
         if left > 0:
@@ -676,8 +691,10 @@ class Gateway:
             backend: IBackend, target: str, backend_metadata: dict[str, str]
         ) -> defer.Deferred[PutResult]:
             if backend.name == source_location.backend:
-                return backend.copy_object(
-                    source_location.real_key, target, dict(headers), backend_metadata
+                return defer.ensureDeferred(
+                    self._server_side_copy(
+                        backend, source_location, target, headers, backend_metadata
+                    )
                 )
             return defer.ensureDeferred(
                 self._streamed_copy(source, backend, target, headers, backend_metadata)
@@ -697,6 +714,22 @@ class Gateway:
             prefer=source_location.backend if in_place else None,
             condition=condition,
         )
+
+    async def _server_side_copy(
+        self,
+        backend: IBackend,
+        source: Location,
+        target: str,
+        headers: Mapping[str, str],
+        metadata: dict[str, str],
+    ) -> PutResult:
+        try:
+            async with self.holding(source):
+                return await backend.copy_object(
+                    source.real_key, target, dict(headers), metadata
+                )
+        except ObjectChanged:
+            raise errors.NoSuchKey("The source object changed during the copy.") from None
 
     async def _streamed_copy(
         self,

@@ -427,10 +427,16 @@ class MultipartUploads:
         try:
             try:
                 if local is not None and self.pool.is_available(local.backend):
-                    result = await backend.upload_part_copy(
-                        upload.real_key, upload.backend_upload_id, part_number,
-                        local.real_key, byte_range,
-                    )
+                    try:
+                        async with self.gateway.holding(local):
+                            result = await backend.upload_part_copy(
+                                upload.real_key, upload.backend_upload_id, part_number,
+                                local.real_key, byte_range,
+                            )
+                    except ObjectChanged:
+                        raise errors.NoSuchKey(
+                            "The source object changed during the copy."
+                        ) from None
                 else:
                     result = await self._streamed_part(upload, backend, part_number, source,
                                                        byte_range)

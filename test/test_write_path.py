@@ -53,8 +53,10 @@ def md5_etag(data: bytes) -> str:
 
 class RealKeyFormatTests(unittest.TestCase):
     def test_plain_real_keys_read_back_and_order_by_time(self) -> None:
-        first, extra = new_real_key("vb", "dir/a~w.txt", new_write_id(1000.0))
-        second, _ = new_real_key("vb", "dir/a~w.txt", new_write_id(1000.0))
+        # Later than any id this process made so far (ids only grow within a process).
+        when = time.time() + 10_000
+        first, extra = new_real_key("vb", "dir/a~w.txt", new_write_id(when))
+        second, _ = new_real_key("vb", "dir/a~w.txt", new_write_id(when))
         self.assertEqual(extra, {})
         parsed = [parse_real_key(first), parse_real_key(second)]
         for item in parsed:
@@ -62,7 +64,7 @@ class RealKeyFormatTests(unittest.TestCase):
             self.assertEqual((item.bucket, item.key), ("vb", "dir/a~w.txt"))
         assert parsed[0] is not None and parsed[1] is not None
         self.assertLess(parsed[0].write_id, parsed[1].write_id)  # the newest id wins
-        self.assertAlmostEqual(parsed[0].written_at or 0, 1000.0, places=3)
+        self.assertAlmostEqual(parsed[0].written_at or 0, when, places=3)
         legacy = parse_real_key("vb/old/key")
         assert legacy is not None
         self.assertEqual((legacy.key, legacy.write_id), ("old/key", ""))
