@@ -153,6 +153,14 @@ class ConditionalWriteTests(DaemonTestCase, unittest.TestCase):
         )
         self.assertEqual((code, status), ("NoSuchKey", 404))
 
+    async def test_delete_conditions_we_do_not_serve_are_refused(self) -> None:
+        await self.put("k", b"data")
+        code, status, _ = await self.error_of(
+            self.s3.delete_object, Bucket="vb", Key="k", IfMatchSize=4
+        )
+        self.assertEqual((code, status), ("NotImplemented", 501))
+        self.assertEqual(await self.body_of("k"), b"data")
+
     async def test_delete_objects_entries_with_etags(self) -> None:
         a = await self.put("a", b"a")
         await self.put("b", b"b")

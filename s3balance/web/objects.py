@@ -360,8 +360,15 @@ async def handle_HeadObject(ctx: RequestContext) -> Any:
     return await _read(ctx, with_body=False)
 
 
+#: Conditions of DeleteObject that S3 serves only on directory buckets; refused, never ignored.
+_UNSUPPORTED_DELETE_CONDITIONS = ("x-amz-if-match-last-modified-time", "x-amz-if-match-size")
+
+
 async def handle_DeleteObject(ctx: RequestContext) -> Answer:
     _version_id_must_be_null(ctx)
+    for name in _UNSUPPORTED_DELETE_CONDITIONS:
+        if ctx.header(name) is not None:
+            raise errors.NotImplementedError_(f"The {name} header is not supported.")
     await ctx.gateway.delete_object(ctx.bucket, ctx.key, write_condition(ctx))
     return Answer(204)
 
