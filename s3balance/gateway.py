@@ -884,11 +884,10 @@ class Gateway:
         return replaced
 
     async def _committed_anyway(self, record: ObjectRecord, error: Exception) -> bool:
-        """Whether a commit that failed with ``error`` may have happened all the same (the
-        connection broke while committing): then its bytes must stay."""
-        if isinstance(
-            error, (PreconditionFailedError, ObjectMissingError, NoSuchBucketError, KeyError)
-        ):
+        """Whether the bytes of a commit that failed with ``error`` must stay: the commit may
+        have happened all the same (the connection broke while committing), or another
+        completion of the same multipart upload committed the same location."""
+        if isinstance(error, NoSuchBucketError):
             return False
         try:
             current = await self.store.get_object(record.bucket, record.key)

@@ -565,6 +565,13 @@ class MultipartUploads:
                 done = await self.store.completed_upload(upload_id)
                 if done is not None and done.bucket == bucket and done.key == key:
                     return _record_of(done)  # a concurrent completion of the same upload won
+            elif error.code in ("PreconditionFailed", "NoSuchKey"):
+                # Lost a conditional race after the backend assembled it: the upload is spent.
+                dropped = await self.store.abort_upload(upload_id)
+                if dropped is not None:
+                    self.gateway.usage.adjust(
+                        upload.backend, -sum(p.size for p in stored_parts), 0
+                    )
             raise
         self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
         return record
