@@ -458,3 +458,25 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
             assert got["Body"].read() == first + b"tail"
             assert got["ETag"] == done["ETag"]
             assert s3.list_multipart_uploads(Bucket="vbk").get("Uploads", []) == []
+
+
+def test_delete_grace_configuration() -> None:
+    """``server.delete_grace``: by database type unless given; read back; a bad value named."""
+    import pytest
+
+    from s3balance.configfile import ConfigError, config_to_dict, parse_config
+    from s3balance.gateway import GatewaySettings
+
+    buckets = [{"name": "disk", "path": "d"}, {"name": "vbk", "virtual": True}]
+    default = parse_config({"buckets": buckets})
+    assert default.server.delete_grace is None
+    assert GatewaySettings.from_config(default).delete_grace == 0.0  # SQLite: one daemon
+    shared = parse_config({"buckets": buckets, "database": {"type": "postgres", "dsn": "postgresql://u@h/db"}})
+    assert GatewaySettings.from_config(shared).delete_grace == 60.0
+    given = parse_config({"buckets": buckets, "server": {"delete_grace": "5s"}})
+    assert GatewaySettings.from_config(given).delete_grace == 5.0
+    assert config_to_dict(given)["server"]["delete_grace"] == "5s"
+    assert parse_config(config_to_dict(given, mask_secrets=False)).server.delete_grace == 5.0
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"buckets": buckets, "server": {"delete_grace": "soon"}})
+    assert "server.delete_grace" in str(caught.value)
