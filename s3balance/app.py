@@ -151,8 +151,10 @@ class S3BalanceService(MultiService):
         self.expiry = UploadExpiry.from_config(
             self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
         )
+        # Every 10 s, or every grace period when shorter (but at most once a second).
         grace = self.gateway.settings.delete_grace
-        self.sweeper = DeletionSweeper(self.gateway, self.reactor, min(10.0, max(1.0, grace)))
+        period = min(10.0, max(1.0, grace)) if grace > 0 else 10.0
+        self.sweeper = DeletionSweeper(self.gateway, self.reactor, period)
         for child in (self.health, self.usage, self.pool, self.expiry, self.sweeper):
             child.setServiceParent(self)
         super().startService()
