@@ -63,6 +63,27 @@ class ConditionalWriteTests(DaemonTestCase, unittest.TestCase):
         self.assertEqual(await self.body_of("lock"), b"owner A")
         self.assertEqual(await self.real_keys_of("lock"), ["vb/lock"])
 
+    async def test_a_failed_condition_is_answered_before_the_body(self) -> None:
+        await self.put("lock", b"owner A")
+
+        def headers_only() -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self.daemon.port_number, timeout=10
+            )
+            connection.putrequest("PUT", "/vb/lock")
+            connection.putheader("Content-Length", str(64 << 20))
+            connection.putheader("If-None-Match", "*")
+            connection.endheaders()  # and not one body byte
+            response = connection.getresponse()
+            answer = (response.status, response.read())
+            connection.close()
+            return answer
+
+        status, body = await in_thread(headers_only)
+        self.assertEqual(status, 412)
+        self.assertIn(b"<Code>PreconditionFailed</Code>", body)
+        self.assertEqual(await self.real_keys_of("lock"), ["vb/lock"])
+
     async def test_put_if_match(self) -> None:
         first = await self.put("k", b"one")
         second = await self.put("k", b"two", IfMatch=first["ETag"])
