@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.internet import defer
 from twisted.trial import unittest
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from s3balance.config import BucketConfig, Config
 from s3balance.gateway import (
@@ -103,6 +106,63 @@ class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):
             await _sleep(0.02)
         self.assertNotIn(old.real_key, await self.daemon.real_keys(old.backend))
         self.assertEqual(await self.daemon.store.due_deletions(1e18), [])
+
+
+@implementer(IBodyProducer)
+class _GatedBody:
+    """Sends half its bytes, then waits for :meth:`finish` (a slow client)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+        self._consumer: Any = None
+        self._done: defer.Deferred[None] = defer.Deferred()
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        self._consumer = consumer
+        consumer.write(self.data[: self.length // 2])
+        return self._done
+
+    def finish(self) -> None:
+        self._consumer.write(self.data[self.length // 2 :])
+        self._done.callback(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class NoQueueTests(DaemonTestCase, unittest.TestCase):
+    """Writers of one key never wait for each other, even on one backend; the last commit wins."""
+
+    timeout = 30
+    backend_names = ["r1"]
+
+    async def test_a_slow_writer_does_not_hold_up_another_of_the_same_key(self) -> None:
+        gateway = self.daemon.gateway
+        slow_body = _GatedBody(b"s" * 100_000)
+        slow = defer.ensureDeferred(
+            gateway.put_object("vb", "k", slow_body, slow_body.length, {}, {})
+        )
+        for _ in range(100):  # bounded: until the slow write is under way
+            if slow_body._consumer is not None:
+                break
+            await _sleep(0.01)
+        fast = await gateway.put_object("vb", "k", BytesBody(b"fast"), 4, {}, {})
+        self.assertFalse(slow.called)
+        current = await gateway.get_object_record("vb", "k")
+        self.assertEqual(current.etag, fast.etag)
+        slow_body.finish()
+        committed = await slow
+        current = await gateway.get_object_record("vb", "k")
+        self.assertEqual(current.etag, committed.etag)  # the last commit wins
+        keys = [k for name in self.backend_names for k in await self.daemon.real_keys(name)]
+        self.assertEqual(keys, [current.locations[0].real_key])
 
 
 class GraceTests(DaemonTestCase, unittest.TestCase):
