@@ -35,7 +35,7 @@ from test.support.daemon import (
 )
 
 
-class ConditionalWriteTests(DaemonTestCase, unittest.TestCase):
+class ConditionalWriteTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     timeout = 60
 
     async def start(self) -> None:
@@ -250,7 +250,7 @@ class RaceTests(unittest.TestCase):
     #: The database server, or None for a SQLite file.
     server: str | None = None
 
-    def setUp(self) -> defer.Deferred[None]:
+    def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
         return defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:

@@ -86,7 +86,7 @@ class RealKeyFormatTests(unittest.TestCase):
             self.assertIn(KEY_METADATA, extra)
 
 
-class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):
+class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """A location being read is deleted only after its last reader is done."""
 
     timeout = 30
@@ -137,7 +137,7 @@ class _GatedBody:
         pass
 
 
-class NoQueueTests(DaemonTestCase, unittest.TestCase):
+class NoQueueTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """Writers of one key never wait for each other, even on one backend; the last commit wins."""
 
     timeout = 30
@@ -165,7 +165,7 @@ class NoQueueTests(DaemonTestCase, unittest.TestCase):
         self.assertEqual(keys, [current.locations[0].real_key])
 
 
-class GraceTests(DaemonTestCase, unittest.TestCase):
+class GraceTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """With a grace, replaced bytes stay queued until a sweep after it."""
 
     timeout = 30
@@ -209,7 +209,7 @@ class _Later:
         return getattr(self._clock, name)
 
 
-class StalledBackendTests(DaemonTestCase, unittest.TestCase):
+class StalledBackendTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """A backend that stores an overwrite and then stalls (its answer held by a proxy)."""
 
     timeout = 60
@@ -259,7 +259,7 @@ class StalledBackendTests(DaemonTestCase, unittest.TestCase):
         )
 
 
-class TornReadTests(DaemonTestCase, unittest.TestCase):
+class TornReadTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """Writers, deleters and readers of one key at once, for a bounded time."""
 
     timeout = 90
@@ -339,7 +339,7 @@ class TornReadTests(DaemonTestCase, unittest.TestCase):
                          expected)
 
 
-class LongKeyTests(DaemonTestCase, unittest.TestCase):
+class LongKeyTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     """Every key S3 accepts works, up to 1024 bytes: on SeaweedFS and on local directories."""
 
     timeout = 90
