@@ -31,7 +31,7 @@ from s3balance.console.resource import ConsoleResource
 from s3balance.db.connector import DBConnector
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
-from s3balance.housekeeping import UploadExpiry
+from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.logs import make_logger
 from s3balance.metrics import REGISTRY, MetricsResource
 from s3balance.multipart import MultipartUploads
@@ -104,7 +104,9 @@ class S3BalanceService(MultiService):
 
         self.http_pool = make_http_pool(reactor)
         self.backends: dict[str, IBackend] = {
-            bucket.name: make_backend(bucket, reactor, config.data_dir, self.http_pool)
+            bucket.name: make_backend(
+                bucket, reactor, config.data_dir, self.http_pool, config.server.write_timeout
+            )
             for bucket in config.real_buckets
         }
 
@@ -258,7 +260,11 @@ class S3BalanceService(MultiService):
         self.expiry = UploadExpiry.from_config(
             self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
         )
-        for child in (self.health, self.usage, self.pool, self.expiry):
+        # Every 10 s, or every grace period when shorter (but at most once a second).
+        grace = self.gateway.settings.delete_grace
+        period = min(10.0, max(1.0, grace)) if grace > 0 else 10.0
+        self.sweeper = DeletionSweeper(self.gateway, self.reactor, period)
+        for child in (self.health, self.usage, self.pool, self.expiry, self.sweeper):
             child.setServiceParent(self)
         super().startService()
         for port in self._ports:

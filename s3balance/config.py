@@ -35,6 +35,14 @@ class ServerConfig:
     max_connections: int = 1000
     #: *ours*: bytes of request bodies held in memory at once, all connections together.
     body_memory: int = 32 << 20
+    #: *ours*: seconds replaced or deleted bytes are kept for GETs of other daemons sharing the
+    #: database; ``None``: 0 with SQLite (one daemon), 60 with PostgreSQL or MySQL.
+    delete_grace: float | None = None
+
+    def effective_delete_grace(self, database_type: str) -> float:
+        if self.delete_grace is not None:
+            return self.delete_grace
+        return 0.0 if database_type == "sqlite" else 60.0
 
 
 @dataclass

@@ -449,6 +449,9 @@ class _Reader:
             body_timeout=s.duration("body_timeout", d.body_timeout, positive=True),
             max_connections=s.integer("max_connections", d.max_connections, 1, 1_000_000),
             body_memory=self.body_memory(s, d.body_memory),
+            delete_grace=(
+                s.duration("delete_grace", 0.0) if s.given("delete_grace") else None
+            ),
         )
 
     def body_memory(self, s: _Section, default: int) -> int:
@@ -816,6 +819,11 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "body_timeout": format_duration(c.server.body_timeout),
             "max_connections": c.server.max_connections,
             "body_memory": format_size(c.server.body_memory),
+            **(
+                {"delete_grace": format_duration(c.server.delete_grace)}
+                if c.server.delete_grace is not None
+                else {}
+            ),
         },
         "database": {
             "type": db.type,

@@ -8,34 +8,28 @@ it fails, and the backend keeps nothing (its ``put_object`` contract).
 
 Consistency rules, in order:
 
-1. Metadata is committed (``store.put_object``) only after the backend confirmed the write; a
-   failed commit deletes the bytes just written.
-2. Writes to one ``(backend, real key)`` are serialised from the backend write to the commit, so
-   the backend's last writer is also the database's last commit.  Several daemons may share the
-   database, so the lock is a *write intent* row in it (``store.claim_write``), claimed in a short
-   transaction before the backend write; a daemon that finds the location claimed polls (with
-   backoff, up to ``claim_wait_timeout``, answering SlowDown after) while its client's body
-   waits, paused.  An in-process lock sits in front, so a daemon never polls against itself.  A
-   long write renews its claim's heartbeat every ``claim_heartbeat`` seconds; a claim not renewed
-   for ``claim_stale_after`` seconds belongs to a dead daemon and is taken over.  The commit
-   releases the claim in its own transaction, and refuses to commit when the claim was taken
-   over meanwhile (the bytes may be the other daemon's).
-3. Bytes an overwrite or a delete made unreachable are deleted *after* the commit, and only under a
-   claim the commit took in its transaction for them: a replaced location that another writer
-   holds is left alone (that writer is about to commit new bytes there, and its commit will in
-   turn hand over ours for deletion), and no one can start writing a location between our commit
-   and our deletion of it.  So of two writers of one key to different backends the later
-   committer wins and deletes the earlier one's bytes.  A crash in between leaves an orphan for
-   scrub, never a row without bytes.
+1. **Bytes at a location never change.**  Every write (PutObject, CopyObject, and the target of a
+   multipart upload, chosen at CreateMultipartUpload) goes to a real key of its own, made by
+   :func:`new_real_key`: no write can touch the bytes another row points at, so writers of one
+   key never wait for each other and a stalled, failed or killed write cannot tear a visible
+   object.
+2. **The commit is the switch.**  Metadata is committed only after the backend confirmed the
+   write, in one transaction that points the object row at the new location (the last commit
+   wins) and, for a conditional write (``If-None-Match: *``, ``If-Match``), compares the locked
+   current row with the condition first (compare and swap: of two racing conditional writers
+   exactly one commits).  A write that cannot commit (condition failed, bucket deleted) deletes
+   the bytes it wrote; a write abandoned half way (crash, kill) leaves only an orphan that no row
+   references, which scrub removes.
+3. **Replaced bytes outlive their readers.**  The commit (or delete) that unreferences a location
+   queues it in ``pending_deletions`` in its own transaction, deletable ``delete_grace`` seconds
+   later (the time a GET of another daemon sharing the database may still be streaming it).
+   This daemon counts its own readers of each location and never deletes one being read: with no
+   grace the bytes go as soon as the last local reader is done, otherwise housekeeping
+   (:meth:`Gateway.sweep_deletions`) deletes them once due.  The queue row survives a crash.
 
-Real keys must stay ``<virtual bucket>/<key>`` (an index can be rebuilt from the backends), which is
-why per-write unique keys are not used to avoid these races.
-
-A plain PUT costs two transactions: the claim (which also checks that the bucket exists) and the
-commit (which releases the claim); a third releases the deletion claims when an overwrite moved
-the object to another backend.
-
-Real keys are ``<virtual bucket>/<key>`` inside the chosen real bucket.
+A GET reads the row, then the location the row names; when that location was replaced and
+deleted in between, :meth:`Gateway.reading` raises :class:`ObjectChanged` and the caller starts
+again from the row, so the ETag a client gets always belongs to the bytes it gets.
 
 Operation classes counted per backend follow Cloudflare R2: class A (mutating or listing) for
 PutObject, CopyObject, multipart calls and listings; class B (reads) for GetObject and
@@ -47,10 +41,10 @@ answered with a presigned URL counts as one class-B read of the backend it point
 
 from __future__ import annotations
 
-import os
+import base64
+import hashlib
 import re
-import socket
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -80,12 +74,14 @@ from s3balance.backends.interface import (
 from s3balance.config import Config
 from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
 from s3balance.db.store import (
+    UNCONDITIONAL,
     BucketNotEmptyError,
-    ClaimLostError,
+    Condition,
     MetadataStore,
     NoSuchBucketError,
+    ObjectMissingError,
+    PreconditionFailedError,
     Replacement,
-    WriteIntent,
 )
 
 log = Logger()
@@ -94,11 +90,30 @@ log = Logger()
 MAX_PUT_SIZE = 5 * 1024**3
 #: S3's limit on a key's UTF-8 length.
 MAX_KEY_BYTES = 1024
+#: Longest real key we give a backend: S3's own key limit, which the real bucket applies to us.
+MAX_REAL_KEY_BYTES = 1024
 #: Names the daemon serves itself; a virtual bucket may not take them.
 RESERVED_BUCKET_NAMES = frozenset({"health", "metrics", "api"})
+#: Backend user metadata (``x-amz-meta-s3balance-key``) holding the virtual key of an object
+#: whose real key is hashed; clients may not use the ``s3balance-`` prefix themselves.
+KEY_METADATA = "s3balance-key"
+RESERVED_METADATA_PREFIX = "s3balance-"
+#: The directory of hashed real keys inside a virtual bucket's prefix.
+HASHED_KEY_DIR = "~s3balance-hashed"
+#: Attempts at reading an object whose location was replaced between the row and the bytes.
+READ_ATTEMPTS = 5
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_WRITE_ID = re.compile(r"~w([0-9a-f]{16})([0-9a-f]{8})$")
+_HASHED = re.compile(re.escape(HASHED_KEY_DIR) + r"/([0-9a-f]{64})$")
+#: Length of the suffix: ``~w`` and 24 hex digits.
+SUFFIX_LENGTH = 26
+
+
+class ObjectChanged(Exception):
+    """The location a read was about to open was replaced and deleted since the row was read:
+    read the row again."""
 
 
 class Pool(Protocol):
@@ -137,14 +152,8 @@ class GatewaySettings:
     proxy_mode: bool = True
     #: Lifetime in seconds of the presigned URLs of redirect mode.
     presign_expiry: float = 300.0
-    #: How long a write waits for another daemon's write of the same location (then SlowDown).
-    claim_wait_timeout: float = 30.0
-    #: First and longest pause between two attempts at a claimed location.
-    claim_poll_initial: float = 0.05
-    claim_poll_max: float = 1.0
-    #: How often a write in progress renews its claim, and when an unrenewed claim is dead.
-    claim_heartbeat: float = 30.0
-    claim_stale_after: float = 300.0
+    #: Seconds a replaced or deleted location is kept for other daemons' readers (rule 3).
+    delete_grace: float = 0.0
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -155,13 +164,107 @@ class GatewaySettings:
             region=config.s3api.region,
             proxy_mode=config.s3api.proxy_mode,
             presign_expiry=config.s3api.presign_expiry,
-            claim_wait_timeout=config.server.read_timeout,
+            delete_grace=config.server.effective_delete_grace(config.database.type),
         )
 
 
-def real_key(bucket: str, key: str) -> str:
-    """Where a virtual object lives inside whichever real bucket holds it."""
-    return f"{bucket}/{key}"
+_last_stamp = 0
+
+
+def new_write_id(now: float) -> str:
+    """A unique, time-ordered write id: 16 hex digits of nanoseconds since the epoch (strictly
+    increasing within the process) and 8 random hex digits (unique across daemons)."""
+    global _last_stamp
+    stamp = max(int(now * 1e9), _last_stamp + 1)
+    _last_stamp = stamp
+    return f"{stamp:016x}{secrets.token_hex(4)}"
+
+
+def new_real_key(bucket: str, key: str, write_id: str) -> tuple[str, dict[str, str]]:
+    """Where one write of ``bucket``/``key`` goes inside a real bucket, and the backend metadata
+    it needs on top of the client's.
+
+    The format (all writes since one real key per write; older rows may still name the plain
+    ``<bucket>/<key>``)::
+
+        <bucket>/<key>~w<write id>                      when it fits in 1024 UTF-8 bytes
+        <bucket>/~s3balance-hashed/<sha256 hex of key>~w<write id>   otherwise
+
+    ``<write id>`` is :func:`new_write_id`'s 24 lower-case hex digits, so the suffix is always 26
+    characters and the key is what lies between ``<bucket>/`` and it.  A hashed real key keeps
+    the key, base64url of its UTF-8, in the backend metadata ``x-amz-meta-s3balance-key``.  Of
+    several real keys of one virtual key, the one with the greatest write id is the newest.
+    """
+    plain = f"{bucket}/{key}~w{write_id}"
+    if len(plain.encode("utf-8")) <= MAX_REAL_KEY_BYTES:
+        return plain, {}
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
+    return f"{bucket}/{HASHED_KEY_DIR}/{digest}~w{write_id}", {KEY_METADATA: encoded}
+
+
+@dataclass(frozen=True)
+class ParsedRealKey:
+    """What a real key says about the write that made it (see :func:`new_real_key`).
+
+    :ivar key: the virtual key, or None when it is hashed (read it from ``metadata_key``).
+    :ivar key_hash: the SHA-256 (hex) of the virtual key of a hashed real key.
+    :ivar write_id: the write id; ``""`` for a legacy ``<bucket>/<key>`` real key.
+    """
+
+    bucket: str
+    key: str | None
+    write_id: str
+    key_hash: str | None = None
+
+    @property
+    def written_at(self) -> float | None:
+        """Seconds since the epoch when the write started, from its id."""
+        return int(self.write_id[:16], 16) / 1e9 if self.write_id else None
+
+
+def parse_real_key(real: str) -> ParsedRealKey | None:
+    """Read a real key back (None when it is not one of ours: no ``/``)."""
+    bucket, slash, rest = real.partition("/")
+    if not slash or not bucket:
+        return None
+    match = _WRITE_ID.search(rest)
+    if match is None:
+        return ParsedRealKey(bucket, rest, "")
+    body = rest[: match.start()]
+    write_id = match.group(1) + match.group(2)
+    hashed = _HASHED.fullmatch(body)
+    if hashed is not None:
+        return ParsedRealKey(bucket, None, write_id, hashed.group(1))
+    return ParsedRealKey(bucket, body, write_id)
+
+
+def key_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    """The virtual key kept in a hashed real key's backend metadata, or None."""
+    value = metadata.get(KEY_METADATA)
+    if value is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(value.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return None
+
+
+def check_client_metadata(metadata: Mapping[str, str]) -> None:
+    """:raises S3Error: InvalidArgument for user metadata in the daemon's reserved names."""
+    for name in metadata:
+        if name.lower().startswith(RESERVED_METADATA_PREFIX):
+            raise errors.InvalidArgument(
+                f"The metadata name x-amz-meta-{name} is reserved by this server.",
+                ArgumentName=f"x-amz-meta-{name}",
+            )
+
+
+def precondition_error(error: Exception, key: str) -> errors.S3Error:
+    """The S3 error of a failed write condition (:mod:`s3balance.db.store`)."""
+    if isinstance(error, ObjectMissingError):
+        return errors.NoSuchKey(Key=key)
+    return errors.PreconditionFailed(Condition=str(error) or "If-Match")
 
 
 def validate_bucket_name(name: str) -> None:
@@ -194,34 +297,6 @@ def validate_key(key: str) -> None:
     """:raises S3Error: KeyTooLongError past 1024 UTF-8 bytes."""
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise errors.KeyTooLongError(Size=str(len(key.encode("utf-8"))), MaxSizeAllowed="1024")
-
-
-class _KeyLocks:
-    """One DeferredLock per ``(backend, real key)`` in use, dropped when nobody holds or waits."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[defer.DeferredLock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, backend: str, key: str) -> AsyncIterator[None]:
-        ident = (backend, key)
-        lock, users = self._locks.get(ident, (defer.DeferredLock(), 0))
-        self._locks[ident] = (lock, users + 1)
-        try:
-            await lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._locks[ident]
-            if users <= 1:
-                del self._locks[ident]
-            else:
-                self._locks[ident] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 class _Relay(TwistedProtocol):
@@ -329,9 +404,13 @@ class Gateway:
         if settings is None:
             settings = GatewaySettings.from_config(config) if config else GatewaySettings()
         self.settings = settings
-        self._locks = _KeyLocks()
-        #: Names this daemon in the write intents it holds.
-        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Readers of each location in this daemon (rule 3).
+        self._readers: dict[Location, int] = {}
+        #: Unreferenced locations whose deletion waits for their last local reader:
+        #: location -> pending deletion id.
+        self._doomed: dict[Location, int] = {}
+        #: Locations being deleted now: a reader must not start on them.
+        self._deleting: set[Location] = set()
 
     # -- buckets -------------------------------------------------------------------------
 
@@ -399,19 +478,69 @@ class Gateway:
             raise errors.SlowDown("The storage holding this object has used its read budget.")
         raise errors.ServiceUnavailable("The storage backend for this object is not available.")
 
-    async def open_object(
+    @asynccontextmanager
+    async def reading(
         self, record: ObjectRecord, byte_range: tuple[int, int] | None = None
-    ) -> IObjectStream:
-        """Start reading ``record``'s bytes (a range of them) from its backend.
+    ) -> AsyncIterator[IObjectStream]:
+        """Read ``record``'s bytes (a range of them) from its backend, counted as a reader of the
+        location until the block ends, so the location is not deleted under it (rule 3).
 
+        The block must consume or discard the stream before it ends.
+
+        :raises ObjectChanged: the location was replaced and deleted after ``record`` was read
+            (read the row again).
         :raises S3Error: as :meth:`readable_location`; NoSuchKey when the backend lost the bytes
             (a dangling row, logged for the operator).
         """
         location = self.readable_location(record)
+        if location in self._deleting:
+            raise ObjectChanged()
+        self._readers[location] = self._readers.get(location, 0) + 1
+        try:
+            stream = await self._open(record, location, byte_range)
+            yield stream
+        finally:
+            self._reader_done(location)
+
+    @asynccontextmanager
+    async def holding(self, location: Location) -> AsyncIterator[None]:
+        """Count a reader of ``location`` that reads it some other way than :meth:`reading`
+        (a server-side copy on its backend), so it is not deleted meanwhile.
+
+        :raises ObjectChanged: it is being deleted already.
+        """
+        if location in self._deleting:
+            raise ObjectChanged()
+        self._readers[location] = self._readers.get(location, 0) + 1
+        try:
+            yield
+        finally:
+            self._reader_done(location)
+
+    def _reader_done(self, location: Location) -> None:
+        left = self._readers.get(location, 1) - 1
+        if left > 0:
+            self._readers[location] = left
+            return
+        self._readers.pop(location, None)
+        pending = self._doomed.pop(location, None)
+        if pending is not None:
+            defer.ensureDeferred(self._delete_pending(location, pending))
+
+    def readers_of(self, location: Location) -> int:
+        """How many reads of ``location`` this daemon has in progress."""
+        return self._readers.get(location, 0)
+
+    async def _open(
+        self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
+    ) -> IObjectStream:
         backend = self.pool.get(location.backend)
         try:
             stream = await backend.get_object(location.real_key, byte_range)
         except BackendNoSuchKey:
+            current = await self.store.get_object(record.bucket, record.key)
+            if current is None or location not in current.locations:
+                raise ObjectChanged() from None
             log.error(
                 "dangling metadata: {bucket}/{key} is recorded on {backend} as {real_key} but "
                 "the backend does not have it",
@@ -472,6 +601,24 @@ class Gateway:
 
     # -- writing -------------------------------------------------------------------------
 
+    async def check_before_write(self, bucket: str, key: str, condition: Condition) -> None:
+        """Fail fast, before any body byte is read: the bucket must exist and ``condition`` hold
+        now (it is judged again, atomically, at the commit).
+
+        :raises S3Error: NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match`` on a missing
+            key).
+        """
+        if not condition:
+            await self.get_bucket(bucket)
+            return
+        current = await self.store.get_object(bucket, key)
+        if current is None:
+            await self.get_bucket(bucket)
+        try:
+            condition.check(None if current is None else current.etag)
+        except (PreconditionFailedError, ObjectMissingError) as error:
+            raise precondition_error(error, key) from None
+
     async def put_object(
         self,
         bucket: str,
@@ -481,6 +628,7 @@ class Gateway:
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
         checksums: Callable[[], dict[str, str]] | None = None,
+        condition: Condition = UNCONDITIONAL,
         tags: Mapping[str, str] | None = None,
         acl: str = "private",
     ) -> ObjectRecord:
@@ -490,16 +638,23 @@ class Gateway:
             refused before reading it may be replaced by the next choice.
         :param checksums: called after the body was fully read; ``x-amz-checksum-*`` values to
             keep with the object (lower-case names).
+        :param condition: ``If-None-Match``/``If-Match``, checked before the body and at the
+            commit.
         :returns: the committed record (its ETag is the backend's).
         :raises S3Error: NoSuchBucket, EntityTooLarge, ServiceUnavailable when no backend can take
-            it, the body's own error (BadDigest...), or a backend error mapped for clients.
+            it, PreconditionFailed, the body's own error (BadDigest...), or a backend error
+            mapped for clients.
         """
         validate_key(key)
+        check_client_metadata(metadata)
         if length > MAX_PUT_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
+        await self.check_before_write(bucket, key, condition)
 
-        def write(backend: IBackend, target: str) -> defer.Deferred[PutResult]:
-            return backend.put_object(target, body, length, dict(headers), dict(metadata))
+        def write(
+            backend: IBackend, target: str, backend_metadata: dict[str, str]
+        ) -> defer.Deferred[PutResult]:
+            return backend.put_object(target, body, length, dict(headers), backend_metadata)
 
         return await self._place(
             bucket,
@@ -510,6 +665,7 @@ class Gateway:
             headers=dict(headers),
             metadata=dict(metadata),
             checksums=checksums,
+            condition=condition,
             tags=dict(tags or {}),
             acl=acl,
         )
@@ -521,6 +677,7 @@ class Gateway:
         key: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
+        condition: Condition = UNCONDITIONAL,
         tags: Mapping[str, str] | None = None,
         acl: str = "private",
     ) -> ObjectRecord:
@@ -530,18 +687,25 @@ class Gateway:
         The pool chooses the target as for a new object; when that is a backend holding the
         source, the copy is server-side, otherwise the bytes stream from one backend into the
         other with backpressure.
+
+        :param condition: on the destination, as for :meth:`put_object`.
         """
         validate_key(key)
-        await self.get_bucket(bucket)
+        check_client_metadata(metadata)
+        await self.check_before_write(bucket, key, condition)
         source_location = self.readable_location(source)
 
-        def write(backend: IBackend, target: str) -> defer.Deferred[PutResult]:
+        def write(
+            backend: IBackend, target: str, backend_metadata: dict[str, str]
+        ) -> defer.Deferred[PutResult]:
             if backend.name == source_location.backend:
-                return backend.copy_object(
-                    source_location.real_key, target, dict(headers), dict(metadata)
+                return defer.ensureDeferred(
+                    self._server_side_copy(
+                        backend, source_location, target, headers, backend_metadata
+                    )
                 )
             return defer.ensureDeferred(
-                self._streamed_copy(source_location, backend, target, headers, metadata)
+                self._streamed_copy(source, backend, target, headers, backend_metadata)
             )
 
         kept = dict(source.checksums)
@@ -556,49 +720,64 @@ class Gateway:
             metadata=dict(metadata),
             checksums=lambda: kept,
             prefer=source_location.backend if in_place else None,
+            condition=condition,
             tags=dict(tags or {}),
             acl=acl,
         )
 
+    async def _server_side_copy(
+        self,
+        backend: IBackend,
+        source: Location,
+        target: str,
+        headers: Mapping[str, str],
+        metadata: dict[str, str],
+    ) -> PutResult:
+        try:
+            async with self.holding(source):
+                return await backend.copy_object(
+                    source.real_key, target, dict(headers), metadata
+                )
+        except ObjectChanged:
+            raise errors.NoSuchKey("The source object changed during the copy.") from None
+
     async def _streamed_copy(
         self,
-        source: Location,
+        source: ObjectRecord,
         target_backend: IBackend,
         target: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
     ) -> PutResult:
         try:
-            stream = await self.pool.get(source.backend).get_object(source.real_key)
-        except BackendNoSuchKey:
-            raise errors.NoSuchKey("The source object's bytes are missing.") from None
-        except BackendError as error:
-            raise backend_error_to_s3(error) from error
-        self.pool.record_operation(source.backend, "B", bytes_out=stream.length)
-        producer = StreamBodyProducer(stream)
-        try:
-            return await target_backend.put_object(
-                target, producer, stream.length, dict(headers), dict(metadata)
-            )
-        finally:
-            producer.discard()
+            async with self.reading(source) as stream:
+                producer = StreamBodyProducer(stream)
+                try:
+                    return await target_backend.put_object(
+                        target, producer, stream.length, dict(headers), dict(metadata)
+                    )
+                finally:
+                    producer.discard()
+        except ObjectChanged:
+            raise errors.NoSuchKey("The source object changed during the copy.") from None
 
     async def _place(
         self,
         bucket: str,
         key: str,
         size: int,
-        write: Callable[[IBackend, str], defer.Deferred[PutResult]],
+        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
         restartable: Callable[[], bool],
         headers: dict[str, str],
         metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
         prefer: str | None = None,
+        condition: Condition = UNCONDITIONAL,
         tags: dict[str, str] | None = None,
         acl: str = "private",
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
-        docstring.  :raises S3Error: NoSuchBucket (checked when claiming), and see callers."""
+        docstring.  :raises S3Error: see callers."""
         candidates = self.pool.choose(bucket, key, size)
         if ENCRYPTION_HEADER in headers:
             candidates = self.encrypting(candidates)
@@ -607,14 +786,13 @@ class Gateway:
         if not candidates:
             await self.get_bucket(bucket)
             raise errors.InsufficientStorage()
-        target = real_key(bucket, key)
         attempts = max(1, self.settings.retry_attempts)
         last_error: BackendUnavailable | None = None
         for attempt, name in enumerate(candidates[:attempts]):
             if attempt:
                 await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
             outcome = await self._write_and_commit(
-                name, bucket, key, target, size, write, headers, metadata, checksums,
+                name, bucket, key, size, write, headers, metadata, checksums, condition,
                 tags=tags or {}, acl=acl,
             )
             if isinstance(outcome, BackendUnavailable):
@@ -647,178 +825,125 @@ class Gateway:
             )
         return able
 
-    # -- write intents -------------------------------------------------------------------
-
-    def write_intent(self, token: str) -> WriteIntent:
-        """``token``'s claim as of now, by this daemon's clock and staleness limit."""
-        return WriteIntent(
-            token, self.daemon_id, self.clock.seconds(), self.settings.claim_stale_after
-        )
-
-    async def _claim(self, backend: str, target: str, token: str, bucket: str | None) -> None:
-        """Claim ``(backend, target)``, polling with backoff while another daemon holds it.
-
-        :raises S3Error: SlowDown after ``claim_wait_timeout``; NoSuchBucket.
-        """
-        settings = self.settings
-        deadline = self.clock.seconds() + settings.claim_wait_timeout
-        delay = settings.claim_poll_initial
-        while True:
-            try:
-                claimed = await self.store.claim_write(
-                    backend, target, self.write_intent(token), bucket
-                )
-            except NoSuchBucketError:
-                raise errors.NoSuchBucket(BucketName=bucket) from None
-            if claimed:
-                return
-            remaining = deadline - self.clock.seconds()
-            if remaining <= 0:
-                log.warn(
-                    "{target} on {backend} stayed claimed by another write for {wait}s",
-                    target=target, backend=backend, wait=settings.claim_wait_timeout,
-                )
-                await self._release(token)  # leave the queue, or it would hold up the next writer
-                raise errors.SlowDown("Another write of this key is in progress; try again.")
-            await task.deferLater(self.clock, min(delay, remaining), lambda: None)
-            delay = min(delay * 2, settings.claim_poll_max)
-
-    async def _heartbeat(self, token: str) -> None:
-        try:
-            await self.store.refresh_write(token, self.clock.seconds())
-        except Exception as error:
-            log.warn("could not renew write intent {token}: {error}", token=token, error=error)
-
-    @asynccontextmanager
-    async def claimed(
-        self, backend: str, target: str, bucket: str | None = None
-    ) -> AsyncIterator[_Claim]:
-        """Hold ``(backend, target)`` against every writer, in this daemon and in others sharing
-        the database, renewing the claim while held; released on the way out unless the body
-        marked it released (a commit releases it in its transaction).
-
-        :param bucket: check this virtual bucket exists in the claiming transaction.
-        :raises S3Error: SlowDown, NoSuchBucket.
-        """
-        async with self._locks.hold(backend, target):
-            claim = _Claim(uuid.uuid4().hex)
-            await self._claim(backend, target, claim.token, bucket)
-            heartbeat = task.LoopingCall(
-                lambda: defer.ensureDeferred(self._heartbeat(claim.token))
-            )
-            heartbeat.clock = self.clock
-            heartbeat.start(self.settings.claim_heartbeat, now=False)
-            try:
-                yield claim
-            finally:
-                heartbeat.stop()
-                if not claim.released:
-                    await self._release(claim.token)
-
-    async def _release(self, token: str) -> None:
-        try:
-            await self.store.release_write(token)
-        except Exception as error:
-            log.warn(
-                "could not release write intent {token} ({error}); it expires after {stale}s",
-                token=token, error=error, stale=self.settings.claim_stale_after,
-            )
-
-    async def commit(self, record: ObjectRecord, claim: _Claim) -> Replacement:
-        """Commit ``record`` written under ``claim``, then delete the bytes it replaced and
-        adjust the usage estimate.
-
-        :raises ClaimLostError: :raises NoSuchBucketError: (nothing committed; bytes untouched)
-        """
-        replaced = await self.store.replace_object(record, self.write_intent(claim.token))
-        claim.committed = True
-        claim.released = not replaced.to_delete
-        self._adjust_usage(record, replaced)
-        await self.delete_claimed(replaced.to_delete, claim.token)
-        claim.released = True
-        return replaced
-
-    async def delete_claimed(self, locations: list[Location], token: str) -> None:
-        """Delete bytes the metadata no longer points at, which ``token`` claimed in the
-        transaction that unreferenced them, then release the claims."""
-        if not locations:
-            return
-        for location in locations:
-            await self._delete_bytes(location.backend, location.real_key)
-        await self._release(token)
+    def new_location(self, bucket: str, key: str) -> tuple[str, dict[str, str]]:
+        """A fresh real key for one write of ``bucket``/``key`` and its extra backend metadata
+        (:func:`new_real_key`)."""
+        return new_real_key(bucket, key, new_write_id(self.clock.seconds()))
 
     async def _write_and_commit(
         self,
         name: str,
         bucket: str,
         key: str,
-        target: str,
         size: int,
-        write: Callable[[IBackend, str], defer.Deferred[PutResult]],
+        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
         headers: dict[str, str],
         metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
+        condition: Condition,
         tags: dict[str, str] | None = None,
         acl: str = "private",
     ) -> ObjectRecord | BackendUnavailable:
-        """One attempt on one backend, under the location's claim; a refusal that may be
-        retried is returned, every other failure raised."""
+        """One attempt on one backend, at a real key of its own; a refusal that may be retried
+        is returned, every other failure raised."""
         backend = self.pool.get(name)
+        target, extra_metadata = self.new_location(bucket, key)
         release = self.pool.reserve(name, size)
         try:
-            async with self.claimed(name, target, bucket) as claim:
-                try:
-                    result = await write(backend, target)
-                except BackendUnavailable as error:
-                    if not isinstance(error, BackendCannotEncrypt):
-                        self.health.mark_failure(name, error.detail)
-                    return error
-                except BackendError as error:
-                    log.error(
-                        "writing {target} to {backend} failed: {detail}",
-                        target=target, backend=name, detail=error.detail,
-                    )
-                    raise backend_error_to_s3(error) from error
-                self.pool.record_operation(name, "A", bytes_in=result.size)
-                stored_checksums = dict(result.checksums)
-                if checksums is not None:
-                    stored_checksums.update(checksums())
-                record = ObjectRecord(
-                    bucket=bucket,
-                    key=key,
-                    size=result.size,
-                    etag=quoted_etag(result.etag),
-                    last_modified=self.clock.seconds(),
-                    headers=headers,
-                    metadata=metadata,
-                    checksums=stored_checksums,
-                    locations=(Location(name, target),),
-                    tags=dict(tags or {}),
-                    acl=acl,
+            try:
+                result = await write(backend, target, {**metadata, **extra_metadata})
+            except BackendUnavailable as error:
+                if not isinstance(error, BackendCannotEncrypt):
+                    self.health.mark_failure(name, error.detail)
+                return error
+            except BackendError as error:
+                log.error(
+                    "writing {target} to {backend} failed: {detail}",
+                    target=target, backend=name, detail=error.detail,
                 )
-                try:
-                    await self.commit(record, claim)
-                except ClaimLostError as error:
-                    log.error(
-                        "the write intent of {bucket}/{key} on {backend} was taken over as "
-                        "stale; not committing (the bytes may be the other writer's)",
-                        bucket=bucket, key=key, backend=name,
-                    )
-                    raise errors.InternalError() from error
-                except Exception as error:
-                    if claim.committed:
-                        raise  # committed; only the clean-up after it failed
-                    await self._delete_bytes(name, target)
-                    if isinstance(error, NoSuchBucketError):
-                        raise errors.NoSuchBucket(BucketName=bucket) from None
-                    log.failure(
-                        "committing {bucket}/{key} failed; its bytes were removed",
-                        Failure(error), bucket=bucket, key=key,
-                    )
-                    raise errors.InternalError() from error
-                return record
+                raise backend_error_to_s3(error) from error
+            self.pool.record_operation(name, "A", bytes_in=result.size)
+            stored_checksums = dict(result.checksums)
+            if checksums is not None:
+                stored_checksums.update(checksums())
+            record = ObjectRecord(
+                bucket=bucket,
+                key=key,
+                size=result.size,
+                etag=quoted_etag(result.etag),
+                last_modified=self.clock.seconds(),
+                headers=headers,
+                metadata=metadata,
+                checksums=stored_checksums,
+                locations=(Location(name, target),),
+                tags=dict(tags or {}),
+                acl=acl,
+            )
+            await self.commit(record, condition)
+            return record
         finally:
             release()
+
+    async def commit(
+        self,
+        record: ObjectRecord,
+        condition: Condition = UNCONDITIONAL,
+        upload_id: str | None = None,
+    ) -> Replacement:
+        """Make ``record`` (whose bytes are at its fresh location) the visible object: compare
+        and swap ``condition`` in the commit's transaction, then retire what it replaced.
+
+        When it cannot commit, its bytes are deleted (nobody else references a fresh location).
+
+        :param upload_id: commit as the completion of this multipart upload (dropping it).
+        :raises S3Error: PreconditionFailed, NoSuchKey (``If-Match`` on a missing key),
+            NoSuchBucket, NoSuchUpload (``upload_id`` gone meanwhile), InternalError.
+        """
+        location = record.locations[0]
+        delete_after = self.clock.seconds() + self.settings.delete_grace
+        try:
+            if upload_id is None:
+                replaced = await self.store.commit_object(record, condition, delete_after)
+            else:
+                replaced = await self.store.finish_upload(
+                    upload_id, record, condition, delete_after
+                )
+        except Exception as error:
+            if not await self._committed_anyway(record, error):
+                await self._delete_bytes(location.backend, location.real_key)
+            raise self._commit_error(error, record, upload_id) from error
+        self._adjust_usage(record, replaced)
+        await self._retire(replaced)
+        return replaced
+
+    async def _committed_anyway(self, record: ObjectRecord, error: Exception) -> bool:
+        """Whether the bytes of a commit that failed with ``error`` must stay: the commit may
+        have happened all the same (the connection broke while committing), or another
+        completion of the same multipart upload committed the same location."""
+        if isinstance(error, NoSuchBucketError):
+            return False
+        try:
+            current = await self.store.get_object(record.bucket, record.key)
+        except Exception:
+            return True  # unknown: keep the bytes; scrub tells an orphan from a row's bytes
+        return current is not None and record.locations[0] in current.locations
+
+    def _commit_error(
+        self, error: Exception, record: ObjectRecord, upload_id: str | None
+    ) -> errors.S3Error:
+        if isinstance(error, (PreconditionFailedError, ObjectMissingError)):
+            return precondition_error(error, record.key)
+        if isinstance(error, NoSuchBucketError):
+            return errors.NoSuchBucket(BucketName=record.bucket)
+        if isinstance(error, KeyError) and upload_id is not None:
+            return errors.NoSuchUpload(UploadId=upload_id)
+        if isinstance(error, errors.S3Error):
+            return error
+        log.failure(
+            "committing {bucket}/{key} failed",
+            Failure(error), bucket=record.bucket, key=record.key,
+        )
+        return errors.InternalError()
 
     def _adjust_usage(self, record: ObjectRecord, replaced: Replacement) -> None:
         for location in record.locations:
@@ -826,6 +951,63 @@ class Gateway:
         if replaced.previous_size is not None:
             for backend in {location.backend for location in replaced.previous_locations}:
                 self.usage.adjust(backend, -replaced.previous_size, -1)
+
+    # -- retiring replaced bytes (rule 3) ----------------------------------------------------
+
+    async def _retire(self, replaced: Replacement) -> None:
+        """Delete the locations a commit or delete unreferenced, now when there is no grace and
+        no local reader, when the last local reader is done otherwise; with a grace, housekeeping
+        does it once due."""
+        if self.settings.delete_grace > 0:
+            return
+        for location, pending in zip(replaced.to_delete, replaced.pending_ids, strict=False):
+            if self._readers.get(location):
+                self._doomed[location] = pending
+            else:
+                await self._delete_pending(location, pending)
+
+    async def sweep_deletions(self, limit: int = 1000) -> int:
+        """Delete the queued locations whose time has come (housekeeping), except those this
+        daemon is still reading (deleted when their last reader is done).
+
+        :returns: how many locations were deleted.
+        """
+        due = await self.store.due_deletions(self.clock.seconds(), limit)
+        deleted = 0
+        for pending in due:
+            location = pending.location
+            if location in self._deleting or location in self._doomed:
+                continue
+            if self._readers.get(location):
+                self._doomed[location] = pending.id
+                continue
+            if await self._delete_pending(location, pending.id):
+                deleted += 1
+        return deleted
+
+    async def _delete_pending(self, location: Location, pending: int) -> bool:
+        """Delete a queued location's bytes, then its queue row; a failure leaves the row for
+        the next sweep."""
+        self._deleting.add(location)
+        try:
+            try:
+                await self.pool.get(location.backend).delete_object(location.real_key)
+            except BackendNoSuchKey:
+                pass
+            except Exception as error:
+                log.warn(
+                    "could not delete {target} from {backend} ({error}); retrying later",
+                    target=location.real_key, backend=location.backend, error=error,
+                )
+                return False
+            try:
+                await self.store.forget_deletions([pending])
+            except Exception as error:
+                log.warn("could not forget the deletion of {target}: {error}",
+                         target=location.real_key, error=error)
+            return True
+        finally:
+            self._deleting.discard(location)
 
     async def _delete_bytes(self, backend: str, target: str) -> None:
         try:
@@ -838,29 +1020,24 @@ class Gateway:
 
     # -- deleting ------------------------------------------------------------------------
 
-    async def delete_object(self, bucket: str, key: str) -> None:
-        """Remove the row, then the bytes; deleting a missing key succeeds (S3 answers 204).
-        Bytes another writer is about to commit over are left to that writer.
+    async def delete_object(
+        self, bucket: str, key: str, condition: Condition = UNCONDITIONAL
+    ) -> None:
+        """Remove the row, then (rule 3) the bytes; deleting a missing key succeeds (S3 answers
+        204) unless ``condition`` has ``If-Match``.
 
-        :raises S3Error: NoSuchBucket.
+        :raises S3Error: NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match``).
         """
-        token = uuid.uuid4().hex
-        removed = await self.store.remove_object(bucket, key, self.write_intent(token))
+        delete_after = self.clock.seconds() + self.settings.delete_grace
+        try:
+            removed = await self.store.remove_object(bucket, key, condition, delete_after)
+        except (PreconditionFailedError, ObjectMissingError) as error:
+            if isinstance(error, ObjectMissingError):
+                await self.get_bucket(bucket)
+            raise precondition_error(error, key) from None
         if removed.previous_size is None:
             await self.get_bucket(bucket)
             return
         for backend in {location.backend for location in removed.previous_locations}:
             self.usage.adjust(backend, -removed.previous_size, -1)
-        await self.delete_claimed(removed.to_delete, token)
-
-
-class _Claim:
-    """A held write intent: its token, whether its write was committed, and whether the claims
-    were released already (by the commit's transaction, or after deleting what it replaced)."""
-
-    __slots__ = ("token", "committed", "released")
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.committed = False
-        self.released = False
+        await self._retire(removed)

@@ -1,10 +1,18 @@
-"""Abandoned multipart uploads are aborted after a while, so their parts stop taking space.
+"""Housekeeping loops: abandoned multipart uploads, kept completion results, and replaced bytes.
+
+Abandoned multipart uploads are aborted after a while, so their parts stop taking space.
 
 Clients that crash or give up never send AbortMultipartUpload: their parts would stay on the
 backend (and count towards its used bytes) forever.  :class:`UploadExpiry` aborts, every
 ``period`` seconds, the uploads initiated more than ``expiry`` seconds ago: on the backend first,
 then in the store.  An upload whose backend cannot abort it now (unreachable, or no longer
-configured) keeps its row and is tried again next round; no failure stops the loop.
+configured) keeps its row and is tried again next round; no failure stops the loop.  The same
+round forgets the results of uploads completed more than ``expiry`` seconds ago (kept so that a
+repeated CompleteMultipartUpload answers as the first one did).
+
+:class:`DeletionSweeper` deletes, every ``period`` seconds, the replaced or deleted locations whose
+grace is over (``pending_deletions``, see :mod:`s3balance.gateway`), including those a daemon that
+died left behind.
 """
 
 from __future__ import annotations
@@ -127,4 +135,54 @@ class UploadExpiry(Service):
                 initiated=upload.initiated, released=released, backend=upload.backend,
             )
         self.aborted += aborted
+        await self.store.forget_completed_uploads(cutoff)
         return aborted
+
+
+class Sweeper(Protocol):
+    def sweep_deletions(self, limit: int = 1000) -> Any: ...
+
+
+class DeletionSweeper(Service):
+    """Runs :meth:`s3balance.gateway.Gateway.sweep_deletions` every ``period`` seconds.
+
+    :param gateway: knows this daemon's readers, which a sweep must not delete under.
+    :param clock: drives the loop.
+    :param period: seconds between rounds (the first runs at start).
+    """
+
+    def __init__(self, gateway: Sweeper, clock: IReactorTime, period: float = 10.0) -> None:
+        self.gateway = gateway
+        self.clock = clock
+        self.period = period
+        self.deleted = 0
+        self._loop: LoopingCall | None = None
+        self._stopped: defer.Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.run_once)
+        self._loop.clock = self.clock
+        self._stopped = self._loop.start(self.period, now=True)
+        self._stopped.addErrback(lambda f: log.failure("deletion sweeper stopped", f))
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        return self._stopped
+
+    def run_once(self) -> defer.Deferred[int]:
+        """One round; fires with the number of locations deleted, never fails."""
+        return defer.ensureDeferred(self._round()).addErrback(self._round_failed)
+
+    async def _round(self) -> int:
+        deleted = int(await self.gateway.sweep_deletions())
+        self.deleted += deleted
+        return deleted
+
+    def _round_failed(self, failure: Failure) -> int:
+        log.failure("deletion sweep failed; next round in {period}s", failure,
+                    period=self.period)
+        return 0

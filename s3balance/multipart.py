@@ -14,9 +14,17 @@ Capacity, when the final size is unknown:
   backend that filled up, became unhealthy or used its write budget meanwhile answers 503
   ``ServiceUnavailable`` for that part, and the upload stays intact.
 
-Consistency follows :mod:`s3balance.gateway`: a part is recorded only after the backend confirmed
-it; completing holds the gateway's lock on ``(backend, real key)`` from the backend's completion to
-the commit, and bytes of a replaced object are deleted afterwards, only when no longer referenced.
+Consistency follows :mod:`s3balance.gateway`: an upload's target is a real key of its own, chosen
+at CreateMultipartUpload, so completing it on the backend never touches the bytes of the visible
+object; a part is recorded only after the backend confirmed it; the commit switches the object
+row to the completed location (with the compare and swap of ``If-None-Match``/``If-Match``), and
+the replaced bytes are retired as for any write.
+
+A CompleteMultipartUpload repeated after it succeeded answers the same result, as S3 does, for as
+long as the result is kept (``multipart.expiry``).  A completion interrupted after the backend
+assembled the object but before the commit (the daemon killed) can be retried: the backend may
+then no longer know the upload, and the assembled object at the upload's real key is taken when
+its size is the parts' total.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from s3balance.backends.interface import (
     BackendUnavailable,
     IBackend,
     PartResult,
+    PutResult,
     backend_error_to_s3,
 )
 from s3balance.db.records import (
@@ -47,11 +56,18 @@ from s3balance.db.records import (
     UploadPage,
     UploadRecord,
 )
-from s3balance.db.store import ClaimLostError, MetadataStore, NoSuchBucketError
+from s3balance.db.store import (
+    UNCONDITIONAL,
+    CompletedUpload,
+    Condition,
+    MetadataStore,
+    NoSuchBucketError,
+)
 from s3balance.gateway import (
     Gateway,
+    ObjectChanged,
     StreamBodyProducer,
-    real_key,
+    check_client_metadata,
     validate_key,
 )
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
@@ -312,13 +328,14 @@ class MultipartUploads:
         :raises S3Error: NoSuchBucket, KeyTooLongError, ServiceUnavailable.
         """
         validate_key(key)
+        check_client_metadata(metadata)
         await self.gateway.get_bucket(bucket)
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
         if ENCRYPTION_HEADER in headers:
             candidates = self.gateway.encrypting(list(candidates))
         if not candidates:
             raise errors.InsufficientStorage()
-        target = real_key(bucket, key)
+        target, extra_metadata = self.gateway.new_location(bucket, key)
         settings = self.gateway.settings
         last_error: BackendError | None = None
         for attempt, name in enumerate(candidates[: max(1, settings.retry_attempts)]):
@@ -327,7 +344,7 @@ class MultipartUploads:
             backend = self._backend(name)
             try:
                 backend_id = await backend.create_multipart_upload(
-                    target, dict(headers), dict(metadata)
+                    target, dict(headers), {**metadata, **extra_metadata}
                 )
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
@@ -445,10 +462,16 @@ class MultipartUploads:
         try:
             try:
                 if local is not None and self.pool.is_available(local.backend):
-                    result = await backend.upload_part_copy(
-                        upload.real_key, upload.backend_upload_id, part_number,
-                        local.real_key, byte_range,
-                    )
+                    try:
+                        async with self.gateway.holding(local):
+                            result = await backend.upload_part_copy(
+                                upload.real_key, upload.backend_upload_id, part_number,
+                                local.real_key, byte_range,
+                            )
+                    except ObjectChanged:
+                        raise errors.NoSuchKey(
+                            "The source object changed during the copy."
+                        ) from None
                 else:
                     result = await self._streamed_part(upload, backend, part_number, source,
                                                        byte_range)
@@ -467,14 +490,18 @@ class MultipartUploads:
         source: ObjectRecord,
         byte_range: tuple[int, int] | None,
     ) -> PartResult:
-        stream = await self.gateway.open_object(source, byte_range)
-        producer = StreamBodyProducer(stream)
         try:
-            return await backend.upload_part(
-                upload.real_key, upload.backend_upload_id, part_number, producer, stream.length
-            )
-        finally:
-            producer.discard()
+            async with self.gateway.reading(source, byte_range) as stream:
+                producer = StreamBodyProducer(stream)
+                try:
+                    return await backend.upload_part(
+                        upload.real_key, upload.backend_upload_id, part_number, producer,
+                        stream.length,
+                    )
+                finally:
+                    producer.discard()
+        except ObjectChanged:
+            raise errors.NoSuchKey("The source object changed during the copy.") from None
 
     async def _record_part(
         self, upload: UploadRecord, result: PartResult, checksums: dict[str, str] | None = None
@@ -502,6 +529,7 @@ class MultipartUploads:
         upload_id: str,
         requested: Sequence[tuple[int, str]],
         checksum_request: CompletionChecksums | None = None,
+        condition: Condition = UNCONDITIONAL,
     ) -> ObjectRecord:
         """Assemble the listed parts into the visible object.
 
@@ -509,8 +537,11 @@ class MultipartUploads:
             optional in the ETag).
         :param checksum_request: what the request says about checksums (checked, see
             :func:`s3balance.multipart_checksums.completion_checksums`).
+        :param condition: ``If-None-Match``/``If-Match`` on the key, checked before assembling
+            and again at the commit.
         :raises S3Error: MalformedXML (no parts), InvalidPartOrder, InvalidPart, EntityTooSmall,
-            NoSuchUpload, ServiceUnavailable, BadDigest, InvalidRequest.
+            NoSuchUpload, ServiceUnavailable, BadDigest, InvalidRequest, PreconditionFailed,
+            NoSuchKey.
         """
         if not requested:
             raise errors.MalformedXML()
@@ -519,7 +550,16 @@ class MultipartUploads:
             raise errors.InvalidPartOrder()
         for number in numbers:
             validate_part_number(number)
-        upload = await self.get_upload(bucket, key, upload_id)
+        try:
+            upload = await self.get_upload(bucket, key, upload_id)
+        except errors.S3Error as error:
+            if error.code != "NoSuchUpload":
+                raise
+            done = await self.store.completed_upload(upload_id) if upload_id else None
+            if done is None or done.bucket != bucket or done.key != key:
+                raise
+            return _record_of(done)
+        await self.gateway.check_before_write(bucket, key, condition)
         stored_parts = await all_parts(self.store, upload_id)
         stored = {part.part_number: part for part in stored_parts}
         chosen: list[PartRecord] = []
@@ -540,69 +580,88 @@ class MultipartUploads:
         object_checksums, part_checksums = completion_checksums(
             upload, chosen, checksum_request or CompletionChecksums()
         )
-        backend = self._backend(upload.backend)
         location = Location(upload.backend, upload.real_key)
         size = sum(part.size for part in chosen)
-        async with self.gateway.claimed(upload.backend, upload.real_key) as claim:
-            try:
-                result = await backend.complete_multipart_upload(
-                    upload.real_key,
-                    upload.backend_upload_id,
-                    [(part.part_number, part.etag) for part in chosen],
-                )
-            except BackendError as error:
+        result = await self._assemble(upload, chosen, size)
+        if result.size != size:
+            log.error(
+                "backend {backend} assembled {real_key} as {got} bytes, parts say {want}",
+                backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
+            )
+        etag = result.etag
+        if not _MULTIPART_ETAG.match(etag):
+            etag = multipart_etag([part.etag for part in chosen]) or etag
+        record = ObjectRecord(
+            bucket=bucket,
+            key=key,
+            size=result.size,
+            etag=etag,
+            last_modified=self.clock.seconds(),
+            headers=dict(upload.headers),
+            metadata=dict(upload.metadata),
+            checksums=object_checksums or dict(result.checksums),
+            part_sizes=tuple(part.size for part in chosen),
+            locations=(location,),
+            part_checksums=part_checksums,
+            tags=dict(upload.tags),
+            acl=upload.acl,
+        )
+        try:
+            await self.gateway.commit(record, condition, upload_id=upload_id)
+        except errors.S3Error as error:
+            if error.code == "NoSuchUpload":
+                done = await self.store.completed_upload(upload_id)
+                if done is not None and done.bucket == bucket and done.key == key:
+                    return _record_of(done)  # a concurrent completion of the same upload won
+            elif error.code in ("PreconditionFailed", "NoSuchKey"):
+                # Lost a conditional race after the backend assembled it: the upload is spent.
+                dropped = await self.store.abort_upload(upload_id)
+                if dropped is not None:
+                    self.gateway.usage.adjust(
+                        upload.backend, -sum(p.size for p in stored_parts), 0
+                    )
+            raise
+        self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
+        return record
+
+    async def _assemble(
+        self, upload: UploadRecord, chosen: Sequence[PartRecord], size: int
+    ) -> PutResult:
+        """Complete the upload on its backend.  A backend that no longer knows the upload may
+        have completed it for an attempt that died before its commit: the assembled object at
+        the upload's real key is taken when it has the parts' total size."""
+        backend = self._backend(upload.backend)
+        try:
+            result = await backend.complete_multipart_upload(
+                upload.real_key,
+                upload.backend_upload_id,
+                [(part.part_number, part.etag) for part in chosen],
+            )
+        except BackendError as error:
+            assembled = await self._assembled_already(upload, backend, size, error)
+            if assembled is None:
                 raise self._backend_failed(upload.backend, error, "completing an upload") \
                     from error
-            self.pool.record_operation(upload.backend, "A")
-            if result.size != size:
-                log.error(
-                    "backend {backend} assembled {real_key} as {got} bytes, parts say {want}",
-                    backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
-                )
-            etag = result.etag
-            if not _MULTIPART_ETAG.match(etag):
-                etag = multipart_etag([part.etag for part in chosen]) or etag
-            record = ObjectRecord(
-                bucket=bucket,
-                key=key,
-                size=result.size,
-                etag=etag,
-                last_modified=self.clock.seconds(),
-                headers=dict(upload.headers),
-                metadata=dict(upload.metadata),
-                checksums=object_checksums or dict(result.checksums),
-                part_sizes=tuple(part.size for part in chosen),
-                locations=(location,),
-                part_checksums=part_checksums,
-                tags=dict(upload.tags),
-                acl=upload.acl,
-            )
-            try:
-                replaced = await self.store.complete_upload_replacing(
-                    upload_id, record, self.gateway.write_intent(claim.token)
-                )
-            except ClaimLostError as error:
-                log.error(
-                    "the write intent of {bucket}/{key} on {backend} was taken over as stale; "
-                    "not committing the completed upload",
-                    bucket=bucket, key=key, backend=upload.backend,
-                )
-                raise errors.InternalError() from error
-            except (KeyError, NoSuchBucketError) as error:
-                # Still under our claim: nobody else is writing the location.
-                current = await self.store.get_object(bucket, key)
-                if current is None or location not in current.locations:
-                    await self.gateway._delete_bytes(upload.backend, upload.real_key)
-                if isinstance(error, NoSuchBucketError):
-                    raise errors.NoSuchBucket(BucketName=bucket) from None
-                raise errors.NoSuchUpload(UploadId=upload_id) from None
-            self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
-            self.gateway._adjust_usage(record, replaced)
-            claim.committed = True
-            claim.released = not replaced.to_delete
-            await self.gateway.delete_claimed(replaced.to_delete, claim.token)
-            claim.released = True
-        return record
+            return assembled
+        self.pool.record_operation(upload.backend, "A")
+        return result
+
+    async def _assembled_already(
+        self, upload: UploadRecord, backend: IBackend, size: int, error: BackendError
+    ) -> PutResult | None:
+        if isinstance(error, BackendUnavailable):
+            return None
+        try:
+            info = await backend.head_object(upload.real_key)
+        except BackendError:
+            return None
+        if info.size != size:
+            return None
+        log.info(
+            "upload {upload_id} was assembled on {backend} by an earlier attempt; committing it",
+            upload_id=upload.upload_id, backend=upload.backend,
+        )
+        return PutResult(info.etag, info.size)
 
     # -- AbortMultipartUpload ------------------------------------------------------------
 
@@ -660,6 +719,18 @@ class MultipartUploads:
             )
         except NoSuchBucketError:
             raise errors.NoSuchBucket(BucketName=bucket) from None
+
+
+def _record_of(done: CompletedUpload) -> ObjectRecord:
+    """What a repeated completion answers: the kept result."""
+    return ObjectRecord(
+        bucket=done.bucket,
+        key=done.key,
+        size=done.size,
+        etag=done.etag,
+        last_modified=done.completed_at,
+        checksums=dict(done.checksums),
+    )
 
 
 __all__ = [

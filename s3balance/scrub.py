@@ -6,6 +6,14 @@ cost storage forever) or *dangling rows* (rows whose bytes are gone, which answe
 error). Scrub finds both, per real bucket, and can delete orphans. Tests use it to prove that a
 fault left nothing behind.
 
+Every write has a real key of its own (:func:`s3balance.gateway.new_real_key`), so an abandoned or
+failed write, or a replaced object whose deletion was lost, is an orphan: the report names the
+virtual bucket and key each orphan belongs to (read from the real key, or from the backend's
+metadata for a hashed one).  Locations queued for deletion (``pending_deletions``) are still
+referenced and never orphans.  Scrub also compares each referenced object's size and ETag with
+what the backend lists, and reports rows whose bytes differ (*mismatched*): with one real key per
+write that should never happen, and when it does the row must not be trusted.
+
 Races with live traffic are handled conservatively: rows are read *before* the listing, so an
 object written meanwhile shows up as an orphan younger than ``grace`` ("recent"), which is
 reported but never removed; before removing, the rows are read a second time and any key that
@@ -24,6 +32,7 @@ from twisted.internet.defer import Deferred
 
 from s3balance.backends.interface import BackendError, BackendNoSuchKey, IBackend, ListedObject
 from s3balance.db.store import MetadataStore
+from s3balance.gateway import key_from_metadata, parse_real_key
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -47,14 +56,50 @@ def comparable_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class Orphan:
-    """Bytes on a backend that no row references."""
+    """Bytes on a backend that no row references.
+
+    :ivar bucket: the virtual bucket its real key names (None when it is not one of ours).
+    :ivar virtual_key: the virtual key it was written for, when known.
+    """
 
     key: str
     size: int
     last_modified: float
+    bucket: str | None = None
+    virtual_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "size": self.size, "last_modified": self.last_modified}
+        return {
+            "key": self.key,
+            "size": self.size,
+            "last_modified": self.last_modified,
+            "bucket": self.bucket,
+            "virtual_key": self.virtual_key,
+        }
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A row whose bytes on the backend differ from what it records."""
+
+    key: str
+    recorded_size: int
+    recorded_etag: str
+    stored_size: int
+    stored_etag: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "recorded": {"size": self.recorded_size, "etag": self.recorded_etag},
+            "stored": {"size": self.stored_size, "etag": self.stored_etag},
+        }
+
+    def describe(self) -> str:
+        return (
+            f"{self.key}: row says {self.recorded_size} bytes {self.recorded_etag}, "
+            f"backend has {self.stored_size} bytes {self.stored_etag}"
+        )
 
 
 @dataclass
@@ -66,6 +111,7 @@ class BackendScrub:
     :ivar orphans: orphans older than the grace period (removable).
     :ivar recent_orphans: orphans younger than the grace period (never removed).
     :ivar dangling: real keys of object rows whose bytes are missing on the backend.
+    :ivar mismatched: object rows whose bytes have another size or ETag on the backend.
     :ivar removed: orphans deleted by this run.
     :ivar failures: ``"<key>: <problem>"`` for orphans that could not be deleted.
     :ivar error: why the backend could not be scrubbed at all (listing failed), or None.
@@ -77,6 +123,7 @@ class BackendScrub:
     orphans: list[Orphan] = field(default_factory=list)
     recent_orphans: list[Orphan] = field(default_factory=list)
     dangling: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
     removed: list[Orphan] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     error: str | None = None
@@ -94,6 +141,7 @@ class BackendScrub:
             "orphan_bytes": self.orphan_bytes,
             "recent_orphans": [orphan.to_json() for orphan in self.recent_orphans],
             "dangling": list(self.dangling),
+            "mismatched": [mismatch.to_json() for mismatch in self.mismatched],
             "removed": [orphan.to_json() for orphan in self.removed],
             "removed_bytes": sum(orphan.size for orphan in self.removed),
             "failures": list(self.failures),
@@ -130,12 +178,21 @@ class ScrubReport:
         return sum(len(b.dangling) for b in self.backends.values())
 
     @property
+    def mismatch_count(self) -> int:
+        return sum(len(b.mismatched) for b in self.backends.values())
+
+    @property
     def clean(self) -> bool:
-        """No orphans older than the grace period, no dangling rows, no errors.
+        """No orphans older than the grace period, no dangling or mismatched rows, no errors.
 
         Orphans removed by this run still count: something had gone wrong.
         """
-        return not self.errors and self.orphan_count == 0 and self.dangling_count == 0
+        return (
+            not self.errors
+            and self.orphan_count == 0
+            and self.dangling_count == 0
+            and self.mismatch_count == 0
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +205,7 @@ class ScrubReport:
             "orphan_bytes": sum(b.orphan_bytes for b in self.backends.values()),
             "recent_orphans": sum(len(b.recent_orphans) for b in self.backends.values()),
             "dangling": self.dangling_count,
+            "mismatched": self.mismatch_count,
             "removed": sum(len(b.removed) for b in self.backends.values()),
             "errors": self.errors,
             "backends": {name: b.to_json() for name, b in sorted(self.backends.items())},
@@ -164,11 +222,12 @@ class ScrubReport:
                 f"{name}: {b.listed} objects, {b.recorded} recorded keys, "
                 f"{len(b.orphans)} orphans ({b.orphan_bytes} bytes), "
                 f"{len(b.recent_orphans)} recent orphans, {len(b.dangling)} dangling rows, "
-                f"{len(b.removed)} removed"
+                f"{len(b.mismatched)} mismatched rows, {len(b.removed)} removed"
             )
             lines.extend(f"  orphan {o.key} ({o.size} bytes)" for o in b.orphans)
             lines.extend(f"  recent orphan {o.key} ({o.size} bytes)" for o in b.recent_orphans)
             lines.extend(f"  dangling {key}" for key in b.dangling)
+            lines.extend(f"  mismatched {m.describe()}" for m in b.mismatched)
             lines.extend(f"  removed {o.key}" for o in b.removed)
             lines.extend(f"  failed {failure}" for failure in b.failures)
         lines.append("clean" if self.clean else "NOT clean")
@@ -251,7 +310,7 @@ async def _scrub_backend(
     for entry in listing:
         if entry.key in recorded or comparable_key(entry.key) in recorded_comparable:
             continue
-        orphan = Orphan(entry.key, entry.size, entry.last_modified)
+        orphan = await _orphan(backend, entry)
         if grace > 0 and entry.last_modified > cutoff:
             scrubbed.recent_orphans.append(orphan)
         else:
@@ -263,9 +322,50 @@ async def _scrub_backend(
         if key not in listed_exact and comparable_key(key) not in listed_comparable
     )
     scrubbed.dangling = await _confirm_missing(backend, missing)
+    scrubbed.mismatched = await _mismatches(store, backend, name, listing)
 
     if remove_orphans and scrubbed.orphans:
         await _remove(store, backend, scrubbed)
+
+
+async def _orphan(backend: IBackend, entry: ListedObject) -> Orphan:
+    """An orphan, with the virtual bucket and key its real key was written for."""
+    parsed = parse_real_key(entry.key)
+    if parsed is None:
+        return Orphan(entry.key, entry.size, entry.last_modified)
+    virtual_key = parsed.key
+    if virtual_key is None:  # hashed: the key is in the backend metadata
+        try:
+            virtual_key = key_from_metadata((await backend.head_object(entry.key)).metadata)
+        except BackendError:
+            virtual_key = None
+    return Orphan(entry.key, entry.size, entry.last_modified, parsed.bucket, virtual_key)
+
+
+def _bare_etag(etag: str) -> str:
+    return etag.strip().strip('"').lower()
+
+
+async def _mismatches(
+    store: MetadataStore, backend: IBackend, name: str, listing: list[ListedObject]
+) -> list[Mismatch]:
+    """Object rows whose listed size or ETag differs; confirmed with HEAD (a listing may lag)."""
+    rows = await store.objects_on(name)
+    listed = {entry.key: entry for entry in listing}
+    found = []
+    for real_key, (size, etag) in sorted(rows.items()):
+        entry = listed.get(real_key)
+        if entry is None:
+            continue  # dangling, reported as such
+        if entry.size == size and (not entry.etag or _bare_etag(entry.etag) == _bare_etag(etag)):
+            continue
+        try:
+            info = await backend.head_object(real_key)
+        except BackendError:
+            continue
+        if info.size != size or _bare_etag(info.etag) != _bare_etag(etag):
+            found.append(Mismatch(real_key, size, etag, info.size, info.etag))
+    return found
 
 
 async def _confirm_missing(backend: IBackend, keys: Iterable[str]) -> list[str]:

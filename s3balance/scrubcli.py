@@ -2,7 +2,8 @@
 
 Opens the database and the real buckets of a configuration file exactly as the daemon does, runs
 :func:`s3balance.scrub.scrub`, prints the report and exits with a status a cron job or a test can
-act on: 0 clean, 1 orphans or dangling rows found (even when they were removed), 2 the scrub
+act on: 0 clean, 1 orphans, dangling rows or rows whose bytes differ (size or ETag) found (even
+when the orphans were removed), 2 the scrub
 could not be done (bad configuration, database or backend unreachable). The schema is never
 upgraded from here: a scrub must not change the database's shape behind a running daemon.
 """
@@ -30,7 +31,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m s3balance.scrubcli",
         description="Compare the metadata store with the real buckets: report orphans (objects "
-        "no row references) and dangling rows (rows whose object is missing).",
+        "no row references), dangling rows (rows whose object is missing) and mismatched rows "
+        "(rows whose object has another size or ETag).",
     )
     parser.add_argument("--config", "-c", help="the daemon's YAML configuration file")
     parser.add_argument("--data-dir", help="overrides the configuration's data_dir")

@@ -31,7 +31,7 @@ from twisted.trial import unittest
 from s3balance.config import BucketConfig, Config, Credential
 from test.support import require_tool
 from test.support.clients import aws_binary
-from test.support.daemon import DaemonTestCase, seaweed_buckets
+from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 
 MAIN_KEY, MAIN_SECRET = "MAINKEY", "main-secret-0123456789"
 READER_KEY, READER_SECRET = "READERKEY", "reader-secret-0123456789"
@@ -384,7 +384,7 @@ class ClientAuthTests(SeaweedAuthCase, unittest.TestCase):
         reply = await self.call(send, port, "PUT", "/vb/flipped", headers, body)
         self.assertEqual((reply.status, reply.code), (403, "SignatureDoesNotMatch"))
         self.assertEqual(await self.keys_in(), ["chunked"])
-        self.assertEqual(await self.real_keys(), ["vb/chunked"])
+        self.assertEqual(without_write_ids(await self.real_keys()), ["vb/chunked"])
 
     def s3_main(self) -> Any:
         return self.client_for(MAIN_KEY, MAIN_SECRET)

@@ -6,9 +6,9 @@ Afterwards every view must agree: the listing, HEAD and the MD5 of GET for every
 rows and the bytes each real bucket holds (listed directly on SeaweedFS); the store's usage, the
 admin API of both daemons and their metrics against the sums of what is held.
 
-Known design limit: writes of one key to one backend are serialised only inside one daemon (a
-per-key lock in the gateway).  :func:`test_same_key_from_two_daemons_at_once` puts exactly that
-race under load and reports what the end state is.
+Every write goes to a real key of its own, so writers of one key from both daemons never touch
+each other's bytes: :func:`test_same_key_from_two_daemons_at_once` puts that race under load and
+checks the end state is exact.
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def hammer(cluster: Cluster, keys: list[str], writes_per_thread: int, threads: i
 
 @pytest.mark.parametrize("backend_count", [1, 2], ids=["same-backend", "two-backends"])
 def test_same_key_from_two_daemons_at_once(tmp_path: Path, backend_count: int) -> None:
-    """The known limit: two daemons overwrite the same keys at the same moment."""
+    """Two daemons overwrite the same keys at the same moment: one object per key, no orphan."""
     with running_cluster(POSTGRES_SERVER, tmp_path, backend_count=backend_count) as cluster:
         keys = [f"shared/key-{j}" for j in range(2)]
         failures = hammer(cluster, keys, writes_per_thread=40, threads=8)

@@ -21,7 +21,16 @@ from twisted.trial import unittest
 from s3balance.db import model
 from s3balance.db.pool import InlineDBPool
 from s3balance.db.records import BackendUsage, Location, ObjectRecord, PartRecord, UploadRecord
-from s3balance.db.store import BucketNotEmptyError, MetadataStore, NoSuchBucketError
+from s3balance.db.store import (
+    ANY,
+    BucketNotEmptyError,
+    Condition,
+    MetadataStore,
+    NoSuchBucketError,
+    ObjectMissingError,
+    PreconditionFailedError,
+    Replacement,
+)
 from test.dbfixture import (
     MYSQL_SERVER,
     POSTGRES_SERVER,
@@ -645,6 +654,85 @@ class StoreTests:
         results = yield self.concurrently(calls)
         self.assertFalse([r for r in results if isinstance(r, Exception)])
         yield self.assertUsage({"b1": (40, 0)})
+
+
+    # -- conditional commits, queued deletions, kept completions -----------------------------
+
+    @defer.inlineCallbacks
+    def test_create_only_commits_race_and_exactly_one_wins(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        create_only = Condition(if_none_match=ANY)
+        calls: list[Callable[[], defer.Deferred[Any]]] = [
+            functools.partial(
+                self.store.commit_object,
+                obj("lock", size=i + 1, locations=(("b1", f"lock~{i}"),)),
+                create_only,
+            )
+            for i in range(6)
+        ]
+        results = yield self.concurrently(calls)
+        winners = [r for r in results if isinstance(r, Replacement)]
+        self.assertEqual(len(winners), 1, results)
+        self.assertTrue(
+            all(isinstance(r, PreconditionFailedError) for r in results if r not in winners)
+        )
+        record = yield self.store.get_object("vb", "lock")
+        yield self.assertUsage({"b1": (record.size, 1)})
+
+    @defer.inlineCallbacks
+    def test_if_match_commits_and_deletes(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.assertFailure(
+            self.store.commit_object(obj("k"), Condition(if_match='"etag"')), ObjectMissingError
+        )
+        yield self.store.commit_object(obj("k", etag='"one"'))
+        yield self.assertFailure(
+            self.store.commit_object(obj("k", etag='"two"'), Condition(if_match='"stale"')),
+            PreconditionFailedError,
+        )
+        yield self.store.commit_object(
+            obj("k", etag='"two"', locations=(("b1", "k2"),)), Condition(if_match="one")
+        )
+        yield self.assertFailure(
+            self.store.remove_object("vb", "k", Condition(if_match='"one"')),
+            PreconditionFailedError,
+        )
+        removed = yield self.store.remove_object("vb", "k", Condition(if_match='"two"'))
+        self.assertEqual(removed.to_delete, [Location("b1", "k2")])
+        yield self.assertFailure(
+            self.store.remove_object("vb", "k", Condition(if_match='"two"')), ObjectMissingError
+        )
+
+    @defer.inlineCallbacks
+    def test_replaced_locations_are_queued_until_forgotten(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.commit_object(obj("k", locations=(("b1", "old"),)))
+        replaced = yield self.store.commit_object(
+            obj("k", locations=(("b2", "new"),)), delete_after=500.0
+        )
+        self.assertEqual(replaced.to_delete, [Location("b1", "old")])
+        self.assertEqual(len(replaced.pending_ids), 1)
+        self.assertEqual((yield self.store.due_deletions(499.0)), [])
+        (due,) = yield self.store.due_deletions(500.0)
+        self.assertEqual((due.id, due.location), (replaced.pending_ids[0], Location("b1", "old")))
+        self.assertIn("old", (yield self.store.locations_on("b1")))  # not an orphan yet
+        yield self.store.forget_deletions([due.id])
+        self.assertEqual((yield self.store.due_deletions(1e18)), [])
+        self.assertEqual((yield self.store.locations_on("b1")), set())
+        self.assertEqual((yield self.store.objects_on("b2")), {"new": (10, '"etag"')})
+
+    @defer.inlineCallbacks
+    def test_a_completed_upload_keeps_its_result(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.create_upload(upload("u1", "big"))
+        final = obj("big", size=7, etag='"abc-1"', last_modified=200.0)
+        yield self.store.finish_upload("u1", final, Condition(if_none_match=ANY))
+        done = yield self.store.completed_upload("u1")
+        self.assertEqual((done.bucket, done.key, done.etag, done.size), ("vb", "big", '"abc-1"', 7))
+        yield self.assertFailure(self.store.finish_upload("u1", final), KeyError)
+        self.assertEqual((yield self.store.forget_completed_uploads(200.0)), 0)
+        self.assertEqual((yield self.store.forget_completed_uploads(200.5)), 1)
+        self.assertIsNone((yield self.store.completed_upload("u1")))
 
 
 class SQLiteInlineStoreTests(StoreTests, unittest.TestCase):

@@ -20,8 +20,7 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.config import Config
-from s3balance.db.records import Location
-from s3balance.gateway import real_key
+from s3balance.gateway import parse_real_key
 from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_md5
 from test.support.daemon import Daemon, local_buckets, start_daemon
@@ -82,7 +81,15 @@ class GatewayTestCase(unittest.TestCase):
 
     async def read(self, bucket: str, key: str) -> bytes:
         record = await self.gateway.get_object_record(bucket, key)
-        return await collect(await self.gateway.open_object(record))
+        async with self.gateway.reading(record) as stream:
+            return await collect(stream)
+
+
+def virtual(real: str) -> str:
+    """``<bucket>/<key>`` of a real key (its write id dropped)."""
+    parsed = parse_real_key(real)
+    assert parsed is not None and parsed.key is not None and parsed.write_id, real
+    return f"{parsed.bucket}/{parsed.key}"
 
 
 class PlacementTests(GatewayTestCase):
@@ -96,7 +103,9 @@ class PlacementTests(GatewayTestCase):
             record = await self.store.get_object("vb", f"key{index}")
             assert record is not None
             (location,) = record.locations
-            self.assertEqual(location.real_key, real_key("vb", f"key{index}"))
+            parsed = parse_real_key(location.real_key)
+            assert parsed is not None
+            self.assertEqual((parsed.bucket, parsed.key), ("vb", f"key{index}"))
             self.assertIn(location.real_key, on_backends[location.backend])
             self.assertEqual(await self.read("vb", f"key{index}"), b"data %d" % index)
 
@@ -136,7 +145,9 @@ class RetryTests(GatewayTestCase):
         for index in range(4):
             record = await self.store.get_object("vb", f"k{index}")
             assert record is not None
-            self.assertEqual(record.locations, (Location("r2", f"vb/k{index}"),))
+            (location,) = record.locations
+            self.assertEqual(location.backend, "r2")
+            self.assertEqual(virtual(location.real_key), f"vb/k{index}")
 
     async def test_a_body_that_cannot_be_replayed_is_not_retried(self) -> None:
         # Round robin starts with r1 (the broken one) for the first key.
@@ -184,7 +195,8 @@ class ConsistencyTests(GatewayTestCase):
         self.assertNotEqual(first.locations[0].backend, second.locations[0].backend)
         on_backends = await self.everything_on_backends()
         self.assertEqual(on_backends[first.locations[0].backend], [])
-        self.assertEqual(on_backends[second.locations[0].backend], ["vb/k"])
+        self.assertEqual(on_backends[second.locations[0].backend], [second.locations[0].real_key])
+        self.assertEqual(virtual(second.locations[0].real_key), "vb/k")
         self.assertEqual(await self.read("vb", "k"), b"second")
         usage = await self.store.usage()
         self.assertEqual(sum(u.used_bytes for u in usage.values()), len(b"second"))
@@ -194,7 +206,8 @@ class ConsistencyTests(GatewayTestCase):
         await self.put("other", b"skip")  # moves round robin along
         await self.put("k", b"three")
         on_backends = await self.everything_on_backends()
-        self.assertEqual(sorted(on_backends["r1"] + on_backends["r2"]), ["vb/k", "vb/other"])
+        kept = sorted(on_backends["r1"] + on_backends["r2"])
+        self.assertEqual([virtual(real) for real in kept], ["vb/k", "vb/other"])
         self.assertEqual(await self.read("vb", "k"), b"three")
 
     async def test_concurrent_overwrites_leave_one_object_and_no_orphan(self) -> None:
@@ -209,7 +222,12 @@ class ConsistencyTests(GatewayTestCase):
         results = await defer.gatherResults(puts)
         self.assertEqual(len(results), 6)
         on_backends = await self.everything_on_backends()
-        holders = [name for name, keys in on_backends.items() if "vb/race" in keys]
+        holders = [
+            name
+            for name, keys in on_backends.items()
+            for real in keys
+            if virtual(real) == "vb/race"
+        ]
         self.assertEqual(len(holders), 1, on_backends)
         record = await self.store.get_object("vb", "race")
         assert record is not None

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from s3balance.backends.interface import BackendUnavailable, IBackend
 from s3balance.config import MultipartConfig
 from s3balance.db.records import UploadRecord
-from s3balance.housekeeping import UploadExpiry
+from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.multipart import MultipartUploads
 from s3balance.web.objects import BytesBody
 from test.support.daemon import Daemon, local_buckets, start_daemon
@@ -159,3 +159,33 @@ class ExpiryTests(unittest.TestCase):
         self.assertEqual((service.expiry, service.period), (7 * 24 * 3600.0, 3600.0))
         service = UploadExpiry(None, None, task.Clock())  # type: ignore[arg-type]
         self.assertEqual((service.expiry, service.period), (7 * 24 * 3600.0, 3600.0))
+
+
+class _CountingGateway:
+    """Stands in for the gateway's sweep: counts calls, fails the first one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def sweep_deletions(self, limit: int = 1000) -> defer.Deferred[int]:
+        self.calls += 1
+        if self.calls == 1:
+            return defer.fail(RuntimeError("database went away"))
+        return defer.succeed(2)
+
+
+class DeletionSweeperTests(unittest.TestCase):
+    def test_sweeps_every_period_and_survives_failures(self) -> None:
+        clock = task.Clock()
+        gateway = _CountingGateway()
+        sweeper = DeletionSweeper(gateway, clock, period=5.0)
+        sweeper.startService()
+        self.addCleanup(sweeper.stopService)
+        self.assertEqual(gateway.calls, 1)  # at start, failed and logged
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        clock.advance(5.0)
+        clock.advance(5.0)
+        self.assertEqual((gateway.calls, sweeper.deleted), (3, 4))
+        sweeper.stopService()
+        clock.advance(50.0)
+        self.assertEqual(gateway.calls, 3)

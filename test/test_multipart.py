@@ -81,7 +81,8 @@ class MultipartCoreCase(unittest.TestCase):
 
     async def read(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         record = await self.gateway.get_object_record("vb", key)
-        return await collect(await self.gateway.open_object(record, byte_range))
+        async with self.gateway.reading(record, byte_range) as stream:
+            return await collect(stream)
 
     async def assert_s3_error(self, code: str, coroutine: object) -> errors.S3Error:
         try:
@@ -156,6 +157,42 @@ class LifecycleTests(MultipartCoreCase):
         await self.assert_s3_error("NoSuchUpload", self.uploads.abort("vb", "k", upload.upload_id))
         await self.assert_s3_error("NoSuchUpload", self.part(upload.upload_id, 3, b"late"))
 
+    async def test_create_only_completions_race_and_one_wins(self) -> None:
+        from s3balance.db.store import ANY, Condition
+
+        uploads = [await self.uploads.create("vb", "lock", {}, {}) for _ in range(2)]
+        etags = [
+            await self.part(u.upload_id, 1, bytes([65 + n]) * 10, key="lock")
+            for n, u in enumerate(uploads)
+        ]
+        create_only = Condition(if_none_match=ANY)
+        outcomes = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    self.uploads.complete("vb", "lock", u.upload_id, [(1, e)], create_only)
+                ).addErrback(lambda failure: failure.value)
+                for u, e in zip(uploads, etags, strict=True)
+            ]
+        )
+        winners = [o for o in outcomes if not isinstance(o, Exception)]
+        losers = [o for o in outcomes if isinstance(o, errors.S3Error)]
+        self.assertEqual((len(winners), len(losers)), (1, 1), outcomes)
+        self.assertEqual(losers[0].code, "PreconditionFailed")
+        record = await self.store.get_object("vb", "lock")
+        assert record is not None
+        objects = [k for name in self.backend_names for k in await self.daemon.real_keys(name)]
+        self.assertEqual(objects, [record.locations[0].real_key])  # no assembled loser
+
+    async def test_a_repeated_completion_answers_the_same_result(self) -> None:
+        upload = await self.uploads.create("vb", "k", {}, {})
+        etag = await self.part(upload.upload_id, 1, b"data")
+        first = await self.uploads.complete("vb", "k", upload.upload_id, [(1, etag)])
+        again = await self.uploads.complete("vb", "k", upload.upload_id, [(1, etag)])
+        self.assertEqual((again.etag, again.size), (first.etag, first.size))
+        await self.assert_s3_error(
+            "NoSuchUpload", self.uploads.complete("vb", "other", upload.upload_id, [(1, etag)])
+        )
+
     async def test_completing_over_an_object_on_another_backend_deletes_the_old_bytes(
         self,
     ) -> None:
@@ -167,7 +204,8 @@ class LifecycleTests(MultipartCoreCase):
         await self.uploads.complete("vb", "k", upload.upload_id, [(1, etag)])
         self.assertEqual(await self.read("k"), b"new")
         self.assertEqual(await self.daemon.real_keys(old_location.backend), [])
-        self.assertEqual(await self.daemon.real_keys(upload.backend), ["vb/k"])
+        self.assertEqual(await self.daemon.real_keys(upload.backend), [upload.real_key])
+        self.assertTrue(upload.real_key.startswith("vb/k~w"))
 
     async def test_completing_over_an_object_on_the_same_backend_keeps_the_new_bytes(
         self,

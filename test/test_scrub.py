@@ -20,7 +20,7 @@ from s3balance.multipart import MultipartUploads
 from s3balance.scrub import comparable_key, scrub
 from test.support import unique_bucket_name
 from test.support.bodies import BytesBody
-from test.support.daemon import DaemonTestCase, seaweed_buckets
+from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.process import DaemonProcess
 from test.support.scrubbing import assert_nothing_left_behind, run_scrubcli
 from test.support.seaweedfs import shared_seaweedfs
@@ -36,6 +36,42 @@ def test_comparable_key_survives_seaweedfs_normalisation() -> None:
 async def _plant(backend: Any, key: str, data: bytes) -> None:
     """Bytes put straight on a backend, behind the daemon's back (what a crash leaves)."""
     await backend.put_object(key, BytesBody(data), len(data), {}, {})
+
+
+class ScrubUnderstandsRealKeys(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
+    """Orphans name the write they came from; rows whose bytes differ are reported."""
+
+    timeout = 60
+    backend_names = ["r1"]
+
+    async def test_orphans_name_their_key_and_mismatched_rows_are_reported(self) -> None:
+        gateway = self.daemon.gateway
+        backend = self.daemon.backends["r1"]
+        record = await gateway.put_object("vb", "k", BytesBody(b"12345"), 5, {}, {})
+        # An abandoned write of "k" and of a long key: what a killed daemon leaves.
+        abandoned, _ = gateway.new_location("vb", "k")
+        await _plant(backend, abandoned, b"half")
+        long_key = "L" * 1020
+        hashed, extra = gateway.new_location("vb", long_key)
+        await backend.put_object(hashed, BytesBody(b"long"), 4, {}, extra)
+        report = await scrub(self.daemon.store, self.daemon.backends, grace=0)
+        found = {(o.key, o.bucket, o.virtual_key) for o in report.backends["r1"].orphans}
+        self.assertEqual(found, {(abandoned, "vb", "k"), (hashed, "vb", long_key)})
+        self.assertEqual(report.mismatch_count, 0)
+        # The row's bytes replaced behind its back (what an in-place overwrite used to do).
+        (location,) = record.locations
+        await _plant(backend, location.real_key, b"other bytes")
+        report = await scrub(self.daemon.store, self.daemon.backends, True, grace=0)
+        (mismatch,) = report.backends["r1"].mismatched
+        self.assertEqual(
+            (mismatch.key, mismatch.recorded_size, mismatch.stored_size),
+            (location.real_key, 5, 11),
+        )
+        self.assertEqual(mismatch.recorded_etag, record.etag)
+        self.assertFalse(report.clean)
+        self.assertIn("mismatched " + location.real_key, report.summary())
+        self.assertEqual(report.to_json()["mismatched"], 1)
+        self.assertEqual(len(report.backends["r1"].removed), 2)  # the orphans, not the row
 
 
 class ScrubOnLocalDirectories(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
@@ -69,7 +105,7 @@ class ScrubOnLocalDirectories(DaemonTestCase, unittest.TestCase):  # type: ignor
         self.assertEqual([o.key for o in report.backends["r1"].recent_orphans], ["vb/left-behind"])
         self.assertEqual(report.backends["r1"].orphans, [])
         self.assertEqual(report.backends["r1"].removed, [])
-        self.assertEqual(report.backends[location.backend].dangling, ["vb/k0"])
+        self.assertEqual(report.backends[location.backend].dangling, [location.real_key])
         self.assertFalse(report.clean)
         self.assertEqual(report.to_json()["dangling"], 1)
 
@@ -84,7 +120,7 @@ class ScrubOnLocalDirectories(DaemonTestCase, unittest.TestCase):  # type: ignor
         report = yield scrub(self.daemon.store, self.daemon.backends, True, grace=0)
         self.assertEqual([o.key for o in report.backends["r1"].removed], ["vb/left-behind"])
         keys = (yield self.daemon.real_keys("r1")) + (yield self.daemon.real_keys("r2"))
-        self.assertEqual(sorted(keys), ["vb/k1", "vb/k2", "vb/k3"])
+        self.assertEqual(without_write_ids(keys), ["vb/k1", "vb/k2", "vb/k3"])
         for i in (1, 2, 3):
             got = yield self.call(s3.get_object, Bucket="vb", Key=f"k{i}")
             self.assertEqual(got["Body"].read(), b"x" * (10 + i))
@@ -187,11 +223,13 @@ def test_command_line_and_admin_endpoint_against_a_daemon_process(tmp_path: Path
         assert report["backends"]["weed"]["listed"] == 3
 
         direct.put_object(Bucket=bucket, Key="vbk/orphan", Body=b"o" * 55)
-        direct.delete_object(Bucket=bucket, Key="vbk/obj1")
+        listed = direct.list_objects_v2(Bucket=bucket)["Contents"]
+        (obj1,) = [entry["Key"] for entry in listed if entry["Key"].startswith("vbk/obj1~w")]
+        direct.delete_object(Bucket=bucket, Key=obj1)
         done = run_scrubcli(daemon.config_path, "--grace", "0")
         assert done.returncode == 1, done.stdout + done.stderr
         assert "orphan vbk/orphan (55 bytes)" in done.stdout
-        assert "dangling vbk/obj1" in done.stdout
+        assert f"dangling {obj1}" in done.stdout
 
         # The same over the admin API, with the grace period protecting a fresh orphan.
         status, answer = _post_scrub(daemon.endpoint, {"remove_orphans": True})
@@ -203,11 +241,17 @@ def test_command_line_and_admin_endpoint_against_a_daemon_process(tmp_path: Path
         )
         assert status == 200, answer
         assert answer["backends"]["weed"]["removed"] == [
-            {"key": "vbk/orphan", "size": 55, "last_modified": pytest.approx(time.time(), abs=120)}
+            {
+                "key": "vbk/orphan",
+                "size": 55,
+                "last_modified": pytest.approx(time.time(), abs=120),
+                "bucket": "vbk",
+                "virtual_key": "orphan",
+            }
         ]
         assert answer["dangling"] == 1 and answer["clean"] is False
         keys = [o["Key"] for o in direct.list_objects_v2(Bucket=bucket).get("Contents", [])]
-        assert sorted(keys) == ["vbk/obj0", "vbk/obj2"]
+        assert without_write_ids(keys) == ["vbk/obj0", "vbk/obj2"]
         assert _post_scrub(daemon.endpoint, {"backends": ["nope"]})[0] == 404
         assert _post_scrub(daemon.endpoint, {"remove_orphans": "yes"})[0] == 400
 

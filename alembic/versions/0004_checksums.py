@@ -2,7 +2,7 @@
 each multipart object's part checksums (for GetObjectAttributes).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-07
 
 Written by hand to equal ``s3balance.db.model`` (a test compares them).  Every new column is
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -113,6 +113,7 @@ from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
     from s3balance.app import S3BalanceService
+    from s3balance.web.request import StreamingRequest
 
 log = make_logger()
 
@@ -544,7 +545,7 @@ class AdminResource(Resource):
         }
 
     async def download_object(self, request: Request, name: str) -> JSON:
-        from s3balance.web.relay import relay_object
+        from s3balance.gateway import READ_ATTEMPTS, ObjectChanged
         from s3balance.web.request import StreamingRequest
 
         if not isinstance(request, StreamingRequest):
@@ -552,31 +553,48 @@ class AdminResource(Resource):
         key = _query(request, "key")
         assert key is not None
         gateway = self.service.gateway
-        record = await _s3_call(gateway.get_object_record(name, key))
-        if request.method == b"HEAD":
-            return _object_document(record)
-        stream = await _s3_call(gateway.open_object(record))
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: None)
-        request.setResponseCode(200)
-        content_type = record.headers.get("content-type") or "application/octet-stream"
-        request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
-        request.setHeader(b"content-disposition", _attachment(key))
-        request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"content-security-policy", b"sandbox")
-        stall = float(self.service.config.server.write_timeout) or 60.0
-        try:
-            await relay_object(request, stream, self.service.reactor, max(stall, 60.0))
-        except Exception as error:  # the connection was aborted: nothing more to answer
-            log.warn(
-                "download of {bucket}/{key} through the admin API ended: {error}",
-                bucket=name, key=key, error=error,
-            )
-        # The response is over (finished, or its connection aborted): wait until twisted.web says
-        # so, so that nothing is written after it.
-        await finished
-        return {}
+        for _ in range(READ_ATTEMPTS):
+            record = await _s3_call(gateway.get_object_record(name, key))
+            if request.method == b"HEAD":
+                return _object_document(record)
+            try:
+                await _s3_call(self._send_object(request, name, key, record))
+            except ObjectChanged:
+                continue  # overwritten between the row and the bytes: send the new object
+            return {}
+        raise _error(503, "the object kept changing while it was read; retry")
+
+    async def _send_object(
+        self, request: StreamingRequest, name: str, key: str, record: Any
+    ) -> None:
+        """Stream ``record``'s bytes as an attachment, counted as a reader of its location so
+        that an overwrite does not delete them under the download.
+
+        :raises ObjectChanged: before anything was answered.
+        """
+        from s3balance.web.relay import relay_object
+
+        async with self.service.gateway.reading(record) as stream:
+            finished = request.notifyFinish()
+            finished.addErrback(lambda _: None)
+            request.setResponseCode(200)
+            content_type = record.headers.get("content-type") or "application/octet-stream"
+            request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
+            request.setHeader(b"content-disposition", _attachment(key))
+            request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            request.setHeader(b"content-security-policy", b"sandbox")
+            stall = float(self.service.config.server.write_timeout) or 60.0
+            try:
+                await relay_object(request, stream, self.service.reactor, max(stall, 60.0))
+            except Exception as error:  # the connection was aborted: nothing more to answer
+                log.warn(
+                    "download of {bucket}/{key} through the admin API ended: {error}",
+                    bucket=name, key=key, error=error,
+                )
+            # The response is over (finished, or its connection aborted): wait until
+            # twisted.web says so, so that nothing is written after it.
+            await finished
 
     async def delete_object(self, request: Request, name: str) -> JSON:
         key = _query(request, "key")

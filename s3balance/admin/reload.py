@@ -131,7 +131,10 @@ async def _apply(service: S3BalanceService, new: Config, close_grace: float) -> 
             backends[name] = current
             continue
         try:
-            backend = make_backend(bucket, service.reactor, effective.data_dir, service.http_pool)
+            backend = make_backend(
+                bucket, service.reactor, effective.data_dir, service.http_pool,
+                service.config.server.write_timeout,
+            )
         except Exception as error:  # any failure to build refuses the whole configuration
             problems.append(f"buckets[{name}]: cannot set up the backend: {error}")
             continue

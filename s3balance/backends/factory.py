@@ -12,12 +12,19 @@ from s3balance.config import BucketConfig
 
 
 def make_backend(
-    config: BucketConfig, reactor: Any, data_dir: str, http_pool: HTTPConnectionPool
+    config: BucketConfig,
+    reactor: Any,
+    data_dir: str,
+    http_pool: HTTPConnectionPool,
+    stall_timeout: float = 60.0,
 ) -> IBackend:
     """A local-directory backend when ``path`` is set, an S3 backend otherwise.
 
     Relative local paths are taken from ``data_dir`` so the embedded default works from any
     working directory the operator chooses.
+
+    :param stall_timeout: ``server.write_timeout``, the one limit on a backend making no
+        progress (S3 backends).
     """
     if config.path is not None:
         from s3balance.backends.local import LocalDirectoryBackend
@@ -26,4 +33,4 @@ def make_backend(
         return LocalDirectoryBackend(config.name, root, reactor, max_size=config.max_size)
     from s3balance.backends.s3 import S3Backend
 
-    return S3Backend.from_config(config, reactor, http_pool)
+    return S3Backend.from_config(config, reactor, http_pool, stall_timeout)

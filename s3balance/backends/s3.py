@@ -728,10 +728,17 @@ class S3Backend:
 
     @classmethod
     def from_config(
-        cls, config: BucketConfig, reactor: Any, pool: HTTPConnectionPool | None
+        cls,
+        config: BucketConfig,
+        reactor: Any,
+        pool: HTTPConnectionPool | None,
+        stall_timeout: float = 60,
     ) -> S3Backend:
         """A backend for a ``buckets[]`` entry; an endpoint without scheme gets ``https://``
-        unless ``use_ssl`` is false."""
+        unless ``use_ssl`` is false.
+
+        :param stall_timeout: ``server.write_timeout``: how long the backend may make no
+            progress on a transfer before it is failed."""
         endpoint = config.endpoint.strip()
         if endpoint and "://" not in endpoint:
             endpoint = ("https://" if config.use_ssl else "http://") + endpoint
@@ -746,6 +753,7 @@ class S3Backend:
             reactor=reactor,
             pool=pool,
             ca_bundle=config.ca_bundle,
+            stall_timeout=stall_timeout,
         )
 
     def __repr__(self) -> str:

@@ -244,40 +244,36 @@ operation_counters = sa.Table(
     sa.Index(None, "month"),
 )
 
-#: Longest real key: a virtual bucket name (63 bytes) + "/" + a key (1024 bytes), with room for
-#: configured names; a (backend, real key) index still fits InnoDB's 3072-byte limit.
-MAX_REAL_KEY_BYTES = 1536
-
-#: Claims on a ``(backend, real key)`` held from before a write (or a deletion) of those bytes
-#: until its metadata is committed, so daemons sharing the database never write one location at
-#: the same time (see :mod:`s3balance.gateway`).  One token may hold several rows: a write's
-#: target and the replaced locations it is about to delete.
-write_intents = sa.Table(
-    "write_intents",
+#: Bytes no row references any more, to delete from their backend once ``delete_after`` has
+#: passed: a replaced or deleted object's location, kept for a grace period so that GETs already
+#: streaming it (in this daemon or in others sharing the database) can finish.  The row is written
+#: in the transaction that unreferenced the location, so a crash before the deletion leaks
+#: nothing: any daemon's housekeeping deletes it later.
+pending_deletions = sa.Table(
+    "pending_deletions",
     metadata,
-    sa.Column("backend", sa.String(255), primary_key=True),
-    sa.Column("real_key", Utf8Bytes(MAX_REAL_KEY_BYTES), primary_key=True),
-    sa.Column("token", sa.String(64), nullable=False),
-    #: Who holds it, for operators reading the table.
-    sa.Column("daemon", sa.String(255), nullable=False),
-    sa.Column("claimed_at", sa.Double, nullable=False),
-    #: Refreshed while the write goes on; a claim whose heartbeat is old belongs to a dead daemon.
-    sa.Column("heartbeat_at", sa.Double, nullable=False),
-    sa.Index(None, "token"),
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("backend", sa.String(255), nullable=False),
+    sa.Column("real_key", sa.Text, nullable=False),
+    sa.Column("delete_after", sa.Double, nullable=False),
+    sa.Index(None, "delete_after"),
+    sa.Index(None, "backend"),
 )
 
-#: Writers waiting for a claimed location, so claims are granted first come, first served: a
-#: daemon's own queued writers would otherwise re-claim at once, before another daemon's next
-#: poll, and starve it.
-write_waiters = sa.Table(
-    "write_waiters",
+#: Results of completed multipart uploads, so that a CompleteMultipartUpload repeated after it
+#: succeeded answers the same result (as S3 does for a while); dropped after
+#: ``multipart.expiry`` by housekeeping.
+completed_uploads = sa.Table(
+    "completed_uploads",
     metadata,
-    sa.Column("backend", sa.String(255), primary_key=True),
-    sa.Column("real_key", Utf8Bytes(MAX_REAL_KEY_BYTES), primary_key=True),
-    sa.Column("token", sa.String(64), primary_key=True),
-    sa.Column("first_seen", sa.Double, nullable=False),
-    #: Renewed at every poll; a waiter not seen for a while gave up (client gone, timed out).
-    sa.Column("last_seen", sa.Double, nullable=False),
+    sa.Column("upload_id", Utf8Bytes(255), primary_key=True),
+    sa.Column("bucket", sa.String(255), nullable=False),
+    sa.Column("key", Utf8Bytes(MAX_KEY_BYTES), nullable=False),
+    sa.Column("etag", sa.String(80), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("completed_at", sa.Double, nullable=False),
+    sa.Column("checksums", JsonText, nullable=False),
+    sa.Index(None, "completed_at"),
 )
 
 

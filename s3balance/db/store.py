@@ -12,13 +12,12 @@ replaced or deleted is locked with ``SELECT ... FOR UPDATE`` before its old size
 Usage rows are always updated in backend-name order, so two transactions never wait on each other's
 usage rows in opposite orders (a deadlock).
 
-Write intents (table ``write_intents``) serialise writes of one ``(backend, real key)`` across
-daemons; :mod:`s3balance.gateway` explains the protocol.  Here: :meth:`MetadataStore.claim_write`
-takes a location (or a dead daemon's stale claim of it), :meth:`MetadataStore.replace_object`
-commits an object and, in the same transaction, releases the writer's claim and claims the
-replaced locations it may delete - skipping those another writer holds, since that writer is
-about to commit new bytes there.  A commit always locks the object row before any intent row, so
-two commits of one key never wait on each other in opposite orders.
+Every write has a real key of its own (see :mod:`s3balance.gateway`), so a commit never races
+another writer for bytes: it only switches the object row to the new location.  Conditional
+writes compare and swap there: the object row is locked (``SELECT ... FOR UPDATE``, or the
+unique index when it does not exist yet) before the condition is judged, inside the commit's
+transaction.  Locations a commit or a delete unreferenced are queued in ``pending_deletions`` in
+the same transaction, so their deletion survives a crash.
 """
 
 from __future__ import annotations
@@ -33,14 +32,14 @@ import sqlalchemy as sa
 from s3balance.db import model
 from s3balance.db.model import (
     backend_usage,
+    completed_uploads,
     multipart_parts,
     multipart_uploads,
     object_locations,
     objects,
     operation_counters,
+    pending_deletions,
     virtual_buckets,
-    write_intents,
-    write_waiters,
 )
 from s3balance.db.records import (
     BackendUsage,
@@ -75,26 +74,58 @@ class NoSuchBucketError(Exception):
     """The named virtual bucket does not exist."""
 
 
-class ClaimLostError(Exception):
-    """A commit found its write's claim gone: another daemon took it over as stale, so the bytes
-    at the location may be that daemon's.  Nothing was committed."""
+class PreconditionFailedError(Exception):
+    """A conditional write or delete found the object not as the condition required; nothing
+    was changed."""
+
+
+class ObjectMissingError(Exception):
+    """An ``If-Match`` write or delete found no object; nothing was changed."""
+
+
+#: ``Condition.if_none_match`` value: the key must not exist.
+ANY = "*"
 
 
 @dataclass(frozen=True)
-class WriteIntent:
-    """Who claims locations, and the clock to judge other claims by.
+class Condition:
+    """What the current object must be for a commit (or delete) to go ahead.
 
-    :param token: unique per write; every row a write claims carries it.
-    :param daemon: the claiming daemon, for operators reading the table.
-    :param now: the claimer's current time (seconds since the epoch).
-    :param stale_after: a claim whose heartbeat is older than this many seconds belongs to a
-        dead daemon and may be taken over.
+    :param if_match: the ETag the current object must have (quotes optional); a missing object
+        fails with :class:`ObjectMissingError`.
+    :param if_none_match: ``"*"``: there must be no current object.
     """
 
-    token: str
-    daemon: str
-    now: float
-    stale_after: float
+    if_match: str | None = None
+    if_none_match: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.if_match is not None or self.if_none_match is not None
+
+    def check(self, current_etag: str | None) -> None:
+        """:raises PreconditionFailedError: :raises ObjectMissingError:"""
+        if self.if_none_match is not None and current_etag is not None:
+            raise PreconditionFailedError("If-None-Match")
+        if self.if_match is not None:
+            if current_etag is None:
+                raise ObjectMissingError()
+            if not _etags_match(self.if_match, current_etag):
+                raise PreconditionFailedError("If-Match")
+
+
+#: The condition of a plain write: none.
+UNCONDITIONAL = Condition()
+
+
+def _etags_match(header: str, etag: str) -> bool:
+    wanted = etag.strip().strip('"')
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == "*" or (candidate and candidate.strip('"') == wanted):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -103,13 +134,36 @@ class Replacement:
 
     :param previous_size: the replaced object's size; None when there was no object.
     :param previous_locations: where the replaced object was (for usage accounting).
-    :param to_delete: replaced locations nothing references any more, claimed for the caller
-        when it passed a :class:`WriteIntent`: delete their bytes, then release the token.
+    :param to_delete: replaced locations nothing references any more; each was queued in
+        ``pending_deletions`` in the same transaction (``pending_ids``, same order).
     """
 
     previous_size: int | None
     previous_locations: tuple[Location, ...]
     to_delete: list[Location]
+    pending_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PendingDeletion:
+    """A location queued for deletion (row id, where, and when it may go)."""
+
+    id: int
+    location: Location
+    delete_after: float
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    """The result of a completed multipart upload, kept for repeated completions."""
+
+    upload_id: str
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    completed_at: float
+    checksums: dict[str, str]
 
 
 class MetadataStore:
@@ -161,20 +215,24 @@ class MetadataStore:
         """
         return self.pool.do(_put_object, record)
 
-    def replace_object(self, record: ObjectRecord, intent: WriteIntent) -> Deferred[Replacement]:
-        """:meth:`put_object` for a write that claimed ``record``'s locations with ``intent``.
+    def commit_object(
+        self, record: ObjectRecord, condition: Condition = UNCONDITIONAL, delete_after: float = 0.0
+    ) -> Deferred[Replacement]:
+        """:meth:`put_object` for the gateway: in the same transaction, judge ``condition``
+        against the locked current row (compare and swap) and queue the replaced locations in
+        ``pending_deletions`` (deletable after ``delete_after``).
 
-        In the same transaction, releases those claims and claims (for ``intent.token``) the
-        replaced locations to delete, leaving out any that another live claim holds.
-        :raises ClaimLostError: ``intent`` no longer holds ``record``'s first location.
+        :raises PreconditionFailedError: :raises ObjectMissingError: (nothing committed)
         :raises NoSuchBucketError:
         """
-        return self.pool.do(_replace_object, record, intent)
+        return self.pool.do(_commit_object, record, condition, delete_after)
 
-    def remove_object(self, bucket: str, key: str, intent: WriteIntent) -> Deferred[Replacement]:
-        """:meth:`delete_object`, also claiming the removed locations for deletion as
-        :meth:`replace_object` does (``previous_size`` is None when there was no object)."""
-        return self.pool.do(_remove_object, bucket, key, intent)
+    def remove_object(
+        self, bucket: str, key: str, condition: Condition = UNCONDITIONAL, delete_after: float = 0.0
+    ) -> Deferred[Replacement]:
+        """:meth:`delete_object` with the condition and queueing of :meth:`commit_object`
+        (``previous_size`` is None when there was no object)."""
+        return self.pool.do(_remove_object, bucket, key, condition, delete_after)
 
     def set_object_tags(self, bucket: str, key: str, tags: dict[str, str]) -> Deferred[bool]:
         """Replace an object's tags (an empty dict removes them); fires False when there is no
@@ -210,8 +268,23 @@ class MetadataStore:
         return self.pool.do_read(_list_objects, bucket, prefix, delimiter, start_after, max_keys)
 
     def locations_on(self, backend: str) -> Deferred[set[str]]:
-        """Every real key that object rows and uploads reference on ``backend`` (for scrub)."""
+        """Every real key that object rows, uploads and pending deletions reference on
+        ``backend`` (for scrub)."""
         return self.pool.do_read(_locations_on, backend)
+
+    def objects_on(self, backend: str) -> Deferred[dict[str, tuple[int, str]]]:
+        """``real key -> (size, ETag)`` of every object row with a location on ``backend``."""
+        return self.pool.do_read(_objects_on, backend)
+
+    # -- pending deletions -----------------------------------------------------------------
+
+    def due_deletions(self, now: float, limit: int = 1000) -> Deferred[list[PendingDeletion]]:
+        """Queued deletions whose time has come, oldest first."""
+        return self.pool.do_read(_due_deletions, now, limit)
+
+    def forget_deletions(self, ids: Sequence[int]) -> Deferred[None]:
+        """Drop queued deletions (their bytes are gone)."""
+        return self.pool.do(_forget_deletions, list(ids))
 
     # -- usage -----------------------------------------------------------------------------
 
@@ -247,12 +320,26 @@ class MetadataStore:
         :raises KeyError: the upload no longer exists."""
         return self.pool.do(_complete_upload, upload_id, record)
 
-    def complete_upload_replacing(
-        self, upload_id: str, record: ObjectRecord, intent: WriteIntent
+    def finish_upload(
+        self,
+        upload_id: str,
+        record: ObjectRecord,
+        condition: Condition = UNCONDITIONAL,
+        delete_after: float = 0.0,
     ) -> Deferred[Replacement]:
-        """:meth:`complete_upload` with the claims of :meth:`replace_object`.
-        :raises KeyError: :raises NoSuchBucketError: :raises ClaimLostError:"""
-        return self.pool.do(_complete_upload_replacing, upload_id, record, intent)
+        """:meth:`complete_upload` with the condition and queueing of :meth:`commit_object`,
+        keeping the result for a repeated completion (:meth:`completed_upload`).
+        :raises KeyError: :raises NoSuchBucketError: :raises PreconditionFailedError:
+        :raises ObjectMissingError:"""
+        return self.pool.do(_finish_upload, upload_id, record, condition, delete_after)
+
+    def completed_upload(self, upload_id: str) -> Deferred[CompletedUpload | None]:
+        """The kept result of a completed upload, or None."""
+        return self.pool.do_read(_completed_upload, upload_id)
+
+    def forget_completed_uploads(self, before: float) -> Deferred[int]:
+        """Drop results of uploads completed before ``before``; fires with how many."""
+        return self.pool.do(_forget_completed_uploads, before)
 
     def abort_upload(self, upload_id: str) -> Deferred[UploadRecord | None]:
         """Drop the upload and its parts (releasing their usage); fires with what was dropped."""
@@ -279,33 +366,6 @@ class MetadataStore:
     def uploads_initiated_before(self, when: float) -> Deferred[list[UploadRecord]]:
         """Uploads of every bucket initiated before ``when``, oldest first."""
         return self.pool.do_read(_uploads_initiated_before, when)
-
-    # -- write intents ---------------------------------------------------------------------
-
-    def claim_write(
-        self,
-        backend: str,
-        real_key: str,
-        intent: WriteIntent,
-        bucket: str | None = None,
-    ) -> Deferred[bool]:
-        """Claim ``(backend, real_key)`` for ``intent.token``: fires True when it is ours (new,
-        already ours, or taken over from a claim older than ``intent.stale_after``), False when
-        another live claim holds it.
-
-        :param bucket: also check this virtual bucket exists (saves a query per write).
-        :raises NoSuchBucketError:
-        """
-        return self.pool.do(_claim_write, backend, real_key, intent, bucket)
-
-    def refresh_write(self, token: str, now: float) -> Deferred[int]:
-        """Renew the heartbeat of ``token``'s claims; fires with how many it still holds."""
-        return self.pool.do(_refresh_write, token, now)
-
-    def release_write(self, token: str) -> Deferred[None]:
-        """Drop every claim of ``token``, and its place in any queue (nothing happens when it
-        holds none)."""
-        return self.pool.do(_release_write, token)
 
     # -- operation counters ----------------------------------------------------------------
 
@@ -613,47 +673,45 @@ def _put_object(conn: sa.Connection, record: ObjectRecord) -> list[Location]:
     return replaced.to_delete
 
 
-def _replace_object(conn: sa.Connection, record: ObjectRecord, intent: WriteIntent) -> Replacement:
+def _commit_object(
+    conn: sa.Connection, record: ObjectRecord, condition: Condition, delete_after: float
+) -> Replacement:
     deltas = _new_deltas()
-    replaced = _write_object(conn, record, deltas)
-    replaced = _settle_claims(conn, record, replaced, intent)
+    replaced = _write_object(conn, record, deltas, condition)
     _apply_usage(conn, deltas)
-    return replaced
+    return _queue_deletions(conn, replaced, delete_after)
 
 
-def _settle_claims(
-    conn: sa.Connection, record: ObjectRecord, replaced: Replacement, intent: WriteIntent
+def _queue_deletions(
+    conn: sa.Connection, replaced: Replacement, delete_after: float
 ) -> Replacement:
-    """Release the writer's claims on ``record``'s locations (refusing the commit when the first
-    is no longer ours) and claim the replaced locations to delete; called after the object row
-    was locked."""
-    for position, location in enumerate(record.locations):
-        released = conn.execute(
-            write_intents.delete().where(
-                write_intents.c.backend == location.backend,
-                write_intents.c.real_key == location.real_key,
-                write_intents.c.token == intent.token,
+    """Insert ``replaced.to_delete`` into ``pending_deletions``; the ids go into the result."""
+    ids = []
+    for location in replaced.to_delete:
+        result = conn.execute(
+            pending_deletions.insert().values(
+                backend=location.backend, real_key=location.real_key, delete_after=delete_after
             )
-        ).rowcount
-        if not released and position == 0:
-            raise ClaimLostError(f"{location.backend}:{location.real_key}")
-    return _claim_for_deletion(conn, replaced, intent)
+        )
+        assert result.inserted_primary_key is not None
+        ids.append(int(result.inserted_primary_key[0]))
+    return Replacement(
+        replaced.previous_size, replaced.previous_locations, replaced.to_delete, tuple(ids)
+    )
 
 
-def _claim_for_deletion(
-    conn: sa.Connection, replaced: Replacement, intent: WriteIntent
+def _write_object(
+    conn: sa.Connection,
+    record: ObjectRecord,
+    deltas: _Deltas,
+    condition: Condition = UNCONDITIONAL,
 ) -> Replacement:
-    deletable = [
-        location
-        for location in replaced.to_delete
-        if _claim(conn, location.backend, location.real_key, intent)
-    ]
-    return Replacement(replaced.previous_size, replaced.previous_locations, deletable)
-
-
-def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) -> Replacement:
     """Upsert ``record``'s rows, noting usage changes in ``deltas``; returns what was replaced,
-    with the replaced locations that ``record`` does not reuse as ``to_delete``."""
+    with the replaced locations that ``record`` does not reuse as ``to_delete``.
+
+    ``condition`` is judged against the current row once it is locked (or once the insert proved
+    there is none): the compare and swap of conditional writes.
+    """
     bucket_id = _require_bucket(conn, record.bucket)
     values = {
         "size": record.size,
@@ -671,10 +729,12 @@ def _write_object(conn: sa.Connection, record: ObjectRecord, deltas: _Deltas) ->
     old_size: int | None = None
     for _ in range(_UPSERT_ATTEMPTS):
         existing = conn.execute(
-            sa.select(objects.c.id, objects.c.size)
+            sa.select(objects.c.id, objects.c.size, objects.c.etag)
             .where(objects.c.bucket_id == bucket_id, objects.c.key == record.key)
             .with_for_update()
         ).first()
+        if condition:
+            condition.check(None if existing is None else existing.etag)
         if existing is not None:
             object_id = existing.id
             old_size = existing.size
@@ -746,12 +806,26 @@ def _delete_object(conn: sa.Connection, bucket: str, key: str) -> ObjectRecord |
     return _object_record(row, bucket, locations)
 
 
-def _remove_object(conn: sa.Connection, bucket: str, key: str, intent: WriteIntent) -> Replacement:
+def _remove_object(
+    conn: sa.Connection, bucket: str, key: str, condition: Condition, delete_after: float
+) -> Replacement:
+    if condition:
+        bucket_id = _bucket_id(conn, bucket)
+        current = None
+        if bucket_id is not None:
+            current = conn.execute(
+                sa.select(objects.c.etag)
+                .where(objects.c.bucket_id == bucket_id, objects.c.key == key)
+                .with_for_update()
+            ).first()
+        condition.check(None if current is None else current.etag)
     removed = _delete_object(conn, bucket, key)
     if removed is None:
         return Replacement(None, (), [])
     unique = list(dict.fromkeys(removed.locations))
-    return _claim_for_deletion(conn, Replacement(removed.size, removed.locations, unique), intent)
+    return _queue_deletions(
+        conn, Replacement(removed.size, removed.locations, unique), delete_after
+    )
 
 
 # -- listings --------------------------------------------------------------------------------
@@ -910,7 +984,42 @@ def _locations_on(conn: sa.Connection, backend: str) -> set[str]:
             sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
         ).scalars()
     )
+    keys.update(
+        conn.execute(
+            sa.select(pending_deletions.c.real_key).where(pending_deletions.c.backend == backend)
+        ).scalars()
+    )
     return keys
+
+
+def _objects_on(conn: sa.Connection, backend: str) -> dict[str, tuple[int, str]]:
+    rows = conn.execute(
+        sa.select(object_locations.c.real_key, objects.c.size, objects.c.etag)
+        .join(objects, objects.c.id == object_locations.c.object_id)
+        .where(object_locations.c.backend == backend)
+    )
+    return {row.real_key: (int(row.size), row.etag) for row in rows}
+
+
+# -- pending deletions -----------------------------------------------------------------------
+
+
+def _due_deletions(conn: sa.Connection, now: float, limit: int) -> list[PendingDeletion]:
+    rows = conn.execute(
+        sa.select(pending_deletions)
+        .where(pending_deletions.c.delete_after <= now)
+        .order_by(pending_deletions.c.delete_after, pending_deletions.c.id)
+        .limit(limit)
+    )
+    return [
+        PendingDeletion(int(row.id), Location(row.backend, row.real_key), row.delete_after)
+        for row in rows
+    ]
+
+
+def _forget_deletions(conn: sa.Connection, ids: list[int]) -> None:
+    if ids:
+        conn.execute(pending_deletions.delete().where(pending_deletions.c.id.in_(ids)))
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -1060,17 +1169,52 @@ def _complete_upload(conn: sa.Connection, upload_id: str, record: ObjectRecord) 
     return replaced.to_delete
 
 
-def _complete_upload_replacing(
-    conn: sa.Connection, upload_id: str, record: ObjectRecord, intent: WriteIntent
+def _finish_upload(
+    conn: sa.Connection,
+    upload_id: str,
+    record: ObjectRecord,
+    condition: Condition,
+    delete_after: float,
 ) -> Replacement:
     upload = _lock_upload(conn, upload_id)
     if upload is None:
         raise KeyError(upload_id)
     deltas = _new_deltas()
     _drop_upload(conn, upload, deltas)
-    replaced = _settle_claims(conn, record, _write_object(conn, record, deltas), intent)
+    replaced = _write_object(conn, record, deltas, condition)
     _apply_usage(conn, deltas)
-    return replaced
+    conn.execute(
+        completed_uploads.insert().values(
+            upload_id=upload_id,
+            bucket=record.bucket,
+            key=record.key,
+            etag=record.etag,
+            size=record.size,
+            completed_at=record.last_modified,
+            checksums=dict(record.checksums),
+        )
+    )
+    return _queue_deletions(conn, replaced, delete_after)
+
+
+def _completed_upload(conn: sa.Connection, upload_id: str) -> CompletedUpload | None:
+    row = conn.execute(
+        sa.select(completed_uploads).where(completed_uploads.c.upload_id == upload_id)
+    ).first()
+    if row is None:
+        return None
+    return CompletedUpload(
+        row.upload_id, row.bucket, row.key, row.etag, int(row.size), row.completed_at,
+        dict(row.checksums),
+    )
+
+
+def _forget_completed_uploads(conn: sa.Connection, before: float) -> int:
+    return int(
+        conn.execute(
+            completed_uploads.delete().where(completed_uploads.c.completed_at < before)
+        ).rowcount
+    )
 
 
 def _abort_upload(conn: sa.Connection, upload_id: str) -> UploadRecord | None:
@@ -1184,131 +1328,17 @@ def _operation_history(
     return sorted(records, key=lambda record: (record.month, record.backend))
 
 
-# -- write intents ---------------------------------------------------------------------------
-
-
-def _claim(conn: sa.Connection, backend: str, real_key: str, intent: WriteIntent) -> bool:
-    """Insert ``intent``'s claim, or take over a stale one; False while a live claim holds it.
-
-    The locking read sees the latest committed claim on every database (MariaDB's plain reads
-    would see the transaction's snapshot); a failed insert means a concurrent claim won the race,
-    which the next round reads.
-    """
-    where = sa.and_(write_intents.c.backend == backend, write_intents.c.real_key == real_key)
-    claimed = {
-        "token": intent.token,
-        "daemon": intent.daemon[:255],
-        "claimed_at": intent.now,
-        "heartbeat_at": intent.now,
-    }
-    stale_before = intent.now - intent.stale_after
-    for _ in range(_UPSERT_ATTEMPTS):
-        row = conn.execute(
-            sa.select(write_intents.c.token, write_intents.c.heartbeat_at)
-            .where(where)
-            .with_for_update()
-        ).first()
-        if row is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        write_intents.insert().values(backend=backend, real_key=real_key, **claimed)
-                    )
-                return True
-            except sa.exc.IntegrityError:
-                continue
-        if row.token == intent.token:
-            return True
-        if row.heartbeat_at >= stale_before:
-            return False
-        taken = conn.execute(
-            write_intents.update()
-            .where(where, write_intents.c.token == row.token)
-            .values(**claimed)
-        ).rowcount
-        if taken:
-            return True
-    return False
-
-
-#: A waiter that has not polled for this long gave up (its client left, or it timed out); the
-#: gateway polls at least every second.
-WAITER_STALE_AFTER = 5.0
-
-
-def _claim_write(
-    conn: sa.Connection, backend: str, real_key: str, intent: WriteIntent, bucket: str | None
-) -> bool:
-    """A writer's claim, first come, first served: while an older writer waits for the same
-    location, a newer one does not get it even when it is free, and joins the queue."""
-    if bucket is not None:
-        _require_bucket(conn, bucket)
-    waiting = sa.and_(write_waiters.c.backend == backend, write_waiters.c.real_key == real_key)
-    conn.execute(
-        write_waiters.delete().where(
-            waiting, write_waiters.c.last_seen < intent.now - WAITER_STALE_AFTER
-        )
-    )
-    mine = conn.execute(
-        sa.select(write_waiters.c.first_seen).where(waiting, write_waiters.c.token == intent.token)
-    ).first()
-    since = mine.first_seen if mine is not None else intent.now
-    ahead = conn.execute(
-        sa.select(write_waiters.c.token)
-        .where(
-            waiting,
-            write_waiters.c.token != intent.token,
-            sa.or_(
-                write_waiters.c.first_seen < since,
-                sa.and_(write_waiters.c.first_seen == since, write_waiters.c.token < intent.token),
-            ),
-        )
-        .limit(1)
-    ).first()
-    granted = ahead is None and _claim(conn, backend, real_key, intent)
-    if granted:
-        if mine is not None:
-            conn.execute(
-                write_waiters.delete().where(waiting, write_waiters.c.token == intent.token)
-            )
-    elif mine is not None:
-        conn.execute(
-            write_waiters.update()
-            .where(waiting, write_waiters.c.token == intent.token)
-            .values(last_seen=intent.now)
-        )
-    else:
-        conn.execute(
-            write_waiters.insert().values(
-                backend=backend,
-                real_key=real_key,
-                token=intent.token,
-                first_seen=since,
-                last_seen=intent.now,
-            )
-        )
-    return granted
-
-
-def _refresh_write(conn: sa.Connection, token: str, now: float) -> int:
-    return int(
-        conn.execute(
-            write_intents.update().where(write_intents.c.token == token).values(heartbeat_at=now)
-        ).rowcount
-    )
-
-
-def _release_write(conn: sa.Connection, token: str) -> None:
-    conn.execute(write_intents.delete().where(write_intents.c.token == token))
-    conn.execute(write_waiters.delete().where(write_waiters.c.token == token))
-
-
 __all__ = [
+    "ANY",
     "BucketNotEmptyError",
-    "ClaimLostError",
+    "CompletedUpload",
+    "Condition",
     "MetadataStore",
     "NoSuchBucketError",
+    "ObjectMissingError",
+    "PendingDeletion",
+    "PreconditionFailedError",
     "Replacement",
-    "WriteIntent",
+    "UNCONDITIONAL",
     "model",
 ]

@@ -52,6 +52,7 @@ from s3balance.web.objects import (
     requested_tags,
     stored_headers_from_request,
     upload_body,
+    write_condition,
 )
 from s3balance.web.xml import (
     Owner,
@@ -424,6 +425,7 @@ class MultipartHandler:
         return Answer.xml(copy_part_result(part))
 
     async def handle_CompleteMultipartUpload(self, request: Any, ctx: RequestContext) -> Any:
+        condition = write_condition(ctx)
         document_body = ctx.read_body()
         requested = parse_complete(document_body)
         checksum_request = checksumming.completion_request(
@@ -431,7 +433,7 @@ class MultipartHandler:
         )
         work = defer.ensureDeferred(
             self.uploads.complete(
-                ctx.bucket, ctx.key, _upload_id(ctx), requested, checksum_request
+                ctx.bucket, ctx.key, _upload_id(ctx), requested, checksum_request, condition
             )
         )
         keepalive = _KeepAlive(request, ctx.clock, self.keepalive_interval)

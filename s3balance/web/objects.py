@@ -31,7 +31,8 @@ from s3balance import acl, conditions, errors, tagging
 from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
-from s3balance.gateway import MAX_PUT_SIZE, validate_key
+from s3balance.db.store import ANY, UNCONDITIONAL, Condition
+from s3balance.gateway import MAX_PUT_SIZE, READ_ATTEMPTS, ObjectChanged, validate_key
 from s3balance.integers import parse_decimal
 from s3balance.multipart import parse_part_number, part_range, parts_count
 from s3balance.web import checksumming, xml
@@ -183,6 +184,25 @@ def encryption_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     return [] if value is None else [(SSE_HEADER, value)]
 
 
+def write_condition(ctx: RequestContext, prefix: str = "") -> Condition:
+    """The conditional-write headers of a PutObject, CopyObject (on the destination),
+    CompleteMultipartUpload or DeleteObject: ``If-None-Match: *`` and ``If-Match``.
+
+    :raises S3Error: NotImplemented for an ``If-None-Match`` other than ``*`` (S3 serves only
+        that one on writes).
+    """
+    if_none_match = ctx.header(f"{prefix}if-none-match")
+    if if_none_match is not None and if_none_match.strip() != ANY:
+        raise errors.NotImplementedError_(
+            "A header you provided implies functionality that is not implemented: "
+            "If-None-Match on a write accepts only *."
+        )
+    if_match = ctx.header(f"{prefix}if-match")
+    if if_none_match is None and if_match is None:
+        return UNCONDITIONAL
+    return Condition(if_match=if_match, if_none_match=ANY if if_none_match else None)
+
+
 def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], dict[str, str]]:
     """The headers S3 keeps with an object, and its user metadata, from a PUT or a
     REPLACE copy."""
@@ -270,8 +290,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
     length = _declared_length(ctx)
     if length > MAX_PUT_SIZE:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-    # No bucket check here: the gateway's write claim checks the bucket in the same transaction,
-    # still before any body byte is read.
+    # The gateway checks the bucket (and the condition) before any body byte is read.
+    condition = write_condition(ctx)
     headers, metadata = stored_headers_from_request(ctx)
     encryption = requested_encryption(ctx)
     if encryption is not None:
@@ -287,7 +307,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         return stored
 
     record = await ctx.gateway.put_object(
-        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, tags=tags, acl=object_acl
+        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, condition, tags=tags,
+        acl=object_acl,
     )
     answer_headers = [("ETag", record.etag)]
     answer_headers.extend(checksumming.answer_headers(record.checksums))
@@ -342,6 +363,16 @@ def _check_conditions(ctx: RequestContext, record: ObjectRecord) -> Answer | Non
 
 async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     _version_id_must_be_null(ctx)
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return await _read_once(ctx, with_body)
+        except ObjectChanged:
+            continue  # overwritten between the row and the bytes: answer the new object
+    raise errors.ServiceUnavailable("The object kept changing while it was read; retry.")
+
+
+async def _read_once(ctx: RequestContext, with_body: bool) -> Answer | Any:
+    """One attempt of :func:`_read`. :raises ObjectChanged: before anything was answered."""
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     not_modified = _check_conditions(ctx, record)
     if not_modified is not None:
@@ -374,12 +405,12 @@ async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
         redirect = _redirect(ctx, record)
         if redirect is not None:
             return redirect
-    stream = await ctx.gateway.open_object(record, byte_range)
-    request: Any = ctx.request
-    request.setResponseCode(status)
-    add_response_headers(request, headers)
-    request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
-    await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
+    async with ctx.gateway.reading(record, byte_range) as stream:
+        request: Any = ctx.request
+        request.setResponseCode(status)
+        add_response_headers(request, headers)
+        request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
+        await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
     return STREAMED
 
 
@@ -407,9 +438,16 @@ async def handle_HeadObject(ctx: RequestContext) -> Any:
     return await _read(ctx, with_body=False)
 
 
+#: Conditions of DeleteObject that S3 serves only on directory buckets; refused, never ignored.
+_UNSUPPORTED_DELETE_CONDITIONS = ("x-amz-if-match-last-modified-time", "x-amz-if-match-size")
+
+
 async def handle_DeleteObject(ctx: RequestContext) -> Answer:
     _version_id_must_be_null(ctx)
-    await ctx.gateway.delete_object(ctx.bucket, ctx.key)
+    for name in _UNSUPPORTED_DELETE_CONDITIONS:
+        if ctx.header(name) is not None:
+            raise errors.NotImplementedError_(f"The {name} header is not supported.")
+    await ctx.gateway.delete_object(ctx.bucket, ctx.key, write_condition(ctx))
     return Answer(204)
 
 
@@ -437,10 +475,12 @@ async def handle_DeleteObjects(ctx: RequestContext) -> Answer:
     request = xml.parse_delete(body)
     await ctx.gateway.get_bucket(ctx.bucket)
     outcomes: list[xml.DeleteOutcome] = []
-    for key in request.keys:
+    etags = request.etags or [None] * len(request.keys)
+    for key, etag in zip(request.keys, etags, strict=True):
         try:
             validate_key(key)
-            await ctx.gateway.delete_object(ctx.bucket, key)
+            condition = UNCONDITIONAL if etag is None else Condition(if_match=etag)
+            await ctx.gateway.delete_object(ctx.bucket, key, condition)
         except errors.S3Error as error:
             outcomes.append(xml.DeleteOutcome(key, error))
         else:
@@ -502,6 +542,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
     identity = ctx.identity
     if identity is not None and not identity.may_access(source_bucket, False):
         raise errors.AccessDenied()
+    condition = write_condition(ctx)
     directive = (ctx.header("x-amz-metadata-directive") or "COPY").strip().upper()
     if directive not in ("COPY", "REPLACE"):
         raise errors.InvalidArgument(
@@ -545,7 +586,7 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
         headers[SSE_HEADER] = encryption
     tags = dict(source.tags) if new_tags is None else new_tags
     record = await ctx.gateway.copy_object(
-        source, ctx.bucket, ctx.key, headers, metadata, tags=tags, acl=object_acl
+        source, ctx.bucket, ctx.key, headers, metadata, condition, tags=tags, acl=object_acl
     )
     answer = Answer.xml(xml.copy_object_result(record.etag, record.last_modified))
     answer.headers.extend(encryption_headers(record.headers))

@@ -12,7 +12,7 @@ import datetime
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from defusedxml import DefusedXmlException
@@ -287,6 +287,8 @@ def _parse(body: bytes) -> ET.Element:
 class DeleteRequest:
     keys: list[str]
     quiet: bool
+    #: The ``<ETag>`` of each entry (None when absent), in the order of ``keys``.
+    etags: list[str | None] = field(default_factory=list)
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
@@ -299,6 +301,7 @@ def parse_delete(body: bytes) -> DeleteRequest:
     if _local(root.tag) != "Delete":
         raise errors.MalformedXML()
     keys: list[str] = []
+    etags: list[str | None] = []
     quiet = False
     for child in root:
         name = _local(child.tag)
@@ -306,15 +309,19 @@ def parse_delete(body: bytes) -> DeleteRequest:
             quiet = (child.text or "").strip().lower() == "true"
         elif name == "Object":
             key = None
+            etag = None
             for field_ in child:
                 if _local(field_.tag) == "Key":
                     key = field_.text or ""
+                elif _local(field_.tag) == "ETag":
+                    etag = (field_.text or "").strip()
             if not key:
                 raise errors.MalformedXML()
             keys.append(key)
+            etags.append(etag)
     if not keys or len(keys) > MAX_DELETE_KEYS:
         raise errors.MalformedXML()
-    return DeleteRequest(keys, quiet)
+    return DeleteRequest(keys, quiet, etags)
 
 
 def parse_location_constraint(body: bytes) -> str | None:

@@ -45,6 +45,7 @@ class ClientDaemon(DaemonProcess):
     :param database_url: the store; default a SQLite file in ``workdir``.
     :param virtual_buckets: declared in the configuration (clients may create more).
     :param port: to share one configuration between several daemons, give each its own port.
+    :param delete_grace: ``server.delete_grace``.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ClientDaemon(DaemonProcess):
         strategy: str = "round-robin",
         real_buckets: Mapping[str, str] | None = None,
         port: int | None = None,
+        delete_grace: str = "0s",
     ) -> None:
         workdir = Path(workdir)
         self.weed = weed
@@ -86,6 +88,8 @@ class ClientDaemon(DaemonProcess):
             + [{"name": name, "virtual": True} for name in virtual_buckets],
             "s3api": {"auth_required": True, "access_key": ACCESS_KEY, "secret_key": SECRET_KEY},
             "api": {"enabled": True, "token": ADMIN_TOKEN},
+            # Replaced bytes go at once, so the inventory right after a load is exact.
+            "server": {"delete_grace": delete_grace},
             "balancer": {
                 "strategy": strategy,
                 "update_stats_period": "1s",

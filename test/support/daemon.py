@@ -36,6 +36,20 @@ from s3balance.web.site import S3Site
 T = TypeVar("T")
 
 
+def without_write_ids(real_keys: list[str]) -> list[str]:
+    """``<bucket>/<key>`` of real keys (see :func:`s3balance.gateway.new_real_key`), sorted."""
+    from s3balance.gateway import parse_real_key
+
+    plain = []
+    for real in real_keys:
+        parsed = parse_real_key(real)
+        if parsed is None or parsed.key is None:
+            plain.append(real)
+        else:
+            plain.append(f"{parsed.bucket}/{parsed.key}")
+    return sorted(plain)
+
+
 def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
     """Run a blocking call (boto3, a raw socket) off the reactor thread."""
     return threads.deferToThread(function, *args, **kwargs)
@@ -151,10 +165,13 @@ async def start_daemon(
     strategy: str = "round-robin",
     configure: Callable[[Config], None] | None = None,
     reactor: Any = None,
+    database_url: str | None = None,
 ) -> Daemon:
     """Build and start a daemon; call :meth:`Daemon.stop` when done.
 
     Signatures are checked when ``configure`` sets ``s3api.auth_required`` (keys from ``s3api``).
+
+    :param database_url: share this database (another daemon's) instead of a new SQLite file.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -169,19 +186,19 @@ async def start_daemon(
     if configure is not None:
         configure(config)
 
-    url = f"sqlite:///{os.path.join(workdir, 'meta.db')}"
+    url = database_url or f"sqlite:///{os.path.join(workdir, 'meta.db')}"
     engine = create_engine(url)
     await threads.deferToThread(migrate.upgrade, engine)
     db_pool = DBThreadPool(engine, reactor, max_threads=2)
     db_pool.start()
     store = MetadataStore(db_pool)
     for name in virtual_buckets:
-        await store.create_bucket(name, reactor.seconds(), from_config=True)
+        await store.create_bucket(name, reactor.seconds(), from_config=True)  # False when shared
 
     http_pool = HTTPConnectionPool(reactor, persistent=True)
     http_pool.maxPersistentPerHost = 16
     backends = {
-        bucket.name: make_backend(bucket, reactor, workdir, http_pool)
+        bucket.name: make_backend(bucket, reactor, workdir, http_pool, config.server.write_timeout)
         for bucket in config.real_buckets
     }
     health = HealthMonitor(lambda: backends, clock=reactor, period=3600.0, probe_timeout=5.0)
