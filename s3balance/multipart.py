@@ -528,6 +528,7 @@ class MultipartUploads:
         key: str,
         upload_id: str,
         requested: Sequence[tuple[int, str]],
+        *,
         checksum_request: CompletionChecksums | None = None,
         condition: Condition = UNCONDITIONAL,
     ) -> ObjectRecord:

@@ -169,7 +169,9 @@ class LifecycleTests(MultipartCoreCase):
         outcomes = await defer.gatherResults(
             [
                 defer.ensureDeferred(
-                    self.uploads.complete("vb", "lock", u.upload_id, [(1, e)], create_only)
+                    self.uploads.complete(
+                        "vb", "lock", u.upload_id, [(1, e)], condition=create_only
+                    )
                 ).addErrback(lambda failure: failure.value)
                 for u, e in zip(uploads, etags, strict=True)
             ]

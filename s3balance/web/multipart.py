@@ -433,7 +433,8 @@ class MultipartHandler:
         )
         work = defer.ensureDeferred(
             self.uploads.complete(
-                ctx.bucket, ctx.key, _upload_id(ctx), requested, checksum_request, condition
+                ctx.bucket, ctx.key, _upload_id(ctx), requested,
+                checksum_request=checksum_request, condition=condition,
             )
         )
         keepalive = _KeepAlive(request, ctx.clock, self.keepalive_interval)
