@@ -32,7 +32,7 @@ from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
 from s3balance.housekeeping import UploadExpiry
 from s3balance.logs import make_logger
-from s3balance.metrics import REGISTRY, MetricsResource
+from s3balance.metrics import MetricsResource, exposition_registry
 from s3balance.multipart import MultipartUploads
 from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
@@ -41,6 +41,7 @@ from s3balance.web.health import HealthResource
 from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
+from s3balance.worker import AdoptedPort, SupervisorChannel, worker_index
 
 log = make_logger()
 
@@ -53,6 +54,7 @@ class S3BalanceService(MultiService):
         reactor: Any,
         listen: list[str],
         config_path: str | None = None,
+        adopted: list[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -103,10 +105,16 @@ class S3BalanceService(MultiService):
             config=config,
         )
 
-        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool)}
+        #: ``server.workers`` above 1: this is a worker serving the supervisor's sockets.
+        self.adopted = adopted or []
+        self.worker = worker_index() if self.adopted else None
+        self.supervisor_channel: SupervisorChannel | None = None
+        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool, self.worker)}
         if config.metrics.enabled:
             metrics_name = config.metrics.path.strip("/").encode("utf-8")
-            reserved[metrics_name] = MetricsResource(REGISTRY, token=config.metrics.token)
+            reserved[metrics_name] = MetricsResource(
+                exposition_registry(), token=config.metrics.token
+            )
         if config.api.enabled:
             reserved[b"api"] = AdminResource(self)
             # The web console (pages only; all it shows comes through /api) and the traffic
@@ -157,14 +165,19 @@ class S3BalanceService(MultiService):
             self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
         )
         for child in (self.health, self.usage, self.pool, self.expiry):
+            if child is self.expiry and self.worker not in (None, 0):
+                continue  # housekeeping runs in the first worker only
             child.setServiceParent(self)
         super().startService()
+        if self.adopted:
+            self._adopt_listeners()
+            self.listen = []
         for description in self.listen:
             listener = strports.service(description, self.site, reactor=self.reactor)
             listener.setServiceParent(self)
             self._listeners.append(listener)
         metrics_site = self._separate_metrics_site()
-        if metrics_site is not None:
+        if metrics_site is not None and not self.adopted:
             host = self.config.server.host.replace(":", "\\:")
             description = f"tcp:{self.config.metrics.port}:interface={host}"
             listener = strports.service(description, metrics_site, reactor=self.reactor)
@@ -173,7 +186,21 @@ class S3BalanceService(MultiService):
         if self.config_path is not None:
             self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
+        if self.adopted:
+            self.supervisor_channel = SupervisorChannel(self)
+            self.supervisor_channel.ready()
+            log.info("s3balance worker {index} serves", index=self.worker)
+            return
         log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
+
+    def _adopt_listeners(self) -> None:
+        """A worker: serve the sockets the supervisor bound (see :mod:`s3balance.supervisor`)."""
+        metrics_site = self._separate_metrics_site()
+        for role, fd in self.adopted:
+            site = self.site if role == "s3" else metrics_site
+            listener = AdoptedPort(self.reactor, fd, site)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
 
     def _separate_metrics_site(self) -> Site | None:
         """``metrics.port`` (a Go key): the metrics path also on a port of its own, so a
@@ -188,7 +215,7 @@ class S3BalanceService(MultiService):
             child = Resource()
             node.putChild(segment, child)
             node = child
-        node.putChild(segments[-1], MetricsResource(REGISTRY, token=metrics.token))
+        node.putChild(segments[-1], MetricsResource(exposition_registry(), token=metrics.token))
         site = Site(root)
         site.displayTracebacks = False
         return site
@@ -221,3 +248,5 @@ class S3BalanceService(MultiService):
             yield backend.close()
         yield self.http_pool.closeCachedConnections()
         yield defer.maybeDeferred(self.db.stopService)
+        if self.supervisor_channel is not None:
+            self.supervisor_channel.close()

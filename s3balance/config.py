@@ -26,6 +26,8 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     #: *ours*: let the kernel move large downloads between plain TCP connections (``splice``).
     zero_copy: bool = True
+    #: *ours*: worker processes sharing the listening sockets (``auto`` in the file: one per core).
+    workers: int = 1
 
 
 @dataclass

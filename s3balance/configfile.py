@@ -425,7 +425,18 @@ class _Reader:
             idle_timeout=s.duration("idle_timeout", d.idle_timeout),
             shutdown_grace=s.duration("shutdown_grace", d.shutdown_grace),
             zero_copy=s.boolean("zero_copy", d.zero_copy),
+            workers=self.workers(s, d.workers),
         )
+
+    def workers(self, s: _Section, default: int) -> int:
+        """``server.workers``: a count, or ``auto`` for one worker per core."""
+        value = s.raw("workers")
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, str) and not _INTEGER_RE.match(value):
+            s.report("workers", f"{_describe(value)} is neither a whole number nor auto")
+            return default
+        return s.integer("workers", default, 1, 256, "; or auto for one per core")
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
         d = DatabaseConfig()
@@ -772,6 +783,7 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "idle_timeout": format_duration(c.server.idle_timeout),
             "shutdown_grace": format_duration(c.server.shutdown_grace),
             "zero_copy": c.server.zero_copy,
+            "workers": c.server.workers,
         },
         "database": {
             "type": db.type,
