@@ -165,8 +165,10 @@ class S3BalanceService(MultiService):
             self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
         )
         for child in (self.health, self.usage, self.pool, self.expiry):
-            if child is self.expiry and self.worker not in (None, 0):
-                continue  # housekeeping runs in the first worker only
+            if child in (self.expiry, self.health) and self.worker not in (None, 0):
+                # The first worker probes and cleans up for all; the others take its health
+                # results from the supervisor (s3balance/worker.py).
+                continue
             child.setServiceParent(self)
         super().startService()
         if self.adopted:

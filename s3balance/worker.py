@@ -5,15 +5,18 @@ it adopts the listening sockets the supervisor (:mod:`s3balance.supervisor`) pas
 descriptors.  It talks to the supervisor over two pipes, one JSON document a line:
 
 - worker to supervisor: ``{"ready": pid}`` once it serves; ``{"id": n, "relay": config}`` to
-  have a configuration it has just applied applied by every other worker too.
+  have a configuration it has just applied applied by every other worker too; from the first
+  worker, which alone probes, ``{"health": [name, state]}`` at each change of a backend's state.
 - supervisor to worker: ``{"id": n, "apply": config}`` (apply, answer ``{"id": n, "changes"}``
-  or ``{"id": n, "errors"}``); ``{"id": n, "relayed": {...}}`` the outcome of a relay.
+  or ``{"id": n, "errors"}``); ``{"id": n, "relayed": {...}}`` the outcome of a relay;
+  ``{"health": [name, state]}`` the probing worker's finding.
 
 When the supervisor's end closes (it died), the worker shuts down instead of serving orphaned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -26,6 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from s3balance.configfile import ConfigError, config_to_dict, parse_config
+from s3balance.health import BackendHealth
 from s3balance.logs import make_logger
 
 if TYPE_CHECKING:
@@ -112,6 +116,8 @@ class SupervisorChannel:
         self._waiting: dict[int, Deferred[dict[str, Any]]] = {}
         self._closing = False
         self.line = _ControlLine(self)
+        if service.worker == 0:
+            service.health.listeners.append(self._share_health)
         self._stdio = stdio.StandardIO(
             self.line,
             stdin=CONTROL_IN_FD,  # type: ignore[call-arg]  # POSIX StandardIO takes them
@@ -137,6 +143,9 @@ class SupervisorChannel:
             log.error("the supervisor is gone: this worker stops")
             self.service.reactor.stop()
 
+    def _share_health(self, name: str, state: BackendHealth) -> None:
+        self.send({"health": [name, dataclasses.asdict(state)]})
+
     def relay(self, config: Config) -> Deferred[dict[str, Any]]:
         """Have every other worker apply ``config``; fires with the supervisor's summary."""
         self._next_id += 1
@@ -150,6 +159,9 @@ class SupervisorChannel:
             waiting = self._waiting.pop(message["id"], None)
             if waiting is not None:
                 waiting.callback(message["relayed"])
+        elif "health" in message:
+            name, state = message["health"]
+            self.service.health.adopt(name, BackendHealth(**state))
         elif "apply" in message:
             self._apply(message["id"], message["apply"])
 

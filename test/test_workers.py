@@ -43,7 +43,12 @@ def workers_config(**server: Any) -> dict[str, Any]:
             {"name": "files", "virtual": True},
         ],
         "api": {"enabled": True, "token": TOKEN},
-        "balancer": {"strategy": "least-space"},
+        "balancer": {
+            "strategy": "least-space",
+            "health_check_period": "2s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+        },
     }
 
 
@@ -237,11 +242,49 @@ def test_a_killed_worker_is_replaced_and_gets_the_running_configuration(
 
 def test_sighup_reaches_every_worker(daemon: DaemonProcess) -> None:
     config = workers_config()
-    config["balancer"]["strategy"] = "consistent-hash"
+    config["balancer"] = {**config["balancer"], "strategy": "consistent-hash"}
     daemon.write_config({**config, "data_dir": daemon.config["data_dir"]})
     daemon.signal(signal.SIGHUP)
     assert wait_until(lambda: strategies_seen(daemon) == {"consistent-hash"}, 15), daemon.log_tail()
     assert len(workers_seen(daemon)) == 2, "a SIGHUP must not end a worker"
+
+
+def health_by_worker(daemon: DaemonProcess) -> dict[str, list[dict[str, Any]]]:
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(FRESH_CONNECTIONS):
+        status, headers, body = ask(daemon, "GET", "/health")
+        answers.setdefault(headers["x-s3balance-worker"], []).append(json.loads(body))
+    return answers
+
+
+def test_one_worker_probes_and_every_worker_reports_its_findings(daemon: DaemonProcess) -> None:
+    """Probes are not multiplied by the number of workers: the others show the first worker's
+    findings, down to the time of its last probe (independent probes would differ in it)."""
+
+    def probed_at(answers: list[dict[str, Any]]) -> set[float]:
+        return {a["backends"]["disk-a"]["last_probe"] for a in answers}
+
+    def one_prober() -> bool:
+        first, second = health_by_worker(daemon).values()
+        return bool(probed_at(first) & probed_at(second))
+
+    assert wait_until(one_prober, 10, interval=0.1)
+
+    root = Path(daemon.config["data_dir"]) / "disk-b"
+    root.rename(root.with_name("disk-b-away"))
+    try:
+
+        def everywhere(healthy: bool) -> bool:
+            answers = health_by_worker(daemon)
+            states = {a["backends"]["disk-b"]["healthy"] for seen in answers.values() for a in seen}
+            return len(answers) == 2 and states == {healthy}
+
+        assert wait_until(lambda: everywhere(False), 15), daemon.log_tail()
+        status, _, body = ask(daemon, "GET", "/health")
+        assert json.loads(body)["status"] == "degraded"
+    finally:
+        root.with_name("disk-b-away").rename(root)
+    assert wait_until(lambda: everywhere(True), 15), daemon.log_tail()
 
 
 # -- start and stop -------------------------------------------------------------------------
