@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -118,12 +119,31 @@ class SupervisorChannel:
         self.line = _ControlLine(self)
         if service.worker == 0:
             service.health.listeners.append(self._share_health)
+        self._take_signals_from_the_supervisor()
         self._stdio = stdio.StandardIO(
             self.line,
             stdin=CONTROL_IN_FD,  # type: ignore[call-arg]  # POSIX StandardIO takes them
             stdout=CONTROL_OUT_FD,
             reactor=service.reactor,
         )
+
+    def _take_signals_from_the_supervisor(self) -> None:
+        """Ctrl-C in a terminal, or a service manager that signals every process of the group,
+        reach the workers as well as the supervisor, which forwards SIGTERM anyway: a worker
+        ignores SIGINT, stops once however many SIGTERMs arrive, and ignores SIGHUP when there
+        is no file to reload (the default action would end it)."""
+        reactor = self.service.reactor
+        stopping: list[bool] = []
+
+        def stop_once() -> None:
+            if not stopping:
+                stopping.append(True)
+                reactor.stop()
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stop_once))
+        if self.service.config_path is None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def send(self, document: dict[str, Any]) -> None:
         self.line.sendLine(json.dumps(document).encode("utf-8"))
