@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -179,6 +180,15 @@ def exposition_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
     return registry
+
+
+def families_of(metric: MetricWrapperBase) -> list[Metric]:
+    """``metric``'s samples as :meth:`collect` gives them, in a worker summed over all workers
+    (the admin API's traffic history and balancer decisions then describe the whole daemon)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return list(metric.collect())
+    name = metric._name
+    return [family for family in exposition_registry().collect() if family.name == name]
 
 
 def _remove_matching(metric: MetricWrapperBase, label: str, value: str) -> None:

@@ -208,6 +208,15 @@ def test_objects_written_through_any_worker_are_read_through_every_worker_and_me
     # Every worker's /metrics shows the sum over both workers.
     for _ in range(8):
         assert operations_counted(daemon.metrics(), "PutObject", "files") == before + count
+    # And so do the admin API's placement decisions.
+    decisions = set()
+    for _ in range(FRESH_CONNECTIONS):
+        status, _, body = ask(daemon, "GET", "/api/balancer")
+        assert status == 200, body
+        decisions.add(json.dumps(json.loads(body)["decisions"], sort_keys=True))
+    assert len(decisions) == 1, decisions
+    placed = json.loads(decisions.pop())
+    assert sum(per_backend["total"] for per_backend in placed.values()) >= count
 
 
 def test_post_api_config_applies_to_every_worker(daemon: DaemonProcess) -> None:
