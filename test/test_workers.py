@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from botocore.config import Config as BotoConfig
 
 from s3balance.configfile import ConfigError, parse_config
 from s3balance.supervisor import ListenError, bind_tcp
+from test.support import free_port
 from test.support.process import DaemonProcess, run_twistd
 
 pytestmark = pytest.mark.timeout(90)
@@ -126,7 +128,9 @@ def operations_counted(metrics: str, operation: str, bucket: str) -> float:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(tmp_path_factory.mktemp("workers"), workers_config())
+    config = workers_config()
+    config["metrics"] = {"port": free_port()}
+    process = DaemonProcess(tmp_path_factory.mktemp("workers"), config)
     process.start(timeout=60)
     try:
         assert wait_until(lambda: len(workers_seen(process)) == 2, 30), process.log_tail()
@@ -208,6 +212,13 @@ def test_objects_written_through_any_worker_are_read_through_every_worker_and_me
     # Every worker's /metrics shows the sum over both workers.
     for _ in range(8):
         assert operations_counted(daemon.metrics(), "PutObject", "files") == before + count
+    # So does metrics.port, a socket of its own that every worker adopts too.
+    scraped = f"http://127.0.0.1:{daemon.config['metrics']['port']}/metrics"
+    for _ in range(4):
+        with urllib.request.urlopen(scraped, timeout=10) as answer:
+            assert (
+                operations_counted(answer.read().decode(), "PutObject", "files") == before + count
+            )
     # And so do the admin API's placement decisions.
     decisions = set()
     for _ in range(FRESH_CONNECTIONS):
@@ -250,9 +261,9 @@ def test_a_killed_worker_is_replaced_and_gets_the_running_configuration(
 
 
 def test_sighup_reaches_every_worker(daemon: DaemonProcess) -> None:
-    config = workers_config()
+    config = dict(daemon.config)
     config["balancer"] = {**config["balancer"], "strategy": "consistent-hash"}
-    daemon.write_config({**config, "data_dir": daemon.config["data_dir"]})
+    daemon.write_config(config)
     daemon.signal(signal.SIGHUP)
     assert wait_until(lambda: strategies_seen(daemon) == {"consistent-hash"}, 15), daemon.log_tail()
     assert len(workers_seen(daemon)) == 2, "a SIGHUP must not end a worker"
