@@ -432,7 +432,7 @@ class _Reader:
         """``server.workers``: a count, or ``auto`` for one worker per core."""
         value = s.raw("workers")
         if isinstance(value, str) and value.strip().lower() == "auto":
-            return os.cpu_count() or 1
+            return available_cores()
         if isinstance(value, str) and not _INTEGER_RE.match(value):
             s.report("workers", f"{_describe(value)} is neither a whole number nor auto")
             return default
@@ -710,6 +710,14 @@ class _Reader:
             expiry=s.duration("expiry", d.expiry, positive=True),
             cleanup_period=s.duration("cleanup_period", d.cleanup_period, positive=True),
         )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (``server.workers: auto``): the CPU affinity set where
+    the platform has one (a container's cpuset), else every core.  A CPU quota is not seen."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def normalise_endpoint(text: str, use_ssl: bool) -> str:

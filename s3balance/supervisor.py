@@ -123,7 +123,12 @@ class _WorkerProtocol(ProcessProtocol):
         self._partial[childFD] = lines.pop()
         for line in lines:
             if childFD == CONTROL_OUT_FD:
-                self.supervisor.control_line(self, json.loads(line))
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.error("worker {index} sent a garbled control line", index=self.index)
+                    continue
+                self.supervisor.control_line(self, message)
             elif line.strip():
                 # The worker's own log lines, already timestamped: pass them on as they are.
                 sys.stdout.write(f"[worker {self.index}] {line.decode('utf-8', 'replace')}\n")

@@ -41,6 +41,8 @@ log = make_logger()
 
 #: Environment variable naming a worker's index (0 for the first); set only in workers.
 WORKER_INDEX_ENV = "S3BALANCE_WORKER"
+#: Seconds a worker waits for the others to apply a configuration it relayed.
+RELAY_TIMEOUT = 60.0
 #: The file descriptors of the control pipes in a worker: it reads 3 and writes 4.
 CONTROL_IN_FD = 3
 CONTROL_OUT_FD = 4
@@ -172,7 +174,15 @@ class SupervisorChannel:
         answer: Deferred[dict[str, Any]] = Deferred()
         self._waiting[self._next_id] = answer
         self.send({"id": self._next_id, "relay": config_to_dict(config, mask_secrets=False)})
-        return answer
+        request_id = self._next_id
+
+        def too_late(failure: Failure) -> dict[str, Any]:
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            self._waiting.pop(request_id, None)
+            return {"errors": [f"not every worker answered within {RELAY_TIMEOUT:g}s"]}
+
+        answer.addTimeout(RELAY_TIMEOUT, self.service.reactor)
+        return answer.addErrback(too_late)
 
     def received(self, message: dict[str, Any]) -> None:
         if "relayed" in message:
