@@ -14,8 +14,8 @@ The supervisor serves nothing and opens no database connection.  It
   up after :data:`START_ATTEMPTS` tries;
 - forwards SIGHUP to every worker (each re-reads the file) and, at SIGTERM, sends SIGTERM to
   every worker and waits ``server.shutdown_grace`` (plus a margin) for them to drain;
-- relays the first worker's health findings to the others (only the first worker probes the
-  backends and runs housekeeping, so probes are not multiplied by N);
+- relays each worker's health findings to the others (only the first worker probes the
+  backends periodically and runs housekeeping, so probes are not multiplied by N);
 - relays a configuration one worker applied (``POST /api/config`` and friends) to every other
   worker and reports back, and gives a worker started later the same configuration;
 - runs the workers with one Prometheus multiprocess directory for this run, so ``/metrics`` on
@@ -182,7 +182,7 @@ class Supervisor(Service):
         #: The configuration last applied through a worker, for workers started after it; the
         #: file again after SIGHUP.
         self.applied_config: dict[str, Any] | None = None
-        #: The last health message per backend from the probing worker (the first).
+        #: The last health message per backend from any worker.
         self.health_states: dict[str, dict[str, Any]] = {}
         self.metrics_dir = tempfile.mkdtemp(prefix="s3balance-metrics-")
         self._previous_sighup: Any = None
@@ -349,14 +349,13 @@ class Supervisor(Service):
             self._any_ready = True
             self._failures[worker.index] = 0
             log.info("worker {index} (pid {pid}) serves", index=worker.index, pid=message["ready"])
-            if worker.index != 0:
-                for finding in self.health_states.values():
-                    worker.send(finding)
+            for finding in self.health_states.values():
+                worker.send(finding)
             if self.applied_config is not None:
                 self._next_relay += 1
                 worker.send({"id": -self._next_relay, "apply": self.applied_config})
         elif "health" in message:
-            # The probing worker's finding, for the others now and for workers started later.
+            # A worker's finding, for the others now and for workers started later.
             self.health_states[message["health"][0]] = message
             for other in self.workers.values():
                 if other is not worker and other.ready:

@@ -5,11 +5,12 @@ it adopts the listening sockets the supervisor (:mod:`s3balance.supervisor`) pas
 descriptors.  It talks to the supervisor over two pipes, one JSON document a line:
 
 - worker to supervisor: ``{"ready": pid}`` once it serves; ``{"id": n, "relay": config}`` to
-  have a configuration it has just applied applied by every other worker too; from the first
-  worker, which alone probes, ``{"health": [name, state]}`` at each change of a backend's state.
+  have a configuration it has just applied applied by every other worker too;
+  ``{"health": [name, state]}`` after each finding about a backend (only the first worker probes
+  periodically; any worker may see a failure on the data path or probe when asked).
 - supervisor to worker: ``{"id": n, "apply": config}`` (apply, answer ``{"id": n, "changes"}``
   or ``{"id": n, "errors"}``); ``{"id": n, "relayed": {...}}`` the outcome of a relay;
-  ``{"health": [name, state]}`` the probing worker's finding.
+  ``{"health": [name, state]}`` another worker's finding.
 
 When the supervisor's end closes (it died), the worker shuts down instead of serving orphaned.
 """
@@ -119,8 +120,9 @@ class SupervisorChannel:
         self._waiting: dict[int, Deferred[dict[str, Any]]] = {}
         self._closing = False
         self.line = _ControlLine(self)
-        if service.worker == 0:
-            service.health.listeners.append(self._share_health)
+        # The first worker's probes, and what any worker sees on the data path or probes when
+        # asked (POST /api/health/probe), reach every worker.
+        service.health.listeners.append(self._share_health)
         self._take_signals_from_the_supervisor()
         self._stdio = stdio.StandardIO(
             self.line,

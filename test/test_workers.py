@@ -308,6 +308,46 @@ def test_one_worker_probes_and_every_worker_reports_its_findings(daemon: DaemonP
     assert wait_until(lambda: everywhere(True), 15), daemon.log_tail()
 
 
+def test_a_probe_asked_of_any_worker_reaches_every_worker(tmp_path: Path) -> None:
+    """With a period too long to matter, only the asked worker probes: its finding must reach
+    the other worker through the supervisor."""
+    config = workers_config()
+    config["balancer"] = {**config["balancer"], "health_check_period": "10m"}
+    daemon = DaemonProcess(tmp_path, config)
+    daemon.start(timeout=60)
+    try:
+        assert wait_until(lambda: len(workers_seen(daemon)) == 2, 30)
+        root = Path(daemon.config["data_dir"]) / "disk-b"
+        root.rename(root.with_name("disk-b-away"))
+        # Ask the second worker (the first probes periodically and always shared its findings):
+        # a keep-alive connection stays with the worker that accepted it.
+        for _ in range(FRESH_CONNECTIONS):
+            connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            connection.request("GET", "/health")
+            answer = connection.getresponse()
+            answer.read()
+            if answer.headers["x-s3balance-worker"].startswith("1 "):
+                break
+            connection.close()
+        else:
+            pytest.fail("no connection reached the second worker")
+        try:
+            connection.request(
+                "POST", "/api/health/probe", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            answer = connection.getresponse()
+            assert answer.status == 200, answer.read()
+            answer.read()
+        finally:
+            connection.close()
+        answers = health_by_worker(daemon)
+        assert len(answers) == 2
+        states = {a["backends"]["disk-b"]["healthy"] for seen in answers.values() for a in seen}
+        assert states == {False}, answers
+    finally:
+        assert_clean_exit(daemon, daemon.stop())
+
+
 # -- start and stop -------------------------------------------------------------------------
 
 
