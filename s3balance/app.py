@@ -172,6 +172,8 @@ class S3BalanceService(MultiService):
             child.setServiceParent(self)
         super().startService()
         if self.adopted:
+            # The line to the supervisor first: a request may arrive as soon as we adopt.
+            self.supervisor_channel = SupervisorChannel(self)
             self._adopt_listeners()
             self.listen = []
         for description in self.listen:
@@ -188,8 +190,7 @@ class S3BalanceService(MultiService):
         if self.config_path is not None:
             self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
-        if self.adopted:
-            self.supervisor_channel = SupervisorChannel(self)
+        if self.supervisor_channel is not None:
             self.supervisor_channel.ready()
             log.info("s3balance worker {index} serves", index=self.worker)
             return

@@ -366,15 +366,20 @@ class Supervisor(Service):
             self._relay_answer(worker, message)
 
     def _relay(self, origin: _WorkerProtocol, origin_id: int, config: dict[str, Any]) -> None:
-        """Have every worker but ``origin`` apply ``config``; answer ``origin`` when all did."""
+        """Have every worker apply ``config``; answer ``origin`` when all did.
+
+        ``origin`` applied it already and gets it again (which changes nothing) on purpose: when
+        two workers change the configuration at the same moment, every worker then applies the
+        two in the order the supervisor relays them, and all end with the same one.
+        """
         self.applied_config = config
-        others = [w for w in self.workers.values() if w is not origin and w.ready]
+        others = [w for w in self.workers.values() if w.ready or w is origin]
         state: dict[str, Any] = {
             "origin": origin,
             "origin_id": origin_id,
             "pending": set(),
             "errors": [],
-            "applied": 1,
+            "applied": 0,
         }
         for worker in others:
             self._next_relay += 1
