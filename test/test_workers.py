@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -229,6 +230,34 @@ def test_objects_written_through_any_worker_are_read_through_every_worker_and_me
     assert len(decisions) == 1, decisions
     placed = json.loads(decisions.pop())
     assert sum(per_backend["total"] for per_backend in placed.values()) >= count
+
+
+def test_concurrent_overwrites_through_both_workers_on_sqlite_leave_one_object_and_no_orphan(
+    daemon: DaemonProcess,
+) -> None:
+    """Workers are separate processes on one SQLite file: writes of one key through both must
+    still end with the database's last commit being the backend's last write."""
+    bodies = [b"%02d" % i * 5000 for i in range(16)]
+    statuses: list[int] = []
+
+    def put(body: bytes) -> None:
+        status, _, _ = ask(daemon, "PUT", "/files/contended", body=body)
+        statuses.append(status)
+
+    threads = [threading.Thread(target=put, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * len(bodies)
+    seen = {s3_client(daemon).get_object(Bucket="files", Key="contended")["Body"].read()}
+    seen |= {ask(daemon, "GET", "/files/contended")[2] for _ in range(8)}
+    assert len(seen) == 1 and seen <= set(bodies)
+    status, _, body = ask(daemon, "POST", "/api/scrub", body=json.dumps({"grace": 0}).encode())
+    assert status == 200, body
+    report = json.loads(body)
+    assert report["clean"], report
+    assert all(not b["recent_orphans"] for b in report["backends"].values()), report
 
 
 def test_post_api_config_applies_to_every_worker(daemon: DaemonProcess) -> None:
