@@ -58,6 +58,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--log-level: {self['log-level']!r} is not a level; use one of {', '.join(LEVELS)}"
             )
+        if self["adopt"]:
+            try:
+                parse_adopted(self["adopt"])
+            except ValueError as e:
+                raise usage.UsageError(f"--adopt: {e}") from None
         path = self["config"]
         if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
             path = DEFAULT_CONFIG_PATH

@@ -25,9 +25,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
+from twisted.python import usage
 
 from s3balance.configfile import ConfigError, parse_config
 from s3balance.supervisor import ListenError, bind_tcp
+from s3balance.tap import Options
+from s3balance.worker import parse_adopted
 from test.support import free_port
 from test.support.process import DaemonProcess, run_twistd
 
@@ -165,6 +168,12 @@ def test_only_tcp_endpoints_can_be_shared_with_workers() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def test_the_internal_adopt_option_is_checked_like_any_other() -> None:
+    assert parse_adopted("s3=5,s3=6,metrics=7") == [("s3", 5), ("s3", 6), ("metrics", 7)]
+    with pytest.raises(usage.UsageError, match="--adopt: 'web=5' is not ROLE=FD"):
+        Options().parseOptions(["--adopt", "web=5"])
 
 
 def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
