@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -177,8 +178,21 @@ def exposition_registry() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
+    class _WorkersCollector(multiprocess.MultiProcessCollector):
+        """The supervisor removes a dead worker's files, maybe between the listing of the
+        directory and the reading of a file: read again then."""
+
+        def collect(self) -> Any:
+            for attempt in range(3):
+                try:
+                    return list(super().collect())
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+            return []
+
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
+    _WorkersCollector(registry, path=directory)
     return registry
 
 
