@@ -33,7 +33,7 @@ from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
 from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.logs import make_logger
-from s3balance.metrics import REGISTRY, MetricsResource
+from s3balance.metrics import MetricsResource, exposition_registry
 from s3balance.multipart import MultipartUploads
 from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
@@ -42,6 +42,7 @@ from s3balance.web.health import HealthResource
 from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
+from s3balance.worker import AdoptedPort, SupervisorChannel, worker_index
 
 log = make_logger()
 
@@ -91,6 +92,7 @@ class S3BalanceService(MultiService):
         reactor: Any,
         listen: list[str],
         config_path: str | None = None,
+        adopted: list[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -143,10 +145,16 @@ class S3BalanceService(MultiService):
             config=config,
         )
 
-        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool)}
+        #: ``server.workers`` above 1: this is a worker serving the supervisor's sockets.
+        self.adopted = adopted or []
+        self.worker = worker_index() if self.adopted else None
+        self.supervisor_channel: SupervisorChannel | None = None
+        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool, self.worker)}
         if config.metrics.enabled:
             metrics_name = config.metrics.path.strip("/").encode("utf-8")
-            reserved[metrics_name] = MetricsResource(REGISTRY, token=config.metrics.token)
+            reserved[metrics_name] = MetricsResource(
+                exposition_registry(), token=config.metrics.token
+            )
         if config.api.enabled:
             reserved[b"api"] = AdminResource(self)
             # The web console (pages only; all it shows comes through /api) and the traffic
@@ -181,8 +189,11 @@ class S3BalanceService(MultiService):
             max_connections=config.server.max_connections,
             body_memory=config.server.body_memory,
         )
-        self.listen = listen
+        #: Endpoints this process binds itself; a worker binds none (it adopts the supervisor's).
+        self.listen = [] if self.adopted else listen
         self._ports: list[Any] = []
+        #: A worker's adopted sockets (services of their own, see :meth:`_adopt_listeners`).
+        self._listeners: list[Any] = []
         self._bound = False
         self._uninstall_sighup: Callable[[], None] | None = None
 
@@ -203,7 +214,7 @@ class S3BalanceService(MultiService):
         """Every ``(endpoint description, site)`` this daemon listens on."""
         wanted: list[tuple[str, Site]] = [(description, self.site) for description in self.listen]
         metrics_site = self._separate_metrics_site()
-        if metrics_site is not None:
+        if metrics_site is not None and not self.adopted:
             host = self.config.server.host.replace(":", "\\:")
             wanted.append((f"tcp:{self.config.metrics.port}:interface={host}", metrics_site))
         return wanted
@@ -265,14 +276,35 @@ class S3BalanceService(MultiService):
         period = min(10.0, max(1.0, grace)) if grace > 0 else 10.0
         self.sweeper = DeletionSweeper(self.gateway, self.reactor, period)
         for child in (self.health, self.usage, self.pool, self.expiry, self.sweeper):
+            if child in (self.expiry, self.health) and self.worker not in (None, 0):
+                # The first worker probes and cleans up for all; the others take its health
+                # results from the supervisor (s3balance/worker.py).
+                continue
             child.setServiceParent(self)
         super().startService()
+        if self.adopted:
+            # The line to the supervisor first: a request may arrive as soon as we adopt.
+            self.supervisor_channel = SupervisorChannel(self)
+            self._adopt_listeners()
         for port in self._ports:
             _resume_accepting(port)
         if self.config_path is not None:
             self._uninstall_sighup = install_sighup(self)
         yield self.usage.refresh()
+        if self.supervisor_channel is not None:
+            self.supervisor_channel.ready()
+            log.info("s3balance worker {index} serves", index=self.worker)
+            return
         log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
+
+    def _adopt_listeners(self) -> None:
+        """A worker: serve the sockets the supervisor bound (see :mod:`s3balance.supervisor`)."""
+        metrics_site = self._separate_metrics_site()
+        for role, fd in self.adopted:
+            site = self.site if role == "s3" else metrics_site
+            listener = AdoptedPort(self.reactor, fd, site)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
 
     def _separate_metrics_site(self) -> Site | None:
         """``metrics.port`` (a Go key): the metrics path also on a port of its own, so a
@@ -287,7 +319,7 @@ class S3BalanceService(MultiService):
             child = Resource()
             node.putChild(segment, child)
             node = child
-        node.putChild(segments[-1], MetricsResource(REGISTRY, token=metrics.token))
+        node.putChild(segments[-1], MetricsResource(exposition_registry(), token=metrics.token))
         site = Site(root)
         site.displayTracebacks = False
         return site
@@ -299,6 +331,8 @@ class S3BalanceService(MultiService):
         ports, self._ports = self._ports, []
         for port in ports:
             yield defer.maybeDeferred(port.stopListening)
+        for listener in self._listeners:
+            yield defer.maybeDeferred(listener.disownServiceParent)
         if self.site.in_flight:
             log.info(
                 "waiting up to {grace}s for {count} requests in flight",
@@ -321,3 +355,5 @@ class S3BalanceService(MultiService):
             yield backend.close()
         yield self.http_pool.closeCachedConnections()
         yield defer.maybeDeferred(self.db.stopService)
+        if self.supervisor_channel is not None:
+            self.supervisor_channel.close()

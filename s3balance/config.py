@@ -26,6 +26,8 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     #: *ours*: let the kernel move large downloads between plain TCP connections (``splice``).
     zero_copy: bool = True
+    #: *ours*: worker processes sharing the listening sockets (``auto`` in the file: one per core).
+    workers: int = 1
     #: *ours*: a request's headers must be complete this long after its first byte.
     header_timeout: float = 10.0
     #: *ours*: the body of a request read into memory (XML documents) must be complete this
@@ -35,14 +37,14 @@ class ServerConfig:
     max_connections: int = 1000
     #: *ours*: bytes of request bodies held in memory at once, all connections together.
     body_memory: int = 32 << 20
-    #: *ours*: seconds replaced or deleted bytes are kept for GETs of other daemons sharing the
-    #: database; ``None``: 0 with SQLite (one daemon), 60 with PostgreSQL or MySQL.
+    #: *ours*: seconds replaced or deleted bytes are kept for GETs of other processes sharing
+    #: the database; ``None``: 0 with SQLite and one worker (no other process reads), else 60.
     delete_grace: float | None = None
 
     def effective_delete_grace(self, database_type: str) -> float:
         if self.delete_grace is not None:
             return self.delete_grace
-        return 0.0 if database_type == "sqlite" else 60.0
+        return 0.0 if database_type == "sqlite" and self.workers == 1 else 60.0
 
 
 @dataclass

@@ -452,6 +452,7 @@ class _Reader:
             delete_grace=(
                 s.duration("delete_grace", 0.0) if s.given("delete_grace") else None
             ),
+            workers=self.workers(s, d.workers),
         )
 
     def body_memory(self, s: _Section, default: int) -> int:
@@ -467,6 +468,16 @@ class _Reader:
             )
             return default
         return value
+
+    def workers(self, s: _Section, default: int) -> int:
+        """``server.workers``: a count, or ``auto`` for one worker per core."""
+        value = s.raw("workers")
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return available_cores()
+        if isinstance(value, str) and not _INTEGER_RE.match(value):
+            s.report("workers", f"{_describe(value)} is neither a whole number nor auto")
+            return default
+        return s.integer("workers", default, 1, 256, "; or auto for one per core")
 
     def database(self, s: _Section, data_dir: str) -> DatabaseConfig:
         d = DatabaseConfig()
@@ -744,6 +755,14 @@ class _Reader:
         )
 
 
+def available_cores() -> int:
+    """The cores this process may run on (``server.workers: auto``): the CPU affinity set where
+    the platform has one (a container's cpuset), else every core.  A CPU quota is not seen."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def normalise_endpoint(text: str, use_ssl: bool) -> str:
     """``text`` as an ``http(s)://host[:port][/path]`` URL.
 
@@ -815,6 +834,7 @@ def config_to_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "idle_timeout": format_duration(c.server.idle_timeout),
             "shutdown_grace": format_duration(c.server.shutdown_grace),
             "zero_copy": c.server.zero_copy,
+            "workers": c.server.workers,
             "header_timeout": format_duration(c.server.header_timeout),
             "body_timeout": format_duration(c.server.body_timeout),
             "max_connections": c.server.max_connections,

@@ -85,6 +85,9 @@ class HealthMonitor(Service):
         self._probes: list[Deferred[object]] = []
         self._loop: LoopingCall | None = None
         self._stopped = False
+        #: Called with (name, state) after every change of a backend's state; with
+        #: ``server.workers`` the probing worker shares its results through this.
+        self.listeners: list[Callable[[str, BackendHealth], None]] = []
 
     # -- service -----------------------------------------------------------------------------
 
@@ -234,3 +237,16 @@ class HealthMonitor(Service):
         metrics.BUCKET_HEALTHY.labels(name).set(1 if after.healthy else 0)
         if latency is not None:
             metrics.BUCKET_PROBE_LATENCY.labels(name).set(latency)
+        for listener in self.listeners:
+            listener(name, after)
+
+    def adopt(self, name: str, state: BackendHealth) -> None:
+        """Take a state another process probed (``server.workers``: only one worker probes)."""
+        if name not in self._backends():
+            return
+        before = self.state(name)
+        self._states[name] = state
+        if before.healthy != state.healthy:
+            log.info("backend {name} healthy: {healthy} (probed by another worker)",
+                     name=name, healthy=state.healthy)  # fmt: skip
+        metrics.BUCKET_HEALTHY.labels(name).set(1 if state.healthy else 0)

@@ -4,6 +4,13 @@ Names follow the Go S3 Balance project so existing dashboards keep working; the 
 have are s3balance additions.  All metrics live on the module's own :data:`REGISTRY` (not the
 process-global default one) so tests and embedders see only s3balance's series.
 
+With ``server.workers`` above 1 every worker records into the same per-run directory
+(``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before the worker imports this module) and
+:func:`exposition_registry` reads all of it: counters and histograms are summed over the workers,
+gauges of shared state show the value last set by a live worker (``livemostrecent``), transfers
+in flight the sum over live workers.  Process metrics are then left out (they would describe only
+the worker that answered the scrape).
+
 The scrape is rendered synchronously on the reactor thread: producing the text format takes well
 under a millisecond for our series count, and never touches a thread pool that the database or a
 backend could be starving (``prometheus_client.twisted.MetricsResource`` would).
@@ -12,6 +19,8 @@ backend could be starving (``prometheus_client.twisted.MetricsResource`` would).
 from __future__ import annotations
 
 import hmac
+import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -47,18 +57,21 @@ BUCKET_HEALTHY = Gauge(
     "s3_balance_bucket_healthy",
     "Whether the real bucket is healthy (1) or not (0).",
     ["bucket"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 BUCKET_USAGE_BYTES = Gauge(
     "s3_balance_bucket_usage_bytes",
     "Bytes s3balance has placed on the real bucket (objects and parts in progress).",
     ["bucket"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 BUCKET_CAPACITY_BYTES = Gauge(
     "s3_balance_bucket_capacity_bytes",
     "Configured max_size of the real bucket, or the storage's own size when unlimited.",
     ["bucket"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 S3_OPERATIONS = Counter(
@@ -88,12 +101,14 @@ BUCKET_PROBE_LATENCY = Gauge(
     "s3_balance_bucket_probe_latency_seconds",
     "Duration of the last successful health probe of the real bucket.",
     ["bucket"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 BUCKET_OBJECTS = Gauge(
     "s3_balance_bucket_objects",
     "Objects s3balance has placed on the real bucket.",
     ["bucket"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 BACKEND_BYTES_IN = Counter(
@@ -112,6 +127,7 @@ INFLIGHT_TRANSFERS = Gauge(
     "s3_balance_inflight_transfers",
     "Object bodies streaming right now: direction in (uploads from clients) or out (downloads).",
     ["direction"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 ZERO_COPY_BYTES = Counter(
@@ -130,12 +146,14 @@ BUCKET_OPERATIONS_MONTH = Gauge(
     "s3_balance_bucket_operations_month",
     "Operations sent to the real bucket this calendar month (UTC), by class (A or B).",
     ["bucket", "class"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 BUCKET_OPERATION_LIMIT = Gauge(
     "s3_balance_bucket_operation_limit",
     "Monthly operation budget of the real bucket by class; 0 means unlimited.",
     ["bucket", "class"],
+    multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
 
@@ -178,6 +196,40 @@ _PER_BACKEND: tuple[MetricWrapperBase, ...] = (
     BUCKET_OPERATIONS_MONTH,
     BUCKET_OPERATION_LIMIT,
 )
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What ``/metrics`` serves: :data:`REGISTRY`, or in a worker the sum over all workers."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    class _WorkersCollector(multiprocess.MultiProcessCollector):
+        """The supervisor removes a dead worker's files, maybe between the listing of the
+        directory and the reading of a file: read again then."""
+
+        def collect(self) -> Any:
+            for attempt in range(3):
+                try:
+                    return list(super().collect())
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+            return []
+
+    registry = CollectorRegistry()
+    _WorkersCollector(registry, path=directory)
+    return registry
+
+
+def families_of(metric: MetricWrapperBase) -> list[Metric]:
+    """``metric``'s samples as :meth:`collect` gives them, in a worker summed over all workers
+    (the admin API's traffic history and balancer decisions then describe the whole daemon)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return list(metric.collect())
+    name = metric._name
+    return [family for family in exposition_registry().collect() if family.name == name]
 
 
 def _remove_matching(metric: MetricWrapperBase, label: str, value: str) -> None:

@@ -19,6 +19,7 @@ from s3balance.configfile import ConfigError, default_config, load_config
 from s3balance.heap import steady_heap
 from s3balance.logs import LEVELS, LOG_FILE_SIZE, LOG_FILES_KEPT, set_level, use_capped_log_file
 from s3balance.units import format_size, parse_size
+from s3balance.worker import parse_adopted
 
 DEFAULT_CONFIG_PATH = os.path.join("etc", "s3balance.yaml")
 
@@ -40,6 +41,7 @@ class Options(usage.Options):
          "With twistd --logfile (or as a daemon): rotate the log file at this size."],
         ["log-max-files", None, str(LOG_FILES_KEPT),
          "With twistd --logfile (or as a daemon): rotated log files kept (the oldest go)."],
+        ["adopt", None, None, "Internal (server.workers): sockets from the supervisor."],
     ]
     optFlags = [
         ["check-config", None, "Validate the configuration, print it (secrets masked) and exit."],
@@ -62,6 +64,11 @@ class Options(usage.Options):
                 f"--log-level: {self['log-level']!r} is not a level; use one of {', '.join(LEVELS)}"
             )
         self._cap_log_file()
+        if self["adopt"]:
+            try:
+                parse_adopted(self["adopt"])
+            except ValueError as e:
+                raise usage.UsageError(f"--adopt: {e}") from None
         path = self["config"]
         if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
             path = DEFAULT_CONFIG_PATH
@@ -130,14 +137,42 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
 
     config: Config = options["loaded"]
     set_level(options.get("log-level", "info"))
+    adopt = options.get("adopt")
+    if not adopt and config.server.workers > 1:
+        prepare_database(config)
+        return make_supervisor(options, reactor)  # type: ignore[return-value]
     steady_heap()  # see s3balance/heap.py: large transfers otherwise churn the heap
-    prepare_database(config)
+    if not adopt:  # a worker's supervisor checked the schema already
+        prepare_database(config)
     return S3BalanceService(
         config,
         reactor=reactor,
         listen=list(options["listen"]),
         config_path=options.get("config_path"),
+        **({"adopted": parse_adopted(adopt)} if adopt else {}),
     )
+
+
+def make_supervisor(options: Options | dict[str, Any], reactor: Any) -> Any:
+    """``server.workers`` above 1: bind here, then hand the sockets to worker processes."""
+    from s3balance.supervisor import ListenError, Supervisor, bind_tcp
+
+    config: Config = options["loaded"]
+    count = config.server.workers
+    try:
+        listeners = [("s3", bind_tcp(d, count)) for d in options["listen"]]
+        if config.metrics.enabled and config.metrics.port:
+            host = config.server.host.replace(":", "\\:")
+            description = f"tcp:{config.metrics.port}:interface={host}"
+            listeners.append(("metrics", bind_tcp(description, count)))
+    except ListenError as e:
+        raise SystemExit(f"s3balance: {e}") from None
+    arguments = ["--log-level", options.get("log-level", "info")]
+    if options.get("config_path"):
+        arguments += ["--config", os.path.abspath(options["config_path"])]
+    if options.get("data-dir"):
+        arguments += ["--data-dir", os.path.abspath(options["data-dir"])]
+    return Supervisor(config, reactor, listeners, arguments)
 
 
 def prepare_database(config: Config) -> None:

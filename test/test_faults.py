@@ -658,9 +658,8 @@ def test_client_gone_mid_put_cancels_the_backend_upload(tmp_path: Path) -> None:
         # The request ended: counted out, logged as a disconnect, its backend request cancelled
         # (the connection that carried half a body is closed, never returned to the pool).
         assert wait_until(lambda: inflight(daemon, "in") == 0, 10), daemon.metrics()
-        assert wait_until(lambda: "PUT /leave/big PutObject disconnected" in daemon.log_tail(200), 10), (
-            daemon.log_tail()
-        )
+        line = "PUT /leave/big PutObject disconnected"
+        assert wait_until(lambda: line in daemon.log_tail(200), 10), daemon.log_tail()
         assert wait_until(
             lambda: not set(during) <= set(backend_sockets(daemon_pid(daemon), weed.s3_port)), 10
         ), (during, backend_sockets(daemon_pid(daemon), weed.s3_port))
@@ -712,9 +711,8 @@ def test_client_gone_mid_get_stops_reading_from_the_backend(tmp_path: Path) -> N
             carrying,
             backend_sockets(pid, weed.s3_port),
         )
-        assert wait_until(lambda: "GET /gone/big GetObject disconnected" in daemon.log_tail(200), 10), (
-            daemon.log_tail()
-        )
+        line = "GET /gone/big GetObject disconnected"
+        assert wait_until(lambda: line in daemon.log_tail(200), 10), daemon.log_tail()
         # It keeps serving, the same object included.
         body = s3.get_object(Bucket="gone", Key="big")["Body"].read()
         assert len(body) == size and body == b"g" * size

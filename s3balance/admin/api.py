@@ -103,13 +103,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from s3balance.admin.reload import apply_config
 from s3balance.config import STRATEGIES, BucketConfig, Config
 from s3balance.configfile import ConfigError, config_to_dict, merge_config, parse_config
 from s3balance.db.records import OperationCounts
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
 from s3balance.web.health import health_report
+from s3balance.worker import apply_everywhere
 
 if TYPE_CHECKING:
     from s3balance.app import S3BalanceService
@@ -401,7 +401,7 @@ class AdminResource(Resource):
 
     async def _apply(self, new: Config) -> list[str]:
         try:
-            return await apply_config(self.service, new)
+            return await apply_everywhere(self.service, new)
         except ConfigError as error:
             raise ApiError(400, {"errors": error.problems}) from error
 
@@ -653,7 +653,7 @@ class AdminResource(Resource):
             new = parse_config(
                 merge_config(current, partial), environ={}, typed="yaml" not in body
             )
-            changes = await apply_config(self.service, new)
+            changes = await apply_everywhere(self.service, new)
         except ConfigError as error:
             problems = problem_documents(error.problems, lines)
             raise ApiError(400, {"errors": error.problems, "problems": problems}) from error

@@ -57,7 +57,7 @@ def _sum(
     metric: MetricWrapperBase, accept: Callable[[dict[str, str]], bool] | None = None
 ) -> float:
     total = 0.0
-    for family in metric.collect():
+    for family in metrics.families_of(metric):
         for sample in family.samples:
             if not sample.name.endswith("_total"):
                 continue
@@ -85,7 +85,7 @@ def read_totals() -> Totals:
 def balancer_decisions() -> dict[str, dict[str, float]]:
     """Placement decisions since the daemon started: ``{real bucket: {strategy: count}}``."""
     decisions: dict[str, dict[str, float]] = {}
-    for family in metrics.BALANCER_DECISIONS.collect():
+    for family in metrics.families_of(metrics.BALANCER_DECISIONS):
         for sample in family.samples:
             if not sample.name.endswith("_total"):
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
 from twisted.web.resource import Resource
@@ -42,14 +43,18 @@ def health_report(pool: BackendPool) -> dict[str, object]:
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: BackendPool, worker: int | None = None) -> None:
         super().__init__()
         self._pool = pool
+        #: With ``server.workers`` above 1: which worker answers, in ``x-s3balance-worker``.
+        self._worker = None if worker is None else f"{worker} {os.getpid()}".encode()
 
     def render_GET(self, request: Request) -> bytes:
         report = health_report(self._pool)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if self._worker is not None:
+            request.setHeader(b"x-s3balance-worker", self._worker)
         if report["status"] == "unhealthy":
             request.setResponseCode(503)
         return json.dumps(report, indent=2).encode("utf-8") + b"\n"
