@@ -24,19 +24,11 @@ from s3balance.config import BucketConfig
 from s3balance.multipart import MultipartUploads
 from s3balance.web.multipart import MultipartHandler
 from test.support.daemon import DaemonTestCase, in_thread, seaweed_buckets
+from test.support.seaweedfs import seaweed_or_skip
 
 ALL = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"]
 MiB = 1 << 20
 
-
-def _weed():  # type: ignore[no-untyped-def]
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:  # the binary is missing on this machine
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
 
 
 def digest(name: str, data: bytes) -> bytes:
@@ -80,7 +72,7 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
     timeout = 240
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        self.weed = _weed()
+        self.weed = seaweed_or_skip()
         suffix = secrets.token_hex(4)
         configs = seaweed_buckets(self.weed, [f"s3b-ck1-{suffix}", f"s3b-ck2-{suffix}"])
         self.backend_names = [c.name for c in configs]

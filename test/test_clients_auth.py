@@ -32,6 +32,7 @@ from s3balance.config import BucketConfig, Config, Credential
 from test.support import require_tool
 from test.support.clients import aws_binary
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
+from test.support.seaweedfs import seaweed_or_skip
 
 MAIN_KEY, MAIN_SECRET = "MAINKEY", "main-secret-0123456789"
 READER_KEY, READER_SECRET = "READERKEY", "reader-secret-0123456789"
@@ -204,15 +205,6 @@ def send(
     finally:
         connection.close()
 
-
-def seaweed_or_skip() -> Any:
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
 
 
 class SeaweedAuthCase(DaemonTestCase):

@@ -198,9 +198,9 @@ class SeaweedBufferedBodyTests(SignedBodyTests):
     timeout = 180
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        from test.test_s3_seaweedfs import _weed
+        from test.support.seaweedfs import seaweed_or_skip
 
-        weed = _weed()
+        weed = seaweed_or_skip()
         suffix = secrets.token_hex(4)
         return seaweed_buckets(weed, [f"s3b-body-{suffix}", f"s3b-body2-{suffix}"])
 

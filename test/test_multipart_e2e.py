@@ -23,6 +23,7 @@ from s3balance.multipart import MultipartUploads
 from s3balance.web.multipart import MultipartHandler
 from test.support import require_tool
 from test.support.daemon import DaemonTestCase, seaweed_buckets
+from test.support.seaweedfs import seaweed_or_skip
 
 MiB = 1024 * 1024
 
@@ -477,15 +478,6 @@ class RealClientTests(MultipartDaemonCase, unittest.TestCase):
         self.assertEqual(self.leftover_uploads(), [])
 
 
-def _weed() -> Any:
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
-
 
 @pytest.mark.slow
 class SeaweedMultipartTests(MultipartDaemonCase, unittest.TestCase):
@@ -494,7 +486,7 @@ class SeaweedMultipartTests(MultipartDaemonCase, unittest.TestCase):
     timeout = 120
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        self.weed = _weed()
+        self.weed = seaweed_or_skip()
         suffix = secrets.token_hex(4)
         configs = seaweed_buckets(self.weed, [f"s3b-mp1-{suffix}", f"s3b-mp2-{suffix}"])
         self.backend_names = [c.name for c in configs]

@@ -18,6 +18,7 @@ from test.support.daemon import (
 )
 from test.support.motoserver import shared_moto
 from test.support.objectmeta import MotoDaemonCase, moto_buckets
+from test.support.seaweedfs import seaweed_or_skip
 
 SSE = "x-amz-server-side-encryption"
 
@@ -199,15 +200,6 @@ class MixedEncryptionTests(DaemonTestCase, unittest.TestCase):
         self.assertEqual(await self.daemon.real_keys("local"), [])
 
 
-def _weed():  # type: ignore[no-untyped-def]
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:  # the binary is missing on this machine
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
-
 
 class SeaweedRefusesEncryptionTests(DaemonTestCase, unittest.TestCase):
     """SeaweedFS without a key-encryption key configured answers an SSE-S3 write with an error:
@@ -217,7 +209,7 @@ class SeaweedRefusesEncryptionTests(DaemonTestCase, unittest.TestCase):
     backend_names = ["w1", "w2"]
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        self.weed = _weed()
+        self.weed = seaweed_or_skip()
         import secrets
 
         suffix = secrets.token_hex(4)

@@ -9,23 +9,14 @@ from twisted.trial import unittest
 
 from s3balance.config import BucketConfig
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
-
-
-def _weed():  # type: ignore[no-untyped-def]
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:  # the binary is missing on this machine
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
+from test.support.seaweedfs import seaweed_or_skip
 
 
 class SeaweedPlacementTests(DaemonTestCase, unittest.TestCase):
     timeout = 180
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        self.weed = _weed()
+        self.weed = seaweed_or_skip()
         suffix = secrets.token_hex(4)
         self.real_names = [f"s3b-one-{suffix}", f"s3b-two-{suffix}"]
         configs = seaweed_buckets(self.weed, self.real_names)

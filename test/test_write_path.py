@@ -37,17 +37,8 @@ from s3balance.gateway import (
 )
 from s3balance.web.objects import BytesBody
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
+from test.support.seaweedfs import seaweed_or_skip
 from test.support.stallproxy import StallProxy
-
-
-def _weed() -> Any:
-    try:
-        from test.support.seaweedfs import shared_seaweedfs, weed_binary
-
-        weed_binary()
-    except Exception as error:  # the binary is missing on this machine
-        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
-    return shared_seaweedfs()
 
 
 def md5_etag(data: bytes) -> str:
@@ -216,7 +207,7 @@ class StalledBackendTests(DaemonTestCase, unittest.TestCase):  # type: ignore[mi
     client_options = {"request_checksum_calculation": "when_required"}
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        weed = _weed()
+        weed = seaweed_or_skip()
         self.weed = weed
         self.real_name = f"s3b-stall-{secrets.token_hex(4)}"
         (config,) = seaweed_buckets(weed, [self.real_name])
@@ -267,7 +258,7 @@ class TornReadTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     SECONDS = 3.0
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        weed = _weed()
+        weed = seaweed_or_skip()
         suffix = secrets.token_hex(4)
         configs = seaweed_buckets(weed, [f"s3b-torn1-{suffix}", f"s3b-torn2-{suffix}"])
         self.backend_names = [c.name for c in configs]
@@ -346,7 +337,7 @@ class LongKeyTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     client_options = {"request_checksum_calculation": "when_required"}
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
-        weed = _weed()
+        weed = seaweed_or_skip()
         self.weed = weed
         self.real_name = f"s3b-long-{secrets.token_hex(4)}"
         (config,) = seaweed_buckets(weed, [self.real_name])
@@ -422,7 +413,7 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
 
     from test.support.process import DaemonProcess
 
-    weed = _weed()
+    weed = seaweed_or_skip()
     bucket = f"s3b-kill-{secrets.token_hex(4)}"
     weed.create_bucket(bucket)
     target = urlsplit(weed.endpoint)

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 import urllib.request
 from types import TracebackType
 from typing import Any
@@ -297,6 +298,18 @@ class SeaweedFS:
 
 _shared: SeaweedFS | None = None
 _shared_lock = threading.Lock()
+
+
+def seaweed_or_skip() -> SeaweedFS:
+    """:func:`shared_seaweedfs`, or a skip where the ``weed`` binary is missing (a failure under
+    CI, which installs it: see :func:`test.support.require_tool`)."""
+    try:
+        weed_binary()
+    except RuntimeError as error:
+        if os.environ.get("CI"):
+            raise AssertionError(f"{error}; .ci/run must install it") from error
+        raise unittest.SkipTest(f"SeaweedFS is not available: {error}") from error
+    return shared_seaweedfs()
 
 
 def shared_seaweedfs() -> SeaweedFS:
