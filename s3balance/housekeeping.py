@@ -37,7 +37,51 @@ class Usage(Protocol):
     def adjust(self, name: str, delta_bytes: int, delta_objects: int) -> None: ...
 
 
-class UploadExpiry(Service):
+class PeriodicRounds(Service):
+    """A round of work every ``period`` seconds (the first at start) on ``clock``; a round that
+    fails is logged and the next one runs as planned, so no failure stops the loop.
+
+    Subclasses say what a round does (:meth:`_round`, which returns a count for tests and logs)
+    and what to call it in the log (:attr:`work`).
+    """
+
+    #: What a round does, for the log ("upload expiry", "deletion sweep").
+    work = "housekeeping"
+
+    def __init__(self, clock: IReactorTime, period: float) -> None:
+        self.clock = clock
+        self.period = period
+        self._loop: LoopingCall | None = None
+        self._stopped: defer.Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.run_once)
+        self._loop.clock = self.clock
+        self._stopped = self._loop.start(self.period, now=True)
+        self._stopped.addErrback(lambda f: log.failure("{work} loop stopped", f, work=self.work))
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        return self._stopped
+
+    def run_once(self) -> defer.Deferred[int]:
+        """One round; fires with its count, never fails."""
+        return defer.ensureDeferred(self._round()).addErrback(self._round_failed)
+
+    async def _round(self) -> int:
+        raise NotImplementedError
+
+    def _round_failed(self, failure: Failure) -> int:
+        log.failure("{work} round failed; next round in {period}s", failure,
+                    work=self.work, period=self.period)
+        return 0
+
+
+class UploadExpiry(PeriodicRounds):
     """The expiry task (see the module docstring).
 
     :param store: where uploads are listed and forgotten.
@@ -48,6 +92,8 @@ class UploadExpiry(Service):
     :param usage: when given, told about the bytes released, until its next refresh.
     """
 
+    work = "upload expiry"
+
     def __init__(
         self,
         store: MetadataStore,
@@ -57,15 +103,12 @@ class UploadExpiry(Service):
         period: float = MultipartConfig.cleanup_period,
         usage: Usage | None = None,
     ) -> None:
+        super().__init__(clock, period)
         self.store = store
         self.pool = pool
-        self.clock = clock
         self.expiry = expiry
-        self.period = period
         self.usage = usage
         self.aborted = 0
-        self._loop: LoopingCall | None = None
-        self._stopped: defer.Deferred[Any] | None = None
 
     @classmethod
     def from_config(
@@ -78,30 +121,8 @@ class UploadExpiry(Service):
     ) -> UploadExpiry:
         return cls(store, pool, clock, config.expiry, config.cleanup_period, usage)
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.run_once)
-        self._loop.clock = self.clock
-        self._stopped = self._loop.start(self.period, now=True)
-        self._stopped.addErrback(lambda f: log.failure("upload expiry loop stopped", f))
-
-    def stopService(self) -> defer.Deferred[Any] | None:
-        super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
-        return self._stopped
-
-    def run_once(self) -> defer.Deferred[int]:
-        """One round; fires with the number of uploads aborted, never fails."""
-        return defer.ensureDeferred(self._round()).addErrback(self._round_failed)
-
-    def _round_failed(self, failure: Failure) -> int:
-        log.failure("upload expiry round failed; next round in {period}s", failure,
-                    period=self.period)
-        return 0
-
     async def _round(self) -> int:
+        """Abort expired uploads; the count is of uploads aborted."""
         cutoff = self.clock.seconds() - self.expiry
         expired = await self.store.uploads_initiated_before(cutoff)
         aborted = 0
@@ -143,7 +164,7 @@ class Sweeper(Protocol):
     def sweep_deletions(self, limit: int = 1000) -> Any: ...
 
 
-class DeletionSweeper(Service):
+class DeletionSweeper(PeriodicRounds):
     """Runs :meth:`s3balance.gateway.Gateway.sweep_deletions` every ``period`` seconds.
 
     :param gateway: knows this daemon's readers, which a sweep must not delete under.
@@ -151,38 +172,15 @@ class DeletionSweeper(Service):
     :param period: seconds between rounds (the first runs at start).
     """
 
+    work = "deletion sweep"
+
     def __init__(self, gateway: Sweeper, clock: IReactorTime, period: float = 10.0) -> None:
+        super().__init__(clock, period)
         self.gateway = gateway
-        self.clock = clock
-        self.period = period
         self.deleted = 0
-        self._loop: LoopingCall | None = None
-        self._stopped: defer.Deferred[Any] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.run_once)
-        self._loop.clock = self.clock
-        self._stopped = self._loop.start(self.period, now=True)
-        self._stopped.addErrback(lambda f: log.failure("deletion sweeper stopped", f))
-
-    def stopService(self) -> defer.Deferred[Any] | None:
-        super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
-        return self._stopped
-
-    def run_once(self) -> defer.Deferred[int]:
-        """One round; fires with the number of locations deleted, never fails."""
-        return defer.ensureDeferred(self._round()).addErrback(self._round_failed)
 
     async def _round(self) -> int:
+        """Delete what is due; the count is of locations deleted."""
         deleted = int(await self.gateway.sweep_deletions())
         self.deleted += deleted
         return deleted
-
-    def _round_failed(self, failure: Failure) -> int:
-        log.failure("deletion sweep failed; next round in {period}s", failure,
-                    period=self.period)
-        return 0
