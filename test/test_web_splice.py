@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from s3balance.backends.s3 import S3Backend
 from s3balance.metrics import ZERO_COPY_BYTES
-from s3balance.web import splice
+from s3balance.net import splice
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, relay_object
 from s3balance.web.request import ClientDisconnected, StreamingRequest
 from s3balance.web.site import S3Site

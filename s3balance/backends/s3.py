@@ -69,8 +69,8 @@ from s3balance.backends.interface import (
 from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
 from s3balance.logs import make_logger
-from s3balance.web.channel import tune_transport
-from s3balance.web.splice import tcp_socket
+from s3balance.net.sockets import tune_transport
+from s3balance.net.splice import tcp_socket
 
 #: Persistent connections per backend host; Twisted's default of 2 serialises concurrent GETs.
 MAX_PERSISTENT_PER_HOST = 32

@@ -675,7 +675,7 @@ class StreamingRequest(server.Request):
 
     def note_sent(self, count: int) -> None:
         """Count response bytes that went to the client without :meth:`write` (the kernel moved
-        them: :mod:`s3balance.web.splice`)."""
+        them: :mod:`s3balance.net.splice`)."""
         self.sentLength += count
         self.bytes_out += count
 
