@@ -32,6 +32,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from s3balance import errors
 from s3balance.integers import TooManyDigits, parse_decimal
 from s3balance.metrics import REFUSALS
+from s3balance.net import twistedcompat
 from s3balance.net.sockets import READ_SIZE, SEND_SIZE, tune_transport
 
 __all__ = ["READ_SIZE", "SEND_SIZE", "S3Channel", "error_response", "tune_transport"]
@@ -89,7 +90,7 @@ class S3Channel(HTTPChannel):
             self._header_deadline is None
             and self.header_timeout is not None
             and self.line_mode
-            and not self._handlingRequest
+            and not twistedcompat.handling_request(self)
         ):
             # The first bytes of a request (its request line or headers): they have
             # header_timeout seconds to be complete, however slowly they trickle.
@@ -98,7 +99,7 @@ class S3Channel(HTTPChannel):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
-        if self._discarding or not self.line_mode or self._handlingRequest:
+        if self._discarding or not self.line_mode or twistedcompat.handling_request(self):
             return
         REFUSALS.labels("header_timeout").inc()
         self.refuse(errors.RequestTimeout())
@@ -119,9 +120,11 @@ class S3Channel(HTTPChannel):
         server_header = getattr(self.site, "server_header", b"s3balance")
         transport.write(error_response(error, server_header))
         transport.loseConnection()
-        if self.abortTimeout is not None and self._abortingCall is None:
+        if self.abortTimeout is not None and not twistedcompat.abort_call_pending(self):
             # A client that reads nothing would hold the connection open: abort it then.
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            twistedcompat.set_abort_call(
+                self, self.callLater(self.abortTimeout, self.forceAbortClient)
+            )
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         if header == b"Content-Length":
@@ -145,15 +148,16 @@ class S3Channel(HTTPChannel):
         self._stop_header_deadline()
         request = self.requests[-1]
         request.parseCookies()
-        self.persistent = self.checkPersistence(request, self._version)
+        version = twistedcompat.request_line(self)[2]
+        self.persistent = self.checkPersistence(request, version)
         request.gotLength(self.length)
         if self._discarding or request.finished or request.startedWriting:
             return  # already answered: a 100 now would precede nothing the client should send
         if getattr(request, "streamed", False):
             return  # the request sends 100 Continue itself when its body is first consumed
         expect = request.requestHeaders.getRawHeaders(b"Expect")
-        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
-            self._send100Continue()
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            twistedcompat.send_100_continue(self)
 
     def allContentReceived(self) -> None:
         if self._discarding or not self.requests:
@@ -173,7 +177,7 @@ class S3Channel(HTTPChannel):
         if self._input_held or self._closing():
             return
         self._input_held = True
-        self._networkProducer.pauseProducing()
+        twistedcompat.network_producer(self).pauseProducing()
 
     def release_input(self) -> None:
         """Read from the client again, unless our own write buffer still wants it paused."""
@@ -182,8 +186,8 @@ class S3Channel(HTTPChannel):
         self._input_held = False
         if self._closing():
             return
-        if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+        if not twistedcompat.waiting_for_transport(self):
+            twistedcompat.network_producer(self).resumeProducing()
 
     def resumeProducing(self) -> None:
         """Our write buffer drained: resume the response producer, but leave the client paused
@@ -191,9 +195,10 @@ class S3Channel(HTTPChannel):
         if not self._input_held:
             super().resumeProducing()
             return
-        self._waitingForTransport = False
-        if self._requestProducer is not None:
-            self._requestProducer.resumeProducing()
+        twistedcompat.set_waiting_for_transport(self, False)
+        producer = twistedcompat.request_producer(self)
+        if producer is not None:
+            producer.resumeProducing()
 
     def _closing(self) -> bool:
         return bool(

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from s3balance.backends.interface import ISocketBody
 from s3balance.metrics import INFLIGHT_TRANSFERS, ZERO_COPY_BYTES
-from s3balance.net import splice
+from s3balance.net import splice, twistedcompat
 from s3balance.web.request import ClientDisconnected
 
 _T = TypeVar("_T")
@@ -130,6 +130,8 @@ class _RelayProtocol(Protocol):
         sink = splice.tcp_socket(client)
         if client is None or sink is None or not IReactorFDSet.providedBy(reactor):
             return None
+        if not twistedcompat.can_take_unsent(client):
+            return None  # this Twisted's write buffer cannot be taken back: ordinary relay
         return client, reactor, sink
 
     def _begin_splice(self) -> None:
