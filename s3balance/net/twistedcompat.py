@@ -184,8 +184,11 @@ def request_producer(channel: Any) -> Any:
 
 
 def waiting_for_transport(channel: Any) -> bool:
-    """Whether the channel's write buffer is full (Twisted paused the client for it)."""
-    return bool(channel._waitingForTransport)
+    """Whether the channel's write buffer is full (Twisted paused the client for it).
+
+    Required, so present on every real channel (:func:`check_twisted`); a stand-in channel
+    without it (unit tests) counts as not waiting."""
+    return bool(getattr(channel, "_waitingForTransport", False))
 
 
 def set_waiting_for_transport(channel: Any, waiting: bool) -> None:

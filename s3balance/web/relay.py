@@ -109,7 +109,7 @@ class _RelayProtocol(Protocol):
             self._client_gone(None)
             return
         request.registerProducer(self.producer, True)
-        if getattr(request.channel, "_waitingForTransport", False):
+        if twistedcompat.waiting_for_transport(request.channel):
             # The client is already behind: start paused rather than overfill its buffer.
             self.producer.pauseProducing()
         request.notify_disconnect().addCallback(self._client_gone)
