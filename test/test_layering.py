@@ -20,6 +20,8 @@ FORBIDDEN = [
 ]
 
 #: Private attributes of Twisted objects we use or used (and others of the same internals).
+#: ``S3Channel`` also overrides ``HTTPChannel._maybeChooseTransferDecoder``: an override, not an
+#: access, which :func:`s3balance.net.twistedcompat.check_twisted` verifies at start instead.
 PRIVATE_TWISTED = {
     "_abortingCall",
     "_bodyDecoder",
