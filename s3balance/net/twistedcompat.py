@@ -101,6 +101,7 @@ def _sample_channel() -> HTTPChannel:
     from twisted.internet.testing import StringTransport
 
     channel = HTTPChannel()
+    channel.timeOut = None  # no idle timer on the reactor for a channel that is only inspected
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"GET / HTTP/1.1\r\n")
     return channel
