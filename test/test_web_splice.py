@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from s3balance.backends.s3 import S3Backend
 from s3balance.metrics import ZERO_COPY_BYTES
-from s3balance.web import splice
+from s3balance.net import splice, twistedcompat
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, relay_object
 from s3balance.web.request import ClientDisconnected, StreamingRequest
 from s3balance.web.site import S3Site
@@ -244,6 +244,31 @@ class SpliceRelayTests(TestCase):
         head, body = await threads.deferToThread(get)
         self.assertEqual(hashlib.md5(body).digest(), hashlib.md5(BODY).digest())
         self.assertEqual(_zero_copy_bytes(), before)
+
+    async def _get_without_zero_copy(self) -> None:
+        backend = ThreadBackend(BODY)
+        self._start(backend)
+        before = _zero_copy_bytes()
+        sock = self._client()
+
+        def get() -> tuple[bytes, bytes]:
+            sock.sendall(b"GET /v/key HTTP/1.1\r\nHost: x\r\n\r\n")
+            return _read_response(sock, SIZE)
+
+        head, body = await threads.deferToThread(get)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(hashlib.md5(body).digest(), hashlib.md5(BODY).digest())
+        self.assertEqual(_zero_copy_bytes(), before)
+
+    async def test_without_twisteds_unsent_buffer_the_ordinary_path_serves(self) -> None:
+        # The degraded mode of a Twisted whose FileDescriptor lacks _tempDataBuffer.
+        self.patch(twistedcompat, "can_take_unsent", lambda transport: False)
+        await self._get_without_zero_copy()
+
+    async def test_without_agents_proxied_transport_the_ordinary_path_serves(self) -> None:
+        # The degraded mode of a Twisted whose TransportProxyProducer lacks _producer.
+        self.patch(twistedcompat, "response_connection", lambda proxy: None)
+        await self._get_without_zero_copy()
 
     async def test_slow_client_holds_the_backend_back(self) -> None:
         size = 64 << 20

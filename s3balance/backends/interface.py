@@ -126,7 +126,7 @@ class IObjectStream(Interface):
 class ISocketBody(Interface):
     """Offered, beside ``IPushProducer``, by the transport an :class:`IObjectStream` body
     protocol is connected to, when the rest of the body can be read straight off a plain TCP
-    socket (the zero-copy download path, :mod:`s3balance.web.splice`)."""
+    socket (the zero-copy download path, :mod:`s3balance.net.splice`)."""
 
     def detach() -> Any:
         """Take the rest of the body off the stream: first deliver (``dataReceived``) whatever

@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IConsumer,
@@ -36,13 +37,21 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseDone,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 from s3balance.backends import s3xml
@@ -69,8 +78,9 @@ from s3balance.backends.interface import (
 from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
 from s3balance.logs import make_logger
-from s3balance.web.channel import tune_transport
-from s3balance.web.splice import tcp_socket
+from s3balance.net import twistedcompat
+from s3balance.net.sockets import tune_transport
+from s3balance.net.splice import tcp_socket
 
 #: Persistent connections per backend host; Twisted's default of 2 serialises concurrent GETs.
 MAX_PERSISTENT_PER_HOST = 32
@@ -534,9 +544,9 @@ class _StreamGuard(Protocol):
         """See :meth:`ISocketBody.detach`: only for a length-delimited body on plain TCP."""
         if self._ended is not None or self._detached or not self._identity:
             return None
-        # Agent's TransportProxyProducer wraps the connection's own transport (a private
-        # attribute, checked by the tests); under TLS that is a TLS protocol, not a socket.
-        raw = getattr(self.transport, "_producer", None)
+        # Agent's TransportProxyProducer wraps the connection's own transport; under TLS that
+        # is a TLS protocol, not a socket.
+        raw = twistedcompat.response_connection(self.transport)
         sock = tcp_socket(raw)
         if sock is None or raw is None or raw in raw.reactor.getWriters():
             return None  # TLS or not TCP; or still sending the request: not ours to take
@@ -668,11 +678,31 @@ class _TunedEndpoint:
         return self._inner.connect(protocol_factory).addCallback(tuned)
 
 
-class _TunedAgent(Agent):
-    """Agent whose new connections go through :class:`_TunedEndpoint`."""
+@implementer(IAgentEndpointFactory)
+class _TunedEndpointFactory:
+    """Agent's endpoints, as stock Agent makes them (TCP for ``http``, TLS over TCP for
+    ``https``, the policy's certificate checks, the connect timeout), each wrapped in a
+    :class:`_TunedEndpoint`."""
 
-    def _getEndpoint(self, uri: Any) -> IStreamClientEndpoint:
-        return _TunedEndpoint(super()._getEndpoint(uri))
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._connect_timeout = connect_timeout
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host {uri.host!r} is not ASCII") from None
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, host, uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        return _TunedEndpoint(endpoint)
 
 
 @implementer(IBackend)
@@ -722,8 +752,8 @@ class S3Backend:
             if ca_bundle
             else BrowserLikePolicyForHTTPS()
         )
-        self._agent = _TunedAgent(
-            reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _TunedEndpointFactory(reactor, policy, connect_timeout), pool=self._pool
         )
 
     @classmethod

@@ -32,17 +32,10 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from s3balance import errors
 from s3balance.integers import TooManyDigits, parse_decimal
 from s3balance.metrics import REFUSALS
+from s3balance.net import twistedcompat
+from s3balance.net.sockets import READ_SIZE, SEND_SIZE, tune_transport
 
-#: Bytes read from a socket per ``recv`` (and, in Twisted, the write buffer above which the
-#: producer feeding a connection is paused): Twisted's 64 KiB made per-chunk Python work (parsing,
-#: filters, hand-over to the backend) a large share of an upload's CPU time.  Measured with the
-#: bench: 1 MiB did not use clearly less CPU per GiB, and added 5-7 MiB to the daemon's peak
-#: resident memory where 256 KiB adds about 3.
-READ_SIZE = 256 << 10
-#: Bytes handed to one ``send``: Twisted's 128 KiB, with one ``send`` per writable event, made
-#: the client side lag the 256 KiB reads and pause the other socket every few chunks.  The
-#: kernel takes what fits in its buffer; the rest waits for the next event, as before.
-SEND_SIZE = 4 << 20
+__all__ = ["READ_SIZE", "SEND_SIZE", "S3Channel", "error_response", "tune_transport"]
 
 
 def error_response(error: errors.S3Error, server_header: bytes = b"s3balance") -> bytes:
@@ -61,26 +54,6 @@ def error_response(error: errors.S3Error, server_header: bytes = b"s3balance") -
         + b"Connection: close\r\n\r\n"
     )
     return head + document
-
-
-def tune_transport(transport: Any) -> None:
-    """Larger reads and sends, no Nagle delay, on a TCP connection (or the one under TLS).
-
-    Without ``TCP_NODELAY``, a small answer written in two pieces (headers, then body) can
-    wait for the peer's delayed ACK.
-    """
-    for candidate in (transport, getattr(transport, "transport", None)):
-        if candidate is None or not hasattr(candidate, "bufferSize"):
-            continue
-        candidate.bufferSize = READ_SIZE
-        candidate.SEND_LIMIT = SEND_SIZE
-        set_no_delay = getattr(candidate, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass  # not a TCP socket (a UNIX socket endpoint)
-        return
 
 
 class S3Channel(HTTPChannel):
@@ -117,7 +90,7 @@ class S3Channel(HTTPChannel):
             self._header_deadline is None
             and self.header_timeout is not None
             and self.line_mode
-            and not self._handlingRequest
+            and not twistedcompat.handling_request(self)
         ):
             # The first bytes of a request (its request line or headers): they have
             # header_timeout seconds to be complete, however slowly they trickle.
@@ -126,7 +99,7 @@ class S3Channel(HTTPChannel):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
-        if self._discarding or not self.line_mode or self._handlingRequest:
+        if self._discarding or not self.line_mode or twistedcompat.handling_request(self):
             return
         REFUSALS.labels("header_timeout").inc()
         self.refuse(errors.RequestTimeout())
@@ -147,9 +120,11 @@ class S3Channel(HTTPChannel):
         server_header = getattr(self.site, "server_header", b"s3balance")
         transport.write(error_response(error, server_header))
         transport.loseConnection()
-        if self.abortTimeout is not None and self._abortingCall is None:
+        if self.abortTimeout is not None and not twistedcompat.abort_call_pending(self):
             # A client that reads nothing would hold the connection open: abort it then.
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            twistedcompat.set_abort_call(
+                self, self.callLater(self.abortTimeout, self.forceAbortClient)
+            )
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         if header == b"Content-Length":
@@ -173,15 +148,16 @@ class S3Channel(HTTPChannel):
         self._stop_header_deadline()
         request = self.requests[-1]
         request.parseCookies()
-        self.persistent = self.checkPersistence(request, self._version)
+        version = twistedcompat.request_line(self)[2]
+        self.persistent = self.checkPersistence(request, version)
         request.gotLength(self.length)
         if self._discarding or request.finished or request.startedWriting:
             return  # already answered: a 100 now would precede nothing the client should send
         if getattr(request, "streamed", False):
             return  # the request sends 100 Continue itself when its body is first consumed
         expect = request.requestHeaders.getRawHeaders(b"Expect")
-        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
-            self._send100Continue()
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            twistedcompat.send_100_continue(self)
 
     def allContentReceived(self) -> None:
         if self._discarding or not self.requests:
@@ -201,7 +177,7 @@ class S3Channel(HTTPChannel):
         if self._input_held or self._closing():
             return
         self._input_held = True
-        self._networkProducer.pauseProducing()
+        twistedcompat.network_producer(self).pauseProducing()
 
     def release_input(self) -> None:
         """Read from the client again, unless our own write buffer still wants it paused."""
@@ -210,8 +186,8 @@ class S3Channel(HTTPChannel):
         self._input_held = False
         if self._closing():
             return
-        if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+        if not twistedcompat.waiting_for_transport(self):
+            twistedcompat.network_producer(self).resumeProducing()
 
     def resumeProducing(self) -> None:
         """Our write buffer drained: resume the response producer, but leave the client paused
@@ -219,9 +195,10 @@ class S3Channel(HTTPChannel):
         if not self._input_held:
             super().resumeProducing()
             return
-        self._waitingForTransport = False
-        if self._requestProducer is not None:
-            self._requestProducer.resumeProducing()
+        twistedcompat.set_waiting_for_transport(self, False)
+        producer = twistedcompat.request_producer(self)
+        if producer is not None:
+            producer.resumeProducing()
 
     def _closing(self) -> bool:
         return bool(

@@ -6,7 +6,7 @@ connection: with ``Content-Length`` already sent, a clean finish would turn a tr
 a short "successful" download.
 
 A large body between two plain TCP connections is moved by the kernel instead
-(:mod:`s3balance.web.splice`): the relay pauses the stream as soon as it starts, and on the next
+(:mod:`s3balance.net.splice`): the relay pauses the stream as soon as it starts, and on the next
 reactor turn takes the backend's socket off it (:class:`ISocketBody`), takes back from the client's
 transport what it had not sent yet, and lets :class:`SocketSplice` move the rest.  Anything that
 does not fit (TLS on either side, chunked framing, a platform without ``splice``) takes the
@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from s3balance.backends.interface import ISocketBody
 from s3balance.metrics import INFLIGHT_TRANSFERS, ZERO_COPY_BYTES
-from s3balance.web import splice
+from s3balance.net import splice, twistedcompat
 from s3balance.web.request import ClientDisconnected
 
 _T = TypeVar("_T")
@@ -109,7 +109,7 @@ class _RelayProtocol(Protocol):
             self._client_gone(None)
             return
         request.registerProducer(self.producer, True)
-        if getattr(request.channel, "_waitingForTransport", False):
+        if twistedcompat.waiting_for_transport(request.channel):
             # The client is already behind: start paused rather than overfill its buffer.
             self.producer.pauseProducing()
         request.notify_disconnect().addCallback(self._client_gone)
@@ -130,6 +130,8 @@ class _RelayProtocol(Protocol):
         sink = splice.tcp_socket(client)
         if client is None or sink is None or not IReactorFDSet.providedBy(reactor):
             return None
+        if not twistedcompat.can_take_unsent(client):
+            return None  # this Twisted's write buffer cannot be taken back: ordinary relay
         return client, reactor, sink
 
     def _begin_splice(self) -> None:

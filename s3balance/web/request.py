@@ -28,6 +28,7 @@ from s3balance import errors
 from s3balance.errors import S3Error
 from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS, REFUSALS
+from s3balance.net import twistedcompat
 from s3balance.web.bodies import DEFAULT_BODY
 
 if TYPE_CHECKING:
@@ -430,7 +431,7 @@ class StreamingRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         """Headers are in: decide between streaming (run the resource now) and stock buffering."""
         channel = self.channel
-        command, path, version = channel._command, channel._path, channel._version
+        command, path, version = twistedcompat.request_line(channel)
         expect = self.requestHeaders.getRawHeaders(b"Expect")
         self._wants_continue = bool(
             version == b"HTTP/1.1" and expect and expect[0].lower() == b"100-continue"
@@ -527,7 +528,7 @@ class StreamingRequest(server.Request):
         channel = self.channel
         previous = channel.setTimeout(None)
         if previous is not None:
-            channel._savedTimeOut = previous
+            twistedcompat.restore_idle_timeout_later(channel, previous)
         self.process()
 
     def _body_wanted(self) -> None:
@@ -545,7 +546,7 @@ class StreamingRequest(server.Request):
             and not body.complete
         ):
             self._continue_sent = True
-            channel._send100Continue()
+            twistedcompat.send_100_continue(channel)
 
     def pause_input(self) -> None:
         channel = getattr(self, "channel", None)
@@ -675,7 +676,7 @@ class StreamingRequest(server.Request):
 
     def note_sent(self, count: int) -> None:
         """Count response bytes that went to the client without :meth:`write` (the kernel moved
-        them: :mod:`s3balance.web.splice`)."""
+        them: :mod:`s3balance.net.splice`)."""
         self.sentLength += count
         self.bytes_out += count
 

@@ -17,7 +17,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from s3balance import errors
+from s3balance.logs import make_logger
 from s3balance.metrics import OPEN_CONNECTIONS, REFUSALS
+from s3balance.net import twistedcompat
 from s3balance.web.bodies import BodyBudget
 from s3balance.web.channel import S3Channel, error_response
 from s3balance.web.request import DEFAULT_BODY_BUFFER, StreamingRequest
@@ -70,6 +72,12 @@ class S3Site(Site):
         max_connections: int = 1000,
         body_memory: int = 32 << 20,
     ) -> None:
+        # A Twisted without the internals streaming needs stops the daemon here, by name.
+        for degraded in twistedcompat.check_running_twisted():
+            log.warn(
+                "Twisted lacks {attribute}: its documented fallback is used",
+                attribute=degraded,
+            )
         if clock is None:
             from twisted.internet import reactor
 
@@ -182,3 +190,6 @@ class _Refusal(Protocol):
         assert self.transport is not None
         self.transport.write(self._response)
         self.transport.loseConnection()
+
+
+log = make_logger()

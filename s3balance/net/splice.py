@@ -25,6 +25,8 @@ from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDe
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from s3balance.net import twistedcompat
+
 __all__ = [
     "SinkFailed",
     "SocketSplice",
@@ -71,15 +73,15 @@ def take_unsent(transport: Any) -> bytes:
     """Take back what a TCP transport has buffered but not yet sent, and stop it writing, so
     that the socket has one writer again.
 
-    These are ``FileDescriptor``'s buffer attributes (``dataBuffer``, ``offset``,
-    ``_tempDataBuffer``, ``_tempDataLen``), unchanged in Twisted for many years and checked by
-    the tests.  A producer it had paused for a full buffer is resumed, as a drained buffer would.
+    These are ``FileDescriptor``'s buffer attributes: ``dataBuffer`` and ``offset``, and a
+    second, private buffer reached through :mod:`~s3balance.net.twistedcompat` (callers check
+    :func:`~s3balance.net.twistedcompat.can_take_unsent` first).  A producer it had paused for a
+    full buffer is resumed, as a drained buffer would.
     """
-    unsent = bytes(transport.dataBuffer[transport.offset :]) + b"".join(transport._tempDataBuffer)
+    unsent = bytes(transport.dataBuffer[transport.offset :])
+    unsent += twistedcompat.take_unsent_buffers(transport)
     transport.dataBuffer = b""
     transport.offset = 0
-    transport._tempDataBuffer = []
-    transport._tempDataLen = 0
     transport.stopWriting()
     if transport.producer is not None and transport.producerPaused:
         transport.producerPaused = False
