@@ -342,7 +342,7 @@ def test_client_disconnect_mid_body() -> None:
     failure = outcome(done)
     assert isinstance(failure, Failure) and failure.check(ClientDisconnected)
     assert request.disconnected and gone.called and outcome(gone) is None
-    request.write(b"ignored")  # pitfall 5: neither raises
+    request.write(b"ignored")  # trap 5 of docs/streaming.md: neither raises
     request.finish()
     request.unregisterProducer()
     assert outcome(request.notify_disconnect()) is None

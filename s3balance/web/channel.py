@@ -1,14 +1,14 @@
 """The HTTP/1.1 connection of the S3 front: stock ``HTTPChannel`` made safe for streamed bodies.
 
-Three things differ from stock (see ``/work/shared/design/streaming.md``, section 4):
+Three things differ from stock (the traps of ``docs/streaming.md``):
 
 - ``Expect: 100-continue`` is answered only when the body is actually wanted: at once for a
   buffered request, at the first ``RequestBody.startProducing`` for a streamed one, never when
-  the request already has its final answer (pitfall 2).
+  the request already has its final answer (trap 2).
 - While a streamed body holds the client paused for backpressure, draining our own write buffer
-  must not resume reading from the client (pitfall 6): one owner of the pause at a time.
+  must not resume reading from the client (trap 6): one owner of the pause at a time.
 - Once a connection is known to close after the current answer, whatever the client still
-  sends (the unread rest of a body) is dropped, never parsed as a request (pitfall 1).
+  sends (the unread rest of a body) is dropped, never parsed as a request (trap 1).
 
 Header count and size limits stay those of stock Twisted (``maxHeaders``, ``totalHeadersSize``).
 Two limits are ours, against clients that hold connections open for nothing: a request's headers

@@ -1,10 +1,11 @@
 """A twisted.web request whose body streams to a backend while it arrives.
 
 Stock twisted.web reads a whole request body before any resource sees the request (see
-``/work/shared/design/streaming.md``).  :class:`StreamingRequest` asks the site, once the headers
-are in, whether this request's body should stream; if so it runs the resource tree at once and
-hands the body out as a :class:`RequestBody`, an ``IBodyProducer`` a backend consumes with
-backpressure reaching the client's TCP window.
+``docs/streaming.md``, whose traps the comments here refer to by number).
+:class:`StreamingRequest` asks the site, once the headers are in, whether this request's body
+should stream; if so it runs the resource tree at once and hands the body out as a
+:class:`RequestBody`, an ``IBodyProducer`` a backend consumes with backpressure reaching the
+client's TCP window.
 """
 
 from __future__ import annotations
@@ -636,7 +637,7 @@ class StreamingRequest(server.Request):
     def prepare_early_response(self) -> None:
         """Call before answering a request whose body was not (fully) read.
 
-        The unread rest of the body must never be parsed as a next request (pitfall 1), so the
+        The unread rest of the body must never be parsed as a next request (trap 1), so the
         connection closes after this answer; the body stops being fed and fails with
         :class:`BodyAbandoned`.  A streamed body that already arrived whole keeps the
         connection open.
@@ -665,7 +666,7 @@ class StreamingRequest(server.Request):
         self.finish()
 
     def write(self, data: bytes) -> None:
-        """Write response bytes; after the client left, drop them (pitfall 5)."""
+        """Write response bytes; after the client left, drop them (trap 5)."""
         if self.disconnected or getattr(self, "channel", None) is None:
             return
         if not self.startedWriting:
@@ -691,7 +692,7 @@ class StreamingRequest(server.Request):
             self.responseHeaders.setRawHeaders(b"x-amz-request-id", [self.request_id.encode()])
 
     def finish(self) -> None:
-        """Finish the response; after a disconnect or a second call, do nothing (pitfall 5)."""
+        """Finish the response; after a disconnect or a second call, do nothing (trap 5)."""
         if self.disconnected or self.finished or getattr(self, "channel", None) is None:
             return
         super().finish()

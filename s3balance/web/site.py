@@ -172,7 +172,8 @@ class S3Site(Site):
         return waiter.addCallback(remaining)
 
     def acceptableProtocols(self) -> list[bytes]:
-        """Only HTTP/1.1 over TLS: the streaming hooks exist for it alone (pitfall 9)."""
+        """Only HTTP/1.1 over TLS: the streaming hooks exist for it alone (see
+        ``docs/streaming.md``, trap 9)."""
         return [b"http/1.1"]
 
     def log(self, request: Request) -> None:
