@@ -138,24 +138,35 @@ def local_buckets(root: str, names: list[str], **options: Any) -> list[BucketCon
     return [BucketConfig(name=n, path=os.path.join(root, n), **options) for n in names]
 
 
-def seaweed_buckets(weed: Any, names: list[str], **options: Any) -> list[BucketConfig]:
-    """Real buckets on a running SeaweedFS (created here)."""
+def server_buckets(
+    server: Any, names: list[str], real_names: list[str] | None = None, **options: Any
+) -> list[BucketConfig]:
+    """Real buckets on a running S3 server of the tests (SeaweedFS, moto), created here.
+
+    :param real_names: the buckets' names on the server (default: ``names``).
+    """
     configs = []
-    for name in names:
-        weed.create_bucket(name)
+    for name, real in zip(names, real_names or names, strict=True):
+        server.create_bucket(real)
         configs.append(
             BucketConfig(
                 name=name,
-                endpoint=weed.endpoint,
-                region=weed.region,
-                access_key_id=weed.access_key,
-                secret_access_key=weed.secret_key,
+                bucket=None if real_names is None else real,
+                endpoint=server.endpoint,
+                region=server.region,
+                access_key_id=server.access_key,
+                secret_access_key=server.secret_key,
                 path_style=True,
                 use_ssl=False,
                 **options,
             )
         )
     return configs
+
+
+def seaweed_buckets(weed: Any, names: list[str], **options: Any) -> list[BucketConfig]:
+    """Real buckets on a running SeaweedFS (created here)."""
+    return server_buckets(weed, names, **options)
 
 
 async def start_daemon(

@@ -8,30 +8,14 @@ import secrets
 from s3balance.config import BucketConfig
 from s3balance.multipart import MultipartUploads
 from s3balance.web.multipart import MultipartHandler
-from test.support.daemon import DaemonTestCase
+from test.support.daemon import DaemonTestCase, server_buckets
 from test.support.motoserver import shared_moto
 
 
 def moto_buckets(names: list[str]) -> list[BucketConfig]:
     """Real buckets on the shared moto server (created here, uniquely named)."""
-    moto = shared_moto()
-    configs = []
-    for name in names:
-        real = f"s3b-{name}-{secrets.token_hex(4)}"
-        moto.create_bucket(real)
-        configs.append(
-            BucketConfig(
-                name=name,
-                bucket=real,
-                endpoint=moto.endpoint,
-                region=moto.region,
-                access_key_id=moto.access_key,
-                secret_access_key=moto.secret_key,
-                path_style=True,
-                use_ssl=False,
-            )
-        )
-    return configs
+    real_names = [f"s3b-{name}-{secrets.token_hex(4)}" for name in names]
+    return server_buckets(shared_moto(), names, real_names)
 
 
 class MotoDaemonCase(DaemonTestCase):
