@@ -408,9 +408,7 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
     """The backend assembles the upload (its answer held by a proxy), the daemon is killed before
     its commit: after a restart the previous object is intact and readable with its ETag, and
     the retried CompleteMultipartUpload succeeds at once (no SlowDown)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
+    from test.support.clients import boto3_client
     from test.support.process import DaemonProcess
 
     weed = seaweed_or_skip()
@@ -434,18 +432,8 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
             ],
         }
         with DaemonProcess(tmp_path, config) as daemon:
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=daemon.endpoint,
-                aws_access_key_id="any",
-                aws_secret_access_key="any",
-                region_name="us-east-1",
-                config=BotoConfig(
-                    s3={"addressing_style": "path"},
-                    retries={"max_attempts": 1},
-                    read_timeout=20,
-                    request_checksum_calculation="when_required",
-                ),
+            s3 = boto3_client(
+                daemon.endpoint, read_timeout=20, request_checksum_calculation="when_required"
             )
             old = b"the previous object"
             s3.put_object(Bucket="vbk", Key="k", Body=old)
