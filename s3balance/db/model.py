@@ -286,3 +286,8 @@ def _add_mysql_options(table: sa.Table, connection: sa.Connection, **kw: Any) ->
 
 for _table in metadata.tables.values():
     sa.event.listen(_table, "before_create", _add_mysql_options)
+
+
+def stored_acl(acl: str) -> str | None:
+    """An ``acl`` column's value for a canned ACL: NULL for the default, ``private``."""
+    return None if acl == "private" else acl
