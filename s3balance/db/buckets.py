@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from s3balance.db.base import DBComponent
 from s3balance.db.errors import BucketNotEmptyError, NoSuchBucketError
 from s3balance.db.model import multipart_uploads, objects, stored_acl, virtual_buckets
-from s3balance.db.records import BucketRecord
+from s3balance.db.records import BucketRecord, BucketTotals
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -43,6 +43,14 @@ class BucketsComponent(DBComponent):
     def delete_bucket(self, name: str) -> Deferred[None]:
         """:raises BucketNotEmptyError: objects or uploads remain. :raises NoSuchBucketError:"""
         return self.pool.do(_delete_bucket, name)
+
+    def bucket_totals(self) -> Deferred[dict[str, BucketTotals]]:
+        """``{virtual bucket name: totals}``, every bucket included (empty ones as zeros).
+
+        One grouped query over the object rows (usage rows count per *real* bucket): a scan of
+        the objects table, fine for a page an operator opens, not for a request path.
+        """
+        return self.pool.do_read(_bucket_totals)
 
 
 # In a database thread, inside the pool's transaction (see s3balance.db.base).
@@ -133,3 +141,21 @@ def _delete_bucket(conn: sa.Connection, name: str) -> None:
     except sa.exc.IntegrityError as error:
         # An object or upload was added since the check: the foreign key refused the delete.
         raise BucketNotEmptyError(name) from error
+
+
+_TOTALS = (
+    sa.select(
+        virtual_buckets.c.name,
+        sa.func.count(objects.c.id),
+        sa.func.coalesce(sa.func.sum(objects.c.size), 0),
+    )
+    .select_from(virtual_buckets.outerjoin(objects, objects.c.bucket_id == virtual_buckets.c.id))
+    .group_by(virtual_buckets.c.id, virtual_buckets.c.name)
+)
+
+
+def _bucket_totals(conn: sa.Connection) -> dict[str, BucketTotals]:
+    return {
+        row[0]: BucketTotals(object_count=int(row[1]), bytes=int(row[2]))
+        for row in conn.execute(_TOTALS)
+    }
