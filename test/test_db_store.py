@@ -788,3 +788,14 @@ class PostgresStoreTests(StoreTests, unittest.TestCase):
 @pytest.mark.usefixtures("mysql_db")
 class MySQLStoreTests(StoreTests, unittest.TestCase):
     pass
+
+
+def test_the_store_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.store`` keeps working (a few calls; its figures are not judged here)."""
+    from bench import store as bench_store
+
+    assert bench_store.main(["--calls", "5", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split(" ")[0].rstrip(",") for line in lines]
+    assert names == ["get_object", "commit_object", "commit_object"]
+    assert all(line.endswith("µs CPU per call") for line in lines)
