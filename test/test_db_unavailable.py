@@ -3,41 +3,22 @@ it with 503 (a condition clients retry), not with a 500 for a bug."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 from twisted.trial import unittest
 
 from s3balance.db.errors import MetadataUnavailable
-from s3balance.db.pool import DBPool
 from test.dbfixture import make_store
 from test.support.daemon import DaemonTestCase
-
-#: A PostgreSQL server that is not there: every connection is refused.
-GONE = "postgresql+psycopg2://postgres@127.0.0.1:1/gone"
-
-
-@contextlib.contextmanager
-def database_gone(pool: DBPool) -> Iterator[None]:
-    """Point the pool at a server that refuses connections, then back."""
-    working = pool.engine
-    dead = sa.create_engine(GONE, poolclass=NullPool)
-    pool.engine = dead
-    try:
-        yield
-    finally:
-        pool.engine = working
-        dead.dispose()
+from test.test_pool import database_down
 
 
 def test_an_unreachable_database_is_metadata_unavailable(tmp_path: Path) -> None:
     store, cleanup = make_store(tmp_path, inline=True)
     try:
-        with database_gone(store.pool):
+        with database_down(store):
             failures: list[BaseException] = []
             store.get_object("vb", "key").addErrback(lambda f: failures.append(f.value))
         assert len(failures) == 1
@@ -69,7 +50,7 @@ class FrontTests(DaemonTestCase, unittest.TestCase):
     async def test_requests_answer_503_while_the_database_is_gone(self) -> None:
         await self.call(self.s3.create_bucket, Bucket="photos")
         await self.call(self.s3.put_object, Bucket="photos", Key="k", Body=b"before")
-        with database_gone(self.daemon.db_pool):
+        with database_down(self.daemon.store):
             for call in (
                 lambda: self.s3.get_object(Bucket="photos", Key="k"),
                 lambda: self.s3.put_object(Bucket="photos", Key="k", Body=b"during"),
