@@ -15,7 +15,11 @@ statement on every call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
 
 if TYPE_CHECKING:
     from s3balance.db.pool import DBPool
@@ -26,3 +30,16 @@ class DBComponent:
 
     def __init__(self, pool: DBPool) -> None:
         self.pool = pool
+
+
+def may_fail(conn: sa.Connection) -> AbstractContextManager[Any]:
+    """Around a statement whose constraint error the caller catches to go on in the same
+    transaction (insert-if-missing races, a foreign key refusing a delete).
+
+    PostgreSQL aborts the whole transaction on any failed statement, so there the statement runs
+    in a savepoint; SQLite and InnoDB undo only the failed statement and the transaction goes on,
+    so elsewhere a savepoint would only cost two more statements.
+    """
+    if conn.dialect.name == "postgresql":
+        return conn.begin_nested()
+    return contextlib.nullcontext()

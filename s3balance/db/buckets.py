@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from s3balance.db.base import DBComponent
+from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.errors import BucketNotEmptyError, NoSuchBucketError
 from s3balance.db.model import multipart_uploads, objects, stored_acl, virtual_buckets
 from s3balance.db.records import BucketRecord, BucketTotals
@@ -83,7 +83,7 @@ def _create_bucket(
     if bucket_id(conn, name) is not None:
         return False
     try:
-        with conn.begin_nested():
+        with may_fail(conn):
             conn.execute(
                 virtual_buckets.insert().values(
                     name=name, created_at=now, from_config=from_config, acl=stored_acl(acl)
@@ -136,7 +136,7 @@ def _delete_bucket(conn: sa.Connection, name: str) -> None:
         if used is not None:
             raise BucketNotEmptyError(name)
     try:
-        with conn.begin_nested():
+        with may_fail(conn):
             conn.execute(virtual_buckets.delete().where(virtual_buckets.c.id == found))
     except sa.exc.IntegrityError as error:
         # An object or upload was added since the check: the foreign key refused the delete.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from s3balance.db.base import DBComponent
+from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.buckets import require_bucket
 from s3balance.db.listing import Cursor, first_cursor, prefix_upper_bound, scan
 from s3balance.db.model import (
@@ -169,7 +169,7 @@ def _upload_record(row: Any, bucket: str) -> UploadRecord:
 def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
     owner = require_bucket(conn, upload.bucket)
     try:
-        with conn.begin_nested():
+        with may_fail(conn):
             conn.execute(
                 multipart_uploads.insert().values(
                     upload_id=upload.upload_id,
@@ -231,7 +231,7 @@ def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
             conn.execute(multipart_parts.update().where(where).values(values))
             break
         try:
-            with conn.begin_nested():
+            with may_fail(conn):
                 conn.execute(
                     multipart_parts.insert().values(
                         upload_ref=upload.id, part_number=part.part_number, **values

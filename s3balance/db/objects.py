@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from s3balance.conditions import etag_matches
-from s3balance.db.base import DBComponent
+from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.buckets import bucket_id, require_bucket
 from s3balance.db.deletions import queue_deletions
 from s3balance.db.errors import ObjectMissingError, PreconditionFailedError
@@ -340,7 +340,7 @@ def write_object(
             conn.execute(_DELETE_LOCATIONS, {"object_id": object_id})
             break
         try:
-            with conn.begin_nested():
+            with may_fail(conn):
                 result = conn.execute(
                     _INSERT_OBJECT, {"bucket_id": owner, "key": record.key, **values}
                 )

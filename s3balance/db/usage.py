@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from s3balance.db.base import DBComponent
+from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.model import backend_usage, operation_counters
 from s3balance.db.records import BackendUsage, OperationCounts
 
@@ -92,8 +92,9 @@ def add_to_row(
 ) -> None:
     """``UPDATE table SET c = c + n WHERE key``, inserting the row (other counters 0) when missing.
 
-    The insert runs in a savepoint: if a concurrent transaction inserted the same row first, it
-    fails with a key violation and the update is run again, against their row.
+    If a concurrent transaction inserted the same row first, the insert fails with a key
+    violation (undone alone: :func:`~s3balance.db.base.may_fail`) and the update is run again,
+    against their row.
     """
     if not any(increments.values()):
         return
@@ -107,7 +108,7 @@ def add_to_row(
         if conn.execute(update, parameters).rowcount:
             return
         try:
-            with conn.begin_nested():
+            with may_fail(conn):
                 conn.execute(insert, row)
             return
         except sa.exc.IntegrityError:
