@@ -35,7 +35,8 @@ from s3balance.backends.interface import (
     BackendNoSuchKey,
     BackendUnavailable,
 )
-from s3balance.backends.s3 import S3Backend, decode_metadata_value, encode_metadata_value
+from s3balance.backends.s3 import S3Backend
+from s3balance.backends.s3headers import decode_metadata_value, encode_metadata_value
 from s3balance.backends.s3signing import BucketAddress, Signer
 from s3balance.config import BucketConfig
 from test.backend_contract import MIN_PART, BackendContractMixin
