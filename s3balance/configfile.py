@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from s3balance.backends.factory import memory_bucket_problems
 from s3balance.config import (
     DATABASE_TYPES,
     STRATEGIES,
@@ -414,6 +415,7 @@ class _Reader:
         server = self.server(top.section("server", _keys(ServerConfig)))
         database = self.database(top.section("database", _keys(DatabaseConfig)), data_dir)
         buckets = self.buckets(top)
+        self.problems += memory_bucket_problems(server.workers, buckets)
         balancer = self.balancer(top.section("balancer", _keys(BalancerConfig)))
         api = self.api(top.section("api", _keys(ApiConfig)))
         metrics = self.metrics(top.section("metrics", _keys(MetricsConfig)), server, buckets)
