@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyClass
 
 from s3balance.backends.factory import MEMORY_PATH, make_backend
 from s3balance.backends.interface import BackendCannotEncrypt, IBackend
+from s3balance.backends.local import LocalDirectoryBackend
 from s3balance.backends.memory import MemoryBackend
+from s3balance.backends.s3 import S3Backend
 from s3balance.config import BucketConfig
 from s3balance.configfile import ConfigError, parse_config
 from s3balance.net.httpclient import make_http_pool
@@ -74,3 +77,9 @@ def test_the_configuration_may_name_it_with_one_worker_only() -> None:
         "server.workers: 2 workers cannot share the in-memory bucket 'dry-run' "
         '(path: ":memory:"); use one worker'
     ]
+
+
+@pytest.mark.parametrize("adapter", [MemoryBackend, LocalDirectoryBackend, S3Backend])
+def test_every_adapter_provides_the_interface(adapter: type) -> None:
+    """Every :class:`IBackend` method is there, coroutines behind ``returns_deferred`` too."""
+    assert verifyClass(IBackend, adapter)

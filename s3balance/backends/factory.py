@@ -36,7 +36,7 @@ def make_backend(
     if config.path == MEMORY_PATH:
         from s3balance.backends.memory import MemoryBackend
 
-        return MemoryBackend(config.name, reactor, stall_timeout)
+        return MemoryBackend(config.name, reactor)
     if config.path is not None:
         from s3balance.backends.local import LocalDirectoryBackend
 

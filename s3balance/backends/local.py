@@ -37,15 +37,14 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from s3balance.backends.chunkedstream import ChunkedObjectStream
 from s3balance.backends.deferreds import probe_within, returns_deferred
 from s3balance.backends.interface import (
     BackendCannotEncrypt,
@@ -80,8 +79,6 @@ log = make_logger()
 
 _T = TypeVar("_T")
 
-#: Bytes read from a file per delivered chunk on GET.
-READ_CHUNK = 256 * 1024
 #: Bytes copied per step when copying or assembling inside the root.
 COPY_CHUNK = 1024 * 1024
 #: Queued, not yet written bytes above which the uploading producer is paused.
@@ -699,12 +696,8 @@ class _BodyReceiver:
             log.debug("body refused stopProducing: {error}", error=sys.exc_info()[1])
 
 
-@implementer(IObjectStream, IPushProducer)
-class _FileStream:
-    """A GET body read from an already open descriptor, chunk by chunk in the pool.
-
-    It is its own transport: the protocol pauses and resumes it like a socket.
-    """
+class _FileStream(ChunkedObjectStream):
+    """A GET body read from an already open descriptor, chunk by chunk in the pool."""
 
     def __init__(
         self,
@@ -715,89 +708,17 @@ class _FileStream:
         size: int,
         etag: str,
     ) -> None:
+        super().__init__(first, length, size, etag)
         self._backend = backend
         self._fd = fd
-        self._position = first
-        self._remaining = length
-        self.length = length
-        self.size = size
-        self.etag = etag
-        self._protocol: Any = None
-        self._paused = False
-        self._reading = False
-        self._done = False
 
-    def deliverBody(self, protocol: Any) -> None:
-        self._protocol = protocol
-        protocol.makeConnection(self)
-        self._read_next()
-
-    def discard(self) -> None:
-        self._close()
-
-    def _read_next(self) -> None:
-        if self._paused or self._reading or self._done:
-            return
-        if self._remaining == 0:
-            self._finish(Failure(ResponseDone()))
-            return
-        self._reading = True
-        reading = deferToThreadPool(
-            self._backend._reactor,
-            self._backend._pool,
-            os.pread,
-            self._fd,
-            min(READ_CHUNK, self._remaining),
-            self._position,
+    def _read(self, position: int, count: int) -> Deferred[bytes]:
+        return deferToThreadPool(
+            self._backend._reactor, self._backend._pool, os.pread, self._fd, count, position
         )
-        reading.addCallbacks(self._chunk_read, self._read_failed)
 
-    def _chunk_read(self, chunk: bytes) -> None:
-        self._reading = False
-        if self._done:
-            return
-        if not chunk:
-            self._finish(Failure(ConnectionLost("stored data file is shorter than recorded")))
-            return
-        self._position += len(chunk)
-        self._remaining -= len(chunk)
-        self._protocol.dataReceived(chunk)
-        self._read_next()
-
-    def _read_failed(self, failure: Failure) -> None:
-        self._reading = False
-        if not self._done:
-            self._finish(failure)
-
-    def _finish(self, reason: Failure) -> None:
-        self._close()
-        self._protocol.connectionLost(reason)
-
-    def _close(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _release(self) -> None:
         self._backend._pool.callInThread(os.close, self._fd)
-
-    # IPushProducer: the transport the protocol sees.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._read_next()
-
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._finish(Failure(ConnectionLost("body delivery stopped")))
-
-    def loseConnection(self) -> None:
-        """Protocols written for sockets call this to stop: same as :meth:`stopProducing`."""
-        self.stopProducing()
-
-    def abortConnection(self) -> None:
-        self.stopProducing()
 
 
 class _DiskThreadPool(ThreadPool):

@@ -5,7 +5,8 @@ holds (streamed bodies with backpressure, ranges, multipart uploads, listings), 
 survives the process, and each process has its own objects (so not with ``server.workers`` above
 1).  Bodies arrive through the same guard as on their way to an S3 service
 (:class:`s3balance.backends.guardedbody.GuardedBody`: declared length, a failed body stores
-nothing) and leave as a push producer, one chunk per reactor turn.
+nothing) and leave as a push producer, one chunk per reactor turn
+(:class:`s3balance.backends.chunkedstream.ChunkedObjectStream`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.task import deferLater
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from s3balance.backends.chunkedstream import ChunkedObjectStream
 from s3balance.backends.deferreds import returns_deferred
 from s3balance.backends.guardedbody import GuardedBody
 from s3balance.backends.interface import (
@@ -52,8 +52,8 @@ from s3balance.backends.objectrules import (
 )
 from s3balance.net.stallwatch import StallWatch
 
-#: Bytes delivered per reactor turn on GET.
-READ_CHUNK = 256 * 1024
+#: The guard's stall timeout (see :meth:`MemoryBackend._receive`); never reached.
+_NO_CONSUMER_STALL = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,70 +93,17 @@ class _Chunks:
         pass
 
 
-@implementer(IObjectStream, IPushProducer)
-class _MemoryStream:
-    """A GET body sliced from the stored bytes; its own transport, paused like a socket."""
+class _MemoryStream(ChunkedObjectStream):
+    """A GET body sliced from the stored bytes, a chunk per reactor turn."""
 
     def __init__(self, reactor: Any, data: bytes, first: int, length: int, etag: str) -> None:
+        super().__init__(first, length, len(data), etag)
         self._reactor = reactor
-        self._view = memoryview(data)[first : first + length]
-        self.length = length
-        self.size = len(data)
-        self.etag = etag
-        self._protocol: Any = None
-        self._paused = False
-        self._done = False
-        self._next: IDelayedCall | None = None
+        self._data = memoryview(data)
 
-    def deliverBody(self, protocol: Any) -> None:
-        self._protocol = protocol
-        protocol.makeConnection(self)
-        self._schedule()
-
-    def discard(self) -> None:
-        self._done = True
-
-    def _schedule(self) -> None:
-        if self._next is None and not self._paused and not self._done:
-            self._next = self._reactor.callLater(0, self._deliver)
-
-    def _deliver(self) -> None:
-        self._next = None
-        if self._paused or self._done:
-            return
-        if not self._view:
-            self._finish(Failure(ResponseDone()))
-            return
-        chunk, self._view = self._view[:READ_CHUNK], self._view[READ_CHUNK:]
-        self._protocol.dataReceived(bytes(chunk))
-        self._schedule()
-
-    def _finish(self, reason: Failure) -> None:
-        self._done = True
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
-        self._protocol.connectionLost(reason)
-
-    # IPushProducer: the transport the protocol sees.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._schedule()
-
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._finish(Failure(ConnectionLost("body delivery stopped")))
-
-    def loseConnection(self) -> None:
-        """Protocols written for sockets call this to stop: same as :meth:`stopProducing`."""
-        self.stopProducing()
-
-    def abortConnection(self) -> None:
-        self.stopProducing()
+    def _read(self, position: int, count: int) -> Deferred[bytes]:
+        chunk = bytes(self._data[position : position + count])
+        return deferLater(self._reactor, 0, lambda: chunk)
 
 
 @implementer(IBackend)
@@ -165,18 +112,15 @@ class MemoryBackend:
 
     :param name: the configured bucket name.
     :param reactor: the reactor that paces bodies.
-    :param stall_timeout: how long a body may make no progress once it is expected to move
-        (the guard's stall watch; a body that pauses itself is never timed out here).
     """
 
     can_presign = False
     #: Nothing here encrypts at rest.
     can_encrypt = False
 
-    def __init__(self, name: str, reactor: Any, stall_timeout: float = 60) -> None:
+    def __init__(self, name: str, reactor: Any) -> None:
         self.name = name
         self._reactor = reactor
-        self._stall_timeout = stall_timeout
         self._objects: dict[str, _Stored] = {}
         self._uploads: dict[str, _Upload] = {}
 
@@ -188,7 +132,9 @@ class MemoryBackend:
 
         :raises BackendError: more or fewer bytes than declared; the body's own failure as it is.
         """
-        watch = StallWatch(self._reactor, self._stall_timeout)
+        # The guard's stall watch runs only while the consumer holds the body back, which a
+        # list never does: waiting on the client is not a stall, so it never fires here.
+        watch = StallWatch(self._reactor, _NO_CONSUMER_STALL)
         guard = GuardedBody(self.name, body, length, watch)
         sink = _Chunks()
         try:

@@ -13,11 +13,11 @@ class BytesProducer:
     """Writes ``data`` at once: small enough that backpressure has nothing to hold back."""
 
     def __init__(self, data: bytes) -> None:
-        self._data = data
+        self.data = data
         self.length = len(data)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
+        consumer.write(self.data)
         return succeed(None)
 
     def pauseProducing(self) -> None:

@@ -23,6 +23,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.backends.interface import IObjectStream
+from s3balance.net.bytesproducer import BytesProducer
 
 CHUNK = 64 * 1024
 
@@ -140,28 +141,8 @@ class GeneratedBody:
         self._end(Failure(TaskStopped()))
 
 
-@implementer(IBodyProducer)
-class BytesBody:
-    """A small body given whole, written in one go (for metadata and edge-case tests)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.data)
-        finished: Deferred[None] = Deferred()
-        finished.callback(None)
-        return finished
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+#: A small body given whole, written in one go (for metadata and edge-case tests).
+BytesBody = BytesProducer
 
 
 class _Collector(Protocol):
