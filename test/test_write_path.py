@@ -36,6 +36,7 @@ from s3balance.gateway import (
     parse_real_key,
 )
 from s3balance.web.objects import BytesBody
+from test.support.bodies import IgnoresFlowControl
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.seaweedfs import seaweed_or_skip
 from test.support.stallproxy import StallProxy
@@ -100,7 +101,7 @@ class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):  # type: ignore[
 
 
 @implementer(IBodyProducer)
-class _GatedBody:
+class _GatedBody(IgnoresFlowControl):
     """Sends half its bytes, then waits for :meth:`finish` (a slow client)."""
 
     def __init__(self, data: bytes) -> None:
@@ -117,15 +118,6 @@ class _GatedBody:
     def finish(self) -> None:
         self._consumer.write(self.data[self.length // 2 :])
         self._done.callback(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class NoQueueTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]

@@ -140,8 +140,21 @@ class GeneratedBody:
         self._end(Failure(TaskStopped()))
 
 
+class IgnoresFlowControl:
+    """For bodies small enough to hand over at once: pausing and stopping them has no effect."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IBodyProducer)
-class BytesBody:
+class BytesBody(IgnoresFlowControl):
     """A small body given whole, written in one go (for metadata and edge-case tests)."""
 
     def __init__(self, data: bytes) -> None:
@@ -153,15 +166,6 @@ class BytesBody:
         finished: Deferred[None] = Deferred()
         finished.callback(None)
         return finished
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Collector(Protocol):
