@@ -411,15 +411,7 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
     with StallProxy((target.hostname or "127.0.0.1", target.port or 80)) as proxy:
         config: dict[str, Any] = {
             "buckets": [
-                {
-                    "name": "weed",
-                    "bucket": bucket,
-                    "endpoint": proxy.endpoint,
-                    "region": weed.region,
-                    "access_key_id": weed.access_key,
-                    "secret_access_key": weed.secret_key,
-                    "path_style": True,
-                },
+                weed.bucket_entry("weed", bucket, endpoint=proxy.endpoint),
                 {"name": "vbk", "virtual": True},
             ],
         }

@@ -11,8 +11,10 @@ import os
 import shutil
 import socket
 import sys
+import time
 import unittest
 import uuid
+from collections.abc import Callable
 
 _bucket_counter = itertools.count()
 
@@ -70,3 +72,14 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         raise AssertionError(message + "; .ci/run must install it")
     raise unittest.SkipTest(message)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` (from a thread that may block) until it is true or ``timeout`` seconds
+    pass; the answer of one last call after the deadline, so a slow machine gets a fair verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

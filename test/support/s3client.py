@@ -81,3 +81,22 @@ class S3TestServer:
 
     def create_bucket(self, name: str) -> None:
         self.boto3_client().create_bucket(Bucket=name)
+
+    def bucket_entry(
+        self, name: str, bucket: str, endpoint: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """The daemon's configuration entry for ``bucket`` on this server, as backend ``name``.
+
+        :param endpoint: where the daemon should connect instead (a proxy in front of us).
+        :param options: further keys of the entry (``max_size``...).
+        """
+        return {
+            "name": name,
+            "bucket": bucket,
+            "endpoint": endpoint or self.endpoint,
+            "region": self.region,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            "path_style": True,
+            **options,
+        }
