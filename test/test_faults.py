@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from test.dbfixture import POSTGRES_SERVER, ServerDatabase
-from test.support import s3client, unique_bucket_name, wait_until
+from test.support import s3client, unavailable, unique_bucket_name, wait_until
 from test.support.daemon import without_write_ids
 from test.support.process import DaemonProcess
 from test.support.scrubbing import assert_process_left_nothing
@@ -203,7 +203,7 @@ def test_postgres_connections_killed_under_traffic_then_recovery(tmp_path: Path)
     database = ServerDatabase(POSTGRES_SERVER)
     reason = database.unreachable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     url = database.create()
     try:
         config = {
@@ -731,7 +731,7 @@ def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -
     database = ServerDatabase(POSTGRES_SERVER)
     reason = database.unreachable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     cluster = _postgres_cluster()
     if cluster is None or os.geteuid() != 0:
         pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL server")
