@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from s3balance.dsn import MASK, mask_dsn_password
 from s3balance.units import format_duration, format_size, parse_duration, parse_size
@@ -48,6 +48,7 @@ LOG_LEVELS = ("silent", "error", "warn", "info")
 #: SigV4 presigned URLs cannot live longer than a week.
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600.0
 
+_T = TypeVar("_T")
 _INTEGER_RE = re.compile(r"^\s*-?\d+\s*$")
 _BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 BUCKET_NAME_RULES = (
@@ -276,6 +277,14 @@ class Choice(Kind):
         return "one of " + ", ".join(f"`{choice}`" for choice in self.choices)
 
 
+def _parsed(parse: Callable[[Any], _T], value: Any) -> _T:
+    """``parse(value)``, its ValueError (which names the value and the syntax) as a refusal."""
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+
+
 @dataclass(frozen=True)
 class Duration(Kind):
     positive: bool = False
@@ -284,10 +293,7 @@ class Duration(Kind):
     maximum_by: str = ""
 
     def read(self, value: Any, how: Reading) -> Any:
-        try:
-            seconds = parse_duration(value)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
+        seconds = _parsed(parse_duration, value)
         if self.positive and seconds <= 0:
             raise Invalid(f"{describe(value)} must be more than 0")
         if self.maximum is not None and seconds > self.maximum:
@@ -315,10 +321,7 @@ class Size(Kind):
     def read(self, value: Any, how: Reading) -> Any:
         if value == "":
             return None
-        try:
-            size = parse_size(value)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
+        size = _parsed(parse_size, value)
         if self.minimum is not None and size < self.minimum():
             raise Invalid(
                 f"{describe(value)} is too small (allowed: {format_size(self.minimum())} or "
