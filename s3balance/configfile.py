@@ -272,9 +272,8 @@ class _Section:
                 self.values[k.name] = k.kind.read(raw, how)
             except Invalid as e:
                 self.refuse(k.name, str(e), k.fresh_default())
-                return
         missing = k.kind.required(self.values[k.name])
-        if missing:
+        if missing:  # also after a refusal, when the default is no value either
             self.refuse(k.name, missing, k.fresh_default())
 
     def read_entries(self, k: Key) -> list[Any]:
