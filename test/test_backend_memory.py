@@ -74,8 +74,7 @@ def test_the_configuration_may_name_it_with_one_worker_only() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(data, {})
     assert raised.value.problems == [
-        "server.workers: 2 workers cannot share the in-memory bucket 'dry-run' "
-        '(path: ":memory:"); use one worker'
+        "buckets[0].path: ':memory:' keeps objects in one process: needs server.workers: 1"
     ]
 
 

@@ -46,6 +46,7 @@ from test.support.bodies import (
     BodyFailed,
     BytesBody,
     GeneratedBody,
+    IgnoresFlowControl,
     collect,
     generated_md5,
     md5_of,
@@ -748,7 +749,7 @@ class _PauseFirst(_Ending):
 
 
 @implementer(IBodyProducer)
-class _SlowBody:
+class _SlowBody(IgnoresFlowControl):
     """Writes its chunks ``gap`` seconds apart, like a client on a slow link."""
 
     def __init__(self, chunks: list[bytes], gap: float) -> None:
@@ -763,15 +764,6 @@ class _SlowBody:
         for chunk in self._chunks:
             await deferLater(reactor, self._gap, lambda: None)  # type: ignore[arg-type]
             consumer.write(chunk)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _self_signed_certificate(directory: str) -> tuple[str, Any]:

@@ -46,15 +46,3 @@ def make_backend(
 
     return S3Backend.from_config(config, reactor, http_pool, stall_timeout)
 
-
-def memory_bucket_problems(workers: int, buckets: list[BucketConfig]) -> list[str]:
-    """Configuration problems of in-memory buckets: each worker process would keep its own
-    objects, so a read could reach a worker that never saw the write."""
-    if workers <= 1:
-        return []
-    return [
-        f"server.workers: {workers} workers cannot share the in-memory bucket {bucket.name!r} "
-        f'(path: "{MEMORY_PATH}"); use one worker'
-        for bucket in buckets
-        if bucket.path == MEMORY_PATH
-    ]

@@ -141,6 +141,19 @@ class GeneratedBody:
         self._end(Failure(TaskStopped()))
 
 
+class IgnoresFlowControl:
+    """For bodies small enough to hand over at once: pausing and stopping them has no effect."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 #: A small body given whole, written in one go (for metadata and edge-case tests).
 BytesBody = BytesProducer
 
