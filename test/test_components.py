@@ -17,20 +17,20 @@ from twisted.trial.unittest import TestCase
 from s3balance.admin.api import AdminResource
 from s3balance.admin.reload import Reconfigurator
 from s3balance.components import Components, Storage
-from s3balance.config import BucketConfig, Config
+from s3balance.config import Config
 from s3balance.health import HealthMonitor
 from s3balance.metrics import MetricsResource
 from s3balance.web.health import HealthResource
 from s3balance.web.multipart import MultipartHandler
 from s3balance.worker import EveryWorker
 from test.dbfixture import sqlite_url
+from test.test_admin_service import service_config
 
 
 def daemon_config(workdir: str | Path, names: tuple[str, ...] = ("r1", "r2")) -> Config:
-    config = Config(data_dir=str(workdir))
-    config.buckets = [BucketConfig(name=n, path=os.path.join(workdir, n)) for n in names]
-    config.buckets.append(BucketConfig(name="photos", virtual=True))
-    config.balancer.strategy = "round-robin"
+    """Local-directory backends ``names`` and the virtual bucket ``photos``; no admin API."""
+    config = service_config(str(workdir), names)
+    config.api.enabled = False
     return config
 
 
