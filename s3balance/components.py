@@ -183,8 +183,8 @@ class Components:
         self.sweeper = DeletionSweeper(
             self.gateway, reactor, min(10.0, max(1.0, grace)) if grace > 0 else 10.0
         )
-        #: The console's traffic history (with the admin API only).
-        self.traffic: TrafficHistory | None = None
+        #: The console's traffic history, which its dashboard charts (with the admin API only).
+        self.traffic = TrafficHistory(reactor) if config.api.enabled else None
         self.resource = S3Resource(
             self.gateway,
             config=config,
@@ -225,9 +225,7 @@ class Components:
                 exposition_registry(), token=config.metrics.token
             )
         if config.api.enabled:
-            # The console's pages show only what comes through /api, and the traffic history
-            # its dashboard charts.
-            self.traffic = TrafficHistory(self.reactor)
+            # The console's pages show only what comes through /api.
             reserved[b"api"] = AdminResource(self, self.changes)
             reserved[b"web"] = ConsoleResource()
         return reserved
