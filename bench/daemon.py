@@ -17,7 +17,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def daemon_config(
-    workdir: str, port: int, backend_url: str, local_root: str | None = None
+    workdir: str,
+    port: int,
+    backend_url: str,
+    local_root: str | None = None,
+    key_pair: tuple[str, str] | None = None,
 ) -> dict[str, object]:
     """One real bucket (the nginx backend, path style), one virtual bucket, SQLite, no auth.
 
@@ -39,12 +43,15 @@ def daemon_config(
     }
     if local_root is not None:
         real = {"name": "local-backend", "path": local_root}
+    s3api: dict[str, object] = {"auth_required": False}
+    if key_pair is not None:
+        s3api = {"auth_required": True, "access_key": key_pair[0], "secret_key": key_pair[1]}
     return {
         "server": {"host": LOOPBACK, "port": port},
         "database": {"type": "sqlite", "dsn": os.path.join(workdir, "s3balance.db")},
         "data_dir": os.path.join(workdir, "s3balance-data"),
         "buckets": [real, {"name": VIRTUAL_BUCKET, "virtual": True}],
-        "s3api": {"auth_required": False},
+        "s3api": s3api,
     }
 
 
@@ -54,11 +61,17 @@ class S3BalanceDaemon:
     The process started is twistd's python itself, so its ``/proc`` entry measures the daemon.
     """
 
-    def __init__(self, workdir: str, backend_url: str, local_root: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        backend_url: str,
+        local_root: str | None = None,
+        key_pair: tuple[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = os.path.join(workdir, "s3balance.yaml")
-        config = daemon_config(workdir, self.port, backend_url, local_root)
+        config = daemon_config(workdir, self.port, backend_url, local_root, key_pair)
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -1,0 +1,67 @@
+"""The stock ``twisted.web.proxy.ReverseProxyResource`` before the backend: what Twisted itself
+spends on proxying one request, the bar for s3balance's small objects.
+
+Run as its own process (``python -m bench.twistedproxy PORT UPSTREAM_PORT``) so its CPU time is
+read from ``/proc`` like the other servers'.  Nothing is changed from stock but the access log,
+which is off as it is for every other server the bench measures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bench.nginx import BACKEND_BUCKET
+from bench.procs import LOOPBACK, ServerProcess, free_port
+
+
+def serve(port: int, upstream_port: int) -> None:
+    """Listen on ``port`` and proxy every request to ``upstream_port``, until killed."""
+    from twisted.internet import reactor
+    from twisted.web.http import Request
+    from twisted.web.proxy import ReverseProxyResource
+    from twisted.web.server import Site
+
+    class QuietSite(Site):
+        def log(self, request: Request) -> None:
+            """No access log."""
+
+    site = QuietSite(ReverseProxyResource(LOOPBACK, upstream_port, b""))
+    reactor.listenTCP(port, site, interface=LOOPBACK)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
+class TwistedProxy:
+    """The stock reverse proxy as a child process; its first process is the python serving."""
+
+    def __init__(self, workdir: str, upstream_port: int) -> None:
+        self.port = free_port()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+        self.server = ServerProcess(
+            "twisted-proxy",
+            [sys.executable, "-m", "bench.twistedproxy", str(self.port), str(upstream_port)],
+            os.path.join(workdir, "twisted-proxy.log"),
+            cwd=workdir,
+            env=env,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def start(self, deadline_seconds: float = 15.0) -> None:
+        self.server.start()
+        self.server.wait_ready(self.port, f"/{BACKEND_BUCKET}", deadline_seconds)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))
