@@ -24,8 +24,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from twisted.internet import ssl
+from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IConsumer,
@@ -688,15 +689,31 @@ class _TunedEndpointFactory:
         self._reactor = reactor
         self._policy = policy
         self._connect_timeout = connect_timeout
+        #: Agent asks for an endpoint on every request, even one a pooled connection serves:
+        #: one per backend address, built once (endpoints are reusable).
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = self._endpoint(uri)
+        return found
+
+    def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         try:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host {uri.host!r} is not ASCII") from None
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, host, uri.port, timeout=self._connect_timeout
-        )
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):  # nothing to resolve: no trip through the resolver's threads
+            endpoint = TCP4ClientEndpoint(
+                self._reactor, host, uri.port, timeout=self._connect_timeout
+            )
+        else:
+            endpoint = HostnameEndpoint(
+                self._reactor, host, uri.port, timeout=self._connect_timeout
+            )
         if uri.scheme == b"https":
             creator = self._policy.creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)
