@@ -489,3 +489,26 @@ def test_signing_key_cache_is_keyed_by_secret_date_region_and_service() -> None:
     assert again == list(reversed(keys))
     assert sigv4.signing_key.cache_info().hits == len(variants)
     assert sigv4.signing_key(*base[:3]) == keys[0]  # the default service is s3
+
+
+def test_amz_date_reads_as_strptime_does() -> None:
+    """The sliced fast path accepts and refuses exactly what ``strptime`` does."""
+    import calendar
+    from datetime import datetime
+
+    from s3balance.auth.authenticator import _parse_amz_date
+
+    def reference(value: str) -> float | None:
+        try:
+            parsed = datetime.strptime(value, sigv4.TIMESTAMP_FORMAT)
+        except ValueError:
+            return None
+        return float(calendar.timegm(parsed.timetuple()))
+
+    for value in (
+        "20260101T000000Z", "20261231T235959Z", "20240229T120000Z", "20230229T120000Z",
+        "20260230T000000Z", "20261301T000000Z", "20260101T240000Z", "20260101T236000Z",
+        "20260101T235960Z", "00000101T000000Z", "2026011T0000000Z", "20260101T000000z",
+        "\uff12\uff10\uff12\uff160101T000000Z", "20260101 000000Z", "2026-01-01T00:00:00Z", "",
+    ):  # fmt: skip
+        assert _parse_amz_date(value) == reference(value), value
