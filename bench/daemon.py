@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from bench.nginx import BACKEND_BUCKET
-from bench.procs import LOOPBACK, ServerProcess, free_port
+from bench.procs import LOOPBACK, LoopbackServer, ServerProcess, free_port
 
 #: The virtual bucket clients of the bench use.
 VIRTUAL_BUCKET = "bench-virtual"
@@ -55,11 +55,14 @@ def daemon_config(
     }
 
 
-class S3BalanceDaemon:
+class S3BalanceDaemon(LoopbackServer):
     """``twistd -n --pidfile= s3balance --config FILE`` run with the venv's python.
 
     The process started is twistd's python itself, so its ``/proc`` entry measures the daemon.
     """
+
+    ready_path = f"/{VIRTUAL_BUCKET}"
+    stop_grace = 10.0
 
     def __init__(
         self,
@@ -86,21 +89,6 @@ class S3BalanceDaemon:
             cwd=workdir,
             env=env,
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
-    def start(self, deadline_seconds: float = 30.0) -> None:
-        self.server.start()
-        self.server.wait_ready(self.port, f"/{VIRTUAL_BUCKET}", deadline_seconds)
-
-    def stop(self) -> None:
-        self.server.stop(grace_seconds=10.0)
 
     def log_tail(self, lines: int = 30) -> str:
         return self.server.log_tail(lines)

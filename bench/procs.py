@@ -123,6 +123,32 @@ class ServerProcess:
             process.wait(timeout=grace_seconds)
 
 
+class LoopbackServer:
+    """A server child process answering HTTP on one loopback port (what the bench measures)."""
+
+    #: A path it answers (any status) once it is ready.
+    ready_path = "/"
+    #: Seconds between SIGTERM and SIGKILL.
+    stop_grace = 5.0
+    port: int
+    server: ServerProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def start(self, deadline_seconds: float = 30.0) -> None:
+        self.server.start()
+        self.server.wait_ready(self.port, self.ready_path, deadline_seconds)
+
+    def stop(self) -> None:
+        self.server.stop(grace_seconds=self.stop_grace)
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far, its threads included."""
     with open(f"/proc/{pid}/stat") as stat:

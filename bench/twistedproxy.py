@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
+from bench.daemon import REPO_ROOT
 from bench.nginx import BACKEND_BUCKET
-from bench.procs import LOOPBACK, ServerProcess, free_port
+from bench.procs import LOOPBACK, LoopbackServer, ServerProcess, free_port
 
 
 def serve(port: int, upstream_port: int) -> None:
@@ -31,14 +32,15 @@ def serve(port: int, upstream_port: int) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-class TwistedProxy:
+class TwistedProxy(LoopbackServer):
     """The stock reverse proxy as a child process; its first process is the python serving."""
+
+    ready_path = f"/{BACKEND_BUCKET}"
 
     def __init__(self, workdir: str, upstream_port: int) -> None:
         self.port = free_port()
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
         self.server = ServerProcess(
             "twisted-proxy",
             [sys.executable, "-m", "bench.twistedproxy", str(self.port), str(upstream_port)],
@@ -46,21 +48,6 @@ class TwistedProxy:
             cwd=workdir,
             env=env,
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
-    def start(self, deadline_seconds: float = 15.0) -> None:
-        self.server.start()
-        self.server.wait_ready(self.port, f"/{BACKEND_BUCKET}", deadline_seconds)
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 if __name__ == "__main__":

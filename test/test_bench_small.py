@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +14,7 @@ from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
 from bench.run import S3BALANCE, Measurement
 from bench.small import S3BALANCE_SIGV4, TWISTED_PROXY, small_verdicts, timed_load
 from bench.twistedproxy import TwistedProxy
+from test import test_bench_smoke as smoke
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -27,20 +26,9 @@ pytestmark = [
 needs_wrk = pytest.mark.skipif(not clients.wrk_available(), reason="needs wrk")
 
 
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    path = tempfile.mkdtemp(prefix="bench-small-", dir=parent)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def backend(workdir: str) -> Iterator[Nginx]:
-    server = Nginx.backend(workdir, os.path.join(workdir, "data"))
-    server.start()
-    yield server
-    server.stop()
+# The same temp dir and nginx backend as the smoke test's.
+workdir = smoke.workdir
+backend = smoke.backend
 
 
 def test_twisted_proxy_carries_small_objects_and_its_cpu_is_charged(
