@@ -181,3 +181,18 @@ def memory_kib(pid: int) -> dict[str, int]:
             if key in ("VmHWM", "VmRSS"):
                 found[key] = int(value.split()[0])
     return found
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User plus system CPU time of each thread of a process so far, by thread id (the main
+    thread's id is the process id)."""
+    found: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found

@@ -98,3 +98,20 @@ def test_small_verdicts_judge_issue_15() -> None:
     assert judged[f"GET {label}: SigV4 adds <= 100 µs CPU per request"] is False  # +120 µs
     at_eight = {t: p for t, _, p in small_verdicts(measurements, "4 KiB x8", 8, S3BALANCE)}
     assert all(passed is None for passed in at_eight.values())  # nothing measured at x8
+
+
+def test_profile_summary_splits_reactor_and_other_threads_and_skips_idle() -> None:
+    from bench.profile import top_functions
+
+    raw = [
+        "<module> (twistd:8);run (/x/site-packages/twisted/app.py:1);"
+        "_serve (/r/s3balance/web/resource.py:9) 30\n",
+        "<module> (twistd:8);doPoll (/x/site-packages/twisted/epoll.py:2);"
+        "EPollReactor.doPoll (/x/site-packages/twisted/epollreactor.py:227) 500\n",
+        "_bootstrap (threading.py:1);_get_object (/r/s3balance/db/store.py:5) 10\n",
+        "_bootstrap (threading.py:1);Condition.wait (threading.py:327) 900\n",
+    ]
+    reactor = "\n".join(top_functions(raw, True, 5))
+    assert "30 busy samples" in reactor and "100.0%  _serve (s3balance/web/resource.py)" in reactor
+    others = "\n".join(top_functions(raw, False, 5))
+    assert "10 busy samples" in others and "_get_object (s3balance/db/store.py)" in others
