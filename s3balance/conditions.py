@@ -19,6 +19,7 @@ import math
 from email.utils import format_datetime, parsedate_to_datetime
 
 from s3balance import errors
+from s3balance.etags import etag_matches
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 
 
@@ -26,23 +27,6 @@ class Outcome(enum.Enum):
     PROCEED = "proceed"
     NOT_MODIFIED = "not-modified"
     PRECONDITION_FAILED = "precondition-failed"
-
-
-def _normalise_etag(value: str) -> str:
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"')
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-Match``/``If-None-Match`` list names ``etag`` (``*`` names any)."""
-    wanted = _normalise_etag(etag)
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or (candidate and _normalise_etag(candidate) == wanted):
-            return True
-    return False
 
 
 def parse_http_date(value: str | None) -> float | None:

@@ -10,9 +10,9 @@ Consistency rules, in order:
 
 1. **Bytes at a location never change.**  Every write (PutObject, CopyObject, and the target of a
    multipart upload, chosen at CreateMultipartUpload) goes to a real key of its own, made by
-   :func:`new_real_key`: no write can touch the bytes another row points at, so writers of one
-   key never wait for each other and a stalled, failed or killed write cannot tear a visible
-   object.
+   :func:`s3balance.realkeys.new_real_key`: no write can touch the bytes another row points at,
+   so writers of one key never wait for each other and a stalled, failed or killed write cannot
+   tear a visible object.
 2. **The commit is the switch.**  Metadata is committed only after the backend confirmed the
    write, in one transaction that points the object row at the new location (the last commit
    wins) and, for a conditional write (``If-None-Match: *``, ``If-Match``), compares the locked
@@ -41,23 +41,16 @@ answered with a presigned URL counts as one class-B read of the backend it point
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.backends.interface import (
@@ -83,32 +76,17 @@ from s3balance.db.store import (
     PreconditionFailedError,
     Replacement,
 )
+from s3balance.etags import quoted_etag
+from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
+from s3balance.realkeys import new_real_key, new_write_id
+from s3balance.streams import StreamBodyProducer, restartable
 
 log = Logger()
 
 #: S3's limit for a single PUT.
 MAX_PUT_SIZE = 5 * 1024**3
-#: S3's limit on a key's UTF-8 length.
-MAX_KEY_BYTES = 1024
-#: Longest real key we give a backend: S3's own key limit, which the real bucket applies to us.
-MAX_REAL_KEY_BYTES = 1024
-#: Names the daemon serves itself; a virtual bucket may not take them.
-RESERVED_BUCKET_NAMES = frozenset({"health", "metrics", "api"})
-#: Backend user metadata (``x-amz-meta-s3balance-key``) holding the virtual key of an object
-#: whose real key is hashed; clients may not use the ``s3balance-`` prefix themselves.
-KEY_METADATA = "s3balance-key"
-RESERVED_METADATA_PREFIX = "s3balance-"
-#: The directory of hashed real keys inside a virtual bucket's prefix.
-HASHED_KEY_DIR = "~s3balance-hashed"
 #: Attempts at reading an object whose location was replaced between the row and the bytes.
 READ_ATTEMPTS = 5
-
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-_WRITE_ID = re.compile(r"~w([0-9a-f]{16})([0-9a-f]{8})$")
-_HASHED = re.compile(re.escape(HASHED_KEY_DIR) + r"/([0-9a-f]{64})$")
-#: Length of the suffix: ``~w`` and 24 hex digits.
-SUFFIX_LENGTH = 26
 
 
 class ObjectChanged(Exception):
@@ -168,211 +146,11 @@ class GatewaySettings:
         )
 
 
-_last_stamp = 0
-
-
-def new_write_id(now: float) -> str:
-    """A unique, time-ordered write id: 16 hex digits of nanoseconds since the epoch (strictly
-    increasing within the process) and 8 random hex digits (unique across daemons)."""
-    global _last_stamp
-    stamp = max(int(now * 1e9), _last_stamp + 1)
-    _last_stamp = stamp
-    return f"{stamp:016x}{secrets.token_hex(4)}"
-
-
-def new_real_key(bucket: str, key: str, write_id: str) -> tuple[str, dict[str, str]]:
-    """Where one write of ``bucket``/``key`` goes inside a real bucket, and the backend metadata
-    it needs on top of the client's.
-
-    The format (all writes since one real key per write; older rows may still name the plain
-    ``<bucket>/<key>``)::
-
-        <bucket>/<key>~w<write id>                      when it fits in 1024 UTF-8 bytes
-        <bucket>/~s3balance-hashed/<sha256 hex of key>~w<write id>   otherwise
-
-    ``<write id>`` is :func:`new_write_id`'s 24 lower-case hex digits, so the suffix is always 26
-    characters and the key is what lies between ``<bucket>/`` and it.  A hashed real key keeps
-    the key, base64url of its UTF-8, in the backend metadata ``x-amz-meta-s3balance-key``.  Of
-    several real keys of one virtual key, the one with the greatest write id is the newest.
-    """
-    plain = f"{bucket}/{key}~w{write_id}"
-    if len(plain.encode("utf-8")) <= MAX_REAL_KEY_BYTES:
-        return plain, {}
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
-    return f"{bucket}/{HASHED_KEY_DIR}/{digest}~w{write_id}", {KEY_METADATA: encoded}
-
-
-@dataclass(frozen=True)
-class ParsedRealKey:
-    """What a real key says about the write that made it (see :func:`new_real_key`).
-
-    :ivar key: the virtual key, or None when it is hashed (read it from ``metadata_key``).
-    :ivar key_hash: the SHA-256 (hex) of the virtual key of a hashed real key.
-    :ivar write_id: the write id; ``""`` for a legacy ``<bucket>/<key>`` real key.
-    """
-
-    bucket: str
-    key: str | None
-    write_id: str
-    key_hash: str | None = None
-
-    @property
-    def written_at(self) -> float | None:
-        """Seconds since the epoch when the write started, from its id."""
-        return int(self.write_id[:16], 16) / 1e9 if self.write_id else None
-
-
-def parse_real_key(real: str) -> ParsedRealKey | None:
-    """Read a real key back (None when it is not one of ours: no ``/``)."""
-    bucket, slash, rest = real.partition("/")
-    if not slash or not bucket:
-        return None
-    match = _WRITE_ID.search(rest)
-    if match is None:
-        return ParsedRealKey(bucket, rest, "")
-    body = rest[: match.start()]
-    write_id = match.group(1) + match.group(2)
-    hashed = _HASHED.fullmatch(body)
-    if hashed is not None:
-        return ParsedRealKey(bucket, None, write_id, hashed.group(1))
-    return ParsedRealKey(bucket, body, write_id)
-
-
-def key_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    """The virtual key kept in a hashed real key's backend metadata, or None."""
-    value = metadata.get(KEY_METADATA)
-    if value is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(value.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        return None
-
-
-def check_client_metadata(metadata: Mapping[str, str]) -> None:
-    """:raises S3Error: InvalidArgument for user metadata in the daemon's reserved names."""
-    for name in metadata:
-        if name.lower().startswith(RESERVED_METADATA_PREFIX):
-            raise errors.InvalidArgument(
-                f"The metadata name x-amz-meta-{name} is reserved by this server.",
-                ArgumentName=f"x-amz-meta-{name}",
-            )
-
-
 def precondition_error(error: Exception, key: str) -> errors.S3Error:
     """The S3 error of a failed write condition (:mod:`s3balance.db.store`)."""
     if isinstance(error, ObjectMissingError):
         return errors.NoSuchKey(Key=key)
     return errors.PreconditionFailed(Condition=str(error) or "If-Match")
-
-
-def validate_bucket_name(name: str) -> None:
-    """S3's rules for new bucket names (the DNS-compatible ones), plus our reserved names.
-
-    :raises S3Error: InvalidBucketName.
-    """
-    if (
-        not _BUCKET_NAME.match(name)
-        or ".." in name
-        or ".-" in name
-        or "-." in name
-        or _IP_ADDRESS.match(name)
-        or name.startswith("xn--")
-        or name.endswith("-s3alias")
-        or name in RESERVED_BUCKET_NAMES
-    ):
-        raise errors.InvalidBucketName(BucketName=name)
-
-
-def quoted_etag(etag: str) -> str:
-    """S3's quoted form; some servers (SeaweedFS's CopyObjectResult) drop the quotes."""
-    etag = etag.strip()
-    if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"'):
-        return etag
-    return f'"{etag.strip(chr(34))}"'
-
-
-def validate_key(key: str) -> None:
-    """:raises S3Error: KeyTooLongError past 1024 UTF-8 bytes."""
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise errors.KeyTooLongError(Size=str(len(key.encode("utf-8"))), MaxSizeAllowed="1024")
-
-
-class _Relay(TwistedProtocol):
-    """Receives a backend stream and writes it into the consumer of another backend's upload."""
-
-    def __init__(self, producer: StreamBodyProducer, consumer: IConsumer) -> None:
-        self._producer = producer
-        self._consumer = consumer
-
-    def connectionMade(self) -> None:
-        self._producer._attached(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._consumer.write(data)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._producer._ended(reason if reason is not None else Failure(ResponseDone()))
-
-
-@implementer(IBodyProducer)
-class StreamBodyProducer:
-    """Feeds a backend's GET stream into another backend's PUT, with backpressure: the target's
-    ``pauseProducing`` pauses the source connection.
-
-    Used once; call :meth:`discard` when the upload never started.
-    """
-
-    def __init__(self, stream: IObjectStream) -> None:
-        self.length: int = stream.length
-        self._stream = stream
-        self._started = False
-        self._transport: IPushProducer | None = None
-        self._paused = False
-        self._done: defer.Deferred[None] = defer.Deferred()
-
-    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
-        self._started = True
-        self._stream.deliverBody(_Relay(self, consumer))
-        return self._done
-
-    def _attached(self, transport: Any) -> None:
-        self._transport = transport
-        if self._paused:
-            transport.pauseProducing()
-
-    def _ended(self, reason: Failure) -> None:
-        if self._done.called:
-            return
-        if reason.check(ResponseDone):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self._transport is not None:
-            self._transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._transport is not None:
-            self._transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        if self._transport is not None:
-            self._transport.stopProducing()
-
-    def discard(self) -> None:
-        if not self._started:
-            self._started = True
-            self._stream.discard()
-
-
-def _restartable(body: IBodyProducer) -> bool:
-    check = getattr(body, "restartable", None)
-    return bool(check()) if callable(check) else False
 
 
 class Gateway:
@@ -661,7 +439,7 @@ class Gateway:
             key,
             length,
             write,
-            lambda: _restartable(body),
+            lambda: restartable(body),
             headers=dict(headers),
             metadata=dict(metadata),
             checksums=checksums,

@@ -29,7 +29,6 @@ its size is the parts' total.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -63,16 +62,13 @@ from s3balance.db.store import (
     MetadataStore,
     NoSuchBucketError,
 )
-from s3balance.gateway import (
-    Gateway,
-    ObjectChanged,
-    StreamBodyProducer,
-    check_client_metadata,
-    validate_key,
-)
+from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
+from s3balance.gateway import Gateway, ObjectChanged
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
+from s3balance.names import check_client_metadata, validate_key
+from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
 
@@ -87,8 +83,6 @@ MIN_FREE_FOR_UPLOAD = MIN_PART_SIZE
 #: Most parts or uploads one listing page returns.
 MAX_LISTING = 1000
 
-_MULTIPART_ETAG = re.compile(r'^"[0-9a-f]{32}-\d+"$')
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
 @runtime_checkable
@@ -138,25 +132,6 @@ def parse_part_number(raw: str | None) -> int:
         ) from None
     validate_part_number(number)
     return number
-
-
-def normalise_etag(etag: str) -> str:
-    """An ETag compared the way S3 compares them in CompleteMultipartUpload: quotes optional."""
-    return etag.strip().strip('"').lower()
-
-
-def multipart_etag(part_etags: Sequence[str]) -> str | None:
-    """S3's multipart ETag (quoted): MD5 of the concatenated binary part MD5s, dash, part count.
-
-    :returns: ``None`` when a part ETag is not a plain MD5 (then only the backend knows).
-    """
-    digests = []
-    for etag in part_etags:
-        bare = normalise_etag(etag)
-        if not _MD5_ETAG.match(bare):
-            return None
-        digests.append(bytes.fromhex(bare))
-    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
 
 
 def part_range(record: ObjectRecord, part_number: int) -> tuple[int, int]:
@@ -566,7 +541,7 @@ class MultipartUploads:
         chosen: list[PartRecord] = []
         for number, etag in requested:
             part = stored.get(number)
-            if part is None or normalise_etag(part.etag) != normalise_etag(etag):
+            if part is None or bare_etag(part.etag) != bare_etag(etag):
                 raise errors.InvalidPart(UploadId=upload_id, PartNumber=str(number),
                                          ETag=etag)
             chosen.append(part)
@@ -590,7 +565,7 @@ class MultipartUploads:
                 backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
             )
         etag = result.etag
-        if not _MULTIPART_ETAG.match(etag):
+        if not is_multipart_etag(etag):
             etag = multipart_etag([part.etag for part in chosen]) or etag
         record = ObjectRecord(
             bucket=bucket,
@@ -742,9 +717,7 @@ __all__ = [
     "MultipartUploads",
     "all_parts",
     "discard_upload",
-    "multipart_etag",
     "new_upload_id",
-    "normalise_etag",
     "parse_copy_range",
     "parse_part_number",
     "part_range",

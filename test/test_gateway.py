@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.config import Config
-from s3balance.gateway import parse_real_key
+from s3balance.realkeys import parse_real_key
 from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_md5
 from test.support.daemon import Daemon, local_buckets, start_daemon

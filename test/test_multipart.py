@@ -18,10 +18,10 @@ from twisted.trial import unittest
 from s3balance import errors
 from s3balance.config import Config
 from s3balance.db.records import ObjectRecord
+from s3balance.etags import multipart_etag
 from s3balance.multipart import (
     MIN_PART_SIZE,
     MultipartUploads,
-    multipart_etag,
     parse_copy_range,
     parse_part_number,
     part_range,

@@ -27,7 +27,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.config import BucketConfig, Config
-from s3balance.gateway import (
+from s3balance.realkeys import (
     KEY_METADATA,
     MAX_REAL_KEY_BYTES,
     key_from_metadata,

@@ -64,6 +64,7 @@ from s3balance.backends.interface import (
     PresignNotSupported,
     PutResult,
 )
+from s3balance.etags import bare_etag
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -89,10 +90,6 @@ _MAX_PART_NUMBER = 10000
 def _key_bytes(key: str) -> bytes:
     """UTF-8 of a key; ``surrogatepass`` so no key the front accepted can fail here."""
     return key.encode("utf-8", "surrogatepass")
-
-
-def _unquote_etag(etag: str) -> str:
-    return etag.strip().strip('"').lower()
 
 
 def _multipart_etag(part_md5s: list[str]) -> str:
@@ -478,7 +475,7 @@ class _Store:
         try:
             with self._lock:
                 for number, etag in parts:
-                    part_name = f"{number:05d}-{_unquote_etag(etag)}"
+                    part_name = f"{number:05d}-{bare_etag(etag)}"
                     if not _PART_FILE.fullmatch(part_name):
                         raise BackendInvalidPart(self.name, f"part {number}: malformed ETag")
                     try:
@@ -503,7 +500,7 @@ class _Store:
         finally:
             for fd in fds:
                 os.close(fd)
-        etag = _multipart_etag([_unquote_etag(etag) for _, etag in parts])
+        etag = _multipart_etag([bare_etag(etag) for _, etag in parts])
         result = self.commit_object(
             key,
             _Written(temp_path, whole.hexdigest(), size),

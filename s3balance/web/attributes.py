@@ -17,6 +17,7 @@ from typing import Any
 from s3balance import conditions, errors
 from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord
+from s3balance.etags import unquoted_etag
 from s3balance.web.answer import Answer, RequestContext
 from s3balance.web.xml import _root, _serialise, _sub
 
@@ -123,7 +124,7 @@ def attributes_result(
 ) -> bytes:
     root = _root("GetObjectAttributesResponse")
     if "ETag" in wanted:
-        _sub(root, "ETag", record.etag.strip('"'))
+        _sub(root, "ETag", unquoted_etag(record.etag))
     if "Checksum" in wanted:
         _checksum(root, record)
     if "ObjectParts" in wanted:

@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
-from s3balance.gateway import validate_key
 from s3balance.integers import parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart import (
@@ -38,6 +37,7 @@ from s3balance.multipart import (
     parse_part_number,
 )
 from s3balance.multipart_checksums import upload_algorithm as upload_algorithm_of
+from s3balance.names import validate_key
 from s3balance.web import checksumming
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.objects import (

@@ -32,9 +32,10 @@ from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.db.store import ANY, UNCONDITIONAL, Condition
-from s3balance.gateway import MAX_PUT_SIZE, READ_ATTEMPTS, ObjectChanged, validate_key
+from s3balance.gateway import MAX_PUT_SIZE, READ_ATTEMPTS, ObjectChanged
 from s3balance.integers import parse_decimal
 from s3balance.multipart import parse_part_number, part_range, parts_count
+from s3balance.names import validate_key
 from s3balance.web import checksumming, xml
 from s3balance.web.answer import (
     STREAMED,
