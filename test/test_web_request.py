@@ -31,12 +31,8 @@ from s3balance import errors
 from s3balance.errors import S3Error
 from s3balance.web.channel import S3Channel
 from s3balance.web.filters import ContentMD5Filter
-from s3balance.web.request import (
-    BodyAbandoned,
-    ClientDisconnected,
-    RequestBody,
-    StreamingRequest,
-)
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import BodyAbandoned, ClientDisconnected, RequestBody
 from s3balance.web.site import S3Site
 
 pytestmark = pytest.mark.timeout(60)

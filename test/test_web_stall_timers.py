@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from s3balance.backends.s3 import _BackgroundMD5, _StallWatch
 from s3balance.errors import S3Error
-from s3balance.web.request import RequestBody
+from s3balance.web.requestbody import RequestBody
 
 
 @implementer(IConsumer)

@@ -2,8 +2,9 @@
 
 Each filter sees every body chunk once, in order (:meth:`BodyFilter.feed`), and gets a last word
 when the body ends (:meth:`BodyFilter.finish`).  A filter that finds the body bad raises
-:class:`~s3balance.errors.S3Error`; :class:`~s3balance.web.request.RequestBody` then withholds the
-last bytes from the backend, so an object whose digest failed is never stored complete.
+:class:`~s3balance.errors.S3Error`; :class:`~s3balance.web.requestbody.RequestBody` then
+withholds the last bytes from the backend, so an object whose digest failed is never stored
+complete.
 """
 
 from __future__ import annotations

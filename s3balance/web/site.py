@@ -22,7 +22,8 @@ from s3balance.metrics import OPEN_CONNECTIONS, REFUSALS
 from s3balance.net import twistedcompat
 from s3balance.web.bodies import BodyBudget
 from s3balance.web.channel import S3Channel, error_response
-from s3balance.web.request import DEFAULT_BODY_BUFFER, StreamingRequest
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import DEFAULT_BODY_BUFFER
 
 StreamPredicate = Callable[[bytes, bytes, Headers], bool]
 #: ``(method, request_target, headers) -> the largest body allowed``; raises ``S3Error`` to
