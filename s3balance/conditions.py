@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import enum
 import math
+from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 
 from s3balance import errors
@@ -47,6 +48,29 @@ def http_date(timestamp: float) -> str:
     """RFC 1123 date in GMT (``Last-Modified``): whole seconds, as S3 sends it."""
     moment = datetime.datetime.fromtimestamp(math.floor(timestamp), tz=datetime.UTC)
     return format_datetime(moment, usegmt=True)
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """The conditional headers of a read (``If-Match``...), or the ``x-amz-copy-source-if-*`` of
+    a copy, as received."""
+
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    if_unmodified_since: str | None = None
+
+    def judge(self, etag: str, last_modified: float, *, for_copy: bool = False) -> Outcome:
+        """:func:`evaluate` these headers against an object."""
+        return evaluate(
+            etag,
+            last_modified,
+            self.if_match,
+            self.if_none_match,
+            self.if_modified_since,
+            self.if_unmodified_since,
+            for_copy=for_copy,
+        )
 
 
 def evaluate(

@@ -78,6 +78,7 @@ from s3balance.db.store import (
 )
 from s3balance.etags import quoted_etag
 from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
+from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
 from s3balance.streams import StreamBodyProducer, restartable
 
@@ -226,6 +227,38 @@ class Gateway:
             raise errors.BucketNotEmpty(BucketName=name) from None
 
     # -- reading -------------------------------------------------------------------------
+
+    async def read(self, bucket: str, key: str, wanted: ReadRequest) -> ReadPlan:
+        """Answer a GetObject or HeadObject: the row, its conditions and range, then (GetObject)
+        a redirect in redirect mode or an open stream of the bytes.  A location replaced and
+        deleted between the row and the bytes is read again from the row (see the module
+        docstring), at most :data:`READ_ATTEMPTS` times.
+
+        The caller must ``async with`` a plan that has a stream (see :class:`ReadPlan`).
+
+        :raises S3Error: NoSuchBucket, NoSuchKey, PreconditionFailed, InvalidRange, the part
+            number's errors, ServiceUnavailable or SlowDown (as :meth:`readable_location`, also
+            for a HeadObject), ServiceUnavailable when the object kept changing.
+        """
+        for _ in range(READ_ATTEMPTS):
+            record = await self.get_object_record(bucket, key)
+            plan = plan_read(record, wanted)
+            if plan.not_modified:
+                return plan
+            if not wanted.with_body:
+                self.readable_location(record)
+                return plan
+            if plan.part_number is None and not self.settings.proxy_mode:
+                # A presigned URL cannot carry a part's range: parts are always proxied.
+                plan.redirect = self.presigned_url(record, dict(wanted.response_overrides))
+                if plan.redirect is not None:
+                    return plan
+            try:
+                await plan.open(self.reading(record, plan.byte_range))
+            except ObjectChanged:
+                continue  # overwritten between the row and the bytes: read the new object
+            return plan
+        raise errors.ServiceUnavailable("The object kept changing while it was read; retry.")
 
     async def get_object_record(self, bucket: str, key: str) -> ObjectRecord:
         """The visible object, from metadata only.

@@ -23,10 +23,8 @@ from s3balance.multipart import (
     MIN_PART_SIZE,
     MultipartUploads,
     parse_copy_range,
-    parse_part_number,
-    part_range,
-    parts_count,
 )
+from s3balance.parts import parse_part_number, part_range, parts_count
 from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_bytes
 from test.support.daemon import Daemon, local_buckets, start_daemon

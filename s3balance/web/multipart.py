@@ -34,10 +34,10 @@ from s3balance.multipart import (
     MAX_PART_SIZE,
     MultipartUploads,
     parse_copy_range,
-    parse_part_number,
 )
 from s3balance.multipart_checksums import upload_algorithm as upload_algorithm_of
 from s3balance.names import validate_key
+from s3balance.parts import parse_part_number
 from s3balance.web import checksumming
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.objects import (
