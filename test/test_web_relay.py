@@ -61,7 +61,7 @@ class Getter(Resource):
         return NOT_DONE_YET
 
 
-def never_stream(method: bytes, path: bytes, headers: Any) -> bool:
+def never_stream(request: Any) -> bool:
     return False
 
 

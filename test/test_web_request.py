@@ -80,8 +80,8 @@ class Recorder(Resource):
         return b"got:" + request.content.read()
 
 
-def stream_puts(method: bytes, path: bytes, headers: Any) -> bool:
-    return method == b"PUT"
+def stream_puts(request: Any) -> bool:
+    return bool(request.method == b"PUT")
 
 
 def connect(

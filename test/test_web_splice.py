@@ -143,7 +143,7 @@ class Getter(Resource):
             self.outcomes.append(Failure(e))
 
 
-def _never_stream(method: bytes, path: bytes, headers: Any) -> bool:
+def _never_stream(request: Any) -> bool:
     return False
 
 

@@ -51,9 +51,9 @@ class _SiteSettings(Protocol):
     body_buffer: int
     server_header: bytes
 
-    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool: ...
+    def should_stream(self, request: StreamingRequest) -> bool: ...
 
-    def body_limit(self, method: bytes, path: bytes, headers: Any) -> int: ...
+    def body_limit(self, request: StreamingRequest) -> int: ...
 
     def request_started(self, request: StreamingRequest) -> None: ...
 
@@ -119,14 +119,16 @@ class StreamingRequest(server.Request):
         if settings is None:
             super().gotLength(length)
             return
-        if settings.should_stream(command, path, self.requestHeaders):
-            self._begin_streaming(length, command, path, version)
+        # The front reads the request line from the request, as it will when it renders.
+        self._set_request_line(command, path, version)
+        if settings.should_stream(self):
+            self._begin_streaming(length)
             return
         # A buffered body stays in memory (never a temporary file): it is capped first.
         self.content = BytesIO()
         if length == 0:
             return
-        self._admit_body(settings, length, command, path, version)
+        self._admit_body(settings, length)
 
     def handleContentChunk(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -184,14 +186,11 @@ class StreamingRequest(server.Request):
             self.path, argstring = parts
             self.args = parse_qs(argstring, 1)
 
-    def _begin_streaming(
-        self, length: int | None, command: bytes, path: bytes, version: bytes
-    ) -> None:
+    def _begin_streaming(self, length: int | None) -> None:
         settings = self._settings
         assert settings is not None
         self.streamed = True
         INFLIGHT_TRANSFERS.labels(direction="in").inc()
-        self._set_request_line(command, path, version)
         self.content = BytesIO()
         self.body = RequestBody(
             UNKNOWN_LENGTH if length is None else length,
@@ -239,16 +238,12 @@ class StreamingRequest(server.Request):
 
     # -- buffered bodies ---------------------------------------------------------------------------
 
-    def _admit_body(
-        self, settings: _SiteSettings, length: int | None, command: bytes, path: bytes,
-        version: bytes,
-    ) -> None:  # fmt: skip
+    def _admit_body(self, settings: _SiteSettings, length: int | None) -> None:
         """Decide, from the headers alone, whether this body may be read into memory: the
         request must pass authentication (the payload hash is checked later, over the body),
         fit its operation's cap and the shared budget, and arrive within ``body_timeout``."""
-        self._set_request_line(command, path, version)
         try:
-            self._body_cap = settings.body_limit(command, path, self.requestHeaders)
+            self._body_cap = settings.body_limit(self)
         except S3Error as error:
             REFUSALS.labels("unauthenticated").inc()
             self._reject(error)

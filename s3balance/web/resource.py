@@ -67,6 +67,7 @@ from s3balance.web.routing import (
     NOT_IMPLEMENTED,
     Route,
     Router,
+    streams,
 )
 from s3balance.web.xml import Owner
 
@@ -113,6 +114,9 @@ HANDLERS: dict[str, Handler] = {
     **tagging.HANDLERS,
     **attributes.HANDLERS,
 }
+
+#: The operation of a request whose path is not valid percent-encoded UTF-8.
+INVALID_URI = "InvalidURI"
 
 #: A stalled download (client not reading, backend not sending) is abandoned after this long.
 DEFAULT_STALL_TIMEOUT = 60.0
@@ -170,11 +174,23 @@ class S3Resource(Resource):
     async def _bucket_names(self) -> list[str]:
         return [record.name for record in await self.gateway.list_buckets()]
 
-    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
-        """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
-        return self.router.should_stream(method, path, headers)
+    def route_of(self, request: Request) -> Route:
+        """The request's route, worked out once: the first to ask (the site, deciding whether
+        the body streams and how large it may be) keeps it on the request for the others."""
+        route: Route | None = getattr(request, "s3_route", None)
+        if route is None:
+            try:
+                route = self.router.route(request.method, request.uri, request.requestHeaders)
+            except ValueError:
+                route = Route(INVALID_URI, None, None)
+            request.s3_route = route  # type: ignore[attr-defined]
+        return route
 
-    def body_limit(self, method: bytes, target: bytes, headers: Any) -> int:
+    def should_stream(self, request: Request) -> bool:
+        """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
+        return streams(self.route_of(request), request.method, request.requestHeaders)
+
+    def body_limit(self, request: Request) -> int:
         """For :class:`~s3balance.web.site.S3Site`: asked before a buffered body is read.
 
         The request's signature, bucket scope and read-only flag are checked on its headers
@@ -184,17 +200,17 @@ class S3Resource(Resource):
         :returns: the largest body the operation may send (:mod:`s3balance.web.bodies`).
         :raises S3Error: the authentication error, AccessDenied.
         """
-        first = target.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
+        headers = request.requestHeaders
+        first = request.uri.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
         if first in self.reserved and self.router.host_bucket(headers) is None:
             return ADMIN_BODY  # the admin API checks its own token
-        try:
-            route = self.router.route(method, target, headers)
-        except ValueError:
+        route = self.route_of(request)
+        if route.operation == INVALID_URI:
             return DEFAULT_BODY  # answered InvalidURI once the body is in
         if self.auth_enabled:
             result = self.authenticator.authenticate(
-                method.decode("latin-1"),
-                target,
+                request.method.decode("latin-1"),
+                request.uri,
                 RequestHeaders.from_twisted(headers),
                 bucket_from_host=self.router.host_bucket(headers),
             )
@@ -282,10 +298,7 @@ class _S3Operation(Resource):
             b"x-amz-id-2", [base64.b64encode(os.urandom(24))]
         )
         started = root.clock.seconds()
-        try:
-            route = root.router.route(request.method, request.uri, request.requestHeaders)
-        except ValueError:
-            route = Route("InvalidURI", None, None)
+        route = root.route_of(request)
         refused = route.operation in (NOT_IMPLEMENTED, METHOD_NOT_ALLOWED)
         request.access_operation = access_operation(  # type: ignore[attr-defined]
             route.operation,
@@ -314,7 +327,7 @@ class _S3Operation(Resource):
 
     async def _serve(self, request: Request, ctx: RequestContext) -> Any:
         route = ctx.route
-        if route.operation == "InvalidURI":
+        if route.operation == INVALID_URI:
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
         ctx.identity = self.root.authenticate(request, route, ctx)
         if ctx.anonymous:

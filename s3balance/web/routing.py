@@ -144,17 +144,26 @@ class Router:
         return Route(operation, bucket, key, query, path, refusal)
 
     def should_stream(self, method: bytes, raw_target: bytes, headers: Headers) -> bool:
-        """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
-        instead of buffering it: true for a PUT of a key carrying a body."""
-        if method.upper() != b"PUT":
-            return False
-        if not _has_body(headers):
-            return False
+        """:func:`streams` of this request's route."""
         try:
             route = self.route(method, raw_target, headers)
         except ValueError:
             return False
-        return route.operation in ("PutObject", "UploadPart")
+        return streams(route, method, headers)
+
+
+#: The operations whose body goes to a backend: streamed as it arrives, never buffered.
+STREAMED_OPERATIONS = frozenset({"PutObject", "UploadPart"})
+
+
+def streams(route: Route, method: bytes, headers: Headers) -> bool:
+    """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
+    instead of buffering it: true for a PUT of a key carrying a body."""
+    return (
+        method.upper() == b"PUT"
+        and route.operation in STREAMED_OPERATIONS
+        and _has_body(headers)
+    )
 
 
 def _has_body(headers: Headers) -> bool:
@@ -275,16 +284,3 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
     if verb == "POST":
         return NOT_IMPLEMENTED
     return METHOD_NOT_ALLOWED
-
-
-_PATH_STYLE = Router()
-
-
-def should_stream(method: bytes, raw_target: bytes, headers: Headers) -> bool:
-    """:meth:`Router.should_stream` for path-style addressing only.
-
-    With virtual-host addressing on, give :class:`~s3balance.web.site.S3Site` the root
-    resource's :meth:`~s3balance.web.resource.S3Resource.should_stream` instead: it knows the
-    domain, so ``PUT /key`` on ``<bucket>.<domain>`` streams too.
-    """
-    return _PATH_STYLE.should_stream(method, raw_target, headers)
