@@ -12,6 +12,8 @@ from s3balance.web.queryparams import (
     UNSERVED_SUBRESOURCES,
     is_ignored,
     judge_query,
+    parse_query,
+    query_args,
 )
 from s3balance.web.routing import NOT_IMPLEMENTED, Router
 
@@ -243,3 +245,18 @@ def test_judge_query_reports_the_honoured_parameters() -> None:
     )
     assert verdict.params == {"list-type", "prefix"}  # Delimiter: not S3's spelling, ignored
     assert verdict.refusal == ""
+
+
+def test_one_parser_reads_a_bare_parameter_as_an_empty_value() -> None:
+    """Routing and ``request.args`` read the same parameters: twisted.web's own parser dropped
+    ``?uploads`` (no ``=``), which S3 reads as the sub-resource with an empty value."""
+    raw = b"uploads&prefix=a%2Fb+c&prefix=second&empty=&=v&&x-id=Put%C3%A9"
+    assert parse_query(raw) == {
+        "uploads": "", "prefix": "a/b c", "empty": "", "": "v", "x-id": "Put\u00e9",
+    }
+    assert query_args(raw) == {
+        b"uploads": [b""], b"prefix": [b"a/b c", b"second"], b"empty": [b""], b"": [b"v"],
+        b"x-id": ["Put\u00e9".encode()],
+    }
+    with pytest.raises(ValueError):
+        parse_query(b"prefix=%ff")

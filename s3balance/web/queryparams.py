@@ -42,8 +42,9 @@ frozenset({"tagging", "versionid"})``...), and route it by method in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote, unquote_to_bytes
 
 #: Sub-resources of S3's API that s3balance does not serve: 501 NotImplemented, any method.
 UNSERVED_SUBRESOURCES = frozenset(
@@ -196,3 +197,37 @@ def judge_query(method: str, query: Mapping[str, str]) -> QueryVerdict:
                 f"Query parameter {name} is not implemented (it may name a sub-resource).",
             )
     return QueryVerdict(frozenset(params))
+
+
+def _pairs(raw_query: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The raw ``(name, value)`` of each ``&``-separated parameter, ``+`` read as a space (form
+    encoding); a parameter without ``=`` (``?uploads``) has an empty value."""
+    for part in raw_query.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            yield name.replace(b"+", b" "), value.replace(b"+", b" ")
+
+
+def parse_query(raw_query: bytes) -> dict[str, str]:
+    """The parameters of a request target's query, percent-decoded as UTF-8; the first of a
+    repeated name wins.  The one reader of a query in the front: routing and every handler
+    see these values, and ``request.args`` (:func:`query_args`) has the same parameters.
+
+    :raises ValueError: a percent-escape that is not UTF-8.
+    """
+    query: dict[str, str] = {}
+    for name, value in _pairs(raw_query):
+        query.setdefault(
+            unquote(name.decode("latin-1"), errors="strict"),
+            unquote(value.decode("latin-1"), errors="strict"),
+        )
+    return query
+
+
+def query_args(raw_query: bytes) -> dict[bytes, list[bytes]]:
+    """The same parameters as :func:`parse_query`, in twisted.web's ``request.args`` form
+    (bytes, every value of a repeated name), for resources that read ``args``."""
+    args: dict[bytes, list[bytes]] = {}
+    for name, value in _pairs(raw_query):
+        args.setdefault(unquote_to_bytes(name), []).append(unquote_to_bytes(value))
+    return args

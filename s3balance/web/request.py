@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import parse_qs
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from s3balance import errors
@@ -30,6 +29,7 @@ from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS, REFUSALS
 from s3balance.net import twistedcompat
 from s3balance.web.bodies import DEFAULT_BODY
+from s3balance.web.queryparams import query_args
 from s3balance.web.requestbody import RequestBody
 
 if TYPE_CHECKING:
@@ -172,19 +172,20 @@ class StreamingRequest(server.Request):
             waiter.callback(None)
         self._log_access()
 
+    def process(self) -> None:
+        """Render, with ``args`` read by the front's one query parser (twisted.web's drops a
+        parameter without ``=``, which S3 reads as an empty value)."""
+        self.args = query_args(self.uri.partition(b"?")[2])
+        super().process()
+
     # -- streaming setup ---------------------------------------------------------------------------
 
     def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
         """What ``http.Request.requestReceived`` sets, without touching a body."""
-        self.args = {}
         self.method, self.uri = command, path
         self.clientproto = version
-        parts = self.uri.split(b"?", 1)
-        if len(parts) == 1:
-            self.path = self.uri
-        else:
-            self.path, argstring = parts
-            self.args = parse_qs(argstring, 1)
+        self.path, _, argstring = self.uri.partition(b"?")
+        self.args = query_args(argstring)
 
     def _begin_streaming(self, length: int | None) -> None:
         settings = self._settings

@@ -14,11 +14,11 @@ when a domain is configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.http_headers import Headers
 
-from s3balance.web.queryparams import HONOURED_PARAMS, judge_query
+from s3balance.web.queryparams import HONOURED_PARAMS, judge_query, parse_query
 
 _HONOURED = HONOURED_PARAMS
 _LIST_V1_PARAMS = HONOURED_PARAMS["ListObjects"]
@@ -103,12 +103,7 @@ class Router:
         """
         raw_path, _, raw_query = raw_target.partition(b"?")
         path = unquote_to_bytes(raw_path).decode("utf-8")
-        query: dict[str, str] = {}
-        for name, value in parse_qsl(
-            raw_query.decode("latin-1"), keep_blank_values=True, encoding="utf-8",
-            errors="strict",
-        ):
-            query.setdefault(name, value)
+        query = parse_query(raw_query)
         vhost_bucket = self.host_bucket(headers)
         if vhost_bucket is not None:
             key = path[1:] if path.startswith("/") else path
