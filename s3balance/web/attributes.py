@@ -11,7 +11,6 @@ by multipart upload has no ``ObjectParts``; an object without a checksum has no 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from s3balance import conditions, errors
@@ -152,8 +151,3 @@ async def handle_GetObjectAttributes(ctx: RequestContext) -> Answer:
         ("Last-Modified", conditions.http_date(record.last_modified)),
     ]
     return Answer(200, headers, document)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "GetObjectAttributes": handle_GetObjectAttributes,
-}

@@ -18,7 +18,6 @@ upload.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -580,15 +579,3 @@ async def handle_PutObjectAcl(ctx: RequestContext) -> Answer:
     if not await ctx.gateway.store.set_object_acl(ctx.bucket, ctx.key, wanted):
         raise errors.NoSuchKey(Key=ctx.key)
     return Answer(200)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "PutObject": handle_PutObject,
-    "GetObject": handle_GetObject,
-    "HeadObject": handle_HeadObject,
-    "DeleteObject": handle_DeleteObject,
-    "DeleteObjects": handle_DeleteObjects,
-    "CopyObject": handle_CopyObject,
-    "GetObjectAcl": handle_GetObjectAcl,
-    "PutObjectAcl": handle_PutObjectAcl,
-}

@@ -11,15 +11,13 @@ Order of work for an S3 request (one place, so it can be audited):
    (SigV4 payload hash, aws-chunked decoding with chunk signatures or trailer checksum) is put
    in front of the streamed body.  Without one, requests are anonymous and allowed, and
    aws-chunked bodies are still decoded (an unverifying authenticator is used).
-4. The handler for the operation (:mod:`s3balance.web.buckets`, :mod:`s3balance.web.objects`)
+4. The handler for the operation, from the one registry
+   :data:`~s3balance.web.operations.OPERATIONS` (which also says which operations write),
    returns an :class:`~s3balance.web.answer.Answer` (written here) or streams the object itself.
 
-Multipart hook: the root resource takes an optional ``multipart`` handler object; the seven
-multipart operations (CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
-AbortMultipartUpload, ListParts, ListMultipartUploads) call its method
-``handle_<Operation>(request, ctx)`` (``ctx`` is the :class:`RequestContext`; the method
-returns, or fires with, an :class:`Answer` or :data:`STREAMED`).  Without it they answer 501
-NotImplemented.
+Multipart hook: the root resource takes an optional ``multipart`` handler object, handed to the
+handlers as ``ctx.multipart``; the seven multipart operations call its method
+``handle_<Operation>(request, ctx)``.  Without it they answer 501 NotImplemented.
 
 Every response carries ``x-amz-request-id`` and ``x-amz-id-2``; every error is S3's XML document
 (no body for HEAD); unexpected exceptions are logged with the request id and answered
@@ -37,7 +35,7 @@ import hashlib
 import inspect
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -55,15 +53,14 @@ from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
-from s3balance.web import attributes, buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
 from s3balance.web.labels import OTHER_BUCKET, BucketLabels
+from s3balance.web.operations import OPERATIONS, writes
 from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
-    MULTIPART_OPERATIONS,
     NOT_IMPLEMENTED,
     Route,
     Router,
@@ -72,48 +69,6 @@ from s3balance.web.routing import (
 from s3balance.web.xml import Owner
 
 log = make_logger()
-
-#: Operations that change data: refused to read-only keys.
-WRITE_OPERATIONS = frozenset(
-    {
-        "PutObject",
-        "CopyObject",
-        "DeleteObject",
-        "DeleteObjects",
-        "CreateBucket",
-        "DeleteBucket",
-        "PutBucketAcl",
-        "PutObjectAcl",
-        "PutObjectTagging",
-        "DeleteObjectTagging",
-        "PutBucketTagging",
-        "DeleteBucketTagging",
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-    }
-)
-
-Handler = Callable[[RequestContext], Any]
-
-HANDLERS: dict[str, Handler] = {
-    "ListBuckets": buckets.handle_ListBuckets,
-    "HeadBucket": buckets.handle_HeadBucket,
-    "GetBucketLocation": buckets.handle_GetBucketLocation,
-    "GetBucketVersioning": buckets.handle_GetBucketVersioning,
-    "CreateBucket": buckets.handle_CreateBucket,
-    "DeleteBucket": buckets.handle_DeleteBucket,
-    "GetBucketAcl": buckets.handle_GetBucketAcl,
-    "PutBucketAcl": buckets.handle_PutBucketAcl,
-    "ListObjects": buckets.handle_ListObjects,
-    "ListObjectsV2": buckets.handle_ListObjectsV2,
-    "ListObjectVersions": buckets.handle_ListObjectVersions,
-    **objects.HANDLERS,
-    **tagging.HANDLERS,
-    **attributes.HANDLERS,
-}
 
 #: The operation of a request whose path is not valid percent-encoded UTF-8.
 INVALID_URI = "InvalidURI"
@@ -215,7 +170,7 @@ class S3Resource(Resource):
                 bucket_from_host=self.router.host_bucket(headers),
             )
             identity = result.identity
-            write = route.operation in WRITE_OPERATIONS
+            write = writes(route.operation)
             if identity is not None and not identity.may_access(route.bucket or "", write):
                 raise errors.AccessDenied()
         return BODY_LIMITS.get(route.operation, DEFAULT_BODY)
@@ -275,7 +230,7 @@ class S3Resource(Resource):
                 payload_filter.finish()
         identity = result.identity
         if identity is not None:
-            write = route.operation in WRITE_OPERATIONS
+            write = writes(route.operation)
             if not identity.may_access(route.bucket or "", write):
                 raise errors.AccessDenied()
         return identity
@@ -315,6 +270,7 @@ class _S3Operation(Resource):
             stall_timeout=root.stall_timeout,
             zero_copy=root.config.server.zero_copy,
             read_body=lambda: _buffered_body(request),
+            multipart=root.multipart,
         )
         request.notifyFinish().addBoth(self._count, request, route, started)
         work = defer.ensureDeferred(self._serve(request, ctx))
@@ -336,13 +292,7 @@ class _S3Operation(Resource):
             raise errors.NotImplementedError_(route.refusal or None)
         if route.operation == METHOD_NOT_ALLOWED:
             raise errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
-        if route.operation in MULTIPART_OPERATIONS:
-            method = getattr(self.root.multipart, f"handle_{route.operation}", None)
-            if method is None:
-                raise errors.NotImplementedError_("Multipart uploads are not available.")
-            result = method(request, ctx)
-        else:
-            result = HANDLERS[route.operation](ctx)
+        result = OPERATIONS[route.operation].handler(ctx)
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -26,19 +26,6 @@ _LIST_V2_PARAMS = HONOURED_PARAMS["ListObjectsV2"]
 _LIST_VERSIONS_PARAMS = HONOURED_PARAMS["ListObjectVersions"]
 _LIST_UPLOADS_PARAMS = HONOURED_PARAMS["ListMultipartUploads"]
 
-#: Operations handed to the optional multipart handler.
-MULTIPART_OPERATIONS = frozenset(
-    {
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-        "ListParts",
-        "ListMultipartUploads",
-    }
-)
-
 #: Answered 501 NotImplemented without touching any data.
 NOT_IMPLEMENTED = "NotImplemented"
 #: A method S3 does not define for the resource: 405.
@@ -65,10 +52,6 @@ class Route:
     query: dict[str, str] = field(default_factory=dict)
     path: str = "/"
     refusal: str = ""
-
-    @property
-    def is_multipart(self) -> bool:
-        return self.operation in MULTIPART_OPERATIONS
 
 
 class Router:

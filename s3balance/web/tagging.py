@@ -7,9 +7,6 @@ S3's rules); they never reach a backend, so changing them moves no bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from s3balance import errors, tagging
 from s3balance.web.answer import Answer, RequestContext
 from s3balance.web.objects import verify_body_digests
@@ -80,13 +77,3 @@ async def handle_PutBucketTagging(ctx: RequestContext) -> Answer:
 async def handle_DeleteBucketTagging(ctx: RequestContext) -> Answer:
     await _set_bucket_tags(ctx, None)
     return Answer(204)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "GetBucketTagging": handle_GetBucketTagging,
-    "PutBucketTagging": handle_PutBucketTagging,
-    "DeleteBucketTagging": handle_DeleteBucketTagging,
-    "GetObjectTagging": handle_GetObjectTagging,
-    "PutObjectTagging": handle_PutObjectTagging,
-    "DeleteObjectTagging": handle_DeleteObjectTagging,
-}
