@@ -326,17 +326,26 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.abandon()
 
-    def respond_error(self, error: S3Error) -> None:
-        """Answer with S3's XML error document and finish (used for errors found here)."""
+    def respond_error(self, error: S3Error, resource: str | None = None) -> None:
+        """Answer with S3's XML error document (headers only for HEAD and 304) and finish: the
+        one way an S3 error is answered, here before the body or by the front.
+
+        :param resource: the ``<Resource>`` of the document; the request's path by default.
+        """
         if self.finished or self.disconnected:
             return
-        resource = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else "/"
+        if resource is None:
+            path = self.path
+            resource = path.decode("utf-8", "replace") if isinstance(path, bytes) else "/"
         document = error.to_xml(resource, self.request_id)
         self.access_error = error.code
         self.setResponseCode(error.status)
-        self.setHeader(b"Content-Type", b"application/xml")
-        self.setHeader(b"Content-Length", b"%d" % len(document))
-        self.write(document)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
+        if self.method == b"HEAD" or error.status == 304:
+            self.responseHeaders.removeHeader(b"content-length")
+        else:
+            self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(document)])
+            self.write(document)
         self.finish()
 
     def write(self, data: bytes) -> None:

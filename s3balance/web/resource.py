@@ -308,10 +308,10 @@ class _S3Operation(Resource):
             request.prepare_early_response()  # type: ignore[attr-defined]
         request.setResponseCode(answer.status)
         add_response_headers(request, answer.headers)
-        if not request.responseHeaders.hasHeader(b"content-length"):
-            length = len(answer.body) if answer.status not in (204, 304) else 0
-            if answer.status not in (204, 304):
-                request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
+        if answer.status not in (204, 304) and not request.responseHeaders.hasHeader(
+            b"content-length"
+        ):
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(answer.body)])
         if answer.body and request.method != b"HEAD":
             request.write(answer.body)
         request.finish()
@@ -359,10 +359,7 @@ class _S3Operation(Resource):
                 operation=ctx.route.operation,
             )
             error = errors.InternalError()
-        body = getattr(request, "body", None)
-        if body is not None and not body.complete:
-            request.prepare_early_response()  # type: ignore[attr-defined]
-        write_error(request, error, ctx.route.path, ctx.request_id)
+        request.respond_error(error, ctx.route.path)  # type: ignore[attr-defined]
 
     def _last_resort(self, failure: Failure, request: Request, request_id: str) -> None:
         log.failure("answering request {request_id} failed", failure, request_id=request_id)
@@ -393,21 +390,6 @@ class _S3Operation(Resource):
             metrics.forget_virtual_bucket(route.bucket)
             bucket = OTHER_BUCKET
         metrics.S3_OPERATIONS.labels(route.operation, bucket, status).inc()
-
-def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
-    """S3's XML error answer (headers only for HEAD) and finish."""
-    document = error.to_xml(resource, request_id)
-    request.access_error = error.code  # type: ignore[attr-defined]
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
-    if request.method == b"HEAD" or error.status == 304:
-        request.responseHeaders.removeHeader(b"content-length")
-        request.finish()
-        return
-    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(document)])
-    request.write(document)
-    request.finish()
-
 
 def _buffered_body(request: Request) -> bytes:
     """The body twisted.web buffered for a non-streamed request (XML documents, small PUTs)."""
