@@ -12,10 +12,10 @@ import binascii
 from s3balance import acl, errors
 from s3balance.backends.interface import BackendError
 from s3balance.db.records import ObjectPage
-from s3balance.integers import parse_decimal
 from s3balance.multipart import discard_upload
 from s3balance.web import xml
 from s3balance.web.answer import Answer, RequestContext
+from s3balance.web.queryparams import count_param, url_encoded
 
 #: S3's page size limit for listings.
 MAX_KEYS = 1000
@@ -195,41 +195,12 @@ def requested_acl_change(ctx: RequestContext, for_bucket: bool) -> str:
     return acl.from_policy(xml._parse(body), ctx.owner.id)
 
 
-def parse_max_keys(value: str | None, name: str = "max-keys") -> int:
+def parse_max_keys(value: str | None) -> int:
     """S3's max-keys: 0..1000, larger values capped, anything else refused.
 
     :raises S3Error: InvalidArgument.
     """
-    if value is None or value == "":
-        return MAX_KEYS
-    if value.startswith("-") and value[1:].isdigit():
-        raise errors.InvalidArgument(
-            f"Argument {name} must be an integer between 0 and 2147483647",
-            ArgumentName=name,
-            ArgumentValue=value,
-        )
-    try:
-        number = parse_decimal(value, maximum=2**31 - 1)
-    except ValueError:
-        raise errors.InvalidArgument(
-            f"Provided {name} not an integer or within integer range",
-            ArgumentName=name,
-            ArgumentValue=value,
-        ) from None
-    return min(number, MAX_KEYS)
-
-
-def _url_encoded(ctx: RequestContext) -> bool:
-    encoding = ctx.query("encoding-type")
-    if encoding is None or encoding == "":
-        return False
-    if encoding.lower() != "url":
-        raise errors.InvalidArgument(
-            "Invalid Encoding Method specified in Request",
-            ArgumentName="encoding-type",
-            ArgumentValue=encoding,
-        )
-    return True
+    return count_param(value, "max-keys", MAX_KEYS, cap=MAX_KEYS)
 
 
 def encode_token(last_key: str) -> str:
@@ -262,7 +233,7 @@ async def _page(ctx: RequestContext, start_after: str, max_keys: int) -> ObjectP
 
 async def handle_ListObjects(ctx: RequestContext) -> Answer:
     max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    encoded = url_encoded(ctx.query("encoding-type"))
     marker = ctx.query("marker") or ""
     delimiter = ctx.query("delimiter") or ""
     page = await _page(ctx, marker, max_keys)
@@ -282,7 +253,7 @@ async def handle_ListObjects(ctx: RequestContext) -> Answer:
 
 async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
     max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    encoded = url_encoded(ctx.query("encoding-type"))
     token = ctx.query("continuation-token")
     start_after = ctx.query("start-after")
     if token is not None:
@@ -318,7 +289,7 @@ async def handle_ListObjectVersions(ctx: RequestContext) -> Answer:
     """Every object is its only, ``null``, version (the buckets are unversioned): enough for
     clients that clean a bucket through its versions."""
     max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    encoded = url_encoded(ctx.query("encoding-type"))
     marker = ctx.query("key-marker") or ""
     page = await _page(ctx, marker, max_keys)
     listing = xml.Listing(

@@ -54,6 +54,7 @@ from s3balance.web.objects import (
     upload_body,
     write_condition,
 )
+from s3balance.web.queryparams import count_param, url_encoded
 from s3balance.web.xml import (
     Owner,
     _local,
@@ -244,36 +245,6 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
 
 
 # -- query parameters --------------------------------------------------------------------------
-
-
-def _count_parameter(ctx: RequestContext, name: str, default: int) -> int:
-    raw = ctx.query(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = parse_decimal(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise errors.InvalidArgument(
-            f"Provided {name} not an integer or within integer range",
-            ArgumentName=name,
-            ArgumentValue=raw,
-        )
-    return value
-
-
-def _url_encoded(ctx: RequestContext) -> bool:
-    encoding = ctx.query("encoding-type")
-    if encoding is None:
-        return False
-    if encoding.lower() != "url":
-        raise errors.InvalidArgument(
-            "Invalid Encoding Method specified in Request",
-            ArgumentName="encoding-type",
-            ArgumentValue=encoding,
-        )
-    return True
 
 
 def _upload_id(ctx: RequestContext) -> str:
@@ -475,19 +446,21 @@ class MultipartHandler:
         return Answer(204)
 
     async def handle_ListParts(self, request: Any, ctx: RequestContext) -> Answer:
-        max_parts = min(_count_parameter(ctx, "max-parts", MAX_LISTING), MAX_LISTING)
-        marker = _count_parameter(ctx, "part-number-marker", 0)
-        url_encoded = _url_encoded(ctx)
+        max_parts = count_param(ctx.query("max-parts"), "max-parts", MAX_LISTING, cap=MAX_LISTING)
+        marker = count_param(ctx.query("part-number-marker"), "part-number-marker", 0)
+        encoded = url_encoded(ctx.query("encoding-type"))
         upload, parts, truncated = await self.uploads.list_parts(
             ctx.bucket, ctx.key, _upload_id(ctx), marker, max_parts
         )
         return Answer.xml(
-            list_parts_result(upload, parts, ctx.owner, marker, max_parts, truncated, url_encoded)
+            list_parts_result(upload, parts, ctx.owner, marker, max_parts, truncated, encoded)
         )
 
     async def handle_ListMultipartUploads(self, request: Any, ctx: RequestContext) -> Answer:
-        max_uploads = min(_count_parameter(ctx, "max-uploads", MAX_LISTING), MAX_LISTING)
-        url_encoded = _url_encoded(ctx)
+        max_uploads = count_param(
+            ctx.query("max-uploads"), "max-uploads", MAX_LISTING, cap=MAX_LISTING
+        )
+        encoded = url_encoded(ctx.query("encoding-type"))
         prefix = ctx.query("prefix") or ""
         delimiter = ctx.query("delimiter") or ""
         key_marker = ctx.query("key-marker") or ""
@@ -498,7 +471,7 @@ class MultipartHandler:
         return Answer.xml(
             list_uploads_result(
                 ctx.bucket, page, ctx.owner, prefix, delimiter, key_marker, upload_id_marker,
-                max_uploads, url_encoded,
+                max_uploads, encoded,
             )
         )
 

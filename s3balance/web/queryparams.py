@@ -46,6 +46,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
+from s3balance import errors
+from s3balance.integers import parse_decimal
+
 #: Sub-resources of S3's API that s3balance does not serve: 501 NotImplemented, any method.
 UNSERVED_SUBRESOURCES = frozenset(
     {
@@ -231,3 +234,52 @@ def query_args(raw_query: bytes) -> dict[bytes, list[bytes]]:
     for name, value in _pairs(raw_query):
         args.setdefault(unquote_to_bytes(name), []).append(unquote_to_bytes(value))
     return args
+
+
+# -- the values of listing parameters, read the same way by every listing --------------------------
+
+#: The largest count S3 takes in a listing parameter (a signed 32-bit integer).
+LARGEST_COUNT = 2**31 - 1
+
+
+def url_encoded(value: str | None) -> bool:
+    """Whether a listing's ``encoding-type`` asks for URL-encoded keys; absent or empty, it asks
+    for none.
+
+    :raises S3Error: InvalidArgument for any encoding but ``url``.
+    """
+    if value is None or value == "":
+        return False
+    if value.lower() != "url":
+        raise errors.InvalidArgument(
+            "Invalid Encoding Method specified in Request",
+            ArgumentName="encoding-type",
+            ArgumentValue=value,
+        )
+    return True
+
+
+def count_param(value: str | None, name: str, default: int, cap: int | None = None) -> int:
+    """A listing's count (``max-keys``, ``max-uploads``, ``max-parts``, ``part-number-marker``):
+    ``default`` when absent or empty, at most ``cap`` (larger values are capped, as S3 does).
+
+    :raises S3Error: InvalidArgument for a negative number, or anything but a number of 0 to
+        :data:`LARGEST_COUNT`.
+    """
+    if value is None or value == "":
+        return default
+    if value.startswith("-") and value[1:].isdigit():
+        raise errors.InvalidArgument(
+            f"Argument {name} must be an integer between 0 and {LARGEST_COUNT}",
+            ArgumentName=name,
+            ArgumentValue=value,
+        )
+    try:
+        number = parse_decimal(value, maximum=LARGEST_COUNT)
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
+            ArgumentValue=value,
+        ) from None
+    return number if cap is None else min(number, cap)
