@@ -192,7 +192,7 @@ def requested_acl_change(ctx: RequestContext, for_bucket: bool) -> str:
         return acl.from_headers(header, grants, for_bucket)
     if not body.strip():
         raise errors.InvalidRequest("An ACL must be given in the x-amz-acl header or the body.")
-    return acl.from_policy(xml._parse(body), ctx.owner.id)
+    return acl.from_policy(xml.parse_document(body), ctx.owner.id)
 
 
 def parse_max_keys(value: str | None) -> int:

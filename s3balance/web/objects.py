@@ -114,7 +114,9 @@ class BytesBody:
         return True
 
 
-def _version_id_must_be_null(ctx: RequestContext) -> None:
+def version_id_must_be_null(ctx: RequestContext) -> None:
+    """:raises S3Error: InvalidArgument for a ``versionId`` other than ``null`` (s3balance keeps
+    no versions)."""
     version = ctx.query("versionId")
     if version is not None and version != "null":
         raise errors.InvalidArgument(
@@ -122,7 +124,7 @@ def _version_id_must_be_null(ctx: RequestContext) -> None:
         )
 
 
-def _refuse_unsupported(ctx: RequestContext) -> None:
+def refuse_unsupported(ctx: RequestContext) -> None:
     for name in _UNSUPPORTED_WRITE_HEADERS:
         if ctx.header(name) is not None:
             raise errors.NotImplementedError_(f"The {name} header is not supported.")
@@ -224,7 +226,7 @@ def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], di
     return headers, ctx.headers_with_prefix("x-amz-meta-")
 
 
-def _declared_length(ctx: RequestContext) -> int:
+def declared_length(ctx: RequestContext) -> int:
     decoded = ctx.header("x-amz-decoded-content-length")
     raw = decoded if decoded is not None else ctx.header("content-length")
     if raw is None:
@@ -287,8 +289,8 @@ def upload_body(
 
 async def handle_PutObject(ctx: RequestContext) -> Answer:
     validate_key(ctx.key)
-    _refuse_unsupported(ctx)
-    length = _declared_length(ctx)
+    refuse_unsupported(ctx)
+    length = declared_length(ctx)
     if length > MAX_PUT_SIZE:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
     # The gateway checks the bucket (and the condition) before any body byte is read.
@@ -362,7 +364,7 @@ def _response_overrides(ctx: RequestContext) -> dict[str, str]:
 async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
     """GetObject and HeadObject: the gateway plans the read (:meth:`Gateway.read`), this writes
     the plan out."""
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     wanted = ReadRequest(
         preconditions=preconditions(ctx),
         range_header=ctx.header("range"),
@@ -422,7 +424,7 @@ _UNSUPPORTED_DELETE_CONDITIONS = ("x-amz-if-match-last-modified-time", "x-amz-if
 
 
 async def handle_DeleteObject(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     for name in _UNSUPPORTED_DELETE_CONDITIONS:
         if ctx.header(name) is not None:
             raise errors.NotImplementedError_(f"The {name} header is not supported.")
@@ -504,17 +506,26 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return bucket, key
 
 
-async def handle_CopyObject(ctx: RequestContext) -> Answer:
-    validate_key(ctx.key)
-    _refuse_unsupported(ctx)
-    source_header = ctx.header("x-amz-copy-source") or ""
+def copy_source(ctx: RequestContext) -> tuple[str, str]:
+    """``(bucket, key)`` of the ``x-amz-copy-source`` of CopyObject or UploadPartCopy, which the
+    request's key must be allowed to read.
+
+    :raises S3Error: InvalidArgument (see :func:`parse_copy_source`), AccessDenied.
+    """
     try:
-        source_bucket, source_key = parse_copy_source(source_header)
+        bucket, key = parse_copy_source(ctx.header("x-amz-copy-source") or "")
     except UnicodeError:
         raise errors.InvalidArgument("Invalid copy source encoding.") from None
     identity = ctx.identity
-    if identity is not None and not identity.may_access(source_bucket, False):
+    if identity is not None and not identity.may_access(bucket, False):
         raise errors.AccessDenied()
+    return bucket, key
+
+
+async def handle_CopyObject(ctx: RequestContext) -> Answer:
+    validate_key(ctx.key)
+    refuse_unsupported(ctx)
+    source_bucket, source_key = copy_source(ctx)
     condition = write_condition(ctx)
     directive = (ctx.header("x-amz-metadata-directive") or "COPY").strip().upper()
     if directive not in ("COPY", "REPLACE"):
@@ -567,13 +578,13 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
 
 
 async def handle_GetObjectAcl(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     return Answer.xml(acl.policy_document(ctx.owner.id, ctx.owner.display_name, record.acl))
 
 
 async def handle_PutObjectAcl(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     wanted = requested_acl_change(ctx, for_bucket=False)
     if not await ctx.gateway.store.set_object_acl(ctx.bucket, ctx.key, wanted):

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 from s3balance import errors, tagging
 from s3balance.web.answer import Answer, RequestContext
-from s3balance.web.objects import verify_body_digests
-from s3balance.web.xml import _parse as parse_xml
-
-
-def _version_id_must_be_null(ctx: RequestContext) -> None:
-    version = ctx.query("versionId")
-    if version is not None and version != "null":
-        raise errors.InvalidArgument(
-            "Invalid version id specified", ArgumentName="versionId", ArgumentValue=version
-        )
+from s3balance.web.objects import verify_body_digests, version_id_must_be_null
+from s3balance.web.xml import parse_document as parse_xml
 
 
 async def handle_GetObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     return Answer.xml(tagging.document(record.tags))
 
@@ -43,13 +35,13 @@ def _tags_from_body(ctx: RequestContext, for_bucket: bool) -> dict[str, str]:
 
 
 async def handle_PutObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await _set_tags(ctx, _tags_from_body(ctx, for_bucket=False))
     return Answer(200)
 
 
 async def handle_DeleteObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await _set_tags(ctx, {})
     return Answer(204)
 
