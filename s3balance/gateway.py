@@ -90,6 +90,23 @@ MAX_PUT_SIZE = 5 * 1024**3
 READ_ATTEMPTS = 5
 
 
+#: One attempt's upload: ``(backend, real key, backend metadata) -> its result``.
+Write = Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]]
+
+
+@dataclass(frozen=True)
+class NewObject:
+    """What a write commits besides its bytes: the object row's fields the client chose."""
+
+    bucket: str
+    key: str
+    headers: dict[str, str]
+    metadata: dict[str, str]
+    condition: Condition
+    tags: dict[str, str]
+    acl: str
+
+
 class ObjectChanged(Exception):
     """The location a read was about to open was replaced and deleted since the row was read:
     read the row again."""
@@ -456,30 +473,16 @@ class Gateway:
             it, PreconditionFailed, the body's own error (BadDigest...), or a backend error
             mapped for clients.
         """
-        validate_key(key)
-        check_client_metadata(metadata)
-        if length > MAX_PUT_SIZE:
-            raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-        await self.check_before_write(bucket, key, condition)
+        new = await self._new_object(
+            bucket, key, headers, metadata, condition, tags, acl, size=length
+        )
 
         def write(
             backend: IBackend, target: str, backend_metadata: dict[str, str]
         ) -> defer.Deferred[PutResult]:
             return backend.put_object(target, body, length, dict(headers), backend_metadata)
 
-        return await self._place(
-            bucket,
-            key,
-            length,
-            write,
-            lambda: restartable(body),
-            headers=dict(headers),
-            metadata=dict(metadata),
-            checksums=checksums,
-            condition=condition,
-            tags=dict(tags or {}),
-            acl=acl,
-        )
+        return await self._place(new, length, write, lambda: restartable(body), checksums)
 
     async def copy_object(
         self,
@@ -501,9 +504,7 @@ class Gateway:
 
         :param condition: on the destination, as for :meth:`put_object`.
         """
-        validate_key(key)
-        check_client_metadata(metadata)
-        await self.check_before_write(bucket, key, condition)
+        new = await self._new_object(bucket, key, headers, metadata, condition, tags, acl)
         source_location = self.readable_location(source)
 
         def write(
@@ -522,18 +523,12 @@ class Gateway:
         kept = dict(source.checksums)
         in_place = source.bucket == bucket and source.key == key
         return await self._place(
-            bucket,
-            key,
+            new,
             source.size,
             write,
             lambda: True,
-            headers=dict(headers),
-            metadata=dict(metadata),
-            checksums=lambda: kept,
+            lambda: kept,
             prefer=source_location.backend if in_place else None,
-            condition=condition,
-            tags=dict(tags or {}),
-            acl=acl,
         )
 
     async def _server_side_copy(
@@ -572,25 +567,45 @@ class Gateway:
         except ObjectChanged:
             raise errors.NoSuchKey("The source object changed during the copy.") from None
 
-    async def _place(
+    async def _new_object(
         self,
         bucket: str,
         key: str,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+        condition: Condition,
+        tags: Mapping[str, str] | None,
+        acl: str,
+        size: int | None = None,
+    ) -> NewObject:
+        """The checks every write makes before its bytes move (names, size, then
+        :meth:`check_before_write`), and what it will commit.
+
+        :param size: a PUT's length, at most :data:`MAX_PUT_SIZE`.
+        """
+        validate_key(key)
+        check_client_metadata(metadata)
+        if size is not None and size > MAX_PUT_SIZE:
+            raise errors.EntityTooLarge(ProposedSize=str(size), MaxSizeAllowed=str(MAX_PUT_SIZE))
+        await self.check_before_write(bucket, key, condition)
+        return NewObject(
+            bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
+        )
+
+    async def _place(
+        self,
+        new: NewObject,
         size: int,
-        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
+        write: Write,
         restartable: Callable[[], bool],
-        headers: dict[str, str],
-        metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
         prefer: str | None = None,
-        condition: Condition = UNCONDITIONAL,
-        tags: dict[str, str] | None = None,
-        acl: str = "private",
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
         docstring.  :raises S3Error: see callers."""
+        bucket, key = new.bucket, new.key
         candidates = self.pool.choose(bucket, key, size)
-        if ENCRYPTION_HEADER in headers:
+        if ENCRYPTION_HEADER in new.headers:
             candidates = self.encrypting(candidates)
         if prefer is not None and prefer in candidates:
             candidates = [prefer] + [name for name in candidates if name != prefer]
@@ -602,10 +617,7 @@ class Gateway:
         for attempt, name in enumerate(candidates[:attempts]):
             if attempt:
                 await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
-            outcome = await self._write_and_commit(
-                name, bucket, key, size, write, headers, metadata, checksums, condition,
-                tags=tags or {}, acl=acl,
-            )
+            outcome = await self._write_and_commit(name, new, size, write, checksums)
             if isinstance(outcome, BackendUnavailable):
                 last_error = outcome
                 if outcome.body_started or not restartable():
@@ -644,25 +656,19 @@ class Gateway:
     async def _write_and_commit(
         self,
         name: str,
-        bucket: str,
-        key: str,
+        new: NewObject,
         size: int,
-        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
-        headers: dict[str, str],
-        metadata: dict[str, str],
+        write: Write,
         checksums: Callable[[], dict[str, str]] | None,
-        condition: Condition,
-        tags: dict[str, str] | None = None,
-        acl: str = "private",
     ) -> ObjectRecord | BackendUnavailable:
         """One attempt on one backend, at a real key of its own; a refusal that may be retried
         is returned, every other failure raised."""
         backend = self.pool.get(name)
-        target, extra_metadata = self.new_location(bucket, key)
+        target, extra_metadata = self.new_location(new.bucket, new.key)
         release = self.pool.reserve(name, size)
         try:
             try:
-                result = await write(backend, target, {**metadata, **extra_metadata})
+                result = await write(backend, target, {**new.metadata, **extra_metadata})
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)
@@ -678,19 +684,19 @@ class Gateway:
             if checksums is not None:
                 stored_checksums.update(checksums())
             record = ObjectRecord(
-                bucket=bucket,
-                key=key,
+                bucket=new.bucket,
+                key=new.key,
                 size=result.size,
                 etag=quoted_etag(result.etag),
                 last_modified=self.clock.seconds(),
-                headers=headers,
-                metadata=metadata,
+                headers=new.headers,
+                metadata=new.metadata,
                 checksums=stored_checksums,
                 locations=(Location(name, target),),
-                tags=dict(tags or {}),
-                acl=acl,
+                tags=new.tags,
+                acl=new.acl,
             )
-            await self.commit(record, condition)
+            await self.commit(record, new.condition)
             return record
         finally:
             release()
