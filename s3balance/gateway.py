@@ -510,14 +510,8 @@ class Gateway:
         def write(
             backend: IBackend, target: str, backend_metadata: dict[str, str]
         ) -> defer.Deferred[PutResult]:
-            if backend.name == source_location.backend:
-                return defer.ensureDeferred(
-                    self._server_side_copy(
-                        backend, source_location, target, headers, backend_metadata
-                    )
-                )
             return defer.ensureDeferred(
-                self._streamed_copy(source, backend, target, headers, backend_metadata)
+                self._copy(source, source_location, backend, target, headers, backend_metadata)
             )
 
         kept = dict(source.checksums)
@@ -531,31 +525,26 @@ class Gateway:
             prefer=source_location.backend if in_place else None,
         )
 
-    async def _server_side_copy(
-        self,
-        backend: IBackend,
-        source: Location,
-        target: str,
-        headers: Mapping[str, str],
-        metadata: dict[str, str],
-    ) -> PutResult:
-        try:
-            async with self.holding(source):
-                return await backend.copy_object(
-                    source.real_key, target, dict(headers), metadata
-                )
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
-
-    async def _streamed_copy(
+    async def _copy(
         self,
         source: ObjectRecord,
+        location: Location,
         target_backend: IBackend,
         target: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
     ) -> PutResult:
+        """Copy ``source`` to ``target``: server-side when the target backend holds it at
+        ``location``, otherwise streamed from one backend into the other with backpressure.
+
+        :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile.
+        """
         try:
+            if target_backend.name == location.backend:
+                async with self.holding(location):
+                    return await target_backend.copy_object(
+                        location.real_key, target, dict(headers), dict(metadata)
+                    )
             async with self.reading(source) as stream:
                 producer = StreamBodyProducer(stream)
                 try:

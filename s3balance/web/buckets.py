@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from typing import Any
 
 from s3balance import acl, errors
 from s3balance.backends.interface import BackendError
@@ -221,39 +223,67 @@ def decode_token(token: str) -> str:
         ) from None
 
 
-async def _page(ctx: RequestContext, start_after: str, max_keys: int) -> ObjectPage:
+@dataclass(frozen=True)
+class _ListingParams:
+    """The parameters every object listing reads the same way."""
+
+    prefix: str
+    delimiter: str
+    max_keys: int
+    url_encoded: bool
+
+
+def _listing_params(ctx: RequestContext) -> _ListingParams:
+    """:raises S3Error: InvalidArgument for a bad ``max-keys`` or ``encoding-type``."""
+    max_keys = parse_max_keys(ctx.query("max-keys"))
+    encoded = url_encoded(ctx.query("encoding-type"))
+    return _ListingParams(
+        ctx.query("prefix") or "", ctx.query("delimiter") or "", max_keys, encoded
+    )
+
+
+async def _page(ctx: RequestContext, params: _ListingParams, start_after: str) -> ObjectPage:
     return await ctx.gateway.list_objects(
         ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
+        prefix=params.prefix,
+        delimiter=params.delimiter,
         start_after=start_after,
-        max_keys=max_keys,
+        max_keys=params.max_keys,
+    )
+
+
+def _listing(
+    ctx: RequestContext, params: _ListingParams, page: ObjectPage, **details: Any
+) -> xml.Listing:
+    """The listing document's header, the parameters in and ``details`` of the operation."""
+    return xml.Listing(
+        bucket=ctx.bucket,
+        prefix=params.prefix,
+        delimiter=params.delimiter,
+        max_keys=params.max_keys,
+        is_truncated=page.is_truncated,
+        url_encoded=params.url_encoded,
+        **details,
     )
 
 
 async def handle_ListObjects(ctx: RequestContext) -> Answer:
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = url_encoded(ctx.query("encoding-type"))
+    params = _listing_params(ctx)
     marker = ctx.query("marker") or ""
-    delimiter = ctx.query("delimiter") or ""
-    page = await _page(ctx, marker, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=delimiter,
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
+    page = await _page(ctx, params, marker)
+    listing = _listing(
+        ctx,
+        params,
+        page,
         marker=marker,
         # S3 sends NextMarker only with a delimiter; without one, clients use the last key.
-        next_marker=page.next_marker if page.is_truncated and delimiter else None,
+        next_marker=page.next_marker if page.is_truncated and params.delimiter else None,
     )
     return Answer.xml(xml.list_objects(listing, page.objects, page.common_prefixes, ctx.owner, 1))
 
 
 async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = url_encoded(ctx.query("encoding-type"))
+    params = _listing_params(ctx)
     token = ctx.query("continuation-token")
     start_after = ctx.query("start-after")
     if token is not None:
@@ -267,14 +297,11 @@ async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
             begin = start_after
     else:
         begin = start_after or ""
-    page = await _page(ctx, begin, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
+    page = await _page(ctx, params, begin)
+    listing = _listing(
+        ctx,
+        params,
+        page,
         continuation_token=token,
         next_continuation_token=(
             encode_token(page.next_marker) if page.is_truncated and page.next_marker else None
@@ -288,19 +315,10 @@ async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
 async def handle_ListObjectVersions(ctx: RequestContext) -> Answer:
     """Every object is its only, ``null``, version (the buckets are unversioned): enough for
     clients that clean a bucket through its versions."""
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = url_encoded(ctx.query("encoding-type"))
+    params = _listing_params(ctx)
     marker = ctx.query("key-marker") or ""
-    page = await _page(ctx, marker, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
-        marker=marker,
-    )
+    page = await _page(ctx, params, marker)
+    listing = _listing(ctx, params, page, marker=marker)
     next_marker = page.next_marker if page.is_truncated else None
     return Answer.xml(
         xml.list_object_versions(

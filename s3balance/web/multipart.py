@@ -41,16 +41,12 @@ from s3balance.parts import parse_part_number
 from s3balance.web import checksumming
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.objects import (
-    SSE_HEADER,
     check_copy_source_conditions,
     copy_source,
     declared_length,
     encryption_headers,
     refuse_unsupported,
-    requested_acl,
-    requested_encryption,
-    requested_tags,
-    stored_headers_from_request,
+    requested_fields,
     upload_body,
     write_condition,
 )
@@ -328,21 +324,16 @@ class MultipartHandler:
     async def handle_CreateMultipartUpload(self, request: Any, ctx: RequestContext) -> Answer:
         validate_key(ctx.key)
         refuse_unsupported(ctx)
-        headers, metadata = stored_headers_from_request(ctx)
-        encryption = requested_encryption(ctx)
-        if encryption is not None:
-            headers[SSE_HEADER] = encryption
-        tags = requested_tags(ctx)
-        upload_acl = requested_acl(ctx)
+        fields = requested_fields(ctx)
         answer_headers: list[tuple[str, str]] = [("Content-Type", "application/xml")]
-        answer_headers.extend(encryption_headers(headers))
+        answer_headers.extend(encryption_headers(fields.headers))
         algorithm, checksum_type = checksumming.upload_settings(ctx)
         if algorithm is not None and checksum_type is not None:
             answer_headers.append(("x-amz-checksum-algorithm", algorithm))
             answer_headers.append(("x-amz-checksum-type", checksum_type))
         upload = await self.uploads.create(
-            ctx.bucket, ctx.key, headers, metadata, algorithm, checksum_type, tags=tags,
-            acl=upload_acl,
+            ctx.bucket, ctx.key, fields.headers, fields.metadata, algorithm, checksum_type,
+            tags=fields.tags, acl=fields.acl,
         )
         body = initiate_result(ctx.bucket, ctx.key, upload.upload_id)
         return Answer(200, answer_headers, body)

@@ -18,6 +18,7 @@ upload.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -226,6 +227,31 @@ def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], di
     return headers, ctx.headers_with_prefix("x-amz-meta-")
 
 
+@dataclass(frozen=True)
+class RequestedFields:
+    """What a PutObject or CreateMultipartUpload asks to keep with the object besides its bytes.
+
+    :ivar headers: the stored headers (:data:`STORED_HEADERS`), the encryption asked for
+        included.
+    :ivar metadata: the user metadata (``x-amz-meta-*``, prefix removed).
+    """
+
+    headers: dict[str, str]
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    acl: str
+
+
+def requested_fields(ctx: RequestContext) -> RequestedFields:
+    """:raises S3Error: as :func:`requested_encryption`, :func:`requested_tags`,
+    :func:`requested_acl`."""
+    headers, metadata = stored_headers_from_request(ctx)
+    encryption = requested_encryption(ctx)
+    if encryption is not None:
+        headers[SSE_HEADER] = encryption
+    return RequestedFields(headers, metadata, requested_tags(ctx), requested_acl(ctx))
+
+
 def declared_length(ctx: RequestContext) -> int:
     decoded = ctx.header("x-amz-decoded-content-length")
     raw = decoded if decoded is not None else ctx.header("content-length")
@@ -295,12 +321,7 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
     # The gateway checks the bucket (and the condition) before any body byte is read.
     condition = write_condition(ctx)
-    headers, metadata = stored_headers_from_request(ctx)
-    encryption = requested_encryption(ctx)
-    if encryption is not None:
-        headers[SSE_HEADER] = encryption
-    tags = requested_tags(ctx)
-    object_acl = requested_acl(ctx)
+    fields = requested_fields(ctx)
     body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
@@ -310,8 +331,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         return stored
 
     record = await ctx.gateway.put_object(
-        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, condition, tags=tags,
-        acl=object_acl,
+        ctx.bucket, ctx.key, body, length, fields.headers, fields.metadata, checksums, condition,
+        tags=fields.tags, acl=fields.acl,
     )
     answer_headers = [("ETag", record.etag)]
     answer_headers.extend(checksumming.answer_headers(record.checksums))

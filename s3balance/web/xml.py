@@ -157,6 +157,16 @@ def _listing_header(root: ET.Element, listing: Listing) -> None:
     sub_element(root, "Prefix", _maybe_encode(listing.prefix, listing))
 
 
+def _listing_limits(root: ET.Element, listing: Listing) -> None:
+    """``MaxKeys``, ``Delimiter``, ``EncodingType`` and ``IsTruncated``, in S3's order."""
+    sub_element(root, "MaxKeys", str(listing.max_keys))
+    if listing.delimiter:
+        sub_element(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
+    if listing.url_encoded:
+        sub_element(root, "EncodingType", "url")
+    sub_element(root, "IsTruncated", "true" if listing.is_truncated else "false")
+
+
 def list_objects(
     listing: Listing,
     objects: Iterable[ObjectRecord],
@@ -181,12 +191,7 @@ def list_objects(
         if listing.start_after is not None:
             sub_element(root, "StartAfter", _maybe_encode(listing.start_after, listing))
         sub_element(root, "KeyCount", str(len(entries) + len(prefixes)))
-    sub_element(root, "MaxKeys", str(listing.max_keys))
-    if listing.delimiter:
-        sub_element(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
-    if listing.url_encoded:
-        sub_element(root, "EncodingType", "url")
-    sub_element(root, "IsTruncated", "true" if listing.is_truncated else "false")
+    _listing_limits(root, listing)
     for record in entries:
         element = sub_element(root, "Contents")
         sub_element(element, "Key", _maybe_encode(record.key, listing))
@@ -217,12 +222,7 @@ def list_object_versions(
     if next_key_marker is not None:
         sub_element(root, "NextKeyMarker", _maybe_encode(next_key_marker, listing))
         sub_element(root, "NextVersionIdMarker", "null")
-    sub_element(root, "MaxKeys", str(listing.max_keys))
-    if listing.delimiter:
-        sub_element(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
-    if listing.url_encoded:
-        sub_element(root, "EncodingType", "url")
-    sub_element(root, "IsTruncated", "true" if listing.is_truncated else "false")
+    _listing_limits(root, listing)
     for record in objects:
         element = sub_element(root, "Version")
         sub_element(element, "Key", _maybe_encode(record.key, listing))
