@@ -21,9 +21,9 @@ from zope.interface import implementer
 from s3balance import errors
 from s3balance.conditions import Preconditions
 from s3balance.config import Config
-from s3balance.net.bodies import BytesBody
 from s3balance.reads import ReadRequest
 from s3balance.realkeys import parse_real_key
+from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_md5
 from test.support.daemon import Daemon, local_buckets, start_daemon
 

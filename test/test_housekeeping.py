@@ -16,7 +16,7 @@ from s3balance.config import MultipartConfig
 from s3balance.db.records import UploadRecord
 from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.multipart import MultipartUploads
-from s3balance.net.bodies import BytesBody
+from s3balance.web.objects import BytesBody
 from test.support.daemon import Daemon, local_buckets, start_daemon
 
 EXPIRY = 7 * 24 * 3600.0

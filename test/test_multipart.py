@@ -24,8 +24,8 @@ from s3balance.multipart import (
     MultipartUploads,
     parse_copy_range,
 )
-from s3balance.net.bodies import BytesBody
 from s3balance.parts import parse_part_number, part_range, parts_count
+from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_bytes
 from test.support.daemon import Daemon, local_buckets, start_daemon
 

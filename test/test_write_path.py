@@ -27,7 +27,6 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.config import BucketConfig, Config
-from s3balance.net.bodies import BytesBody
 from s3balance.realkeys import (
     KEY_METADATA,
     MAX_REAL_KEY_BYTES,
@@ -36,6 +35,7 @@ from s3balance.realkeys import (
     new_write_id,
     parse_real_key,
 )
+from s3balance.web.objects import BytesBody
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.seaweedfs import seaweed_or_skip
 from test.support.stallproxy import StallProxy

@@ -79,7 +79,6 @@ from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.config import BucketConfig
 from s3balance.logs import make_logger
 from s3balance.net import twistedcompat
-from s3balance.net.bodies import BytesBody
 from s3balance.net.sockets import tune_transport
 from s3balance.net.splice import tcp_socket
 
@@ -409,6 +408,28 @@ class _InnerConsumer:
         pass
 
     def unregisterProducer(self) -> None:
+        pass
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A small in-memory body (multipart XML)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
         pass
 
 
@@ -814,7 +835,7 @@ class S3Backend:
             guard = _GuardedBody(self.name, producer, length, watch, hash_body)
             body_producer = guard
         elif body is not None:
-            body_producer = BytesBody(body)
+            body_producer = _BytesBody(body)
         request = self._agent.request(method.encode("ascii"), url, raw_headers, body_producer)
         watch.on_stall = request.cancel
         watch.resume()
