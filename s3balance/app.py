@@ -25,7 +25,6 @@ from s3balance.auth.authenticator import Authenticator
 from s3balance.auth.credentials import KeyRing
 from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
-from s3balance.backends.s3 import make_http_pool
 from s3balance.config import Config
 from s3balance.console.resource import ConsoleResource
 from s3balance.db.connector import DBConnector
@@ -35,6 +34,7 @@ from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.logs import make_logger
 from s3balance.metrics import MetricsResource, exposition_registry
 from s3balance.multipart import MultipartUploads
+from s3balance.net.httpclient import make_http_pool
 from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
 from s3balance.usage import UsageMonitor

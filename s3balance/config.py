@@ -1,45 +1,50 @@
 """The typed configuration every other module reads.
 
-Field names and meanings follow the Go S3 Balance YAML file so an existing file loads unchanged;
-fields marked *ours* are s3balance additions, documented in ``etc/s3balance.example.yaml``.
-Durations are float seconds, sizes int bytes.  Loading and validation live in
-:mod:`s3balance.configfile`.
+Field names and meanings follow the Go S3 Balance YAML file so an existing file loads unchanged.
+Each field's default, allowed values and meaning are declared once, with its key, in
+:data:`s3balance.configkeys.KEYS`.  Durations are float seconds, sizes int bytes.  Loading and
+validation live in :mod:`s3balance.configfile`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STRATEGIES = ("round-robin", "least-space", "weighted", "consistent-hash")
-DATABASE_TYPES = ("sqlite", "mysql", "postgres")
+from s3balance.configkeys import DATABASE_TYPES, STRATEGIES, default
+
+__all__ = [
+    "DATABASE_TYPES",
+    "STRATEGIES",
+    "ApiConfig",
+    "BalancerConfig",
+    "BucketConfig",
+    "Config",
+    "Credential",
+    "DatabaseConfig",
+    "MetricsConfig",
+    "MultipartConfig",
+    "OperationLimits",
+    "S3ApiConfig",
+    "ServerConfig",
+]
 
 
 @dataclass
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    read_timeout: float = 30.0
-    write_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    #: *ours*: at SIGTERM, how long transfers in flight may take to finish after the listener
-    #: stopped accepting.
-    shutdown_grace: float = 30.0
-    #: *ours*: let the kernel move large downloads between plain TCP connections (``splice``).
-    zero_copy: bool = True
-    #: *ours*: worker processes sharing the listening sockets (``auto`` in the file: one per core).
-    workers: int = 1
-    #: *ours*: a request's headers must be complete this long after its first byte.
-    header_timeout: float = 10.0
-    #: *ours*: the body of a request read into memory (XML documents) must be complete this
-    #: long after its headers.
-    body_timeout: float = 30.0
-    #: *ours*: client connections open at once; more are answered 503 SlowDown and closed.
-    max_connections: int = 1000
-    #: *ours*: bytes of request bodies held in memory at once, all connections together.
-    body_memory: int = 32 << 20
-    #: *ours*: seconds replaced or deleted bytes are kept for GETs of other processes sharing
-    #: the database; ``None``: 0 with SQLite and one worker (no other process reads), else 60.
-    delete_grace: float | None = None
+    host: str = default("server.host")
+    port: int = default("server.port")
+    read_timeout: float = default("server.read_timeout")
+    write_timeout: float = default("server.write_timeout")
+    idle_timeout: float = default("server.idle_timeout")
+    shutdown_grace: float = default("server.shutdown_grace")
+    zero_copy: bool = default("server.zero_copy")
+    workers: int = default("server.workers")
+    header_timeout: float = default("server.header_timeout")
+    body_timeout: float = default("server.body_timeout")
+    max_connections: int = default("server.max_connections")
+    body_memory: int = default("server.body_memory")
+    #: ``None``: 0 with SQLite and one worker (no other process reads), else 60.
+    delete_grace: float | None = default("server.delete_grace")
 
     def effective_delete_grace(self, database_type: str) -> float:
         if self.delete_grace is not None:
@@ -49,22 +54,22 @@ class ServerConfig:
 
 @dataclass
 class DatabaseConfig:
-    type: str = "sqlite"
+    type: str = default("database.type")
     #: As written in the file: a SQLAlchemy URL, a Go DSN, or (SQLite) a file path.
-    dsn: str = "s3balance.db"
-    max_open_conns: int = 25
-    max_idle_conns: int = 5
-    conn_max_lifetime: float = 300.0
-    log_level: str = "warn"
-    auto_migrate: bool = True
+    dsn: str = default("database.dsn")
+    max_open_conns: int = default("database.max_open_conns")
+    max_idle_conns: int = default("database.max_idle_conns")
+    conn_max_lifetime: float = default("database.conn_max_lifetime")
+    log_level: str = default("database.log_level")
+    auto_migrate: bool = default("database.auto_migrate")
 
 
 @dataclass
 class OperationLimits:
     """Monthly operation budgets; 0 means unlimited."""
 
-    type_a: int = 0
-    type_b: int = 0
+    type_a: int = default("buckets[].operation_limits.type_a")
+    type_b: int = default("buckets[].operation_limits.type_b")
 
 
 @dataclass
@@ -72,24 +77,21 @@ class BucketConfig:
     """One entry of ``buckets``: a real bucket (``virtual: false``) or a virtual one clients see."""
 
     name: str
-    endpoint: str = ""
-    region: str = "us-east-1"
-    access_key_id: str = ""
-    secret_access_key: str = ""
+    endpoint: str = default("buckets[].endpoint")
+    region: str = default("buckets[].region")
+    access_key_id: str = default("buckets[].access_key_id")
+    secret_access_key: str = default("buckets[].secret_access_key")
     #: Bytes; ``None`` means unlimited.
-    max_size: int | None = None
-    weight: int = 1
-    enabled: bool = True
-    path_style: bool = False
-    virtual: bool = False
-    use_ssl: bool = True
+    max_size: int | None = default("buckets[].max_size")
+    weight: int = default("buckets[].weight")
+    enabled: bool = default("buckets[].enabled")
+    path_style: bool = default("buckets[].path_style")
+    virtual: bool = default("buckets[].virtual")
+    use_ssl: bool = default("buckets[].use_ssl")
     operation_limits: OperationLimits = field(default_factory=OperationLimits)
-    #: *ours*: the bucket's name on the service when it differs from ``name``.
-    bucket: str | None = None
-    #: *ours*: a local directory instead of an S3 endpoint; relative to ``data_dir``.
-    path: str | None = None
-    #: *ours*: a CA bundle file for a private endpoint's TLS certificate.
-    ca_bundle: str | None = None
+    bucket: str | None = default("buckets[].bucket")
+    path: str | None = default("buckets[].path")
+    ca_bundle: str | None = default("buckets[].ca_bundle")
 
     @property
     def real_name(self) -> str:
@@ -99,27 +101,22 @@ class BucketConfig:
 
 @dataclass
 class BalancerConfig:
-    strategy: str = "least-space"
-    health_check_period: float = 30.0
-    update_stats_period: float = 60.0
-    retry_attempts: int = 3
-    retry_delay: float = 1.0
-    #: *ours*: consecutive failed probes before a backend is marked unhealthy.
-    unhealthy_threshold: int = 3
-    #: *ours*: consecutive good probes before an unhealthy backend is used again.
-    healthy_threshold: int = 2
-    #: *ours*: how long one probe may take.
-    probe_timeout: float = 5.0
+    strategy: str = default("balancer.strategy")
+    health_check_period: float = default("balancer.health_check_period")
+    update_stats_period: float = default("balancer.update_stats_period")
+    retry_attempts: int = default("balancer.retry_attempts")
+    retry_delay: float = default("balancer.retry_delay")
+    unhealthy_threshold: int = default("balancer.unhealthy_threshold")
+    healthy_threshold: int = default("balancer.healthy_threshold")
+    probe_timeout: float = default("balancer.probe_timeout")
 
 
 @dataclass
 class MetricsConfig:
-    enabled: bool = True
-    path: str = "/metrics"
-    #: Go key: a separate port for metrics; 0 serves them on the main listener only.
-    port: int = 0
-    #: Go key: when set, scrapes must send ``Authorization: Bearer <token>``.
-    token: str = ""
+    enabled: bool = default("metrics.enabled")
+    path: str = default("metrics.path")
+    port: int = default("metrics.port")
+    token: str = default("metrics.token")
 
 
 @dataclass
@@ -130,44 +127,36 @@ class Credential:
     secret_key: str
     #: Virtual bucket names this key may use; empty means all.
     buckets: list[str] = field(default_factory=list)
-    read_only: bool = False
+    read_only: bool = default("s3api.credentials[].read_only")
 
 
 @dataclass
 class S3ApiConfig:
-    access_key: str = ""
-    secret_key: str = ""
-    virtual_host: bool = False
-    proxy_mode: bool = True
-    auth_required: bool = False
-    #: Host used for signature verification when a proxy in front rewrites it.
-    host: str = ""
-    #: *ours*: base domain for virtual-host addressing (``<bucket>.<domain>``).
-    domain: str = ""
-    #: *ours*: further key pairs, beyond ``access_key``/``secret_key``.
+    access_key: str = default("s3api.access_key")
+    secret_key: str = default("s3api.secret_key")
+    virtual_host: bool = default("s3api.virtual_host")
+    proxy_mode: bool = default("s3api.proxy_mode")
+    auth_required: bool = default("s3api.auth_required")
+    host: str = default("s3api.host")
+    domain: str = default("s3api.domain")
     credentials: list[Credential] = field(default_factory=list)
-    #: *ours*: lifetime of redirect-mode presigned URLs.
-    presign_expiry: float = 300.0
-    #: *ours*: whether clients may create virtual buckets with CreateBucket.
-    allow_create_bucket: bool = True
-    #: *ours*: region reported by GetBucketLocation and expected in signatures' scope.
-    region: str = "us-east-1"
+    presign_expiry: float = default("s3api.presign_expiry")
+    allow_create_bucket: bool = default("s3api.allow_create_bucket")
+    region: str = default("s3api.region")
 
 
 @dataclass
 class ApiConfig:
-    enabled: bool = False
-    token: str = ""
+    enabled: bool = default("api.enabled")
+    token: str = default("api.token")
 
 
 @dataclass
 class MultipartConfig:
     """*ours*: housekeeping of abandoned multipart uploads."""
 
-    #: Uploads older than this are aborted on the backend and forgotten.
-    expiry: float = 7 * 24 * 3600.0
-    #: How often the expiry task runs.
-    cleanup_period: float = 3600.0
+    expiry: float = default("multipart.expiry")
+    cleanup_period: float = default("multipart.cleanup_period")
 
 
 @dataclass
@@ -180,8 +169,7 @@ class Config:
     s3api: S3ApiConfig = field(default_factory=S3ApiConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     multipart: MultipartConfig = field(default_factory=MultipartConfig)
-    #: *ours*: where relative SQLite paths and the default local backends live.
-    data_dir: str = "data"
+    data_dir: str = default("data_dir")
 
     @property
     def real_buckets(self) -> list[BucketConfig]:

@@ -1,4 +1,5 @@
-"""S3 errors as clients expect them: one exception type carrying S3's code, status and message.
+"""S3 errors as clients expect them: each code a subclass of :class:`S3Error` carrying S3's code,
+status and message.
 
 Everything below the HTTP front raises :class:`S3Error` (or lets a backend error be mapped to one by
 :func:`s3balance.backends.interface.backend_error_to_s3`); the front renders it as S3's XML error
@@ -56,131 +57,269 @@ class S3Error(Exception):
         return "".join(parts).encode("utf-8")
 
 
-def _factory(code: str, status: int, default_message: str):  # type: ignore[no-untyped-def]
-    def make(message: str | None = None, **extra: str) -> S3Error:
-        return S3Error(code, status, message or default_message, extra)
+class CatalogError(S3Error):
+    """An S3 error of a fixed code and status: each is its own class, so that a caller can catch
+    exactly the one it handles (``except errors.NoSuchKey``) and a test can assert the type.
 
-    make.__name__ = code
-    make.__doc__ = f"{status} {code}: {default_message}"
-    return make
+    :param message: replaces the code's usual message.
+    :param extra: further elements of the ``<Error>`` document (``Key="..."``).
+    """
+
+    code: str = "InternalError"
+    status: int = 500
+    default_message: str = "We encountered an internal error. Please try again."
+
+    def __init__(self, message: str | None = None, **extra: str) -> None:
+        cls = type(self)
+        super().__init__(cls.code, cls.status, message or cls.default_message, extra)
 
 
 # The catalogue: the codes s3balance answers with, each with S3's status.
-AccessDenied = _factory("AccessDenied", 403, "Access Denied")
-AuthorizationHeaderMalformed = _factory(
-    "AuthorizationHeaderMalformed", 400, "The authorization header is malformed."
-)
-AuthorizationQueryParametersError = _factory(
-    "AuthorizationQueryParametersError", 400, "Error parsing the X-Amz-Credential parameter."
-)
-BadDigest = _factory(
-    "BadDigest", 400, "The Content-MD5 or checksum you specified did not match what we received."
-)
-BucketAlreadyExists = _factory(
-    "BucketAlreadyExists", 409, "The requested bucket name is not available."
-)
-BucketAlreadyOwnedByYou = _factory(
-    "BucketAlreadyOwnedByYou",
-    409,
-    "Your previous request to create the named bucket succeeded and you already own it.",
-)
-BucketNotEmpty = _factory(
-    "BucketNotEmpty", 409, "The bucket you tried to delete is not empty."
-)
-EntityTooLarge = _factory(
-    "EntityTooLarge", 400, "Your proposed upload exceeds the maximum allowed object size."
-)
-EntityTooSmall = _factory(
-    "EntityTooSmall", 400, "Your proposed upload is smaller than the minimum allowed object size."
-)
-IncompleteBody = _factory(
-    "IncompleteBody",
-    400,
-    "You did not provide the number of bytes specified by the Content-Length.",
-)
-InternalError = _factory(
-    "InternalError", 500, "We encountered an internal error. Please try again."
-)
-InvalidAccessKeyId = _factory(
-    "InvalidAccessKeyId", 403, "The AWS Access Key Id you provided does not exist in our records."
-)
-InvalidArgument = _factory("InvalidArgument", 400, "Invalid Argument")
-InvalidBucketName = _factory("InvalidBucketName", 400, "The specified bucket is not valid.")
-InvalidDigest = _factory("InvalidDigest", 400, "The Content-MD5 you specified is not valid.")
-InvalidPart = _factory(
-    "InvalidPart",
-    400,
-    "One or more of the specified parts could not be found. The part may not have been uploaded, "
-    "or the specified entity tag may not match the part's entity tag.",
-)
-InvalidPartOrder = _factory(
-    "InvalidPartOrder", 400, "The list of parts was not in ascending order."
-)
-InvalidRange = _factory("InvalidRange", 416, "The requested range is not satisfiable")
-InvalidPartNumber = _factory(
-    "InvalidPartNumber", 416, "The requested partnumber is not satisfiable"
-)
-InvalidRequest = _factory("InvalidRequest", 400, "Invalid Request")
-KeyTooLongError = _factory("KeyTooLongError", 400, "Your key is too long")
-MalformedXML = _factory(
-    "MalformedXML",
-    400,
-    "The XML you provided was not well-formed or did not validate against our published schema",
-)
-MaxMessageLengthExceeded = _factory(
-    "MaxMessageLengthExceeded", 400, "Your request was too big."
-)
-MethodNotAllowed = _factory(
-    "MethodNotAllowed", 405, "The specified method is not allowed against this resource."
-)
-MissingContentLength = _factory(
-    "MissingContentLength", 411, "You must provide the Content-Length HTTP header."
-)
-NoSuchBucket = _factory("NoSuchBucket", 404, "The specified bucket does not exist")
-NoSuchKey = _factory("NoSuchKey", 404, "The specified key does not exist.")
-NoSuchUpload = _factory(
-    "NoSuchUpload",
-    404,
-    "The specified upload does not exist. The upload ID may be invalid, or the upload may have "
-    "been aborted or completed.",
-)
-NotImplementedError_ = _factory(
-    "NotImplemented",
-    501,
-    "A header or query you provided implies functionality that is not implemented.",
-)
-NotModified = _factory("NotModified", 304, "Not Modified")
-PreconditionFailed = _factory(
-    "PreconditionFailed", 412, "At least one of the preconditions you specified did not hold."
-)
-RequestTimeout = _factory(
-    "RequestTimeout",
-    400,
-    "Your socket connection to the server was not read from or written to within the timeout "
-    "period.",
-)
-RequestTimeTooSkewed = _factory(
-    "RequestTimeTooSkewed",
-    403,
-    "The difference between the request time and the server's time is too large.",
-)
-ServiceUnavailable = _factory(
-    "ServiceUnavailable", 503, "Reduce your request rate."
-)
-SignatureDoesNotMatch = _factory(
-    "SignatureDoesNotMatch",
-    403,
-    "The request signature we calculated does not match the signature you provided. "
-    "Check your key and signing method.",
-)
-SlowDown = _factory("SlowDown", 503, "Please reduce your request rate.")
-XAmzContentSHA256Mismatch = _factory(
-    "XAmzContentSHA256Mismatch",
-    400,
-    "The provided 'x-amz-content-sha256' header does not match what was computed.",
-)
-InsufficientStorage = _factory(
-    "ServiceUnavailable",
-    503,
-    "No backend bucket can take this object now: all are full, disabled or unhealthy.",
-)
+
+
+class AccessDenied(CatalogError):
+    code = "AccessDenied"
+    status = 403
+    default_message = "Access Denied"
+
+
+class AuthorizationHeaderMalformed(CatalogError):
+    code = "AuthorizationHeaderMalformed"
+    status = 400
+    default_message = "The authorization header is malformed."
+
+
+class AuthorizationQueryParametersError(CatalogError):
+    code = "AuthorizationQueryParametersError"
+    status = 400
+    default_message = "Error parsing the X-Amz-Credential parameter."
+
+
+class BadDigest(CatalogError):
+    code = "BadDigest"
+    status = 400
+    default_message = "The Content-MD5 or checksum you specified did not match what we received."
+
+
+class BucketAlreadyExists(CatalogError):
+    code = "BucketAlreadyExists"
+    status = 409
+    default_message = "The requested bucket name is not available."
+
+
+class BucketAlreadyOwnedByYou(CatalogError):
+    code = "BucketAlreadyOwnedByYou"
+    status = 409
+    default_message = (
+        "Your previous request to create the named bucket succeeded and you already own it."
+    )
+
+
+class BucketNotEmpty(CatalogError):
+    code = "BucketNotEmpty"
+    status = 409
+    default_message = "The bucket you tried to delete is not empty."
+
+
+class EntityTooLarge(CatalogError):
+    code = "EntityTooLarge"
+    status = 400
+    default_message = "Your proposed upload exceeds the maximum allowed object size."
+
+
+class EntityTooSmall(CatalogError):
+    code = "EntityTooSmall"
+    status = 400
+    default_message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
+class IncompleteBody(CatalogError):
+    code = "IncompleteBody"
+    status = 400
+    default_message = "You did not provide the number of bytes specified by the Content-Length."
+
+
+class InternalError(CatalogError):
+    code = "InternalError"
+    status = 500
+    default_message = "We encountered an internal error. Please try again."
+
+
+class InvalidAccessKeyId(CatalogError):
+    code = "InvalidAccessKeyId"
+    status = 403
+    default_message = "The AWS Access Key Id you provided does not exist in our records."
+
+
+class InvalidArgument(CatalogError):
+    code = "InvalidArgument"
+    status = 400
+    default_message = "Invalid Argument"
+
+
+class InvalidBucketName(CatalogError):
+    code = "InvalidBucketName"
+    status = 400
+    default_message = "The specified bucket is not valid."
+
+
+class InvalidDigest(CatalogError):
+    code = "InvalidDigest"
+    status = 400
+    default_message = "The Content-MD5 you specified is not valid."
+
+
+class InvalidPart(CatalogError):
+    code = "InvalidPart"
+    status = 400
+    default_message = (
+        "One or more of the specified parts could not be found. The part may not have been "
+        "uploaded, or the specified entity tag may not match the part's entity tag."
+    )
+
+
+class InvalidPartOrder(CatalogError):
+    code = "InvalidPartOrder"
+    status = 400
+    default_message = "The list of parts was not in ascending order."
+
+
+class InvalidRange(CatalogError):
+    code = "InvalidRange"
+    status = 416
+    default_message = "The requested range is not satisfiable"
+
+
+class InvalidPartNumber(CatalogError):
+    code = "InvalidPartNumber"
+    status = 416
+    default_message = "The requested partnumber is not satisfiable"
+
+
+class InvalidRequest(CatalogError):
+    code = "InvalidRequest"
+    status = 400
+    default_message = "Invalid Request"
+
+
+class KeyTooLongError(CatalogError):
+    code = "KeyTooLongError"
+    status = 400
+    default_message = "Your key is too long"
+
+
+class MalformedXML(CatalogError):
+    code = "MalformedXML"
+    status = 400
+    default_message = (
+        "The XML you provided was not well-formed or did not validate against our published schema"
+    )
+
+
+class MaxMessageLengthExceeded(CatalogError):
+    code = "MaxMessageLengthExceeded"
+    status = 400
+    default_message = "Your request was too big."
+
+
+class MethodNotAllowed(CatalogError):
+    code = "MethodNotAllowed"
+    status = 405
+    default_message = "The specified method is not allowed against this resource."
+
+
+class MissingContentLength(CatalogError):
+    code = "MissingContentLength"
+    status = 411
+    default_message = "You must provide the Content-Length HTTP header."
+
+
+class NoSuchBucket(CatalogError):
+    code = "NoSuchBucket"
+    status = 404
+    default_message = "The specified bucket does not exist"
+
+
+class NoSuchKey(CatalogError):
+    code = "NoSuchKey"
+    status = 404
+    default_message = "The specified key does not exist."
+
+
+class NoSuchUpload(CatalogError):
+    code = "NoSuchUpload"
+    status = 404
+    default_message = (
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may "
+        "have been aborted or completed."
+    )
+
+
+class NotImplementedError_(CatalogError):
+    code = "NotImplemented"
+    status = 501
+    default_message = (
+        "A header or query you provided implies functionality that is not implemented."
+    )
+
+
+class NotModified(CatalogError):
+    code = "NotModified"
+    status = 304
+    default_message = "Not Modified"
+
+
+class PreconditionFailed(CatalogError):
+    code = "PreconditionFailed"
+    status = 412
+    default_message = "At least one of the preconditions you specified did not hold."
+
+
+class RequestTimeout(CatalogError):
+    code = "RequestTimeout"
+    status = 400
+    default_message = (
+        "Your socket connection to the server was not read from or written to within the "
+        "timeout period."
+    )
+
+
+class RequestTimeTooSkewed(CatalogError):
+    code = "RequestTimeTooSkewed"
+    status = 403
+    default_message = "The difference between the request time and the server's time is too large."
+
+
+class ServiceUnavailable(CatalogError):
+    code = "ServiceUnavailable"
+    status = 503
+    default_message = "Reduce your request rate."
+
+
+class SignatureDoesNotMatch(CatalogError):
+    code = "SignatureDoesNotMatch"
+    status = 403
+    default_message = (
+        "The request signature we calculated does not match the signature you provided. Check "
+        "your key and signing method."
+    )
+
+
+class SlowDown(CatalogError):
+    code = "SlowDown"
+    status = 503
+    default_message = "Please reduce your request rate."
+
+
+class XAmzContentSHA256Mismatch(CatalogError):
+    code = "XAmzContentSHA256Mismatch"
+    status = 400
+    default_message = "The provided 'x-amz-content-sha256' header does not match what was computed."
+
+
+class InsufficientStorage(ServiceUnavailable):
+    code = "ServiceUnavailable"
+    status = 503
+    default_message = (
+        "No backend bucket can take this object now: all are full, disabled or unhealthy."
+    )

@@ -165,15 +165,15 @@ OPEN_CONNECTIONS = Gauge(
 REFUSALS = Counter(
     "s3_balance_refusals",
     "Requests and connections refused to protect the daemon, by reason: header_timeout, "
-    "body_timeout, max_connections, body_too_large, body_budget (buffered bodies' memory) and "
-    "unauthenticated (a body refused before it was read).",
+    "body_timeout, max_connections, body_too_large, body_budget (buffered bodies' memory), "
+    "unauthenticated (a body refused before it was read) and malformed_request (not HTTP/1.1).",
     ["reason"],
     registry=REGISTRY,
 )
 #: Every reason exists from the start, so a dashboard's rate is 0 rather than missing.
 REFUSAL_REASONS = (
     "header_timeout", "body_timeout", "max_connections", "body_too_large", "body_budget",
-    "unauthenticated",
+    "unauthenticated", "malformed_request",
 )  # fmt: skip
 for _reason in REFUSAL_REASONS:
     REFUSALS.labels(_reason)

@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
     from s3balance.backends.factory import make_backend
-    from s3balance.backends.s3 import make_http_pool
     from s3balance.db.connector import DBConnector
+    from s3balance.net.httpclient import make_http_pool
 
     try:
         config = load_config(arguments.config) if arguments.config else default_config("data")

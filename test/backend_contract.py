@@ -3,8 +3,8 @@
 Use it as ``class LocalBackendTests(BackendContractMixin, twisted.trial.unittest.TestCase)`` and
 provide ``make_backend()``: a fresh, empty backend per test (clean up with ``addCleanup``).  Only
 what :mod:`s3balance.backends.interface` documents is asserted here, so the same tests run against
-the local-directory adapter and against the S3 adapter talking to SeaweedFS or moto; sizes respect
-S3's 5 MiB minimum for non-last parts.
+the local-directory adapter, the in-memory one and the S3 adapter talking to SeaweedFS or moto;
+sizes respect S3's 5 MiB minimum for non-last parts.
 
 A concrete class whose storage cannot hold some edge-case key lists it in ``unsupported_keys``
 (that test is then skipped, with the reason in the set's entry).

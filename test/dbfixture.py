@@ -35,6 +35,7 @@ from s3balance.db import engine as db_engine
 from s3balance.db import migrate, model
 from s3balance.db.pool import DBThreadPool, InlineDBPool
 from s3balance.db.store import MetadataStore
+from test.support import unavailable
 
 POSTGRES_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 MYSQL_SERVER = "mysql+pymysql://root@127.0.0.1:3306"
@@ -190,7 +191,7 @@ def fresh_server_database(server: str) -> Generator[str, None, None]:
     database = ServerDatabase(server)
     reason = database.unreachable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
     url = database.create()
     try:
         yield url

@@ -35,7 +35,8 @@ from s3balance.backends.interface import (
     BackendNoSuchKey,
     BackendUnavailable,
 )
-from s3balance.backends.s3 import S3Backend, decode_metadata_value, encode_metadata_value
+from s3balance.backends.s3 import S3Backend
+from s3balance.backends.s3headers import decode_metadata_value, encode_metadata_value
 from s3balance.backends.s3signing import BucketAddress, Signer
 from s3balance.config import BucketConfig
 from test.backend_contract import MIN_PART, BackendContractMixin
@@ -45,6 +46,7 @@ from test.support.bodies import (
     BodyFailed,
     BytesBody,
     GeneratedBody,
+    IgnoresFlowControl,
     collect,
     generated_md5,
     md5_of,
@@ -747,7 +749,7 @@ class _PauseFirst(_Ending):
 
 
 @implementer(IBodyProducer)
-class _SlowBody:
+class _SlowBody(IgnoresFlowControl):
     """Writes its chunks ``gap`` seconds apart, like a client on a slow link."""
 
     def __init__(self, chunks: list[bytes], gap: float) -> None:
@@ -762,15 +764,6 @@ class _SlowBody:
         for chunk in self._chunks:
             await deferLater(reactor, self._gap, lambda: None)  # type: ignore[arg-type]
             consumer.write(chunk)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _self_signed_certificate(directory: str) -> tuple[str, Any]:

@@ -29,7 +29,7 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from s3balance.config import BucketConfig, Config, Credential
-from test.support import require_tool
+from test.support import require_tool, s3client
 from test.support.clients import aws_binary
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.seaweedfs import seaweed_or_skip
@@ -228,20 +228,7 @@ class SeaweedAuthCase(DaemonTestCase):
         ]
 
     def client_for(self, key: str, secret: str, **options: Any) -> Any:
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        settings: dict[str, Any] = {
-            "s3": {"addressing_style": "path"},
-            "retries": {"max_attempts": 1},
-            "connect_timeout": 5,
-            "read_timeout": 30,
-        }
-        settings.update(options)
-        return boto3.client(
-            "s3", endpoint_url=self.daemon.endpoint, aws_access_key_id=key,
-            aws_secret_access_key=secret, region_name="us-east-1", config=BotoConfig(**settings),
-        )
+        return s3client.boto3_client(self.daemon.endpoint, key, secret, **options)
 
     async def keys_in(self, bucket: str = "vb") -> list[str]:
         """The keys the metadata store shows in a virtual bucket."""

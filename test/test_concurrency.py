@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase
-from test.support import free_ports, unique_bucket_name
+from test.support import free_ports, unavailable, unique_bucket_name
 from test.support.clients import VIRTUAL, ClientDaemon, take_inventory
 from test.support.seaweedfs import shared_seaweedfs
 
@@ -71,7 +71,7 @@ def running_cluster(
     database = ServerDatabase(server)
     reason = database.unreachable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
     url = database.create()
     weed = shared_seaweedfs()
     real_buckets = {}

@@ -25,6 +25,7 @@ from s3balance.db.store import UNCONDITIONAL
 from s3balance.multipart import MultipartUploads
 from s3balance.web.multipart import MultipartHandler
 from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase
+from test.support import unavailable
 from test.support.daemon import (
     Daemon,
     DaemonTestCase,
@@ -261,7 +262,7 @@ class RaceTests(unittest.TestCase):
             database = ServerDatabase(self.server)
             reason = database.unreachable_reason()
             if reason is not None:
-                raise unittest.SkipTest(reason)
+                unavailable(reason)
             self.database_url = database.create()
             self.addCleanup(database.drop)
         self.daemons: list[Daemon] = []

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from test.support import unavailable
 from test.support.process import REPO_ROOT, DaemonProcess
 from test.support.seaweedfs import shared_seaweedfs
 
@@ -30,7 +31,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
+    unavailable("Debian's chromium and chromium-driver are not installed")
 
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,

@@ -7,12 +7,11 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config as BotoConfig
 
-from test.support import unique_bucket_name
+from test.support import s3client, unique_bucket_name, wait_until
 from test.support.process import DaemonProcess, run_twistd
 from test.support.seaweedfs import SeaweedFS
 
@@ -26,24 +25,8 @@ GO_METRIC_NAMES = (
 )
 
 
-def client(endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-        region_name="us-east-1",
-        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+def client(endpoint: str) -> Any:
+    return s3client.boto3_client(endpoint, "any", "any")
 
 
 def metric_value(text: str, name: str, bucket: str) -> float | None:
@@ -222,15 +205,7 @@ def test_a_killed_seaweedfs_turns_unhealthy_and_back(tmp_path: Path) -> None:
         weed.create_bucket(bucket)
         config = {
             "buckets": [
-                {
-                    "name": "weed",
-                    "bucket": bucket,
-                    "endpoint": weed.endpoint,
-                    "region": weed.region,
-                    "access_key_id": weed.access_key,
-                    "secret_access_key": weed.secret_key,
-                    "path_style": True,
-                },
+                weed.bucket_entry("weed", bucket),
                 {"name": "disk", "path": "d"},
             ],
             "balancer": {

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from s3balance.dsn import database_url, mask_dsn_password
+from test.support import unavailable
 
 NASTY_PASSWORD = "p@ss/w:rd %+?#&='\"\\"
 
@@ -168,7 +169,7 @@ def test_go_postgres_dsn_connects_with_its_time_zone() -> None:
         with engine.connect() as connection:
             zone = connection.execute(sa.text("show timezone")).scalar()
     except sa.exc.OperationalError as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable: {e}")
+        unavailable(f"PostgreSQL not reachable: {e}")
     finally:
         engine.dispose()
     assert zone == "Asia/Shanghai"
@@ -187,7 +188,7 @@ def test_go_mysql_dsn_connects_with_a_nasty_password() -> None:
             )
     except sa.exc.OperationalError as e:  # pragma: no cover - depends on the machine
         admin.dispose()
-        pytest.skip(f"MariaDB not reachable: {e}")
+        unavailable(f"MariaDB not reachable: {e}")
     try:
         dsn = f"{user}:{NASTY_PASSWORD}@tcp(127.0.0.1:3306)/?charset=utf8mb4&parseTime=True"
         engine = sa.create_engine(database_url("mysql", dsn, "/d"))

@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import pytest
 import sqlalchemy as sa
-from botocore.config import Config as BotoConfig
 
 from test.dbfixture import POSTGRES_SERVER, ServerDatabase
-from test.support import unique_bucket_name
+from test.support import s3client, unavailable, unique_bucket_name, wait_until
 from test.support.daemon import without_write_ids
 from test.support.process import DaemonProcess
 from test.support.scrubbing import assert_process_left_nothing
@@ -37,28 +35,7 @@ from test.support.seaweedfs import SeaweedFS, shared_seaweedfs
 
 
 def client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-        region_name="us-east-1",
-        config=BotoConfig(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 1},
-            connect_timeout=5,
-            read_timeout=20,
-        ),
-    )
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+    return s3client.boto3_client(endpoint, "any", "any", read_timeout=20)
 
 
 class RawResponse:
@@ -226,7 +203,7 @@ def test_postgres_connections_killed_under_traffic_then_recovery(tmp_path: Path)
     database = ServerDatabase(POSTGRES_SERVER)
     reason = database.unreachable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     url = database.create()
     try:
         config = {
@@ -352,15 +329,7 @@ def read_response_body(sock: socket.socket, first: bytes, size: int) -> int:
 def _weed_bucket(weed: SeaweedFS, name: str) -> dict[str, Any]:
     bucket = unique_bucket_name("fault")
     weed.create_bucket(bucket)
-    return {
-        "name": name,
-        "bucket": bucket,
-        "endpoint": weed.endpoint,
-        "region": weed.region,
-        "access_key_id": weed.access_key,
-        "secret_access_key": weed.secret_key,
-        "path_style": True,
-    }
+    return weed.bucket_entry(name, bucket)
 
 
 @pytest.mark.slow
@@ -762,7 +731,7 @@ def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -
     database = ServerDatabase(POSTGRES_SERVER)
     reason = database.unreachable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     cluster = _postgres_cluster()
     if cluster is None or os.geteuid() != 0:
         pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL server")

@@ -24,12 +24,18 @@ from s3balance.config import Config
 from s3balance.reads import ReadRequest
 from s3balance.realkeys import parse_real_key
 from s3balance.web.objects import BytesBody
-from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_md5
+from test.support.bodies import (
+    BodyFailed,
+    GeneratedBody,
+    IgnoresFlowControl,
+    collect,
+    generated_md5,
+)
 from test.support.daemon import Daemon, local_buckets, start_daemon
 
 
 @implementer(IBodyProducer)
-class HeldBody:
+class HeldBody(IgnoresFlowControl):
     """Writes its bytes, then ends only when the test says so (to act in between)."""
 
     def __init__(self, data: bytes) -> None:
@@ -42,15 +48,6 @@ class HeldBody:
         consumer.write(self.data)
         self.written.callback(None)
         return self.release
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class GatewayTestCase(unittest.TestCase):

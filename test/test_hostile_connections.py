@@ -172,3 +172,26 @@ class SlowClientTests(DaemonTestCase, unittest.TestCase):
             b"Content-Length: " + b"0" * 5000 + b"3\r\n\r\nabc",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:300])
+
+    async def test_what_twisted_cannot_parse_gets_s3s_xml_error_and_the_daemon_serves_on(
+        self,
+    ) -> None:
+        malformed = [
+            b"GET /vb/k\r\nHost: 127.0.0.1\r\n\r\n",  # no HTTP version
+            b"GET /vb/k HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n",  # a header without a colon
+            b"GET /vb/k HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n",
+            b"GET /vb/k HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"v" * 20000 + b"\r\n\r\n",
+            b"GET /vb/k HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"X-H%d: v\r\n" % n for n in range(600))  # more headers than allowed
+            + b"\r\n",
+        ]
+        before = refusals("malformed_request")
+        for request in malformed:
+            answer = await in_thread(exchange, self.daemon.port_number, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400 "), (request[:60], answer[:200]))
+            self.assertIn(b"\r\nContent-Type: application/xml\r\n", head + b"\r\n")
+            self.assertIn(b"<Code>InvalidRequest</Code>", body)
+            self.assertIn(b"\r\nContent-Length: %d\r\n" % len(body), head + b"\r\n")
+        self.assertEqual(refusals("malformed_request") - before, len(malformed))
+        self.assertEqual(await in_thread(list_bucket, self.daemon.port_number), 200)

@@ -10,15 +10,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config as BotoConfig
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance.multipart import MultipartUploads
 from s3balance.scrub import comparable_key, scrub
-from test.support import unique_bucket_name
+from test.support import s3client, unique_bucket_name
 from test.support.bodies import BytesBody
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.process import DaemonProcess
@@ -165,15 +163,8 @@ class ScrubOnSeaweedFS(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
         )
 
 
-def _client(endpoint: str, **options: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=options.pop("key", "any"),
-        aws_secret_access_key=options.pop("secret", "any"),
-        region_name="us-east-1",
-        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
+def _client(endpoint: str, key: str = "any", secret: str = "any") -> Any:
+    return s3client.boto3_client(endpoint, key, secret)
 
 
 def _post_scrub(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -198,15 +189,7 @@ def test_command_line_and_admin_endpoint_against_a_daemon_process(tmp_path: Path
     weed.create_bucket(bucket)
     config: dict[str, Any] = {
         "buckets": [
-            {
-                "name": "weed",
-                "bucket": bucket,
-                "endpoint": weed.endpoint,
-                "region": weed.region,
-                "access_key_id": weed.access_key,
-                "secret_access_key": weed.secret_key,
-                "path_style": True,
-            },
+            weed.bucket_entry("weed", bucket),
             {"name": "vbk", "virtual": True},
         ],
         "api": {"enabled": True, "token": "admin-token"},

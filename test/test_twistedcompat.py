@@ -25,6 +25,7 @@ REQUIRED = {
     ("HTTPChannel", "_waitingForTransport"),
     ("HTTPChannel", "_abortingCall"),
     ("HTTPChannel", "_maybeChooseTransferDecoder"),
+    ("HTTPChannel", "_respondToBadRequestAndDisconnect"),
 }
 DEGRADABLE = {
     ("HTTPChannel", "_send100Continue"),

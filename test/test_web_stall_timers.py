@@ -10,8 +10,9 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from s3balance.backends.s3 import _BackgroundMD5, _StallWatch
+from s3balance.backends.uploadmd5 import BackgroundMD5
 from s3balance.errors import S3Error
+from s3balance.net.stallwatch import StallWatch
 from s3balance.web.requestbody import RequestBody
 
 
@@ -87,7 +88,7 @@ def test_request_body_larger_reads_than_its_buffer_do_not_stall_the_client() -> 
 
 def test_stall_watch_fires_after_silence_and_not_while_things_move() -> None:
     clock = Clock()
-    watch = _StallWatch(clock, 5.0)
+    watch = StallWatch(clock, 5.0)
     fired: list[bool] = []
     watch.on_stall = lambda: fired.append(True)
     watch.resume()
@@ -103,7 +104,7 @@ def test_stall_watch_fires_after_silence_and_not_while_things_move() -> None:
 
 def test_stall_watch_suspended_never_fires() -> None:
     clock = Clock()
-    watch = _StallWatch(clock, 5.0)
+    watch = StallWatch(clock, 5.0)
     watch.on_stall = lambda: pytest.fail("fired while suspended")
     watch.resume()
     watch.suspend()
@@ -116,7 +117,7 @@ def test_background_md5_matches_hashlib() -> None:
     import os
 
     chunks = [os.urandom(256 << 10) for _ in range(40)]  # 10 MiB: crosses the backlog bound
-    md5 = _BackgroundMD5()
+    md5 = BackgroundMD5()
     for chunk in chunks:
         md5.update(chunk)
     assert md5.hexdigest() == hashlib.md5(b"".join(chunks)).hexdigest()

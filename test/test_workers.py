@@ -18,20 +18,18 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config as BotoConfig
 from twisted.python import usage
 
 from s3balance.configfile import ConfigError, parse_config
 from s3balance.supervisor import ListenError, bind_tcp
 from s3balance.tap import Options
 from s3balance.worker import parse_adopted
-from test.support import free_port
+from test.support import free_port, s3client, wait_until
 from test.support.process import DaemonProcess, run_twistd
 
 pytestmark = pytest.mark.timeout(90)
@@ -94,24 +92,8 @@ def strategies_seen(daemon: DaemonProcess) -> set[str]:
     return seen
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def s3_client(daemon: DaemonProcess) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=daemon.endpoint,
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-        region_name="us-east-1",
-        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
+    return s3client.boto3_client(daemon.endpoint, "any", "any")
 
 
 def assert_clean_exit(daemon: DaemonProcess, status: int | None) -> None:

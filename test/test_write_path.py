@@ -36,6 +36,7 @@ from s3balance.realkeys import (
     parse_real_key,
 )
 from s3balance.web.objects import BytesBody
+from test.support.bodies import IgnoresFlowControl
 from test.support.daemon import DaemonTestCase, seaweed_buckets, without_write_ids
 from test.support.seaweedfs import seaweed_or_skip
 from test.support.stallproxy import StallProxy
@@ -100,7 +101,7 @@ class ReaderProtectionTests(DaemonTestCase, unittest.TestCase):  # type: ignore[
 
 
 @implementer(IBodyProducer)
-class _GatedBody:
+class _GatedBody(IgnoresFlowControl):
     """Sends half its bytes, then waits for :meth:`finish` (a slow client)."""
 
     def __init__(self, data: bytes) -> None:
@@ -117,15 +118,6 @@ class _GatedBody:
     def finish(self) -> None:
         self._consumer.write(self.data[self.length // 2 :])
         self._done.callback(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class NoQueueTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
@@ -419,15 +411,7 @@ def test_daemon_killed_during_complete_keeps_the_old_object_and_the_retry_works(
     with StallProxy((target.hostname or "127.0.0.1", target.port or 80)) as proxy:
         config: dict[str, Any] = {
             "buckets": [
-                {
-                    "name": "weed",
-                    "bucket": bucket,
-                    "endpoint": proxy.endpoint,
-                    "region": weed.region,
-                    "access_key_id": weed.access_key,
-                    "secret_access_key": weed.secret_key,
-                    "path_style": True,
-                },
+                weed.bucket_entry("weed", bucket, endpoint=proxy.endpoint),
                 {"name": "vbk", "virtual": True},
             ],
         }

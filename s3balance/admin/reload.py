@@ -31,6 +31,7 @@ from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BalancerConfig, BucketConfig, Config
 from s3balance.configfile import ConfigError, load_config
+from s3balance.configkeys import live_fields, restart_sections
 from s3balance.logs import make_logger
 from s3balance.placement import make_strategy
 
@@ -59,19 +60,12 @@ POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits")
 #: Fields whose values are secret: a change is reported without the values.
 SECRET_FIELDS = ("access_key_id", "secret_access_key")
 
-#: Top-level sections read only while the daemon starts.
-RESTART_SECTIONS = ("server", "database", "metrics", "api", "multipart", "data_dir")
+#: Top-level sections read only while the daemon starts (``live`` in the key table).
+RESTART_SECTIONS = restart_sections()
 #: ``balancer`` fields applied live (the loop periods are fixed when the loops start).
-LIVE_BALANCER_FIELDS = (
-    "strategy",
-    "retry_attempts",
-    "retry_delay",
-    "unhealthy_threshold",
-    "healthy_threshold",
-    "probe_timeout",
-)
+LIVE_BALANCER_FIELDS = live_fields("balancer")
 #: ``s3api`` fields applied live (the rest shape the authenticator and router, built at start).
-LIVE_S3API_FIELDS = ("allow_create_bucket",)
+LIVE_S3API_FIELDS = live_fields("s3api")
 
 
 class _Retired:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.web.client import HTTPConnectionPool
-
-from s3balance.backends.interface import IBackend
 from s3balance.config import BucketConfig
+
+if TYPE_CHECKING:
+    from twisted.web.client import HTTPConnectionPool
+
+    from s3balance.backends.interface import IBackend
+
+#: ``path:`` of an in-memory backend (:mod:`s3balance.backends.memory`), as SQLite names its
+#: in-memory database.
+MEMORY_PATH = ":memory:"
 
 
 def make_backend(
@@ -18,7 +24,8 @@ def make_backend(
     http_pool: HTTPConnectionPool,
     stall_timeout: float = 60.0,
 ) -> IBackend:
-    """A local-directory backend when ``path`` is set, an S3 backend otherwise.
+    """An in-memory backend when ``path`` is ``":memory:"``, a local-directory backend when
+    ``path`` is set otherwise, an S3 backend without ``path``.
 
     Relative local paths are taken from ``data_dir`` so the embedded default works from any
     working directory the operator chooses.
@@ -26,6 +33,10 @@ def make_backend(
     :param stall_timeout: ``server.write_timeout``, the one limit on a backend making no
         progress (S3 backends).
     """
+    if config.path == MEMORY_PATH:
+        from s3balance.backends.memory import MemoryBackend
+
+        return MemoryBackend(config.name, reactor)
     if config.path is not None:
         from s3balance.backends.local import LocalDirectoryBackend
 
@@ -34,3 +45,4 @@ def make_backend(
     from s3balance.backends.s3 import S3Backend
 
     return S3Backend.from_config(config, reactor, http_pool, stall_timeout)
+

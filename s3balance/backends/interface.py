@@ -1,8 +1,9 @@
 """What a backend (one real bucket) can do, whatever kind of storage is behind it.
 
 The S3 front and the gateway core only ever talk to :class:`IBackend`; the S3 adapter
-(:mod:`s3balance.backends.s3`) and the local-directory adapter (:mod:`s3balance.backends.local`)
-implement it, and one contract-test mixin (``test/backend_contract.py``) runs against both.
+(:mod:`s3balance.backends.s3`), the local-directory adapter (:mod:`s3balance.backends.local`) and
+the in-memory one (:mod:`s3balance.backends.memory`) implement it, and one contract-test mixin
+(``test/backend_contract.py``) runs against all three.
 
 Keys given to a backend are *real* keys (``<virtual-bucket>/<key>``), already chosen by the core.
 Every method returns a Deferred; bodies stream in both directions and never sit whole in memory.

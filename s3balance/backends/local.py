@@ -36,19 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
-from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from s3balance.backends.chunkedstream import ChunkedObjectStream
+from s3balance.backends.deferreds import probe_within, returns_deferred
 from s3balance.backends.interface import (
-    ENCRYPTION_HEADER,
-    STORED_HEADERS,
     BackendCannotEncrypt,
     BackendError,
     BackendInvalidPart,
@@ -64,15 +62,23 @@ from s3balance.backends.interface import (
     PresignNotSupported,
     PutResult,
 )
-from s3balance.etags import bare_etag
+from s3balance.backends.objectrules import (
+    check_completion,
+    check_part_number,
+    key_bytes,
+    multipart_etag,
+    refuse_encryption,
+    resolve_range,
+    stored_headers,
+    stored_metadata,
+    unquote_etag,
+)
 from s3balance.logs import make_logger
 
 log = make_logger()
 
 _T = TypeVar("_T")
 
-#: Bytes read from a file per delivered chunk on GET.
-READ_CHUNK = 256 * 1024
 #: Bytes copied per step when copying or assembling inside the root.
 COPY_CHUNK = 1024 * 1024
 #: Queued, not yet written bytes above which the uploading producer is paused.
@@ -84,27 +90,6 @@ STALE_TEMP_SECONDS = 3600.0
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _PART_FILE = re.compile(r"(\d{5})-([0-9a-f]{32})")
-_MAX_PART_NUMBER = 10000
-
-
-def _key_bytes(key: str) -> bytes:
-    """UTF-8 of a key; ``surrogatepass`` so no key the front accepted can fail here."""
-    return key.encode("utf-8", "surrogatepass")
-
-
-def _multipart_etag(part_md5s: list[str]) -> str:
-    """S3's multipart ETag: MD5 of the concatenated binary part MD5s, dash, part count."""
-    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
-    return f'"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"'
-
-
-def _normalise_headers(headers: dict[str, str]) -> dict[str, str]:
-    kept = {name.lower(): value for name, value in headers.items()}
-    return {name: kept[name] for name in STORED_HEADERS if name in kept}
-
-
-def _normalise_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    return {name.lower(): value for name, value in metadata.items()}
 
 
 def _fsync_directory(path: str) -> None:
@@ -152,7 +137,7 @@ class _Store:
     # -- layout --------------------------------------------------------------------------
 
     def _hashed(self, tree: str, key: str) -> tuple[str, str]:
-        digest = hashlib.sha256(_key_bytes(key)).hexdigest()
+        digest = hashlib.sha256(key_bytes(key)).hexdigest()
         return os.path.join(tree, digest[:2], digest[2:4]), digest
 
     def _sidecar_path(self, key: str) -> str:
@@ -268,7 +253,7 @@ class _Store:
         metadata: dict[str, str],
     ) -> PutResult:
         """Move a finished temporary file into place and publish its sidecar."""
-        data_name = f"{hashlib.sha256(_key_bytes(key)).hexdigest()}-{uuid.uuid4().hex}"
+        data_name = f"{hashlib.sha256(key_bytes(key)).hexdigest()}-{uuid.uuid4().hex}"
         data_path = self._data_path(key, data_name)
         sidecar_path = self._sidecar_path(key)
         try:
@@ -286,8 +271,8 @@ class _Store:
             "etag": etag,
             "md5": written.md5,
             "last_modified": time.time(),
-            "headers": _normalise_headers(headers),
-            "metadata": _normalise_metadata(metadata),
+            "headers": stored_headers(headers),
+            "metadata": stored_metadata(metadata),
         }
         try:
             with self._lock:
@@ -374,7 +359,7 @@ class _Store:
                             key, sidecar["size"], sidecar["etag"], sidecar["last_modified"]
                         )
                     )
-        listed.sort(key=lambda entry: _key_bytes(entry.key))
+        listed.sort(key=lambda entry: key_bytes(entry.key))
         return listed
 
     # -- multipart uploads ---------------------------------------------------------------
@@ -402,8 +387,8 @@ class _Store:
         os.mkdir(directory)
         upload = {
             "key": key,
-            "headers": _normalise_headers(headers),
-            "metadata": _normalise_metadata(metadata),
+            "headers": stored_headers(headers),
+            "metadata": stored_metadata(metadata),
             "initiated": time.time(),
         }
         self._write_json(os.path.join(directory, "upload.json"), upload)
@@ -417,8 +402,7 @@ class _Store:
     ) -> PartResult:
         """Publish a part; the ETag is in its file name, so replacing a number is one rename."""
         try:
-            if not 1 <= part_number <= _MAX_PART_NUMBER:
-                raise BackendError(self.name, f"part number {part_number} out of range")
+            check_part_number(self.name, part_number)
             with self._lock:
                 directory, _ = self._load_upload(key, upload_id)
                 part_name = f"{part_number:05d}-{written.md5}"
@@ -442,7 +426,7 @@ class _Store:
         self._load_upload(key, upload_id)
         opened = self.open_object(source_key)
         try:
-            first, last = _resolve_range(self.name, byte_range, opened.sidecar["size"])
+            first, last = resolve_range(self.name, byte_range, opened.sidecar["size"])
             written = self._copy_range(opened.fd, first, last - first + 1, "part-")
         finally:
             os.close(opened.fd)
@@ -466,16 +450,12 @@ class _Store:
     def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> PutResult:
         """Concatenate the named parts (streaming) into the object, then drop the upload."""
         directory, upload = self._load_upload(key, upload_id)
-        if not parts:
-            raise BackendInvalidPart(self.name, "no parts given")
-        numbers = [number for number, _ in parts]
-        if numbers != sorted(set(numbers)):
-            raise BackendInvalidPart(self.name, "parts not in ascending order")
+        check_completion(self.name, parts)
         fds: list[int] = []
         try:
             with self._lock:
                 for number, etag in parts:
-                    part_name = f"{number:05d}-{bare_etag(etag)}"
+                    part_name = f"{number:05d}-{unquote_etag(etag)}"
                     if not _PART_FILE.fullmatch(part_name):
                         raise BackendInvalidPart(self.name, f"part {number}: malformed ETag")
                     try:
@@ -500,7 +480,7 @@ class _Store:
         finally:
             for fd in fds:
                 os.close(fd)
-        etag = _multipart_etag([bare_etag(etag) for _, etag in parts])
+        etag = multipart_etag([unquote_etag(etag) for _, etag in parts])
         result = self.commit_object(
             key,
             _Written(temp_path, whole.hexdigest(), size),
@@ -546,18 +526,6 @@ class _Store:
             total_bytes=stats.f_blocks * stats.f_frsize,
             free_bytes=stats.f_bavail * stats.f_frsize,
         )
-
-
-def _resolve_range(name: str, byte_range: tuple[int, int] | None, size: int) -> tuple[int, int]:
-    """An inclusive ``(first, last)`` inside the object; ``last`` past the end is clamped as S3
-    does.  For an empty object the whole range is ``(0, -1)``."""
-    if byte_range is None:
-        return 0, size - 1
-    first, last = byte_range
-    last = min(last, size - 1)
-    if first < 0 or first > last:
-        raise BackendError(name, f"unsatisfiable range {byte_range} for {size} bytes")
-    return first, last
 
 
 @implementer(IConsumer)
@@ -728,12 +696,8 @@ class _BodyReceiver:
             log.debug("body refused stopProducing: {error}", error=sys.exc_info()[1])
 
 
-@implementer(IObjectStream, IPushProducer)
-class _FileStream:
-    """A GET body read from an already open descriptor, chunk by chunk in the pool.
-
-    It is its own transport: the protocol pauses and resumes it like a socket.
-    """
+class _FileStream(ChunkedObjectStream):
+    """A GET body read from an already open descriptor, chunk by chunk in the pool."""
 
     def __init__(
         self,
@@ -744,89 +708,17 @@ class _FileStream:
         size: int,
         etag: str,
     ) -> None:
+        super().__init__(first, length, size, etag)
         self._backend = backend
         self._fd = fd
-        self._position = first
-        self._remaining = length
-        self.length = length
-        self.size = size
-        self.etag = etag
-        self._protocol: Any = None
-        self._paused = False
-        self._reading = False
-        self._done = False
 
-    def deliverBody(self, protocol: Any) -> None:
-        self._protocol = protocol
-        protocol.makeConnection(self)
-        self._read_next()
-
-    def discard(self) -> None:
-        self._close()
-
-    def _read_next(self) -> None:
-        if self._paused or self._reading or self._done:
-            return
-        if self._remaining == 0:
-            self._finish(Failure(ResponseDone()))
-            return
-        self._reading = True
-        reading = deferToThreadPool(
-            self._backend._reactor,
-            self._backend._pool,
-            os.pread,
-            self._fd,
-            min(READ_CHUNK, self._remaining),
-            self._position,
+    def _read(self, position: int, count: int) -> Deferred[bytes]:
+        return deferToThreadPool(
+            self._backend._reactor, self._backend._pool, os.pread, self._fd, count, position
         )
-        reading.addCallbacks(self._chunk_read, self._read_failed)
 
-    def _chunk_read(self, chunk: bytes) -> None:
-        self._reading = False
-        if self._done:
-            return
-        if not chunk:
-            self._finish(Failure(ConnectionLost("stored data file is shorter than recorded")))
-            return
-        self._position += len(chunk)
-        self._remaining -= len(chunk)
-        self._protocol.dataReceived(chunk)
-        self._read_next()
-
-    def _read_failed(self, failure: Failure) -> None:
-        self._reading = False
-        if not self._done:
-            self._finish(failure)
-
-    def _finish(self, reason: Failure) -> None:
-        self._close()
-        self._protocol.connectionLost(reason)
-
-    def _close(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _release(self) -> None:
         self._backend._pool.callInThread(os.close, self._fd)
-
-    # IPushProducer: the transport the protocol sees.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._read_next()
-
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._finish(Failure(ConnectionLost("body delivery stopped")))
-
-    def loseConnection(self) -> None:
-        """Protocols written for sockets call this to stop: same as :meth:`stopProducing`."""
-        self.stopProducing()
-
-    def abortConnection(self) -> None:
-        self.stopProducing()
 
 
 class _DiskThreadPool(ThreadPool):
@@ -937,7 +829,8 @@ class LocalDirectoryBackend:
 
     # -- IBackend ------------------------------------------------------------------------
 
-    async def _put_object(
+    @returns_deferred
+    async def put_object(
         self,
         key: str,
         body: IBodyProducer,
@@ -945,7 +838,7 @@ class LocalDirectoryBackend:
         headers: dict[str, str],
         metadata: dict[str, str],
     ) -> PutResult:
-        self._refuse_encryption(headers)
+        refuse_encryption(self.name, headers)
         written = await _BodyReceiver(self, body, length, "put-").receive()
         return await self._run(
             self._store.commit_object,
@@ -957,30 +850,18 @@ class LocalDirectoryBackend:
             body_started=True,
         )
 
-    def put_object(
-        self,
-        key: str,
-        body: IBodyProducer,
-        length: int,
-        headers: dict[str, str],
-        metadata: dict[str, str],
-    ) -> Deferred[PutResult]:
-        return Deferred.fromCoroutine(self._put_object(key, body, length, headers, metadata))
-
-    async def _get_object(self, key: str, byte_range: tuple[int, int] | None) -> _FileStream:
+    @returns_deferred
+    async def get_object(
+        self, key: str, byte_range: tuple[int, int] | None = None
+    ) -> IObjectStream:
         opened = await self._run(self._store.open_object, key)
         size = opened.sidecar["size"]
         try:
-            first, last = _resolve_range(self.name, byte_range, size)
+            first, last = resolve_range(self.name, byte_range, size)
         except BaseException:
             self._pool.callInThread(os.close, opened.fd)
             raise
         return _FileStream(self, opened.fd, first, last - first + 1, size, opened.sidecar["etag"])
-
-    def get_object(
-        self, key: str, byte_range: tuple[int, int] | None = None
-    ) -> Deferred[IObjectStream]:
-        return Deferred.fromCoroutine(self._get_object(key, byte_range))
 
     def head_object(self, key: str) -> Deferred[ObjectInfo]:
         return self._run(self._store.head_object, key)
@@ -988,17 +869,11 @@ class LocalDirectoryBackend:
     def delete_object(self, key: str) -> Deferred[None]:
         return self._run(self._store.delete_object, key)
 
-    def _refuse_encryption(self, headers: dict[str, str]) -> None:
-        """:raises BackendCannotEncrypt: the write asks for encryption at rest, which a local
-        directory does not do (before anything is read or written)."""
-        if any(name.lower() == ENCRYPTION_HEADER for name in headers):
-            raise BackendCannotEncrypt(self.name, "a local directory does not encrypt")
-
     def copy_object(
         self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> Deferred[PutResult]:
         try:
-            self._refuse_encryption(headers)
+            refuse_encryption(self.name, headers)
         except BackendCannotEncrypt:
             return fail()
         return self._run(self._store.copy_object, source_key, key, headers, metadata)
@@ -1007,12 +882,13 @@ class LocalDirectoryBackend:
         self, key: str, headers: dict[str, str], metadata: dict[str, str]
     ) -> Deferred[str]:
         try:
-            self._refuse_encryption(headers)
+            refuse_encryption(self.name, headers)
         except BackendCannotEncrypt:
             return fail()
         return self._run(self._store.create_upload, key, headers, metadata)
 
-    async def _upload_part(
+    @returns_deferred
+    async def upload_part(
         self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
     ) -> PartResult:
         await self._run(self._store.check_upload, key, upload_id)
@@ -1020,11 +896,6 @@ class LocalDirectoryBackend:
         return await self._run(
             self._store.commit_part, key, upload_id, part_number, written, body_started=True
         )
-
-    def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: IBodyProducer, length: int
-    ) -> Deferred[PartResult]:
-        return Deferred.fromCoroutine(self._upload_part(key, upload_id, part_number, body, length))
 
     def upload_part_copy(
         self,
@@ -1056,20 +927,13 @@ class LocalDirectoryBackend:
         raise PresignNotSupported(self.name, "a local directory cannot presign URLs")
 
     def probe(self, timeout: float) -> Deferred[None]:
-        probing = self._run(self._store.probe)
-        probing.addTimeout(timeout, self._reactor)
-
-        def timed_out(failure: Failure) -> Failure:
-            if failure.check(TimeoutError, CancelledError):
-                return Failure(BackendUnavailable(self.name, f"probe took longer than {timeout}s"))
-            return failure
-
-        return probing.addErrback(timed_out)
+        return probe_within(self.name, self._run(self._store.probe), timeout, self._reactor)
 
     def capacity(self) -> Deferred[Capacity]:
         return self._run(self._store.capacity)
 
-    async def _close(self) -> None:
+    @returns_deferred
+    async def close(self) -> None:
         if not self._started:
             waiter: Deferred[None] = Deferred()
             self._start_waiters.append(waiter)
@@ -1080,5 +944,3 @@ class LocalDirectoryBackend:
             # ThreadPool.stop joins its threads: wait in the reactor's pool, not on the reactor.
             await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._pool.stop)
 
-    def close(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._close())

@@ -67,6 +67,9 @@ REQUIRED: dict[tuple[str, str], str] = {
     "refusal schedules one so that a client that reads nothing cannot hold the connection",
     ("HTTPChannel", "_maybeChooseTransferDecoder"): "the Content-Length check we override (a "
     "renamed hook would silently drop our strict length parsing)",
+    ("HTTPChannel", "_respondToBadRequestAndDisconnect"): "the refusal of what Twisted cannot "
+    "parse, which we override to answer with S3's XML error (a renamed hook would bring back a "
+    "bare 400 with no body)",
 }
 
 #: Attributes with a fallback (see the module docstring): (owner, attribute) -> why.

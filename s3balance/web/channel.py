@@ -10,6 +10,9 @@ Three things differ from stock (the traps of ``docs/streaming.md``):
 - Once a connection is known to close after the current answer, whatever the client still
   sends (the unread rest of a body) is dropped, never parsed as a request (trap 1).
 
+What stock Twisted cannot parse it refuses with a bare ``400 Bad Request``; ours carries S3's
+XML error document (``InvalidRequest``) like every other answer.
+
 Header count and size limits stay those of stock Twisted (``maxHeaders``, ``totalHeadersSize``).
 Two limits are ours, against clients that hold connections open for nothing: a request's headers
 must be complete ``header_timeout`` seconds after its first byte (stock Twisted only has an idle
@@ -143,6 +146,29 @@ class S3Channel(HTTPChannel):
             except ValueError:
                 pass  # stock Twisted answers anything else that is not digits with 400
         return bool(super()._maybeChooseTransferDecoder(header, data))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Stock Twisted answers a request line or header it cannot parse (a missing version,
+        # a header without a colon, too many headers) with a bare "400 Bad Request" and no
+        # body; an S3 client expects S3's XML error document.
+        self._malformed()
+
+    def lineLengthExceeded(self, line: bytes) -> int | None:
+        # Stock: a header line longer than MAX_LENGTH closes the connection with no answer.
+        self._malformed()
+        return None
+
+    def _malformed(self) -> None:
+        if self._discarding:
+            return
+        self._stop_header_deadline()
+        REFUSALS.labels("malformed_request").inc()
+        self.refuse(
+            errors.InvalidRequest(
+                "The request could not be read as HTTP/1.1: its request line or a header is "
+                "malformed, or its headers are too many or too large."
+            )
+        )
 
     def allHeadersReceived(self) -> None:
         self._stop_header_deadline()

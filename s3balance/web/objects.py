@@ -22,10 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from s3balance import acl, conditions, errors, tagging
 from s3balance.auth.checksums import FULL_OBJECT
@@ -35,6 +32,7 @@ from s3balance.db.store import ANY, UNCONDITIONAL, Condition
 from s3balance.gateway import MAX_PUT_SIZE
 from s3balance.integers import parse_decimal
 from s3balance.names import validate_key
+from s3balance.net.bytesproducer import BytesProducer
 from s3balance.parts import parts_count
 from s3balance.reads import ReadPlan, ReadRequest
 from s3balance.web import checksumming, xml
@@ -90,26 +88,8 @@ _SSE_C_PREFIXES = (
 )
 
 
-@implementer(IBodyProducer)
-class BytesBody:
+class BytesBody(BytesProducer):
     """A small, already-received body (buffered by twisted.web) as a restartable producer."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
     def restartable(self) -> bool:
         return True

@@ -23,6 +23,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.backends.interface import IObjectStream
+from s3balance.net.bytesproducer import BytesProducer
 
 CHUNK = 64 * 1024
 
@@ -140,19 +141,8 @@ class GeneratedBody:
         self._end(Failure(TaskStopped()))
 
 
-@implementer(IBodyProducer)
-class BytesBody:
-    """A small body given whole, written in one go (for metadata and edge-case tests)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.data)
-        finished: Deferred[None] = Deferred()
-        finished.callback(None)
-        return finished
+class IgnoresFlowControl:
+    """For bodies small enough to hand over at once: pausing and stopping them has no effect."""
 
     def pauseProducing(self) -> None:
         pass
@@ -162,6 +152,10 @@ class BytesBody:
 
     def stopProducing(self) -> None:
         pass
+
+
+#: A small body given whole, written in one go (for metadata and edge-case tests).
+BytesBody = BytesProducer
 
 
 class _Collector(Protocol):

@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from test.support import require_tool, unique_bucket_name
+from test.support import require_tool, s3client, unique_bucket_name
 from test.support.process import DaemonProcess
 from test.support.seaweedfs import SeaweedFS
 
@@ -127,28 +127,10 @@ def _database_type(url: str) -> str:
 
 
 def boto3_client(endpoint: str, **config_options: Any) -> Any:
-    """A boto3 client with our key pair, path style, no retries (tests see every failure)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    options: dict[str, Any] = {
-        "s3": {"addressing_style": "path"},
-        "retries": {"max_attempts": 1},
-        "connect_timeout": 10,
-        "read_timeout": 60,
-    }
+    """A boto3 client with our key pair; daemons under real clients get longer timeouts."""
+    options: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 60}
     options.update(config_options)
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-        config=BotoConfig(**options),
-    )
-
-
-# -- running clients -----------------------------------------------------------------------------
+    return s3client.boto3_client(endpoint, ACCESS_KEY, SECRET_KEY, **options)
 
 
 def client_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

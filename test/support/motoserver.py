@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 from typing import Any
 
+from test.support.s3client import S3TestServer
 
-class MotoServer:
+
+class MotoServer(S3TestServer):
     """A ``moto.server.ThreadedMotoServer`` bound to 127.0.0.1 on a free port."""
 
     region = "us-east-1"
@@ -23,10 +24,6 @@ class MotoServer:
     def __init__(self) -> None:
         self._server: Any = None
         self.port = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -44,35 +41,6 @@ class MotoServer:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def boto3_client(self) -> Any:
-        """A boto3 S3 client for this server (path-style, no retries)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
-
-    def create_bucket(self, name: str) -> None:
-        self.boto3_client().create_bucket(Bucket=name)
 
 
 _shared: MotoServer | None = None

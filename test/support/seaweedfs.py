@@ -26,10 +26,10 @@ import threading
 import time
 import unittest
 import urllib.request
-from types import TracebackType
 from typing import Any
 
 from test.support import find_tool, free_ports
+from test.support.s3client import S3TestServer
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 3.0
@@ -43,7 +43,7 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedFS:
+class SeaweedFS(S3TestServer):
     """One ``weed server`` process on loopback with signed-request S3.
 
     :param workdir: where data, the identities file and the log go; kept across :meth:`restart`.
@@ -258,42 +258,6 @@ class SeaweedFS:
             if entry != "filerldb2":
                 shutil.rmtree(os.path.join(self.master_dir, entry), ignore_errors=True)
         self.start()
-
-    def __enter__(self) -> SeaweedFS:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- convenience ---------------------------------------------------------------------------
-
-    def boto3_client(self, connect_timeout: float = 5, read_timeout: float = 30) -> Any:
-        """A boto3 S3 client for this server (path-style, no retries: tests see failures)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": 1},
-            ),
-        )
-
-    def create_bucket(self, name: str) -> None:
-        self.boto3_client().create_bucket(Bucket=name)
 
 
 _shared: SeaweedFS | None = None
