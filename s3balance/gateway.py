@@ -26,6 +26,7 @@ Consistency rules, in order:
    This daemon counts its own readers of each location and never deletes one being read: with no
    grace the bytes go as soon as the last local reader is done, otherwise housekeeping
    (:meth:`Gateway.sweep_deletions`) deletes them once due.  The queue row survives a crash.
+   The bookkeeping is :class:`s3balance.retirement.Retirement`.
 
 A GET reads the row, then the location the row names; when that location was replaced and
 deleted in between, :meth:`Gateway.reading` raises :class:`ObjectChanged` and the caller starts
@@ -42,7 +43,7 @@ answered with a presigned URL counts as one class-B read of the backend it point
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +81,7 @@ from s3balance.etags import quoted_etag
 from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
 from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
+from s3balance.retirement import ObjectChanged, Retirement
 from s3balance.streams import StreamBodyProducer, restartable
 
 log = Logger()
@@ -105,11 +107,6 @@ class NewObject:
     condition: Condition
     tags: dict[str, str]
     acl: str
-
-
-class ObjectChanged(Exception):
-    """The location a read was about to open was replaced and deleted since the row was read:
-    read the row again."""
 
 
 class Pool(Protocol):
@@ -200,13 +197,8 @@ class Gateway:
         if settings is None:
             settings = GatewaySettings.from_config(config) if config else GatewaySettings()
         self.settings = settings
-        #: Readers of each location in this daemon (rule 3).
-        self._readers: dict[Location, int] = {}
-        #: Unreferenced locations whose deletion waits for their last local reader:
-        #: location -> pending deletion id.
-        self._doomed: dict[Location, int] = {}
-        #: Locations being deleted now: a reader must not start on them.
-        self._deleting: set[Location] = set()
+        #: Readers of each location and the deletion of unreferenced ones (rule 3).
+        self.retirement = Retirement(store, pool, clock, lambda: self.settings.delete_grace)
 
     # -- buckets -------------------------------------------------------------------------
 
@@ -321,43 +313,17 @@ class Gateway:
             (a dangling row, logged for the operator).
         """
         location = self.readable_location(record)
-        if location in self._deleting:
-            raise ObjectChanged()
-        self._readers[location] = self._readers.get(location, 0) + 1
-        try:
-            stream = await self._open(record, location, byte_range)
-            yield stream
-        finally:
-            self._reader_done(location)
+        async with self.retirement.holding(location):
+            yield await self._open(record, location, byte_range)
 
-    @asynccontextmanager
-    async def holding(self, location: Location) -> AsyncIterator[None]:
+    def holding(self, location: Location) -> AbstractAsyncContextManager[None]:
         """Count a reader of ``location`` that reads it some other way than :meth:`reading`
-        (a server-side copy on its backend), so it is not deleted meanwhile.
-
-        :raises ObjectChanged: it is being deleted already.
-        """
-        if location in self._deleting:
-            raise ObjectChanged()
-        self._readers[location] = self._readers.get(location, 0) + 1
-        try:
-            yield
-        finally:
-            self._reader_done(location)
-
-    def _reader_done(self, location: Location) -> None:
-        left = self._readers.get(location, 1) - 1
-        if left > 0:
-            self._readers[location] = left
-            return
-        self._readers.pop(location, None)
-        pending = self._doomed.pop(location, None)
-        if pending is not None:
-            defer.ensureDeferred(self._delete_pending(location, pending))
+        (a server-side copy on its backend): :meth:`Retirement.holding`."""
+        return self.retirement.holding(location)
 
     def readers_of(self, location: Location) -> int:
         """How many reads of ``location`` this daemon has in progress."""
-        return self._readers.get(location, 0)
+        return self.retirement.readers_of(location)
 
     async def _open(
         self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
@@ -716,10 +682,10 @@ class Gateway:
                 )
         except Exception as error:
             if not await self._committed_anyway(record, error):
-                await self._delete_bytes(location.backend, location.real_key)
+                await self.retirement.delete_bytes(location.backend, location.real_key)
             raise self._commit_error(error, record, upload_id) from error
         self._adjust_usage(record, replaced)
-        await self._retire(replaced)
+        await self.retirement.retire(replaced)
         return replaced
 
     async def _committed_anyway(self, record: ObjectRecord, error: Exception) -> bool:
@@ -758,71 +724,9 @@ class Gateway:
             for backend in {location.backend for location in replaced.previous_locations}:
                 self.usage.adjust(backend, -replaced.previous_size, -1)
 
-    # -- retiring replaced bytes (rule 3) ----------------------------------------------------
-
-    async def _retire(self, replaced: Replacement) -> None:
-        """Delete the locations a commit or delete unreferenced, now when there is no grace and
-        no local reader, when the last local reader is done otherwise; with a grace, housekeeping
-        does it once due."""
-        if self.settings.delete_grace > 0:
-            return
-        for location, pending in zip(replaced.to_delete, replaced.pending_ids, strict=False):
-            if self._readers.get(location):
-                self._doomed[location] = pending
-            else:
-                await self._delete_pending(location, pending)
-
     async def sweep_deletions(self, limit: int = 1000) -> int:
-        """Delete the queued locations whose time has come (housekeeping), except those this
-        daemon is still reading (deleted when their last reader is done).
-
-        :returns: how many locations were deleted.
-        """
-        due = await self.store.due_deletions(self.clock.seconds(), limit)
-        deleted = 0
-        for pending in due:
-            location = pending.location
-            if location in self._deleting or location in self._doomed:
-                continue
-            if self._readers.get(location):
-                self._doomed[location] = pending.id
-                continue
-            if await self._delete_pending(location, pending.id):
-                deleted += 1
-        return deleted
-
-    async def _delete_pending(self, location: Location, pending: int) -> bool:
-        """Delete a queued location's bytes, then its queue row; a failure leaves the row for
-        the next sweep."""
-        self._deleting.add(location)
-        try:
-            try:
-                await self.pool.get(location.backend).delete_object(location.real_key)
-            except BackendNoSuchKey:
-                pass
-            except Exception as error:
-                log.warn(
-                    "could not delete {target} from {backend} ({error}); retrying later",
-                    target=location.real_key, backend=location.backend, error=error,
-                )
-                return False
-            try:
-                await self.store.forget_deletions([pending])
-            except Exception as error:
-                log.warn("could not forget the deletion of {target}: {error}",
-                         target=location.real_key, error=error)
-            return True
-        finally:
-            self._deleting.discard(location)
-
-    async def _delete_bytes(self, backend: str, target: str) -> None:
-        try:
-            await self.pool.get(backend).delete_object(target)
-        except Exception as error:
-            log.warn(
-                "could not delete {target} from {backend} ({error}); scrub will find it",
-                target=target, backend=backend, error=error,
-            )
+        """Housekeeping: :meth:`Retirement.sweep`."""
+        return await self.retirement.sweep(limit)
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -846,4 +750,4 @@ class Gateway:
             return
         for backend in {location.backend for location in removed.previous_locations}:
             self.usage.adjust(backend, -removed.previous_size, -1)
-        await self._retire(removed)
+        await self.retirement.retire(removed)
