@@ -200,6 +200,10 @@ class Gateway:
         #: Readers of each location and the deletion of unreferenced ones (rule 3).
         self.retirement = Retirement(store, pool, clock, lambda: self.settings.delete_grace)
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration's settings; requests that start after this use them."""
+        self.settings = GatewaySettings.from_config(config)
+
     # -- buckets -------------------------------------------------------------------------
 
     async def list_buckets(self) -> list[BucketRecord]:
