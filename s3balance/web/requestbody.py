@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.errors import S3Error
+from s3balance.net.stallwatch import StallWatch
 
 if TYPE_CHECKING:
     from s3balance.web.filters import BodyFilter
@@ -90,7 +91,6 @@ class RequestBody:
         self.complete = False
         self.peak_buffered = 0
         self._clock = clock
-        self._read_timeout = read_timeout
         self._buffer_limit = buffer_limit
         self._input_flow = input_flow
         self._awaiting_continue = awaiting_continue
@@ -109,8 +109,10 @@ class RequestBody:
         self._draining = False
         self._succeeded = False
         self._failure: BaseException | None = None
-        self._stall_call: IDelayedCall | None = None
-        self._last_input = clock.seconds()
+        #: The client's stall timer, running while we wait for its bytes.
+        self._stall = StallWatch(clock, read_timeout)
+        self._stall.on_stall = self._stalled
+        self._waiting_for_client = False
         self._update_flow()
 
     # -- the producer side (called by the front and by a backend) --------------------------------
@@ -190,7 +192,7 @@ class RequestBody:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        self._last_input = self._clock.seconds()
+        self._stall.touch()
         self._drain()
         # What stays in memory once the consumer took its share (a read is at most 64 KiB).
         self.peak_buffered = max(self.peak_buffered, self.buffered)
@@ -290,7 +292,7 @@ class RequestBody:
         self._succeeded = True
         deferred, self._deferred = self._deferred, None
         self._consumer = None
-        self._cancel_stall()
+        self._stall.stop()
         if deferred is not None:
             deferred.callback(None)
 
@@ -307,7 +309,7 @@ class RequestBody:
         self._held = b""
         self._consumer = None
         self._deferred = None
-        self._cancel_stall()
+        self._stall.stop()
 
     def _update_flow(self) -> None:
         """Pause the client iff we do not want its bytes now; run the stall timer iff we are
@@ -325,27 +327,16 @@ class RequestBody:
             else:
                 self._input_flow.resume_input()
         waiting_for_client = reading and not want_pause and not self._awaiting_continue
-        if waiting_for_client:
-            if self._stall_call is None:
-                # The wait for the client starts now (after a pause or 100 Continue).
-                self._last_input = self._clock.seconds()
-                self._stall_call = self._clock.callLater(self._read_timeout, self._stall_due)
-        else:
-            self._cancel_stall()
+        if waiting_for_client != self._waiting_for_client:
+            self._waiting_for_client = waiting_for_client
+            if waiting_for_client:
+                self._stall.resume()  # the wait for the client starts now
+            else:
+                self._stall.suspend()
 
-    def _cancel_stall(self) -> None:
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.cancel()
-        self._stall_call = None
-
-    def _stall_due(self) -> None:
-        """The timer is not reset per chunk (``receive`` only notes the time): when it comes due
-        early, re-arm it for what is left since the last byte."""
-        self._stall_call = None
-        left = self._last_input + self._read_timeout - self._clock.seconds()
-        if left > 0:
-            self._stall_call = self._clock.callLater(left, self._stall_due)
-            return
+    def _stalled(self) -> None:
+        """The client sent nothing for ``read_timeout`` seconds while we waited for it."""
+        self._waiting_for_client = False
         if not self._done():
             self._fail(errors.RequestTimeout())
         self._update_flow()
