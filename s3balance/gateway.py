@@ -83,6 +83,7 @@ from s3balance.db.store import (
     PreconditionFailedError,
     Replacement,
 )
+from s3balance.rebuildmeta import reserved_metadata
 
 log = Logger()
 
@@ -855,7 +856,9 @@ class Gateway:
         release = self.pool.reserve(name, size)
         try:
             try:
-                result = await write(backend, target, {**metadata, **extra_metadata})
+                stored = {**metadata, **extra_metadata}
+                stored.update(reserved_metadata(key, headers, stored, tags, acl, checksums))
+                result = await write(backend, target, stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)
