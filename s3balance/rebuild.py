@@ -32,11 +32,16 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from s3balance.backends.interface import BackendError, BackendNoSuchKey, IBackend, ObjectInfo
+from s3balance.backends.interface import (
+    BackendError,
+    BackendNoSuchKey,
+    IBackend,
+    ListedObject,
+    ObjectInfo,
+)
 from s3balance.db.rebuild import RebuildStore, Reserved
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.db.store import MetadataStore
-from s3balance.errors import S3Error
 from s3balance.gateway import (
     ParsedRealKey,
     parse_real_key,
@@ -223,14 +228,26 @@ def _newer(write_id: str, locations: Sequence[Location]) -> bool:
     return all(write_id > other for other in ids)
 
 
+def _identity(parsed: ParsedRealKey) -> tuple[str, str]:
+    """What the real keys of one virtual key share: its bucket and its key (or key hash)."""
+    return parsed.bucket, parsed.key if parsed.key is not None else "\0" + str(parsed.key_hash)
+
+
+def _newest_writes(listings: Iterable[Sequence[ListedObject]]) -> dict[tuple[str, str], str]:
+    """The greatest write id of each virtual key over every listing."""
+    newest: dict[tuple[str, str], str] = {}
+    for listing in listings:
+        for entry in listing:
+            parsed = parse_real_key(entry.key)
+            if parsed is not None and _ours(parsed):
+                identity = _identity(parsed)
+                newest[identity] = max(newest.get(identity, ""), parsed.write_id)
+    return newest
+
+
 def _ours(parsed: ParsedRealKey | None) -> bool:
-    if parsed is None or not parsed.write_id:
-        return False
-    try:
-        validate_bucket_name(parsed.bucket)
-    except S3Error:
-        return False
-    return True
+    """Whether a real key is one s3balance wrote (one with a write id)."""
+    return parsed is not None and bool(parsed.write_id)
 
 
 def object_record(
@@ -288,29 +305,39 @@ class Rebuilder:
         now = self.clock.seconds()
         for name in virtual_buckets:
             await self.store.create_bucket(name, now, from_config=True)
+        listings: dict[str, Sequence[ListedObject]] = {}
         for name in sorted(self.backends):
-            if self.should_stop():
-                break
-            report = self.report.backends.setdefault(name, BackendRebuild())
+            self.report.backends[name] = BackendRebuild()
             if checkpoint.done(name):
                 continue
             try:
-                await self._rebuild_backend(name, report, checkpoint, grace)
+                listings[name] = await self.backends[name].list_objects("")
             except BackendError as error:
                 self.report.errors[name] = error.detail
+        newest = _newest_writes(listing for listing in listings.values())
+        for name, listing in listings.items():
+            if self.should_stop():
+                break
+            report = self.report.backends[name]
+            await self._rebuild_backend(name, listing, newest, report, checkpoint, grace)
         self.report.interrupted = self.should_stop()
         if not self.report.interrupted:
             checkpoint.remove()
         return self.report
 
     async def _rebuild_backend(
-        self, name: str, report: BackendRebuild, checkpoint: Checkpoint, grace: float
+        self,
+        name: str,
+        listed: Sequence[ListedObject],
+        newest: dict[tuple[str, str], str],
+        report: BackendRebuild,
+        checkpoint: Checkpoint,
+        grace: float,
     ) -> None:
         backend = self.backends[name]
-        listed = await backend.list_objects("")
         reserved = await self.rows.reserved_on(name)
         report.listed = len(listed)
-        groups = self._groups(name, listed, reserved, report, grace)
+        groups = self._groups(listed, newest, reserved, report, grace)
         report.keys = len(groups)
         after = checkpoint.after(name)
         if after is not None:
@@ -344,29 +371,31 @@ class Rebuilder:
 
     def _groups(
         self,
-        name: str,
-        listed: Sequence[Any],
+        listed: Sequence[ListedObject],
+        newest: dict[tuple[str, str], str],
         reserved: Reserved,
         report: BackendRebuild,
         grace: float,
     ) -> list[_Group]:
-        """The listing grouped by virtual key, in the order of each group's newest real key."""
+        """The listing grouped by virtual key, in the order of each group's newest real key;
+        writes older than a write of the same key on any backend are superseded already."""
         young = self.clock.seconds() - grace
         groups: dict[tuple[str, str], _Group] = {}
         for entry in listed:
             parsed = parse_real_key(entry.key)
-            if not _ours(parsed):
+            if parsed is None or not _ours(parsed):
                 report.note_foreign(entry.key)
                 continue
-            assert parsed is not None
             if entry.key in reserved.pending_deletion or entry.key in reserved.uploading:
                 report.reserved += 1
                 continue
             if grace > 0 and entry.last_modified > young:
                 report.recent += 1
                 continue
-            identity = (parsed.bucket, parsed.key if parsed.key is not None
-                        else "\0" + str(parsed.key_hash))
+            identity = _identity(parsed)
+            if parsed.write_id < newest.get(identity, ""):
+                report.note_superseded(entry.key)
+                continue
             group = groups.get(identity)
             if group is None:
                 groups[identity] = _Group(parsed.bucket, parsed, entry.key)
