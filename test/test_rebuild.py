@@ -21,6 +21,13 @@ from twisted.trial import unittest
 
 from s3balance.db import model
 from s3balance.rebuild import Checkpoint, Rebuilder
+from s3balance.rebuildmeta import (
+    METADATA_LIMIT,
+    key_may_be_normalised,
+    metadata_size,
+    read_reserved,
+    reserved_metadata,
+)
 from test import dbfixture
 from test.dbfixture import POSTGRES_SERVER, ServerDatabase
 from test.support import unique_bucket_name
@@ -31,6 +38,38 @@ from test.support.seaweedfs import shared_seaweedfs
 MIB = 1024 * 1024
 #: Longer than fits in a real key with its bucket and write id: written in the hashed form.
 LONG_KEY = "long/" + "k" * 1015
+
+
+def test_reserved_metadata_round_trips_what_the_backend_does_not_keep() -> None:
+    headers = {"content-type": "text/plain", "x-amz-server-side-encryption": "AES256"}
+    client = {"colour": "blue"}
+    reserved = reserved_metadata(
+        "a//b", headers, client, {"team": "a b&c", "x": ""}, "public-read",
+        lambda: {"x-amz-checksum-crc32": "AAAA+w==", "x-amz-checksum-type": "FULL_OBJECT"},
+    )
+    assert all(value.isascii() and " " not in value for value in reserved.values())
+    hints = read_reserved({**client, **reserved})
+    assert hints.key == "a//b" and hints.metadata == client
+    assert hints.headers == {"x-amz-server-side-encryption": "AES256"}
+    assert hints.acl == "public-read"
+    assert hints.tags == {"team": "a b&c", "x": ""}
+    assert hints.checksums == {"x-amz-checksum-crc32": "AAAA+w==",
+                               "x-amz-checksum-type": "FULL_OBJECT"}
+    # A plain write needs nothing reserved: the backend keeps all of it.
+    assert reserved_metadata("k", {"content-type": "x/y"}, client) == {}
+
+
+def test_reserved_metadata_stays_within_the_2_kib_limit() -> None:
+    client = {"big": "v" * (METADATA_LIMIT - 60)}
+    reserved = reserved_metadata("k", {}, client, {"tag": "t" * 100}, "public-read")
+    assert reserved == {"s3balance-acl": "public-read"}  # the tags did not fit, the ACL did
+    assert metadata_size({**client, **reserved}) <= METADATA_LIMIT
+
+
+def test_keys_a_service_may_normalise() -> None:
+    assert key_may_be_normalised("a//b") and key_may_be_normalised("/a")
+    assert key_may_be_normalised("./a") and key_may_be_normalised("a/./b")
+    assert not key_may_be_normalised("a/b/") and not key_may_be_normalised("a.b/..c")
 
 
 def run_cli(
@@ -83,9 +122,12 @@ def _write_objects(s3: Any) -> None:
     s3.put_object(Bucket="vbb", Key="overwritten", Body=b"first version")
     s3.put_object(Bucket="vbb", Key="overwritten", Body=b"second, newer version",
                   Metadata={"version": "2"})
-    s3.put_object(Bucket="vbb", Key=LONG_KEY, Body=b"long key body", ContentType="x/long",
-                  Metadata={"long": "yes"})
-    s3.put_object(Bucket="vbb", Key="a//double//slash", Body=b"normalised by some services")
+    # Round-robin: of two writes in a row, one goes to each backend.
+    for bucket in ("vba", "vbb"):
+        s3.put_object(Bucket=bucket, Key=LONG_KEY, Body=b"long key body", ContentType="x/long",
+                      Metadata={"long": "yes"})
+    for bucket in ("vba", "vbb"):
+        s3.put_object(Bucket=bucket, Key="a//double//slash", Body=b"SeaweedFS lists it as a/")
     s3.put_object(Bucket="vbc", Key="tagged", Body=b"tagged body", Tagging="team=blue&x=1",
                   ACL="public-read")
     s3.copy_object(Bucket="vbc", Key="copied", CopySource={"Bucket": "vba", "Key": "plain.txt"})
@@ -204,6 +246,9 @@ def test_rebuild_restores_every_object_after_the_database_is_lost(
         before = _snapshot(s3)
     usage_before = _usage(url)
     assert set(usage_before) == {"weed", "disk"}  # both backends hold objects
+    on_weed = [o["Key"] for o in weed.boto3_client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any("/~s3balance-hashed/" in key for key in on_weed)
+    assert any("a/double/slash~w" in key for key in on_weed)  # normalised in the listing
 
     _drop_everything(url)
     done = run_cli(daemon.config_path, "rebuild", "--json")
