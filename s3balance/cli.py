@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -86,16 +86,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return scrubcli.main(argv[1:])
     arguments = parse_arguments(argv)
-    status = [EXIT_ERROR]
+    return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
+
+
+def react_to_status(command: Callable[[Any], Awaitable[int]], error_status: int) -> int:
+    """Run ``command(reactor)`` on the real reactor; the exit status it returned, or
+    ``error_status`` when the reactor ended otherwise."""
+    status = [error_status]
 
     async def run(reactor: Any) -> None:
-        status[0] = await _run(reactor, arguments)
+        status[0] = await command(reactor)
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
     except SystemExit as exit_:
         if exit_.code not in (0, None):
-            return EXIT_ERROR
+            return error_status
     return status[0]
 
 

@@ -17,8 +17,6 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet import defer, task
-
 from s3balance.configfile import ConfigError, default_config, load_config
 from s3balance.scrub import DEFAULT_GRACE, ScrubReport, scrub
 
@@ -60,18 +58,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a scrub on the real reactor; the process's exit status."""
+    from s3balance.cli import react_to_status
+
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
-    status: list[int] = [EXIT_ERROR]
-
-    async def run(reactor: Any) -> None:
-        status[0] = await _run(reactor, arguments)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            return EXIT_ERROR
-    return status[0]
+    return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
 
 
 async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
