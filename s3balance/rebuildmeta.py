@@ -15,9 +15,9 @@ prefix clients may not use), each value plain ASCII so that every S3 service kee
 ``s3balance-acl``
     the canned ACL when it is not ``private``.
 ``s3balance-checksums``
-    the ``x-amz-checksum-*`` values known before the body is sent (a copy's), URL-encoded.
-    Values computed while the body streams are known only after the backend stored the object,
-    when its metadata can no longer change: they are not kept.
+    the ``x-amz-checksum-*`` values known before the body is sent (a header's, a copy's),
+    URL-encoded.  A value in an aws-chunked trailer is known only after the backend stored the
+    object, when its metadata can no longer change: it is not kept.
 ``s3balance-tags``
     the object's tags at write time, URL-encoded as in ``x-amz-tagging``.
 

@@ -4,6 +4,8 @@ brings it back, and every object reads back as it was written."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -119,6 +121,9 @@ def _write_objects(s3: Any) -> None:
                   Metadata={"colour": "blue", "owner": "ann"})
     s3.put_object(Bucket="vba", Key="dir/nested.bin", Body=os.urandom(3000),
                   CacheControl="max-age=60", ContentDisposition="attachment")
+    s3.put_object(Bucket="vba", Key="declared-checksum", Body=b"sha256 sent in a header",
+                  ChecksumSHA256=base64.b64encode(hashlib.sha256(
+                      b"sha256 sent in a header").digest()).decode())
     s3.put_object(Bucket="vbb", Key="overwritten", Body=b"first version")
     s3.put_object(Bucket="vbb", Key="overwritten", Body=b"second, newer version",
                   Metadata={"version": "2"})
@@ -159,6 +164,9 @@ def _snapshot(s3: Any) -> dict[str, Any]:
                          head["Metadata"], head.get("CacheControl"),
                          head.get("ContentDisposition")),
                 "body": s3.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                "checksum": {name: value for name, value in s3.head_object(
+                    Bucket=bucket, Key=key, ChecksumMode="ENABLED").items()
+                    if name.startswith("Checksum")},
                 "tags": s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"],
                 "acl": [g["Permission"] for g in
                         s3.get_object_acl(Bucket=bucket, Key=key)["Grants"]],
@@ -173,7 +181,7 @@ def _assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
             assert after[name] == seen
             continue
         restored = after[name]
-        for aspect in ("list", "head", "body", "tags", "acl"):
+        for aspect in ("list", "head", "body", "tags", "acl", "checksum"):
             assert restored[aspect] == seen[aspect], (name, aspect)
         # The time the row was committed is not kept: the backend's own is close to it.
         assert restored["list_time"] == pytest.approx(seen["list_time"], abs=5), name
@@ -244,6 +252,7 @@ def test_rebuild_restores_every_object_after_the_database_is_lost(
         s3 = _client(daemon.endpoint)
         _write_objects(s3)
         before = _snapshot(s3)
+    assert before["vba/declared-checksum"]["checksum"]["ChecksumSHA256"]
     usage_before = _usage(url)
     assert set(usage_before) == {"weed", "disk"}  # both backends hold objects
     on_weed = [o["Key"] for o in weed.boto3_client().list_objects_v2(Bucket=bucket)["Contents"]]
@@ -269,7 +278,7 @@ def test_rebuild_restores_every_object_after_the_database_is_lost(
         _assert_same(before, _snapshot(_client(daemon.endpoint)))
 
     # Twice is once: the second run finds every write indexed already.
-    again = run_cli(daemon.config_path, "rebuild", "--json")
+    again = run_cli(daemon.config_path, "rebuild", "--json", "--recompute-usage")
     assert again.returncode == 0, again.stdout + again.stderr
     second = json.loads(again.stdout)
     assert sum(b["adopted"] for b in second["backends"].values()) == 0
