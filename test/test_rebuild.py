@@ -293,7 +293,7 @@ def test_rebuild_restores_every_object_after_the_database_is_lost(
     direct.put_object(Bucket=bucket, Key=older, Body=b"stale")
     third = run_cli(daemon.config_path, "rebuild", "--json")
     assert third.returncode == 0, third.stdout + third.stderr
-    assert json.loads(third.stdout)["backends"]["weed"]["superseded_keys"] == [older]
+    assert older in json.loads(third.stdout)["backends"]["weed"]["superseded_keys"]
     direct.delete_object(Bucket=bucket, Key=older)
     with daemon:
         _assert_same(before, _snapshot(_client(daemon.endpoint)))
