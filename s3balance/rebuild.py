@@ -23,6 +23,7 @@ A key the virtual bucket already has keeps its row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -423,6 +424,11 @@ class Rebuilder:
         key = hints_key if hints_key is not None else group.parsed.key
         if key is None:
             report.failed.append((group.newest, "hashed real key without its key in metadata"))
+            return
+        if group.parsed.key_hash is not None and group.parsed.key_hash != hashlib.sha256(
+            key.encode("utf-8")
+        ).hexdigest():
+            report.failed.append((group.newest, "the key in its metadata does not match its hash"))
             return
         record = object_record(group.bucket, key, name, group.newest, info)
         location = record.locations[0]
