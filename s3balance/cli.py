@@ -16,17 +16,15 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, task
-
-from s3balance.backends.interface import BackendError, IBackend
+from s3balance.backends.interface import BackendError
+from s3balance.clirun import react_to_status
+from s3balance.components import Storage
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, load_config
-from s3balance.db.store import MetadataStore
 from s3balance.errors import S3Error
 from s3balance.rebuild import DEFAULT_CONCURRENCY, Checkpoint, Rebuilder
 
@@ -89,50 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
 
 
-def react_to_status(command: Callable[[Any], Awaitable[int]], error_status: int) -> int:
-    """Run ``command(reactor)`` on the real reactor; the exit status it returned, or
-    ``error_status`` when the reactor ended otherwise."""
-    status = [error_status]
-
-    async def run(reactor: Any) -> None:
-        status[0] = await command(reactor)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            return error_status
-    return status[0]
-
-
-@dataclass
-class Components:
-    store: MetadataStore
-    backends: dict[str, IBackend]
-
-
 @asynccontextmanager
-async def components(config: Config, reactor: Any) -> AsyncIterator[Components]:
-    """The database (schema checked or upgraded as the daemon would) and every real bucket,
-    closed on the way out."""
-    from s3balance.backends.factory import make_backend
-    from s3balance.backends.s3 import make_http_pool
-    from s3balance.db.connector import DBConnector
-
-    database = DBConnector(config.database, config.data_dir, reactor)
-    http_pool = make_http_pool(reactor)
-    backends = {
-        bucket.name: make_backend(bucket, reactor, config.data_dir, http_pool)
-        for bucket in config.real_buckets
-    }
+async def opened_storage(config: Config, reactor: Any) -> AsyncIterator[Storage]:
+    """The database (schema checked or upgraded as the daemon would) and every real bucket, from
+    the composition root; closed on the way out."""
+    storage = Storage(config, reactor)
     try:
-        await database.setup()
-        yield Components(database.store, backends)
+        await storage.database.setup()
+        yield storage
     finally:
-        for backend in backends.values():
-            await backend.close()
-        await http_pool.closeCachedConnections()
-        database.pool.stop()
+        await storage.close()
 
 
 class _Progress:
@@ -186,9 +150,9 @@ async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, interrupted)
     progress = _Progress()
     try:
-        async with components(config, reactor) as parts:
+        async with opened_storage(config, reactor) as storage:
             rebuilder = Rebuilder(
-                parts.store, parts.backends, reactor, arguments.concurrency, progress,
+                storage.store, storage.backends, reactor, arguments.concurrency, progress,
                 lambda: stop[0],
             )
             if arguments.command == "rebuild":

@@ -83,7 +83,8 @@ from s3balance.db.store import (
     PreconditionFailedError,
     Replacement,
 )
-from s3balance.rebuildmeta import reserved_metadata
+from s3balance.rebuildmeta import KEY, reserved_metadata
+from s3balance.rebuildmeta import key_from_metadata as key_from_metadata
 
 log = Logger()
 
@@ -97,7 +98,7 @@ MAX_REAL_KEY_BYTES = 1024
 RESERVED_BUCKET_NAMES = frozenset({"health", "metrics", "api"})
 #: Backend user metadata (``x-amz-meta-s3balance-key``) holding the virtual key of an object
 #: whose real key is hashed; clients may not use the ``s3balance-`` prefix themselves.
-KEY_METADATA = "s3balance-key"
+KEY_METADATA = KEY
 RESERVED_METADATA_PREFIX = "s3balance-"
 #: The directory of hashed real keys inside a virtual bucket's prefix.
 HASHED_KEY_DIR = "~s3balance-hashed"
@@ -238,17 +239,6 @@ def parse_real_key(real: str) -> ParsedRealKey | None:
     if hashed is not None:
         return ParsedRealKey(bucket, None, write_id, hashed.group(1))
     return ParsedRealKey(bucket, body, write_id)
-
-
-def key_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    """The virtual key kept in a hashed real key's backend metadata, or None."""
-    value = metadata.get(KEY_METADATA)
-    if value is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(value.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        return None
 
 
 def check_client_metadata(metadata: Mapping[str, str]) -> None:

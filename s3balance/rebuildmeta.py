@@ -69,6 +69,17 @@ def encode_key(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
 
 
+def key_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    """The virtual key kept in an object's backend metadata (``s3balance-key``), or None."""
+    value = metadata.get(KEY)
+    if value is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(value.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return None
+
+
 def key_may_be_normalised(key: str) -> bool:
     """Whether a backend may list a real key ending in ``key`` changed: ``//`` or a ``.``
     segment."""
@@ -138,8 +149,6 @@ class RebuildHints:
 
 def read_reserved(metadata: Mapping[str, str]) -> RebuildHints:
     """Split a stored object's metadata into the client's and the reserved entries."""
-    from s3balance.gateway import key_from_metadata
-
     client = {
         name: value for name, value in metadata.items()
         if not name.lower().startswith(RESERVED_PREFIX)

@@ -58,7 +58,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a scrub on the real reactor; the process's exit status."""
-    from s3balance.cli import react_to_status
+    from s3balance.clirun import react_to_status
 
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
