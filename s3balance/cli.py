@@ -16,17 +16,20 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3balance.backends.interface import BackendError
 from s3balance.clirun import react_to_status
-from s3balance.components import Storage
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, load_config
 from s3balance.errors import S3Error
 from s3balance.rebuild import DEFAULT_CONCURRENCY, Checkpoint, Rebuilder
+
+if TYPE_CHECKING:
+    from s3balance.components import Storage
 
 EXIT_DONE = 0
 EXIT_FAILURES = 1
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 async def opened_storage(config: Config, reactor: Any) -> AsyncIterator[Storage]:
     """The database (schema checked or upgraded as the daemon would) and every real bucket, from
     the composition root; closed on the way out."""
+    from s3balance.components import Storage  # the daemon's parts: only when they are used
+
     storage = Storage(config, reactor)
     try:
         await storage.database.setup()
@@ -105,9 +110,12 @@ class _Progress:
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
         self.shown = False
+        self.last = 0.0
 
     def __call__(self, backend: str, done: int, total: int) -> None:
-        if self.enabled:
+        now = time.monotonic()
+        if self.enabled and (done == total or now - self.last >= 0.1):
+            self.last = now
             percent = 100 * done // total if total else 100
             sys.stderr.write(f"\r{backend}: {done}/{total} keys ({percent}%)\x1b[K")
             sys.stderr.flush()
