@@ -22,9 +22,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from s3balance.backends.interface import BackendError
-from s3balance.clirun import react_to_status
+from s3balance.clirun import load_tool_config, react_to_status
 from s3balance.config import Config
-from s3balance.configfile import ConfigError, load_config
 from s3balance.errors import S3Error
 from s3balance.rebuild import DEFAULT_CONCURRENCY, Checkpoint, Rebuilder
 
@@ -127,17 +126,9 @@ class _Progress:
 
 
 def _load(arguments: argparse.Namespace) -> Config | None:
-    try:
-        config = load_config(arguments.config)
-    except ConfigError as error:
-        print(f"invalid configuration {arguments.config}:\n{error}", file=sys.stderr)
-        return None
-    except OSError as error:
-        print(f"cannot read configuration {arguments.config}: {error.strerror}", file=sys.stderr)
-        return None
-    if arguments.data_dir:
-        config.data_dir = arguments.data_dir
-    os.makedirs(config.data_dir, exist_ok=True)
+    config = load_tool_config(arguments.config, arguments.data_dir)
+    if config is not None:
+        os.makedirs(config.data_dir, exist_ok=True)
     return config
 
 

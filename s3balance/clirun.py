@@ -1,11 +1,32 @@
-"""Running a command-line tool's coroutine on the real reactor, for an exit status."""
+"""What the command-line tools share: reading their configuration, and running their coroutine
+on the real reactor for an exit status."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, task
+
+from s3balance.config import Config
+from s3balance.configfile import ConfigError, default_config, load_config
+
+
+def load_tool_config(path: str | None, data_dir: str | None) -> Config | None:
+    """The configuration file at ``path`` (the defaults when None), with ``data_dir`` instead of
+    its own when given; None, after saying why on stderr, when it cannot be read."""
+    try:
+        config = load_config(path) if path else default_config("data")
+    except ConfigError as error:
+        print(f"invalid configuration {path}:\n{error}", file=sys.stderr)
+        return None
+    except OSError as error:
+        print(f"cannot read configuration {path}: {error.strerror}", file=sys.stderr)
+        return None
+    if data_dir:
+        config.data_dir = data_dir
+    return config
 
 
 def react_to_status(command: Callable[[Any], Awaitable[int]], error_status: int) -> int:

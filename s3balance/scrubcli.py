@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from s3balance.configfile import ConfigError, default_config, load_config
+from s3balance.clirun import load_tool_config, react_to_status
 from s3balance.scrub import DEFAULT_GRACE, ScrubReport, scrub
 
 EXIT_CLEAN = 0
@@ -58,8 +58,6 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a scrub on the real reactor; the process's exit status."""
-    from s3balance.clirun import react_to_status
-
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
 
@@ -67,16 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
     from s3balance.components import Storage
 
-    try:
-        config = load_config(arguments.config) if arguments.config else default_config("data")
-    except ConfigError as error:
-        print(f"invalid configuration {arguments.config}:\n{error}", file=sys.stderr)
+    config = load_tool_config(arguments.config, arguments.data_dir)
+    if config is None:
         return EXIT_ERROR
-    except OSError as error:
-        print(f"cannot read configuration {arguments.config}: {error.strerror}", file=sys.stderr)
-        return EXIT_ERROR
-    if arguments.data_dir:
-        config.data_dir = arguments.data_dir
     names = {bucket.name for bucket in config.real_buckets}
     unknown = sorted(set(arguments.backend) - names)
     if unknown:

@@ -9,15 +9,12 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import sqlalchemy as sa
-from botocore.config import Config as BotoConfig
 from twisted.internet import reactor
 from twisted.trial import unittest
 
@@ -32,9 +29,10 @@ from s3balance.rebuildmeta import (
 )
 from test import dbfixture
 from test.dbfixture import POSTGRES_SERVER, ServerDatabase
-from test.support import unique_bucket_name
+from test.support import s3client, unique_bucket_name
 from test.support.daemon import DaemonTestCase, in_thread
-from test.support.process import REPO_ROOT, DaemonProcess, daemon_environment
+from test.support.process import DaemonProcess
+from test.support.scrubbing import run_module
 from test.support.seaweedfs import shared_seaweedfs
 
 MIB = 1024 * 1024
@@ -74,30 +72,13 @@ def test_keys_a_service_may_normalise() -> None:
     assert not key_may_be_normalised("a/b/") and not key_may_be_normalised("a.b/..c")
 
 
-def run_cli(
-    config_path: Path, *args: str, timeout: float = 120.0
-) -> subprocess.CompletedProcess[str]:
+def run_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m s3balance <args> --config FILE``, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "s3balance", *args, "--config", str(config_path)],
-        cwd=REPO_ROOT,
-        env=daemon_environment(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("s3balance", config_path, *args, timeout=120.0)
 
 
 def _client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="any",
-        aws_secret_access_key="any",
-        region_name="us-east-1",
-        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
+    return s3client.boto3_client(endpoint, "any", "any")
 
 
 def _weed_bucket(weed: Any, prefix: str) -> tuple[str, dict[str, Any]]:
