@@ -410,9 +410,17 @@ class Rebuilder:
     async def _take(
         self, name: str, backend: IBackend, group: _Group, report: BackendRebuild
     ) -> None:
-        """Adopt the newest write of one group unless the index has it or a newer one."""
+        """Adopt the newest write of one group unless the index has it or a newer one.
+
+        When the real key names the key, the row is read first: a write the index has already,
+        or has a newer one of, costs no HEAD.
+        """
         for older in group.older:
             report.note_superseded(older)
+        if group.parsed.key is not None:
+            current = await self.store.get_object(group.bucket, group.parsed.key)
+            if current is not None and self._decided(current, name, group, report):
+                return
         try:
             info = await backend.head_object(group.newest)
         except BackendNoSuchKey:
@@ -431,14 +439,9 @@ class Rebuilder:
             report.failed.append((group.newest, "the key in its metadata does not match its hash"))
             return
         record = object_record(group.bucket, key, name, group.newest, info)
-        location = record.locations[0]
         for _ in range(ADOPT_ATTEMPTS):
             current = await self.store.get_object(group.bucket, key)
-            if current is not None and location in current.locations:
-                report.present += 1
-                return
-            if current is not None and not _newer(group.parsed.write_id, current.locations):
-                report.note_superseded(group.newest)
+            if current is not None and self._decided(current, name, group, report):
                 return
             adoption = await self.rows.adopt(
                 record, None if current is None else current.locations, self.clock.seconds()
@@ -453,6 +456,23 @@ class Rebuilder:
                     report.note_superseded(replaced.real_key)
                 return
         report.failed.append((group.newest, "the row kept changing during the rebuild"))
+
+    @staticmethod
+    def _decided(
+        current: ObjectRecord, name: str, group: _Group, report: BackendRebuild
+    ) -> bool:
+        """Whether the row settles the group: it has this write (compared by write id: a
+        listing may give the real key normalised) or a newer one."""
+        write_id = group.parsed.write_id
+        for location in current.locations:
+            parsed = parse_real_key(location.real_key)
+            if location.backend == name and parsed is not None and parsed.write_id == write_id:
+                report.present += 1
+                return True
+        if not _newer(write_id, current.locations):
+            report.note_superseded(group.newest)
+            return True
+        return False
 
     async def import_objects(
         self, name: str, prefix: str, into: str, strip_prefix: bool = False
