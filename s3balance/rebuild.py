@@ -417,10 +417,12 @@ class Rebuilder:
         """
         for older in group.older:
             report.note_superseded(older)
+        read: tuple[str, ObjectRecord | None] | None = None  # the row read, and for which key
         if group.parsed.key is not None:
             current = await self.store.get_object(group.bucket, group.parsed.key)
             if current is not None and self._decided(current, name, group, report):
                 return
+            read = (group.parsed.key, current)
         try:
             info = await backend.head_object(group.newest)
         except BackendNoSuchKey:
@@ -440,9 +442,13 @@ class Rebuilder:
             return
         record = object_record(group.bucket, key, name, group.newest, info)
         for _ in range(ADOPT_ATTEMPTS):
-            current = await self.store.get_object(group.bucket, key)
-            if current is not None and self._decided(current, name, group, report):
-                return
+            if read is not None and read[0] == key:
+                current = read[1]  # read just before the HEAD, and judged already
+            else:
+                current = await self.store.get_object(group.bucket, key)
+                if current is not None and self._decided(current, name, group, report):
+                    return
+            read = None
             adoption = await self.rows.adopt(
                 record, None if current is None else current.locations, self.clock.seconds()
             )
