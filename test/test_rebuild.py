@@ -330,13 +330,20 @@ def test_import_adopts_objects_already_in_a_real_bucket(tmp_path: Path) -> None:
     keys = sorted(o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys[:2] == ["other/c", "photos/a.jpg"]
     assert "photos/2024/b.txt" not in keys
+    # A foreign object whose key the virtual bucket has already: the row is kept.
+    direct.put_object(Bucket=bucket, Key="photos/2024/b.txt", Body=b"foreign again")
+    conflict = run_cli(daemon.config_path, *arguments)
+    assert conflict.returncode == 0, conflict.stdout + conflict.stderr
+    assert json.loads(conflict.stdout)["conflicts"] == ["photos/2024/b.txt"]
 
     strip = run_cli(daemon.config_path, "import", "--backend", "weed", "--prefix", "other/",
                     "--into", "vbk", "--strip-prefix", "--json")
     assert strip.returncode == 0, strip.stdout + strip.stderr
     with daemon:
-        body = _client(daemon.endpoint).get_object(Bucket="vbk", Key="c")["Body"].read()
-        assert body == b"not imported"
+        s3 = _client(daemon.endpoint)
+        assert s3.get_object(Bucket="vbk", Key="c")["Body"].read() == b"not imported"
+        kept = s3.get_object(Bucket="pictures", Key="photos/2024/b.txt")["Body"].read()
+        assert kept == b"new text"
 
 
 def test_console_script_dispatches_scrub_and_refuses_bad_arguments(tmp_path: Path) -> None:
