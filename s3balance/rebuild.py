@@ -6,11 +6,11 @@ its backend metadata (:mod:`s3balance.rebuildmeta`).  So :func:`rebuild` lists e
 groups the real keys by the virtual key they were written for, and for each group HEADs only the
 newest write (the greatest write id) and makes it the row, unless the index already has that
 write or a newer one.  Older writes of a key are never adopted: they are reported as
-*superseded* (orphans, for :mod:`s3balance.scrub` to remove).  Each adoption is a compare and swap
-on the row (:class:`s3balance.db.rebuild.RebuildStore`), so a rebuild may run beside daemons, and
-running it twice changes nothing.  Locations queued for deletion and targets of uploads in
-progress are never adopted; neither are objects younger than ``grace`` (a write whose commit may
-still fail).
+*superseded* (orphans, for :mod:`s3balance.scrub` to remove).  Each adoption is a compare and
+swap on the row (:class:`s3balance.db.rebuild.RebuildComponent`), so a rebuild may run beside
+daemons, and running it twice changes nothing.  Locations queued for deletion and targets of
+uploads in progress are never adopted; neither are objects younger than ``grace`` (a write whose
+commit may still fail).
 
 A rebuild can be interrupted and resumed: per backend, a checkpoint file records the last real
 key up to which every group is done (groups are taken in real-key order), and a rerun skips
@@ -40,7 +40,7 @@ from s3balance.backends.interface import (
     ListedObject,
     ObjectInfo,
 )
-from s3balance.db.rebuild import RebuildStore, Reserved
+from s3balance.db.rebuild import RebuildComponent, Reserved
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import (
@@ -284,7 +284,7 @@ class Rebuilder:
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
-        self.rows = RebuildStore(store.pool)
+        self.rows = RebuildComponent(store.pool)
         self.backends = backends
         self.clock = clock
         self.concurrency = concurrency

@@ -1,10 +1,11 @@
-"""The SQL of an index rebuild and of an import (:mod:`s3balance.rebuild`).
+"""The SQL of an index rebuild and of an import (:mod:`s3balance.rebuild`), a store component.
 
 A rebuild adopts what it finds on the backends into rows, next to daemons that may be writing:
 each adoption is a compare and swap on the object's locations (the caller read the row, decided
-that its find is newer, and the row must still be what it read), and goes through the store's own
-upsert, so usage counters move in the same transaction as the rows they count.  Deciding which
-write is newer is the caller's business: this module only runs SQL.
+that its find is newer, and the row must still be what it read), and goes through the objects
+component's own upsert (:func:`~s3balance.db.objects.write_object`), so usage counters move in the
+same transaction as the rows they count.  Deciding which write is newer is the caller's business:
+this module only runs SQL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Literal
 import sqlalchemy as sa
 from twisted.internet.defer import Deferred
 
+from s3balance.db.base import DBComponent
+from s3balance.db.buckets import _create_bucket, bucket_id
 from s3balance.db.model import (
     backend_usage,
     multipart_parts,
@@ -22,11 +25,10 @@ from s3balance.db.model import (
     object_locations,
     objects,
     pending_deletions,
-    virtual_buckets,
 )
-from s3balance.db.pool import DBPool
+from s3balance.db.objects import locations_of, write_object
 from s3balance.db.records import BackendUsage, Location, ObjectRecord
-from s3balance.db.store import _create_bucket, _get_object, _put_object
+from s3balance.db.usage import apply_usage, new_deltas
 
 #: ``adopted``: the row was written (new, or replacing ``replaced``); ``changed``: the row was
 #: not what the caller expected (read it again and decide again).
@@ -35,7 +37,7 @@ AdoptionOutcome = Literal["adopted", "changed"]
 
 @dataclass(frozen=True)
 class Adoption:
-    """What :meth:`RebuildStore.adopt` did.
+    """What :meth:`RebuildComponent.adopt` did.
 
     :ivar replaced: locations the row had before and no longer has (superseded writes: their
         bytes stay where they are, for scrub to report).
@@ -57,11 +59,8 @@ class Reserved:
     uploading: set[str] = field(default_factory=set)
 
 
-class RebuildStore:
+class RebuildComponent(DBComponent):
     """Rows written by a rebuild or an import, on the daemon's pool."""
-
-    def __init__(self, pool: DBPool) -> None:
-        self.pool = pool
 
     def adopt(
         self, record: ObjectRecord, expected: tuple[Location, ...] | None, now: float
@@ -87,21 +86,19 @@ def _adopt(
     conn: sa.Connection, record: ObjectRecord, expected: tuple[Location, ...] | None, now: float
 ) -> Adoption:
     created = _create_bucket(conn, record.bucket, now, False)
-    bucket_id = conn.execute(
-        sa.select(virtual_buckets.c.id).where(virtual_buckets.c.name == record.bucket)
-    ).scalar_one()
     # Lock the row (if any) before judging it, as a commit does.
-    conn.execute(
+    row = conn.execute(
         sa.select(objects.c.id)
-        .where(objects.c.bucket_id == bucket_id, objects.c.key == record.key)
+        .where(objects.c.bucket_id == bucket_id(conn, record.bucket), objects.c.key == record.key)
         .with_for_update()
     ).first()
-    current = _get_object(conn, record.bucket, record.key)
-    seen = None if current is None else current.locations
+    seen = None if row is None else locations_of(conn, [row.id])[row.id]
     if seen != expected:
         return Adoption("changed", bucket_created=created)
-    replaced = _put_object(conn, record)
-    return Adoption("adopted", tuple(replaced), created)
+    deltas = new_deltas()
+    replaced = write_object(conn, record, deltas)
+    apply_usage(conn, deltas)
+    return Adoption("adopted", tuple(replaced.to_delete), created)
 
 
 def _reserved_on(conn: sa.Connection, backend: str) -> Reserved:
