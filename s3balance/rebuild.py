@@ -40,6 +40,7 @@ from s3balance.backends.interface import (
     ListedObject,
     ObjectInfo,
 )
+from s3balance.db.errors import NoSuchBucketError
 from s3balance.db.rebuild import RebuildComponent, Reserved
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.db.store import MetadataStore
@@ -291,6 +292,9 @@ class Rebuilder:
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
         self.report = RebuildReport()
+        #: Virtual buckets known to exist (created by this run or found).
+        self._buckets: set[str] = set()
+        self._bucket_lock = defer.DeferredLock()
 
     async def rebuild(
         self,
@@ -449,11 +453,15 @@ class Rebuilder:
                 if current is not None and self._decided(current, name, group, report):
                     return
             read = None
-            adoption = await self.rows.adopt(
-                record, None if current is None else current.locations, self.clock.seconds()
-            )
-            if adoption.bucket_created:
+            if await self._ensure_bucket(group.bucket):
                 self.report.buckets_created.append(group.bucket)
+            try:
+                adoption = await self.rows.adopt(
+                    record, None if current is None else current.locations
+                )
+            except NoSuchBucketError:
+                report.failed.append((group.newest, "its virtual bucket was deleted meanwhile"))
+                return
             if adoption.outcome == "adopted":
                 report.adopted += 1
                 if adoption.replaced:
@@ -462,6 +470,17 @@ class Rebuilder:
                     report.note_superseded(replaced.real_key)
                 return
         report.failed.append((group.newest, "the row kept changing during the rebuild"))
+
+    async def _ensure_bucket(self, name: str) -> bool:
+        """Create virtual bucket ``name`` unless this run has seen it; whether it was created."""
+        if name in self._buckets:
+            return False
+        async with self._bucket_lock:  # another worker may be creating it: wait for it
+            if name in self._buckets:
+                return False
+            created = await self.store.create_bucket(name, self.clock.seconds())
+            self._buckets.add(name)
+            return bool(created)
 
     @staticmethod
     def _decided(
@@ -539,10 +558,15 @@ class Rebuilder:
             report.failed.append((real_key, error.detail))
             return
         record = object_record(into, key, name, real_key, info)
-        adoption = await self.rows.adopt(record, None, self.clock.seconds())
+        if await self._ensure_bucket(into):
+            report.bucket_created = True
+        try:
+            adoption = await self.rows.adopt(record, None)
+        except NoSuchBucketError:
+            report.failed.append((real_key, f"virtual bucket {into} was deleted meanwhile"))
+            return
         if adoption.outcome == "adopted":
             report.imported += 1
-            report.bucket_created = report.bucket_created or adoption.bucket_created
         else:
             report.conflicts.append(key)
 

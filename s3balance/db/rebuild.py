@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from twisted.internet.defer import Deferred
 
 from s3balance.db.base import DBComponent
-from s3balance.db.buckets import _create_bucket, bucket_id
+from s3balance.db.buckets import require_bucket
 from s3balance.db.model import (
     backend_usage,
     multipart_parts,
@@ -41,12 +41,10 @@ class Adoption:
 
     :ivar replaced: locations the row had before and no longer has (superseded writes: their
         bytes stay where they are, for scrub to report).
-    :ivar bucket_created: the virtual bucket did not exist and was created.
     """
 
     outcome: AdoptionOutcome
     replaced: tuple[Location, ...] = ()
-    bucket_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,14 @@ class RebuildComponent(DBComponent):
     """Rows written by a rebuild or an import, on the daemon's pool."""
 
     def adopt(
-        self, record: ObjectRecord, expected: tuple[Location, ...] | None, now: float
+        self, record: ObjectRecord, expected: tuple[Location, ...] | None
     ) -> Deferred[Adoption]:
         """Make ``record`` the row of its key if the row is still as the caller saw it.
 
         :param expected: the locations of the row the caller read, None when it saw no row.
-        :param now: the creation time of the virtual bucket when it has to be created.
+        :raises NoSuchBucketError: the virtual bucket is gone.
         """
-        return self.pool.do(_adopt, record, expected, now)
+        return self.pool.do(_adopt, record, expected)
 
     def reserved_on(self, backend: str) -> Deferred[Reserved]:
         return self.pool.do_read(_reserved_on, backend)
@@ -83,22 +81,24 @@ class RebuildComponent(DBComponent):
 
 
 def _adopt(
-    conn: sa.Connection, record: ObjectRecord, expected: tuple[Location, ...] | None, now: float
+    conn: sa.Connection, record: ObjectRecord, expected: tuple[Location, ...] | None
 ) -> Adoption:
-    created = _create_bucket(conn, record.bucket, now, False)
     # Lock the row (if any) before judging it, as a commit does.
     row = conn.execute(
         sa.select(objects.c.id)
-        .where(objects.c.bucket_id == bucket_id(conn, record.bucket), objects.c.key == record.key)
+        .where(
+            objects.c.bucket_id == require_bucket(conn, record.bucket),
+            objects.c.key == record.key,
+        )
         .with_for_update()
     ).first()
     seen = None if row is None else locations_of(conn, [row.id])[row.id]
     if seen != expected:
-        return Adoption("changed", bucket_created=created)
+        return Adoption("changed")
     deltas = new_deltas()
     replaced = write_object(conn, record, deltas)
     apply_usage(conn, deltas)
-    return Adoption("adopted", tuple(replaced.to_delete), created)
+    return Adoption("adopted", tuple(replaced.to_delete))
 
 
 def _reserved_on(conn: sa.Connection, backend: str) -> Reserved:
