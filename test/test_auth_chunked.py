@@ -401,6 +401,117 @@ def test_unsigned_trailer_every_boundary_and_bad_checksum() -> None:
         run(auth.body_filter(result, headers), [missing])
 
 
+def unsigned_decoder(length: int | None) -> AwsChunkedDecoder:
+    return AwsChunkedDecoder(
+        signed_chunks=False,
+        trailer=True,
+        expected_trailer="x-amz-checksum-crc32",
+        decoded_length=length,
+    )
+
+
+UNSIGNED_PAYLOAD = bytes(range(48)) + b"\r\n0\r\n\r\n"
+UNSIGNED_BODY = unsigned_trailer_body(
+    UNSIGNED_PAYLOAD, 7, f"x-amz-checksum-crc32:{_crc32_b64(UNSIGNED_PAYLOAD)}"
+)
+
+
+def _outcome(length: int | None, body: bytes, pieces: Iterable[bytes]) -> bytes | str:
+    """The payload a decoder gives for ``pieces``, or the code of the error it raises."""
+    try:
+        return run(unsigned_decoder(length), pieces)
+    except S3Error as error:
+        return error.code
+
+
+def test_unsigned_chunks_split_at_every_pair_of_boundaries() -> None:
+    """Several chunks per read (one loop step per chunk) and framing cut anywhere, twice."""
+    length = len(UNSIGNED_PAYLOAD)
+    for first in range(len(UNSIGNED_BODY) + 1):
+        for second in range(first, len(UNSIGNED_BODY) + 1):
+            pieces = split_at(UNSIGNED_BODY, [first, second])
+            assert run(unsigned_decoder(length), pieces) == UNSIGNED_PAYLOAD, (first, second)
+
+
+def test_unsigned_chunks_in_reads_of_every_size() -> None:
+    length = len(UNSIGNED_PAYLOAD)
+    for size in range(1, len(UNSIGNED_BODY) + 1):
+        pieces = [UNSIGNED_BODY[i : i + size] for i in range(0, len(UNSIGNED_BODY), size)]
+        assert run(unsigned_decoder(length), pieces) == UNSIGNED_PAYLOAD, size
+
+
+def _reframed(old: bytes, new: bytes) -> bytes:
+    """UNSIGNED_BODY with its second chunk header ``old`` replaced by ``new``."""
+    second = UNSIGNED_BODY.index(b"\r\n" + old + b"\r\n", 4) + 2
+    return UNSIGNED_BODY[:second] + new + UNSIGNED_BODY[second + len(old) :]
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        (_reframed(b"7", b"07"), UNSIGNED_PAYLOAD),
+        (_reframed(b"7", b"000000007"), UNSIGNED_PAYLOAD),
+        (_reframed(b"7", b"7;ext=1"), UNSIGNED_PAYLOAD),
+        (_reframed(b"7", b"7 "), UNSIGNED_PAYLOAD),
+        (_reframed(b"7", b"8"), "InvalidRequest"),
+        (_reframed(b"7", b"6"), "InvalidRequest"),
+        (_reframed(b"7", b"x7"), "InvalidRequest"),
+        (_reframed(b"7", b"1" * 17), "InvalidRequest"),
+        (_reframed(b"7", b"ffffffffff"), "InvalidRequest"),
+        (_reframed(b"7", b"fffffff"), "IncompleteBody"),
+        (_reframed(b"7", b"0"), "IncompleteBody"),
+        (UNSIGNED_BODY.replace(b"\r\n7\r\n", b"\n7\r\n", 1), "InvalidRequest"),
+        (UNSIGNED_BODY.replace(b"\r\n7\r\n", b"\r\n7\n", 1), "InvalidRequest"),
+        (UNSIGNED_BODY.replace(b"\r\n7\r\n", b"\r\n7\r\r", 1), "InvalidRequest"),
+    ],
+    ids=[
+        "leading-zero",
+        "nine-digits",
+        "extension",
+        "space",
+        "size-too-big",
+        "size-too-small",
+        "not-hex",
+        "seventeen-digits",
+        "beyond-the-limit",
+        "beyond-the-length",
+        "early-final-chunk",
+        "lf-before",
+        "lf-after",
+        "cr-after",
+    ],
+)
+def test_unsigned_framing_outcome_does_not_depend_on_the_split(
+    body: bytes, expected: bytes | str
+) -> None:
+    """Whatever the reads, a body is decoded or refused the same way (the per-chunk loop and
+    the byte-wise state machine agree)."""
+    length = len(UNSIGNED_PAYLOAD)
+    assert _outcome(length, body, [body]) == expected
+    for cut in range(len(body) + 1):
+        assert _outcome(length, body, split_at(body, [cut])) == expected, cut
+    assert _outcome(length, body, [body[i : i + 1] for i in range(len(body))]) == expected
+
+
+def test_unsigned_data_beyond_the_decoded_length_never_passes() -> None:
+    prefix = UNSIGNED_BODY[: UNSIGNED_BODY.index(b"\r\n", 30)]  # three chunks, no final one
+    for cut in range(len(prefix) + 1):
+        decoder = unsigned_decoder(10)
+        with pytest.raises(S3Error) as caught:
+            for piece in split_at(prefix, [cut]):
+                assert decoder.decoded_total + len(decoder.feed(piece)) <= 10
+        assert caught.value.code == "IncompleteBody"
+
+
+def test_output_is_the_input_when_a_read_holds_only_chunk_data() -> None:
+    payload = b"x" * 1000
+    body = unsigned_trailer_body(payload, 1000, f"x-amz-checksum-crc32:{_crc32_b64(payload)}")
+    decoder = unsigned_decoder(len(payload))
+    decoder.feed(body[:100])
+    middle = body[100:900]
+    assert decoder.feed(middle) is middle
+
+
 @pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"])
 def test_every_algorithm_as_a_trailer(algorithm: str) -> None:
     from s3balance.auth.checksums import by_name, encode

@@ -6,11 +6,14 @@ Fast enough for CI (well under 60 s): 1 MiB objects, one repetition, one-second 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import http.server
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -164,6 +167,60 @@ def test_trailer_put_through_the_daemon(
         assert clients.delete(url) in (200, 204)
     finally:
         daemon.stop()
+
+
+def _expected_trailer_body(data: bytes) -> bytes:
+    """The body an SDK writes for ``data``: 64 KiB aws-chunked chunks, then the CRC64NVME
+    trailer (built here independently of the client)."""
+    from awscrt import checksums
+
+    step = clients.TRAILER_CHUNK
+    chunks = [data[i : i + step] for i in range(0, len(data), step)]
+    framed = b"".join(b"%x\r\n" % len(c) + c + b"\r\n" for c in chunks)
+    value = base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big"))
+    return framed + b"0\r\nx-amz-checksum-crc64nvme:" + value + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "size", [0, 100, 2 * 64 * 1024, clients.TRAILER_SPAN + 64 * 1024 + 7], ids=str
+)
+def test_trailer_client_sends_what_an_sdk_sends(workdir: str, size: int) -> None:
+    """Byte for byte, whatever the size: whole spans, a short last chunk, an empty file."""
+    data = os.urandom(size)
+    path = os.path.join(workdir, "payload")
+    with open(path, "wb") as f:
+        f.write(data)
+    received: dict[str, object] = {}
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.update(headers=dict(self.headers.items()), body=body)
+            trailer = body.rsplit(b"x-amz-checksum-crc64nvme:", 1)[-1].strip()
+            self.send_response(200)
+            self.send_header("x-amz-checksum-crc64nvme", trailer.decode())
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Capture)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/bucket/key"
+        transfer = clients.put_file_with_crc64nvme_trailer(url, path, 20)
+    finally:
+        thread.join(10)
+        server.server_close()
+    assert transfer.bytes_moved == size
+    assert received["body"] == _expected_trailer_body(data)
+    headers = received["headers"]
+    assert isinstance(headers, dict)
+    assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert headers["x-amz-decoded-content-length"] == str(size)
+    assert headers["x-amz-trailer"] == "x-amz-checksum-crc64nvme"
 
 
 def test_small_object_load_counts_failures(backend: Nginx, workdir: str) -> None:

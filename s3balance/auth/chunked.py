@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -25,6 +26,10 @@ MAX_TRAILERS = 16
 #: Largest single chunk; S3's own objects parts are at most 5 GiB.
 MAX_CHUNK_SIZE = 5 * 1024**3
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+#: The end of one unsigned chunk and the header of the next, whole: CRLF, a size without
+#: extensions, CRLF.  At most 8 hex digits, so below :data:`MAX_CHUNK_SIZE`; longer sizes take
+#: the general path.
+_BOUNDARY = re.compile(rb"\r\n([0-9a-fA-F]{1,8})\r\n").match
 
 
 class Sha256PayloadVerifier:
@@ -169,15 +174,7 @@ class AwsChunkedDecoder:
         while pos < end:
             state = self._state
             if state is _State.DATA:
-                take = min(self._remaining, end - pos)
-                piece = view[pos : pos + take]
-                pos += take
-                self._remaining -= take
-                self._pass_data(piece)
-                out.append(piece)
-                if self._remaining == 0:
-                    self._state = _State.DATA_END
-                    self._crlf_seen = 0
+                pos = self._data_run(data, view, pos, end, out)
             elif state is _State.DATA_END and self._crlf_seen == 0 and end - pos >= 2:
                 # The usual case: the whole CRLF is here.
                 if data[pos : pos + 2] != b"\r\n":
@@ -233,6 +230,53 @@ class AwsChunkedDecoder:
                 self._sum_pieces()
         return result
 
+    def _data_run(
+        self, data: bytes, view: memoryview, pos: int, end: int, out: list[memoryview]
+    ) -> int:
+        """Pass chunk data on from ``pos``, then every following chunk whose framing is here.
+
+        :meth:`feed` takes one step per framing element; this loop takes one per chunk for the
+        framing SDKs write between unsigned chunks (``CRLF <hex size> CRLF``, whole in this
+        read).  Anything else (a chunk signature, framing split by the read, a final, malformed
+        or unusual chunk header) is left to :meth:`feed` and :meth:`_chunk_header`, so both
+        paths accept and refuse the same bodies.
+
+        :returns: where :meth:`feed` goes on.
+        """
+        remaining = self._remaining
+        signed = self._signed_chunks
+        limit = self._decoded_length
+        total = self._total
+        while True:
+            take = remaining if remaining <= end - pos else end - pos
+            piece = view[pos : pos + take]
+            pos += take
+            remaining -= take
+            total += take
+            if limit is not None and total > limit:
+                raise errors.IncompleteBody(
+                    "The aws-chunked body carries more data than x-amz-decoded-content-length "
+                    f"({limit})."
+                )
+            if signed:
+                self._chunk_hash.update(piece)
+            out.append(piece)
+            if remaining:
+                break
+            found = None if signed else _BOUNDARY(data, pos)
+            if found is None or (size := int(found[1], 16)) == 0:
+                # Not a plain boundary, or the final chunk: the general path takes over.
+                self._state = _State.DATA_END
+                self._crlf_seen = 0
+                break
+            pos = found.end()
+            remaining = size
+            if pos == end:
+                break
+        self._remaining = remaining
+        self._total = total
+        return pos
+
     def _sum_pieces(self) -> None:
         """Bring the trailer checksum up to date with this read's data so far."""
         if self._checksum is not None:
@@ -248,16 +292,6 @@ class AwsChunkedDecoder:
         return b""
 
     # -- framing steps -------------------------------------------------------------------------
-
-    def _pass_data(self, piece: memoryview) -> None:
-        self._total += len(piece)
-        if self._decoded_length is not None and self._total > self._decoded_length:
-            raise errors.IncompleteBody(
-                "The aws-chunked body carries more data than x-amz-decoded-content-length "
-                f"({self._decoded_length})."
-            )
-        if self._signed_chunks:
-            self._chunk_hash.update(piece)
 
     def _chunk_header(self, line: bytes) -> None:
         size_field, _, extensions = line.partition(b";")
