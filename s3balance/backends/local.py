@@ -66,13 +66,12 @@ from s3balance.backends.objectrules import (
     check_completion,
     check_part_number,
     key_bytes,
-    multipart_etag,
     refuse_encryption,
     resolve_range,
     stored_headers,
     stored_metadata,
-    unquote_etag,
 )
+from s3balance.etags import bare_etag, multipart_md5_etag
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -455,7 +454,7 @@ class _Store:
         try:
             with self._lock:
                 for number, etag in parts:
-                    part_name = f"{number:05d}-{unquote_etag(etag)}"
+                    part_name = f"{number:05d}-{bare_etag(etag)}"
                     if not _PART_FILE.fullmatch(part_name):
                         raise BackendInvalidPart(self.name, f"part {number}: malformed ETag")
                     try:
@@ -480,7 +479,7 @@ class _Store:
         finally:
             for fd in fds:
                 os.close(fd)
-        etag = multipart_etag([unquote_etag(etag) for _, etag in parts])
+        etag = multipart_md5_etag([bare_etag(etag) for _, etag in parts])
         result = self.commit_object(
             key,
             _Written(temp_path, whole.hexdigest(), size),
