@@ -13,7 +13,6 @@ from s3balance.web.filters import (
     ChecksumFilter,
     ContentMD5Filter,
     LengthFilter,
-    SHA256Filter,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -53,24 +52,6 @@ def test_content_md5_malformed_header_is_invalid_digest(value: str) -> None:
     assert code_of(lambda: ContentMD5Filter(value)) == "InvalidDigest"
 
 
-def test_sha256_match_and_mismatch() -> None:
-    assert run(SHA256Filter(hashlib.sha256(WHOLE).hexdigest().upper())) == WHOLE
-    wrong = SHA256Filter(hashlib.sha256(b"other").hexdigest())
-    for chunk in BODY:
-        wrong.feed(chunk)
-    assert code_of(wrong.finish) == "XAmzContentSHA256Mismatch"
-    assert code_of(lambda: SHA256Filter("UNSIGNED-PAYLOAD")) == "InvalidArgument"
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "digest"),
-    [
-        ("crc32", zlib.crc32(WHOLE).to_bytes(4, "big")),
-        ("CRC32", zlib.crc32(WHOLE).to_bytes(4, "big")),
-        ("sha1", hashlib.sha1(WHOLE).digest()),
-        ("sha256", hashlib.sha256(WHOLE).digest()),
-    ],
-)
 def test_checksum_computes_the_value_s3_expects(algorithm: str, digest: bytes) -> None:
     computing = ChecksumFilter(algorithm, None)
     assert run(computing) == WHOLE

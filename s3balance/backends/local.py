@@ -797,10 +797,6 @@ class LocalDirectoryBackend:
     def _in_pool(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         return deferToThreadPool(self._reactor, self._pool, function, *args)
 
-    def remove_stale_temporary_files(self, max_age: float = STALE_TEMP_SECONDS) -> Deferred[int]:
-        """Remove files in ``tmp/`` older than ``max_age`` seconds (also done at startup)."""
-        return self._run(self._store.start, max_age)
-
     def _run(
         self, function: Callable[..., _T], *args: Any, body_started: bool = False
     ) -> Deferred[_T]:
