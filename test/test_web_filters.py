@@ -52,6 +52,15 @@ def test_content_md5_malformed_header_is_invalid_digest(value: str) -> None:
     assert code_of(lambda: ContentMD5Filter(value)) == "InvalidDigest"
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "digest"),
+    [
+        ("crc32", zlib.crc32(WHOLE).to_bytes(4, "big")),
+        ("CRC32", zlib.crc32(WHOLE).to_bytes(4, "big")),
+        ("sha1", hashlib.sha1(WHOLE).digest()),
+        ("sha256", hashlib.sha256(WHOLE).digest()),
+    ],
+)
 def test_checksum_computes_the_value_s3_expects(algorithm: str, digest: bytes) -> None:
     computing = ChecksumFilter(algorithm, None)
     assert run(computing) == WHOLE
