@@ -16,9 +16,11 @@ _MULTIPART = re.compile(r'^"[0-9a-f]{32}-\d+"$')
 
 
 def quoted_etag(etag: str) -> str:
-    """S3's quoted form; some servers (SeaweedFS's CopyObjectResult) drop the quotes."""
+    """S3's quoted form; some servers (SeaweedFS's CopyObjectResult) drop the quotes.  A weak
+    ``W/"..."`` ETag is kept as it is."""
     etag = etag.strip()
-    if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"'):
+    quoted = etag[2:] if etag.startswith("W/") else etag
+    if len(quoted) >= 2 and quoted.startswith('"') and quoted.endswith('"'):
         return etag
     return f'"{etag.strip(chr(34))}"'
 
@@ -55,17 +57,21 @@ def is_multipart_etag(etag: str) -> bool:
 
 
 def multipart_etag(part_etags: Sequence[str]) -> str | None:
-    """S3's multipart ETag (quoted): MD5 of the concatenated binary part MD5s, dash, part count.
+    """S3's multipart ETag (quoted) of parts given by their ETags (quoted or not).
 
     :returns: ``None`` when a part ETag is not a plain MD5 (then only the backend knows).
     """
-    digests = []
-    for etag in part_etags:
-        bare = bare_etag(etag)
-        if not _MD5_HEX.match(bare):
-            return None
-        digests.append(bytes.fromhex(bare))
-    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
+    digests = [bare_etag(etag) for etag in part_etags]
+    if not all(_MD5_HEX.match(digest) for digest in digests):
+        return None
+    return multipart_md5_etag(digests)
+
+
+def multipart_md5_etag(part_md5s: Sequence[str]) -> str:
+    """S3's multipart ETag (quoted): MD5 of the concatenated binary part MD5s (given in hex),
+    dash, part count."""
+    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
+    return f'"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"'
 
 
 __all__ = [
@@ -73,6 +79,7 @@ __all__ = [
     "etag_matches",
     "is_multipart_etag",
     "multipart_etag",
+    "multipart_md5_etag",
     "quoted_etag",
     "unquoted_etag",
 ]

@@ -262,7 +262,7 @@ class Gateway:
             if not wanted.with_body:
                 self.readable_location(record)
                 return plan
-            if plan.part_number is None and not self.settings.proxy_mode:
+            if plan.part_number is None and wanted.may_redirect and not self.settings.proxy_mode:
                 # A presigned URL cannot carry a part's range: parts are always proxied.
                 plan.redirect = self.presigned_url(record, dict(wanted.response_overrides))
                 if plan.redirect is not None:

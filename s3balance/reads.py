@@ -32,6 +32,8 @@ class ReadRequest:
         known, as S3 does: a missing object is NoSuchKey whatever the part number).
     :ivar with_body: GetObject; HeadObject reads the row only.
     :ivar response_overrides: the ``response-*`` parameters, for a presigned URL of redirect mode.
+    :ivar may_redirect: redirect mode may answer with a presigned URL (not for the console's
+        downloads, which always stream through the daemon).
     """
 
     preconditions: Preconditions = Preconditions()
@@ -39,6 +41,7 @@ class ReadRequest:
     part_number: str | None = None
     with_body: bool = True
     response_overrides: Mapping[str, str] = field(default_factory=dict)
+    may_redirect: bool = True
 
 
 class ReadPlan:

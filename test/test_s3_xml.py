@@ -44,18 +44,6 @@ def test_location_constraint_is_empty_for_us_east_1():
     assert parse(xml.location_constraint("eu-west-1")).text == "eu-west-1"
 
 
-def test_acl_document():
-    root = parse(xml.access_control_policy(OWNER))
-    grant = root.find(_ns("AccessControlList/Grant"))
-    assert grant is not None
-    grantee = grant.find(NS + "Grantee")
-    assert grantee is not None
-    assert grantee.get("{http://www.w3.org/2001/XMLSchema-instance}type") == "CanonicalUser"
-    assert grant.findtext(NS + "Permission") == "FULL_CONTROL"
-    assert xml.is_private_acl(xml.access_control_policy(OWNER), OWNER)
-    assert not xml.is_private_acl(xml.access_control_policy(xml.Owner("x", "y")), OWNER)
-
-
 def test_list_objects_v2_document():
     listing = xml.Listing(
         bucket="vb",

@@ -13,7 +13,6 @@ from s3balance.web.filters import (
     ChecksumFilter,
     ContentMD5Filter,
     LengthFilter,
-    SHA256Filter,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -51,15 +50,6 @@ def test_content_md5_mismatch_is_bad_digest_at_finish() -> None:
 @pytest.mark.parametrize("value", ["not base64!", b64(b"short"), b64(b"x" * 20), ""])
 def test_content_md5_malformed_header_is_invalid_digest(value: str) -> None:
     assert code_of(lambda: ContentMD5Filter(value)) == "InvalidDigest"
-
-
-def test_sha256_match_and_mismatch() -> None:
-    assert run(SHA256Filter(hashlib.sha256(WHOLE).hexdigest().upper())) == WHOLE
-    wrong = SHA256Filter(hashlib.sha256(b"other").hexdigest())
-    for chunk in BODY:
-        wrong.feed(chunk)
-    assert code_of(wrong.finish) == "XAmzContentSHA256Mismatch"
-    assert code_of(lambda: SHA256Filter("UNSIGNED-PAYLOAD")) == "InvalidArgument"
 
 
 @pytest.mark.parametrize(

@@ -596,56 +596,48 @@ class AdminResource(Resource):
         }
 
     async def download_object(self, request: Request, name: str) -> JSON:
-        from s3balance.gateway import READ_ATTEMPTS, ObjectChanged
+        from s3balance.reads import ReadRequest
         from s3balance.web.request import StreamingRequest
 
         if not isinstance(request, StreamingRequest):
             raise _error(501, "downloads need the daemon's own site (a streaming request)")
         key = _query(request, "key")
         assert key is not None
-        gateway = self.daemon.gateway
-        for _ in range(READ_ATTEMPTS):
-            record = await _s3_call(gateway.get_object_record(name, key))
-            if request.method == b"HEAD":
-                return _object_document(record)
-            try:
-                await _s3_call(self._send_object(request, name, key, record))
-            except ObjectChanged:
-                continue  # overwritten between the row and the bytes: send the new object
-            return {}
-        raise _error(503, "the object kept changing while it was read; retry")
+        wanted = ReadRequest(with_body=request.method != b"HEAD", may_redirect=False)
+        plan = await _s3_call(self.daemon.gateway.read(name, key, wanted))
+        if plan.stream is None:
+            return _object_document(plan.record)
+        async with plan:
+            await self._send_object(request, key, plan.record, plan.stream)
+        return {}
 
     async def _send_object(
-        self, request: StreamingRequest, name: str, key: str, record: Any
+        self, request: StreamingRequest, key: str, record: Any, stream: Any
     ) -> None:
-        """Stream ``record``'s bytes as an attachment, counted as a reader of its location so
-        that an overwrite does not delete them under the download.
-
-        :raises ObjectChanged: before anything was answered.
-        """
+        """Stream ``record``'s bytes as an attachment (the plan holding them counts as a reader
+        of their location, so an overwrite does not delete them under the download)."""
         from s3balance.web.relay import relay_object
 
-        async with self.daemon.gateway.reading(record) as stream:
-            finished = request.notifyFinish()
-            finished.addErrback(lambda _: None)
-            request.setResponseCode(200)
-            content_type = record.headers.get("content-type") or "application/octet-stream"
-            request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
-            request.setHeader(b"content-disposition", _attachment(key))
-            request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
-            request.setHeader(b"x-content-type-options", b"nosniff")
-            request.setHeader(b"content-security-policy", b"sandbox")
-            stall = float(self.daemon.config.server.write_timeout) or 60.0
-            try:
-                await relay_object(request, stream, self.daemon.clock, max(stall, 60.0))
-            except Exception as error:  # the connection was aborted: nothing more to answer
-                log.warn(
-                    "download of {bucket}/{key} through the admin API ended: {error}",
-                    bucket=name, key=key, error=error,
-                )
-            # The response is over (finished, or its connection aborted): wait until
-            # twisted.web says so, so that nothing is written after it.
-            await finished
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)
+        request.setResponseCode(200)
+        content_type = record.headers.get("content-type") or "application/octet-stream"
+        request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
+        request.setHeader(b"content-disposition", _attachment(key))
+        request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", b"sandbox")
+        stall = float(self.daemon.config.server.write_timeout) or 60.0
+        try:
+            await relay_object(request, stream, self.daemon.clock, max(stall, 60.0))
+        except Exception as error:  # the connection was aborted: nothing more to answer
+            log.warn(
+                "download of {bucket}/{key} through the admin API ended: {error}",
+                bucket=record.bucket, key=key, error=error,
+            )
+        # The response is over (finished, or its connection aborted): wait until
+        # twisted.web says so, so that nothing is written after it.
+        await finished
 
     async def delete_object(self, request: Request, name: str) -> JSON:
         key = _query(request, "key")

@@ -66,13 +66,12 @@ from s3balance.backends.objectrules import (
     check_completion,
     check_part_number,
     key_bytes,
-    multipart_etag,
     refuse_encryption,
     resolve_range,
     stored_headers,
     stored_metadata,
-    unquote_etag,
 )
+from s3balance.etags import bare_etag, multipart_md5_etag
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -455,7 +454,7 @@ class _Store:
         try:
             with self._lock:
                 for number, etag in parts:
-                    part_name = f"{number:05d}-{unquote_etag(etag)}"
+                    part_name = f"{number:05d}-{bare_etag(etag)}"
                     if not _PART_FILE.fullmatch(part_name):
                         raise BackendInvalidPart(self.name, f"part {number}: malformed ETag")
                     try:
@@ -480,7 +479,7 @@ class _Store:
         finally:
             for fd in fds:
                 os.close(fd)
-        etag = multipart_etag([unquote_etag(etag) for _, etag in parts])
+        etag = multipart_md5_etag([bare_etag(etag) for _, etag in parts])
         result = self.commit_object(
             key,
             _Written(temp_path, whole.hexdigest(), size),
@@ -797,10 +796,6 @@ class LocalDirectoryBackend:
 
     def _in_pool(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         return deferToThreadPool(self._reactor, self._pool, function, *args)
-
-    def remove_stale_temporary_files(self, max_age: float = STALE_TEMP_SECONDS) -> Deferred[int]:
-        """Remove files in ``tmp/`` older than ``max_age`` seconds (also done at startup)."""
-        return self._run(self._store.start, max_age)
 
     def _run(
         self, function: Callable[..., _T], *args: Any, body_started: bool = False

@@ -43,13 +43,12 @@ from s3balance.backends.objectrules import (
     check_completion,
     check_part_number,
     key_bytes,
-    multipart_etag,
     refuse_encryption,
     resolve_range,
     stored_headers,
     stored_metadata,
-    unquote_etag,
 )
+from s3balance.etags import bare_etag, multipart_md5_etag
 from s3balance.net.stallwatch import StallWatch
 
 #: The guard's stall timeout (see :meth:`MemoryBackend._receive`); never reached.
@@ -272,11 +271,11 @@ class MemoryBackend:
         chosen = []
         for number, etag in parts:
             part = upload.parts.get(number)
-            if part is None or part.md5 != unquote_etag(etag):
+            if part is None or part.md5 != bare_etag(etag):
                 raise BackendInvalidPart(self.name, f"part {number} with ETag {etag} not found")
             chosen.append(part)
         data = b"".join(part.data for part in chosen)
-        etag = multipart_etag([part.md5 for part in chosen])
+        etag = multipart_md5_etag([part.md5 for part in chosen])
         del self._uploads[upload_id]
         return self._store(key, data, _md5(data), etag, upload.headers, upload.metadata)
 

@@ -4,8 +4,6 @@ the order of a completion and the multipart ETag."""
 
 from __future__ import annotations
 
-import hashlib
-
 from s3balance.backends.interface import (
     ENCRYPTION_HEADER,
     STORED_HEADERS,
@@ -22,17 +20,6 @@ def key_bytes(key: str) -> bytes:
     """UTF-8 of a key; ``surrogatepass`` so no key the front accepted can fail here (also the
     order of listings: S3 lists keys in UTF-8 byte order)."""
     return key.encode("utf-8", "surrogatepass")
-
-
-def unquote_etag(etag: str) -> str:
-    """An ETag as its bare lower-case hex, the form part ETags are compared in."""
-    return etag.strip().strip('"').lower()
-
-
-def multipart_etag(part_md5s: list[str]) -> str:
-    """S3's multipart ETag: MD5 of the concatenated binary part MD5s, dash, part count."""
-    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
-    return f'"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"'
 
 
 def stored_headers(headers: dict[str, str]) -> dict[str, str]:

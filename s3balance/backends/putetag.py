@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from s3balance.backends import s3xml
 from s3balance.backends.interface import BackendError
+from s3balance.etags import quoted_etag
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -50,7 +50,7 @@ class PutETags:
         """
         self._sends_etags = bool(answered)
         if answered:
-            return s3xml.quote_etag(answered)
+            return quoted_etag(answered)
         if md5 is not None:
             return f'"{md5}"'
         log.warn(

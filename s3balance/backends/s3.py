@@ -51,6 +51,7 @@ from s3balance.backends.s3headers import (
 from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.backends.s3stream import S3ObjectStream, content_range_total
 from s3balance.config import BucketConfig
+from s3balance.etags import quoted_etag
 from s3balance.net.httpclient import make_http_pool
 from s3balance.net.responses import first_header
 
@@ -185,7 +186,7 @@ class S3Backend:
             size = length if length is not UNKNOWN_LENGTH else 0
         etag = first_header(response, "etag")
         return S3ObjectStream(
-            self.name, response, watch, size, s3xml.quote_etag(etag) if etag else ""
+            self.name, response, watch, size, quoted_etag(etag) if etag else ""
         )
 
     @returns_deferred

@@ -17,6 +17,7 @@ from s3balance.backends.interface import (
     BackendRefused,
     BackendUnavailable,
 )
+from s3balance.etags import quoted_etag
 
 #: Error codes that mean the service failed, not the request, even inside a 200 answer.
 SERVER_ERROR_CODES = ("InternalError", "ServiceUnavailable", "SlowDown")
@@ -93,7 +94,7 @@ def require_etag(backend: str, answer: Answer) -> str:
     etag = answer.header("etag")
     if not etag:
         raise BackendError(backend, f"HTTP {answer.status} without ETag")
-    return s3xml.quote_etag(etag)
+    return quoted_etag(etag)
 
 
 def http_date(value: str | None) -> float:

@@ -17,6 +17,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from s3balance.backends.interface import ListedObject, PartResult
+from s3balance.etags import quoted_etag
 
 
 class MalformedResponse(ValueError):
@@ -99,14 +100,6 @@ def parse_initiate(body: bytes) -> str:
     return upload_id
 
 
-def quote_etag(etag: str) -> str:
-    """An ETag with S3's double quotes; some servers (SeaweedFS copy results) leave them out."""
-    etag = etag.strip()
-    if etag.startswith('"') or etag.startswith('W/"'):
-        return etag
-    return f'"{etag}"'
-
-
 def parse_etag_result(body: bytes) -> str:
     """The ``ETag`` of ``<CopyObjectResult>``, ``<CopyPartResult>`` or
     ``<CompleteMultipartUploadResult>``, quoted.
@@ -114,7 +107,7 @@ def parse_etag_result(body: bytes) -> str:
     These answers may be a 200 whose body is an ``<Error>`` (S3 starts the response before
     the work is done): callers check :func:`parse_error` first.
     """
-    return quote_etag(_text(_parse(body), "ETag"))
+    return quoted_etag(_text(_parse(body), "ETag"))
 
 
 def build_complete_body(parts: list[tuple[int, str]]) -> bytes:
@@ -155,7 +148,7 @@ def parse_list_parts(body: bytes) -> PartsPage:
         modified = parse_iso8601(modified_text) if modified_text else 0.0
         result = PartResult(
             part_number=number,
-            etag=quote_etag(_text(part, "ETag")),
+            etag=quoted_etag(_text(part, "ETag")),
             size=int(_text(part, "Size")),
         )
         if number not in latest or modified >= latest[number][0]:
@@ -188,7 +181,7 @@ def parse_list_objects_v2(body: bytes) -> ObjectsPage:
             ListedObject(
                 key=unquote_plus(key) if encoded else key,
                 size=int(_text(item, "Size")),
-                etag=quote_etag(_text(item, "ETag", "")),
+                etag=quoted_etag(_text(item, "ETag", "")),
                 last_modified=parse_iso8601(_text(item, "LastModified")),
             )
         )

@@ -23,7 +23,6 @@ connection closes; and a ``Content-Length`` is read with :func:`~s3balance.integ
 
 from __future__ import annotations
 
-import secrets
 from email.utils import formatdate
 from typing import Any
 
@@ -37,6 +36,7 @@ from s3balance.integers import TooManyDigits, parse_decimal
 from s3balance.metrics import REFUSALS
 from s3balance.net import twistedcompat
 from s3balance.net.sockets import READ_SIZE, SEND_SIZE, tune_transport
+from s3balance.web.requestids import new_request_id
 
 __all__ = ["READ_SIZE", "SEND_SIZE", "S3Channel", "error_response", "tune_transport"]
 
@@ -44,7 +44,7 @@ __all__ = ["READ_SIZE", "SEND_SIZE", "S3Channel", "error_response", "tune_transp
 def error_response(error: errors.S3Error, server_header: bytes = b"s3balance") -> bytes:
     """A whole HTTP/1.1 response carrying S3's XML error document, closing the connection (for
     refusals made before there is a request object to answer with)."""
-    request_id = secrets.token_hex(8)
+    request_id = new_request_id()
     document = error.to_xml("/", request_id)
     reason = RESPONSES.get(error.status, b"Error")
     head = (

@@ -53,31 +53,6 @@ class ContentMD5Filter:
         return b""
 
 
-class SHA256Filter:
-    """Verifies a hex ``x-amz-content-sha256`` payload hash (the signed-payload case of SigV4).
-
-    :raises S3Error: ``InvalidArgument`` from the constructor when the value is not 64 hex digits.
-    """
-
-    def __init__(self, expected_hex: str) -> None:
-        value = expected_hex.strip().lower()
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise errors.InvalidArgument(
-                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, a STREAMING-* value, "
-                "or a valid sha256 value."
-            )
-        self._expected = value
-        self._sha = hashlib.sha256()
-
-    def feed(self, data: bytes) -> bytes:
-        self._sha.update(data)
-        return data
-
-    def finish(self) -> bytes:
-        if self._sha.hexdigest() != self._expected:
-            raise errors.XAmzContentSHA256Mismatch()
-        return b""
-
 
 class ChecksumFilter:
     """Computes an ``x-amz-checksum-<algorithm>`` over the body and checks it when one was given.

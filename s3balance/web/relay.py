@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as StallTimeout
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorFDSet, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -30,6 +30,7 @@ from zope.interface import implementer
 from s3balance.backends.interface import ISocketBody
 from s3balance.metrics import INFLIGHT_TRANSFERS, ZERO_COPY_BYTES
 from s3balance.net import splice, twistedcompat
+from s3balance.net.stallwatch import StallWatch
 from s3balance.web.requestbody import ClientDisconnected
 
 _T = TypeVar("_T")
@@ -91,8 +92,8 @@ class _RelayProtocol(Protocol):
         self.deferred: Deferred[int] = Deferred()
         self.relayed = 0
         self.producer: _WatchedProducer | None = None
-        self._stall_call: IDelayedCall | None = None
-        self._last_progress = clock.seconds()
+        self._stall = StallWatch(clock, stall_timeout)
+        self._stall.on_stall = self._stalled
         self._done = False
         self._zero_copy = zero_copy and expected >= SPLICE_MIN and splice.available()
         self._splice: splice.SocketSplice | None = None
@@ -103,8 +104,8 @@ class _RelayProtocol(Protocol):
     def connectionMade(self) -> None:
         request = self.request
         backend = IPushProducer(self.transport)
-        self.producer = _WatchedProducer(backend, self._reset_stall)
-        self._stall_call = self.clock.callLater(self.stall_timeout, self._stalled)
+        self.producer = _WatchedProducer(backend, self._stall.touch)
+        self._stall.resume()
         if request.disconnected:
             self._client_gone(None)
             return
@@ -168,7 +169,7 @@ class _RelayProtocol(Protocol):
         self._splice.start().addCallbacks(self._splice_ended, self._splice_failed)
 
     def _spliced(self, count: int) -> None:
-        self._last_progress = self.clock.seconds()
+        self._stall.touch()
         ZERO_COPY_BYTES.inc(count)
 
     def _splice_ended(self, moved: int) -> None:
@@ -211,7 +212,7 @@ class _RelayProtocol(Protocol):
                 stop_backend=True,
             )
             return
-        self._reset_stall()
+        self._stall.touch()
         self.request.write(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -237,18 +238,11 @@ class _RelayProtocol(Protocol):
         self.request.finish()
         self.deferred.callback(self.relayed)
 
-    def _reset_stall(self) -> None:
-        """Per chunk: only note the time; :meth:`_stalled` re-arms itself when progress came
-        after it was scheduled (cheaper than resetting a DelayedCall per chunk)."""
-        self._last_progress = self.clock.seconds()
-
     def _end(self) -> None:
         self._done = True
         if self._splice is not None:
             self._splice.stop()  # no-op once it has ended by itself
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.cancel()
-        self._stall_call = None
+        self._stall.stop()
 
     def _break(self, reason: Failure, stop_backend: bool) -> None:
         """Fail the relay: the client must see a broken connection, never a clean end."""
@@ -277,12 +271,7 @@ class _RelayProtocol(Protocol):
         self.deferred.errback(Failure(ClientDisconnected("the client left during the download")))
 
     def _stalled(self) -> None:
-        self._stall_call = None
         if self._done:
-            return
-        left = self._last_progress + self.stall_timeout - self.clock.seconds()
-        if left > 0:
-            self._stall_call = self.clock.callLater(left, self._stalled)
             return
         self._break(
             Failure(StallTimeout(f"no progress for {self.stall_timeout} seconds")),

@@ -12,7 +12,6 @@ read.
 
 from __future__ import annotations
 
-import secrets
 from email.utils import formatdate
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import resource, server
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from s3balance import errors
@@ -31,6 +30,7 @@ from s3balance.net import twistedcompat
 from s3balance.web.bodies import DEFAULT_BODY
 from s3balance.web.queryparams import query_args
 from s3balance.web.requestbody import RequestBody
+from s3balance.web.requestids import new_request_id
 
 if TYPE_CHECKING:
     from s3balance.web.bodies import BodyBudget
@@ -73,7 +73,7 @@ class StreamingRequest(server.Request):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
-        self.request_id = secrets.token_hex(8)
+        self.request_id = new_request_id()
         #: For the access line: the S3 operation and error code, set by whoever decides them.
         self.access_operation = NO_VALUE
         self.access_error = NO_VALUE
@@ -326,6 +326,9 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.abandon()
 
+    def render(self, resrc: Any) -> None:
+        super().render(_MethodRefusedAsS3(resrc))
+
     def respond_error(self, error: S3Error, resource: str | None = None) -> None:
         """Answer with S3's XML error document (headers only for HEAD and 304) and finish: the
         one way an S3 error is answered, here before the body or by the front.
@@ -426,3 +429,25 @@ class StreamingRequest(server.Request):
 
 def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class _MethodRefusedAsS3:
+    """A resource as stock Twisted renders it, except that a method it does not serve (PUT on
+    ``/metrics``, DELETE on ``/health``) gets S3's XML ``MethodNotAllowed`` with an ``Allow``
+    header, not Twisted's HTML "501 Huh?" page: to a client, every path here is S3's."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def render(self, request: StreamingRequest) -> Any:
+        try:
+            return self._inner.render(request)
+        except resource.UnsupportedMethod as refusal:
+            allowed: list[bytes] = list(refusal.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise  # stock Twisted answers a HEAD with the GET's headers
+            request.setHeader(b"Allow", b", ".join(allowed))
+            request.respond_error(
+                errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
+            )
+            return server.NOT_DONE_YET

@@ -34,7 +34,6 @@ import base64
 import hashlib
 import inspect
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +58,7 @@ from s3balance.web.labels import OTHER_BUCKET, BucketLabels
 from s3balance.web.operations import OPERATIONS, writes
 from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
+from s3balance.web.requestids import new_request_id
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
     NOT_IMPLEMENTED,
@@ -247,7 +247,7 @@ class _S3Operation(Resource):
 
     def render(self, request: Request) -> Any:
         root = self.root
-        request_id = getattr(request, "request_id", None) or secrets.token_hex(8)
+        request_id = getattr(request, "request_id", None) or new_request_id()
         request.responseHeaders.setRawHeaders(b"x-amz-request-id", [request_id.encode()])
         request.responseHeaders.setRawHeaders(
             b"x-amz-id-2", [base64.b64encode(os.urandom(24))]

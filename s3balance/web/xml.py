@@ -22,7 +22,6 @@ from s3balance import errors
 from s3balance.db.records import BucketRecord, ObjectRecord
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
-_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 #: At most this many keys per DeleteObjects request, as S3.
 MAX_DELETE_KEYS = 1000
 #: No request document is larger (see :mod:`s3balance.web.bodies` for each operation's cap).
@@ -103,21 +102,6 @@ def location_constraint(region: str) -> bytes:
 def versioning_configuration() -> bytes:
     """Versioning was never enabled on a virtual bucket: S3 answers an empty document."""
     return serialise(root_element("VersioningConfiguration"))
-
-
-def access_control_policy(owner: Owner) -> bytes:
-    """The canned ``private`` ACL: the owner has FULL_CONTROL, nobody else anything."""
-    root = root_element("AccessControlPolicy")
-    owner_element(root, owner)
-    grants = sub_element(root, "AccessControlList")
-    grant = sub_element(grants, "Grant")
-    grantee = ET.SubElement(
-        grant, "Grantee", {"xmlns:xsi": _XSI, "xsi:type": "CanonicalUser"}
-    )
-    sub_element(grantee, "ID", owner.id)
-    sub_element(grantee, "DisplayName", owner.display_name)
-    sub_element(grant, "Permission", "FULL_CONTROL")
-    return serialise(root)
 
 
 def copy_object_result(etag: str, last_modified: float) -> bytes:
@@ -335,30 +319,3 @@ def parse_location_constraint(body: bytes) -> str | None:
         if local_name(child.tag) == "LocationConstraint":
             return (child.text or "").strip() or None
     return None
-
-
-def is_private_acl(body: bytes, owner: Owner) -> bool:
-    """Whether a PutAcl body grants exactly FULL_CONTROL to the owner and nothing else (the only
-    policy s3balance can honour, since it is the one it has)."""
-    root = parse_document(body)
-    if local_name(root.tag) != "AccessControlPolicy":
-        raise errors.MalformedXML()
-    grants = [
-        grant
-        for element in root
-        if local_name(element.tag) == "AccessControlList"
-        for grant in element
-        if local_name(grant.tag) == "Grant"
-    ]
-    if len(grants) != 1:
-        return False
-    permission = ""
-    grantee_id = ""
-    for part in grants[0]:
-        if local_name(part.tag) == "Permission":
-            permission = (part.text or "").strip()
-        elif local_name(part.tag) == "Grantee":
-            for field_ in part:
-                if local_name(field_.tag) == "ID":
-                    grantee_id = (field_.text or "").strip()
-    return permission == "FULL_CONTROL" and grantee_id == owner.id
