@@ -56,7 +56,7 @@ CONNECTION_FIELDS = (
     "ca_bundle",
 )
 #: Fields the pool reads at every decision: changing them only needs the new configuration.
-POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits")
+POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits", "zone")
 #: Fields whose values are secret: a change is reported without the values.
 SECRET_FIELDS = ("access_key_id", "secret_access_key")
 
@@ -181,6 +181,14 @@ async def _apply(service: S3BalanceService, new: Config, close_grace: float) -> 
             continue
         if created:
             changes.append(f"virtual bucket {bucket.name} created")
+    old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
+    for bucket in effective.virtual_buckets:
+        copies = old_replicas.get(bucket.name, 1)
+        if copies != bucket.replicas:
+            changes.append(
+                f"virtual bucket {bucket.name}: replicas {copies} -> {bucket.replicas} "
+                "(new writes only; existing objects keep their copies)"
+            )
     for name in sorted(old_virtual - {b.name for b in effective.virtual_buckets}):
         changes.append(
             f"virtual bucket {name} no longer in the configuration (kept, with its objects)"
