@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
+from s3balance import metrics
 from s3balance.backends.interface import BackendError, BackendUnavailable, IObjectStream
 from s3balance.logs import make_logger
 
@@ -79,12 +80,14 @@ class _Replicas:
                 stream = await self.open_one(location, byte_range)
             except BackendError as error:
                 self.errors.append(error)
+                metrics.REPLICA_FAILOVERS.inc()
                 continue
             problem = check(stream)
             if problem is None:
                 return stream
             stream.discard()
             self.errors.append(BackendError(str(location), problem))
+            metrics.REPLICA_FAILOVERS.inc()
         raise NoReplicaLeft(self.errors)
 
 
@@ -209,6 +212,7 @@ class FailoverStream:
             # the reader stopped us, or the replica sent too much: nothing to resume.
             self._end(Failure(ResponseDone()) if complete else reason)
             return
+        metrics.REPLICA_FAILOVERS.inc()
         log.warn(
             "a replica broke after {delivered} of {length} bytes ({error}); resuming from the "
             "next one",

@@ -1,0 +1,279 @@
+"""Objects of a virtual bucket with ``replicas: N`` above 1: written to N backends at once, read
+from whichever answers.
+
+**Writes.**  :meth:`Replicas.place` asks the pool for N distinct backends, in distinct zones where
+there are enough (:meth:`BackendPool.choose_replicas
+<s3balance.pool.BackendPool.choose_replicas>`), and refuses the write with 503
+(InsufficientStorage) when fewer than N can take it: an object is never stored with fewer copies
+than its bucket promises.  The body streams to the N backends at once through a
+:class:`~s3balance.fanout.FanOut`, at the pace of the slowest.  The object becomes visible only
+when all N confirmed, by one commit of a row with N locations (usage counts each copy on its
+backend).  When any copy fails, the others are abandoned (their uploads are aborted before the
+last byte) and every copy that was stored all the same (it confirmed before another failed) is
+queued in ``pending_deletions`` and deleted: nothing is visible and nothing is left.  A backend
+that refused before any body byte was sent is replaced by another choice, as for single writes.
+
+**Reads.**  :meth:`Replicas.reading` tries the replicas in the pool's read order (healthy ones,
+fastest probe first, taking turns among equals) and serves the first that opens; a replica that
+breaks mid-body is taken over by the next from the byte reached (:mod:`s3balance.failover`).  All
+replicas count as being read for the whole read, so none is deleted under a failover.
+
+Deletes need nothing here: a row's every location is queued for deletion by the commit or delete
+that unreferences it.  What is not done yet: a copy lost later (a backend wiped or gone) is not
+re-created (no repair), so a replicated bucket's reload to a larger ``replicas`` applies to new
+writes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+
+from s3balance import errors
+from s3balance.backends.interface import (
+    ENCRYPTION_HEADER,
+    BackendCannotEncrypt,
+    BackendError,
+    BackendNoSuchKey,
+    BackendUnavailable,
+    IObjectStream,
+    PutResult,
+    backend_error_to_s3,
+)
+from s3balance.db.records import Location, ObjectRecord
+from s3balance.failover import NoReplicaLeft, open_replicas
+from s3balance.fanout import FanOut, ReplicaLost
+from s3balance.logs import make_logger
+
+if TYPE_CHECKING:
+    from s3balance.gateway import Gateway, NewObject
+
+__all__ = ["Replicas"]
+
+log = make_logger()
+
+
+class Replicas:
+    """The replicated write and read paths of one :class:`~s3balance.gateway.Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def copies(self, bucket: str) -> int:
+        """How many copies a new object of ``bucket`` gets (``replicas``; 1 when not set)."""
+        return self.gateway.settings.replicas.get(bucket, 1)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def place(
+        self,
+        new: NewObject,
+        size: int,
+        body: IBodyProducer,
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> ObjectRecord:
+        """Write ``body`` to :meth:`copies` backends at once and commit them as one object.
+
+        :raises S3Error: InsufficientStorage (503) when fewer backends than copies can take it,
+            the body's own error, a backend's error mapped for clients, or the commit's errors.
+        """
+        gateway = self.gateway
+        count = self.copies(new.bucket)
+        refused: set[str] = set()
+        if ENCRYPTION_HEADER in new.headers:
+            everyone = gateway.pool.names()
+            refused.update(set(everyone) - set(gateway.encrypting(everyone)))
+        attempts = max(1, gateway.settings.retry_attempts)
+        last_error: BackendUnavailable | None = None
+        for attempt in range(attempts):
+            names = gateway.pool.choose_replicas(new.bucket, new.key, size, count, refused)
+            if len(names) < count:
+                if last_error is not None:
+                    break
+                await gateway.get_bucket(new.bucket)
+                raise errors.InsufficientStorage(
+                    f"This bucket keeps {count} copies of each object, and only {len(names)} "
+                    "storage backends can take this one now."
+                )
+            if attempt:
+                await task.deferLater(gateway.clock, gateway.settings.retry_delay, lambda: None)
+            fan = FanOut(body, count)
+            outcome = await self._write_and_commit(names, fan, new, size, checksums)
+            if isinstance(outcome, ObjectRecord):
+                return outcome
+            last_error = outcome
+            refused.add(outcome.backend)
+            if outcome.body_started or fan.written or not fan.restartable():
+                break
+            log.warn(
+                "backend {backend} refused a copy of {bucket}/{key} before the body: {detail}; "
+                "trying another choice",
+                backend=outcome.backend, bucket=new.bucket, key=new.key, detail=outcome.detail,
+            )  # fmt: skip
+        assert last_error is not None
+        raise backend_error_to_s3(last_error)
+
+    async def _write_and_commit(
+        self,
+        names: list[str],
+        fan: FanOut,
+        new: NewObject,
+        size: int,
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> ObjectRecord | BackendUnavailable:
+        """One attempt: every copy at a real key of its own, then one commit of them all.  A
+        refusal that may be retried elsewhere is returned; every other failure raised."""
+        gateway = self.gateway
+        locations: list[Location] = []
+        puts: list[defer.Deferred[PutResult]] = []
+        releases = [gateway.pool.reserve(name, size) for name in names]
+        try:
+            for name, branch in zip(names, fan.branches, strict=True):
+                target, extra_metadata = gateway.new_location(new.bucket, new.key)
+                locations.append(Location(name, target))
+                put = gateway.pool.get(name).put_object(
+                    target, branch, size, dict(new.headers), {**new.metadata, **extra_metadata}
+                )
+                put.addErrback(self._abandon_the_others, fan)
+                puts.append(put)
+            outcomes = await defer.DeferredList(puts, consumeErrors=True)
+            stored = [loc for loc, (ok, _) in zip(locations, outcomes, strict=True) if ok]
+            failures = [result for ok, result in outcomes if not ok]
+            if failures:
+                await self.discard(stored)
+                return self._failed(failures, fan)
+            results: list[PutResult] = [result for _, result in outcomes]
+            for name, result in zip(names, results, strict=True):
+                gateway.pool.record_operation(name, "A", bytes_in=result.size)
+            stored_checksums = dict(results[0].checksums)
+            if checksums is not None:
+                stored_checksums.update(checksums())
+            record = ObjectRecord(
+                bucket=new.bucket,
+                key=new.key,
+                size=results[0].size,
+                etag=_quoted(results[0].etag),
+                last_modified=gateway.clock.seconds(),
+                headers=new.headers,
+                metadata=new.metadata,
+                checksums=stored_checksums,
+                locations=tuple(locations),
+                tags=new.tags,
+                acl=new.acl,
+            )
+            await gateway.commit(record, new.condition)
+            return record
+        finally:
+            for release in releases:
+                release()
+
+    @staticmethod
+    def _abandon_the_others(failure: Failure, fan: FanOut) -> Failure:
+        if not failure.check(ReplicaLost):
+            fan.abort(ReplicaLost("another copy of this write failed"))
+        return failure
+
+    def _failed(self, failures: list[Failure], fan: FanOut) -> BackendUnavailable:
+        """The outcome of an attempt whose copies did not all succeed: the first failure that
+        is not only the consequence of another (a retryable refusal is returned, the rest
+        raised)."""
+        causes = [f for f in failures if not f.check(ReplicaLost)] or failures
+        cause = causes[0].value
+        if isinstance(cause, BackendUnavailable):
+            if not isinstance(cause, BackendCannotEncrypt):
+                self.gateway.health.mark_failure(cause.backend, cause.detail)
+            if fan.written and not cause.body_started:
+                return BackendUnavailable(cause.backend, cause.detail, body_started=True)
+            return cause
+        if isinstance(cause, BackendError):
+            log.error(
+                "writing a copy to {backend} failed: {detail}",
+                backend=cause.backend, detail=cause.detail,
+            )  # fmt: skip
+            raise backend_error_to_s3(cause) from cause
+        causes[0].raiseException()
+        raise AssertionError("unreachable")
+
+    async def discard(self, locations: list[Location]) -> None:
+        """Remove copies no row references (a replicated write that did not complete): queued in
+        ``pending_deletions`` first, so a copy that cannot be deleted now is deleted later by the
+        sweeper, never forgotten."""
+        if not locations:
+            return
+        gateway = self.gateway
+        try:
+            ids = await gateway.store.queue_deletions(locations, gateway.clock.seconds())
+        except Exception as error:
+            log.warn("could not queue the deletion of {count} copies ({error})",
+                     count=len(locations), error=error)  # fmt: skip
+            for location in locations:
+                await gateway._delete_bytes(location.backend, location.real_key)
+            return
+        for location, pending in zip(locations, ids, strict=True):
+            await gateway._delete_pending(location, pending)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def readable(self, record: ObjectRecord) -> list[Location]:
+        """``record``'s locations a read may use, in the order to try them.
+
+        :raises S3Error: ServiceUnavailable when none is enabled and healthy, SlowDown when
+            those that are have used their class-B budget.
+        """
+        pool = self.gateway.pool
+        by_backend = {location.backend: location for location in record.locations}
+        order = pool.read_order([location.backend for location in record.locations])
+        if order:
+            return [by_backend[name] for name in order]
+        if any(pool.is_available(name) for name in by_backend):
+            raise errors.SlowDown("The storage holding this object has used its read budget.")
+        raise errors.ServiceUnavailable("No storage backend holding this object is available.")
+
+    @asynccontextmanager
+    async def reading(
+        self, record: ObjectRecord, byte_range: tuple[int, int] | None
+    ) -> AsyncIterator[IObjectStream]:
+        """The bytes of ``record`` from the first replica that answers, failing over to the
+        others mid-body; every replica counts as being read until the block ends.
+
+        :raises ObjectChanged: the row moved on (a replica was replaced and deleted meanwhile).
+        :raises S3Error: as :meth:`readable`; NoSuchKey when no replica has the bytes, 503 when
+            none answers.
+        """
+        gateway = self.gateway
+        order = self.readable(record)
+        async with AsyncExitStack() as held:
+            for location in record.locations:
+                await held.enter_async_context(gateway.holding(location))
+
+            async def open_one(
+                location: Location, byte_range: tuple[int, int] | None
+            ) -> IObjectStream:
+                try:
+                    return await gateway._open(record, location, byte_range)
+                except errors.S3Error as error:
+                    cause = error.__cause__
+                    if isinstance(cause, BackendError):
+                        raise cause from None
+                    if isinstance(error, errors.NoSuchKey):
+                        raise BackendNoSuchKey(location.backend, "missing") from None
+                    raise BackendUnavailable(location.backend, str(error)) from None
+
+            try:
+                stream = await open_replicas(order, byte_range, record.size, open_one)
+            except NoReplicaLeft as failure:
+                if all(isinstance(e, BackendNoSuchKey) for e in failure.errors):
+                    raise errors.NoSuchKey(Key=record.key) from None
+                raise backend_error_to_s3(failure) from None
+            yield stream
+
+
+def _quoted(etag: str) -> str:
+    from s3balance.gateway import quoted_etag
+
+    return quoted_etag(etag)
