@@ -1,4 +1,4 @@
-"""The daemon assembled: database, backends, monitors, gateway core, the S3 front and listeners.
+"""The daemon run: the parts :mod:`s3balance.components` wires, started, listening and stopped.
 
 The order matters and is the reason this module exists: the ports are bound first, so a daemon
 that cannot listen exits at once; the schema is checked (and upgraded when
@@ -8,41 +8,18 @@ first request, and listeners stop first at shutdown so in-flight transfers get a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from s3balance.admin.api import AdminResource
-from s3balance.admin.history import TrafficHistory
-from s3balance.admin.reload import close_retired, install_sighup
-from s3balance.auth.authenticator import Authenticator
-from s3balance.auth.credentials import KeyRing
-from s3balance.backends.factory import make_backend
-from s3balance.backends.interface import IBackend
+from s3balance.components import Components
 from s3balance.config import Config
-from s3balance.console.resource import ConsoleResource
-from s3balance.db.connector import DBConnector
-from s3balance.gateway import Gateway
-from s3balance.health import HealthMonitor
-from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.logs import make_logger
-from s3balance.metrics import MetricsResource, exposition_registry
-from s3balance.multipart import MultipartUploads
-from s3balance.net.httpclient import make_http_pool
-from s3balance.placement import make_strategy
-from s3balance.pool import BackendPool
-from s3balance.usage import UsageMonitor
-from s3balance.web.health import HealthResource
-from s3balance.web.multipart import MultipartHandler
-from s3balance.web.resource import S3Resource
-from s3balance.web.site import S3Site
-from s3balance.worker import AdoptedPort, SupervisorChannel, worker_index
+from s3balance.worker import AdoptedPort, worker_index
 
 log = make_logger()
 
@@ -84,7 +61,8 @@ def _resume_accepting(port: Any) -> None:
 
 
 class S3BalanceService(MultiService):
-    """Everything ``twistd s3balance`` runs, wired once from a validated :class:`Config`."""
+    """Everything ``twistd s3balance`` runs: the parts :class:`Components` wires from a
+    validated :class:`Config`, started, listening and stopped in the right order."""
 
     def __init__(
         self,
@@ -95,100 +73,18 @@ class S3BalanceService(MultiService):
         adopted: list[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
-        self.config = config
         self.reactor = reactor
-        self.config_path = config_path
-        os.makedirs(config.data_dir, exist_ok=True)
-
-        self.db = DBConnector(config.database, config.data_dir, reactor)
-        self.db.setServiceParent(self)
-        self.store = self.db.store
-
-        self.http_pool = make_http_pool(reactor)
-        self.backends: dict[str, IBackend] = {
-            bucket.name: make_backend(
-                bucket, reactor, config.data_dir, self.http_pool, config.server.write_timeout
-            )
-            for bucket in config.real_buckets
-        }
-
-        # Monitors ask the pool for the live set, so a reload's added backends are probed too.
-        self.health = HealthMonitor(
-            lambda: self.pool.backends(),
-            clock=reactor,
-            period=config.balancer.health_check_period,
-            probe_timeout=config.balancer.probe_timeout,
-            unhealthy_threshold=config.balancer.unhealthy_threshold,
-            healthy_threshold=config.balancer.healthy_threshold,
-        )
-        self.usage = UsageMonitor(
-            self.store,
-            lambda: self.pool.backends(),
-            clock=reactor,
-            period=config.balancer.update_stats_period,
-        )
-        self.pool = BackendPool(
-            self.backends,
-            {b.name: b for b in config.real_buckets},
-            make_strategy(config.balancer.strategy),
-            self.health,
-            self.usage,
-            store=self.store,
-            clock=reactor,
-        )
-        self.gateway = Gateway(
-            store=self.store,
-            pool=self.pool,
-            health=self.health,
-            usage=self.usage,
-            clock=reactor,
-            config=config,
-        )
-
         #: ``server.workers`` above 1: this is a worker serving the supervisor's sockets.
         self.adopted = adopted or []
-        self.worker = worker_index() if self.adopted else None
-        self.supervisor_channel: SupervisorChannel | None = None
-        reserved: dict[bytes, Resource] = {b"health": HealthResource(self.pool, self.worker)}
-        if config.metrics.enabled:
-            metrics_name = config.metrics.path.strip("/").encode("utf-8")
-            reserved[metrics_name] = MetricsResource(
-                exposition_registry(), token=config.metrics.token
-            )
-        if config.api.enabled:
-            reserved[b"api"] = AdminResource(self)
-            # The web console (pages only; all it shows comes through /api) and the traffic
-            # history its dashboard charts.
-            reserved[b"web"] = ConsoleResource()
-            self.traffic = TrafficHistory(reactor)
-            self.traffic.setServiceParent(self)
-        authenticator = Authenticator(
-            KeyRing.from_config(config.s3api),
-            required=config.s3api.auth_required,
-            region=config.s3api.region,
-            host_override=config.s3api.host,
-            clock=reactor.seconds,
+        self.components = Components(
+            config,
+            reactor,
+            config_path=config_path,
+            worker=worker_index() if self.adopted else None,
         )
-        self.resource = S3Resource(
-            self.gateway,
-            config=config,
-            reserved=reserved,
-            authenticator=authenticator,
-            multipart=MultipartHandler(MultipartUploads(self.gateway)),
-            clock=reactor,
-            stall_timeout=config.server.write_timeout,
-        )
-        self.site = S3Site(
-            self.resource,
-            should_stream=self.resource.should_stream,
-            clock=reactor,
-            read_timeout=config.server.read_timeout,
-            idle_timeout=config.server.idle_timeout,
-            header_timeout=config.server.header_timeout,
-            body_timeout=config.server.body_timeout,
-            max_connections=config.server.max_connections,
-            body_memory=config.server.body_memory,
-        )
+        self.components.database.setServiceParent(self)
+        if self.components.traffic is not None:
+            self.components.traffic.setServiceParent(self)
         #: Endpoints this process binds itself; a worker binds none (it adopts the supervisor's).
         self.listen = [] if self.adopted else listen
         self._ports: list[Any] = []
@@ -212,11 +108,14 @@ class S3BalanceService(MultiService):
 
     def _listen_descriptions(self) -> list[tuple[str, Site]]:
         """Every ``(endpoint description, site)`` this daemon listens on."""
-        wanted: list[tuple[str, Site]] = [(description, self.site) for description in self.listen]
-        metrics_site = self._separate_metrics_site()
-        if metrics_site is not None and not self.adopted:
-            host = self.config.server.host.replace(":", "\\:")
-            wanted.append((f"tcp:{self.config.metrics.port}:interface={host}", metrics_site))
+        components = self.components
+        wanted: list[tuple[str, Site]] = [(d, components.site) for d in self.listen]
+        if components.metrics_site is not None and not self.adopted:
+            config = components.config
+            host = config.server.host.replace(":", "\\:")
+            wanted.append(
+                (f"tcp:{config.metrics.port}:interface={host}", components.metrics_site)
+            )
         return wanted
 
     def _bind_listeners(self) -> None:
@@ -259,70 +158,38 @@ class S3BalanceService(MultiService):
             return
         # The database first (schema check or upgrade); a failure stops the daemon before it
         # accepts any connection.
+        components = self.components
         try:
-            yield self.db.setup()
-            for bucket in self.config.virtual_buckets:
-                now = self.reactor.seconds()
-                yield self.store.create_bucket(bucket.name, now, from_config=True)
+            yield defer.ensureDeferred(components.open())
         except Exception:
             log.failure("s3balance cannot start")
             self.reactor.stop()
             return
-        self.expiry = UploadExpiry.from_config(
-            self.config.multipart, self.store, self.pool, self.reactor, usage=self.usage
-        )
-        # Every 10 s, or every grace period when shorter (but at most once a second).
-        grace = self.gateway.settings.delete_grace
-        period = min(10.0, max(1.0, grace)) if grace > 0 else 10.0
-        self.sweeper = DeletionSweeper(self.gateway, self.reactor, period)
-        for child in (self.health, self.usage, self.pool, self.expiry, self.sweeper):
-            if child in (self.expiry, self.health) and self.worker not in (None, 0):
-                # The first worker probes and cleans up for all; the others take its health
-                # results from the supervisor (s3balance/worker.py).
-                continue
+        for child in components.background():
             child.setServiceParent(self)
         super().startService()
-        if self.adopted:
+        if components.supervisor_channel is not None:
             # The line to the supervisor first: a request may arrive as soon as we adopt.
-            self.supervisor_channel = SupervisorChannel(self)
+            components.supervisor_channel.open()
             self._adopt_listeners()
         for port in self._ports:
             _resume_accepting(port)
-        if self.config_path is not None:
-            self._uninstall_sighup = install_sighup(self)
-        yield self.usage.refresh()
-        if self.supervisor_channel is not None:
-            self.supervisor_channel.ready()
-            log.info("s3balance worker {index} serves", index=self.worker)
+        if components.reconfigurator.config_path is not None:
+            self._uninstall_sighup = components.reconfigurator.install_sighup(self.reactor)
+        yield components.usage.refresh()
+        if components.supervisor_channel is not None:
+            components.supervisor_channel.ready()
+            log.info("s3balance worker {index} serves", index=components.worker)
             return
         log.info("s3balance listening on {listen}", listen=", ".join(self.listen))
 
     def _adopt_listeners(self) -> None:
         """A worker: serve the sockets the supervisor bound (see :mod:`s3balance.supervisor`)."""
-        metrics_site = self._separate_metrics_site()
         for role, fd in self.adopted:
-            site = self.site if role == "s3" else metrics_site
+            site = self.components.site if role == "s3" else self.components.metrics_site
             listener = AdoptedPort(self.reactor, fd, site)
             listener.setServiceParent(self)
             self._listeners.append(listener)
-
-    def _separate_metrics_site(self) -> Site | None:
-        """``metrics.port`` (a Go key): the metrics path also on a port of its own, so a
-        scraper can be let in where S3 clients are not."""
-        metrics = self.config.metrics
-        if not (metrics.enabled and metrics.port):
-            return None
-        root = Resource()
-        node = root
-        segments = [s.encode("utf-8") for s in metrics.path.strip("/").split("/")]
-        for segment in segments[:-1]:
-            child = Resource()
-            node.putChild(segment, child)
-            node = child
-        node.putChild(segments[-1], MetricsResource(exposition_registry(), token=metrics.token))
-        site = Site(root)
-        site.displayTracebacks = False
-        return site
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -333,13 +200,14 @@ class S3BalanceService(MultiService):
             yield defer.maybeDeferred(port.stopListening)
         for listener in self._listeners:
             yield defer.maybeDeferred(listener.disownServiceParent)
-        if self.site.in_flight:
+        site, grace = self.components.site, self.components.config.server.shutdown_grace
+        if site.in_flight:
             log.info(
                 "waiting up to {grace}s for {count} requests in flight",
-                grace=self.config.server.shutdown_grace,
-                count=len(self.site.in_flight),
+                grace=grace,
+                count=len(site.in_flight),
             )
-        left = yield self.site.drained(self.config.server.shutdown_grace)
+        left = yield site.drained(grace)
         if left:
             log.warn("{count} requests still running at shutdown are cut off", count=left)
         if self._uninstall_sighup is not None:
@@ -348,12 +216,6 @@ class S3BalanceService(MultiService):
         # their last queries) before the database's threads go.
         Service.stopService(self)
         for child in reversed(list(self)):
-            if child is not self.db:
+            if child is not self.components.database:
                 yield defer.maybeDeferred(child.stopService)
-        yield close_retired(self)
-        for backend in self.backends.values():
-            yield backend.close()
-        yield self.http_pool.closeCachedConnections()
-        yield defer.maybeDeferred(self.db.stopService)
-        if self.supervisor_channel is not None:
-            self.supervisor_channel.close()
+        yield defer.ensureDeferred(self.components.close())

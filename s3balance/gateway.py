@@ -412,6 +412,10 @@ class Gateway:
         #: Locations being deleted now: a reader must not start on them.
         self._deleting: set[Location] = set()
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration's settings; requests that start after this use them."""
+        self.settings = GatewaySettings.from_config(config)
+
     # -- buckets -------------------------------------------------------------------------
 
     async def list_buckets(self) -> list[BucketRecord]:

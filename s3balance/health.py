@@ -123,6 +123,20 @@ class HealthMonitor(Service):
     def is_healthy(self, name: str) -> bool:
         return self.state(name).healthy
 
+    def reconfigure(
+        self, probe_timeout: float, unhealthy_threshold: int, healthy_threshold: int
+    ) -> None:
+        """Take a reloaded configuration's probe settings; the next probe uses them (the
+        period is fixed while the loop runs).
+
+        :raises ValueError: a threshold below 1 (nothing is changed).
+        """
+        if unhealthy_threshold < 1 or healthy_threshold < 1:
+            raise ValueError("health thresholds must be at least 1")
+        self.probe_timeout = probe_timeout
+        self.unhealthy_threshold = unhealthy_threshold
+        self.healthy_threshold = healthy_threshold
+
     def forget(self, name: str) -> None:
         """Drop a removed backend's state (its metrics go with :func:`metrics.forget_backend`)."""
         self._states.pop(name, None)

@@ -1,10 +1,10 @@
 """``python -m s3balance.scrubcli``: scrub from the command line, beside or without the daemon.
 
-Opens the database and the real buckets of a configuration file exactly as the daemon does, runs
-:func:`s3balance.scrub.scrub`, prints the report and exits with a status a cron job or a test can
-act on: 0 clean, 1 orphans, dangling rows or rows whose bytes differ (size or ETag) found (even
-when the orphans were removed), 2 the scrub
-could not be done (bad configuration, database or backend unreachable). The schema is never
+Opens the database and the real buckets of a configuration file exactly as the daemon does
+(:class:`s3balance.components.Storage`), runs :func:`s3balance.scrub.scrub`, prints the report and
+exits with a status a cron job or a test can act on: 0 clean, 1 orphans, dangling rows or rows
+whose bytes differ (size or ETag) found (even when the orphans were removed), 2 the scrub could
+not be done (bad configuration, database or backend unreachable). The schema is never
 upgraded from here: a scrub must not change the database's shape behind a running daemon.
 """
 
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
-    from s3balance.backends.factory import make_backend
-    from s3balance.db.connector import DBConnector
-    from s3balance.net.httpclient import make_http_pool
+    from s3balance.components import Storage
 
     try:
         config = load_config(arguments.config) if arguments.config else default_config("data")
@@ -99,32 +97,24 @@ async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
         print(f"data directory {config.data_dir} does not exist", file=sys.stderr)
         return EXIT_ERROR
 
-    database = DBConnector(
-        dataclasses.replace(config.database, auto_migrate=False), config.data_dir, reactor
+    never_upgrade = dataclasses.replace(config.database, auto_migrate=False)
+    storage = Storage(
+        dataclasses.replace(config, database=never_upgrade), reactor, backend_names=wanted
     )
-    http_pool = make_http_pool(reactor)
-    backends = {
-        bucket.name: make_backend(bucket, reactor, config.data_dir, http_pool)
-        for bucket in config.real_buckets
-        if bucket.name in wanted
-    }
     try:
         try:
-            await database.setup()
+            await storage.database.setup()
         except Exception as error:
             print(f"cannot use the database: {error}", file=sys.stderr)
             return EXIT_ERROR
         report = await scrub(
-            database.store,
-            backends,
+            storage.store,
+            storage.backends,
             remove_orphans=arguments.remove_orphans,
             grace=arguments.grace,
         )
     finally:
-        for backend in backends.values():
-            await backend.close()
-        await http_pool.closeCachedConnections()
-        database.pool.stop()
+        await storage.close()
     print(json.dumps(report.to_json(), indent=2) if arguments.json else report.summary())
     return exit_status(report)
 

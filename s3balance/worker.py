@@ -31,11 +31,11 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from s3balance.configfile import ConfigError, config_to_dict, parse_config
-from s3balance.health import BackendHealth
+from s3balance.health import BackendHealth, HealthMonitor
 from s3balance.logs import make_logger
 
 if TYPE_CHECKING:
-    from s3balance.app import S3BalanceService
+    from s3balance.admin.reload import Reconfigurator
     from s3balance.config import Config
 
 log = make_logger()
@@ -110,25 +110,45 @@ class _ControlLine(LineOnlyReceiver):
 
 
 class SupervisorChannel:
-    """The worker's end of the control pipes, owned by :class:`S3BalanceService` in a worker."""
+    """A worker's end of the control pipes: built with the worker's components, opened when it
+    starts serving.
 
-    def __init__(self, service: S3BalanceService) -> None:
-        from twisted.internet import stdio
+    :param health: this worker's monitor: its findings go to the others, theirs come in.
+    :param reconfigurator: applies, here, a configuration another worker applied.
+    :param reactor: drives the pipes; stopped when the supervisor goes away.
+    :param reloads_file: the daemon has a configuration file for SIGHUP to reload.
+    """
 
-        self.service = service
+    def __init__(
+        self,
+        health: HealthMonitor,
+        reconfigurator: Reconfigurator,
+        reactor: Any,
+        reloads_file: bool,
+    ) -> None:
+        self.health = health
+        self.reconfigurator = reconfigurator
+        self.reactor = reactor
+        self.reloads_file = reloads_file
         self._next_id = 0
         self._waiting: dict[int, Deferred[dict[str, Any]]] = {}
         self._closing = False
         self.line = _ControlLine(self)
+        self._stdio: Any = None
+
+    def open(self) -> None:
+        """Take the pipes and the signals over; a request may arrive as soon as this returns."""
+        from twisted.internet import stdio
+
         # The first worker's probes, and what any worker sees on the data path or probes when
         # asked (POST /api/health/probe), reach every worker.
-        service.health.listeners.append(self._share_health)
+        self.health.listeners.append(self._share_health)
         self._take_signals_from_the_supervisor()
         self._stdio = stdio.StandardIO(
             self.line,
             stdin=CONTROL_IN_FD,  # type: ignore[call-arg]  # POSIX StandardIO takes them
             stdout=CONTROL_OUT_FD,
-            reactor=service.reactor,
+            reactor=self.reactor,
         )
 
     def _take_signals_from_the_supervisor(self) -> None:
@@ -136,7 +156,7 @@ class SupervisorChannel:
         reach the workers as well as the supervisor, which forwards SIGTERM anyway: a worker
         ignores SIGINT, stops once however many SIGTERMs arrive, and ignores SIGHUP when there
         is no file to reload (the default action would end it)."""
-        reactor = self.service.reactor
+        reactor = self.reactor
         stopping: list[bool] = []
 
         def stop_once() -> None:
@@ -146,7 +166,7 @@ class SupervisorChannel:
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stop_once))
-        if self.service.config_path is None:
+        if not self.reloads_file:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def send(self, document: dict[str, Any]) -> None:
@@ -157,7 +177,8 @@ class SupervisorChannel:
 
     def close(self) -> None:
         self._closing = True
-        self._stdio.loseConnection()
+        if self._stdio is not None:
+            self._stdio.loseConnection()
 
     def lost(self) -> None:
         for waiting in self._waiting.values():
@@ -165,7 +186,7 @@ class SupervisorChannel:
         self._waiting.clear()
         if not self._closing:
             log.error("the supervisor is gone: this worker stops")
-            self.service.reactor.stop()
+            self.reactor.stop()
 
     def _share_health(self, name: str, state: BackendHealth) -> None:
         self.send({"health": [name, dataclasses.asdict(state)]})
@@ -183,7 +204,7 @@ class SupervisorChannel:
             self._waiting.pop(request_id, None)
             return {"errors": [f"not every worker answered within {RELAY_TIMEOUT:g}s"]}
 
-        answer.addTimeout(RELAY_TIMEOUT, self.service.reactor)
+        answer.addTimeout(RELAY_TIMEOUT, self.reactor)
         return answer.addErrback(too_late)
 
     def received(self, message: dict[str, Any]) -> None:
@@ -193,17 +214,15 @@ class SupervisorChannel:
                 waiting.callback(message["relayed"])
         elif "health" in message:
             name, state = message["health"]
-            self.service.health.adopt(name, BackendHealth(**state))
+            self.health.adopt(name, BackendHealth(**state))
         elif "apply" in message:
             self._apply(message["id"], message["apply"])
 
     @defer.inlineCallbacks
     def _apply(self, request_id: int, document: dict[str, Any]) -> Any:
-        from s3balance.admin.reload import apply_config
-
         try:
             new = parse_config(document, environ={})
-            changes = yield apply_config(self.service, new)
+            changes = yield self.reconfigurator.apply(new)
         except ConfigError as error:
             self.send({"id": request_id, "errors": error.problems})
             return
@@ -214,23 +233,27 @@ class SupervisorChannel:
         self.send({"id": request_id, "changes": changes})
 
 
-@defer.inlineCallbacks
-def apply_everywhere(service: S3BalanceService, new: Config) -> Any:
-    """Apply ``new`` here, then (in a worker) in every other worker through the supervisor.
+class EveryWorker:
+    """What the admin API changes in a worker: the configuration here, then in every other
+    worker through the supervisor.
 
     Applying here first is the check: a configuration that validates and applies in one worker
     applies in the others, which run the same code on the same machine.  What one of them still
     refuses is reported as an error (and logged by that worker).
-
-    :raises ConfigError: when this worker refuses it (nothing changed anywhere) or another did.
     """
-    from s3balance.admin.reload import apply_config
 
-    changes = yield apply_config(service, new)
-    channel: SupervisorChannel | None = getattr(service, "supervisor_channel", None)
-    if channel is None:
+    def __init__(self, here: Reconfigurator, channel: SupervisorChannel) -> None:
+        self.here = here
+        self.channel = channel
+
+    def apply(self, new: Config) -> Deferred[list[str]]:
+        """:raises ConfigError: when this worker refuses it (nothing changed anywhere) or
+        another did."""
+        return Deferred.fromCoroutine(self._apply(new))
+
+    async def _apply(self, new: Config) -> list[str]:
+        changes = await self.here.apply(new)
+        outcome = await self.channel.relay(self.here.config)
+        if outcome.get("errors"):
+            raise ConfigError([f"not applied by every worker: {e}" for e in outcome["errors"]])
         return changes
-    outcome = yield channel.relay(service.config)
-    if outcome.get("errors"):
-        raise ConfigError([f"not applied by every worker: {e}" for e in outcome["errors"]])
-    return changes

@@ -264,7 +264,7 @@ class AdminApiTests(TestCase):
 
         from s3balance.admin.api import AdminResource
 
-        admin = AdminResource(self.service)  # type: ignore[arg-type]
+        admin = AdminResource(self.service, self.service.changes)
 
         async def broken(request: Any) -> Any:
             raise RuntimeError("the store went away")

@@ -1,85 +1,25 @@
 """A running daemon core for the admin API and reload tests.
 
-It is wired the way :class:`s3balance.app.S3BalanceService` wires its parts (the monitors ask
-``service.backends`` at every round, so a reload's new backend set is followed), minus the S3
-listener: real SQLite store, real local-directory backends, real monitors, pool and gateway.
-``S3BalanceService`` itself could not be imported while these tests were written; now that it
-can, :func:`start_service` could build it instead (it needs ``listen=[]`` and no reactor stop).
+Built by the daemon's own composition root (:class:`s3balance.components.Components`) over a real
+SQLite store and real local-directory backends, with the monitors and the pool running, minus
+the listener: each test serves the parts it needs (:func:`listen_admin`, or the whole front).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from s3balance.admin.api import AdminResource
-from s3balance.admin.reload import close_retired
-from s3balance.backends.factory import make_backend
-from s3balance.backends.interface import IBackend
+from s3balance.components import Components
 from s3balance.config import BucketConfig, Config
-from s3balance.db.store import MetadataStore
-from s3balance.gateway import Gateway
-from s3balance.health import HealthMonitor
-from s3balance.placement import make_strategy
-from s3balance.pool import BackendPool
-from s3balance.usage import UsageMonitor
-from test.dbfixture import make_store
+from test.dbfixture import sqlite_url
 
 TOKEN = "admin-token-1234"
-
-
-@dataclass
-class CoreService:
-    """The attributes the admin API and ``apply_config`` use, as the daemon has them."""
-
-    config: Config
-    store: MetadataStore
-    reactor: Any
-    http_pool: HTTPConnectionPool
-    config_path: str | None = None
-    backends: dict[str, IBackend] = field(default_factory=dict)
-    health: HealthMonitor = field(init=False)
-    usage: UsageMonitor = field(init=False)
-    pool: BackendPool = field(init=False)
-    gateway: Gateway = field(init=False)
-
-    def __post_init__(self) -> None:
-        config = self.config
-        self.backends = {
-            b.name: make_backend(b, self.reactor, config.data_dir, self.http_pool)
-            for b in config.real_buckets
-        }
-        self.health = HealthMonitor(
-            lambda: self.backends, clock=self.reactor, period=3600.0, probe_timeout=5.0
-        )
-        self.usage = UsageMonitor(self.store, lambda: self.backends, self.reactor, 3600.0)
-        self.pool = BackendPool(
-            self.backends,
-            {b.name: b for b in config.real_buckets},
-            make_strategy(config.balancer.strategy),
-            self.health,
-            self.usage,
-            store=self.store,
-            clock=self.reactor,
-            flush_period=3600.0,
-        )
-        self.gateway = Gateway(
-            store=self.store,
-            pool=self.pool,
-            health=self.health,
-            usage=self.usage,
-            clock=self.reactor,
-            config=config,
-        )
-
-    def __hash__(self) -> int:  # reload keeps per-daemon state in weak dictionaries
-        return id(self)
 
 
 def service_config(workdir: str, names: tuple[str, ...] = ("r1", "r2")) -> Config:
@@ -89,28 +29,29 @@ def service_config(workdir: str, names: tuple[str, ...] = ("r1", "r2")) -> Confi
     config.api.enabled = True
     config.api.token = TOKEN
     config.balancer.strategy = "round-robin"
+    # Probes and usage refreshes run when a test asks (start_service runs one of each).
+    config.balancer.health_check_period = 3600.0
+    config.balancer.update_stats_period = 3600.0
     return config
 
 
-async def start_service(testcase: Any, config: Config) -> CoreService:
+async def start_service(
+    testcase: Any, config: Config, config_path: str | None = None
+) -> Components:
     """A started core whose cleanup (monitors, retired and current backends, store) is
     registered on ``testcase``."""
-    store, release_store = make_store(testcase)
-    testcase.addCleanup(release_store)
-    http_pool = HTTPConnectionPool(reactor, persistent=False)
-    service = CoreService(config, store, reactor, http_pool)
-    for bucket in config.virtual_buckets:
-        await store.create_bucket(bucket.name, reactor.seconds(), from_config=True)
-    for monitor in (service.health, service.usage, service.pool):
+    service = Components(
+        config, reactor, config_path=config_path, database_url=sqlite_url(testcase)
+    )
+    await service.open()
+    monitors = (service.health, service.usage, service.pool)
+    for monitor in monitors:
         monitor.startService()
 
     async def stop() -> None:
-        for monitor in (service.health, service.usage, service.pool):
+        for monitor in monitors:
             await defer.maybeDeferred(monitor.stopService)
-        await close_retired(service)  # type: ignore[arg-type]
-        for backend in service.backends.values():
-            await backend.close()
-        await http_pool.closeCachedConnections()
+        await service.close()
 
     testcase.addCleanup(lambda: defer.ensureDeferred(stop()))
     await service.health.probe_now()
@@ -118,10 +59,10 @@ async def start_service(testcase: Any, config: Config) -> CoreService:
     return service
 
 
-def listen_admin(testcase: Any, service: CoreService) -> str:
+def listen_admin(testcase: Any, service: Components) -> str:
     """Serve the admin resource at ``/api`` on a loopback port; returns the base URL."""
     root = Resource()
-    root.putChild(b"api", AdminResource(service))  # type: ignore[arg-type]
+    root.putChild(b"api", AdminResource(service, service.changes))
     site = Site(root)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     testcase.addCleanup(port.stopListening)

@@ -104,12 +104,7 @@ class AuthEdgeTests(SeaweedAuthCase, unittest.TestCase):
     timeout = 150
 
     async def start(self) -> None:
-        from s3balance.multipart import MultipartUploads
-        from s3balance.web.multipart import MultipartHandler
-
         await super().start()
-        # What the daemon's wiring does: S3Resource(..., multipart=handler).
-        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
         self.access = AccessLines()
         globalLogPublisher.addObserver(self.access)
         self.addCleanup(globalLogPublisher.removeObserver, self.access)

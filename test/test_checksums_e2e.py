@@ -21,8 +21,6 @@ from awscrt import checksums as crt
 from twisted.trial import unittest
 
 from s3balance.config import BucketConfig
-from s3balance.multipart import MultipartUploads
-from s3balance.web.multipart import MultipartHandler
 from test.support.daemon import DaemonTestCase, in_thread, seaweed_buckets
 from test.support.seaweedfs import seaweed_or_skip
 
@@ -77,11 +75,6 @@ class ChecksumTests(DaemonTestCase, unittest.TestCase):
         configs = seaweed_buckets(self.weed, [f"s3b-ck1-{suffix}", f"s3b-ck2-{suffix}"])
         self.backend_names = [c.name for c in configs]
         return configs
-
-    async def start(self) -> None:
-        await super().start()
-        # What the daemon's wiring does: S3Resource(..., multipart=handler).
-        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
 
     async def assert_absent(self, key: str) -> None:
         code, status, _ = await self.error_of(self.s3.head_object, Bucket="vb", Key=key)

@@ -22,8 +22,6 @@ from twisted.trial import unittest
 
 from s3balance.db import store as store_module
 from s3balance.db.store import UNCONDITIONAL
-from s3balance.multipart import MultipartUploads
-from s3balance.web.multipart import MultipartHandler
 from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase
 from test.support import unavailable
 from test.support.daemon import (
@@ -38,11 +36,6 @@ from test.support.daemon import (
 
 class ConditionalWriteTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
     timeout = 60
-
-    async def start(self) -> None:
-        await super().start()
-        # What the daemon's wiring does: S3Resource(..., multipart=handler).
-        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
 
     async def put(self, key: str, body: bytes, **conditions: str) -> Any:
         return await self.call(self.s3.put_object, Bucket="vb", Key=key, Body=body, **conditions)
@@ -271,7 +264,7 @@ class RaceTests(unittest.TestCase):
         """A daemon over the shared backends r1, r2 and (after the first) the shared database."""
         url = self.database_url
         if url is None and self.daemons:
-            url = f"sqlite:///{os.path.join(self.workdir, 'meta.db')}"
+            url = self.daemons[0].database_url
         daemon = await start_daemon(
             self.workdir, local_buckets(self.workdir, ["r1", "r2"]), database_url=url
         )

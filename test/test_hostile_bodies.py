@@ -204,13 +204,6 @@ class SeaweedBufferedBodyTests(SignedBodyTests):
         suffix = secrets.token_hex(4)
         return seaweed_buckets(weed, [f"s3b-body-{suffix}", f"s3b-body2-{suffix}"])
 
-    async def start(self) -> None:
-        from s3balance.multipart import MultipartUploads
-        from s3balance.web.multipart import MultipartHandler
-
-        await super().start()
-        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
-
     async def test_documents_from_boto3_are_served(self) -> None:
         s3 = self.s3_main()
         for index in range(3):

@@ -1,6 +1,12 @@
-"""The layering of the package, read from its source (ast; nothing is imported): ``backends``
-and ``net`` import nothing from ``web``, ``net`` nothing from ``backends``, and private Twisted
-attributes are touched only in :mod:`s3balance.net.twistedcompat`."""
+"""The layering of the package, read from its source (ast; nothing is imported): no import cycle
+among its modules, ``backends`` and ``net`` import nothing from ``web``, ``net`` nothing from
+``backends``, ``admin`` nothing from ``app``, and private Twisted attributes are touched only in
+:mod:`s3balance.net.twistedcompat`.
+
+Every import counts for the cycle check: module-level, inside a function, and under
+``if TYPE_CHECKING:``.  A cycle that only a type checker or a late import closes still ties the
+modules together (neither can be understood, tested or moved without the other), and the rule is
+simpler to keep when there are no exceptions to it."""
 
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ FORBIDDEN = [
     ("s3balance.backends", "s3balance.web"),
     ("s3balance.net", "s3balance.web"),
     ("s3balance.net", "s3balance.backends"),
+    # The admin API reads a narrow view and changes through a reconfigurator, both handed to
+    # it by the composition root (s3balance.components): never the daemon object itself.
+    ("s3balance.admin", "s3balance.app"),
 ]
 
 #: Private attributes of Twisted objects we use or used (and others of the same internals).
@@ -77,6 +86,88 @@ def _imports(module: str, path: Path, tree: ast.Module) -> set[str]:
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
     return found
+
+
+def _import_graph(sources: list[tuple[str, Path, ast.Module]]) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (every import, see the module docstring)."""
+    modules = {module for module, _, _ in sources}
+    return {
+        module: {name for name in _imports(module, path, tree) if name in modules} - {module}
+        for module, path, tree in sources
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: strongly connected sets of more than one module (Tarjan), sorted, and
+    modules that import themselves."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph.get(module, ())):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            members = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                members.append(member)
+                if member == module:
+                    break
+            if len(members) > 1 or module in graph.get(module, ()):
+                found.append(sorted(members))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(found)
+
+
+def test_no_import_cycle() -> None:
+    cycles = [" <-> ".join(cycle) for cycle in _cycles(_import_graph(_sources()))]
+    assert cycles == []
+
+
+def test_the_cycle_check_sees_type_only_and_late_imports() -> None:
+    """A cycle closed under ``if TYPE_CHECKING:`` or inside a function is found; a chain is not
+    a cycle."""
+    sources = [
+        ("s3balance.a", Path("a.py"), ast.parse("from s3balance import b")),
+        (
+            "s3balance.b",
+            Path("b.py"),
+            ast.parse("if TYPE_CHECKING:\n    import s3balance.a"),
+        ),
+        ("s3balance.c", Path("c.py"), ast.parse("def f():\n    from s3balance.d import x")),
+        ("s3balance.d", Path("d.py"), ast.parse("from s3balance.c import y")),
+        ("s3balance.e", Path("e.py"), ast.parse("from s3balance.a import z")),
+    ]
+    assert _cycles(_import_graph(sources)) == [
+        ["s3balance.a", "s3balance.b"],
+        ["s3balance.c", "s3balance.d"],
+    ]
+
+
+def test_admin_is_handed_its_view_not_the_daemon() -> None:
+    """``admin`` reaches the daemon only through what the composition root gives it."""
+    graph = _import_graph(_sources())
+    upward = {"s3balance.app", "s3balance.components", "s3balance.worker", "s3balance.tap"}
+    reached = {
+        module: sorted(graph[module] & upward)
+        for module in graph
+        if _within(module, "s3balance.admin") and graph[module] & upward
+    }
+    assert reached == {}
 
 
 def _within(name: str, layer: str) -> bool:

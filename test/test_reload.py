@@ -1,4 +1,5 @@
-"""Live reconfiguration: ``apply_config`` on a running core, SIGHUP, and a reload mid-upload."""
+"""Live reconfiguration: ``Reconfigurator.apply`` on a running core, SIGHUP, and a reload
+mid-upload."""
 
 from __future__ import annotations
 
@@ -16,20 +17,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from s3balance import metrics
-from s3balance.admin.api import AdminResource
-from s3balance.admin.reload import (
-    apply_config,
-    close_retired,
-    install_sighup,
-    reload_from_file,
-    retired_backends,
-)
+from s3balance.components import Components
 from s3balance.config import BucketConfig, Config
 from s3balance.configfile import ConfigError, config_to_dict
-from s3balance.web.resource import S3Resource
-from s3balance.web.site import S3Site
 from test.support.bodies import GeneratedBody, generated_md5
-from test.test_admin_service import CoreService, service_config, start_service
+from test.test_admin_service import service_config, start_service
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,13 +50,13 @@ class ApplyConfigTests(TestCase):
 
     async def _start(self) -> None:
         self.workdir = os.path.abspath(self.mktemp())
-        self.service: CoreService = await start_service(self, service_config(self.workdir))
+        self.service: Components = await start_service(self, service_config(self.workdir))
 
     def setUp(self) -> Any:
         return defer.ensureDeferred(self._start())
 
     def apply(self, config: Config, grace: float = 3600.0) -> defer.Deferred[list[str]]:
-        return apply_config(self.service, config, close_grace=grace)  # type: ignore[arg-type]
+        return self.service.reconfigurator.apply(config, close_grace=grace)
 
     async def test_nothing_to_do(self) -> None:
         self.assertEqual(await self.apply(self.service.config), [])
@@ -90,9 +82,9 @@ class ApplyConfigTests(TestCase):
         # A removed backend stops being reported, and waits out its grace period open.
         samples = metrics.REGISTRY.get_sample_value("s3_balance_bucket_healthy", {"bucket": "r2"})
         self.assertIsNone(samples)
-        self.assertEqual(retired_backends(service), [old_r2])  # type: ignore[arg-type]
-        await close_retired(service)  # type: ignore[arg-type]
-        self.assertEqual(retired_backends(service), [])  # type: ignore[arg-type]
+        self.assertEqual(service.reconfigurator.retired_backends(), [old_r2])
+        await service.reconfigurator.close_retired()
+        self.assertEqual(service.reconfigurator.retired_backends(), [])
         self.assertEqual(sorted(service.pool.choose("photos", "k", 1)), ["r1", "r3"])
 
     async def test_retired_backend_closed_after_grace(self) -> None:
@@ -111,7 +103,7 @@ class ApplyConfigTests(TestCase):
         self.assertIsNot(service.pool.get("r1"), old)
         self.assertEqual(closed, [])
         await wait_for(lambda: closed)
-        self.assertEqual(retired_backends(service), [])  # type: ignore[arg-type]
+        self.assertEqual(service.reconfigurator.retired_backends(), [])
 
     async def test_pool_settings_and_strategy_change_live(self) -> None:
         service = self.service
@@ -197,10 +189,10 @@ class SighupTests(TestCase):
 
     async def _start(self) -> None:
         self.workdir = os.path.abspath(self.mktemp())
-        self.service = await start_service(self, service_config(self.workdir))
         self.path = os.path.join(self.workdir, "s3balance.yaml")
-        self.write(self.service.config)
-        self.service.config_path = self.path
+        config = service_config(self.workdir)
+        self.service = await start_service(self, config, config_path=self.path)
+        self.write(config)
 
     def setUp(self) -> Any:
         return defer.ensureDeferred(self._start())
@@ -211,7 +203,7 @@ class SighupTests(TestCase):
             yaml.safe_dump(data, f)
 
     async def test_sighup_reloads_the_file(self) -> None:
-        uninstall = install_sighup(self.service)  # type: ignore[arg-type]
+        uninstall = self.service.reconfigurator.install_sighup(reactor)  # type: ignore[arg-type]
         self.addCleanup(uninstall)
         self.write(edited(self.service.config, "r2", enabled=False))
         os.kill(os.getpid(), signal.SIGHUP)
@@ -226,23 +218,17 @@ class SighupTests(TestCase):
         data["buckets"][0]["enabled"] = False
         self.write(data)
         before = self.service.config
-        self.assertEqual(await reload_from_file(self.service), [])  # type: ignore[arg-type]
+        self.assertEqual(await self.service.reconfigurator.reload_from_file(), [])
         self.assertIs(self.service.config, before)
         self.assertTrue(self.service.pool.config("r1").enabled)
         os.remove(self.path)
-        self.assertEqual(await reload_from_file(self.service), [])  # type: ignore[arg-type]
+        self.assertEqual(await self.service.reconfigurator.reload_from_file(), [])
         self.assertIs(self.service.config, before)
 
 
-def listen_front_end(testcase: TestCase, service: CoreService) -> str:
-    """The S3 front end, with the admin API at ``/api`` as the daemon mounts it; base URL."""
-    resource = S3Resource(
-        service.gateway,
-        config=service.config,
-        reserved={b"api": AdminResource(service)},  # type: ignore[arg-type]
-    )
-    site = S3Site(resource, should_stream=resource.should_stream, clock=reactor)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+def listen_front_end(testcase: TestCase, service: Components) -> str:
+    """The daemon's S3 front end (the admin API at ``/api``, as it mounts it); base URL."""
+    port = reactor.listenTCP(0, service.site, interface="127.0.0.1")  # type: ignore[attr-defined]
     testcase.addCleanup(port.stopListening)
     return f"http://127.0.0.1:{port.getHost().port}"
 
@@ -278,7 +264,7 @@ class ReloadDuringUploadTests(TestCase):
             config.buckets + [BucketConfig(name="r2", path=os.path.join(self.workdir, "r2"))],
         )
         config.balancer = dataclasses.replace(config.balancer, strategy="least-space")
-        changes = await apply_config(service, config, close_grace=3600.0)  # type: ignore[arg-type]
+        changes = await service.reconfigurator.apply(config, close_grace=3600.0)
         self.assertIn("backend r1 reconnected (region changed)", changes)
         self.assertIsNot(service.pool.get("r1"), streaming_to)
         self.assertLess(body.produced, self.SIZE, "the reload must happen mid-upload")

@@ -66,7 +66,7 @@ def _served_child(config: Config, path: str) -> object:
     """What the daemon built from ``config`` serves at ``path`` (a one-segment reserved path)."""
     service = S3BalanceService(config, reactor=MemoryReactorClock(), listen=[])
     segment = path.strip("/").encode("utf-8")
-    child = service.resource.reserved.get(segment)
+    child = service.components.resource.reserved.get(segment)
     assert child is not None and IResource.providedBy(child), f"the daemon serves nothing at {path}"
     return child
 

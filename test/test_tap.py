@@ -105,13 +105,14 @@ metrics: {{path: /prom}}
     options = parse("--config", config, "--listen", "tcp:0:interface=127.0.0.1")
     service = tap.makeService(options, reactor=MemoryReactorClock())
     assert isinstance(service, S3BalanceService)
-    for backend in service.backends.values():  # their disk threads would outlive the test
+    components = service.components
+    for backend in components.backends.values():  # their disk threads would outlive the test
         backend.close()
-    assert sorted(service.pool.names()) == ["disk-a", "disk-b"]
-    assert service.pool.strategy.name == "weighted"
-    assert service.pool.config("disk-a").max_size == 1 << 30
+    assert sorted(components.pool.names()) == ["disk-a", "disk-b"]
+    assert components.pool.strategy.name == "weighted"
+    assert components.pool.config("disk-a").max_size == 1 << 30
     assert service.listen == ["tcp:0:interface=127.0.0.1"]
-    assert set(service.resource.reserved) == {b"health", b"prom"}
+    assert set(components.resource.reserved) == {b"health", b"prom"}
     # The schema was created before the service existed: the database is ready to serve.
     assert (tmp_path / "data" / "s3balance.db").exists()
 

@@ -95,10 +95,11 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -109,10 +110,14 @@ from s3balance.db.records import OperationCounts
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
 from s3balance.web.health import health_report
-from s3balance.worker import apply_everywhere
 
 if TYPE_CHECKING:
-    from s3balance.app import S3BalanceService
+    from s3balance.admin.history import TrafficHistory
+    from s3balance.db.store import MetadataStore
+    from s3balance.gateway import Gateway
+    from s3balance.health import HealthMonitor
+    from s3balance.pool import BackendPool
+    from s3balance.usage import UsageMonitor
     from s3balance.web.request import StreamingRequest
 
 log = make_logger()
@@ -126,6 +131,51 @@ _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
 JSON = dict[str, Any]
 Handler = Callable[..., Coroutine[Any, Any, JSON]]
+
+
+class DaemonView(Protocol):
+    """What the admin API reads of the running daemon; read at every request, so a reload is
+    seen at once."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect."""
+        ...
+
+    @property
+    def store(self) -> MetadataStore: ...
+
+    @property
+    def pool(self) -> BackendPool: ...
+
+    @property
+    def health(self) -> HealthMonitor: ...
+
+    @property
+    def usage(self) -> UsageMonitor: ...
+
+    @property
+    def gateway(self) -> Gateway: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def traffic(self) -> TrafficHistory | None:
+        """The console's traffic history; None when the daemon keeps none."""
+        ...
+
+
+class Reconfiguring(Protocol):
+    """What the admin API changes: the configuration, as a whole (validated already)."""
+
+    def apply(self, new: Config) -> Deferred[list[str]]:
+        """Make ``new`` the configuration in effect.
+
+        :returns: one line per change made or refused.
+        :raises ConfigError: (as the Deferred's failure) it was refused; nothing changed.
+        """
+        ...
 
 
 class ApiError(Exception):
@@ -144,17 +194,20 @@ def _error(status: int, message: str) -> ApiError:
 class AdminResource(Resource):
     """The ``/api`` subtree; every path below it is routed here (it is a leaf).
 
-    :param service: the running daemon: its ``config``, ``pool``, ``health``, ``usage``,
-        ``store`` and ``reactor`` are read at every request, so a reload is seen at once.
+    :param daemon: what the API reads of the running daemon.
+    :param reconfigurator: what it changes (the configuration; in a worker, in every worker).
     :param allow_origin: the ``Access-Control-Allow-Origin`` sent to browsers; the token, not
         the origin, is what guards the API.
     """
 
     isLeaf = True
 
-    def __init__(self, service: S3BalanceService, allow_origin: str = "*") -> None:
+    def __init__(
+        self, daemon: DaemonView, reconfigurator: Reconfiguring, allow_origin: str = "*"
+    ) -> None:
         super().__init__()
-        self.service = service
+        self.daemon = daemon
+        self.reconfigurator = reconfigurator
         self.allow_origin = allow_origin
         self._routes: list[tuple[bytes, tuple[str, ...], Handler]] = [
             (b"GET", ("buckets",), self.get_buckets),
@@ -246,7 +299,7 @@ class AdminResource(Resource):
         return json.dumps(body, indent=2, sort_keys=False).encode("utf-8") + b"\n"
 
     def _authorize(self, request: Request) -> None:
-        token = self.service.config.api.token.encode("utf-8")
+        token = self.daemon.config.api.token.encode("utf-8")
         if not token:
             raise _error(401, "the admin API has no token configured (api.token)")
         # Raw bytes: a header that is not UTF-8 is simply a wrong token, never a decoding error.
@@ -278,14 +331,14 @@ class AdminResource(Resource):
     # -- buckets -----------------------------------------------------------------------------
 
     async def get_buckets(self, request: Request) -> JSON:
-        real = [self._real_bucket(name) for name in self.service.pool.names()]
-        virtual = [_virtual_bucket(record) for record in await self.service.store.list_buckets()]
+        real = [self._real_bucket(name) for name in self.daemon.pool.names()]
+        virtual = [_virtual_bucket(record) for record in await self.daemon.store.list_buckets()]
         return {"buckets": real + virtual}
 
     async def get_bucket(self, request: Request, name: str) -> JSON:
-        if name in self.service.pool.names():
+        if name in self.daemon.pool.names():
             return self._real_bucket(name)
-        record = await self.service.store.get_bucket(name)
+        record = await self.daemon.store.get_bucket(name)
         if record is None:
             raise _error(404, f"no bucket named {name!r}")
         return _virtual_bucket(record)
@@ -297,7 +350,7 @@ class AdminResource(Resource):
         return await self._set_enabled(name, False)
 
     async def _set_enabled(self, name: str, enabled: bool) -> JSON:
-        config = self.service.config
+        config = self.daemon.config
         if name not in {b.name for b in config.real_buckets}:
             raise _error(404, f"no real bucket named {name!r}")
         buckets = [
@@ -308,14 +361,14 @@ class AdminResource(Resource):
         return {"bucket": self._real_bucket(name), "changes": changes}
 
     def _real_bucket(self, name: str) -> JSON:
-        service = self.service
-        config: BucketConfig = service.pool.config(name)
-        state = service.health.state(name)
-        usage = service.usage.usage(name)
-        counts = service.pool.operation_counts(name)
+        daemon = self.daemon
+        config: BucketConfig = daemon.pool.config(name)
+        state = daemon.health.state(name)
+        usage = daemon.usage.usage(name)
+        counts = daemon.pool.operation_counts(name)
         capacity = config.max_size
         if capacity is None:
-            capacity = service.usage.storage_total(name)
+            capacity = daemon.usage.storage_total(name)
         return {
             "name": name,
             "virtual": False,
@@ -333,7 +386,7 @@ class AdminResource(Resource):
             "used_bytes": usage.used_bytes,
             "object_count": usage.object_count,
             "capacity_bytes": capacity,
-            "storage_free_bytes": service.usage.storage_free(name),
+            "storage_free_bytes": daemon.usage.storage_free(name),
             "month": counts.month,
             "class_a_operations": counts.class_a,
             "class_b_operations": counts.class_b,
@@ -344,7 +397,7 @@ class AdminResource(Resource):
     # -- strategy ----------------------------------------------------------------------------
 
     async def get_strategy(self, request: Request) -> JSON:
-        return {"strategy": self.service.config.balancer.strategy, "strategies": list(STRATEGIES)}
+        return {"strategy": self.daemon.config.balancer.strategy, "strategies": list(STRATEGIES)}
 
     async def set_strategy(self, request: Request) -> JSON:
         body = _json_body(request)
@@ -354,10 +407,10 @@ class AdminResource(Resource):
                 400,
                 {"errors": [f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}"]},
             )
-        config = self.service.config
+        config = self.daemon.config
         balancer = dataclasses.replace(config.balancer, strategy=strategy)
         changes = await self._apply(dataclasses.replace(config, balancer=balancer))
-        return {"strategy": self.service.config.balancer.strategy, "changes": changes}
+        return {"strategy": self.daemon.config.balancer.strategy, "changes": changes}
 
     # -- health ------------------------------------------------------------------------------
 
@@ -365,11 +418,11 @@ class AdminResource(Resource):
         return self._health()
 
     async def probe_health(self, request: Request) -> JSON:
-        await self.service.health.probe_now()
+        await self.daemon.health.probe_now()
         return self._health()
 
     def _health(self) -> JSON:
-        report = health_report(self.service.pool)
+        report = health_report(self.daemon.pool)
         backends: dict[str, dict[str, Any]] = report["backends"]  # type: ignore[assignment]
         enabled = {name: b for name, b in backends.items() if b["enabled"]}
         sick = sorted(name for name, b in enabled.items() if not b["healthy"])
@@ -387,29 +440,29 @@ class AdminResource(Resource):
     # -- configuration -----------------------------------------------------------------------
 
     async def get_config(self, request: Request) -> JSON:
-        return config_to_dict(self.service.config, mask_secrets=True)
+        return config_to_dict(self.daemon.config, mask_secrets=True)
 
     async def post_config(self, request: Request) -> JSON:
         partial = _json_body(request)
-        current = config_to_dict(self.service.config, mask_secrets=False)
+        current = config_to_dict(self.daemon.config, mask_secrets=False)
         try:
             new = parse_config(merge_config(current, partial), environ={}, typed=True)
         except ConfigError as error:
             raise ApiError(400, {"errors": error.problems}) from error
         changes = await self._apply(new)
-        return {"changes": changes, "config": config_to_dict(self.service.config, True)}
+        return {"changes": changes, "config": config_to_dict(self.daemon.config, True)}
 
     async def _apply(self, new: Config) -> list[str]:
         try:
-            return await apply_everywhere(self.service, new)
+            return await self.reconfigurator.apply(new)
         except ConfigError as error:
             raise ApiError(400, {"errors": error.problems}) from error
 
     # -- statistics --------------------------------------------------------------------------
 
     async def stats_this_month(self, request: Request) -> JSON:
-        month = month_of(self.service.reactor.seconds())
-        return await self._month(month, include=self.service.pool.names())
+        month = month_of(self.daemon.clock.seconds())
+        return await self._month(month, include=self.daemon.pool.names())
 
     async def stats_month(self, request: Request, year: str, month: str) -> JSON:
         text = f"{year}-{month.zfill(2)}"
@@ -421,9 +474,9 @@ class AdminResource(Resource):
         start = _query(request, "start")
         end = _query(request, "end")
         months = _months_between(start, end)
-        await self.service.pool.flush()
+        await self.daemon.pool.flush()
         assert start is not None and end is not None  # checked by _months_between
-        history = await self.service.store.operation_history(None, start, end)
+        history = await self.daemon.store.operation_history(None, start, end)
         by_month: dict[str, dict[str, OperationCounts]] = {m: {} for m in months}
         for counts in history:
             by_month.setdefault(counts.month, {})[counts.backend] = counts
@@ -439,9 +492,9 @@ class AdminResource(Resource):
         for text in (start, end):
             if text is not None and not _is_month(text):
                 raise _error(400, f"not a month: {text!r} (expected YYYY-MM)")
-        await self.service.pool.flush()
-        history = await self.service.store.operation_history(name, start or "", end or "9999-12")
-        if not history and name not in self.service.pool.names():
+        await self.daemon.pool.flush()
+        history = await self.daemon.store.operation_history(name, start or "", end or "9999-12")
+        if not history and name not in self.daemon.pool.names():
             raise _error(404, f"no real bucket named {name!r} and no history for it")
         return {
             "bucket": name,
@@ -460,7 +513,7 @@ class AdminResource(Resource):
         grace = body.get("grace", DEFAULT_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
             raise _error(400, "grace must be a number of seconds >= 0")
-        available = self.service.pool.backends()
+        available = self.daemon.pool.backends()
         names = body.get("backends")
         if names is None:
             names = sorted(available)
@@ -470,18 +523,18 @@ class AdminResource(Resource):
         if unknown:
             raise _error(404, f"no real bucket named {', '.join(unknown)}")
         report = await scrub(
-            self.service.store,
+            self.daemon.store,
             {name: available[name] for name in names},
             remove_orphans=remove,
             grace=float(grace),
-            now=self.service.reactor.seconds,
+            now=self.daemon.clock.seconds,
         )
         return report.to_json()
 
     async def _month(self, month: str, include: list[str]) -> JSON:
         # Counts still in the pool's memory go to the store first, so the answer is complete.
-        await self.service.pool.flush()
-        counts = await self.service.store.operation_counts(month)
+        await self.daemon.pool.flush()
+        counts = await self.daemon.store.operation_counts(month)
         return _month_document(month, counts, include)
 
     # -- for the web console -----------------------------------------------------------------
@@ -491,24 +544,24 @@ class AdminResource(Resource):
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise _error(400, "name: a bucket name is required")
-        if name in self.service.pool.names():
+        if name in self.daemon.pool.names():
             raise _error(409, f"{name!r} is a real bucket's name")
-        await _s3_call(self.service.gateway.create_bucket(name))
-        record = await self.service.store.get_bucket(name)
+        await _s3_call(self.daemon.gateway.create_bucket(name))
+        record = await self.daemon.store.get_bucket(name)
         return _virtual_bucket(record)
 
     async def delete_bucket(self, request: Request, name: str) -> JSON:
-        if name in self.service.pool.names():
+        if name in self.daemon.pool.names():
             raise _error(409, f"{name!r} is a real bucket: remove it from the configuration")
-        await _s3_call(self.service.gateway.delete_bucket(name))
+        await _s3_call(self.daemon.gateway.delete_bucket(name))
         return {"deleted": name}
 
     async def get_virtual_buckets(self, request: Request) -> JSON:
         from s3balance.admin.bucketstats import virtual_bucket_totals
 
-        totals = await self.service.store.pool.do_read(virtual_bucket_totals)
+        totals = await self.daemon.store.pool.do_read(virtual_bucket_totals)
         buckets = []
-        for record in await self.service.store.list_buckets():
+        for record in await self.daemon.store.list_buckets():
             counted = totals.get(record.name)
             buckets.append(
                 {
@@ -527,7 +580,7 @@ class AdminResource(Resource):
         if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
             raise _error(400, f"max_keys: {text!r} is not a whole number from 1 to {MAX_PAGE}")
         page = await _s3_call(
-            self.service.gateway.list_objects(
+            self.daemon.gateway.list_objects(
                 name,
                 prefix=prefix,
                 delimiter="/" if delimiter is None else delimiter,
@@ -552,7 +605,7 @@ class AdminResource(Resource):
             raise _error(501, "downloads need the daemon's own site (a streaming request)")
         key = _query(request, "key")
         assert key is not None
-        gateway = self.service.gateway
+        gateway = self.daemon.gateway
         for _ in range(READ_ATTEMPTS):
             record = await _s3_call(gateway.get_object_record(name, key))
             if request.method == b"HEAD":
@@ -574,7 +627,7 @@ class AdminResource(Resource):
         """
         from s3balance.web.relay import relay_object
 
-        async with self.service.gateway.reading(record) as stream:
+        async with self.daemon.gateway.reading(record) as stream:
             finished = request.notifyFinish()
             finished.addErrback(lambda _: None)
             request.setResponseCode(200)
@@ -584,9 +637,9 @@ class AdminResource(Resource):
             request.setHeader(b"etag", record.etag.encode("latin-1", "replace"))
             request.setHeader(b"x-content-type-options", b"nosniff")
             request.setHeader(b"content-security-policy", b"sandbox")
-            stall = float(self.service.config.server.write_timeout) or 60.0
+            stall = float(self.daemon.config.server.write_timeout) or 60.0
             try:
-                await relay_object(request, stream, self.service.reactor, max(stall, 60.0))
+                await relay_object(request, stream, self.daemon.clock, max(stall, 60.0))
             except Exception as error:  # the connection was aborted: nothing more to answer
                 log.warn(
                     "download of {bucket}/{key} through the admin API ended: {error}",
@@ -599,16 +652,16 @@ class AdminResource(Resource):
     async def delete_object(self, request: Request, name: str) -> JSON:
         key = _query(request, "key")
         assert key is not None
-        await _s3_call(self.service.gateway.delete_object(name, key))
+        await _s3_call(self.daemon.gateway.delete_object(name, key))
         return {"deleted": key, "bucket": name}
 
     async def get_balancer(self, request: Request) -> JSON:
         from s3balance.admin.history import balancer_decisions
 
         decisions = balancer_decisions()
-        names = sorted(set(self.service.pool.names()) | set(decisions))
+        names = sorted(set(self.daemon.pool.names()) | set(decisions))
         return {
-            "strategy": self.service.config.balancer.strategy,
+            "strategy": self.daemon.config.balancer.strategy,
             "strategies": list(STRATEGIES),
             "decisions": {
                 name: {"total": sum(decisions.get(name, {}).values()), **decisions.get(name, {})}
@@ -619,7 +672,7 @@ class AdminResource(Resource):
     async def get_history(self, request: Request) -> JSON:
         from s3balance.admin.history import DEFAULT_PERIOD
 
-        history = getattr(self.service, "traffic", None)
+        history = self.daemon.traffic
         if history is None:
             return {"period": DEFAULT_PERIOD, "samples": []}
         return {"period": history.period, "samples": history.samples()}
@@ -627,7 +680,7 @@ class AdminResource(Resource):
     async def get_config_yaml(self, request: Request) -> JSON:
         from s3balance.admin.configcheck import config_yaml, restart_keys
 
-        document = config_to_dict(self.service.config, mask_secrets=True)
+        document = config_to_dict(self.daemon.config, mask_secrets=True)
         return {"yaml": config_yaml(document), "restart_keys": restart_keys()}
 
     async def validate_config(self, request: Request) -> JSON:
@@ -635,7 +688,7 @@ class AdminResource(Resource):
 
         body = _json_body(request)
         partial, lines = _partial_from(body)
-        current = config_to_dict(self.service.config, mask_secrets=False)
+        current = config_to_dict(self.daemon.config, mask_secrets=False)
         try:
             # JSON is typed (a number is not a secret); YAML text reads like the file.
             parse_config(merge_config(current, partial), environ={}, typed="yaml" not in body)
@@ -648,16 +701,16 @@ class AdminResource(Resource):
 
         body = _json_body(request)
         partial, lines = _partial_from(body)
-        current = config_to_dict(self.service.config, mask_secrets=False)
+        current = config_to_dict(self.daemon.config, mask_secrets=False)
         try:
             new = parse_config(
                 merge_config(current, partial), environ={}, typed="yaml" not in body
             )
-            changes = await apply_everywhere(self.service, new)
+            changes = await self.reconfigurator.apply(new)
         except ConfigError as error:
             problems = problem_documents(error.problems, lines)
             raise ApiError(400, {"errors": error.problems, "problems": problems}) from error
-        return {"changes": changes, "config": config_to_dict(self.service.config, True)}
+        return {"changes": changes, "config": config_to_dict(self.daemon.config, True)}
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:

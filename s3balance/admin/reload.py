@@ -8,26 +8,25 @@ request ever sees half a configuration.
 Backends that leave the pool (removed, or replaced by a new object because their endpoint,
 credentials or location changed) are *retired*: new requests no longer reach them, but a transfer
 that already holds the object keeps using it, so it is closed only after ``close_grace`` seconds
-(or by :func:`close_retired`, at shutdown).
+(or by :meth:`Reconfigurator.close_retired`, at shutdown).
 
 What cannot change while listening (``server``, ``database``, ``data_dir``, ``metrics``, ``api``,
 ``s3api`` except ``allow_create_bucket``, ``multipart``, and the balancer's loop periods) is
-reported as needing a restart and kept as it runs; the daemon's ``config`` always describes what
-is actually in effect.  Virtual buckets dropped from the file are kept (they may hold objects).
+reported as needing a restart and kept as it runs; :attr:`Reconfigurator.config` always describes
+what is actually in effect.  Virtual buckets dropped from the file are kept (they may hold objects).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import signal
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 
-from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BalancerConfig, BucketConfig, Config
 from s3balance.configfile import ConfigError, load_config
@@ -36,7 +35,10 @@ from s3balance.logs import make_logger
 from s3balance.placement import make_strategy
 
 if TYPE_CHECKING:
-    from s3balance.app import S3BalanceService
+    from s3balance.db.store import MetadataStore
+    from s3balance.gateway import Gateway
+    from s3balance.health import HealthMonitor
+    from s3balance.pool import BackendPool
 
 log = make_logger()
 
@@ -68,132 +70,239 @@ LIVE_BALANCER_FIELDS = live_fields("balancer")
 LIVE_S3API_FIELDS = live_fields("s3api")
 
 
-class _Retired:
-    """Backends of one daemon waiting out their grace period before being closed."""
+class Reconfigurator:
+    """Applies a new configuration to one running daemon, one reload at a time, and owns the
+    configuration in effect (:attr:`config`).
 
-    def __init__(self) -> None:
-        self.pending: dict[int, tuple[IBackend, Any]] = {}
+    The components change themselves (``BackendPool.replace``, ``HealthMonitor.reconfigure``,
+    ``Gateway.reconfigure``); this class decides what changes, in which order, and keeps the
+    backends the pool let go open for their grace period.
 
-
-_retired: weakref.WeakKeyDictionary[Any, _Retired] = weakref.WeakKeyDictionary()
-_locks: weakref.WeakKeyDictionary[Any, DeferredLock] = weakref.WeakKeyDictionary()
-
-
-def _lock_of(service: S3BalanceService) -> DeferredLock:
-    """One reload at a time per daemon: two interleaved reloads could retire a backend twice."""
-    lock = _locks.get(service)
-    if lock is None:
-        lock = _locks[service] = DeferredLock()
-    return lock
-
-
-def apply_config(
-    service: S3BalanceService, new: Config, close_grace: float = CLOSE_GRACE
-) -> Deferred[list[str]]:
-    """Make the running daemon use ``new`` (already validated by ``parse_config``).
-
-    :returns: a Deferred firing with one human-readable line per change made or refused (those
-        end with "needs a restart"); empty when nothing differs.
-    :raises ConfigError: (as the Deferred's failure) a backend could not be built or the strategy
-        is unknown; nothing was changed.
+    :param config: the configuration the daemon started with.
+    :param build_backend: makes a backend object for a real bucket, as the daemon made its first
+        ones (same reactor, HTTP pool, data directory and stall timeout).
+    :param config_path: the file a SIGHUP reloads; None when the daemon has no file.
     """
-    return _lock_of(service).run(lambda: Deferred.fromCoroutine(_apply(service, new, close_grace)))
 
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pool: BackendPool,
+        health: HealthMonitor,
+        gateway: Gateway,
+        store: MetadataStore,
+        clock: IReactorTime,
+        build_backend: Callable[[BucketConfig], IBackend],
+        config_path: str | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._pool = pool
+        self._health = health
+        self._gateway = gateway
+        self._store = store
+        self._clock = clock
+        self._build_backend = build_backend
+        #: Two interleaved reloads could retire a backend twice: one at a time.
+        self._lock = DeferredLock()
+        #: Backends out of the pool, waiting out their grace period: id -> (backend, its close).
+        self._retired: dict[int, tuple[IBackend, IDelayedCall]] = {}
 
-async def _apply(service: S3BalanceService, new: Config, close_grace: float) -> list[str]:
-    old = service.config
-    changes: list[str] = []
-    effective = _keep_restart_only(old, new, changes)
+    def apply(self, new: Config, close_grace: float = CLOSE_GRACE) -> Deferred[list[str]]:
+        """Make the running daemon use ``new`` (already validated by ``parse_config``).
 
-    # -- build everything that can fail, before touching the running daemon ------------------
-    strategy = None
-    if effective.balancer.strategy != old.balancer.strategy:
-        try:
-            strategy = make_strategy(effective.balancer.strategy)
-        except ValueError as error:
-            raise ConfigError([f"balancer.strategy: {error}"]) from error
+        :returns: a Deferred firing with one human-readable line per change made or refused
+            (those end with "needs a restart"); empty when nothing differs.
+        :raises ConfigError: (as the Deferred's failure) a backend could not be built or the
+            strategy is unknown; nothing was changed.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._apply(new, close_grace)))
 
-    old_real = {b.name: b for b in old.real_buckets}
-    new_real = {b.name: b for b in effective.real_buckets}
-    backends: dict[str, IBackend] = {}
-    built: list[IBackend] = []
-    problems: list[str] = []
-    for name, bucket in new_real.items():
-        before = old_real.get(name)
-        current = service.backends.get(name)
-        if before is not None and current is not None and not _connection_changed(before, bucket):
-            backends[name] = current
-            continue
-        try:
-            backend = make_backend(
-                bucket, service.reactor, effective.data_dir, service.http_pool,
-                service.config.server.write_timeout,
-            )
-        except Exception as error:  # any failure to build refuses the whole configuration
-            problems.append(f"buckets[{name}]: cannot set up the backend: {error}")
-            continue
-        backends[name] = backend
-        built.append(backend)
-    if problems:
-        for backend in built:
-            await backend.close()
-        raise ConfigError(problems)
+    async def _apply(self, new: Config, close_grace: float) -> list[str]:
+        old = self.config
+        changes: list[str] = []
+        effective = _keep_restart_only(old, new, changes)
 
-    # -- the swap: synchronous, so no request sees half of it ---------------------------------
-    for name, bucket in new_real.items():
-        before = old_real.get(name)
-        if before is None:
-            changes.append(f"backend {name} added")
-        elif _connection_changed(before, bucket):
-            fields = ", ".join(_differing(before, bucket, CONNECTION_FIELDS))
-            changes.append(f"backend {name} reconnected ({fields} changed)")
-        for field_name in _differing(before, bucket, POOL_FIELDS) if before else []:
-            changes.append(
-                f"backend {name}: {field_name} {_show(getattr(before, field_name))} -> "
-                f"{_show(getattr(bucket, field_name))}"
-            )
-    for name in old_real:
-        if name not in new_real:
-            changes.append(f"backend {name} removed")
-    retired = service.pool.replace(backends, dict(new_real))
-    service.backends = backends
-    if strategy is not None:
-        service.pool.set_strategy(strategy)
-        changes.append(f"strategy {old.balancer.strategy} -> {effective.balancer.strategy}")
-    _apply_balancer(service, old.balancer, effective.balancer, changes)
-    _apply_gateway_settings(service, effective)
-    if old.s3api.allow_create_bucket != effective.s3api.allow_create_bucket:
-        changes.append(
-            f"s3api.allow_create_bucket {old.s3api.allow_create_bucket} -> "
-            f"{effective.s3api.allow_create_bucket}"
+        # -- build everything that can fail, before touching the running daemon --------------
+        strategy = None
+        if effective.balancer.strategy != old.balancer.strategy:
+            try:
+                strategy = make_strategy(effective.balancer.strategy)
+            except ValueError as error:
+                raise ConfigError([f"balancer.strategy: {error}"]) from error
+
+        old_real = {b.name: b for b in old.real_buckets}
+        new_real = {b.name: b for b in effective.real_buckets}
+        running = self._pool.backends()
+        backends: dict[str, IBackend] = {}
+        built: list[IBackend] = []
+        problems: list[str] = []
+        for name, bucket in new_real.items():
+            before = old_real.get(name)
+            current = running.get(name)
+            if before is not None and current is not None and not _connection_changed(
+                before, bucket
+            ):
+                backends[name] = current
+                continue
+            try:
+                backend = self._build_backend(bucket)
+            except Exception as error:  # any failure to build refuses the whole configuration
+                problems.append(f"buckets[{name}]: cannot set up the backend: {error}")
+                continue
+            backends[name] = backend
+            built.append(backend)
+        if problems:
+            for backend in built:
+                await backend.close()
+            raise ConfigError(problems)
+
+        # -- the swap: synchronous, so no request sees half of it -----------------------------
+        for name, bucket in new_real.items():
+            before = old_real.get(name)
+            if before is None:
+                changes.append(f"backend {name} added")
+            elif _connection_changed(before, bucket):
+                fields = ", ".join(_differing(before, bucket, CONNECTION_FIELDS))
+                changes.append(f"backend {name} reconnected ({fields} changed)")
+            for field_name in _differing(before, bucket, POOL_FIELDS) if before else []:
+                changes.append(
+                    f"backend {name}: {field_name} {_show(getattr(before, field_name))} -> "
+                    f"{_show(getattr(bucket, field_name))}"
+                )
+        for name in old_real:
+            if name not in new_real:
+                changes.append(f"backend {name} removed")
+        retired = self._pool.replace(backends, dict(new_real))
+        if strategy is not None:
+            self._pool.set_strategy(strategy)
+            changes.append(f"strategy {old.balancer.strategy} -> {effective.balancer.strategy}")
+        balancer = effective.balancer
+        self._health.reconfigure(
+            balancer.probe_timeout, balancer.unhealthy_threshold, balancer.healthy_threshold
         )
-    service.config = effective
-    _retire(service, retired, close_grace)
-
-    # -- after the swap: virtual buckets named in the configuration ---------------------------
-    old_virtual = {b.name for b in old.virtual_buckets}
-    now = service.reactor.seconds()
-    for bucket in effective.virtual_buckets:
-        try:
-            created = await service.store.create_bucket(bucket.name, now, from_config=True)
-        except Exception as error:  # the rest of the reload stands; say what failed
-            changes.append(f"virtual bucket {bucket.name} could not be created: {error}")
-            continue
-        if created:
-            changes.append(f"virtual bucket {bucket.name} created")
-    old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
-    for bucket in effective.virtual_buckets:
-        copies = old_replicas.get(bucket.name, 1)
-        if copies != bucket.replicas:
+        changes += _balancer_changes(old.balancer, balancer)
+        self._gateway.reconfigure(effective)
+        if old.s3api.allow_create_bucket != effective.s3api.allow_create_bucket:
             changes.append(
-                f"virtual bucket {bucket.name}: replicas {copies} -> {bucket.replicas} "
-                "(new writes only; existing objects keep their copies)"
+                f"s3api.allow_create_bucket {old.s3api.allow_create_bucket} -> "
+                f"{effective.s3api.allow_create_bucket}"
             )
-    for name in sorted(old_virtual - {b.name for b in effective.virtual_buckets}):
-        changes.append(
-            f"virtual bucket {name} no longer in the configuration (kept, with its objects)"
-        )
-    return changes
+        self.config = effective
+        self._retire(retired, close_grace)
+
+        # -- after the swap: virtual buckets named in the configuration -----------------------
+        old_virtual = {b.name for b in old.virtual_buckets}
+        now = self._clock.seconds()
+        for bucket in effective.virtual_buckets:
+            try:
+                created = await self._store.create_bucket(bucket.name, now, from_config=True)
+            except Exception as error:  # the rest of the reload stands; say what failed
+                changes.append(f"virtual bucket {bucket.name} could not be created: {error}")
+                continue
+            if created:
+                changes.append(f"virtual bucket {bucket.name} created")
+        old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
+        for bucket in effective.virtual_buckets:
+            copies = old_replicas.get(bucket.name, 1)
+            if copies != bucket.replicas:
+                changes.append(
+                    f"virtual bucket {bucket.name}: replicas {copies} -> {bucket.replicas} "
+                    "(new writes only; existing objects keep their copies)"
+                )
+        for name in sorted(old_virtual - {b.name for b in effective.virtual_buckets}):
+            changes.append(
+                f"virtual bucket {name} no longer in the configuration (kept, with its objects)"
+            )
+        return changes
+
+    # -- retired backends ----------------------------------------------------------------------
+
+    def _retire(self, backends: list[IBackend], close_grace: float) -> None:
+        for backend in backends:
+            key = id(backend)
+            if key in self._retired:
+                continue
+            call = self._clock.callLater(close_grace, self._close_one, key)
+            self._retired[key] = (backend, call)
+
+    def _close_one(self, key: int) -> Deferred[None]:
+        backend, _ = self._retired.pop(key)
+        closing: Deferred[None] = defer.maybeDeferred(backend.close)
+        return closing.addErrback(lambda f: log.failure("closing a retired backend failed", f))
+
+    def close_retired(self) -> Deferred[None]:
+        """Close every retired backend now, without waiting for its grace period (at shutdown,
+        after the listeners have stopped and transfers have ended)."""
+        closing = []
+        for key, (_, call) in list(self._retired.items()):
+            if call.active():
+                call.cancel()
+            closing.append(self._close_one(key))
+        return defer.gatherResults(closing).addCallback(lambda _: None)
+
+    def retired_backends(self) -> list[IBackend]:
+        """Backends taken out of the pool and not closed yet."""
+        return [backend for backend, _ in self._retired.values()]
+
+    # -- SIGHUP --------------------------------------------------------------------------------
+
+    def reload_from_file(self) -> Deferred[list[str]]:
+        """Read :attr:`config_path` again and apply it; problems are logged, never raised (a
+        bad file leaves the daemon as it was).
+
+        :returns: the changes made; empty when the file is invalid or there is no file.
+        """
+        path = self.config_path
+        if path is None:
+            log.warn("reload requested, but the daemon was started without a configuration file")
+            return defer.succeed([])
+        try:
+            new = load_config(path)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("reload of {path} refused: {problem}", path=path, problem=problem)
+            return defer.succeed([])
+        except OSError as error:
+            log.error("reload of {path} refused: {error}", path=path, error=error)
+            return defer.succeed([])
+
+        def applied(changes: list[str]) -> list[str]:
+            if not changes:
+                log.info("reloaded {path}: nothing changed", path=path)
+            for change in changes:
+                log.info("reloaded {path}: {change}", path=path, change=change)
+            return changes
+
+        def refused(failure: Any) -> list[str]:
+            if failure.check(ConfigError):
+                for problem in failure.value.problems:
+                    log.error("reload of {path} refused: {problem}", path=path, problem=problem)
+            else:
+                log.failure("reload of {path} failed", failure, path=path)
+            return []
+
+        return self.apply(new).addCallbacks(applied, refused)
+
+    def install_sighup(self, reactor: IReactorFromThreads) -> Callable[[], None]:
+        """Reload the configuration file on SIGHUP (``systemctl reload``).
+
+        The handler only hands the work to the reactor thread: a signal can arrive between any
+        two bytecodes, and nothing of the daemon may be touched from there.
+
+        :returns: a function that puts the previous handler back (for ``stopService`` and tests).
+        """
+
+        def handler(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload_from_file)
+
+        previous = signal.signal(signal.SIGHUP, handler)
+
+        def uninstall() -> None:
+            signal.signal(signal.SIGHUP, previous)
+
+        return uninstall
 
 
 def _keep_restart_only(old: Config, new: Config, changes: list[str]) -> Config:
@@ -238,120 +347,15 @@ def _show(value: object) -> str:
     return "unlimited" if value is None else str(value)
 
 
-def _apply_balancer(
-    service: S3BalanceService, old: BalancerConfig, new: BalancerConfig, changes: list[str]
-) -> None:
-    health = service.health
-    for name in ("unhealthy_threshold", "healthy_threshold", "probe_timeout"):
-        if getattr(old, name) != getattr(new, name):
-            setattr(health, name, getattr(new, name))
-            changes.append(f"balancer.{name} {getattr(old, name)} -> {getattr(new, name)}")
-    for name in ("retry_attempts", "retry_delay"):
-        if getattr(old, name) != getattr(new, name):
-            changes.append(f"balancer.{name} {getattr(old, name)} -> {getattr(new, name)}")
-
-
-def _apply_gateway_settings(service: S3BalanceService, config: Config) -> None:
-    from s3balance.gateway import GatewaySettings
-
-    service.gateway.settings = GatewaySettings.from_config(config)
-
-
-def _retire(service: S3BalanceService, backends: list[IBackend], close_grace: float) -> None:
-    retired = _retired.get(service)
-    if retired is None:
-        retired = _retired[service] = _Retired()
-    for backend in backends:
-        key = id(backend)
-        if key in retired.pending:
-            continue
-        call = service.reactor.callLater(close_grace, _close_one, retired, key)
-        retired.pending[key] = (backend, call)
-
-
-def _close_one(retired: _Retired, key: int) -> Deferred[None]:
-    backend, _ = retired.pending.pop(key)
-    closing: Deferred[None] = defer.maybeDeferred(backend.close)
-    return closing.addErrback(lambda f: log.failure("closing a retired backend failed", f))
-
-
-def close_retired(service: S3BalanceService) -> Deferred[None]:
-    """Close every retired backend now, without waiting for its grace period (at shutdown,
-    after the listeners have stopped and transfers have ended)."""
-    retired = _retired.get(service)
-    if retired is None:
-        return defer.succeed(None)
-    closing = []
-    for key, (_, call) in list(retired.pending.items()):
-        if call.active():
-            call.cancel()
-        closing.append(_close_one(retired, key))
-    return defer.gatherResults(closing).addCallback(lambda _: None)
-
-
-def retired_backends(service: S3BalanceService) -> list[IBackend]:
-    """Backends taken out of the pool and not closed yet."""
-    retired = _retired.get(service)
-    return [] if retired is None else [backend for backend, _ in retired.pending.values()]
-
-
-# -- SIGHUP --------------------------------------------------------------------------------
-
-
-def reload_from_file(service: S3BalanceService) -> Deferred[list[str]]:
-    """Read ``service.config_path`` again and apply it; problems are logged, never raised (a bad
-    file leaves the daemon as it was).
-
-    :returns: the changes made; empty when the file is invalid or there is no file.
-    """
-    path = service.config_path
-    if path is None:
-        log.warn("reload requested, but the daemon was started without a configuration file")
-        return defer.succeed([])
-    try:
-        new = load_config(path)
-    except ConfigError as error:
-        for problem in error.problems:
-            log.error("reload of {path} refused: {problem}", path=path, problem=problem)
-        return defer.succeed([])
-    except OSError as error:
-        log.error("reload of {path} refused: {error}", path=path, error=error)
-        return defer.succeed([])
-
-    def applied(changes: list[str]) -> list[str]:
-        if not changes:
-            log.info("reloaded {path}: nothing changed", path=path)
-        for change in changes:
-            log.info("reloaded {path}: {change}", path=path, change=change)
-        return changes
-
-    def refused(failure: Any) -> list[str]:
-        if failure.check(ConfigError):
-            for problem in failure.value.problems:
-                log.error("reload of {path} refused: {problem}", path=path, problem=problem)
-        else:
-            log.failure("reload of {path} failed", failure, path=path)
-        return []
-
-    return apply_config(service, new).addCallbacks(applied, refused)
-
-
-def install_sighup(service: S3BalanceService) -> Callable[[], None]:
-    """Reload the configuration file on SIGHUP (``systemctl reload``).
-
-    The handler only hands the work to the reactor thread: a signal can arrive between any two
-    bytecodes, and nothing of the daemon may be touched from there.
-
-    :returns: a function that puts the previous handler back (for ``stopService`` and tests).
-    """
-    reactor = service.reactor
-
-    def handler(signum: int, frame: object) -> None:
-        reactor.callFromThread(reload_from_file, service)
-
-    previous = signal.signal(signal.SIGHUP, handler)
-
-    def uninstall() -> None:
-        signal.signal(signal.SIGHUP, previous)
-
-    return uninstall
+def _balancer_changes(old: BalancerConfig, new: BalancerConfig) -> list[str]:
+    return [
+        f"balancer.{name} {getattr(old, name)} -> {getattr(new, name)}"
+        for name in (
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "probe_timeout",
+            "retry_attempts",
+            "retry_delay",
+        )
+        if getattr(old, name) != getattr(new, name)
+    ]

@@ -503,14 +503,8 @@ class MultipartHandler:
         )
 
 
-def wire(gateway: Any, keepalive_interval: float = KEEPALIVE_INTERVAL) -> MultipartHandler:
-    """The handler for a gateway: ``S3Resource(..., multipart=wire(gateway))``."""
-    return MultipartHandler(MultipartUploads(gateway), keepalive_interval)
-
-
 __all__ = [
     "KEEPALIVE_INTERVAL",
     "MultipartHandler",
     "parse_complete",
-    "wire",
 ]

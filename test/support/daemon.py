@@ -1,9 +1,12 @@
 """An in-process s3balance for end-to-end tests: real store, real backends, real sockets.
 
-:func:`start_daemon` wires what ``s3balance.app`` wires (SQLite store on its own thread pool,
-backends, health and usage monitors, pool, gateway, root resource, :class:`S3Site`) and listens on
-``127.0.0.1:0``.  Boto3 calls are blocking: run them with :func:`in_thread` from trial tests while
-the reactor serves the daemon.
+:func:`start_daemon` builds the daemon's parts through the daemon's own composition root
+(:class:`s3balance.components.Components`: the store on its thread pool, backends, monitors, pool,
+gateway, the S3 front with its multipart handler and reserved resources, :class:`S3Site`), opens
+the database and listens on ``127.0.0.1:0``.  The periodic services (probes, usage refresh,
+counter flush, housekeeping) are built but not started: a test runs what it needs itself.  Boto3
+calls are blocking: run them with :func:`in_thread` from trial tests while the reactor serves the
+daemon.
 """
 
 from __future__ import annotations
@@ -14,24 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.internet import defer, threads
-from twisted.web.client import HTTPConnectionPool
 
-from s3balance.auth.authenticator import Authenticator
-from s3balance.auth.credentials import KeyRing
-from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
+from s3balance.components import Components
 from s3balance.config import BucketConfig, Config
-from s3balance.db import migrate
-from s3balance.db.engine import create_engine
-from s3balance.db.pool import DBThreadPool
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
-from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
 from s3balance.usage import UsageMonitor
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
+from test.dbfixture import sqlite_url
 
 T = TypeVar("T")
 
@@ -57,20 +54,49 @@ def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.De
 
 @dataclass
 class Daemon:
-    config: Config
-    store: MetadataStore
-    db_pool: DBThreadPool
-    backends: dict[str, IBackend]
-    health: HealthMonitor
-    usage: UsageMonitor
-    pool: BackendPool
-    gateway: Gateway
-    resource: S3Resource
-    site: S3Site
-    port: Any
-    http_pool: HTTPConnectionPool
+    """A started in-process daemon: its parts (:attr:`components`) and its listening port."""
+
+    components: Components
+    database_url: str
+    port: Any = None
     cleanups: list[Callable[[], Any]] = field(default_factory=list)
     channels: list[Any] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.components.config
+
+    @property
+    def store(self) -> MetadataStore:
+        return self.components.store
+
+    @property
+    def backends(self) -> dict[str, IBackend]:
+        return self.components.backends
+
+    @property
+    def health(self) -> HealthMonitor:
+        return self.components.health
+
+    @property
+    def usage(self) -> UsageMonitor:
+        return self.components.usage
+
+    @property
+    def pool(self) -> BackendPool:
+        return self.components.pool
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.components.gateway
+
+    @property
+    def resource(self) -> S3Resource:
+        return self.components.resource
+
+    @property
+    def site(self) -> S3Site:
+        return self.components.site
 
     @property
     def endpoint(self) -> str:
@@ -127,10 +153,7 @@ class Daemon:
             await task.deferLater(reactor, 0.01, lambda: None)
         for cleanup in reversed(self.cleanups):
             await defer.maybeDeferred(cleanup)
-        for backend in self.backends.values():
-            await backend.close()
-        await self.http_pool.closeCachedConnections()
-        await threads.deferToThread(self.db_pool.stop)
+        await self.components.close()
 
 
 def local_buckets(root: str, names: list[str], **options: Any) -> list[BucketConfig]:
@@ -182,7 +205,8 @@ async def start_daemon(
 
     Signatures are checked when ``configure`` sets ``s3api.auth_required`` (keys from ``s3api``).
 
-    :param database_url: share this database (another daemon's) instead of a new SQLite file.
+    :param database_url: share this database (another daemon's :attr:`Daemon.database_url`)
+        instead of a new SQLite file.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -194,59 +218,19 @@ async def start_daemon(
     ]
     config.balancer.strategy = strategy
     config.balancer.retry_delay = 0.01
+    config.server.read_timeout = 5.0
     if configure is not None:
         configure(config)
 
-    url = database_url or f"sqlite:///{os.path.join(workdir, 'meta.db')}"
-    engine = create_engine(url)
-    await threads.deferToThread(migrate.upgrade, engine)
-    db_pool = DBThreadPool(engine, reactor, max_threads=2)
-    db_pool.start()
-    store = MetadataStore(db_pool)
-    for name in virtual_buckets:
-        await store.create_bucket(name, reactor.seconds(), from_config=True)  # False when shared
-
-    http_pool = HTTPConnectionPool(reactor, persistent=True)
-    http_pool.maxPersistentPerHost = 16
-    backends = {
-        bucket.name: make_backend(bucket, reactor, workdir, http_pool, config.server.write_timeout)
-        for bucket in config.real_buckets
-    }
-    health = HealthMonitor(lambda: backends, clock=reactor, period=3600.0, probe_timeout=5.0)
-    usage = UsageMonitor(store, lambda: backends, clock=reactor, period=3600.0)
-    pool = BackendPool(
-        backends,
-        {b.name: b for b in config.real_buckets},
-        make_strategy(strategy),
-        health,
-        usage,
-        store=None,
-        clock=reactor,
-    )
-    gateway = Gateway(
-        store=store, pool=pool, health=health, usage=usage, clock=reactor, config=config
-    )
-    authenticator = None
-    if config.s3api.auth_required:
-        authenticator = Authenticator(
-            KeyRing.from_config(config.s3api), required=True, region=config.s3api.region
-        )
-    resource = S3Resource(gateway, config=config, reserved={}, authenticator=authenticator)
-    site = S3Site(resource, should_stream=resource.should_stream, clock=reactor, read_timeout=5.0)
-    daemon = Daemon(
-        config,
-        store,
-        db_pool,
-        backends,
-        health,
-        usage,
-        pool,
-        gateway,
-        resource,
-        site,
-        None,
-        http_pool,
-    )
+    url = database_url or sqlite_url(workdir)  # a copy of a migrated file: no migration here
+    components = Components(config, reactor, database_url=url)
+    daemon = Daemon(components, url)
+    try:
+        await components.open()
+    except BaseException:
+        await components.close()
+        raise
+    site = components.site
     build = site.buildProtocol
 
     def tracked(address: Any) -> Any:

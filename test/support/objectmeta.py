@@ -6,8 +6,6 @@ from __future__ import annotations
 import secrets
 
 from s3balance.config import BucketConfig
-from s3balance.multipart import MultipartUploads
-from s3balance.web.multipart import MultipartHandler
 from test.support.daemon import DaemonTestCase, server_buckets
 from test.support.motoserver import shared_moto
 
@@ -24,6 +22,3 @@ class MotoDaemonCase(DaemonTestCase):
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
         return moto_buckets(self.backend_names)
 
-    async def start(self) -> None:
-        await super().start()
-        self.daemon.resource.multipart = MultipartHandler(MultipartUploads(self.daemon.gateway))
