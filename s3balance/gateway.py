@@ -45,9 +45,9 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
@@ -83,6 +83,7 @@ from s3balance.db.store import (
     PreconditionFailedError,
     Replacement,
 )
+from s3balance.replicated import Replicas
 
 log = Logger()
 
@@ -111,6 +112,19 @@ _HASHED = re.compile(re.escape(HASHED_KEY_DIR) + r"/([0-9a-f]{64})$")
 SUFFIX_LENGTH = 26
 
 
+@dataclass(frozen=True)
+class NewObject:
+    """What a write commits besides its bytes: the object row's fields the client chose."""
+
+    bucket: str
+    key: str
+    headers: dict[str, str]
+    metadata: dict[str, str]
+    condition: Condition
+    tags: dict[str, str]
+    acl: str
+
+
 class ObjectChanged(Exception):
     """The location a read was about to open was replaced and deleted since the row was read:
     read the row again."""
@@ -124,6 +138,14 @@ class Pool(Protocol):
     def is_available(self, name: str) -> bool: ...
 
     def choose(self, bucket: str, key: str, size: int) -> list[str]: ...
+
+    def choose_replicas(
+        self, bucket: str, key: str, size: int, count: int, exclude: Collection[str] = ()
+    ) -> list[str]: ...
+
+    def read_order(self, names: Sequence[str]) -> list[str]: ...
+
+    def names(self) -> list[str]: ...
 
     def reserve(self, name: str, size: int) -> Callable[[], None]: ...
 
@@ -154,6 +176,8 @@ class GatewaySettings:
     presign_expiry: float = 300.0
     #: Seconds a replaced or deleted location is kept for other daemons' readers (rule 3).
     delete_grace: float = 0.0
+    #: Copies of each new object, by virtual bucket (``replicas``); absent: one.
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -165,6 +189,7 @@ class GatewaySettings:
             proxy_mode=config.s3api.proxy_mode,
             presign_expiry=config.s3api.presign_expiry,
             delete_grace=config.server.effective_delete_grace(config.database.type),
+            replicas={b.name: b.replicas for b in config.virtual_buckets if b.replicas > 1},
         )
 
 
@@ -411,6 +436,8 @@ class Gateway:
         self._doomed: dict[Location, int] = {}
         #: Locations being deleted now: a reader must not start on them.
         self._deleting: set[Location] = set()
+        #: The write and read paths of buckets with ``replicas`` above 1.
+        self.replicas = Replicas(self)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded configuration's settings; requests that start after this use them."""
@@ -470,6 +497,8 @@ class Gateway:
         :raises S3Error: ServiceUnavailable when no location's backend is enabled and healthy,
             SlowDown when the ones that are have used up their class-B budget.
         """
+        if len(record.locations) > 1:
+            return self.replicas.readable(record)[0]
         over_limit = False
         for location in record.locations:
             if not self.pool.is_available(location.backend):
@@ -496,6 +525,10 @@ class Gateway:
         :raises S3Error: as :meth:`readable_location`; NoSuchKey when the backend lost the bytes
             (a dangling row, logged for the operator).
         """
+        if len(record.locations) > 1:
+            async with self.replicas.reading(record, byte_range) as replicated:
+                yield replicated
+            return
         location = self.readable_location(record)
         if location in self._deleting:
             raise ObjectChanged()
@@ -654,6 +687,11 @@ class Gateway:
         if length > MAX_PUT_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
         await self.check_before_write(bucket, key, condition)
+        if self.replicas.copies(bucket) > 1:
+            new = NewObject(
+                bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
+            )
+            return await self.replicas.place(new, length, body, checksums)
 
         def write(
             backend: IBackend, target: str, backend_metadata: dict[str, str]
@@ -697,6 +735,22 @@ class Gateway:
         validate_key(key)
         check_client_metadata(metadata)
         await self.check_before_write(bucket, key, condition)
+        if self.replicas.copies(bucket) > 1:
+            new = NewObject(
+                bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
+            )
+            kept_checksums = dict(source.checksums)
+            try:
+                async with self.reading(source) as stream:
+                    producer = StreamBodyProducer(stream)
+                    try:
+                        return await self.replicas.place(
+                            new, stream.length, producer, lambda: kept_checksums
+                        )
+                    finally:
+                        producer.discard()
+            except ObjectChanged:
+                raise errors.NoSuchKey("The source object changed during the copy.") from None
         source_location = self.readable_location(source)
 
         def write(
@@ -903,7 +957,6 @@ class Gateway:
         :raises S3Error: PreconditionFailed, NoSuchKey (``If-Match`` on a missing key),
             NoSuchBucket, NoSuchUpload (``upload_id`` gone meanwhile), InternalError.
         """
-        location = record.locations[0]
         delete_after = self.clock.seconds() + self.settings.delete_grace
         try:
             if upload_id is None:
@@ -914,7 +967,8 @@ class Gateway:
                 )
         except Exception as error:
             if not await self._committed_anyway(record, error):
-                await self._delete_bytes(location.backend, location.real_key)
+                for location in record.locations:
+                    await self._delete_bytes(location.backend, location.real_key)
             raise self._commit_error(error, record, upload_id) from error
         self._adjust_usage(record, replaced)
         await self._retire(replaced)

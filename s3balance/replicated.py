@@ -143,7 +143,7 @@ class Replicas:
                 puts.append(put)
             outcomes = await defer.DeferredList(puts, consumeErrors=True)
             stored = [loc for loc, (ok, _) in zip(locations, outcomes, strict=True) if ok]
-            failures = [result for ok, result in outcomes if not ok]
+            failures: list[Failure] = [result for ok, result in outcomes if not ok]  # type: ignore[misc]
             if failures:
                 await self.discard(stored)
                 return self._failed(failures, fan)

@@ -18,7 +18,7 @@ from s3balance import metrics
 from s3balance.config import Config
 from s3balance.health import BackendHealth
 from test.support.bodies import generated_bytes
-from test.support.daemon import in_thread, local_buckets, seaweed_buckets, start_daemon
+from test.support.daemon import in_thread, local_buckets, server_buckets, start_daemon
 from test.support.seaweedfs import SeaweedFS, weed_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -85,8 +85,8 @@ class ReplicasOnTwoServers(TestCase):
             self.addCleanup(server.kill)
             self.servers[name] = server
         real = [
-            *seaweed_buckets(self.servers["w1"], ["w1"], zone="zone-1"),
-            *seaweed_buckets(self.servers["w2"], ["w2"], zone="zone-2"),
+            *server_buckets(self.servers["w1"], ["w1"], ["replica-one"], zone="zone-1"),
+            *server_buckets(self.servers["w2"], ["w2"], ["replica-two"], zone="zone-2"),
             *local_buckets(self.workdir, ["disk"], max_size=LOCAL_LIMIT),
         ]
 
@@ -139,7 +139,9 @@ class ReplicasOnTwoServers(TestCase):
         self.prefer("w1")
         await in_thread(self.servers["w1"].kill)
         before = metrics.REPLICA_FAILOVERS._value.get()
-        got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="before")["Body"].read())
+        got = await in_thread(
+            lambda: self.s3.get_object(Bucket=BUCKET, Key="before")["Body"].read()
+        )
         self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
         self.assertGreater(metrics.REPLICA_FAILOVERS._value.get(), before)
 

@@ -282,6 +282,13 @@ class MetadataStore:
         """Queued deletions whose time has come, oldest first."""
         return self.pool.do_read(_due_deletions, now, limit)
 
+    def queue_deletions(
+        self, locations: Sequence[Location], delete_after: float
+    ) -> Deferred[tuple[int, ...]]:
+        """Queue bytes no row references (copies of a write that did not complete) for
+        deletion after ``delete_after``; fires with their queue ids, in order."""
+        return self.pool.do(_queue_locations, list(locations), delete_after)
+
     def forget_deletions(self, ids: Sequence[int]) -> Deferred[None]:
         """Drop queued deletions (their bytes are gone)."""
         return self.pool.do(_forget_deletions, list(ids))
@@ -686,8 +693,17 @@ def _queue_deletions(
     conn: sa.Connection, replaced: Replacement, delete_after: float
 ) -> Replacement:
     """Insert ``replaced.to_delete`` into ``pending_deletions``; the ids go into the result."""
+    ids = _queue_locations(conn, replaced.to_delete, delete_after)
+    return Replacement(
+        replaced.previous_size, replaced.previous_locations, replaced.to_delete, ids
+    )
+
+
+def _queue_locations(
+    conn: sa.Connection, locations: Sequence[Location], delete_after: float
+) -> tuple[int, ...]:
     ids = []
-    for location in replaced.to_delete:
+    for location in locations:
         result = conn.execute(
             pending_deletions.insert().values(
                 backend=location.backend, real_key=location.real_key, delete_after=delete_after
@@ -695,9 +711,7 @@ def _queue_deletions(
         )
         assert result.inserted_primary_key is not None
         ids.append(int(result.inserted_primary_key[0]))
-    return Replacement(
-        replaced.previous_size, replaced.previous_locations, replaced.to_delete, tuple(ids)
-    )
+    return tuple(ids)
 
 
 def _write_object(
