@@ -83,6 +83,7 @@ from s3balance.db.store import (
     PreconditionFailedError,
     Replacement,
 )
+from s3balance.etags import quoted_etag
 from s3balance.replicated import Replicas
 
 log = Logger()
@@ -308,14 +309,6 @@ def validate_bucket_name(name: str) -> None:
         or name in RESERVED_BUCKET_NAMES
     ):
         raise errors.InvalidBucketName(BucketName=name)
-
-
-def quoted_etag(etag: str) -> str:
-    """S3's quoted form; some servers (SeaweedFS's CopyObjectResult) drop the quotes."""
-    etag = etag.strip()
-    if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"'):
-        return etag
-    return f'"{etag.strip(chr(34))}"'
 
 
 def validate_key(key: str) -> None:

@@ -26,9 +26,9 @@ writes only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -41,27 +41,120 @@ from s3balance.backends.interface import (
     BackendError,
     BackendNoSuchKey,
     BackendUnavailable,
+    IBackend,
     IObjectStream,
     PutResult,
     backend_error_to_s3,
 )
 from s3balance.db.records import Location, ObjectRecord
+from s3balance.etags import quoted_etag
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.logs import make_logger
 
 if TYPE_CHECKING:
-    from s3balance.gateway import Gateway, NewObject
+    from twisted.internet.interfaces import IReactorTime
+
+    from s3balance.db.store import Condition, MetadataStore, Replacement
 
 __all__ = ["Replicas"]
 
 log = make_logger()
 
 
-class Replicas:
-    """The replicated write and read paths of one :class:`~s3balance.gateway.Gateway`."""
+class NewObjectFields(Protocol):
+    """What a write commits besides its bytes (the gateway's ``NewObject``)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def metadata(self) -> dict[str, str]: ...
+    @property
+    def condition(self) -> Condition: ...
+    @property
+    def tags(self) -> dict[str, str]: ...
+    @property
+    def acl(self) -> str: ...
+
+
+class Settings(Protocol):
+    @property
+    def replicas(self) -> Mapping[str, int]: ...
+    @property
+    def retry_attempts(self) -> int: ...
+    @property
+    def retry_delay(self) -> float: ...
+
+
+class ReplicaPool(Protocol):
+    """What the replicated paths ask of :class:`s3balance.pool.BackendPool`."""
+
+    def get(self, name: str) -> IBackend: ...
+
+    def names(self) -> list[str]: ...
+
+    def is_available(self, name: str) -> bool: ...
+
+    def choose_replicas(
+        self, bucket: str, key: str, size: int, count: int, exclude: Collection[str] = ()
+    ) -> list[str]: ...
+
+    def read_order(self, names: Sequence[str]) -> list[str]: ...
+
+    def reserve(self, name: str, size: int) -> Callable[[], None]: ...
+
+    def record_operation(
+        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+    ) -> None: ...
+
+
+class ReplicaHealth(Protocol):
+    def mark_failure(self, name: str, error: str) -> None: ...
+
+
+class ReplicaHost(Protocol):
+    """What the replicated paths use of the gateway (:class:`s3balance.gateway.Gateway`): its
+    settings and parts, the commit, and how it opens, holds and deletes locations."""
+
+    @property
+    def store(self) -> MetadataStore: ...
+    @property
+    def pool(self) -> ReplicaPool: ...
+    @property
+    def health(self) -> ReplicaHealth: ...
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def encrypting(self, candidates: list[str]) -> list[str]: ...
+
+    async def get_bucket(self, name: str) -> Any: ...
+
+    def new_location(self, bucket: str, key: str) -> tuple[str, dict[str, str]]: ...
+
+    async def commit(self, record: ObjectRecord, condition: Condition = ...) -> Replacement: ...
+
+    def holding(self, location: Location) -> AbstractAsyncContextManager[None]: ...
+
+    async def _open(
+        self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
+    ) -> IObjectStream: ...
+
+    async def _delete_pending(self, location: Location, pending: int) -> bool: ...
+
+    async def _delete_bytes(self, backend: str, target: str) -> None: ...
+
+
+class Replicas:
+    """The replicated write and read paths of one gateway."""
+
+    def __init__(self, gateway: ReplicaHost) -> None:
         self.gateway = gateway
 
     def copies(self, bucket: str) -> int:
@@ -72,7 +165,7 @@ class Replicas:
 
     async def place(
         self,
-        new: NewObject,
+        new: NewObjectFields,
         size: int,
         body: IBodyProducer,
         checksums: Callable[[], dict[str, str]] | None,
@@ -122,7 +215,7 @@ class Replicas:
         self,
         names: list[str],
         fan: FanOut,
-        new: NewObject,
+        new: NewObjectFields,
         size: int,
         checksums: Callable[[], dict[str, str]] | None,
     ) -> ObjectRecord | BackendUnavailable:
@@ -157,7 +250,7 @@ class Replicas:
                 bucket=new.bucket,
                 key=new.key,
                 size=results[0].size,
-                etag=_quoted(results[0].etag),
+                etag=quoted_etag(results[0].etag),
                 last_modified=gateway.clock.seconds(),
                 headers=new.headers,
                 metadata=new.metadata,
@@ -271,9 +364,3 @@ class Replicas:
                     raise errors.NoSuchKey(Key=record.key) from None
                 raise backend_error_to_s3(failure) from None
             yield stream
-
-
-def _quoted(etag: str) -> str:
-    from s3balance.gateway import quoted_etag
-
-    return quoted_etag(etag)
