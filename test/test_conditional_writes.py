@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from s3balance.db import store as store_module
+from s3balance.db import objects as objects_module
 from s3balance.db.store import UNCONDITIONAL
 from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, ServerDatabase
 from test.support import unavailable
@@ -314,13 +314,13 @@ class RaceTests(unittest.TestCase):
 
     async def test_without_the_compare_and_swap_both_would_win(self) -> None:
         """The race is real: a commit that ignores the condition lets both writers through."""
-        real = store_module._commit_object
+        real = objects_module._commit_object
 
         def unconditional(conn: Any, record: Any, condition: Any, delete_after: float) -> Any:
             return real(conn, record, UNCONDITIONAL, delete_after)
 
-        store_module._commit_object = unconditional  # type: ignore[assignment]
-        self.addCleanup(setattr, store_module, "_commit_object", real)
+        objects_module._commit_object = unconditional  # type: ignore[assignment]
+        self.addCleanup(setattr, objects_module, "_commit_object", real)
         first = await self.daemon()
         second = await self.daemon()
         answers = await self.race([first.port_number, second.port_number], "lock")

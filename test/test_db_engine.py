@@ -14,7 +14,8 @@ from twisted.internet import reactor
 
 from s3balance.config import DatabaseConfig
 from s3balance.db import engine as db_engine
-from s3balance.db import model
+from s3balance.db import migrate, model
+from s3balance.db.base import may_fail
 from s3balance.db.connector import DBConnector
 from s3balance.db.pool import InlineDBPool, is_transient, run_transaction
 from s3balance.db.records import Location, ObjectRecord
@@ -155,6 +156,37 @@ def test_transient_failure_is_retried(sqlite_url: str) -> None:
     engine.dispose()
 
 
+def check_a_failed_statement_undoes_only_itself(url: str) -> None:
+    """What :func:`s3balance.db.base.may_fail` relies on: after a constraint error the
+    transaction goes on, with what it did before the failed statement."""
+    engine = db_engine.create_engine(url)
+    try:
+        migrate.upgrade(engine)
+        row = {"backend": "taken", "used_bytes": 1, "object_count": 1}
+        with engine.begin() as connection:
+            connection.execute(model.backend_usage.insert(), row)
+        with engine.begin() as connection:
+            connection.execute(model.backend_usage.insert(), {**row, "backend": "before"})
+            with pytest.raises(sa.exc.IntegrityError):
+                with may_fail(connection):
+                    connection.execute(model.backend_usage.insert(), row)
+            connection.execute(
+                model.backend_usage.update()
+                .where(model.backend_usage.c.backend == "taken")
+                .values(used_bytes=model.backend_usage.c.used_bytes + 10)
+            )
+        with engine.connect() as connection:
+            usage = model.backend_usage
+            rows = connection.execute(sa.select(usage.c.backend, usage.c.used_bytes)).all()
+            assert sorted(rows) == [("before", 1), ("taken", 11)]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_failed_statement_undoes_only_itself(sqlite_url: str) -> None:
+    check_a_failed_statement_undoes_only_itself(sqlite_url)
+
+
 class ServerEngineTests:
     server = ""
 
@@ -163,6 +195,9 @@ class ServerEngineTests:
         with fresh_server_database(self.server) as url:
             self.url = url
             yield
+
+    def test_failed_statement_undoes_only_itself(self) -> None:
+        check_a_failed_statement_undoes_only_itself(self.url)
 
     def test_real_deadlock_is_retried(self) -> None:
         """Two transactions locking rows in opposite orders: the server kills one, the pool

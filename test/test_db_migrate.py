@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 import s3balance
+from s3balance import migrations
 from s3balance.config import DatabaseConfig
 from s3balance.db import engine as db_engine
 from s3balance.db import migrate, model
@@ -196,12 +197,54 @@ def test_top_level_alembic_folder_does_not_shadow_the_library() -> None:
     assert "site-packages" in output, output
 
 
-def test_migrations_found_in_checkout_and_package() -> None:
+def test_migrations_live_in_the_package_only() -> None:
     location = migrate.script_location()
+    assert location == REPO / "s3balance" / "migrations"
+    assert not location.is_symlink()
     assert (location / "env.py").is_file()
-    assert location.resolve() == (REPO / "alembic").resolve()
-    # The name a wheel installs them under is a real package path in the checkout too.
-    assert (REPO / "s3balance" / "migrations" / "versions" / "0001_initial.py").is_file()
+    assert (location / "versions" / "0001_initial.py").is_file()
+    # The top-level folder only points Alembic's command line there.
+    assert sorted(path.name for path in (REPO / "alembic").iterdir()) == ["alembic.ini"]
+
+
+def test_declared_head_is_alembics_head() -> None:
+    """A daemon takes a database at ``migrations.HEAD`` as current without asking Alembic: a new
+    script must move it."""
+    assert migrations.HEAD == migrate.head_revision()
+
+
+def test_a_database_elsewhere_in_the_history_is_left_to_alembic(tmp_path: Path) -> None:
+    engine = db_engine.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        migrate.upgrade(engine, "0004")
+        assert not migrate.at_head(engine)
+        with pytest.raises(migrate.SchemaOutdated, match="at revision 0004"):
+            migrate.check_or_upgrade(engine, auto_migrate=False)
+        migrate.check_or_upgrade(engine, auto_migrate=True)
+        assert migrate.at_head(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_operators_alembic_ini_runs_the_package_scripts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'by-alembic.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", "alembic/alembic.ini", "-x", f"url={url}"]
+        + ["upgrade", "head"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    engine = db_engine.create_engine(url)
+    try:
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.slow
@@ -209,12 +252,10 @@ def test_wheel_ships_working_migrations(tmp_path: Path) -> None:
     """Build a wheel, install it elsewhere, and migrate a database from the installed copy."""
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "s3balance", "alembic", "twisted"):
+    for name in ("pyproject.toml", "s3balance", "twisted"):
         target = source / name
         if (REPO / name).is_dir():
-            shutil.copytree(
-                REPO / name, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
+            shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, target)
     (source / "README.md").write_text("s3balance\n")
@@ -277,7 +318,9 @@ def test_command_line_upgrades_and_writes_the_next_migration(
     head = migrate.head_revision()
     assert capsys.readouterr().out.strip() == f"current: {head}  head: {head}"
     scripts = tmp_path / "scripts"
-    shutil.copytree(REPO / "alembic", scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        migrate.script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__")
+    )
     migrate.main(
         ["--url", url, "--scripts", str(scripts), "revision", "-m", "next", "--autogenerate"]
     )
@@ -286,3 +329,5 @@ def test_command_line_upgrades_and_writes_the_next_migration(
     assert f"down_revision = '{head}'" in text
     # The models equal the migrated schema, so there is nothing to do yet.
     assert "op." not in text.split("def upgrade")[1]
+    revision = written.name.split("_")[0]
+    assert f"its revision '{revision}' is the new HEAD" in capsys.readouterr().out

@@ -20,7 +20,14 @@ from twisted.trial import unittest
 
 from s3balance.db import model
 from s3balance.db.pool import InlineDBPool
-from s3balance.db.records import BackendUsage, Location, ObjectRecord, PartRecord, UploadRecord
+from s3balance.db.records import (
+    BackendUsage,
+    BucketTotals,
+    Location,
+    ObjectRecord,
+    PartRecord,
+    UploadRecord,
+)
 from s3balance.db.store import (
     ANY,
     BucketNotEmptyError,
@@ -193,6 +200,17 @@ class StoreTests:
         yield self.store.abort_upload("u1")
         yield self.store.delete_bucket("vb")
         self.assertEqual((yield self.store.list_buckets()), [])
+
+    @defer.inlineCallbacks
+    def test_bucket_totals_count_every_bucket(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.create_bucket("empty", now=0)
+        yield self.store.put_object(obj("a", size=10))
+        yield self.store.put_object(obj("b", size=32, locations=(("b1", "x"), ("b2", "y"))))
+        totals = yield self.store.bucket_totals()
+        self.assertEqual(
+            totals, {"vb": BucketTotals(2, 42), "empty": BucketTotals(0, 0)}
+        )
 
     # -- objects -----------------------------------------------------------------------------
 
@@ -770,3 +788,14 @@ class PostgresStoreTests(StoreTests, unittest.TestCase):
 @pytest.mark.usefixtures("mysql_db")
 class MySQLStoreTests(StoreTests, unittest.TestCase):
     pass
+
+
+def test_the_store_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.store`` keeps working (a few calls; its figures are not judged here)."""
+    from bench import store as bench_store
+
+    assert bench_store.main(["--calls", "5", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split(" ")[0].rstrip(",") for line in lines]
+    assert names == ["get_object", "commit_object", "commit_object"]
+    assert all(line.endswith("µs CPU per call") for line in lines)

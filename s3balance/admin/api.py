@@ -557,9 +557,7 @@ class AdminResource(Resource):
         return {"deleted": name}
 
     async def get_virtual_buckets(self, request: Request) -> JSON:
-        from s3balance.admin.bucketstats import virtual_bucket_totals
-
-        totals = await self.daemon.store.pool.do_read(virtual_bucket_totals)
+        totals = await self.daemon.store.bucket_totals()
         buckets = []
         for record in await self.daemon.store.list_buckets():
             counted = totals.get(record.name)

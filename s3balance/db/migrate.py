@@ -1,16 +1,16 @@
-"""Schema migrations (Alembic), driven from code: no ``alembic.ini``.
+"""Schema migrations (Alembic), driven from code: no ``alembic.ini`` needed.
 
-The scripts live in the repository's top-level ``alembic/`` folder, which a wheel carries as
-``s3balance/migrations`` (in a checkout that path is a symlink to ``alembic/``);
-:func:`script_location` finds whichever exists.  The folder is deliberately not a Python
-package, so running from the repository root never shadows the ``alembic`` library.
+The scripts live in the package, :mod:`s3balance.migrations` (a wheel ships them like any other
+module); the repository's top-level ``alembic/`` holds only an ``alembic.ini`` pointing there, for
+operators who want Alembic's own command line.  Alembic decides the head and the database's
+revision (``ScriptDirectory``, ``MigrationContext``); the one shortcut is a database already at
+:data:`s3balance.migrations.HEAD`, which a daemon recognises without importing Alembic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-import s3balance
+from s3balance import migrations
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -46,12 +46,8 @@ _process_lock = threading.RLock()
 
 
 def script_location() -> Path:
-    """The migrations folder: in the installed package, else in the source checkout."""
-    package_dir = Path(s3balance.__file__).resolve().parent
-    for candidate in (package_dir / "migrations", package_dir.parent / "alembic"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"no migrations folder next to {package_dir}")
+    """The migrations folder, :mod:`s3balance.migrations`."""
+    return Path(migrations.__file__).resolve().parent
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
@@ -66,6 +62,7 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The newest revision of the scripts, as Alembic finds it."""
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -81,29 +78,9 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$""", re.M)
-
-
-def quick_head_revision() -> str | None:
-    """The head revision read from the scripts' ``revision``/``down_revision`` lines without
-    Alembic; None when the scripts do not form one plain chain (Alembic must decide)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in (script_location() / "versions").glob("*.py"):
-        fields = dict(_REVISION_LINE.findall(script.read_text(encoding="utf-8")))
-        revision = fields.get("revision", "").strip("'\"")
-        parent = fields.get("down_revision", "")
-        if not revision or not re.fullmatch(r"None|(['\"])[\w-]+\1", parent):
-            return None
-        revisions.add(revision)
-        if parent != "None":
-            parents.add(parent.strip("'\""))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
 def quick_current_revision(engine: sa.Engine) -> str | None:
-    """The database's revision by a plain query of Alembic's table (None: no table, no row)."""
+    """The database's revision by a plain query of Alembic's table (None: no table, or not
+    exactly one row, which :func:`check_schema` then leaves to Alembic)."""
     with engine.connect() as connection:
         if not sa.inspect(connection).has_table("alembic_version"):
             return None
@@ -112,9 +89,9 @@ def quick_current_revision(engine: sa.Engine) -> str | None:
 
 
 def at_head(engine: sa.Engine) -> bool:
-    """Whether the schema is current, decided without importing Alembic."""
-    head = quick_head_revision()
-    return head is not None and quick_current_revision(engine) == head
+    """Whether the schema is at :data:`s3balance.migrations.HEAD`, decided without importing
+    Alembic (false means: ask Alembic)."""
+    return quick_current_revision(engine) == migrations.HEAD
 
 
 def check_schema(engine: sa.Engine) -> None:
@@ -266,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
                 config = alembic_config(connection)
                 if args.scripts:
                     config.set_main_option("script_location", args.scripts)
-                command.revision(config, message=args.message, autogenerate=args.autogenerate)
+                written = command.revision(
+                    config, message=args.message, autogenerate=args.autogenerate
+                )
+            for script in written if isinstance(written, list) else [written]:
+                if script is not None:
+                    print(f"wrote {script.path}: its revision {script.revision!r} is the new HEAD")
+                    print(f"(set HEAD in {Path(migrations.__file__)} when it ships)")
     finally:
         engine.dispose()
     return 0

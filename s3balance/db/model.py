@@ -1,7 +1,7 @@
 """The schema, as SQLAlchemy Core tables.
 
-This module is the reference the migrations in ``alembic/versions`` must reproduce: a test compares
-a freshly migrated database with :data:`metadata` and fails on any difference.
+This module is the reference the migrations in :mod:`s3balance.migrations` must reproduce: a test
+compares a freshly migrated database with :data:`metadata` and fails on any difference.
 
 Object keys (and upload ids, which are compared in listings) are stored as their UTF-8 BYTES in a
 binary column (BLOB on SQLite, BYTEA on PostgreSQL, VARBINARY on MySQL/MariaDB), not as text.  S3
@@ -286,3 +286,8 @@ def _add_mysql_options(table: sa.Table, connection: sa.Connection, **kw: Any) ->
 
 for _table in metadata.tables.values():
     sa.event.listen(_table, "before_create", _add_mysql_options)
+
+
+def stored_acl(acl: str) -> str | None:
+    """An ``acl`` column's value for a canned ACL: NULL for the default, ``private``."""
+    return None if acl == "private" else acl

@@ -10,6 +10,11 @@ is locked") roll back and run ``fn`` again, up to :data:`MAX_ATTEMPTS` times: ``
 do nothing but database work.  A failure while committing is never retried, since whether the
 commit happened is then unknown.
 
+A failure that means the database is out of reach (a connection refused or lost, SQLAlchemy's
+``OperationalError`` and ``InterfaceError``: the transient ones once their retries are used up)
+reaches the caller as :class:`~s3balance.db.errors.MetadataUnavailable`, so that no code above the
+store needs to know SQLAlchemy's exceptions.
+
 Every call's duration, retries included, is observed in ``s3_balance_db_query_duration_seconds``
 labelled with the store operation (the function's name without its leading underscore).
 """
@@ -28,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from s3balance.db.engine import READ_ONLY_OPTION
+from s3balance.db.errors import MetadataUnavailable
 from s3balance.metrics import DB_QUERY_DURATION
 
 T = TypeVar("T")
@@ -76,6 +82,13 @@ def is_transient(error: BaseException) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached or used right now."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
 def operation_name(fn: Callable[..., Any]) -> str:
     """The metrics label of a store function: ``_put_object`` is ``put_object``."""
     return str(getattr(fn, "__name__", "unknown")).lstrip("_") or "unknown"
@@ -85,10 +98,17 @@ def run_transaction(
     engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
 ) -> T:
     """Run ``fn(connection, *args)`` in a transaction in the calling thread, retrying transient
-    failures (see the module docstring)."""
+    failures (see the module docstring).
+
+    :raises MetadataUnavailable: the database is out of reach.
+    """
     started = time.monotonic()
     try:
         return _run_with_retries(engine, fn, args, read_only)
+    except sa.exc.DBAPIError as error:
+        if is_unavailable(error):
+            raise MetadataUnavailable(str(error.orig or error)) from error
+        raise
     finally:
         DB_QUERY_DURATION.labels(operation_name(fn)).observe(time.monotonic() - started)
 

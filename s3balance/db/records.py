@@ -25,6 +25,14 @@ class BucketRecord:
 
 
 @dataclass(frozen=True)
+class BucketTotals:
+    """Objects and their bytes in one virtual bucket (counted from the object rows)."""
+
+    object_count: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Location:
     """Where one copy of an object's bytes lives."""
 

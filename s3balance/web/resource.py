@@ -40,7 +40,6 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -53,6 +52,7 @@ from s3balance.auth.chunked import Sha256PayloadVerifier
 from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
+from s3balance.db.errors import MetadataUnavailable
 from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
 from s3balance.web import attributes, buckets, objects, tagging
@@ -376,9 +376,7 @@ class _S3Operation(Resource):
             )
             return
         error = failure.value
-        if isinstance(error, DBAPIError) and error.connection_invalidated or isinstance(
-            error, (OperationalError, InterfaceError)
-        ):
+        if isinstance(error, MetadataUnavailable):
             # The metadata database is unreachable (restarting, network): a condition clients
             # should retry, as S3 says with 503, not a bug of ours.
             log.warn(

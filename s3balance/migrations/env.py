@@ -1,8 +1,8 @@
 """Alembic environment for s3balance.
 
 Normally run from :mod:`s3balance.db.migrate`, which passes an open connection in
-``config.attributes["connection"]``.  For development (``alembic revision --autogenerate``) it can
-also connect to ``-x url=<sqlalchemy url>``.
+``config.attributes["connection"]``.  Run by Alembic's command line (``alembic -c
+alembic/alembic.ini``), it connects to ``-x url=<sqlalchemy url>``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+from s3balance.db.engine import create_engine
 from s3balance.db.model import metadata
 
 config = context.config
@@ -35,7 +36,7 @@ def main() -> None:
     url = context.get_x_argument(as_dictionary=True).get("url")
     if not url:
         raise SystemExit("pass the database with -x url=<sqlalchemy url>")
-    engine = sa.create_engine(url)
+    engine = create_engine(url)
     with engine.connect() as own_connection:
         run_migrations(own_connection)
         own_connection.commit()

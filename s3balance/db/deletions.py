@@ -1,0 +1,96 @@
+"""Pending deletions: bytes no row references any more, queued until they may go.
+
+A commit or delete that unreferences a location queues it here in its own transaction
+(:func:`queue_deletions`), so the deletion survives a crash; the gateway's sweeper deletes the
+bytes once ``delete_after`` has passed and then forgets the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from s3balance.db.base import DBComponent
+from s3balance.db.model import pending_deletions
+from s3balance.db.records import Location
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+
+@dataclass(frozen=True)
+class PendingDeletion:
+    """A location queued for deletion (row id, where, and when it may go)."""
+
+    id: int
+    location: Location
+    delete_after: float
+
+
+class DeletionsComponent(DBComponent):
+    """Queueing, reading and forgetting deletions."""
+
+    def due_deletions(self, now: float, limit: int = 1000) -> Deferred[list[PendingDeletion]]:
+        """Queued deletions whose time has come, oldest first."""
+        return self.pool.do_read(_due_deletions, now, limit)
+
+    def queue_deletions(
+        self, locations: Sequence[Location], delete_after: float
+    ) -> Deferred[tuple[int, ...]]:
+        """Queue bytes no row references (the copies of a replicated write that did not
+        complete) for deletion after ``delete_after``; fires with their queue ids, in order."""
+        return self.pool.do(queue_deletions, list(locations), delete_after)
+
+    def forget_deletions(self, ids: Sequence[int]) -> Deferred[None]:
+        """Drop queued deletions (their bytes are gone)."""
+        return self.pool.do(_forget_deletions, list(ids))
+
+
+# In a database thread, inside the pool's transaction (see s3balance.db.base).
+
+_INSERT = pending_deletions.insert()
+_SELECT_DUE = (
+    sa.select(pending_deletions)
+    .where(pending_deletions.c.delete_after <= sa.bindparam("now"))
+    .order_by(pending_deletions.c.delete_after, pending_deletions.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_DELETE = pending_deletions.delete().where(
+    pending_deletions.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+
+
+def queue_deletions(
+    conn: sa.Connection, locations: Sequence[Location], delete_after: float
+) -> tuple[int, ...]:
+    """Queue ``locations`` for deletion after ``delete_after``; returns their row ids, in
+    order."""
+    ids = []
+    for location in locations:
+        result = conn.execute(
+            _INSERT,
+            {
+                "backend": location.backend,
+                "real_key": location.real_key,
+                "delete_after": delete_after,
+            },
+        )
+        assert result.inserted_primary_key is not None
+        ids.append(int(result.inserted_primary_key[0]))
+    return tuple(ids)
+
+
+def _due_deletions(conn: sa.Connection, now: float, limit: int) -> list[PendingDeletion]:
+    rows = conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
+    return [
+        PendingDeletion(int(row.id), Location(row.backend, row.real_key), row.delete_after)
+        for row in rows
+    ]
+
+
+def _forget_deletions(conn: sa.Connection, ids: list[int]) -> None:
+    if ids:
+        conn.execute(_DELETE, {"ids": ids})
