@@ -166,10 +166,12 @@ class Reconfigurator:
             elif _connection_changed(before, bucket):
                 fields = ", ".join(_differing(before, bucket, CONNECTION_FIELDS))
                 changes.append(f"backend {name} reconnected ({fields} changed)")
-            for field_name in _differing(before, bucket, POOL_FIELDS) if before else []:
+            if before is None:
+                continue
+            for field_name in _differing(before, bucket, POOL_FIELDS):
                 changes.append(
-                    f"backend {name}: {field_name} {_show(getattr(before, field_name))} -> "
-                    f"{_show(getattr(bucket, field_name))}"
+                    f"backend {name}: {field_name} {_show(before, field_name)} -> "
+                    f"{_show(bucket, field_name)}"
                 )
         for name in old_real:
             if name not in new_real:
@@ -341,9 +343,12 @@ def _differing(before: BucketConfig, after: BucketConfig, names: tuple[str, ...]
     return [name for name in names if getattr(before, name) != getattr(after, name)]
 
 
-def _show(value: object) -> str:
+def _show(bucket: BucketConfig, field_name: str) -> str:
+    value = getattr(bucket, field_name)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return str(dataclasses.asdict(value))
+    if field_name == "zone":
+        return bucket.failure_domain  # what an unset zone means
     return "unlimited" if value is None else str(value)
 
 
