@@ -45,7 +45,7 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -84,7 +84,7 @@ from s3balance.db.store import (
     Replacement,
 )
 from s3balance.etags import quoted_etag
-from s3balance.replicated import Replicas
+from s3balance.replicated import ReplicaHealth, ReplicaPool, Replicas
 
 log = Logger()
 
@@ -131,34 +131,16 @@ class ObjectChanged(Exception):
     read the row again."""
 
 
-class Pool(Protocol):
-    """What the core needs of :class:`s3balance.pool.BackendPool`."""
-
-    def get(self, name: str) -> IBackend: ...
-
-    def is_available(self, name: str) -> bool: ...
+class Pool(ReplicaPool, Protocol):
+    """What the core needs of :class:`s3balance.pool.BackendPool` (beyond what the replicated
+    paths need)."""
 
     def choose(self, bucket: str, key: str, size: int) -> list[str]: ...
 
-    def choose_replicas(
-        self, bucket: str, key: str, size: int, count: int, exclude: Collection[str] = ()
-    ) -> list[str]: ...
-
-    def read_order(self, names: Sequence[str]) -> list[str]: ...
-
-    def names(self) -> list[str]: ...
-
-    def reserve(self, name: str, size: int) -> Callable[[], None]: ...
-
     def over_read_limit(self, name: str) -> bool: ...
 
-    def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
-    ) -> None: ...
 
-
-class Health(Protocol):
-    def mark_failure(self, name: str, error: str) -> None: ...
+Health = ReplicaHealth
 
 
 class Usage(Protocol):

@@ -91,7 +91,8 @@ class Settings(Protocol):
 
 
 class ReplicaPool(Protocol):
-    """What the replicated paths ask of :class:`s3balance.pool.BackendPool`."""
+    """What the replicated paths ask of :class:`s3balance.pool.BackendPool` (the gateway's
+    ``Pool`` asks this and more)."""
 
     def get(self, name: str) -> IBackend: ...
 
@@ -113,6 +114,8 @@ class ReplicaPool(Protocol):
 
 
 class ReplicaHealth(Protocol):
+    """Where data-path failures go (:class:`s3balance.health.HealthMonitor`)."""
+
     def mark_failure(self, name: str, error: str) -> None: ...
 
 
