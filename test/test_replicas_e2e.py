@@ -186,6 +186,40 @@ class ReplicasOnTwoServers(TestCase):
         for name in ("w1", "w2", "disk"):
             self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
 
+    async def test_a_server_down_before_a_put_is_replaced_by_another_choice(self) -> None:
+        await in_thread(self.servers["w2"].kill)
+        # The pool has not noticed yet: the copy for w2 is refused at connect, before any body
+        # byte, and goes to the other zone left (the local directory) instead.
+        for index in range(2):
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=f"k{index}", Body=b"y" * 1000)
+            record = await self.daemon.store.get_object(BUCKET, f"k{index}")
+            assert record is not None
+            self.assertEqual(sorted(loc.backend for loc in record.locations), ["disk", "w1"])
+        # A big object fits nowhere but the two servers: refused, never stored once.
+        error = await in_thread(self.put_error, "big", generated_bytes(BIG, seed=4))
+        self.assertEqual(error, ("ServiceUnavailable", 503))
+        self.assertIsNone(await self.daemon.store.get_object(BUCKET, "big"))
+
+    def put_error(self, key: str, data: bytes) -> tuple[str, int]:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        except ClientError as error:
+            response = error.response
+            return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+        raise AssertionError("the put succeeded")
+
+    async def test_redirect_mode_presigns_a_healthy_replica(self) -> None:
+        await self.put_big("linked")
+        record = await self.daemon.store.get_object(BUCKET, "linked")
+        assert record is not None
+        await in_thread(self.servers["w1"].kill)
+        self.daemon.health.mark_failure("w1", "killed")
+        url = self.daemon.gateway.presigned_url(record, {})
+        assert url is not None
+        self.assertTrue(url.startswith(self.servers["w2"].endpoint), url)
+
     async def test_a_delete_removes_every_copy(self) -> None:
         await self.put_big("gone")
         await in_thread(self.s3.put_object, Bucket=BUCKET, Key="small", Body=b"tiny")
