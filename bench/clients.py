@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -236,6 +237,8 @@ class LoadResult:
     client: str
     #: The first failure seen (a status line or an error), for the report.
     example_failure: str = ""
+    #: 99th percentile of the request latency, in seconds (wrk only; None when not measured).
+    p99_seconds: float | None = None
 
     @property
     def requests_per_second(self) -> float:
@@ -256,9 +259,32 @@ function init(args)
   keys = tonumber(args[3])
   body = string.rep("s", tonumber(args[4]))
   n = 0
+  -- Signed mode: args[5] .. tid .. ".tsv" holds one request a line, signed up front:
+  -- path, X-Amz-Date, X-Amz-Content-SHA256, Authorization (tab-separated).
+  signed = nil
+  if args[5] ~= nil and args[5] ~= "" then
+    signed = {}
+    for line in io.lines(args[5] .. tid .. ".tsv") do
+      local path, date, sha, auth = line:match("([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)")
+      local headers = {["X-Amz-Date"] = date, ["X-Amz-Content-SHA256"] = sha,
+                       ["Authorization"] = auth}
+      if method == "PUT" then
+        headers["Content-Type"] = "application/octet-stream"
+      end
+      signed[#signed + 1] = {path, headers}
+    end
+  end
 end
 
 function request()
+  if signed ~= nil then
+    local entry = signed[(n % #signed) + 1]
+    n = n + 1
+    if method == "PUT" then
+      return wrk.format("PUT", entry[1], entry[2], body)
+    end
+    return wrk.format("GET", entry[1], entry[2])
+  end
   local path = prefix .. tid .. "-" .. (n % keys)
   n = n + 1
   if method == "PUT" then
@@ -271,8 +297,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '\\nBENCH_JSON {"requests": %d, "duration_us": %d, "status": %d, "connect": %d, '
-    .. '"read": %d, "write": %d, "timeout": %d}\\n',
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout))
+    .. '"read": %d, "write": %d, "timeout": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(99.0)))
 end
 """
 
@@ -291,10 +318,14 @@ def run_wrk(
     connections: int,
     seconds: float,
     threads: int = 2,
+    signed_prefix: str = "",
 ) -> LoadResult:
     """wrk for ``seconds`` over ``connections`` persistent connections.
 
     wrk counts any status >= 400 (a 404 on GET included) as a failure.
+
+    :param signed_prefix: send the requests signed up front in ``<signed_prefix><thread>.tsv``
+        (see ``bench/signed.py``) instead of unsigned ones.
     """
     script = os.path.join(workdir, "small.lua")
     if not os.path.exists(script):
@@ -318,6 +349,7 @@ def run_wrk(
         prefix,
         str(keys_per_thread),
         str(object_size),
+        signed_prefix,
     ]
     done = subprocess.run(argv, capture_output=True, timeout=seconds + 60)
     out = done.stdout.decode()
@@ -339,6 +371,7 @@ def run_wrk(
         failures=failures,
         client="wrk",
         example_failure=example,
+        p99_seconds=figures["p99_us"] / 1e6,
     )
 
 
@@ -427,10 +460,14 @@ def fill_keys(
     object_size: int,
     connections: int,
     deadline_seconds: float,
+    sign: Callable[[str, str, bytes], dict[str, str]] | None = None,
 ) -> None:
     """Write every key the small-object GET runs will read (untimed), so none is a 404.
 
     The timed PUT runs last a fixed time, so on a slow path they may not reach every key.
+
+    :param sign: ``(method, path, body) -> headers`` that authenticate the request, for a
+        server that requires signatures.
 
     :raises TransferError: a PUT failed, or the keys were not all written in time.
     """
@@ -451,7 +488,10 @@ def fill_keys(
                     if not paths:
                         return
                     path = paths.pop()
-                connection.request("PUT", path, body, {"Content-Type": "application/octet-stream"})
+                headers = {"Content-Type": "application/octet-stream"}
+                if sign is not None:
+                    headers.update(sign("PUT", path, body))
+                connection.request("PUT", path, body, headers)
                 response = connection.getresponse()
                 response.read()
                 if response.status >= 300:

@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from bench.nginx import BACKEND_BUCKET
-from bench.procs import LOOPBACK, ServerProcess, free_port
+from bench.procs import LOOPBACK, LoopbackServer, ServerProcess, free_port
 
 #: The virtual bucket clients of the bench use.
 VIRTUAL_BUCKET = "bench-virtual"
@@ -17,7 +17,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def daemon_config(
-    workdir: str, port: int, backend_url: str, local_root: str | None = None
+    workdir: str,
+    port: int,
+    backend_url: str,
+    local_root: str | None = None,
+    key_pair: tuple[str, str] | None = None,
 ) -> dict[str, object]:
     """One real bucket (the nginx backend, path style), one virtual bucket, SQLite, no auth.
 
@@ -39,26 +43,38 @@ def daemon_config(
     }
     if local_root is not None:
         real = {"name": "local-backend", "path": local_root}
+    s3api: dict[str, object] = {"auth_required": False}
+    if key_pair is not None:
+        s3api = {"auth_required": True, "access_key": key_pair[0], "secret_key": key_pair[1]}
     return {
         "server": {"host": LOOPBACK, "port": port},
         "database": {"type": "sqlite", "dsn": os.path.join(workdir, "s3balance.db")},
         "data_dir": os.path.join(workdir, "s3balance-data"),
         "buckets": [real, {"name": VIRTUAL_BUCKET, "virtual": True}],
-        "s3api": {"auth_required": False},
+        "s3api": s3api,
     }
 
 
-class S3BalanceDaemon:
+class S3BalanceDaemon(LoopbackServer):
     """``twistd -n --pidfile= s3balance --config FILE`` run with the venv's python.
 
     The process started is twistd's python itself, so its ``/proc`` entry measures the daemon.
     """
 
-    def __init__(self, workdir: str, backend_url: str, local_root: str | None = None) -> None:
+    ready_path = f"/{VIRTUAL_BUCKET}"
+    stop_grace = 10.0
+
+    def __init__(
+        self,
+        workdir: str,
+        backend_url: str,
+        local_root: str | None = None,
+        key_pair: tuple[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = os.path.join(workdir, "s3balance.yaml")
-        config = daemon_config(workdir, self.port, backend_url, local_root)
+        config = daemon_config(workdir, self.port, backend_url, local_root, key_pair)
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -73,21 +89,6 @@ class S3BalanceDaemon:
             cwd=workdir,
             env=env,
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
-    def start(self, deadline_seconds: float = 30.0) -> None:
-        self.server.start()
-        self.server.wait_ready(self.port, f"/{VIRTUAL_BUCKET}", deadline_seconds)
-
-    def stop(self) -> None:
-        self.server.stop(grace_seconds=10.0)
 
     def log_tail(self, lines: int = 30) -> str:
         return self.server.log_tail(lines)

@@ -123,6 +123,32 @@ class ServerProcess:
             process.wait(timeout=grace_seconds)
 
 
+class LoopbackServer:
+    """A server child process answering HTTP on one loopback port (what the bench measures)."""
+
+    #: A path it answers (any status) once it is ready.
+    ready_path = "/"
+    #: Seconds between SIGTERM and SIGKILL.
+    stop_grace = 5.0
+    port: int
+    server: ServerProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def start(self, deadline_seconds: float = 30.0) -> None:
+        self.server.start()
+        self.server.wait_ready(self.port, self.ready_path, deadline_seconds)
+
+    def stop(self) -> None:
+        self.server.stop(grace_seconds=self.stop_grace)
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far, its threads included."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -154,4 +180,19 @@ def memory_kib(pid: int) -> dict[str, int]:
             key, _, value = line.partition(":")
             if key in ("VmHWM", "VmRSS"):
                 found[key] = int(value.split()[0])
+    return found
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User plus system CPU time of each thread of a process so far, by thread id (the main
+    thread's id is the process id)."""
+    found: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
     return found

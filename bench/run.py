@@ -4,7 +4,9 @@ Paths measured, all ending at the same nginx backend on loopback:
 
 * ``direct``: the client talks to the backend itself (the baseline);
 * ``nginx-proxy``: nginx as a streaming reverse proxy in front of it (the bar to reach);
-* ``s3balance``: the real daemon, its one real bucket being the backend.
+* ``s3balance``: the real daemon, its one real bucket being the backend;
+* small objects only: ``twisted-proxy`` (the stock Twisted reverse proxy) and
+  ``s3balance-sigv4`` (the daemon verifying signed requests), see ``bench/small.py``.
 
 The machine is shared and noisy: every figure is the median of ``--repeat`` runs, the paths are
 interleaved inside each repetition so noise hits them alike, and the verdicts compare ratios
@@ -26,10 +28,19 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from bench import clients
+from bench import clients, signed
 from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
 from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
 from bench.procs import cpu_seconds, memory_kib, process_tree
+from bench.small import (
+    S3BALANCE_SIGV4,
+    SMALL_ONLY_PATHS,
+    TWISTED_PROXY,
+    small_table,
+    small_verdicts,
+    timed_load,
+)
+from bench.twistedproxy import TwistedProxy
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -38,9 +49,9 @@ DIRECT, PROXY, S3BALANCE = "direct", "nginx-proxy", "s3balance"
 #: s3balance in front of the backend's port that answers PUT without an ETag (a plain WebDAV
 #: store): the daemon then measures the MD5 of every body it uploads.
 S3BALANCE_MD5 = "s3balance-md5"
-ALL_PATHS = (DIRECT, PROXY, S3BALANCE, S3BALANCE_MD5)
+ALL_PATHS = (DIRECT, PROXY, S3BALANCE, S3BALANCE_MD5, *SMALL_ONLY_PATHS)
 #: Paths with a process between client and backend whose CPU time is measured.
-MIDDLE_PATHS = (PROXY, S3BALANCE, S3BALANCE_MD5)
+MIDDLE_PATHS = (PROXY, S3BALANCE, S3BALANCE_MD5, *SMALL_ONLY_PATHS)
 
 # Targets of the issue "The S3 data path".
 TARGET_GET_VS_PROXY = 1.0
@@ -92,6 +103,10 @@ class Measurement:
     samples: list[float] = field(default_factory=list)
     #: CPU seconds the process in the middle (proxy or daemon) spent per GiB moved.
     cpu_per_gib: list[float] = field(default_factory=list)
+    #: Small objects: CPU microseconds of the process in the middle per request.
+    cpu_us_per_request: list[float] = field(default_factory=list)
+    #: Small objects: 99th percentile latency in milliseconds (wrk only).
+    p99_ms: list[float] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -196,6 +211,8 @@ class Bench:
         self.out = out
         self.results = Results()
         self.paths: list[Path] = []
+        #: Paths measured with small objects only (``bench.small.SMALL_ONLY_PATHS``).
+        self.small_paths: list[Path] = []
         self.daemon: S3BalanceDaemon | None = None
         self.servers: list[Any] = []
         #: Path name -> the process(es) between client and backend (for CPU per GiB).
@@ -233,13 +250,43 @@ class Bench:
             second = os.path.join(workdir, "md5-daemon")
             os.makedirs(second)
             self.start_daemon(S3BALANCE_MD5, second, backend.plain_url)
+        if self.options.small_count > 0:
+            self.start_small_only(workdir, backend)
+
+    def start_small_only(self, workdir: str, backend: Nginx) -> None:
+        """The paths measured with small objects only: the stock Twisted proxy, and a daemon
+        that requires SigV4 (its load is signed up front, which needs wrk)."""
+        wanted = self.options.paths
+        if TWISTED_PROXY in wanted:
+            twisted = TwistedProxy(workdir, backend.port)
+            self.servers.append(twisted)
+            try:
+                twisted.start()
+            except RuntimeError as e:
+                self.results.setup_errors.append(f"{TWISTED_PROXY} did not start: {e}")
+            else:
+                self.small_paths.append(Path(TWISTED_PROXY, twisted.url, BACKEND_BUCKET))
+                self.middle[TWISTED_PROXY] = twisted.pid
+        if S3BALANCE_SIGV4 in wanted:
+            if not self.uses_wrk():
+                self.results.notes.append(f"{S3BALANCE_SIGV4} needs wrk: not measured")
+                return
+            third = os.path.join(workdir, "sigv4-daemon")
+            os.makedirs(third)
+            key_pair = (signed.ACCESS_KEY, signed.SECRET_KEY)
+            self.start_daemon(S3BALANCE_SIGV4, third, backend.url, key_pair=key_pair)
 
     def start_daemon(
-        self, name: str, workdir: str, backend_url: str, local_root: str | None = None
+        self,
+        name: str,
+        workdir: str,
+        backend_url: str,
+        local_root: str | None = None,
+        key_pair: tuple[str, str] | None = None,
     ) -> S3BalanceDaemon | None:
         """Start a daemon for path ``name``; a daemon that does not start is a setup error of
         that path only (the others are still measured)."""
-        daemon = S3BalanceDaemon(workdir, backend_url, local_root)
+        daemon = S3BalanceDaemon(workdir, backend_url, local_root, key_pair)
         self.servers.append(daemon)
         try:
             daemon.start()
@@ -247,7 +294,8 @@ class Bench:
             self.results.setup_errors.append(f"{name} did not start: {e}")
             self.say(f"! {name} did not start:\n{e}")
             return None
-        self.paths.append(Path(name, daemon.url, VIRTUAL_BUCKET))
+        path = Path(name, daemon.url, VIRTUAL_BUCKET)
+        (self.small_paths if name in SMALL_ONLY_PATHS else self.paths).append(path)
         self.middle[name] = daemon.pid
         return daemon
 
@@ -392,11 +440,14 @@ class Bench:
 
     # -- small objects -----------------------------------------------------------------------
 
+    def uses_wrk(self) -> bool:
+        return self.options.small_client == "wrk" or (
+            self.options.small_client == "auto" and clients.wrk_available()
+        )
+
     def small(self, workdir: str) -> None:
         options = self.options
-        use_wrk = options.small_client == "wrk" or (
-            options.small_client == "auto" and clients.wrk_available()
-        )
+        use_wrk = self.uses_wrk()
         label = human_size(options.small_size)
         connections = options.concurrency
         threads = min(2, connections) if use_wrk else connections
@@ -406,8 +457,10 @@ class Bench:
             f"small objects, {label}: {client}, {connections} connections, "
             f"{keys_per_thread * threads} keys, {options.small_seconds:g} s per run"
         )
-        for path in self.paths:
+        paths = self.paths + self.small_paths
+        for path in paths:
             self.results.get(f"PUT {label} x{connections}", path.name, "req/s")  # table order
+            sign = signed.request_signer(path.base_url) if path.name == S3BALANCE_SIGV4 else None
             verify(
                 self.results,
                 f"GET {label} x{connections}",
@@ -422,46 +475,80 @@ class Bench:
                     options.small_size,
                     min(connections, 16),
                     120.0,
+                    sign,
                 ),
             )
         for method in ("PUT", "GET"):
             operation = f"{method} {label} x{connections}"
             for rep in range(options.repeat):
-                for path in self.paths:
+                for path in paths:
                     prefix = f"/{path.bucket}/small/"
+                    signed_prefix = ""
+                    if path.name == S3BALANCE_SIGV4:  # signed afresh: they expire
+                        signed_prefix = signed.write_signed_requests(
+                            os.path.join(workdir, f"signed-{method}-"),
+                            path.base_url,
+                            method,
+                            prefix,
+                            threads,
+                            keys_per_thread,
+                            options.small_size,
+                        )
 
-                    def run(p: Path = path, m: str = method, pre: str = prefix) -> float:
-                        if use_wrk:
-                            load = clients.run_wrk(
-                                workdir,
-                                p.base_url,
-                                m,
-                                pre,
-                                keys_per_thread,
-                                options.small_size,
-                                connections,
-                                options.small_seconds,
-                            )
-                        else:
-                            load = clients.run_thread_pool(
-                                p.base_url,
-                                m,
-                                pre,
-                                keys_per_thread,
-                                options.small_size,
-                                connections,
-                                options.small_seconds,
-                            )
-                        if load.failures:
-                            raise clients.TransferError(
-                                f"{load.failures} of {load.requests + load.failures} requests "
-                                f"failed ({load.example_failure})"
-                            )
-                        return load.requests_per_second
-
+                    entry = self.results.get(operation, path.name, "req/s")
+                    load = partial(self.small_load, workdir, path, method, signed_prefix)
+                    run = partial(self.small_sample, path, entry, load)
                     measure(self.results, operation, path, "req/s", run)
                 self.say(f"  {operation} round {rep + 1}/{options.repeat} done")
         self.record_daemon_memory("after small objects")
+
+    def small_load(
+        self, workdir: str, path: Path, method: str, signed_prefix: str
+    ) -> clients.LoadResult:
+        """One timed small-object run against ``path`` with wrk (signed when
+        ``signed_prefix`` names the signed requests) or the thread pool."""
+        options = self.options
+        prefix = f"/{path.bucket}/small/"
+        connections = options.concurrency
+        if self.uses_wrk():
+            threads = min(2, connections)
+            return clients.run_wrk(
+                workdir,
+                path.base_url,
+                method,
+                prefix,
+                max(1, options.small_count // threads),
+                options.small_size,
+                connections,
+                options.small_seconds,
+                threads=threads,
+                signed_prefix=signed_prefix,
+            )
+        return clients.run_thread_pool(
+            path.base_url,
+            method,
+            prefix,
+            max(1, options.small_count // connections),
+            options.small_size,
+            connections,
+            options.small_seconds,
+        )
+
+    def small_sample(
+        self, path: Path, entry: Measurement, load: Callable[[], clients.LoadResult]
+    ) -> float:
+        """req/s of one run; its CPU per request and p99 go to ``entry`` beside it."""
+        found, cpu_us = timed_load(load, self.middle_pids(path))
+        if found.failures:
+            raise clients.TransferError(
+                f"{found.failures} of {found.requests + found.failures} requests failed "
+                f"({found.example_failure})"
+            )
+        if cpu_us:
+            entry.cpu_us_per_request.append(cpu_us)
+        if found.p99_seconds is not None:
+            entry.p99_ms.append(found.p99_seconds * 1e3)
+        return found.requests_per_second
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -611,8 +698,7 @@ def verdicts(results: Results, sizes: list[int], small_label: str | None) -> lis
         if hashed is not None and proxy:
             found.append(
                 Verdict(
-                    f"PUT {label}: s3balance-md5 (backend without ETag) vs nginx-proxy "
-                    "(no target)",
+                    f"PUT {label}: s3balance-md5 (backend without ETag) vs nginx-proxy (no target)",
                     f"{hashed / proxy:.2f}x",
                     None,
                 )
@@ -650,6 +736,11 @@ def verdicts(results: Results, sizes: list[int], small_label: str | None) -> lis
                         None,
                     )
                 )
+        connections = int(small_label.rsplit("x", 1)[1])
+        for target, measured, passed in small_verdicts(
+            results.measurements, small_label, connections, S3BALANCE
+        ):
+            found.append(Verdict(target, measured, passed))
     return found
 
 
@@ -682,6 +773,14 @@ def report(results: Results, options: argparse.Namespace, paths: list[str]) -> l
             "CPU time of the process in the middle per GiB moved (medians; lower is better):"
         )
         lines += cpu
+    small = small_table(results.measurements, results.operations, paths)
+    if small:
+        lines.append("")
+        lines.append(
+            "small objects: CPU time of the process in the middle per request, p99 latency "
+            "(medians):"
+        )
+        lines += small
     lines.append("")
     lines.append("s3balance daemon memory (VmHWM = peak resident, VmRSS = resident now):")
     if results.daemon_memory:
@@ -723,6 +822,8 @@ def to_json(results: Results, options: argparse.Namespace) -> dict[str, Any]:
                 "unit": m.unit,
                 "samples": m.samples,
                 "median": m.median,
+                "cpu_us_per_request": m.cpu_us_per_request,
+                "p99_ms": m.p99_ms,
                 "error": m.error,
             }
             for m in results.measurements.values()
@@ -745,7 +846,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: 64 MiB objects, 1 repetition, a short small-object run",
     )
-    parser.add_argument("--sizes", help="large object sizes, e.g. 64M,256M,1G (default)")
+    parser.add_argument(
+        "--sizes", help="large object sizes, e.g. 64M,256M,1G (default); none: small objects only"
+    )
     parser.add_argument("--repeat", type=int, help="repetitions per figure (default 3)")
     parser.add_argument(
         "--small-count",
@@ -754,7 +857,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--small-size", type=parse_size, default=4096, help="default 4K")
     parser.add_argument("--small-seconds", type=float, help="length of one small-object run (5)")
-    parser.add_argument("--concurrency", type=int, help="connections for small objects (32)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="connections for small objects (32; issue 15 judges p99 at 64)",
+    )
     parser.add_argument(
         "--small-client",
         choices=("auto", "wrk", "python"),
@@ -783,9 +890,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the figures to this file")
     options = parser.parse_args(argv)
     quick = options.quick
-    options.sizes = [
-        parse_size(s) for s in (options.sizes or ("64M" if quick else "64M,256M,1G")).split(",")
-    ]
+    sizes = options.sizes or ("64M" if quick else "64M,256M,1G")
+    options.sizes = [] if sizes == "none" else [parse_size(s) for s in sizes.split(",")]
     if options.repeat is None:
         options.repeat = 1 if quick else 3
     if options.small_count is None:

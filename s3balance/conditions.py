@@ -16,9 +16,11 @@ from __future__ import annotations
 import datetime
 import enum
 import math
+from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 
 from s3balance import errors
+from s3balance.etags import etag_matches
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 
 
@@ -26,23 +28,6 @@ class Outcome(enum.Enum):
     PROCEED = "proceed"
     NOT_MODIFIED = "not-modified"
     PRECONDITION_FAILED = "precondition-failed"
-
-
-def _normalise_etag(value: str) -> str:
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"')
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """Whether an ``If-Match``/``If-None-Match`` list names ``etag`` (``*`` names any)."""
-    wanted = _normalise_etag(etag)
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or (candidate and _normalise_etag(candidate) == wanted):
-            return True
-    return False
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -63,6 +48,29 @@ def http_date(timestamp: float) -> str:
     """RFC 1123 date in GMT (``Last-Modified``): whole seconds, as S3 sends it."""
     moment = datetime.datetime.fromtimestamp(math.floor(timestamp), tz=datetime.UTC)
     return format_datetime(moment, usegmt=True)
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """The conditional headers of a read (``If-Match``...), or the ``x-amz-copy-source-if-*`` of
+    a copy, as received."""
+
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    if_unmodified_since: str | None = None
+
+    def judge(self, etag: str, last_modified: float, *, for_copy: bool = False) -> Outcome:
+        """:func:`evaluate` these headers against an object."""
+        return evaluate(
+            etag,
+            last_modified,
+            self.if_match,
+            self.if_none_match,
+            self.if_modified_since,
+            self.if_unmodified_since,
+            for_copy=for_copy,
+        )
 
 
 def evaluate(

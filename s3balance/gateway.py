@@ -10,9 +10,9 @@ Consistency rules, in order:
 
 1. **Bytes at a location never change.**  Every write (PutObject, CopyObject, and the target of a
    multipart upload, chosen at CreateMultipartUpload) goes to a real key of its own, made by
-   :func:`new_real_key`: no write can touch the bytes another row points at, so writers of one
-   key never wait for each other and a stalled, failed or killed write cannot tear a visible
-   object.
+   :func:`s3balance.realkeys.new_real_key`: no write can touch the bytes another row points at,
+   so writers of one key never wait for each other and a stalled, failed or killed write cannot
+   tear a visible object.
 2. **The commit is the switch.**  Metadata is committed only after the backend confirmed the
    write, in one transaction that points the object row at the new location (the last commit
    wins) and, for a conditional write (``If-None-Match: *``, ``If-Match``), compares the locked
@@ -26,6 +26,7 @@ Consistency rules, in order:
    This daemon counts its own readers of each location and never deletes one being read: with no
    grace the bytes go as soon as the last local reader is done, otherwise housekeeping
    (:meth:`Gateway.sweep_deletions`) deletes them once due.  The queue row survives a crash.
+   The bookkeeping is :class:`s3balance.retirement.Retirement`.
 
 A GET reads the row, then the location the row names; when that location was replaced and
 deleted in between, :meth:`Gateway.reading` raises :class:`ObjectChanged` and the caller starts
@@ -41,23 +42,16 @@ answered with a presigned URL counts as one class-B read of the backend it point
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.backends.interface import (
@@ -84,33 +78,23 @@ from s3balance.db.store import (
     Replacement,
 )
 from s3balance.etags import quoted_etag
+from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
+from s3balance.reads import ReadPlan, ReadRequest, plan_read
+from s3balance.realkeys import new_real_key, new_write_id
 from s3balance.replicated import ReplicaHealth, ReplicaPool, Replicas
+from s3balance.retirement import ObjectChanged, Retirement
+from s3balance.streams import StreamBodyProducer, restartable
 
 log = Logger()
 
 #: S3's limit for a single PUT.
 MAX_PUT_SIZE = 5 * 1024**3
-#: S3's limit on a key's UTF-8 length.
-MAX_KEY_BYTES = 1024
-#: Longest real key we give a backend: S3's own key limit, which the real bucket applies to us.
-MAX_REAL_KEY_BYTES = 1024
-#: Names the daemon serves itself; a virtual bucket may not take them.
-RESERVED_BUCKET_NAMES = frozenset({"health", "metrics", "api"})
-#: Backend user metadata (``x-amz-meta-s3balance-key``) holding the virtual key of an object
-#: whose real key is hashed; clients may not use the ``s3balance-`` prefix themselves.
-KEY_METADATA = "s3balance-key"
-RESERVED_METADATA_PREFIX = "s3balance-"
-#: The directory of hashed real keys inside a virtual bucket's prefix.
-HASHED_KEY_DIR = "~s3balance-hashed"
 #: Attempts at reading an object whose location was replaced between the row and the bytes.
 READ_ATTEMPTS = 5
 
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-_WRITE_ID = re.compile(r"~w([0-9a-f]{16})([0-9a-f]{8})$")
-_HASHED = re.compile(re.escape(HASHED_KEY_DIR) + r"/([0-9a-f]{64})$")
-#: Length of the suffix: ``~w`` and 24 hex digits.
-SUFFIX_LENGTH = 26
+
+#: One attempt's upload: ``(backend, real key, backend metadata) -> its result``.
+Write = Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]]
 
 
 @dataclass(frozen=True)
@@ -124,11 +108,6 @@ class NewObject:
     condition: Condition
     tags: dict[str, str]
     acl: str
-
-
-class ObjectChanged(Exception):
-    """The location a read was about to open was replaced and deleted since the row was read:
-    read the row again."""
 
 
 class Pool(ReplicaPool, Protocol):
@@ -176,203 +155,11 @@ class GatewaySettings:
         )
 
 
-_last_stamp = 0
-
-
-def new_write_id(now: float) -> str:
-    """A unique, time-ordered write id: 16 hex digits of nanoseconds since the epoch (strictly
-    increasing within the process) and 8 random hex digits (unique across daemons)."""
-    global _last_stamp
-    stamp = max(int(now * 1e9), _last_stamp + 1)
-    _last_stamp = stamp
-    return f"{stamp:016x}{secrets.token_hex(4)}"
-
-
-def new_real_key(bucket: str, key: str, write_id: str) -> tuple[str, dict[str, str]]:
-    """Where one write of ``bucket``/``key`` goes inside a real bucket, and the backend metadata
-    it needs on top of the client's.
-
-    The format (all writes since one real key per write; older rows may still name the plain
-    ``<bucket>/<key>``)::
-
-        <bucket>/<key>~w<write id>                      when it fits in 1024 UTF-8 bytes
-        <bucket>/~s3balance-hashed/<sha256 hex of key>~w<write id>   otherwise
-
-    ``<write id>`` is :func:`new_write_id`'s 24 lower-case hex digits, so the suffix is always 26
-    characters and the key is what lies between ``<bucket>/`` and it.  A hashed real key keeps
-    the key, base64url of its UTF-8, in the backend metadata ``x-amz-meta-s3balance-key``.  Of
-    several real keys of one virtual key, the one with the greatest write id is the newest.
-    """
-    plain = f"{bucket}/{key}~w{write_id}"
-    if len(plain.encode("utf-8")) <= MAX_REAL_KEY_BYTES:
-        return plain, {}
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
-    return f"{bucket}/{HASHED_KEY_DIR}/{digest}~w{write_id}", {KEY_METADATA: encoded}
-
-
-@dataclass(frozen=True)
-class ParsedRealKey:
-    """What a real key says about the write that made it (see :func:`new_real_key`).
-
-    :ivar key: the virtual key, or None when it is hashed (read it from ``metadata_key``).
-    :ivar key_hash: the SHA-256 (hex) of the virtual key of a hashed real key.
-    :ivar write_id: the write id; ``""`` for a legacy ``<bucket>/<key>`` real key.
-    """
-
-    bucket: str
-    key: str | None
-    write_id: str
-    key_hash: str | None = None
-
-    @property
-    def written_at(self) -> float | None:
-        """Seconds since the epoch when the write started, from its id."""
-        return int(self.write_id[:16], 16) / 1e9 if self.write_id else None
-
-
-def parse_real_key(real: str) -> ParsedRealKey | None:
-    """Read a real key back (None when it is not one of ours: no ``/``)."""
-    bucket, slash, rest = real.partition("/")
-    if not slash or not bucket:
-        return None
-    match = _WRITE_ID.search(rest)
-    if match is None:
-        return ParsedRealKey(bucket, rest, "")
-    body = rest[: match.start()]
-    write_id = match.group(1) + match.group(2)
-    hashed = _HASHED.fullmatch(body)
-    if hashed is not None:
-        return ParsedRealKey(bucket, None, write_id, hashed.group(1))
-    return ParsedRealKey(bucket, body, write_id)
-
-
-def key_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    """The virtual key kept in a hashed real key's backend metadata, or None."""
-    value = metadata.get(KEY_METADATA)
-    if value is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(value.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        return None
-
-
-def check_client_metadata(metadata: Mapping[str, str]) -> None:
-    """:raises S3Error: InvalidArgument for user metadata in the daemon's reserved names."""
-    for name in metadata:
-        if name.lower().startswith(RESERVED_METADATA_PREFIX):
-            raise errors.InvalidArgument(
-                f"The metadata name x-amz-meta-{name} is reserved by this server.",
-                ArgumentName=f"x-amz-meta-{name}",
-            )
-
-
 def precondition_error(error: Exception, key: str) -> errors.S3Error:
     """The S3 error of a failed write condition (:mod:`s3balance.db.store`)."""
     if isinstance(error, ObjectMissingError):
         return errors.NoSuchKey(Key=key)
     return errors.PreconditionFailed(Condition=str(error) or "If-Match")
-
-
-def validate_bucket_name(name: str) -> None:
-    """S3's rules for new bucket names (the DNS-compatible ones), plus our reserved names.
-
-    :raises S3Error: InvalidBucketName.
-    """
-    if (
-        not _BUCKET_NAME.match(name)
-        or ".." in name
-        or ".-" in name
-        or "-." in name
-        or _IP_ADDRESS.match(name)
-        or name.startswith("xn--")
-        or name.endswith("-s3alias")
-        or name in RESERVED_BUCKET_NAMES
-    ):
-        raise errors.InvalidBucketName(BucketName=name)
-
-
-def validate_key(key: str) -> None:
-    """:raises S3Error: KeyTooLongError past 1024 UTF-8 bytes."""
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise errors.KeyTooLongError(Size=str(len(key.encode("utf-8"))), MaxSizeAllowed="1024")
-
-
-class _Relay(TwistedProtocol):
-    """Receives a backend stream and writes it into the consumer of another backend's upload."""
-
-    def __init__(self, producer: StreamBodyProducer, consumer: IConsumer) -> None:
-        self._producer = producer
-        self._consumer = consumer
-
-    def connectionMade(self) -> None:
-        self._producer._attached(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._consumer.write(data)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._producer._ended(reason if reason is not None else Failure(ResponseDone()))
-
-
-@implementer(IBodyProducer)
-class StreamBodyProducer:
-    """Feeds a backend's GET stream into another backend's PUT, with backpressure: the target's
-    ``pauseProducing`` pauses the source connection.
-
-    Used once; call :meth:`discard` when the upload never started.
-    """
-
-    def __init__(self, stream: IObjectStream) -> None:
-        self.length: int = stream.length
-        self._stream = stream
-        self._started = False
-        self._transport: IPushProducer | None = None
-        self._paused = False
-        self._done: defer.Deferred[None] = defer.Deferred()
-
-    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
-        self._started = True
-        self._stream.deliverBody(_Relay(self, consumer))
-        return self._done
-
-    def _attached(self, transport: Any) -> None:
-        self._transport = transport
-        if self._paused:
-            transport.pauseProducing()
-
-    def _ended(self, reason: Failure) -> None:
-        if self._done.called:
-            return
-        if reason.check(ResponseDone):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self._transport is not None:
-            self._transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._transport is not None:
-            self._transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        if self._transport is not None:
-            self._transport.stopProducing()
-
-    def discard(self) -> None:
-        if not self._started:
-            self._started = True
-            self._stream.discard()
-
-
-def _restartable(body: IBodyProducer) -> bool:
-    check = getattr(body, "restartable", None)
-    return bool(check()) if callable(check) else False
 
 
 class Gateway:
@@ -404,13 +191,8 @@ class Gateway:
         if settings is None:
             settings = GatewaySettings.from_config(config) if config else GatewaySettings()
         self.settings = settings
-        #: Readers of each location in this daemon (rule 3).
-        self._readers: dict[Location, int] = {}
-        #: Unreferenced locations whose deletion waits for their last local reader:
-        #: location -> pending deletion id.
-        self._doomed: dict[Location, int] = {}
-        #: Locations being deleted now: a reader must not start on them.
-        self._deleting: set[Location] = set()
+        #: Readers of each location and the deletion of unreferenced ones (rule 3).
+        self.retirement = Retirement(store, pool, clock, lambda: self.settings.delete_grace)
         #: The write and read paths of buckets with ``replicas`` above 1.
         self.replicas = Replicas(self)
 
@@ -454,6 +236,38 @@ class Gateway:
             raise errors.BucketNotEmpty(BucketName=name) from None
 
     # -- reading -------------------------------------------------------------------------
+
+    async def read(self, bucket: str, key: str, wanted: ReadRequest) -> ReadPlan:
+        """Answer a GetObject or HeadObject: the row, its conditions and range, then (GetObject)
+        a redirect in redirect mode or an open stream of the bytes.  A location replaced and
+        deleted between the row and the bytes is read again from the row (see the module
+        docstring), at most :data:`READ_ATTEMPTS` times.
+
+        The caller must ``async with`` a plan that has a stream (see :class:`ReadPlan`).
+
+        :raises S3Error: NoSuchBucket, NoSuchKey, PreconditionFailed, InvalidRange, the part
+            number's errors, ServiceUnavailable or SlowDown (as :meth:`readable_location`, also
+            for a HeadObject), ServiceUnavailable when the object kept changing.
+        """
+        for _ in range(READ_ATTEMPTS):
+            record = await self.get_object_record(bucket, key)
+            plan = plan_read(record, wanted)
+            if plan.not_modified:
+                return plan
+            if not wanted.with_body:
+                self.readable_location(record)
+                return plan
+            if plan.part_number is None and not self.settings.proxy_mode:
+                # A presigned URL cannot carry a part's range: parts are always proxied.
+                plan.redirect = self.presigned_url(record, dict(wanted.response_overrides))
+                if plan.redirect is not None:
+                    return plan
+            try:
+                await plan.open(self.reading(record, plan.byte_range))
+            except ObjectChanged:
+                continue  # overwritten between the row and the bytes: read the new object
+            return plan
+        raise errors.ServiceUnavailable("The object kept changing while it was read; retry.")
 
     async def get_object_record(self, bucket: str, key: str) -> ObjectRecord:
         """The visible object, from metadata only.
@@ -505,43 +319,17 @@ class Gateway:
                 yield replicated
             return
         location = self.readable_location(record)
-        if location in self._deleting:
-            raise ObjectChanged()
-        self._readers[location] = self._readers.get(location, 0) + 1
-        try:
-            stream = await self._open(record, location, byte_range)
-            yield stream
-        finally:
-            self._reader_done(location)
+        async with self.retirement.holding(location):
+            yield await self._open(record, location, byte_range)
 
-    @asynccontextmanager
-    async def holding(self, location: Location) -> AsyncIterator[None]:
+    def holding(self, location: Location) -> AbstractAsyncContextManager[None]:
         """Count a reader of ``location`` that reads it some other way than :meth:`reading`
-        (a server-side copy on its backend), so it is not deleted meanwhile.
-
-        :raises ObjectChanged: it is being deleted already.
-        """
-        if location in self._deleting:
-            raise ObjectChanged()
-        self._readers[location] = self._readers.get(location, 0) + 1
-        try:
-            yield
-        finally:
-            self._reader_done(location)
-
-    def _reader_done(self, location: Location) -> None:
-        left = self._readers.get(location, 1) - 1
-        if left > 0:
-            self._readers[location] = left
-            return
-        self._readers.pop(location, None)
-        pending = self._doomed.pop(location, None)
-        if pending is not None:
-            defer.ensureDeferred(self._delete_pending(location, pending))
+        (a server-side copy on its backend): :meth:`Retirement.holding`."""
+        return self.retirement.holding(location)
 
     def readers_of(self, location: Location) -> int:
         """How many reads of ``location`` this daemon has in progress."""
-        return self._readers.get(location, 0)
+        return self.retirement.readers_of(location)
 
     async def _open(
         self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
@@ -657,15 +445,10 @@ class Gateway:
             it, PreconditionFailed, the body's own error (BadDigest...), or a backend error
             mapped for clients.
         """
-        validate_key(key)
-        check_client_metadata(metadata)
-        if length > MAX_PUT_SIZE:
-            raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
-        await self.check_before_write(bucket, key, condition)
+        new = await self._new_object(
+            bucket, key, headers, metadata, condition, tags, acl, size=length
+        )
         if self.replicas.copies(bucket) > 1:
-            new = NewObject(
-                bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
-            )
             return await self.replicas.place(new, length, body, checksums)
 
         def write(
@@ -673,19 +456,7 @@ class Gateway:
         ) -> defer.Deferred[PutResult]:
             return backend.put_object(target, body, length, dict(headers), backend_metadata)
 
-        return await self._place(
-            bucket,
-            key,
-            length,
-            write,
-            lambda: _restartable(body),
-            headers=dict(headers),
-            metadata=dict(metadata),
-            checksums=checksums,
-            condition=condition,
-            tags=dict(tags or {}),
-            acl=acl,
-        )
+        return await self._place(new, length, write, lambda: restartable(body), checksums)
 
     async def copy_object(
         self,
@@ -707,82 +478,49 @@ class Gateway:
 
         :param condition: on the destination, as for :meth:`put_object`.
         """
-        validate_key(key)
-        check_client_metadata(metadata)
-        await self.check_before_write(bucket, key, condition)
+        new = await self._new_object(bucket, key, headers, metadata, condition, tags, acl)
         if self.replicas.copies(bucket) > 1:
-            new = NewObject(
-                bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
-            )
-            kept_checksums = dict(source.checksums)
-            try:
-                async with self.reading(source) as stream:
-                    producer = StreamBodyProducer(stream)
-                    try:
-                        return await self.replicas.place(
-                            new, stream.length, producer, lambda: kept_checksums
-                        )
-                    finally:
-                        producer.discard()
-            except ObjectChanged:
-                raise errors.NoSuchKey("The source object changed during the copy.") from None
+            return await self.replicas.copy(source, new)
         source_location = self.readable_location(source)
 
         def write(
             backend: IBackend, target: str, backend_metadata: dict[str, str]
         ) -> defer.Deferred[PutResult]:
-            if backend.name == source_location.backend:
-                return defer.ensureDeferred(
-                    self._server_side_copy(
-                        backend, source_location, target, headers, backend_metadata
-                    )
-                )
             return defer.ensureDeferred(
-                self._streamed_copy(source, backend, target, headers, backend_metadata)
+                self._copy(source, source_location, backend, target, headers, backend_metadata)
             )
 
         kept = dict(source.checksums)
         in_place = source.bucket == bucket and source.key == key
         return await self._place(
-            bucket,
-            key,
+            new,
             source.size,
             write,
             lambda: True,
-            headers=dict(headers),
-            metadata=dict(metadata),
-            checksums=lambda: kept,
+            lambda: kept,
             prefer=source_location.backend if in_place else None,
-            condition=condition,
-            tags=dict(tags or {}),
-            acl=acl,
         )
 
-    async def _server_side_copy(
-        self,
-        backend: IBackend,
-        source: Location,
-        target: str,
-        headers: Mapping[str, str],
-        metadata: dict[str, str],
-    ) -> PutResult:
-        try:
-            async with self.holding(source):
-                return await backend.copy_object(
-                    source.real_key, target, dict(headers), metadata
-                )
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
-
-    async def _streamed_copy(
+    async def _copy(
         self,
         source: ObjectRecord,
+        location: Location,
         target_backend: IBackend,
         target: str,
         headers: Mapping[str, str],
         metadata: Mapping[str, str],
     ) -> PutResult:
+        """Copy ``source`` to ``target``: server-side when the target backend holds it at
+        ``location``, otherwise streamed from one backend into the other with backpressure.
+
+        :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile.
+        """
         try:
+            if target_backend.name == location.backend:
+                async with self.holding(location):
+                    return await target_backend.copy_object(
+                        location.real_key, target, dict(headers), dict(metadata)
+                    )
             async with self.reading(source) as stream:
                 producer = StreamBodyProducer(stream)
                 try:
@@ -794,25 +532,45 @@ class Gateway:
         except ObjectChanged:
             raise errors.NoSuchKey("The source object changed during the copy.") from None
 
-    async def _place(
+    async def _new_object(
         self,
         bucket: str,
         key: str,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, str],
+        condition: Condition,
+        tags: Mapping[str, str] | None,
+        acl: str,
+        size: int | None = None,
+    ) -> NewObject:
+        """The checks every write makes before its bytes move (names, size, then
+        :meth:`check_before_write`), and what it will commit.
+
+        :param size: a PUT's length, at most :data:`MAX_PUT_SIZE`.
+        """
+        validate_key(key)
+        check_client_metadata(metadata)
+        if size is not None and size > MAX_PUT_SIZE:
+            raise errors.EntityTooLarge(ProposedSize=str(size), MaxSizeAllowed=str(MAX_PUT_SIZE))
+        await self.check_before_write(bucket, key, condition)
+        return NewObject(
+            bucket, key, dict(headers), dict(metadata), condition, dict(tags or {}), acl
+        )
+
+    async def _place(
+        self,
+        new: NewObject,
         size: int,
-        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
+        write: Write,
         restartable: Callable[[], bool],
-        headers: dict[str, str],
-        metadata: dict[str, str],
         checksums: Callable[[], dict[str, str]] | None,
         prefer: str | None = None,
-        condition: Condition = UNCONDITIONAL,
-        tags: dict[str, str] | None = None,
-        acl: str = "private",
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
         docstring.  :raises S3Error: see callers."""
+        bucket, key = new.bucket, new.key
         candidates = self.pool.choose(bucket, key, size)
-        if ENCRYPTION_HEADER in headers:
+        if ENCRYPTION_HEADER in new.headers:
             candidates = self.encrypting(candidates)
         if prefer is not None and prefer in candidates:
             candidates = [prefer] + [name for name in candidates if name != prefer]
@@ -824,10 +582,7 @@ class Gateway:
         for attempt, name in enumerate(candidates[:attempts]):
             if attempt:
                 await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
-            outcome = await self._write_and_commit(
-                name, bucket, key, size, write, headers, metadata, checksums, condition,
-                tags=tags or {}, acl=acl,
-            )
+            outcome = await self._write_and_commit(name, new, size, write, checksums)
             if isinstance(outcome, BackendUnavailable):
                 last_error = outcome
                 if outcome.body_started or not restartable():
@@ -866,25 +621,19 @@ class Gateway:
     async def _write_and_commit(
         self,
         name: str,
-        bucket: str,
-        key: str,
+        new: NewObject,
         size: int,
-        write: Callable[[IBackend, str, dict[str, str]], defer.Deferred[PutResult]],
-        headers: dict[str, str],
-        metadata: dict[str, str],
+        write: Write,
         checksums: Callable[[], dict[str, str]] | None,
-        condition: Condition,
-        tags: dict[str, str] | None = None,
-        acl: str = "private",
     ) -> ObjectRecord | BackendUnavailable:
         """One attempt on one backend, at a real key of its own; a refusal that may be retried
         is returned, every other failure raised."""
         backend = self.pool.get(name)
-        target, extra_metadata = self.new_location(bucket, key)
+        target, extra_metadata = self.new_location(new.bucket, new.key)
         release = self.pool.reserve(name, size)
         try:
             try:
-                result = await write(backend, target, {**metadata, **extra_metadata})
+                result = await write(backend, target, {**new.metadata, **extra_metadata})
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)
@@ -900,19 +649,19 @@ class Gateway:
             if checksums is not None:
                 stored_checksums.update(checksums())
             record = ObjectRecord(
-                bucket=bucket,
-                key=key,
+                bucket=new.bucket,
+                key=new.key,
                 size=result.size,
                 etag=quoted_etag(result.etag),
                 last_modified=self.clock.seconds(),
-                headers=headers,
-                metadata=metadata,
+                headers=new.headers,
+                metadata=new.metadata,
                 checksums=stored_checksums,
                 locations=(Location(name, target),),
-                tags=dict(tags or {}),
-                acl=acl,
+                tags=new.tags,
+                acl=new.acl,
             )
-            await self.commit(record, condition)
+            await self.commit(record, new.condition)
             return record
         finally:
             release()
@@ -943,10 +692,10 @@ class Gateway:
         except Exception as error:
             if not await self._committed_anyway(record, error):
                 for location in record.locations:
-                    await self._delete_bytes(location.backend, location.real_key)
+                    await self.retirement.delete_bytes(location.backend, location.real_key)
             raise self._commit_error(error, record, upload_id) from error
         self._adjust_usage(record, replaced)
-        await self._retire(replaced)
+        await self.retirement.retire(replaced)
         return replaced
 
     async def _committed_anyway(self, record: ObjectRecord, error: Exception) -> bool:
@@ -985,71 +734,9 @@ class Gateway:
             for backend in {location.backend for location in replaced.previous_locations}:
                 self.usage.adjust(backend, -replaced.previous_size, -1)
 
-    # -- retiring replaced bytes (rule 3) ----------------------------------------------------
-
-    async def _retire(self, replaced: Replacement) -> None:
-        """Delete the locations a commit or delete unreferenced, now when there is no grace and
-        no local reader, when the last local reader is done otherwise; with a grace, housekeeping
-        does it once due."""
-        if self.settings.delete_grace > 0:
-            return
-        for location, pending in zip(replaced.to_delete, replaced.pending_ids, strict=False):
-            if self._readers.get(location):
-                self._doomed[location] = pending
-            else:
-                await self._delete_pending(location, pending)
-
     async def sweep_deletions(self, limit: int = 1000) -> int:
-        """Delete the queued locations whose time has come (housekeeping), except those this
-        daemon is still reading (deleted when their last reader is done).
-
-        :returns: how many locations were deleted.
-        """
-        due = await self.store.due_deletions(self.clock.seconds(), limit)
-        deleted = 0
-        for pending in due:
-            location = pending.location
-            if location in self._deleting or location in self._doomed:
-                continue
-            if self._readers.get(location):
-                self._doomed[location] = pending.id
-                continue
-            if await self._delete_pending(location, pending.id):
-                deleted += 1
-        return deleted
-
-    async def _delete_pending(self, location: Location, pending: int) -> bool:
-        """Delete a queued location's bytes, then its queue row; a failure leaves the row for
-        the next sweep."""
-        self._deleting.add(location)
-        try:
-            try:
-                await self.pool.get(location.backend).delete_object(location.real_key)
-            except BackendNoSuchKey:
-                pass
-            except Exception as error:
-                log.warn(
-                    "could not delete {target} from {backend} ({error}); retrying later",
-                    target=location.real_key, backend=location.backend, error=error,
-                )
-                return False
-            try:
-                await self.store.forget_deletions([pending])
-            except Exception as error:
-                log.warn("could not forget the deletion of {target}: {error}",
-                         target=location.real_key, error=error)
-            return True
-        finally:
-            self._deleting.discard(location)
-
-    async def _delete_bytes(self, backend: str, target: str) -> None:
-        try:
-            await self.pool.get(backend).delete_object(target)
-        except Exception as error:
-            log.warn(
-                "could not delete {target} from {backend} ({error}); scrub will find it",
-                target=target, backend=backend, error=error,
-            )
+        """Housekeeping: :meth:`Retirement.sweep`."""
+        return await self.retirement.sweep(limit)
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -1073,4 +760,4 @@ class Gateway:
             return
         for backend in {location.backend for location in removed.previous_locations}:
             self.usage.adjust(backend, -removed.previous_size, -1)
-        await self._retire(removed)
+        await self.retirement.retire(removed)

@@ -29,7 +29,6 @@ its size is the parts' total.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -63,16 +62,14 @@ from s3balance.db.store import (
     MetadataStore,
     NoSuchBucketError,
 )
-from s3balance.gateway import (
-    Gateway,
-    ObjectChanged,
-    StreamBodyProducer,
-    check_client_metadata,
-    validate_key,
-)
+from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
+from s3balance.gateway import Gateway, ObjectChanged
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
+from s3balance.names import check_client_metadata, validate_key
+from s3balance.parts import MAX_PART_NUMBER, validate_part_number
+from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
 
@@ -80,15 +77,10 @@ log = make_logger()
 MIN_PART_SIZE = 5 * 1024**2
 #: S3's largest part.
 MAX_PART_SIZE = 5 * 1024**3
-#: Part numbers go from 1 to this.
-MAX_PART_NUMBER = 10_000
 #: Room a backend needs to be chosen for a new upload (see the module docstring).
 MIN_FREE_FOR_UPLOAD = MIN_PART_SIZE
 #: Most parts or uploads one listing page returns.
 MAX_LISTING = 1000
-
-_MULTIPART_ETAG = re.compile(r'^"[0-9a-f]{32}-\d+"$')
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
 @runtime_checkable
@@ -111,76 +103,6 @@ class UploadPool(Protocol):
 def new_upload_id() -> str:
     """An opaque, URL-safe upload id (32 characters, 192 random bits)."""
     return secrets.token_urlsafe(24)
-
-
-def validate_part_number(part_number: int) -> None:
-    """:raises S3Error: InvalidArgument outside 1..10000."""
-    if not 1 <= part_number <= MAX_PART_NUMBER:
-        raise errors.InvalidArgument(
-            "Part number must be an integer between 1 and 10000, inclusive",
-            ArgumentName="partNumber",
-            ArgumentValue=str(part_number),
-        )
-
-
-def parse_part_number(raw: str | None) -> int:
-    """The ``partNumber`` query value as S3 reads it.
-
-    :raises S3Error: InvalidArgument when missing, not an integer, or outside 1..10000.
-    """
-    try:
-        number = parse_decimal(raw or "")
-    except ValueError:
-        raise errors.InvalidArgument(
-            "Part number must be an integer between 1 and 10000, inclusive",
-            ArgumentName="partNumber",
-            ArgumentValue=raw or "",
-        ) from None
-    validate_part_number(number)
-    return number
-
-
-def normalise_etag(etag: str) -> str:
-    """An ETag compared the way S3 compares them in CompleteMultipartUpload: quotes optional."""
-    return etag.strip().strip('"').lower()
-
-
-def multipart_etag(part_etags: Sequence[str]) -> str | None:
-    """S3's multipart ETag (quoted): MD5 of the concatenated binary part MD5s, dash, part count.
-
-    :returns: ``None`` when a part ETag is not a plain MD5 (then only the backend knows).
-    """
-    digests = []
-    for etag in part_etags:
-        bare = normalise_etag(etag)
-        if not _MD5_ETAG.match(bare):
-            return None
-        digests.append(bytes.fromhex(bare))
-    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
-
-
-def part_range(record: ObjectRecord, part_number: int) -> tuple[int, int]:
-    """The inclusive byte range of part ``part_number`` of an object (GET/HEAD ``partNumber``).
-
-    An object not made by multipart upload is one part: part 1 is the whole object.  For an
-    empty object part 1 is ``(0, -1)``: the caller answers the (empty) object as a whole.
-
-    :raises S3Error: InvalidArgument outside 1..10000, InvalidPartNumber (416) beyond the
-        object's parts.
-    """
-    validate_part_number(part_number)
-    sizes = record.part_sizes or (record.size,)
-    if part_number > len(sizes):
-        raise errors.InvalidPartNumber(
-            PartNumberRequested=str(part_number), ActualPartCount=str(len(sizes))
-        )
-    first = sum(sizes[: part_number - 1])
-    return first, first + sizes[part_number - 1] - 1
-
-
-def parts_count(record: ObjectRecord) -> int | None:
-    """``x-amz-mp-parts-count`` of an object: its part count, ``None`` when not multipart."""
-    return len(record.part_sizes) if record.part_sizes else None
 
 
 def parse_copy_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -573,7 +495,7 @@ class MultipartUploads:
         chosen: list[PartRecord] = []
         for number, etag in requested:
             part = stored.get(number)
-            if part is None or normalise_etag(part.etag) != normalise_etag(etag):
+            if part is None or bare_etag(part.etag) != bare_etag(etag):
                 raise errors.InvalidPart(UploadId=upload_id, PartNumber=str(number),
                                          ETag=etag)
             chosen.append(part)
@@ -597,7 +519,7 @@ class MultipartUploads:
                 backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
             )
         etag = result.etag
-        if not _MULTIPART_ETAG.match(etag):
+        if not is_multipart_etag(etag):
             etag = multipart_etag([part.etag for part in chosen]) or etag
         record = ObjectRecord(
             bucket=bucket,
@@ -742,19 +664,12 @@ def _record_of(done: CompletedUpload) -> ObjectRecord:
 
 
 __all__ = [
-    "MAX_PART_NUMBER",
     "MAX_PART_SIZE",
     "MIN_FREE_FOR_UPLOAD",
     "MIN_PART_SIZE",
     "MultipartUploads",
     "all_parts",
     "discard_upload",
-    "multipart_etag",
     "new_upload_id",
-    "normalise_etag",
     "parse_copy_range",
-    "parse_part_number",
-    "part_range",
-    "parts_count",
-    "validate_part_number",
 ]

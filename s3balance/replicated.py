@@ -51,11 +51,14 @@ from s3balance.etags import quoted_etag
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.logs import make_logger
+from s3balance.retirement import ObjectChanged
+from s3balance.streams import StreamBodyProducer
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from s3balance.db.store import Condition, MetadataStore, Replacement
+    from s3balance.retirement import Retirement
 
 __all__ = ["Replicas"]
 
@@ -145,13 +148,16 @@ class ReplicaHost(Protocol):
 
     def holding(self, location: Location) -> AbstractAsyncContextManager[None]: ...
 
+    def reading(
+        self, record: ObjectRecord, byte_range: tuple[int, int] | None = None
+    ) -> AbstractAsyncContextManager[IObjectStream]: ...
+
     async def _open(
         self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
     ) -> IObjectStream: ...
 
-    async def _delete_pending(self, location: Location, pending: int) -> bool: ...
-
-    async def _delete_bytes(self, backend: str, target: str) -> None: ...
+    @property
+    def retirement(self) -> Retirement: ...
 
 
 class Replicas:
@@ -214,6 +220,24 @@ class Replicas:
         assert last_error is not None
         raise backend_error_to_s3(last_error)
 
+    async def copy(self, source: ObjectRecord, new: NewObjectFields) -> ObjectRecord:
+        """CopyObject into a replicated bucket: the source (from one of its replicas) streams
+        into the copies as a client's body would.
+
+        :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile; as
+            :meth:`place`.
+        """
+        kept = dict(source.checksums)
+        try:
+            async with self.gateway.reading(source) as stream:
+                producer = StreamBodyProducer(stream)
+                try:
+                    return await self.place(new, stream.length, producer, lambda: kept)
+                finally:
+                    producer.discard()
+        except ObjectChanged:
+            raise errors.NoSuchKey("The source object changed during the copy.") from None
+
     async def _write_and_commit(
         self,
         names: list[str],
@@ -241,7 +265,7 @@ class Replicas:
             stored = [loc for loc, (ok, _) in zip(locations, outcomes, strict=True) if ok]
             failures: list[Failure] = [result for ok, result in outcomes if not ok]  # type: ignore[misc]
             if failures:
-                await self.discard(stored)
+                await gateway.retirement.discard(stored)
                 return self._failed(failures, fan)
             results: list[PutResult] = [result for _, result in outcomes]
             for name, result in zip(names, results, strict=True):
@@ -294,24 +318,6 @@ class Replicas:
             raise backend_error_to_s3(cause) from cause
         causes[0].raiseException()
         raise AssertionError("unreachable")
-
-    async def discard(self, locations: list[Location]) -> None:
-        """Remove copies no row references (a replicated write that did not complete): queued in
-        ``pending_deletions`` first, so a copy that cannot be deleted now is deleted later by the
-        sweeper, never forgotten."""
-        if not locations:
-            return
-        gateway = self.gateway
-        try:
-            ids = await gateway.store.queue_deletions(locations, gateway.clock.seconds())
-        except Exception as error:
-            log.warn("could not queue the deletion of {count} copies ({error})",
-                     count=len(locations), error=error)  # fmt: skip
-            for location in locations:
-                await gateway._delete_bytes(location.backend, location.real_key)
-            return
-        for location, pending in zip(locations, ids, strict=True):
-            await gateway._delete_pending(location, pending)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ cost storage forever) or *dangling rows* (rows whose bytes are gone, which answe
 error). Scrub finds both, per real bucket, and can delete orphans. Tests use it to prove that a
 fault left nothing behind.
 
-Every write has a real key of its own (:func:`s3balance.gateway.new_real_key`), so an abandoned or
+Every write has a real key of its own (:func:`s3balance.realkeys.new_real_key`), so an abandoned or
 failed write, or a replaced object whose deletion was lost, is an orphan: the report names the
 virtual bucket and key each orphan belongs to (read from the real key, or from the backend's
 metadata for a hashed one).  Locations queued for deletion (``pending_deletions``) are still
@@ -32,8 +32,9 @@ from twisted.internet.defer import Deferred
 
 from s3balance.backends.interface import BackendError, BackendNoSuchKey, IBackend, ListedObject
 from s3balance.db.store import MetadataStore
-from s3balance.gateway import key_from_metadata, parse_real_key
+from s3balance.etags import bare_etag
 from s3balance.logs import make_logger
+from s3balance.realkeys import key_from_metadata, parse_real_key
 
 log = make_logger()
 
@@ -342,10 +343,6 @@ async def _orphan(backend: IBackend, entry: ListedObject) -> Orphan:
     return Orphan(entry.key, entry.size, entry.last_modified, parsed.bucket, virtual_key)
 
 
-def _bare_etag(etag: str) -> str:
-    return etag.strip().strip('"').lower()
-
-
 async def _mismatches(
     store: MetadataStore, backend: IBackend, name: str, listing: list[ListedObject]
 ) -> list[Mismatch]:
@@ -357,13 +354,13 @@ async def _mismatches(
         entry = listed.get(real_key)
         if entry is None:
             continue  # dangling, reported as such
-        if entry.size == size and (not entry.etag or _bare_etag(entry.etag) == _bare_etag(etag)):
+        if entry.size == size and (not entry.etag or bare_etag(entry.etag) == bare_etag(etag)):
             continue
         try:
             info = await backend.head_object(real_key)
         except BackendError:
             continue
-        if info.size != size or _bare_etag(info.etag) != _bare_etag(etag):
+        if info.size != size or bare_etag(info.etag) != bare_etag(etag):
             found.append(Mismatch(real_key, size, etag, info.size, info.etag))
     return found
 

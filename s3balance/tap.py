@@ -17,7 +17,14 @@ from twisted.python import usage
 from s3balance.config import Config
 from s3balance.configfile import ConfigError, default_config, load_config
 from s3balance.heap import steady_heap
-from s3balance.logs import LEVELS, LOG_FILE_SIZE, LOG_FILES_KEPT, set_level, use_capped_log_file
+from s3balance.logs import (
+    LEVELS,
+    LOG_FILE_SIZE,
+    LOG_FILES_KEPT,
+    set_level,
+    use_capped_log_file,
+    use_stdout_log,
+)
 from s3balance.units import format_size, parse_size
 from s3balance.worker import parse_adopted
 
@@ -101,7 +108,8 @@ class Options(usage.Options):
         """twistd rotates its log file at 1 MB and keeps every old file: junk traffic fills
         the disk.  When twistd logs to a file, give it a log observer that keeps
         ``--log-max-files`` files of ``--log-max-size``; logging to stdout (``twistd -n``
-        without ``--logfile``, as the systemd unit and the container image run) is left alone.
+        without ``--logfile``, as the systemd unit and the container image run) is not rotated.
+        Both write through :class:`s3balance.logs.BatchedTextLog` (access lines in batches).
         """
         try:
             max_size = parse_size(self["log-max-size"])
@@ -121,7 +129,8 @@ class Options(usage.Options):
             return  # not under twistd, or the user chose where logs go
         logfile = twistd.get("logfile") or ""
         if logfile == "-" or (not logfile and twistd.get("nodaemon")):
-            return  # stdout
+            twistd["logger"] = use_stdout_log()
+            return
         path = os.path.abspath(logfile or "twistd.log")
         twistd["logger"] = use_capped_log_file(path, max_size, int(max_files_text))
 

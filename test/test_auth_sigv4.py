@@ -458,3 +458,57 @@ def test_canonical_uri_does_not_normalise_or_double_encode() -> None:
     assert sigv4.canonical_uri(b"/b/a b!") == "/b/a%20b%21"
     assert sigv4.canonical_uri(b"/b/%7Ek") == "/b/~k"
     assert sigv4.canonical_uri(quote("/b/ü").encode()) == "/b/%C3%BC"
+
+
+def test_signing_key_cache_is_keyed_by_secret_date_region_and_service() -> None:
+    """Each of the four parts changes the derived key, and each is part of the cache key: a
+    cached key is never handed out for another secret, day, region or service."""
+    import hashlib
+    import hmac
+
+    def derived(secret: str, date: str, region: str, service: str) -> bytes:
+        key = ("AWS4" + secret).encode()
+        for part in (date, region, service, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        return key
+
+    base = ("secret-a", "20260101", "us-east-1", "s3")
+    variants = [
+        base,
+        ("secret-b", *base[1:]),
+        (base[0], "20260102", *base[2:]),
+        (*base[:2], "eu-west-1", base[3]),
+        (*base[:3], "sts"),
+    ]
+    sigv4.signing_key.cache_clear()
+    keys = [sigv4.signing_key(*parts) for parts in variants]
+    assert keys == [derived(*parts) for parts in variants]
+    assert len(set(keys)) == len(variants)
+    assert sigv4.signing_key.cache_info().misses == len(variants)
+    again = [sigv4.signing_key(*parts) for parts in reversed(variants)]
+    assert again == list(reversed(keys))
+    assert sigv4.signing_key.cache_info().hits == len(variants)
+    assert sigv4.signing_key(*base[:3]) == keys[0]  # the default service is s3
+
+
+def test_amz_date_reads_as_strptime_does() -> None:
+    """The sliced fast path accepts and refuses exactly what ``strptime`` does."""
+    import calendar
+    from datetime import datetime
+
+    from s3balance.auth.authenticator import _parse_amz_date
+
+    def reference(value: str) -> float | None:
+        try:
+            parsed = datetime.strptime(value, sigv4.TIMESTAMP_FORMAT)
+        except ValueError:
+            return None
+        return float(calendar.timegm(parsed.timetuple()))
+
+    for value in (
+        "20260101T000000Z", "20261231T235959Z", "20240229T120000Z", "20230229T120000Z",
+        "20260230T000000Z", "20261301T000000Z", "20260101T240000Z", "20260101T236000Z",
+        "20260101T235960Z", "00000101T000000Z", "2026011T0000000Z", "20260101T000000z",
+        "\uff12\uff10\uff12\uff160101T000000Z", "20260101 000000Z", "2026-01-01T00:00:00Z", "",
+    ):  # fmt: skip
+        assert _parse_amz_date(value) == reference(value), value

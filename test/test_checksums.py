@@ -162,3 +162,44 @@ def test_awscrt_is_loaded_only_when_an_algorithm_needs_it() -> None:
         [sys.executable, "-c", script], capture_output=True, timeout=60, cwd=os.getcwd()
     )
     assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_is_taken_as_a_header_and_as_a_trailer(name: str) -> None:
+    """The header check and the aws-chunked trailer check read the same table, so no algorithm
+    can be accepted by one and refused by the other (CRC32C once was, as a header)."""
+    from s3balance.auth.chunked import AwsChunkedDecoder
+    from s3balance.web.filters import ChecksumFilter
+
+    algorithm = ALGORITHMS[name]
+    value = b64(algorithm.of(CHECK_INPUT))
+    header = ChecksumFilter(algorithm.name, value)
+    header.feed(CHECK_INPUT)
+    header.finish()
+    assert header.value_b64 == value
+    decoder = AwsChunkedDecoder(
+        signed_chunks=False, trailer=True, expected_trailer=algorithm.header.upper()
+    )
+    assert decoder.trailer_algorithm is algorithm
+
+
+def test_no_module_but_the_catalogue_names_an_algorithm() -> None:
+    """Every place that meets a checksum looks it up in ``auth/checksums.py``: a string naming an
+    algorithm (``"crc32c"``, ``"x-amz-checksum-sha1"``, ``"ChecksumSHA256"``) anywhere else in
+    the package would be a second catalogue."""
+    import ast
+    from pathlib import Path
+
+    package = Path(checksums.__file__).resolve().parent.parent
+    names: set[str] = set()
+    for algorithm in ALGORITHMS.values():
+        names |= {algorithm.name.lower(), algorithm.header, algorithm.xml_element.lower()}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == Path(checksums.__file__).resolve():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value.strip().lower() in names:
+                    found.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+    assert found == []

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+from twisted.trial import unittest as twisted_unittest
 
 from s3balance.config import DatabaseConfig
 from s3balance.db import engine as db_engine
 from s3balance.db import migrate, model
 from s3balance.db.base import may_fail
 from s3balance.db.connector import DBConnector
-from s3balance.db.pool import InlineDBPool, is_transient, run_transaction
+from s3balance.db.pool import DBThreadPool, InlineDBPool, is_transient, run_transaction
 from s3balance.db.records import Location, ObjectRecord
 from test.dbfixture import (
     MYSQL_SERVER,
@@ -322,3 +329,70 @@ def test_a_current_schema_is_recognised_without_importing_alembic(tmp_path: Any)
     second = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert second.returncode == 0, second.stderr.decode()
     assert second.stdout.decode().split() == ["False"]
+
+
+class OneWriterTests(twisted_unittest.TestCase):
+    """SQLite's writes reach the threads one at a time, so none waits in SQLite's busy handler;
+    reads run beside a write (WAL)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.engine = db_engine.create_engine(f"sqlite:///{directory}/one-writer.db")
+        model.metadata.create_all(self.engine)
+        self.lock = threading.Lock()
+        self.beginning = 0  # write transactions asking for SQLite's lock or holding it
+        self.most_beginning = 0
+        event.listen(self.engine, "before_cursor_execute", self.on_statement)
+        event.listen(self.engine, "commit", self.on_end)
+        event.listen(self.engine, "rollback", self.on_end)
+
+    def on_statement(self, connection: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+        if statement == "BEGIN IMMEDIATE":  # asks for the write lock, and may wait for it
+            with self.lock:
+                self.beginning += 1
+                self.most_beginning = max(self.most_beginning, self.beginning)
+
+    def on_end(self, connection: sa.Connection) -> None:
+        if not connection.get_execution_options().get(db_engine.READ_ONLY_OPTION):
+            with self.lock:
+                self.beginning -= 1
+
+    def make_pool(self, one_writer: bool | None = None) -> DBThreadPool:
+        pool = DBThreadPool(self.engine, reactor, 4, one_writer=one_writer)  # type: ignore[arg-type]
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    def writer(self, connection: sa.Connection, name: str) -> None:
+        connection.execute(
+            model.backend_usage.insert().values(backend=name, used_bytes=1, object_count=1)
+        )
+        time.sleep(0.05)  # hold the lock long enough for the other threads to ask for it
+
+    def reader(self, connection: sa.Connection) -> int:
+        with self.lock:
+            writing = self.beginning
+        connection.execute(sa.select(model.backend_usage.c.backend)).all()
+        return writing
+
+    async def test_sqlite_writes_never_overlap_and_reads_run_beside_them(self) -> None:
+        pool = self.make_pool()
+        writes = [pool.do(self.writer, f"b{n}") for n in range(8)]
+        await deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
+        writing_meanwhile = await pool.do_read(self.reader)
+        await gatherResults(writes)
+        self.assertEqual(self.most_beginning, 1)
+        self.assertEqual(writing_meanwhile, 1)  # the read ran while a write held the lock
+        with self.engine.connect() as connection:
+            count = connection.execute(sa.select(sa.func.count()).select_from(model.backend_usage))
+            self.assertEqual(count.scalar(), 8)
+
+    async def test_without_one_writer_the_threads_contend_for_sqlites_lock(self) -> None:
+        """What the queue avoids: the same writes on four threads ask for the lock together,
+        and all but one wait in SQLite's busy handler."""
+        pool = self.make_pool(one_writer=False)
+        await gatherResults([pool.do(self.writer, f"b{n}") for n in range(8)])
+        self.assertGreater(self.most_beginning, 1)

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from s3balance.backends.interface import BackendNoSuchKey
 from s3balance.backends.memory import MemoryBackend
 from s3balance.fanout import FanOut, ReplicaLost
-from s3balance.web.request import BodyAbandoned, RequestBody
+from s3balance.web.requestbody import BodyAbandoned, RequestBody
 
 pytestmark = pytest.mark.timeout(60)
 

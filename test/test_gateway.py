@@ -19,8 +19,10 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance import errors
+from s3balance.conditions import Preconditions
 from s3balance.config import Config
-from s3balance.gateway import parse_real_key
+from s3balance.reads import ReadRequest
+from s3balance.realkeys import parse_real_key
 from s3balance.web.objects import BytesBody
 from test.support.bodies import (
     BodyFailed,
@@ -291,6 +293,39 @@ class ConsistencyTests(GatewayTestCase):
         self.assertEqual(
             (raised.exception.code, raised.exception.status), ("ServiceUnavailable", 503)
         )
+
+
+class ReadTests(GatewayTestCase):
+    async def test_the_plan_of_a_range_a_condition_and_a_head(self) -> None:
+        record = await self.put("k", b"0123456789")
+        plan = await self.gateway.read("vb", "k", ReadRequest(range_header="bytes=2-4"))
+        async with plan:
+            assert plan.stream is not None
+            self.assertEqual(await collect(plan.stream), b"234")
+        self.assertEqual((plan.status, plan.length, plan.content_range), (206, 3, "bytes 2-4/10"))
+        unchanged = ReadRequest(preconditions=Preconditions(if_none_match=record.etag))
+        plan = await self.gateway.read("vb", "k", unchanged)
+        self.assertEqual((plan.status, plan.stream), (304, None))
+        plan = await self.gateway.read("vb", "k", ReadRequest(with_body=False))
+        self.assertEqual((plan.status, plan.length, plan.stream), (200, 10, None))
+        self.assertEqual(self.gateway.readers_of(record.locations[0]), 0)
+
+    async def test_an_object_overwritten_between_the_row_and_the_bytes_is_read_anew(self) -> None:
+        await self.put("k", b"old")
+        stale = await self.gateway.get_object_record("vb", "k")
+        await self.put("k", b"new")  # no grace: the old bytes are gone now
+        rows = [stale]
+        current_row = self.gateway.get_object_record
+
+        async def stale_row_first(bucket: str, key: str) -> Any:
+            return rows.pop() if rows else await current_row(bucket, key)
+
+        self.gateway.get_object_record = stale_row_first  # type: ignore[method-assign]
+        plan = await self.gateway.read("vb", "k", ReadRequest())
+        async with plan:
+            assert plan.stream is not None
+            self.assertEqual(await collect(plan.stream), b"new")
+        self.assertEqual(rows, [])
 
 
 class CopyTests(GatewayTestCase):

@@ -18,15 +18,13 @@ from twisted.trial import unittest
 from s3balance import errors
 from s3balance.config import Config
 from s3balance.db.records import ObjectRecord
+from s3balance.etags import multipart_etag
 from s3balance.multipart import (
     MIN_PART_SIZE,
     MultipartUploads,
-    multipart_etag,
     parse_copy_range,
-    parse_part_number,
-    part_range,
-    parts_count,
 )
+from s3balance.parts import parse_part_number, part_range, parts_count
 from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_bytes
 from test.support.daemon import Daemon, local_buckets, start_daemon

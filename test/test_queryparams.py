@@ -12,6 +12,8 @@ from s3balance.web.queryparams import (
     UNSERVED_SUBRESOURCES,
     is_ignored,
     judge_query,
+    parse_query,
+    query_args,
 )
 from s3balance.web.routing import NOT_IMPLEMENTED, Router
 
@@ -243,3 +245,52 @@ def test_judge_query_reports_the_honoured_parameters() -> None:
     )
     assert verdict.params == {"list-type", "prefix"}  # Delimiter: not S3's spelling, ignored
     assert verdict.refusal == ""
+
+
+def test_one_parser_reads_a_bare_parameter_as_an_empty_value() -> None:
+    """Routing and ``request.args`` read the same parameters: twisted.web's own parser dropped
+    ``?uploads`` (no ``=``), which S3 reads as the sub-resource with an empty value."""
+    raw = b"uploads&prefix=a%2Fb+c&prefix=second&empty=&=v&&x-id=Put%C3%A9"
+    assert parse_query(raw) == {
+        "uploads": "", "prefix": "a/b c", "empty": "", "": "v", "x-id": "Put\u00e9",
+    }
+    assert query_args(raw) == {
+        b"uploads": [b""], b"prefix": [b"a/b c", b"second"], b"empty": [b""], b"": [b"v"],
+        b"x-id": ["Put\u00e9".encode()],
+    }
+    with pytest.raises(ValueError):
+        parse_query(b"prefix=%ff")
+
+
+def test_every_listing_reads_encoding_type_the_same_way() -> None:
+    """Object listings took an empty ``encoding-type`` for none and upload listings refused it:
+    one reader now, and empty means none everywhere."""
+    from s3balance import errors
+    from s3balance.web.queryparams import url_encoded
+
+    assert url_encoded(None) is False
+    assert url_encoded("") is False
+    assert url_encoded("URL") is True
+    with pytest.raises(errors.S3Error) as raised:
+        url_encoded("base64")
+    assert raised.value.code == "InvalidArgument"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 7), ("", 7), ("0", 0), ("0010", 10), ("5000", 1000), ("2147483647", 1000)],
+)
+def test_count_param_defaults_caps_and_reads_decimal(value: str | None, expected: int) -> None:
+    from s3balance.web.queryparams import count_param
+
+    assert count_param(value, "max-parts", 7, cap=1000) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "ten", "1.5", "2147483648", " 1"])
+def test_count_param_refuses_what_is_not_a_count(value: str) -> None:
+    from s3balance import errors
+    from s3balance.web.queryparams import count_param
+
+    with pytest.raises(errors.S3Error) as raised:
+        count_param(value, "part-number-marker", 0)
+    assert raised.value.code == "InvalidArgument"

@@ -201,3 +201,23 @@ def test_should_stream_knows_virtual_host_addressing():
     headers = {"content-length": "10", "host": "vb.s3.local"}
     assert _stream("PUT", "/key", headers, "s3.local")
     assert not _stream("PUT", "/key", headers)
+
+
+def test_every_operation_routing_can_name_is_in_the_registry():
+    """Routing names operations, the registry serves them: one table, no operation without a
+    handler (the honoured-parameter table names every operation that takes parameters)."""
+    from s3balance.web.operations import OPERATIONS
+    from s3balance.web.queryparams import HONOURED_PARAMS
+
+    assert set(HONOURED_PARAMS) <= set(OPERATIONS)
+    samples = [
+        ("PUT", "/b/k", {"content-length": "1"}),
+        ("PUT", "/b/k", {"x-amz-copy-source": "a/b"}),
+        ("PUT", "/b", {}),
+        ("DELETE", "/b", {}),
+        ("HEAD", "/b", {}),
+        ("HEAD", "/b/k", {}),
+        ("GET", "/", {}),
+    ]
+    for method, target, headers in samples:
+        assert route(method, target, headers).operation in OPERATIONS

@@ -11,6 +11,7 @@ import os
 import resource
 import socket
 import time
+from typing import Any
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
@@ -50,6 +51,24 @@ class StreamingTests(DaemonTestCase, unittest.TestCase):
                 return True
             await task.deferLater(reactor, 0.05, lambda: None)
         return False
+
+    async def test_each_request_is_routed_once(self) -> None:
+        """A streamed PUT and a buffered POST are routed when their headers are in (to decide
+        how the body is read), and that route serves the request too."""
+        router = self.daemon.resource.router
+        routed: list[bytes] = []
+        route = router.route
+
+        def counted(method: bytes, target: bytes, headers: Any) -> Any:
+            routed.append(method)
+            return route(method, target, headers)
+
+        router.route = counted  # type: ignore[method-assign]
+        await self.call(self.s3.put_object, Bucket="vb", Key="k", Body=b"x" * 1000)
+        await self.call(
+            self.s3.delete_objects, Bucket="vb", Delete={"Objects": [{"Key": "k"}]}
+        )
+        self.assertEqual(routed, [b"PUT", b"POST"])
 
     async def test_client_disconnecting_mid_upload_leaves_nothing(self) -> None:
         def upload_half() -> None:

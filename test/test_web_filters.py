@@ -13,7 +13,6 @@ from s3balance.web.filters import (
     ChecksumFilter,
     ContentMD5Filter,
     LengthFilter,
-    MD5Meter,
     SHA256Filter,
 )
 
@@ -103,16 +102,6 @@ def test_crc32c_and_crc64nvme_are_served(algorithm: str) -> None:
     for chunk in BODY:
         wrong.feed(chunk)
     assert code_of(wrong.finish) == "BadDigest"
-
-
-def test_md5_meter_reports_md5_only_after_finish() -> None:
-    meter = MD5Meter()
-    meter.feed(WHOLE[:3])
-    with pytest.raises(RuntimeError):
-        meter.hexdigest()
-    meter.feed(WHOLE[3:])
-    meter.finish()
-    assert meter.hexdigest() == hashlib.md5(WHOLE).hexdigest()
 
 
 def test_length_filter_short_long_and_exact() -> None:

@@ -22,7 +22,8 @@ from zope.interface import directlyProvides, implementer
 
 from s3balance.backends.interface import IObjectStream, ISocketBody
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, StallTimeout, relay_object
-from s3balance.web.request import ClientDisconnected, StreamingRequest
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import ClientDisconnected
 from s3balance.web.site import S3Site
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,7 +61,7 @@ class Getter(Resource):
         return NOT_DONE_YET
 
 
-def never_stream(method: bytes, path: bytes, headers: Any) -> bool:
+def never_stream(request: Any) -> bool:
     return False
 
 

@@ -31,12 +31,8 @@ from s3balance import errors
 from s3balance.errors import S3Error
 from s3balance.web.channel import S3Channel
 from s3balance.web.filters import ContentMD5Filter
-from s3balance.web.request import (
-    BodyAbandoned,
-    ClientDisconnected,
-    RequestBody,
-    StreamingRequest,
-)
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import BodyAbandoned, ClientDisconnected, RequestBody
 from s3balance.web.site import S3Site
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,8 +80,8 @@ class Recorder(Resource):
         return b"got:" + request.content.read()
 
 
-def stream_puts(method: bytes, path: bytes, headers: Any) -> bool:
-    return method == b"PUT"
+def stream_puts(request: Any) -> bool:
+    return bool(request.method == b"PUT")
 
 
 def connect(
@@ -155,6 +151,30 @@ def test_streamed_put_runs_before_the_body_and_feeds_a_consumer_as_bytes_arrive(
     assert outcome(done) is None
     assert sink.data == PAYLOAD
     assert request.body.complete and request.body.bytes_received == len(PAYLOAD)
+
+
+def test_args_keep_a_parameter_without_a_value_streamed_or_buffered() -> None:
+    """``request.args`` comes from the front's one query parser: ``?uploads`` is there with an
+    empty value (twisted.web's own parser dropped it), for a streamed PUT and a buffered POST."""
+    _, channel, _, _, recorder = connect()
+    channel.dataReceived(
+        b"PUT /bucket/key?uploads&prefix=a+b HTTP/1.1\r\nHost: example\r\n"
+        b"Content-Length: 1\r\n\r\n"
+    )
+    assert recorder.requests[0].args == {b"uploads": [b""], b"prefix": [b"a b"]}
+    seen: list[Any] = []
+    original = recorder.render_POST
+
+    def render_POST(request: StreamingRequest) -> bytes:
+        seen.append(request.args)
+        return original(request)
+
+    recorder.render_POST = render_POST  # type: ignore[method-assign]
+    _, channel, _, _, _ = connect(recorder)
+    channel.dataReceived(
+        b"POST /bucket?delete HTTP/1.1\r\nHost: example\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    assert seen == [{b"delete": [b""]}]
 
 
 def test_start_producing_fires_only_after_the_final_bytes() -> None:

@@ -22,7 +22,8 @@ from s3balance.backends.s3 import S3Backend
 from s3balance.metrics import ZERO_COPY_BYTES
 from s3balance.net import splice, twistedcompat
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, relay_object
-from s3balance.web.request import ClientDisconnected, StreamingRequest
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import ClientDisconnected
 from s3balance.web.site import S3Site
 from test.support.adapters import s3_backend_at
 
@@ -142,7 +143,7 @@ class Getter(Resource):
             self.outcomes.append(Failure(e))
 
 
-def _never_stream(method: bytes, path: bytes, headers: Any) -> bool:
+def _never_stream(request: Any) -> bool:
     return False
 
 

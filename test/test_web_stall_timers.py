@@ -13,7 +13,7 @@ from zope.interface import implementer
 from s3balance.backends.uploadmd5 import BackgroundMD5
 from s3balance.errors import S3Error
 from s3balance.net.stallwatch import StallWatch
-from s3balance.web.request import RequestBody
+from s3balance.web.requestbody import RequestBody
 
 
 @implementer(IConsumer)

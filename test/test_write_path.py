@@ -27,7 +27,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from s3balance.config import BucketConfig, Config
-from s3balance.gateway import (
+from s3balance.realkeys import (
     KEY_METADATA,
     MAX_REAL_KEY_BYTES,
     key_from_metadata,
@@ -170,12 +170,13 @@ class GraceTests(DaemonTestCase, unittest.TestCase):  # type: ignore[misc]
         due = await self.daemon.store.due_deletions(time.time() + 3601)
         self.assertEqual([d.location for d in due], [old])
         # A sweep after the grace (its clock moved on) deletes the bytes and the queue row.
-        original = gateway.clock
-        gateway.clock = _Later(original, 3601)  # type: ignore[assignment]
+        retirement = gateway.retirement
+        original = retirement.clock
+        retirement.clock = _Later(original, 3601)  # type: ignore[assignment]
         try:
             self.assertEqual(await gateway.sweep_deletions(), 1)
         finally:
-            gateway.clock = original
+            retirement.clock = original
         self.assertNotIn(old.real_key, await self.daemon.real_keys(old.backend))
         self.assertEqual(await self.daemon.store.due_deletions(1e18), [])
 

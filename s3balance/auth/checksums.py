@@ -149,11 +149,7 @@ class ChecksumAlgorithm:
 
     def decode(self, value: str) -> bytes | None:
         """The binary digest behind a base64 value, or None when it is not one of this size."""
-        try:
-            raw = base64.b64decode(value.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return None
-        return raw if len(raw) == self.digest_size else None
+        return decode_digest(value, self.digest_size)
 
     def combine(self, first: bytes, second: bytes, second_length: int) -> bytes:
         """The CRC of ``A + B`` from ``crc(A)``, ``crc(B)`` and ``len(B)``.
@@ -219,6 +215,16 @@ def encode(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+def decode_digest(value: str, size: int) -> bytes | None:
+    """The binary digest behind a base64 header value (a checksum, ``Content-MD5``), or None
+    when it is not base64 of ``size`` bytes."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size else None
+
+
 def composite(algorithm: ChecksumAlgorithm, part_digests: Sequence[bytes]) -> str:
     """S3's COMPOSITE checksum: ``base64(checksum(digest1 + digest2 + ...))-N``."""
     return f"{encode(algorithm.of(b''.join(part_digests)))}-{len(part_digests)}"
@@ -252,5 +258,6 @@ __all__ = [
     "by_name",
     "combine_full_object",
     "composite",
+    "decode_digest",
     "encode",
 ]

@@ -7,6 +7,7 @@ canonical URI is the request path percent-decoded once and re-encoded per the Si
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ SERVICE = "s3"
 TERMINATOR = "aws4_request"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: Derived signing keys kept (see :func:`signing_key`).
+SIGNING_KEYS_CACHED = 512
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
@@ -145,8 +148,11 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=SIGNING_KEYS_CACHED)
 def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
-    """The derived key; depends only on secret and scope, so callers may cache it per day."""
+    """The derived key: four HMACs that depend only on the secret and the scope, so they are
+    computed once per (secret, date, region, service) and kept (a day's keys for a few
+    hundred key pairs), not once per request signed or verified."""
     k_date = _hmac(("AWS4" + secret).encode("utf-8"), date)
     k_region = _hmac(k_date, region)
     k_service = _hmac(k_region, service)

@@ -181,9 +181,6 @@ class Signer:
         self._secret_key = secret_key
         self._region = region
         self._clock = clock
-        #: The last signing date and its derived key (it changes once a day); one tuple, so a
-        #: reader never pairs a date with another date's key.
-        self._derived: tuple[str, bytes] = ("", b"")
 
     def sign(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, streamed: bool
@@ -286,11 +283,7 @@ class Signer:
         return f"{timestamp[:8]}/{self._region}/{SERVICE}/{TERMINATOR}"
 
     def _signature(self, timestamp: str, canonical: str) -> str:
-        date = timestamp[:8]
-        derived_date, key = self._derived
-        if derived_date != date:
-            key = signing_key(self._secret_key, date, self._region)
-            self._derived = (date, key)
+        key = signing_key(self._secret_key, timestamp[:8], self._region)
         to_sign = "\n".join(
             [
                 ALGORITHM,

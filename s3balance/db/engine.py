@@ -95,7 +95,8 @@ def create_engine(url: str | URL, config: DatabaseConfig | None = None) -> Engin
                 "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                 "check_same_thread": False,
             }
-            kwargs.update(_queue_pool_sizes(config, threads))
+            # One more connection than threads: the pool's writer thread (see DBThreadPool).
+            kwargs.update(_queue_pool_sizes(config, threads + 1))
     else:
         kwargs.update(_queue_pool_sizes(config, threads))
         if backend in ("mysql", "mariadb"):

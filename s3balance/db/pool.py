@@ -151,10 +151,25 @@ class DBThreadPool:
         reactor: IReactorFromThreads,
         max_threads: int,
         name: str = "s3balance-db",
+        one_writer: bool | None = None,
     ) -> None:
+        """:param one_writer: run write transactions on one thread of their own, reads on the
+            others; by default for SQLite only.  SQLite has one writer at a time: two threads
+            that both begin a write make one sleep in SQLite's busy handler, in growing steps,
+            and a burst of small PUTs then waits in those sleeps.  On one thread, the next write
+            starts the moment the previous one commits, with no trip through the reactor, and
+            reads still run beside it (WAL).
+        """
         self.engine = engine
         self._reactor = reactor
         self._threadpool = ThreadPool(minthreads=1, maxthreads=max(1, max_threads), name=name)
+        if one_writer is None:
+            one_writer = engine.dialect.name == "sqlite"
+        self._writer = (
+            ThreadPool(minthreads=1, maxthreads=1, name=f"{name}-writer")
+            if one_writer
+            else self._threadpool
+        )
         self.running = False
 
     @property
@@ -164,6 +179,8 @@ class DBThreadPool:
     def start(self) -> None:
         if not self.running:
             self._threadpool.start()
+            if self._writer is not self._threadpool:
+                self._writer.start()
             self.running = True
 
     def stop(self) -> None:
@@ -173,12 +190,14 @@ class DBThreadPool:
         """
         if self.running:
             self.running = False
+            if self._writer is not self._threadpool:
+                self._writer.stop()
             self._threadpool.stop()
         self.engine.dispose()
 
     def do(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         return threads.deferToThreadPool(
-            self._reactor, self._threadpool, run_transaction, self.engine, fn, args
+            self._reactor, self._writer, run_transaction, self.engine, fn, args
         )
 
     def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:

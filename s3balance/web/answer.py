@@ -65,6 +65,9 @@ class RequestContext:
     #: An unsigned request while signatures are required, let through authentication only to
     #: be checked against the resource's canned ACL (:mod:`s3balance.web.public`).
     anonymous: bool = False
+    #: The multipart operations' handler (:class:`s3balance.web.multipart.MultipartHandler`),
+    #: None when the daemon serves no multipart uploads.
+    multipart: Any = None
 
     @property
     def bucket(self) -> str:

@@ -11,14 +11,16 @@ by multipart upload has no ``ObjectParts``; an object without a checksum has no 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from s3balance import conditions, errors
 from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord
+from s3balance.etags import unquoted_etag
 from s3balance.web.answer import Answer, RequestContext
-from s3balance.web.xml import _root, _serialise, _sub
+from s3balance.web.objects import version_id_must_be_null
+from s3balance.web.queryparams import count_param
+from s3balance.web.xml import root_element, serialise, sub_element
 
 #: Attribute names as S3 spells them, in its response order.
 ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
@@ -59,17 +61,10 @@ def requested_attributes(ctx: RequestContext) -> set[str]:
 
 
 def _count_header(ctx: RequestContext, name: str, default: int) -> int:
+    """``x-amz-max-parts`` and ``x-amz-part-number-marker``, read as the listing parameters are
+    (:func:`~s3balance.web.queryparams.count_param`), spaces around the value aside."""
     raw = ctx.header(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip()
-    if not value.isdigit():
-        raise errors.InvalidArgument(
-            f"Provided {name} not an integer or within integer range",
-            ArgumentName=name,
-            ArgumentValue=raw,
-        )
-    return int(value)
+    return count_param(None if raw is None else raw.strip(), name, default)
 
 
 def _checksum(parent: Any, record: ObjectRecord) -> None:
@@ -80,14 +75,14 @@ def _checksum(parent: Any, record: ObjectRecord) -> None:
     ]
     if not present:
         return
-    element = _sub(parent, "Checksum")
+    element = sub_element(parent, "Checksum")
     checksum_type = record.checksums.get(checksums.TYPE_HEADER)
     for algorithm, value in present:
         if checksum_type == checksums.COMPOSITE:
             value = value.partition("-")[0]
-        _sub(element, algorithm.xml_element, value)
+        sub_element(element, algorithm.xml_element, value)
     if checksum_type is not None:
-        _sub(element, "ChecksumType", checksum_type)
+        sub_element(element, "ChecksumType", checksum_type)
 
 
 def _object_parts(parent: Any, record: ObjectRecord, marker: int, max_parts: int) -> None:
@@ -99,48 +94,44 @@ def _object_parts(parent: Any, record: ObjectRecord, marker: int, max_parts: int
     algorithm = next(
         (a for a in checksums.ALGORITHMS.values() if a.header in record.checksums), None
     )
-    element = _sub(parent, "ObjectParts")
-    _sub(element, "PartsCount", str(count))
-    _sub(element, "PartNumberMarker", str(marker))
-    _sub(element, "NextPartNumberMarker", str(numbers[-1] if numbers else marker))
-    _sub(element, "MaxParts", str(max_parts))
-    _sub(element, "IsTruncated", "true" if numbers and numbers[-1] < count else "false")
+    element = sub_element(parent, "ObjectParts")
+    sub_element(element, "PartsCount", str(count))
+    sub_element(element, "PartNumberMarker", str(marker))
+    sub_element(element, "NextPartNumberMarker", str(numbers[-1] if numbers else marker))
+    sub_element(element, "MaxParts", str(max_parts))
+    sub_element(element, "IsTruncated", "true" if numbers and numbers[-1] < count else "false")
     with_checksums = (
         algorithm is not None
         and record.checksums.get(checksums.TYPE_HEADER) == checksums.COMPOSITE
         and len(record.part_checksums) == count
     )
     for number in numbers:
-        part = _sub(element, "Part")
-        _sub(part, "PartNumber", str(number))
-        _sub(part, "Size", str(record.part_sizes[number - 1]))
+        part = sub_element(element, "Part")
+        sub_element(part, "PartNumber", str(number))
+        sub_element(part, "Size", str(record.part_sizes[number - 1]))
         if with_checksums and algorithm is not None:
-            _sub(part, algorithm.xml_element, record.part_checksums[number - 1])
+            sub_element(part, algorithm.xml_element, record.part_checksums[number - 1])
 
 
 def attributes_result(
     record: ObjectRecord, wanted: set[str], part_marker: int, max_parts: int
 ) -> bytes:
-    root = _root("GetObjectAttributesResponse")
+    root = root_element("GetObjectAttributesResponse")
     if "ETag" in wanted:
-        _sub(root, "ETag", record.etag.strip('"'))
+        sub_element(root, "ETag", unquoted_etag(record.etag))
     if "Checksum" in wanted:
         _checksum(root, record)
     if "ObjectParts" in wanted:
         _object_parts(root, record, part_marker, max_parts)
     if "StorageClass" in wanted:
-        _sub(root, "StorageClass", "STANDARD")
+        sub_element(root, "StorageClass", "STANDARD")
     if "ObjectSize" in wanted:
-        _sub(root, "ObjectSize", str(record.size))
-    return _serialise(root)
+        sub_element(root, "ObjectSize", str(record.size))
+    return serialise(root)
 
 
 async def handle_GetObjectAttributes(ctx: RequestContext) -> Answer:
-    version = ctx.query("versionId")
-    if version is not None and version != "null":
-        raise errors.InvalidArgument(
-            "Invalid version id specified", ArgumentName="versionId", ArgumentValue=version
-        )
+    version_id_must_be_null(ctx)
     wanted = requested_attributes(ctx)
     max_parts = _count_header(ctx, "x-amz-max-parts", MAX_PARTS)
     marker = _count_header(ctx, "x-amz-part-number-marker", 0)
@@ -151,8 +142,3 @@ async def handle_GetObjectAttributes(ctx: RequestContext) -> Answer:
         ("Last-Modified", conditions.http_date(record.last_modified)),
     ]
     return Answer(200, headers, document)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "GetObjectAttributes": handle_GetObjectAttributes,
-}

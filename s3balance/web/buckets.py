@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from typing import Any
 
 from s3balance import acl, errors
 from s3balance.backends.interface import BackendError
 from s3balance.db.records import ObjectPage
-from s3balance.integers import parse_decimal
 from s3balance.multipart import discard_upload
 from s3balance.web import xml
 from s3balance.web.answer import Answer, RequestContext
+from s3balance.web.queryparams import count_param, url_encoded
 
 #: S3's page size limit for listings.
 MAX_KEYS = 1000
@@ -192,44 +194,15 @@ def requested_acl_change(ctx: RequestContext, for_bucket: bool) -> str:
         return acl.from_headers(header, grants, for_bucket)
     if not body.strip():
         raise errors.InvalidRequest("An ACL must be given in the x-amz-acl header or the body.")
-    return acl.from_policy(xml._parse(body), ctx.owner.id)
+    return acl.from_policy(xml.parse_document(body), ctx.owner.id)
 
 
-def parse_max_keys(value: str | None, name: str = "max-keys") -> int:
+def parse_max_keys(value: str | None) -> int:
     """S3's max-keys: 0..1000, larger values capped, anything else refused.
 
     :raises S3Error: InvalidArgument.
     """
-    if value is None or value == "":
-        return MAX_KEYS
-    if value.startswith("-") and value[1:].isdigit():
-        raise errors.InvalidArgument(
-            f"Argument {name} must be an integer between 0 and 2147483647",
-            ArgumentName=name,
-            ArgumentValue=value,
-        )
-    try:
-        number = parse_decimal(value, maximum=2**31 - 1)
-    except ValueError:
-        raise errors.InvalidArgument(
-            f"Provided {name} not an integer or within integer range",
-            ArgumentName=name,
-            ArgumentValue=value,
-        ) from None
-    return min(number, MAX_KEYS)
-
-
-def _url_encoded(ctx: RequestContext) -> bool:
-    encoding = ctx.query("encoding-type")
-    if encoding is None or encoding == "":
-        return False
-    if encoding.lower() != "url":
-        raise errors.InvalidArgument(
-            "Invalid Encoding Method specified in Request",
-            ArgumentName="encoding-type",
-            ArgumentValue=encoding,
-        )
-    return True
+    return count_param(value, "max-keys", MAX_KEYS, cap=MAX_KEYS)
 
 
 def encode_token(last_key: str) -> str:
@@ -250,39 +223,67 @@ def decode_token(token: str) -> str:
         ) from None
 
 
-async def _page(ctx: RequestContext, start_after: str, max_keys: int) -> ObjectPage:
+@dataclass(frozen=True)
+class _ListingParams:
+    """The parameters every object listing reads the same way."""
+
+    prefix: str
+    delimiter: str
+    max_keys: int
+    url_encoded: bool
+
+
+def _listing_params(ctx: RequestContext) -> _ListingParams:
+    """:raises S3Error: InvalidArgument for a bad ``max-keys`` or ``encoding-type``."""
+    max_keys = parse_max_keys(ctx.query("max-keys"))
+    encoded = url_encoded(ctx.query("encoding-type"))
+    return _ListingParams(
+        ctx.query("prefix") or "", ctx.query("delimiter") or "", max_keys, encoded
+    )
+
+
+async def _page(ctx: RequestContext, params: _ListingParams, start_after: str) -> ObjectPage:
     return await ctx.gateway.list_objects(
         ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
+        prefix=params.prefix,
+        delimiter=params.delimiter,
         start_after=start_after,
-        max_keys=max_keys,
+        max_keys=params.max_keys,
+    )
+
+
+def _listing(
+    ctx: RequestContext, params: _ListingParams, page: ObjectPage, **details: Any
+) -> xml.Listing:
+    """The listing document's header, the parameters in and ``details`` of the operation."""
+    return xml.Listing(
+        bucket=ctx.bucket,
+        prefix=params.prefix,
+        delimiter=params.delimiter,
+        max_keys=params.max_keys,
+        is_truncated=page.is_truncated,
+        url_encoded=params.url_encoded,
+        **details,
     )
 
 
 async def handle_ListObjects(ctx: RequestContext) -> Answer:
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    params = _listing_params(ctx)
     marker = ctx.query("marker") or ""
-    delimiter = ctx.query("delimiter") or ""
-    page = await _page(ctx, marker, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=delimiter,
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
+    page = await _page(ctx, params, marker)
+    listing = _listing(
+        ctx,
+        params,
+        page,
         marker=marker,
         # S3 sends NextMarker only with a delimiter; without one, clients use the last key.
-        next_marker=page.next_marker if page.is_truncated and delimiter else None,
+        next_marker=page.next_marker if page.is_truncated and params.delimiter else None,
     )
     return Answer.xml(xml.list_objects(listing, page.objects, page.common_prefixes, ctx.owner, 1))
 
 
 async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    params = _listing_params(ctx)
     token = ctx.query("continuation-token")
     start_after = ctx.query("start-after")
     if token is not None:
@@ -296,14 +297,11 @@ async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
             begin = start_after
     else:
         begin = start_after or ""
-    page = await _page(ctx, begin, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
+    page = await _page(ctx, params, begin)
+    listing = _listing(
+        ctx,
+        params,
+        page,
         continuation_token=token,
         next_continuation_token=(
             encode_token(page.next_marker) if page.is_truncated and page.next_marker else None
@@ -317,19 +315,10 @@ async def handle_ListObjectsV2(ctx: RequestContext) -> Answer:
 async def handle_ListObjectVersions(ctx: RequestContext) -> Answer:
     """Every object is its only, ``null``, version (the buckets are unversioned): enough for
     clients that clean a bucket through its versions."""
-    max_keys = parse_max_keys(ctx.query("max-keys"))
-    encoded = _url_encoded(ctx)
+    params = _listing_params(ctx)
     marker = ctx.query("key-marker") or ""
-    page = await _page(ctx, marker, max_keys)
-    listing = xml.Listing(
-        bucket=ctx.bucket,
-        prefix=ctx.query("prefix") or "",
-        delimiter=ctx.query("delimiter") or "",
-        max_keys=max_keys,
-        is_truncated=page.is_truncated,
-        url_encoded=encoded,
-        marker=marker,
-    )
+    page = await _page(ctx, params, marker)
+    listing = _listing(ctx, params, page, marker=marker)
     next_marker = page.next_marker if page.is_truncated else None
     return Answer.xml(
         xml.list_object_versions(

@@ -70,6 +70,7 @@ class S3Channel(HTTPChannel):
     _header_deadline: IDelayedCall | None = None
     #: Set by the site that built the channel (``Site.buildProtocol``).
     site: Any
+    _local_address: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -78,6 +79,13 @@ class S3Channel(HTTPChannel):
         if opened is not None:
             self._counted = True
             opened()
+
+    def getHost(self) -> Any:
+        """The local address: asked of the socket once per connection, not once per request
+        (stock ``Request.__init__`` asks for it on every request, a ``getsockname`` each)."""
+        if self._local_address is None:
+            self._local_address = super().getHost()
+        return self._local_address
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_header_deadline()

@@ -32,12 +32,10 @@ def _trailer_algorithm(ctx: RequestContext) -> ChecksumAlgorithm | None:
     return checksums.by_header(trailer)  # the decoder refused any other name already
 
 
-def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
-    """The checksum filter for an upload's body (see the module docstring), None when the
-    request names no checksum.
+def _checksum_header(ctx: RequestContext) -> tuple[ChecksumAlgorithm, str] | None:
+    """The one ``x-amz-checksum-<algorithm>`` header of a request and its value, if any.
 
-    :raises S3Error: InvalidRequest for two checksum headers, a malformed value, or an
-        ``x-amz-sdk-checksum-algorithm`` naming another (or no sent) checksum.
+    :raises S3Error: InvalidRequest for two of them.
     """
     given: list[tuple[ChecksumAlgorithm, str]] = []
     for algorithm in checksums.ALGORITHMS.values():
@@ -48,8 +46,19 @@ def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
         raise errors.InvalidRequest(
             "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
         )
+    return given[0] if given else None
+
+
+def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
+    """The checksum filter for an upload's body (see the module docstring), None when the
+    request names no checksum.
+
+    :raises S3Error: InvalidRequest for two checksum headers, a malformed value, or an
+        ``x-amz-sdk-checksum-algorithm`` naming another (or no sent) checksum.
+    """
+    given = _checksum_header(ctx)
     trailer = _trailer_algorithm(ctx)
-    chosen = given[0][0] if given else trailer
+    chosen = given[0] if given is not None else trailer
     sdk = ctx.header("x-amz-sdk-checksum-algorithm")
     if sdk is not None:
         named = checksums.by_name(sdk)
@@ -62,8 +71,8 @@ def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
                 "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* "
                 "or x-amz-trailer headers were found."
             )
-    if given:
-        algorithm, value = given[0]
+    if given is not None:
+        algorithm, value = given
         return ChecksumFilter(algorithm.name, value)
     if trailer is not None:
         decoder = getattr(ctx.request, "payload_filter", None)
@@ -97,6 +106,16 @@ def checksum_mode_enabled(ctx: RequestContext) -> bool:
 # -- multipart uploads -------------------------------------------------------------------------
 
 
+def _checksum_type(ctx: RequestContext) -> str | None:
+    """The ``x-amz-checksum-type`` header, upper case. :raises S3Error: InvalidRequest for a
+    type S3 does not have."""
+    raw_type = ctx.header(checksums.TYPE_HEADER)
+    checksum_type = raw_type.strip().upper() if raw_type is not None else None
+    if checksum_type is not None and checksum_type not in checksums.CHECKSUM_TYPES:
+        raise errors.InvalidRequest("Value for x-amz-checksum-type header is invalid.")
+    return checksum_type
+
+
 def upload_settings(ctx: RequestContext) -> tuple[str | None, str | None]:
     """``(algorithm, type)`` of a CreateMultipartUpload, with S3's defaults and rules: CRC64NVME
     is FULL_OBJECT only, SHA1 and SHA256 COMPOSITE only, CRC32 and CRC32C either (COMPOSITE by
@@ -106,10 +125,7 @@ def upload_settings(ctx: RequestContext) -> tuple[str | None, str | None]:
         algorithm, or a type the algorithm does not allow.
     """
     raw_algorithm = ctx.header("x-amz-checksum-algorithm")
-    raw_type = ctx.header("x-amz-checksum-type")
-    checksum_type = raw_type.strip().upper() if raw_type is not None else None
-    if checksum_type is not None and checksum_type not in checksums.CHECKSUM_TYPES:
-        raise errors.InvalidRequest("Value for x-amz-checksum-type header is invalid.")
+    checksum_type = _checksum_type(ctx)
     if raw_algorithm is None:
         if checksum_type is not None:
             raise errors.InvalidRequest(
@@ -163,26 +179,16 @@ def completion_request(
     :raises S3Error: InvalidRequest for a malformed or repeated ``x-amz-checksum-*`` header or
         an unknown ``x-amz-checksum-type``.
     """
-    expected: list[tuple[ChecksumAlgorithm, str]] = []
-    for algorithm in checksums.ALGORITHMS.values():
-        value = ctx.header(algorithm.header)
-        if value is None:
-            continue
+    expected = _checksum_header(ctx)
+    if expected is not None:
+        algorithm, value = expected
         base, dash, count = value.strip().partition("-")
         if algorithm.decode(base) is None or (dash and not count.isdigit()):
             raise errors.InvalidRequest(f"Value for {algorithm.header} header is invalid.")
-        expected.append((algorithm, value))
-    if len(expected) > 1:
-        raise errors.InvalidRequest(
-            "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
-        )
-    raw_type = ctx.header("x-amz-checksum-type")
-    checksum_type = raw_type.strip().upper() if raw_type is not None else None
-    if checksum_type is not None and checksum_type not in checksums.CHECKSUM_TYPES:
-        raise errors.InvalidRequest("Value for x-amz-checksum-type header is invalid.")
+    checksum_type = _checksum_type(ctx)
     return CompletionChecksums(
         parts=part_entries,
-        expected=expected[0] if expected else None,
+        expected=expected,
         checksum_type=checksum_type,
     )
 

@@ -2,14 +2,13 @@
 
 Each filter sees every body chunk once, in order (:meth:`BodyFilter.feed`), and gets a last word
 when the body ends (:meth:`BodyFilter.finish`).  A filter that finds the body bad raises
-:class:`~s3balance.errors.S3Error`; :class:`~s3balance.web.request.RequestBody` then withholds the
-last bytes from the backend, so an object whose digest failed is never stored complete.
+:class:`~s3balance.errors.S3Error`; :class:`~s3balance.web.requestbody.RequestBody` then
+withholds the last bytes from the backend, so an object whose digest failed is never stored
+complete.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Callable
 from typing import Protocol
@@ -31,15 +30,6 @@ class BodyFilter(Protocol):
         ...
 
 
-def _decode_b64(value: str, size: int) -> bytes | None:
-    """The raw digest behind a base64 header value, or None when it is not ``size`` bytes."""
-    try:
-        raw = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == size else None
-
-
 class ContentMD5Filter:
     """Verifies ``Content-MD5`` (RFC 1864: base64 of the 16-byte MD5 digest).
 
@@ -47,7 +37,7 @@ class ContentMD5Filter:
     """
 
     def __init__(self, expected_b64: str) -> None:
-        expected = _decode_b64(expected_b64, 16)
+        expected = checksums.decode_digest(expected_b64, 16)
         if expected is None:
             raise errors.InvalidDigest()
         self._expected = expected
@@ -152,31 +142,6 @@ class ChecksumFilter:
                 f"The {self.checksum.name} you specified did not match the calculated checksum."
             )
         return b""
-
-
-class MD5Meter:
-    """Measures the MD5 of the bytes passing, for the ETag a backend should report."""
-
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5()
-        self._done = False
-
-    def feed(self, data: bytes) -> bytes:
-        self._md5.update(data)
-        return data
-
-    def finish(self) -> bytes:
-        self._done = True
-        return b""
-
-    def hexdigest(self) -> str:
-        """The MD5 in hex; only meaningful after :meth:`finish`.
-
-        :raises RuntimeError: when the body has not ended yet.
-        """
-        if not self._done:
-            raise RuntimeError("MD5Meter.hexdigest() before the body ended")
-        return self._md5.hexdigest()
 
 
 class LengthFilter:

@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 from s3balance import errors
 from s3balance.auth import checksums
 from s3balance.db.records import ObjectRecord, PartRecord, UploadPage, UploadRecord
-from s3balance.gateway import validate_key
 from s3balance.integers import parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart import (
@@ -35,34 +34,32 @@ from s3balance.multipart import (
     MAX_PART_SIZE,
     MultipartUploads,
     parse_copy_range,
-    parse_part_number,
 )
 from s3balance.multipart_checksums import upload_algorithm as upload_algorithm_of
+from s3balance.names import validate_key
+from s3balance.parts import parse_part_number
 from s3balance.web import checksumming
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.objects import (
-    SSE_HEADER,
-    _declared_length,
-    _refuse_unsupported,
     check_copy_source_conditions,
+    copy_source,
+    declared_length,
     encryption_headers,
-    parse_copy_source,
-    requested_acl,
-    requested_encryption,
-    requested_tags,
-    stored_headers_from_request,
+    refuse_unsupported,
+    requested_fields,
     upload_body,
     write_condition,
 )
+from s3balance.web.queryparams import count_param, url_encoded
 from s3balance.web.xml import (
     Owner,
-    _local,
-    _owner,
-    _parse,
-    _root,
-    _serialise,
-    _sub,
     iso8601,
+    local_name,
+    owner_element,
+    parse_document,
+    root_element,
+    serialise,
+    sub_element,
     url_encode,
 )
 
@@ -77,28 +74,28 @@ _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 def initiate_result(bucket: str, key: str, upload_id: str) -> bytes:
-    root = _root("InitiateMultipartUploadResult")
-    _sub(root, "Bucket", bucket)
-    _sub(root, "Key", key)
-    _sub(root, "UploadId", upload_id)
-    return _serialise(root)
+    root = root_element("InitiateMultipartUploadResult")
+    sub_element(root, "Bucket", bucket)
+    sub_element(root, "Key", key)
+    sub_element(root, "UploadId", upload_id)
+    return serialise(root)
 
 
 def copy_part_result(part: PartRecord) -> bytes:
-    root = _root("CopyPartResult")
-    _sub(root, "LastModified", iso8601(part.last_modified))
-    _sub(root, "ETag", part.etag)
-    return _serialise(root)
+    root = root_element("CopyPartResult")
+    sub_element(root, "LastModified", iso8601(part.last_modified))
+    sub_element(root, "ETag", part.etag)
+    return serialise(root)
 
 
 def complete_result(location: str, record: ObjectRecord) -> bytes:
-    root = _root("CompleteMultipartUploadResult")
-    _sub(root, "Location", location)
-    _sub(root, "Bucket", record.bucket)
-    _sub(root, "Key", record.key)
-    _sub(root, "ETag", record.etag)
+    root = root_element("CompleteMultipartUploadResult")
+    sub_element(root, "Location", location)
+    sub_element(root, "Bucket", record.bucket)
+    sub_element(root, "Key", record.key)
+    sub_element(root, "ETag", record.etag)
     _checksum_elements(root, record.checksums)
-    return _serialise(root)
+    return serialise(root)
 
 
 def _checksum_elements(parent: Any, stored: Mapping[str, str], with_type: bool = True) -> None:
@@ -106,10 +103,10 @@ def _checksum_elements(parent: Any, stored: Mapping[str, str], with_type: bool =
     for algorithm in checksums.ALGORITHMS.values():
         value = stored.get(algorithm.header)
         if value is not None:
-            _sub(parent, algorithm.xml_element, value)
+            sub_element(parent, algorithm.xml_element, value)
     checksum_type = stored.get(checksums.TYPE_HEADER)
     if with_type and checksum_type is not None:
-        _sub(parent, "ChecksumType", checksum_type)
+        sub_element(parent, "ChecksumType", checksum_type)
 
 
 def parse_complete_checksums(body: bytes) -> dict[int, dict[str, str]]:
@@ -117,13 +114,13 @@ def parse_complete_checksums(body: bytes) -> dict[int, dict[str, str]]:
     ``x-amz-checksum-*`` names (the document was already checked by :func:`parse_complete`)."""
     elements = {a.xml_element: a.header for a in checksums.ALGORITHMS.values()}
     found: dict[int, dict[str, str]] = {}
-    for element in _parse(body):
-        if _local(element.tag) != "Part":
+    for element in parse_document(body):
+        if local_name(element.tag) != "Part":
             continue
         number: int | None = None
         values: dict[str, str] = {}
         for field_ in element:
-            name = _local(field_.tag)
+            name = local_name(field_.tag)
             if name == "PartNumber":
                 number = int((field_.text or "").strip())
             elif name in elements:
@@ -142,31 +139,31 @@ def list_parts_result(
     is_truncated: bool,
     url_encoded: bool,
 ) -> bytes:
-    root = _root("ListPartsResult")
-    _sub(root, "Bucket", upload.bucket)
-    _sub(root, "Key", url_encode(upload.key) if url_encoded else upload.key)
-    _sub(root, "UploadId", upload.upload_id)
-    _owner(root, owner, "Initiator")
-    _owner(root, owner)
-    _sub(root, "StorageClass", "STANDARD")
-    _sub(root, "PartNumberMarker", str(part_number_marker))
+    root = root_element("ListPartsResult")
+    sub_element(root, "Bucket", upload.bucket)
+    sub_element(root, "Key", url_encode(upload.key) if url_encoded else upload.key)
+    sub_element(root, "UploadId", upload.upload_id)
+    owner_element(root, owner, "Initiator")
+    owner_element(root, owner)
+    sub_element(root, "StorageClass", "STANDARD")
+    sub_element(root, "PartNumberMarker", str(part_number_marker))
     next_marker = parts[-1].part_number if parts else part_number_marker
-    _sub(root, "NextPartNumberMarker", str(next_marker))
-    _sub(root, "MaxParts", str(max_parts))
-    _sub(root, "IsTruncated", "true" if is_truncated else "false")
+    sub_element(root, "NextPartNumberMarker", str(next_marker))
+    sub_element(root, "MaxParts", str(max_parts))
+    sub_element(root, "IsTruncated", "true" if is_truncated else "false")
     if url_encoded:
-        _sub(root, "EncodingType", "url")
+        sub_element(root, "EncodingType", "url")
     if upload.checksum_algorithm is not None:
-        _sub(root, "ChecksumAlgorithm", upload.checksum_algorithm)
-        _sub(root, "ChecksumType", upload.checksum_type or "")
+        sub_element(root, "ChecksumAlgorithm", upload.checksum_algorithm)
+        sub_element(root, "ChecksumType", upload.checksum_type or "")
     for part in parts:
-        element = _sub(root, "Part")
-        _sub(element, "PartNumber", str(part.part_number))
-        _sub(element, "LastModified", iso8601(part.last_modified))
-        _sub(element, "ETag", part.etag)
-        _sub(element, "Size", str(part.size))
+        element = sub_element(root, "Part")
+        sub_element(element, "PartNumber", str(part.part_number))
+        sub_element(element, "LastModified", iso8601(part.last_modified))
+        sub_element(element, "ETag", part.etag)
+        sub_element(element, "Size", str(part.size))
         _checksum_elements(element, part.checksums, with_type=False)
-    return _serialise(root)
+    return serialise(root)
 
 
 def list_uploads_result(
@@ -183,31 +180,31 @@ def list_uploads_result(
     def text(value: str) -> str:
         return url_encode(value) if url_encoded else value
 
-    root = _root("ListMultipartUploadsResult")
-    _sub(root, "Bucket", bucket)
-    _sub(root, "KeyMarker", text(key_marker))
-    _sub(root, "UploadIdMarker", upload_id_marker)
-    _sub(root, "NextKeyMarker", text(page.next_key_marker or ""))
-    _sub(root, "NextUploadIdMarker", page.next_upload_id_marker or "")
-    _sub(root, "Prefix", text(prefix))
+    root = root_element("ListMultipartUploadsResult")
+    sub_element(root, "Bucket", bucket)
+    sub_element(root, "KeyMarker", text(key_marker))
+    sub_element(root, "UploadIdMarker", upload_id_marker)
+    sub_element(root, "NextKeyMarker", text(page.next_key_marker or ""))
+    sub_element(root, "NextUploadIdMarker", page.next_upload_id_marker or "")
+    sub_element(root, "Prefix", text(prefix))
     if delimiter:
-        _sub(root, "Delimiter", text(delimiter))
-    _sub(root, "MaxUploads", str(max_uploads))
-    _sub(root, "IsTruncated", "true" if page.is_truncated else "false")
+        sub_element(root, "Delimiter", text(delimiter))
+    sub_element(root, "MaxUploads", str(max_uploads))
+    sub_element(root, "IsTruncated", "true" if page.is_truncated else "false")
     if url_encoded:
-        _sub(root, "EncodingType", "url")
+        sub_element(root, "EncodingType", "url")
     for upload in page.uploads:
-        element = _sub(root, "Upload")
-        _sub(element, "Key", text(upload.key))
-        _sub(element, "UploadId", upload.upload_id)
-        _owner(element, owner, "Initiator")
-        _owner(element, owner)
-        _sub(element, "StorageClass", "STANDARD")
-        _sub(element, "Initiated", iso8601(upload.initiated))
+        element = sub_element(root, "Upload")
+        sub_element(element, "Key", text(upload.key))
+        sub_element(element, "UploadId", upload.upload_id)
+        owner_element(element, owner, "Initiator")
+        owner_element(element, owner)
+        sub_element(element, "StorageClass", "STANDARD")
+        sub_element(element, "Initiated", iso8601(upload.initiated))
     for common in page.common_prefixes:
-        element = _sub(root, "CommonPrefixes")
-        _sub(element, "Prefix", text(common))
-    return _serialise(root)
+        element = sub_element(root, "CommonPrefixes")
+        sub_element(element, "Prefix", text(common))
+    return serialise(root)
 
 
 def parse_complete(body: bytes) -> list[tuple[int, str]]:
@@ -216,17 +213,17 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
     :raises S3Error: MalformedXML when it is not such a document, a part lacks its number or
         ETag, the number is not an integer, or no part is listed.
     """
-    root = _parse(body)
-    if _local(root.tag) != "CompleteMultipartUpload":
+    root = parse_document(body)
+    if local_name(root.tag) != "CompleteMultipartUpload":
         raise errors.MalformedXML()
     parts: list[tuple[int, str]] = []
     for element in root:
-        if _local(element.tag) != "Part":
+        if local_name(element.tag) != "Part":
             continue
         number_text: str | None = None
         etag: str | None = None
         for field_ in element:
-            name = _local(field_.tag)
+            name = local_name(field_.tag)
             if name == "PartNumber":
                 number_text = (field_.text or "").strip()
             elif name == "ETag":
@@ -244,36 +241,6 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
 
 
 # -- query parameters --------------------------------------------------------------------------
-
-
-def _count_parameter(ctx: RequestContext, name: str, default: int) -> int:
-    raw = ctx.query(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = parse_decimal(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise errors.InvalidArgument(
-            f"Provided {name} not an integer or within integer range",
-            ArgumentName=name,
-            ArgumentValue=raw,
-        )
-    return value
-
-
-def _url_encoded(ctx: RequestContext) -> bool:
-    encoding = ctx.query("encoding-type")
-    if encoding is None:
-        return False
-    if encoding.lower() != "url":
-        raise errors.InvalidArgument(
-            "Invalid Encoding Method specified in Request",
-            ArgumentName="encoding-type",
-            ArgumentValue=encoding,
-        )
-    return True
 
 
 def _upload_id(ctx: RequestContext) -> str:
@@ -356,29 +323,24 @@ class MultipartHandler:
 
     async def handle_CreateMultipartUpload(self, request: Any, ctx: RequestContext) -> Answer:
         validate_key(ctx.key)
-        _refuse_unsupported(ctx)
-        headers, metadata = stored_headers_from_request(ctx)
-        encryption = requested_encryption(ctx)
-        if encryption is not None:
-            headers[SSE_HEADER] = encryption
-        tags = requested_tags(ctx)
-        upload_acl = requested_acl(ctx)
+        refuse_unsupported(ctx)
+        fields = requested_fields(ctx)
         answer_headers: list[tuple[str, str]] = [("Content-Type", "application/xml")]
-        answer_headers.extend(encryption_headers(headers))
+        answer_headers.extend(encryption_headers(fields.headers))
         algorithm, checksum_type = checksumming.upload_settings(ctx)
         if algorithm is not None and checksum_type is not None:
             answer_headers.append(("x-amz-checksum-algorithm", algorithm))
             answer_headers.append(("x-amz-checksum-type", checksum_type))
         upload = await self.uploads.create(
-            ctx.bucket, ctx.key, headers, metadata, algorithm, checksum_type, tags=tags,
-            acl=upload_acl,
+            ctx.bucket, ctx.key, fields.headers, fields.metadata, algorithm, checksum_type,
+            tags=fields.tags, acl=fields.acl,
         )
         body = initiate_result(ctx.bucket, ctx.key, upload.upload_id)
         return Answer(200, answer_headers, body)
 
     async def handle_UploadPart(self, request: Any, ctx: RequestContext) -> Answer:
         part_number = parse_part_number(ctx.query("partNumber"))
-        length = _declared_length(ctx)
+        length = declared_length(ctx)
         if length > MAX_PART_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
         upload = await self.uploads.get_upload(ctx.bucket, ctx.key, _upload_id(ctx))
@@ -407,14 +369,7 @@ class MultipartHandler:
     async def handle_UploadPartCopy(self, request: Any, ctx: RequestContext) -> Answer:
         part_number = parse_part_number(ctx.query("partNumber"))
         upload_id = _upload_id(ctx)
-        source_header = ctx.header("x-amz-copy-source") or ""
-        try:
-            source_bucket, source_key = parse_copy_source(source_header)
-        except UnicodeError:
-            raise errors.InvalidArgument("Invalid copy source encoding.") from None
-        identity = ctx.identity
-        if identity is not None and not identity.may_access(source_bucket, False):
-            raise errors.AccessDenied()
+        source_bucket, source_key = copy_source(ctx)
         await self.uploads.get_upload(ctx.bucket, ctx.key, upload_id)
         source = await ctx.gateway.get_object_record(source_bucket, source_key)
         check_copy_source_conditions(ctx, source)
@@ -475,19 +430,21 @@ class MultipartHandler:
         return Answer(204)
 
     async def handle_ListParts(self, request: Any, ctx: RequestContext) -> Answer:
-        max_parts = min(_count_parameter(ctx, "max-parts", MAX_LISTING), MAX_LISTING)
-        marker = _count_parameter(ctx, "part-number-marker", 0)
-        url_encoded = _url_encoded(ctx)
+        max_parts = count_param(ctx.query("max-parts"), "max-parts", MAX_LISTING, cap=MAX_LISTING)
+        marker = count_param(ctx.query("part-number-marker"), "part-number-marker", 0)
+        encoded = url_encoded(ctx.query("encoding-type"))
         upload, parts, truncated = await self.uploads.list_parts(
             ctx.bucket, ctx.key, _upload_id(ctx), marker, max_parts
         )
         return Answer.xml(
-            list_parts_result(upload, parts, ctx.owner, marker, max_parts, truncated, url_encoded)
+            list_parts_result(upload, parts, ctx.owner, marker, max_parts, truncated, encoded)
         )
 
     async def handle_ListMultipartUploads(self, request: Any, ctx: RequestContext) -> Answer:
-        max_uploads = min(_count_parameter(ctx, "max-uploads", MAX_LISTING), MAX_LISTING)
-        url_encoded = _url_encoded(ctx)
+        max_uploads = count_param(
+            ctx.query("max-uploads"), "max-uploads", MAX_LISTING, cap=MAX_LISTING
+        )
+        encoded = url_encoded(ctx.query("encoding-type"))
         prefix = ctx.query("prefix") or ""
         delimiter = ctx.query("delimiter") or ""
         key_marker = ctx.query("key-marker") or ""
@@ -498,7 +455,7 @@ class MultipartHandler:
         return Answer.xml(
             list_uploads_result(
                 ctx.bucket, page, ctx.owner, prefix, delimiter, key_marker, upload_id_marker,
-                max_uploads, url_encoded,
+                max_uploads, encoded,
             )
         )
 

@@ -18,7 +18,7 @@ upload.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,10 +29,12 @@ from s3balance.auth.checksums import FULL_OBJECT
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.db.records import ObjectRecord
 from s3balance.db.store import ANY, UNCONDITIONAL, Condition
-from s3balance.gateway import MAX_PUT_SIZE, READ_ATTEMPTS, ObjectChanged, validate_key
+from s3balance.gateway import MAX_PUT_SIZE
 from s3balance.integers import parse_decimal
-from s3balance.multipart import parse_part_number, part_range, parts_count
+from s3balance.names import validate_key
 from s3balance.net.bytesproducer import BytesProducer
+from s3balance.parts import parts_count
+from s3balance.reads import ReadPlan, ReadRequest
 from s3balance.web import checksumming, xml
 from s3balance.web.answer import (
     STREAMED,
@@ -93,7 +95,9 @@ class BytesBody(BytesProducer):
         return True
 
 
-def _version_id_must_be_null(ctx: RequestContext) -> None:
+def version_id_must_be_null(ctx: RequestContext) -> None:
+    """:raises S3Error: InvalidArgument for a ``versionId`` other than ``null`` (s3balance keeps
+    no versions)."""
     version = ctx.query("versionId")
     if version is not None and version != "null":
         raise errors.InvalidArgument(
@@ -101,7 +105,7 @@ def _version_id_must_be_null(ctx: RequestContext) -> None:
         )
 
 
-def _refuse_unsupported(ctx: RequestContext) -> None:
+def refuse_unsupported(ctx: RequestContext) -> None:
     for name in _UNSUPPORTED_WRITE_HEADERS:
         if ctx.header(name) is not None:
             raise errors.NotImplementedError_(f"The {name} header is not supported.")
@@ -203,7 +207,32 @@ def stored_headers_from_request(ctx: RequestContext) -> tuple[dict[str, str], di
     return headers, ctx.headers_with_prefix("x-amz-meta-")
 
 
-def _declared_length(ctx: RequestContext) -> int:
+@dataclass(frozen=True)
+class RequestedFields:
+    """What a PutObject or CreateMultipartUpload asks to keep with the object besides its bytes.
+
+    :ivar headers: the stored headers (:data:`STORED_HEADERS`), the encryption asked for
+        included.
+    :ivar metadata: the user metadata (``x-amz-meta-*``, prefix removed).
+    """
+
+    headers: dict[str, str]
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    acl: str
+
+
+def requested_fields(ctx: RequestContext) -> RequestedFields:
+    """:raises S3Error: as :func:`requested_encryption`, :func:`requested_tags`,
+    :func:`requested_acl`."""
+    headers, metadata = stored_headers_from_request(ctx)
+    encryption = requested_encryption(ctx)
+    if encryption is not None:
+        headers[SSE_HEADER] = encryption
+    return RequestedFields(headers, metadata, requested_tags(ctx), requested_acl(ctx))
+
+
+def declared_length(ctx: RequestContext) -> int:
     decoded = ctx.header("x-amz-decoded-content-length")
     raw = decoded if decoded is not None else ctx.header("content-length")
     if raw is None:
@@ -266,18 +295,13 @@ def upload_body(
 
 async def handle_PutObject(ctx: RequestContext) -> Answer:
     validate_key(ctx.key)
-    _refuse_unsupported(ctx)
-    length = _declared_length(ctx)
+    refuse_unsupported(ctx)
+    length = declared_length(ctx)
     if length > MAX_PUT_SIZE:
         raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PUT_SIZE))
     # The gateway checks the bucket (and the condition) before any body byte is read.
     condition = write_condition(ctx)
-    headers, metadata = stored_headers_from_request(ctx)
-    encryption = requested_encryption(ctx)
-    if encryption is not None:
-        headers[SSE_HEADER] = encryption
-    tags = requested_tags(ctx)
-    object_acl = requested_acl(ctx)
+    fields = requested_fields(ctx)
     body, checksum_filters = upload_body(ctx, length)
 
     def checksums() -> dict[str, str]:
@@ -287,8 +311,8 @@ async def handle_PutObject(ctx: RequestContext) -> Answer:
         return stored
 
     record = await ctx.gateway.put_object(
-        ctx.bucket, ctx.key, body, length, headers, metadata, checksums, condition, tags=tags,
-        acl=object_acl,
+        ctx.bucket, ctx.key, body, length, fields.headers, fields.metadata, checksums, condition,
+        tags=fields.tags, acl=fields.acl,
     )
     answer_headers = [("ETag", record.etag)]
     answer_headers.extend(checksumming.answer_headers(record.checksums))
@@ -319,18 +343,44 @@ def object_headers(
     return headers
 
 
-def _check_conditions(ctx: RequestContext, record: ObjectRecord) -> Answer | None:
-    outcome = conditions.evaluate(
-        record.etag,
-        record.last_modified,
-        if_match=ctx.header("if-match"),
-        if_none_match=ctx.header("if-none-match"),
-        if_modified_since=ctx.header("if-modified-since"),
-        if_unmodified_since=ctx.header("if-unmodified-since"),
+def preconditions(ctx: RequestContext, prefix: str = "") -> conditions.Preconditions:
+    """The conditional headers of a read (``prefix`` ``""``) or of a copy's source
+    (``x-amz-copy-source-``)."""
+    return conditions.Preconditions(
+        if_match=ctx.header(f"{prefix}if-match"),
+        if_none_match=ctx.header(f"{prefix}if-none-match"),
+        if_modified_since=ctx.header(f"{prefix}if-modified-since"),
+        if_unmodified_since=ctx.header(f"{prefix}if-unmodified-since"),
     )
-    if outcome is conditions.Outcome.PRECONDITION_FAILED:
-        raise errors.PreconditionFailed(Condition="If-Match or If-Unmodified-Since")
-    if outcome is conditions.Outcome.NOT_MODIFIED:
+
+
+def _response_overrides(ctx: RequestContext) -> dict[str, str]:
+    return {
+        parameter: value
+        for parameter in _OVERRIDES
+        if (value := ctx.query(parameter)) is not None
+    }
+
+
+async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
+    """GetObject and HeadObject: the gateway plans the read (:meth:`Gateway.read`), this writes
+    the plan out."""
+    version_id_must_be_null(ctx)
+    wanted = ReadRequest(
+        preconditions=preconditions(ctx),
+        range_header=ctx.header("range"),
+        part_number=ctx.query("partNumber"),
+        with_body=with_body,
+        response_overrides=_response_overrides(ctx),
+    )
+    plan = await ctx.gateway.read(ctx.bucket, ctx.key, wanted)
+    async with plan:
+        return await _answer_read(ctx, plan)
+
+
+async def _answer_read(ctx: RequestContext, plan: ReadPlan) -> Answer | Any:
+    record = plan.record
+    if plan.not_modified:
         return Answer(
             304,
             [
@@ -338,76 +388,28 @@ def _check_conditions(ctx: RequestContext, record: ObjectRecord) -> Answer | Non
                 ("Last-Modified", conditions.http_date(record.last_modified)),
             ],
         )
-    return None
-
-
-async def _read(ctx: RequestContext, with_body: bool) -> Answer | Any:
-    _version_id_must_be_null(ctx)
-    for _ in range(READ_ATTEMPTS):
-        try:
-            return await _read_once(ctx, with_body)
-        except ObjectChanged:
-            continue  # overwritten between the row and the bytes: answer the new object
-    raise errors.ServiceUnavailable("The object kept changing while it was read; retry.")
-
-
-async def _read_once(ctx: RequestContext, with_body: bool) -> Answer | Any:
-    """One attempt of :func:`_read`. :raises ObjectChanged: before anything was answered."""
-    record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
-    not_modified = _check_conditions(ctx, record)
-    if not_modified is not None:
-        return not_modified
-    part_number = ctx.query("partNumber")
-    if part_number is not None:
-        # A part of a multipart object, as S3 serves it: a 206 with that part's bytes.
-        byte_range: tuple[int, int] | None = part_range(record, parse_part_number(part_number))
-        if byte_range is not None and byte_range[1] < byte_range[0]:
-            byte_range = None  # part 1 of an empty object: the (empty) object itself
-    else:
-        byte_range = conditions.parse_range(ctx.header("range"), record.size)
-    headers = object_headers(ctx, record, whole=byte_range is None)
-    if part_number is not None and checksumming.checksum_mode_enabled(ctx):
-        headers.extend(checksumming.part_answer_headers(record, int(part_number)))
-    count = parts_count(record)
-    if part_number is not None and count is not None:
-        headers.append(("x-amz-mp-parts-count", str(count)))
-    status = 200
-    length = record.size
-    if byte_range is not None:
-        status = 206
-        length = byte_range[1] - byte_range[0] + 1
-        headers.append(("Content-Range", conditions.content_range(byte_range, record.size)))
-    if not with_body:
-        ctx.gateway.readable_location(record)
-        headers.append(("Content-Length", str(length)))
-        return Answer(status, headers)
-    if part_number is None and not ctx.gateway.settings.proxy_mode:
-        redirect = _redirect(ctx, record)
-        if redirect is not None:
-            return redirect
-    async with ctx.gateway.reading(record, byte_range) as stream:
-        request: Any = ctx.request
-        request.setResponseCode(status)
-        add_response_headers(request, headers)
-        request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
-        await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
+    if plan.redirect is not None:
+        return Answer(302, [("Location", plan.redirect), ("Cache-Control", "no-store")])
+    headers = object_headers(ctx, record, whole=plan.byte_range is None)
+    if plan.part_number is not None:
+        if checksumming.checksum_mode_enabled(ctx):
+            headers.extend(checksumming.part_answer_headers(record, plan.part_number))
+        count = parts_count(record)
+        if count is not None:
+            headers.append(("x-amz-mp-parts-count", str(count)))
+    content_range = plan.content_range
+    if content_range is not None:
+        headers.append(("Content-Range", content_range))
+    stream = plan.stream
+    if stream is None:
+        headers.append(("Content-Length", str(plan.length)))
+        return Answer(plan.status, headers)
+    request: Any = ctx.request
+    request.setResponseCode(plan.status)
+    add_response_headers(request, headers)
+    request.responseHeaders.setRawHeaders(b"content-length", [str(stream.length).encode()])
+    await relay_object(request, stream, ctx.clock, ctx.stall_timeout, ctx.zero_copy)
     return STREAMED
-
-
-def _redirect(ctx: RequestContext, record: ObjectRecord) -> Answer | None:
-    """Redirect mode's answer (see the module docstring), or ``None`` to proxy the read.
-
-    :raises S3Error: ServiceUnavailable or SlowDown, as a proxied read would.
-    """
-    overrides = {
-        parameter: value
-        for parameter in _OVERRIDES
-        if (value := ctx.query(parameter)) is not None
-    }
-    url = ctx.gateway.presigned_url(record, overrides)
-    if url is None:
-        return None
-    return Answer(302, [("Location", url), ("Cache-Control", "no-store")])
 
 
 async def handle_GetObject(ctx: RequestContext) -> Any:
@@ -423,7 +425,7 @@ _UNSUPPORTED_DELETE_CONDITIONS = ("x-amz-if-match-last-modified-time", "x-amz-if
 
 
 async def handle_DeleteObject(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     for name in _UNSUPPORTED_DELETE_CONDITIONS:
         if ctx.header(name) is not None:
             raise errors.NotImplementedError_(f"The {name} header is not supported.")
@@ -473,14 +475,8 @@ def check_copy_source_conditions(ctx: RequestContext, source: ObjectRecord) -> N
 
     :raises S3Error: PreconditionFailed (412) when one does not hold.
     """
-    outcome = conditions.evaluate(
-        source.etag,
-        source.last_modified,
-        if_match=ctx.header("x-amz-copy-source-if-match"),
-        if_none_match=ctx.header("x-amz-copy-source-if-none-match"),
-        if_modified_since=ctx.header("x-amz-copy-source-if-modified-since"),
-        if_unmodified_since=ctx.header("x-amz-copy-source-if-unmodified-since"),
-        for_copy=True,
+    outcome = preconditions(ctx, "x-amz-copy-source-").judge(
+        source.etag, source.last_modified, for_copy=True
     )
     if outcome is not conditions.Outcome.PROCEED:
         raise errors.PreconditionFailed(Condition="x-amz-copy-source-If-*")
@@ -511,17 +507,26 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return bucket, key
 
 
-async def handle_CopyObject(ctx: RequestContext) -> Answer:
-    validate_key(ctx.key)
-    _refuse_unsupported(ctx)
-    source_header = ctx.header("x-amz-copy-source") or ""
+def copy_source(ctx: RequestContext) -> tuple[str, str]:
+    """``(bucket, key)`` of the ``x-amz-copy-source`` of CopyObject or UploadPartCopy, which the
+    request's key must be allowed to read.
+
+    :raises S3Error: InvalidArgument (see :func:`parse_copy_source`), AccessDenied.
+    """
     try:
-        source_bucket, source_key = parse_copy_source(source_header)
+        bucket, key = parse_copy_source(ctx.header("x-amz-copy-source") or "")
     except UnicodeError:
         raise errors.InvalidArgument("Invalid copy source encoding.") from None
     identity = ctx.identity
-    if identity is not None and not identity.may_access(source_bucket, False):
+    if identity is not None and not identity.may_access(bucket, False):
         raise errors.AccessDenied()
+    return bucket, key
+
+
+async def handle_CopyObject(ctx: RequestContext) -> Answer:
+    validate_key(ctx.key)
+    refuse_unsupported(ctx)
+    source_bucket, source_key = copy_source(ctx)
     condition = write_condition(ctx)
     directive = (ctx.header("x-amz-metadata-directive") or "COPY").strip().upper()
     if directive not in ("COPY", "REPLACE"):
@@ -574,27 +579,15 @@ async def handle_CopyObject(ctx: RequestContext) -> Answer:
 
 
 async def handle_GetObjectAcl(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     return Answer.xml(acl.policy_document(ctx.owner.id, ctx.owner.display_name, record.acl))
 
 
 async def handle_PutObjectAcl(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     wanted = requested_acl_change(ctx, for_bucket=False)
     if not await ctx.gateway.store.set_object_acl(ctx.bucket, ctx.key, wanted):
         raise errors.NoSuchKey(Key=ctx.key)
     return Answer(200)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "PutObject": handle_PutObject,
-    "GetObject": handle_GetObject,
-    "HeadObject": handle_HeadObject,
-    "DeleteObject": handle_DeleteObject,
-    "DeleteObjects": handle_DeleteObjects,
-    "CopyObject": handle_CopyObject,
-    "GetObjectAcl": handle_GetObjectAcl,
-    "PutObjectAcl": handle_PutObjectAcl,
-}

@@ -42,8 +42,12 @@ frozenset({"tagging", "versionid"})``...), and route it by method in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote, unquote_to_bytes
+
+from s3balance import errors
+from s3balance.integers import parse_decimal
 
 #: Sub-resources of S3's API that s3balance does not serve: 501 NotImplemented, any method.
 UNSERVED_SUBRESOURCES = frozenset(
@@ -196,3 +200,86 @@ def judge_query(method: str, query: Mapping[str, str]) -> QueryVerdict:
                 f"Query parameter {name} is not implemented (it may name a sub-resource).",
             )
     return QueryVerdict(frozenset(params))
+
+
+def _pairs(raw_query: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The raw ``(name, value)`` of each ``&``-separated parameter, ``+`` read as a space (form
+    encoding); a parameter without ``=`` (``?uploads``) has an empty value."""
+    for part in raw_query.split(b"&"):
+        if part:
+            name, _, value = part.partition(b"=")
+            yield name.replace(b"+", b" "), value.replace(b"+", b" ")
+
+
+def parse_query(raw_query: bytes) -> dict[str, str]:
+    """The parameters of a request target's query, percent-decoded as UTF-8; the first of a
+    repeated name wins.  The one reader of a query in the front: routing and every handler
+    see these values, and ``request.args`` (:func:`query_args`) has the same parameters.
+
+    :raises ValueError: a percent-escape that is not UTF-8.
+    """
+    query: dict[str, str] = {}
+    for name, value in _pairs(raw_query):
+        query.setdefault(
+            unquote(name.decode("latin-1"), errors="strict"),
+            unquote(value.decode("latin-1"), errors="strict"),
+        )
+    return query
+
+
+def query_args(raw_query: bytes) -> dict[bytes, list[bytes]]:
+    """The same parameters as :func:`parse_query`, in twisted.web's ``request.args`` form
+    (bytes, every value of a repeated name), for resources that read ``args``."""
+    args: dict[bytes, list[bytes]] = {}
+    for name, value in _pairs(raw_query):
+        args.setdefault(unquote_to_bytes(name), []).append(unquote_to_bytes(value))
+    return args
+
+
+# -- the values of listing parameters, read the same way by every listing --------------------------
+
+#: The largest count S3 takes in a listing parameter (a signed 32-bit integer).
+LARGEST_COUNT = 2**31 - 1
+
+
+def url_encoded(value: str | None) -> bool:
+    """Whether a listing's ``encoding-type`` asks for URL-encoded keys; absent or empty, it asks
+    for none.
+
+    :raises S3Error: InvalidArgument for any encoding but ``url``.
+    """
+    if value is None or value == "":
+        return False
+    if value.lower() != "url":
+        raise errors.InvalidArgument(
+            "Invalid Encoding Method specified in Request",
+            ArgumentName="encoding-type",
+            ArgumentValue=value,
+        )
+    return True
+
+
+def count_param(value: str | None, name: str, default: int, cap: int | None = None) -> int:
+    """A listing's count (``max-keys``, ``max-uploads``, ``max-parts``, ``part-number-marker``):
+    ``default`` when absent or empty, at most ``cap`` (larger values are capped, as S3 does).
+
+    :raises S3Error: InvalidArgument for a negative number, or anything but a number of 0 to
+        :data:`LARGEST_COUNT`.
+    """
+    if value is None or value == "":
+        return default
+    if value.startswith("-") and value[1:].isdigit():
+        raise errors.InvalidArgument(
+            f"Argument {name} must be an integer between 0 and {LARGEST_COUNT}",
+            ArgumentName=name,
+            ArgumentValue=value,
+        )
+    try:
+        number = parse_decimal(value, maximum=LARGEST_COUNT)
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
+            ArgumentValue=value,
+        ) from None
+    return number if cap is None else min(number, cap)

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from s3balance.backends.interface import ISocketBody
 from s3balance.metrics import INFLIGHT_TRANSFERS, ZERO_COPY_BYTES
 from s3balance.net import splice, twistedcompat
-from s3balance.web.request import ClientDisconnected
+from s3balance.web.requestbody import ClientDisconnected
 
 _T = TypeVar("_T")
 

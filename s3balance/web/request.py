@@ -4,26 +4,24 @@ Stock twisted.web reads a whole request body before any resource sees the reques
 ``docs/streaming.md``, whose traps the comments here refer to by number).
 :class:`StreamingRequest` asks the site, once the headers are in, whether this request's body
 should stream; if so it runs the resource tree at once and hands the body out as a
-:class:`RequestBody`, an ``IBodyProducer`` a backend consumes with backpressure reaching the
-client's TCP window.
+:class:`~s3balance.web.requestbody.RequestBody`, an ``IBodyProducer`` a backend consumes with
+backpressure reaching the client's TCP window.  Buffered bodies are admitted here too: capped
+(:mod:`s3balance.web.bodies`) and checked against the request's authentication before they are
+read.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import deque
-from collections.abc import Callable
 from email.utils import formatdate
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import parse_qs
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from s3balance import errors
 from s3balance.errors import S3Error
@@ -31,336 +29,16 @@ from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS, REFUSALS
 from s3balance.net import twistedcompat
 from s3balance.web.bodies import DEFAULT_BODY
+from s3balance.web.queryparams import query_args
+from s3balance.web.requestbody import RequestBody
 
 if TYPE_CHECKING:
     from s3balance.web.bodies import BodyBudget
-    from s3balance.web.filters import BodyFilter
 
-__all__ = [
-    "BodyAbandoned",
-    "ClientDisconnected",
-    "RequestBody",
-    "StreamingRequest",
-]
-
-DEFAULT_BODY_BUFFER = 256 << 10
+__all__ = ["StreamingRequest"]
 
 _access_log = named_logger("s3balance.access")
 _log = named_logger("s3balance.web.request")
-
-
-class ClientDisconnected(Exception):
-    """The client's connection closed before its request was done."""
-
-
-class BodyAbandoned(Exception):
-    """The request was answered (or its consumer gave up) before the body was used up."""
-
-
-class InputFlow(Protocol):
-    """Who can stop and restart reading from the client (the request, on behalf of its channel)."""
-
-    def pause_input(self) -> None: ...
-
-    def resume_input(self) -> None: ...
-
-
-@implementer(IBodyProducer)
-class RequestBody:
-    """A client's request body as it arrives, produced to one consumer at a time.
-
-    Raw client bytes wait in a small buffer until a consumer wants them; filters run as bytes
-    are handed out, so filters added after the first bytes arrived still see every byte.  The
-    last chunk of output is always held back until the end of input has been verified by every
-    filter's ``finish()`` (the hold-back rule): a backend never receives a complete object that
-    failed its digest or signature.
-
-    :param length: the decoded body length a consumer will get, or ``UNKNOWN_LENGTH``; the front
-        may reassign it (aws-chunked) before ``startProducing``.
-    :param clock: for the stall timer.
-    :param read_timeout: seconds the client may stay silent while we are reading from it.
-    :param buffer_limit: bytes kept while nobody consumes; beyond that the client is paused.
-    :param input_flow: pauses and resumes reading from the client; None in unit tests.
-    :param awaiting_continue: the client sent ``Expect: 100-continue``: it sends nothing until the
-        first ``startProducing``, so the stall timer waits for that too.
-    :param on_start: called at the first ``startProducing`` (sends ``100 Continue``).
-    """
-
-    def __init__(
-        self,
-        length: int | str,
-        *,
-        clock: IReactorTime,
-        read_timeout: float,
-        buffer_limit: int = DEFAULT_BODY_BUFFER,
-        input_flow: InputFlow | None = None,
-        awaiting_continue: bool = False,
-        on_start: Callable[[], None] | None = None,
-    ) -> None:
-        self.length: int | str = length
-        self.bytes_received = 0
-        self.complete = False
-        self.peak_buffered = 0
-        self._clock = clock
-        self._read_timeout = read_timeout
-        self._buffer_limit = buffer_limit
-        self._input_flow = input_flow
-        self._awaiting_continue = awaiting_continue
-        self._on_start = on_start
-        self._filters: list[BodyFilter] = []
-        self._pending: deque[bytes] = deque()
-        self._pending_size = 0
-        self._held = b""
-        self._produced = 0
-        self._bytes_handed = 0
-        self._consumer: IConsumer | None = None
-        self._deferred: Deferred[None] | None = None
-        self._consumer_paused = False
-        self._input_paused = False
-        self._started = False
-        self._draining = False
-        self._succeeded = False
-        self._failure: BaseException | None = None
-        self._stall_call: IDelayedCall | None = None
-        self._last_input = clock.seconds()
-        self._update_flow()
-
-    # -- the producer side (called by the front and by a backend) --------------------------------
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held in memory right now (raw input not yet consumed plus the held-back chunk)."""
-        return self._pending_size + len(self._held)
-
-    def add_filter(self, body_filter: BodyFilter) -> None:
-        """Append a filter to the chain; only before the first ``startProducing``."""
-        if self._started:
-            raise RuntimeError("add_filter() after startProducing()")
-        self._filters.append(body_filter)
-
-    def restartable(self) -> bool:
-        """Whether a new consumer could still get the whole body (no byte was handed out)."""
-        return self._bytes_handed == 0 and self._failure is None and not self._succeeded
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """Write the body to ``consumer``.
-
-        :returns: a Deferred firing None once every filter's ``finish()`` passed and the last
-            byte was written; failing with the filter's :class:`S3Error`,
-            :class:`ClientDisconnected`, ``RequestTimeout``, ``IncompleteBody`` or
-            :class:`BodyAbandoned`.
-        :raises RuntimeError: when called again after bytes were handed to a consumer.
-        """
-        if self._started and not self.restartable():
-            if self._failure is not None:
-                return fail(self._failure)
-            raise RuntimeError("RequestBody.startProducing() called twice")
-        if self._failure is not None:
-            return fail(self._failure)
-        # A restart abandons a previous consumer that never got a byte: its Deferred never fires.
-        first = not self._started
-        self._started = True
-        self._consumer = consumer
-        self._consumer_paused = False
-        deferred: Deferred[None] = Deferred()
-        self._deferred = deferred
-        if first:
-            self._awaiting_continue = False
-            if self._on_start is not None:
-                self._on_start()
-        self._drain()
-        return deferred
-
-    def pauseProducing(self) -> None:
-        """The consumer is full: stop reading from the client."""
-        self._consumer_paused = True
-        self._update_flow()
-
-    def resumeProducing(self) -> None:
-        """The consumer drained: hand out what is buffered and read from the client again."""
-        self._consumer_paused = False
-        self._drain()
-
-    def stopProducing(self) -> None:
-        """The consumer gave up; its Deferred never fires (as ``IBodyProducer`` requires).
-
-        While :meth:`restartable`, the body stays usable for another consumer.
-        """
-        self._consumer = None
-        self._deferred = None
-        self._consumer_paused = False
-        if not self.restartable() and self._failure is None and not self._succeeded:
-            self._discard(BodyAbandoned("the consumer stopped reading the body"))
-        self._update_flow()
-
-    # -- the input side (called by StreamingRequest) ---------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        """Bytes from the client (already de-chunked by the HTTP parser)."""
-        self.bytes_received += len(data)
-        if self._done():
-            return
-        self._pending.append(data)
-        self._pending_size += len(data)
-        self._last_input = self._clock.seconds()
-        self._drain()
-        # What stays in memory once the consumer took its share (a read is at most 64 KiB).
-        self.peak_buffered = max(self.peak_buffered, self.buffered)
-
-    def end_of_input(self) -> None:
-        """The client sent its last byte."""
-        self.complete = True
-        self._drain()
-
-    def connection_lost(self) -> None:
-        """The client went away: nothing more will arrive, and no answer can be delivered."""
-        self._input_flow = None
-        if not self._done():
-            self._fail(ClientDisconnected("the client disconnected before the body was used"))
-        self._update_flow()
-
-    def abandon(self) -> None:
-        """The request is being answered without (all of) its body; drop what arrives."""
-        if not self._done():
-            self._fail(BodyAbandoned("the request was answered before its body was used"))
-        self._update_flow()
-
-    # -- internals --------------------------------------------------------------------------------
-
-    def _declared_length(self) -> int | None:
-        return self.length if isinstance(self.length, int) else None
-
-    def _done(self) -> bool:
-        return self._failure is not None or self._succeeded
-
-    def _drain(self) -> None:
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            self._drain_loop()
-        except S3Error as error:
-            self._fail(error)
-        finally:
-            self._draining = False
-        self._update_flow()
-
-    def _drain_loop(self) -> None:
-        while self._consumer is not None and not self._consumer_paused and self._pending:
-            chunk = self._pending.popleft()
-            self._pending_size -= len(chunk)
-            for body_filter in self._filters:
-                chunk = body_filter.feed(chunk)
-            if chunk:
-                self._push(chunk)
-        if (
-            self.complete
-            and not self._pending
-            and self._consumer is not None
-            and not self._consumer_paused
-            and not self._done()
-        ):
-            self._finish_body()
-
-    def _push(self, output: bytes) -> None:
-        """Pass filtered output on, always keeping the newest chunk back."""
-        self._produced += len(output)
-        declared = self._declared_length()
-        if declared is not None and self._produced > declared:
-            raise errors.InvalidRequest(
-                f"The request body is longer than its declared length ({self.length} bytes)."
-            )
-        held, self._held = self._held, output
-        if held:
-            self._write(held)
-
-    def _write(self, data: bytes) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        self._bytes_handed += len(data)
-        consumer.write(data)
-
-    def _finish_body(self) -> None:
-        tail = b""
-        for index, body_filter in enumerate(self._filters):
-            output = body_filter.finish()
-            for later in self._filters[index + 1 :]:
-                output = later.feed(output)
-            tail += output
-        self._produced += len(tail)
-        declared = self._declared_length()
-        if declared is not None and self._produced != declared:
-            if self._produced < declared:
-                raise errors.IncompleteBody()
-            raise errors.InvalidRequest(
-                f"The request body is longer than its declared length ({self.length} bytes)."
-            )
-        final = self._held + tail
-        self._held = b""
-        if final:
-            self._write(final)
-        self._succeeded = True
-        deferred, self._deferred = self._deferred, None
-        self._consumer = None
-        self._cancel_stall()
-        if deferred is not None:
-            deferred.callback(None)
-
-    def _fail(self, error: BaseException) -> None:
-        deferred = self._deferred
-        self._discard(error)
-        if deferred is not None:
-            deferred.errback(Failure(error))
-
-    def _discard(self, error: BaseException) -> None:
-        self._failure = error
-        self._pending.clear()
-        self._pending_size = 0
-        self._held = b""
-        self._consumer = None
-        self._deferred = None
-        self._cancel_stall()
-
-    def _update_flow(self) -> None:
-        """Pause the client iff we do not want its bytes now; run the stall timer iff we are
-        waiting for the client."""
-        reading = not self.complete and not self._done()
-        # The held-back chunk does not count: it leaves only when the next chunk arrives, so
-        # counting it would stop the client for good once one read reaches the limit.
-        want_pause = reading and (
-            self._consumer_paused or self._pending_size >= self._buffer_limit
-        )
-        if want_pause != self._input_paused and self._input_flow is not None:
-            self._input_paused = want_pause
-            if want_pause:
-                self._input_flow.pause_input()
-            else:
-                self._input_flow.resume_input()
-        waiting_for_client = reading and not want_pause and not self._awaiting_continue
-        if waiting_for_client:
-            if self._stall_call is None:
-                # The wait for the client starts now (after a pause or 100 Continue).
-                self._last_input = self._clock.seconds()
-                self._stall_call = self._clock.callLater(self._read_timeout, self._stall_due)
-        else:
-            self._cancel_stall()
-
-    def _cancel_stall(self) -> None:
-        if self._stall_call is not None and self._stall_call.active():
-            self._stall_call.cancel()
-        self._stall_call = None
-
-    def _stall_due(self) -> None:
-        """The timer is not reset per chunk (``receive`` only notes the time): when it comes due
-        early, re-arm it for what is left since the last byte."""
-        self._stall_call = None
-        left = self._last_input + self._read_timeout - self._clock.seconds()
-        if left > 0:
-            self._stall_call = self._clock.callLater(left, self._stall_due)
-            return
-        if not self._done():
-            self._fail(errors.RequestTimeout())
-        self._update_flow()
 
 
 class _SiteSettings(Protocol):
@@ -373,9 +51,9 @@ class _SiteSettings(Protocol):
     body_buffer: int
     server_header: bytes
 
-    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool: ...
+    def should_stream(self, request: StreamingRequest) -> bool: ...
 
-    def body_limit(self, method: bytes, path: bytes, headers: Any) -> int: ...
+    def body_limit(self, request: StreamingRequest) -> int: ...
 
     def request_started(self, request: StreamingRequest) -> None: ...
 
@@ -441,14 +119,16 @@ class StreamingRequest(server.Request):
         if settings is None:
             super().gotLength(length)
             return
-        if settings.should_stream(command, path, self.requestHeaders):
-            self._begin_streaming(length, command, path, version)
+        # The front reads the request line from the request, as it will when it renders.
+        self._set_request_line(command, path, version)
+        if settings.should_stream(self):
+            self._begin_streaming(length)
             return
         # A buffered body stays in memory (never a temporary file): it is capped first.
         self.content = BytesIO()
         if length == 0:
             return
-        self._admit_body(settings, length, command, path, version)
+        self._admit_body(settings, length)
 
     def handleContentChunk(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -492,28 +172,26 @@ class StreamingRequest(server.Request):
             waiter.callback(None)
         self._log_access()
 
+    def process(self) -> None:
+        """Render, with ``args`` read by the front's one query parser (twisted.web's drops a
+        parameter without ``=``, which S3 reads as an empty value)."""
+        self.args = query_args(self.uri.partition(b"?")[2])
+        super().process()
+
     # -- streaming setup ---------------------------------------------------------------------------
 
     def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
         """What ``http.Request.requestReceived`` sets, without touching a body."""
-        self.args = {}
         self.method, self.uri = command, path
         self.clientproto = version
-        parts = self.uri.split(b"?", 1)
-        if len(parts) == 1:
-            self.path = self.uri
-        else:
-            self.path, argstring = parts
-            self.args = parse_qs(argstring, 1)
+        self.path, _, argstring = self.uri.partition(b"?")
+        self.args = query_args(argstring)
 
-    def _begin_streaming(
-        self, length: int | None, command: bytes, path: bytes, version: bytes
-    ) -> None:
+    def _begin_streaming(self, length: int | None) -> None:
         settings = self._settings
         assert settings is not None
         self.streamed = True
         INFLIGHT_TRANSFERS.labels(direction="in").inc()
-        self._set_request_line(command, path, version)
         self.content = BytesIO()
         self.body = RequestBody(
             UNKNOWN_LENGTH if length is None else length,
@@ -561,16 +239,12 @@ class StreamingRequest(server.Request):
 
     # -- buffered bodies ---------------------------------------------------------------------------
 
-    def _admit_body(
-        self, settings: _SiteSettings, length: int | None, command: bytes, path: bytes,
-        version: bytes,
-    ) -> None:  # fmt: skip
+    def _admit_body(self, settings: _SiteSettings, length: int | None) -> None:
         """Decide, from the headers alone, whether this body may be read into memory: the
         request must pass authentication (the payload hash is checked later, over the body),
         fit its operation's cap and the shared budget, and arrive within ``body_timeout``."""
-        self._set_request_line(command, path, version)
         try:
-            self._body_cap = settings.body_limit(command, path, self.requestHeaders)
+            self._body_cap = settings.body_limit(self)
         except S3Error as error:
             REFUSALS.labels("unauthenticated").inc()
             self._reject(error)
@@ -652,17 +326,26 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.abandon()
 
-    def respond_error(self, error: S3Error) -> None:
-        """Answer with S3's XML error document and finish (used for errors found here)."""
+    def respond_error(self, error: S3Error, resource: str | None = None) -> None:
+        """Answer with S3's XML error document (headers only for HEAD and 304) and finish: the
+        one way an S3 error is answered, here before the body or by the front.
+
+        :param resource: the ``<Resource>`` of the document; the request's path by default.
+        """
         if self.finished or self.disconnected:
             return
-        resource = self.path.decode("utf-8", "replace") if isinstance(self.path, bytes) else "/"
+        if resource is None:
+            path = self.path
+            resource = path.decode("utf-8", "replace") if isinstance(path, bytes) else "/"
         document = error.to_xml(resource, self.request_id)
         self.access_error = error.code
         self.setResponseCode(error.status)
-        self.setHeader(b"Content-Type", b"application/xml")
-        self.setHeader(b"Content-Length", b"%d" % len(document))
-        self.write(document)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
+        if self.method == b"HEAD" or error.status == 304:
+            self.responseHeaders.removeHeader(b"content-length")
+        else:
+            self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(document)])
+            self.write(document)
         self.finish()
 
     def write(self, data: bytes) -> None:

@@ -11,15 +11,13 @@ Order of work for an S3 request (one place, so it can be audited):
    (SigV4 payload hash, aws-chunked decoding with chunk signatures or trailer checksum) is put
    in front of the streamed body.  Without one, requests are anonymous and allowed, and
    aws-chunked bodies are still decoded (an unverifying authenticator is used).
-4. The handler for the operation (:mod:`s3balance.web.buckets`, :mod:`s3balance.web.objects`)
+4. The handler for the operation, from the one registry
+   :data:`~s3balance.web.operations.OPERATIONS` (which also says which operations write),
    returns an :class:`~s3balance.web.answer.Answer` (written here) or streams the object itself.
 
-Multipart hook: the root resource takes an optional ``multipart`` handler object; the seven
-multipart operations (CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
-AbortMultipartUpload, ListParts, ListMultipartUploads) call its method
-``handle_<Operation>(request, ctx)`` (``ctx`` is the :class:`RequestContext`; the method
-returns, or fires with, an :class:`Answer` or :data:`STREAMED`).  Without it they answer 501
-NotImplemented.
+Multipart hook: the root resource takes an optional ``multipart`` handler object, handed to the
+handlers as ``ctx.multipart``; the seven multipart operations call its method
+``handle_<Operation>(request, ctx)``.  Without it they answer 501 NotImplemented.
 
 Every response carries ``x-amz-request-id`` and ``x-amz-id-2``; every error is S3's XML document
 (no body for HEAD); unexpected exceptions are logged with the request id and answered
@@ -37,7 +35,7 @@ import hashlib
 import inspect
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -55,64 +53,25 @@ from s3balance.config import Config
 from s3balance.db.errors import MetadataUnavailable
 from s3balance.gateway import Gateway
 from s3balance.logs import access_operation, make_logger
-from s3balance.web import attributes, buckets, objects, tagging
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
 from s3balance.web.labels import OTHER_BUCKET, BucketLabels
+from s3balance.web.operations import OPERATIONS, writes
 from s3balance.web.public import ANONYMOUS_READS, authorize_anonymous
 from s3balance.web.queryparams import is_ignored
 from s3balance.web.routing import (
     METHOD_NOT_ALLOWED,
-    MULTIPART_OPERATIONS,
     NOT_IMPLEMENTED,
     Route,
     Router,
+    streams,
 )
 from s3balance.web.xml import Owner
 
 log = make_logger()
 
-#: Operations that change data: refused to read-only keys.
-WRITE_OPERATIONS = frozenset(
-    {
-        "PutObject",
-        "CopyObject",
-        "DeleteObject",
-        "DeleteObjects",
-        "CreateBucket",
-        "DeleteBucket",
-        "PutBucketAcl",
-        "PutObjectAcl",
-        "PutObjectTagging",
-        "DeleteObjectTagging",
-        "PutBucketTagging",
-        "DeleteBucketTagging",
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-    }
-)
-
-Handler = Callable[[RequestContext], Any]
-
-HANDLERS: dict[str, Handler] = {
-    "ListBuckets": buckets.handle_ListBuckets,
-    "HeadBucket": buckets.handle_HeadBucket,
-    "GetBucketLocation": buckets.handle_GetBucketLocation,
-    "GetBucketVersioning": buckets.handle_GetBucketVersioning,
-    "CreateBucket": buckets.handle_CreateBucket,
-    "DeleteBucket": buckets.handle_DeleteBucket,
-    "GetBucketAcl": buckets.handle_GetBucketAcl,
-    "PutBucketAcl": buckets.handle_PutBucketAcl,
-    "ListObjects": buckets.handle_ListObjects,
-    "ListObjectsV2": buckets.handle_ListObjectsV2,
-    "ListObjectVersions": buckets.handle_ListObjectVersions,
-    **objects.HANDLERS,
-    **tagging.HANDLERS,
-    **attributes.HANDLERS,
-}
+#: The operation of a request whose path is not valid percent-encoded UTF-8.
+INVALID_URI = "InvalidURI"
 
 #: A stalled download (client not reading, backend not sending) is abandoned after this long.
 DEFAULT_STALL_TIMEOUT = 60.0
@@ -170,11 +129,23 @@ class S3Resource(Resource):
     async def _bucket_names(self) -> list[str]:
         return [record.name for record in await self.gateway.list_buckets()]
 
-    def should_stream(self, method: bytes, path: bytes, headers: Any) -> bool:
-        """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
-        return self.router.should_stream(method, path, headers)
+    def route_of(self, request: Request) -> Route:
+        """The request's route, worked out once: the first to ask (the site, deciding whether
+        the body streams and how large it may be) keeps it on the request for the others."""
+        route: Route | None = getattr(request, "s3_route", None)
+        if route is None:
+            try:
+                route = self.router.route(request.method, request.uri, request.requestHeaders)
+            except ValueError:
+                route = Route(INVALID_URI, None, None)
+            request.s3_route = route  # type: ignore[attr-defined]
+        return route
 
-    def body_limit(self, method: bytes, target: bytes, headers: Any) -> int:
+    def should_stream(self, request: Request) -> bool:
+        """The predicate for :class:`~s3balance.web.site.S3Site` (addressing-style aware)."""
+        return streams(self.route_of(request), request.method, request.requestHeaders)
+
+    def body_limit(self, request: Request) -> int:
         """For :class:`~s3balance.web.site.S3Site`: asked before a buffered body is read.
 
         The request's signature, bucket scope and read-only flag are checked on its headers
@@ -184,22 +155,22 @@ class S3Resource(Resource):
         :returns: the largest body the operation may send (:mod:`s3balance.web.bodies`).
         :raises S3Error: the authentication error, AccessDenied.
         """
-        first = target.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
+        headers = request.requestHeaders
+        first = request.uri.partition(b"?")[0].lstrip(b"/").partition(b"/")[0]
         if first in self.reserved and self.router.host_bucket(headers) is None:
             return ADMIN_BODY  # the admin API checks its own token
-        try:
-            route = self.router.route(method, target, headers)
-        except ValueError:
+        route = self.route_of(request)
+        if route.operation == INVALID_URI:
             return DEFAULT_BODY  # answered InvalidURI once the body is in
         if self.auth_enabled:
             result = self.authenticator.authenticate(
-                method.decode("latin-1"),
-                target,
+                request.method.decode("latin-1"),
+                request.uri,
                 RequestHeaders.from_twisted(headers),
                 bucket_from_host=self.router.host_bucket(headers),
             )
             identity = result.identity
-            write = route.operation in WRITE_OPERATIONS
+            write = writes(route.operation)
             if identity is not None and not identity.may_access(route.bucket or "", write):
                 raise errors.AccessDenied()
         return BODY_LIMITS.get(route.operation, DEFAULT_BODY)
@@ -259,7 +230,7 @@ class S3Resource(Resource):
                 payload_filter.finish()
         identity = result.identity
         if identity is not None:
-            write = route.operation in WRITE_OPERATIONS
+            write = writes(route.operation)
             if not identity.may_access(route.bucket or "", write):
                 raise errors.AccessDenied()
         return identity
@@ -282,10 +253,7 @@ class _S3Operation(Resource):
             b"x-amz-id-2", [base64.b64encode(os.urandom(24))]
         )
         started = root.clock.seconds()
-        try:
-            route = root.router.route(request.method, request.uri, request.requestHeaders)
-        except ValueError:
-            route = Route("InvalidURI", None, None)
+        route = root.route_of(request)
         refused = route.operation in (NOT_IMPLEMENTED, METHOD_NOT_ALLOWED)
         request.access_operation = access_operation(  # type: ignore[attr-defined]
             route.operation,
@@ -302,6 +270,7 @@ class _S3Operation(Resource):
             stall_timeout=root.stall_timeout,
             zero_copy=root.config.server.zero_copy,
             read_body=lambda: _buffered_body(request),
+            multipart=root.multipart,
         )
         request.notifyFinish().addBoth(self._count, request, route, started)
         work = defer.ensureDeferred(self._serve(request, ctx))
@@ -314,7 +283,7 @@ class _S3Operation(Resource):
 
     async def _serve(self, request: Request, ctx: RequestContext) -> Any:
         route = ctx.route
-        if route.operation == "InvalidURI":
+        if route.operation == INVALID_URI:
             raise errors.S3Error("InvalidURI", 400, "Couldn't parse the specified URI.")
         ctx.identity = self.root.authenticate(request, route, ctx)
         if ctx.anonymous:
@@ -323,13 +292,7 @@ class _S3Operation(Resource):
             raise errors.NotImplementedError_(route.refusal or None)
         if route.operation == METHOD_NOT_ALLOWED:
             raise errors.MethodNotAllowed(Method=request.method.decode("latin-1"))
-        if route.operation in MULTIPART_OPERATIONS:
-            method = getattr(self.root.multipart, f"handle_{route.operation}", None)
-            if method is None:
-                raise errors.NotImplementedError_("Multipart uploads are not available.")
-            result = method(request, ctx)
-        else:
-            result = HANDLERS[route.operation](ctx)
+        result = OPERATIONS[route.operation].handler(ctx)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -345,10 +308,10 @@ class _S3Operation(Resource):
             request.prepare_early_response()  # type: ignore[attr-defined]
         request.setResponseCode(answer.status)
         add_response_headers(request, answer.headers)
-        if not request.responseHeaders.hasHeader(b"content-length"):
-            length = len(answer.body) if answer.status not in (204, 304) else 0
-            if answer.status not in (204, 304):
-                request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % length])
+        if answer.status not in (204, 304) and not request.responseHeaders.hasHeader(
+            b"content-length"
+        ):
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(answer.body)])
         if answer.body and request.method != b"HEAD":
             request.write(answer.body)
         request.finish()
@@ -394,10 +357,7 @@ class _S3Operation(Resource):
                 operation=ctx.route.operation,
             )
             error = errors.InternalError()
-        body = getattr(request, "body", None)
-        if body is not None and not body.complete:
-            request.prepare_early_response()  # type: ignore[attr-defined]
-        write_error(request, error, ctx.route.path, ctx.request_id)
+        request.respond_error(error, ctx.route.path)  # type: ignore[attr-defined]
 
     def _last_resort(self, failure: Failure, request: Request, request_id: str) -> None:
         log.failure("answering request {request_id} failed", failure, request_id=request_id)
@@ -428,21 +388,6 @@ class _S3Operation(Resource):
             metrics.forget_virtual_bucket(route.bucket)
             bucket = OTHER_BUCKET
         metrics.S3_OPERATIONS.labels(route.operation, bucket, status).inc()
-
-def write_error(request: Request, error: errors.S3Error, resource: str, request_id: str) -> None:
-    """S3's XML error answer (headers only for HEAD) and finish."""
-    document = error.to_xml(resource, request_id)
-    request.access_error = error.code  # type: ignore[attr-defined]
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
-    if request.method == b"HEAD" or error.status == 304:
-        request.responseHeaders.removeHeader(b"content-length")
-        request.finish()
-        return
-    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(document)])
-    request.write(document)
-    request.finish()
-
 
 def _buffered_body(request: Request) -> bytes:
     """The body twisted.web buffered for a non-streamed request (XML documents, small PUTs)."""

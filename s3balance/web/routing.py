@@ -14,30 +14,17 @@ when a domain is configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.http_headers import Headers
 
-from s3balance.web.queryparams import HONOURED_PARAMS, judge_query
+from s3balance.web.queryparams import HONOURED_PARAMS, judge_query, parse_query
 
 _HONOURED = HONOURED_PARAMS
 _LIST_V1_PARAMS = HONOURED_PARAMS["ListObjects"]
 _LIST_V2_PARAMS = HONOURED_PARAMS["ListObjectsV2"]
 _LIST_VERSIONS_PARAMS = HONOURED_PARAMS["ListObjectVersions"]
 _LIST_UPLOADS_PARAMS = HONOURED_PARAMS["ListMultipartUploads"]
-
-#: Operations handed to the optional multipart handler.
-MULTIPART_OPERATIONS = frozenset(
-    {
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-        "ListParts",
-        "ListMultipartUploads",
-    }
-)
 
 #: Answered 501 NotImplemented without touching any data.
 NOT_IMPLEMENTED = "NotImplemented"
@@ -65,10 +52,6 @@ class Route:
     query: dict[str, str] = field(default_factory=dict)
     path: str = "/"
     refusal: str = ""
-
-    @property
-    def is_multipart(self) -> bool:
-        return self.operation in MULTIPART_OPERATIONS
 
 
 class Router:
@@ -103,12 +86,7 @@ class Router:
         """
         raw_path, _, raw_query = raw_target.partition(b"?")
         path = unquote_to_bytes(raw_path).decode("utf-8")
-        query: dict[str, str] = {}
-        for name, value in parse_qsl(
-            raw_query.decode("latin-1"), keep_blank_values=True, encoding="utf-8",
-            errors="strict",
-        ):
-            query.setdefault(name, value)
+        query = parse_query(raw_query)
         vhost_bucket = self.host_bucket(headers)
         if vhost_bucket is not None:
             key = path[1:] if path.startswith("/") else path
@@ -144,17 +122,26 @@ class Router:
         return Route(operation, bucket, key, query, path, refusal)
 
     def should_stream(self, method: bytes, raw_target: bytes, headers: Headers) -> bool:
-        """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
-        instead of buffering it: true for a PUT of a key carrying a body."""
-        if method.upper() != b"PUT":
-            return False
-        if not _has_body(headers):
-            return False
+        """:func:`streams` of this request's route."""
         try:
             route = self.route(method, raw_target, headers)
         except ValueError:
             return False
-        return route.operation in ("PutObject", "UploadPart")
+        return streams(route, method, headers)
+
+
+#: The operations whose body goes to a backend: streamed as it arrives, never buffered.
+STREAMED_OPERATIONS = frozenset({"PutObject", "UploadPart"})
+
+
+def streams(route: Route, method: bytes, headers: Headers) -> bool:
+    """Whether the streaming layer hands the body over as it arrives (PutObject, UploadPart)
+    instead of buffering it: true for a PUT of a key carrying a body."""
+    return (
+        method.upper() == b"PUT"
+        and route.operation in STREAMED_OPERATIONS
+        and _has_body(headers)
+    )
 
 
 def _has_body(headers: Headers) -> bool:
@@ -275,16 +262,3 @@ def _object_operation(verb: str, params: set[str], has_copy_source: bool) -> str
     if verb == "POST":
         return NOT_IMPLEMENTED
     return METHOD_NOT_ALLOWED
-
-
-_PATH_STYLE = Router()
-
-
-def should_stream(method: bytes, raw_target: bytes, headers: Headers) -> bool:
-    """:meth:`Router.should_stream` for path-style addressing only.
-
-    With virtual-host addressing on, give :class:`~s3balance.web.site.S3Site` the root
-    resource's :meth:`~s3balance.web.resource.S3Resource.should_stream` instead: it knows the
-    domain, so ``PUT /key`` on ``<bucket>.<domain>`` streams too.
-    """
-    return _PATH_STYLE.should_stream(method, raw_target, headers)

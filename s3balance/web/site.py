@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.web.http import Request
-from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
@@ -22,21 +21,24 @@ from s3balance.metrics import OPEN_CONNECTIONS, REFUSALS
 from s3balance.net import twistedcompat
 from s3balance.web.bodies import BodyBudget
 from s3balance.web.channel import S3Channel, error_response
-from s3balance.web.request import DEFAULT_BODY_BUFFER, StreamingRequest
+from s3balance.web.request import StreamingRequest
+from s3balance.web.requestbody import DEFAULT_BODY_BUFFER
 
-StreamPredicate = Callable[[bytes, bytes, Headers], bool]
-#: ``(method, request_target, headers) -> the largest body allowed``; raises ``S3Error`` to
-#: refuse the request before its body is read (authentication).
-BodyLimit = Callable[[bytes, bytes, Headers], int]
+#: ``request -> whether its body streams``, asked once its request line and headers are in.
+StreamPredicate = Callable[[StreamingRequest], bool]
+#: ``request -> the largest body allowed``; raises ``S3Error`` to refuse the request before its
+#: body is read (authentication).
+BodyLimit = Callable[[StreamingRequest], int]
 
 
 class S3Site(Site):
     """The site serving S3 clients.
 
     :param resource: the root of the S3 resource tree.
-    :param should_stream: ``(method, request_target, headers) -> bool``, asked once the headers
-        of a request are in: true for requests whose body goes to a backend (PutObject,
-        UploadPart); those run the resource tree before the body arrives.
+    :param should_stream: ``request -> bool``, asked once the request line and headers are
+        in (``method``, ``uri`` and ``requestHeaders`` are set): true for requests whose body
+        goes to a backend (PutObject, UploadPart); those run the resource tree before the body
+        arrives.
     :param clock: the reactor for timers (idle timeout, stall timers, log timestamps).
     :param read_timeout: seconds a streamed body's client may stay silent while we read.
     :param max_buffered_body: largest body of a non-streamed request when no ``body_limit`` is
@@ -104,18 +106,18 @@ class S3Site(Site):
         self.in_flight: set[StreamingRequest] = set()
         self._drain_waiters: list[Deferred[None]] = []
 
-    def should_stream(self, method: bytes, path: bytes, headers: Headers) -> bool:
+    def should_stream(self, request: StreamingRequest) -> bool:
         """Whether this request's body streams (the front's predicate)."""
-        return self._should_stream(method, path, headers)
+        return self._should_stream(request)
 
-    def body_limit(self, method: bytes, path: bytes, headers: Headers) -> int:
+    def body_limit(self, request: StreamingRequest) -> int:
         """The largest body this request may send to be read into memory.
 
         :raises S3Error: the request is refused before its body is read.
         """
         if self._body_limit is None:
             return self.max_buffered_body
-        return min(self._body_limit(method, path, headers), self.max_buffered_body)
+        return min(self._body_limit(request), self.max_buffered_body)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """A channel, or, beyond ``max_connections``, a 503 SlowDown and a close: a file

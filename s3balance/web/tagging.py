@@ -7,25 +7,14 @@ S3's rules); they never reach a backend, so changing them moves no bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from s3balance import errors, tagging
 from s3balance.web.answer import Answer, RequestContext
-from s3balance.web.objects import verify_body_digests
-from s3balance.web.xml import _parse as parse_xml
-
-
-def _version_id_must_be_null(ctx: RequestContext) -> None:
-    version = ctx.query("versionId")
-    if version is not None and version != "null":
-        raise errors.InvalidArgument(
-            "Invalid version id specified", ArgumentName="versionId", ArgumentValue=version
-        )
+from s3balance.web.objects import verify_body_digests, version_id_must_be_null
+from s3balance.web.xml import parse_document as parse_xml
 
 
 async def handle_GetObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     record = await ctx.gateway.get_object_record(ctx.bucket, ctx.key)
     return Answer.xml(tagging.document(record.tags))
 
@@ -46,13 +35,13 @@ def _tags_from_body(ctx: RequestContext, for_bucket: bool) -> dict[str, str]:
 
 
 async def handle_PutObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await _set_tags(ctx, _tags_from_body(ctx, for_bucket=False))
     return Answer(200)
 
 
 async def handle_DeleteObjectTagging(ctx: RequestContext) -> Answer:
-    _version_id_must_be_null(ctx)
+    version_id_must_be_null(ctx)
     await _set_tags(ctx, {})
     return Answer(204)
 
@@ -80,13 +69,3 @@ async def handle_PutBucketTagging(ctx: RequestContext) -> Answer:
 async def handle_DeleteBucketTagging(ctx: RequestContext) -> Answer:
     await _set_bucket_tags(ctx, None)
     return Answer(204)
-
-
-HANDLERS: dict[str, Callable[[RequestContext], Any]] = {
-    "GetBucketTagging": handle_GetBucketTagging,
-    "PutBucketTagging": handle_PutBucketTagging,
-    "DeleteBucketTagging": handle_DeleteBucketTagging,
-    "GetObjectTagging": handle_GetObjectTagging,
-    "PutObjectTagging": handle_PutObjectTagging,
-    "DeleteObjectTagging": handle_DeleteObjectTagging,
-}

@@ -47,26 +47,26 @@ def url_encode(value: str) -> str:
     return quote(value, safe="/")
 
 
-def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+def sub_element(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
     element = ET.SubElement(parent, name)
     if text is not None:
         element.text = text
     return element
 
 
-def _serialise(root: ET.Element) -> bytes:
+def serialise(root: ET.Element) -> bytes:
     body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=False)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
 
 
-def _root(name: str) -> ET.Element:
+def root_element(name: str) -> ET.Element:
     return ET.Element(name, {"xmlns": NAMESPACE})
 
 
-def _owner(parent: ET.Element, owner: Owner, tag: str = "Owner") -> None:
-    element = _sub(parent, tag)
-    _sub(element, "ID", owner.id)
-    _sub(element, "DisplayName", owner.display_name)
+def owner_element(parent: ET.Element, owner: Owner, tag: str = "Owner") -> None:
+    element = sub_element(parent, tag)
+    sub_element(element, "ID", owner.id)
+    sub_element(element, "DisplayName", owner.display_name)
 
 
 def list_buckets(
@@ -78,53 +78,53 @@ def list_buckets(
 ) -> bytes:
     """``ListAllMyBucketsResult``; ``continuation_token`` when the page was cut short,
     ``prefix`` echoed when the request gave one."""
-    root = _root("ListAllMyBucketsResult")
-    _owner(root, owner)
-    container = _sub(root, "Buckets")
+    root = root_element("ListAllMyBucketsResult")
+    owner_element(root, owner)
+    container = sub_element(root, "Buckets")
     for bucket in buckets:
-        element = _sub(container, "Bucket")
-        _sub(element, "Name", bucket.name)
-        _sub(element, "CreationDate", iso8601(bucket.created_at))
+        element = sub_element(container, "Bucket")
+        sub_element(element, "Name", bucket.name)
+        sub_element(element, "CreationDate", iso8601(bucket.created_at))
     if continuation_token is not None:
-        _sub(root, "ContinuationToken", continuation_token)
+        sub_element(root, "ContinuationToken", continuation_token)
     if prefix is not None:
-        _sub(root, "Prefix", prefix)
-    return _serialise(root)
+        sub_element(root, "Prefix", prefix)
+    return serialise(root)
 
 
 def location_constraint(region: str) -> bytes:
     """us-east-1 is S3's empty constraint; any other region is named."""
-    root = _root("LocationConstraint")
+    root = root_element("LocationConstraint")
     if region and region != "us-east-1":
         root.text = region
-    return _serialise(root)
+    return serialise(root)
 
 
 def versioning_configuration() -> bytes:
     """Versioning was never enabled on a virtual bucket: S3 answers an empty document."""
-    return _serialise(_root("VersioningConfiguration"))
+    return serialise(root_element("VersioningConfiguration"))
 
 
 def access_control_policy(owner: Owner) -> bytes:
     """The canned ``private`` ACL: the owner has FULL_CONTROL, nobody else anything."""
-    root = _root("AccessControlPolicy")
-    _owner(root, owner)
-    grants = _sub(root, "AccessControlList")
-    grant = _sub(grants, "Grant")
+    root = root_element("AccessControlPolicy")
+    owner_element(root, owner)
+    grants = sub_element(root, "AccessControlList")
+    grant = sub_element(grants, "Grant")
     grantee = ET.SubElement(
         grant, "Grantee", {"xmlns:xsi": _XSI, "xsi:type": "CanonicalUser"}
     )
-    _sub(grantee, "ID", owner.id)
-    _sub(grantee, "DisplayName", owner.display_name)
-    _sub(grant, "Permission", "FULL_CONTROL")
-    return _serialise(root)
+    sub_element(grantee, "ID", owner.id)
+    sub_element(grantee, "DisplayName", owner.display_name)
+    sub_element(grant, "Permission", "FULL_CONTROL")
+    return serialise(root)
 
 
 def copy_object_result(etag: str, last_modified: float) -> bytes:
-    root = _root("CopyObjectResult")
-    _sub(root, "LastModified", iso8601(last_modified))
-    _sub(root, "ETag", etag)
-    return _serialise(root)
+    root = root_element("CopyObjectResult")
+    sub_element(root, "LastModified", iso8601(last_modified))
+    sub_element(root, "ETag", etag)
+    return serialise(root)
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,18 @@ def _maybe_encode(value: str, listing: Listing) -> str:
 
 
 def _listing_header(root: ET.Element, listing: Listing) -> None:
-    _sub(root, "Name", listing.bucket)
-    _sub(root, "Prefix", _maybe_encode(listing.prefix, listing))
+    sub_element(root, "Name", listing.bucket)
+    sub_element(root, "Prefix", _maybe_encode(listing.prefix, listing))
+
+
+def _listing_limits(root: ET.Element, listing: Listing) -> None:
+    """``MaxKeys``, ``Delimiter``, ``EncodingType`` and ``IsTruncated``, in S3's order."""
+    sub_element(root, "MaxKeys", str(listing.max_keys))
+    if listing.delimiter:
+        sub_element(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
+    if listing.url_encoded:
+        sub_element(root, "EncodingType", "url")
+    sub_element(root, "IsTruncated", "true" if listing.is_truncated else "false")
 
 
 def list_objects(
@@ -165,41 +175,36 @@ def list_objects(
     version: int,
 ) -> bytes:
     """A ListBucketResult of ListObjects (``version`` 1) or ListObjectsV2 (``version`` 2)."""
-    root = _root("ListBucketResult")
+    root = root_element("ListBucketResult")
     _listing_header(root, listing)
     entries = list(objects)
     prefixes = list(common_prefixes)
     if version == 1:
-        _sub(root, "Marker", _maybe_encode(listing.marker or "", listing))
+        sub_element(root, "Marker", _maybe_encode(listing.marker or "", listing))
         if listing.next_marker is not None:
-            _sub(root, "NextMarker", _maybe_encode(listing.next_marker, listing))
+            sub_element(root, "NextMarker", _maybe_encode(listing.next_marker, listing))
     else:
         if listing.continuation_token is not None:
-            _sub(root, "ContinuationToken", listing.continuation_token)
+            sub_element(root, "ContinuationToken", listing.continuation_token)
         if listing.next_continuation_token is not None:
-            _sub(root, "NextContinuationToken", listing.next_continuation_token)
+            sub_element(root, "NextContinuationToken", listing.next_continuation_token)
         if listing.start_after is not None:
-            _sub(root, "StartAfter", _maybe_encode(listing.start_after, listing))
-        _sub(root, "KeyCount", str(len(entries) + len(prefixes)))
-    _sub(root, "MaxKeys", str(listing.max_keys))
-    if listing.delimiter:
-        _sub(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
-    if listing.url_encoded:
-        _sub(root, "EncodingType", "url")
-    _sub(root, "IsTruncated", "true" if listing.is_truncated else "false")
+            sub_element(root, "StartAfter", _maybe_encode(listing.start_after, listing))
+        sub_element(root, "KeyCount", str(len(entries) + len(prefixes)))
+    _listing_limits(root, listing)
     for record in entries:
-        element = _sub(root, "Contents")
-        _sub(element, "Key", _maybe_encode(record.key, listing))
-        _sub(element, "LastModified", iso8601(record.last_modified))
-        _sub(element, "ETag", record.etag)
-        _sub(element, "Size", str(record.size))
+        element = sub_element(root, "Contents")
+        sub_element(element, "Key", _maybe_encode(record.key, listing))
+        sub_element(element, "LastModified", iso8601(record.last_modified))
+        sub_element(element, "ETag", record.etag)
+        sub_element(element, "Size", str(record.size))
         if version == 1 or listing.fetch_owner:
-            _owner(element, owner)
-        _sub(element, "StorageClass", "STANDARD")
+            owner_element(element, owner)
+        sub_element(element, "StorageClass", "STANDARD")
     for prefix in prefixes:
-        element = _sub(root, "CommonPrefixes")
-        _sub(element, "Prefix", _maybe_encode(prefix, listing))
-    return _serialise(root)
+        element = sub_element(root, "CommonPrefixes")
+        sub_element(element, "Prefix", _maybe_encode(prefix, listing))
+    return serialise(root)
 
 
 def list_object_versions(
@@ -210,33 +215,28 @@ def list_object_versions(
     next_key_marker: str | None,
 ) -> bytes:
     """ListVersionsResult for an unversioned bucket: every object is its own ``null`` version."""
-    root = _root("ListVersionsResult")
+    root = root_element("ListVersionsResult")
     _listing_header(root, listing)
-    _sub(root, "KeyMarker", _maybe_encode(listing.marker or "", listing))
-    _sub(root, "VersionIdMarker", "")
+    sub_element(root, "KeyMarker", _maybe_encode(listing.marker or "", listing))
+    sub_element(root, "VersionIdMarker", "")
     if next_key_marker is not None:
-        _sub(root, "NextKeyMarker", _maybe_encode(next_key_marker, listing))
-        _sub(root, "NextVersionIdMarker", "null")
-    _sub(root, "MaxKeys", str(listing.max_keys))
-    if listing.delimiter:
-        _sub(root, "Delimiter", _maybe_encode(listing.delimiter, listing))
-    if listing.url_encoded:
-        _sub(root, "EncodingType", "url")
-    _sub(root, "IsTruncated", "true" if listing.is_truncated else "false")
+        sub_element(root, "NextKeyMarker", _maybe_encode(next_key_marker, listing))
+        sub_element(root, "NextVersionIdMarker", "null")
+    _listing_limits(root, listing)
     for record in objects:
-        element = _sub(root, "Version")
-        _sub(element, "Key", _maybe_encode(record.key, listing))
-        _sub(element, "VersionId", "null")
-        _sub(element, "IsLatest", "true")
-        _sub(element, "LastModified", iso8601(record.last_modified))
-        _sub(element, "ETag", record.etag)
-        _sub(element, "Size", str(record.size))
-        _owner(element, owner)
-        _sub(element, "StorageClass", "STANDARD")
+        element = sub_element(root, "Version")
+        sub_element(element, "Key", _maybe_encode(record.key, listing))
+        sub_element(element, "VersionId", "null")
+        sub_element(element, "IsLatest", "true")
+        sub_element(element, "LastModified", iso8601(record.last_modified))
+        sub_element(element, "ETag", record.etag)
+        sub_element(element, "Size", str(record.size))
+        owner_element(element, owner)
+        sub_element(element, "StorageClass", "STANDARD")
     for prefix in common_prefixes:
-        element = _sub(root, "CommonPrefixes")
-        _sub(element, "Prefix", _maybe_encode(prefix, listing))
-    return _serialise(root)
+        element = sub_element(root, "CommonPrefixes")
+        sub_element(element, "Prefix", _maybe_encode(prefix, listing))
+    return serialise(root)
 
 
 @dataclass(frozen=True)
@@ -249,29 +249,29 @@ class DeleteOutcome:
 
 def delete_result(outcomes: Iterable[DeleteOutcome], quiet: bool) -> bytes:
     """DeleteResult; in quiet mode only the errors are listed, as S3."""
-    root = _root("DeleteResult")
+    root = root_element("DeleteResult")
     for outcome in outcomes:
         if outcome.error is None:
             if quiet:
                 continue
-            element = _sub(root, "Deleted")
-            _sub(element, "Key", outcome.key)
+            element = sub_element(root, "Deleted")
+            sub_element(element, "Key", outcome.key)
         else:
-            element = _sub(root, "Error")
-            _sub(element, "Key", outcome.key)
-            _sub(element, "Code", outcome.error.code)
-            _sub(element, "Message", outcome.error.message)
-    return _serialise(root)
+            element = sub_element(root, "Error")
+            sub_element(element, "Key", outcome.key)
+            sub_element(element, "Code", outcome.error.code)
+            sub_element(element, "Message", outcome.error.message)
+    return serialise(root)
 
 
 # -- request bodies ------------------------------------------------------------------------
 
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _parse(body: bytes) -> ET.Element:
+def parse_document(body: bytes) -> ET.Element:
     """Parse a request body with defusedxml: no DTD at all (so no entity expansion), whatever
     the document's encoding (a byte search for ``<!DOCTYPE`` misses UTF-16)."""
     if len(body) > MAX_REQUEST_XML:
@@ -297,23 +297,23 @@ def parse_delete(body: bytes) -> DeleteRequest:
     :raises S3Error: MalformedXML when it is not a ``Delete`` document, names no key or more than
         :data:`MAX_DELETE_KEYS`.
     """
-    root = _parse(body)
-    if _local(root.tag) != "Delete":
+    root = parse_document(body)
+    if local_name(root.tag) != "Delete":
         raise errors.MalformedXML()
     keys: list[str] = []
     etags: list[str | None] = []
     quiet = False
     for child in root:
-        name = _local(child.tag)
+        name = local_name(child.tag)
         if name == "Quiet":
             quiet = (child.text or "").strip().lower() == "true"
         elif name == "Object":
             key = None
             etag = None
             for field_ in child:
-                if _local(field_.tag) == "Key":
+                if local_name(field_.tag) == "Key":
                     key = field_.text or ""
-                elif _local(field_.tag) == "ETag":
+                elif local_name(field_.tag) == "ETag":
                     etag = (field_.text or "").strip()
             if not key:
                 raise errors.MalformedXML()
@@ -328,11 +328,11 @@ def parse_location_constraint(body: bytes) -> str | None:
     """The region a CreateBucket body asks for (``None`` for an empty body or no constraint)."""
     if not body.strip():
         return None
-    root = _parse(body)
-    if _local(root.tag) != "CreateBucketConfiguration":
+    root = parse_document(body)
+    if local_name(root.tag) != "CreateBucketConfiguration":
         raise errors.MalformedXML()
     for child in root:
-        if _local(child.tag) == "LocationConstraint":
+        if local_name(child.tag) == "LocationConstraint":
             return (child.text or "").strip() or None
     return None
 
@@ -340,25 +340,25 @@ def parse_location_constraint(body: bytes) -> str | None:
 def is_private_acl(body: bytes, owner: Owner) -> bool:
     """Whether a PutAcl body grants exactly FULL_CONTROL to the owner and nothing else (the only
     policy s3balance can honour, since it is the one it has)."""
-    root = _parse(body)
-    if _local(root.tag) != "AccessControlPolicy":
+    root = parse_document(body)
+    if local_name(root.tag) != "AccessControlPolicy":
         raise errors.MalformedXML()
     grants = [
         grant
         for element in root
-        if _local(element.tag) == "AccessControlList"
+        if local_name(element.tag) == "AccessControlList"
         for grant in element
-        if _local(grant.tag) == "Grant"
+        if local_name(grant.tag) == "Grant"
     ]
     if len(grants) != 1:
         return False
     permission = ""
     grantee_id = ""
     for part in grants[0]:
-        if _local(part.tag) == "Permission":
+        if local_name(part.tag) == "Permission":
             permission = (part.text or "").strip()
-        elif _local(part.tag) == "Grantee":
+        elif local_name(part.tag) == "Grantee":
             for field_ in part:
-                if _local(field_.tag) == "ID":
+                if local_name(field_.tag) == "ID":
                     grantee_id = (field_.text or "").strip()
     return permission == "FULL_CONTROL" and grantee_id == owner.id

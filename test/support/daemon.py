@@ -34,8 +34,8 @@ T = TypeVar("T")
 
 
 def without_write_ids(real_keys: list[str]) -> list[str]:
-    """``<bucket>/<key>`` of real keys (see :func:`s3balance.gateway.new_real_key`), sorted."""
-    from s3balance.gateway import parse_real_key
+    """``<bucket>/<key>`` of real keys (see :func:`s3balance.realkeys.new_real_key`), sorted."""
+    from s3balance.realkeys import parse_real_key
 
     plain = []
     for real in real_keys:

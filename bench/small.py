@@ -1,0 +1,149 @@
+"""Small objects as issue 15 judges them: req/s against the stock Twisted proxy, the CPU each
+request costs the process in the middle, p99 latency, and what SigV4 verification adds.
+
+CPU per request is the middle process's user + system time over the run (``/proc/<pid>/stat``)
+divided by the requests answered: unlike req/s it does not count waiting for a core, so it is
+the figure to compare on a machine shared with other work.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from bench.clients import LoadResult
+from bench.procs import cpu_seconds
+
+#: The stock ``twisted.web.proxy.ReverseProxyResource`` (small objects only: it buffers whole
+#: bodies, 2.1 GiB for a 1 GiB PUT).
+TWISTED_PROXY = "twisted-proxy"
+#: The daemon requiring SigV4, sent requests signed up front (small objects only; needs wrk).
+S3BALANCE_SIGV4 = "s3balance-sigv4"
+SMALL_ONLY_PATHS = (TWISTED_PROXY, S3BALANCE_SIGV4)
+
+# Targets of issue 15 ("a lean request path"), one worker.
+TARGET_GET_CPU_US = 450.0
+TARGET_PUT_CPU_US = 900.0
+TARGET_VS_TWISTED = 1.0
+TARGET_PUT_P99_MS = 100.0
+TARGET_P99_CONNECTIONS = 64
+TARGET_SIGV4_EXTRA_US = 100.0
+
+
+class SmallFigures(Protocol):
+    """What a measurement of one operation on one path holds (``bench.run.Measurement``)."""
+
+    samples: list[float]
+    cpu_us_per_request: list[float]
+    p99_ms: list[float]
+    error: str
+
+
+def timed_load(run: Callable[[], LoadResult], pids: Sequence[int]) -> tuple[LoadResult, float]:
+    """Run a load and charge the CPU time of ``pids`` during it to the requests it sent.
+
+    :returns: the load's figures and the CPU microseconds per request (0 when no pid).
+    """
+    before = sum(cpu_seconds(pid) for pid in pids)
+    load = run()
+    used = sum(cpu_seconds(pid) for pid in pids) - before
+    sent = load.requests + load.failures
+    return load, (used * 1e6 / sent if pids and sent else 0.0)
+
+
+def _median(values: Iterable[float]) -> float | None:
+    found = list(values)
+    return statistics.median(found) if found else None
+
+
+def _cell(value: float | None, unit: str, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f} {unit}"
+
+
+def small_table(
+    measurements: dict[tuple[str, str], Any], operations: Sequence[str], paths: Sequence[str]
+) -> list[str]:
+    """Small objects: req/s, ratio to the stock Twisted proxy, CPU µs per request, p99 (medians)."""
+    rows = [("operation", "path", "req/s", "vs twisted-proxy", "CPU/request", "p99")]
+    for operation in operations:
+        if " x" not in operation:
+            continue
+        twisted = measurements.get((operation, TWISTED_PROXY))
+        base = _median(twisted.samples) if twisted is not None and not twisted.error else None
+        for path in paths:
+            entry: SmallFigures | None = measurements.get((operation, path))
+            if entry is None or entry.error or not entry.samples:
+                continue
+            rate = statistics.median(entry.samples)
+            ratio = f"{rate / base:.2f}x" if base else "-"
+            rows.append(
+                (
+                    operation,
+                    path,
+                    f"{rate:.0f}",
+                    ratio,
+                    _cell(_median(entry.cpu_us_per_request), "µs"),
+                    _cell(_median(entry.p99_ms), "ms", 1),
+                )
+            )
+    if len(rows) == 1:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def small_verdicts(
+    measurements: dict[tuple[str, str], Any], label: str, connections: int, daemon: str
+) -> list[tuple[str, str, bool | None]]:
+    """Issue 15's targets for one worker, as ``(target, measured, passed)``; passed is None
+    when this run cannot judge it.
+
+    :param label: the small operations' suffix, ``4 KiB x64``.
+    :param daemon: the path of the daemon judged (``s3balance``).
+    """
+
+    def figure(operation: str, path: str, attribute: str) -> float | None:
+        entry = measurements.get((operation, path))
+        if entry is None or entry.error:
+            return None
+        return _median(getattr(entry, attribute))
+
+    found: list[tuple[str, str, bool | None]] = []
+    for method, limit in (("GET", TARGET_GET_CPU_US), ("PUT", TARGET_PUT_CPU_US)):
+        operation = f"{method} {label}"
+        cpu = figure(operation, daemon, "cpu_us_per_request")
+        target = f"{operation}: {daemon} CPU per request <= {limit:.0f} µs"
+        found.append((target, _cell(cpu, "µs"), None if cpu is None else cpu <= limit))
+    for method in ("GET", "PUT"):
+        operation = f"{method} {label}"
+        ours = figure(operation, daemon, "samples")
+        twisted = figure(operation, TWISTED_PROXY, "samples")
+        target = f"{operation}: {daemon} >= {TARGET_VS_TWISTED:.1f}x {TWISTED_PROXY} req/s"
+        if ours is None or not twisted:
+            found.append((target, "not measured", None))
+        else:
+            ratio = ours / twisted
+            found.append((target, f"{ratio:.2f}x", ratio >= TARGET_VS_TWISTED))
+    operation = f"PUT {label}"
+    p99 = figure(operation, daemon, "p99_ms")
+    target = (
+        f"{operation}: {daemon} p99 <= {TARGET_PUT_P99_MS:.0f} ms "
+        f"(judged at {TARGET_P99_CONNECTIONS} connections)"
+    )
+    passed = None
+    if p99 is not None and connections == TARGET_P99_CONNECTIONS:
+        passed = p99 <= TARGET_PUT_P99_MS
+    found.append((target, _cell(p99, "ms", 1), passed))
+    operation = f"GET {label}"
+    plain = figure(operation, daemon, "cpu_us_per_request")
+    signed = figure(operation, S3BALANCE_SIGV4, "cpu_us_per_request")
+    target = f"{operation}: SigV4 adds <= {TARGET_SIGV4_EXTRA_US:.0f} µs CPU per request"
+    if plain is None or signed is None:
+        found.append((target, "not measured", None))
+    else:
+        extra = signed - plain
+        found.append((target, f"{extra:+.0f} µs", extra <= TARGET_SIGV4_EXTRA_US))
+    return found

@@ -1,0 +1,180 @@
+"""Rule 3 of :mod:`s3balance.gateway`: replaced bytes outlive their readers.
+
+The commit (or delete) that unreferences a location queues it in ``pending_deletions`` in its own
+transaction, deletable ``delete_grace`` seconds later (the time a GET of another daemon sharing
+the database may still be streaming it).  This daemon counts its own readers of each location
+(:meth:`Retirement.holding`) and never deletes one being read: with no grace the bytes go as soon
+as the last local reader is done, otherwise housekeeping (:meth:`Retirement.sweep`) deletes them
+once due.  The queue row survives a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from s3balance.backends.interface import BackendNoSuchKey, IBackend
+from s3balance.db.records import Location
+from s3balance.db.store import MetadataStore, Replacement
+
+log = Logger()
+
+
+class ObjectChanged(Exception):
+    """The location a read was about to open was replaced and deleted since the row was read:
+    read the row again."""
+
+
+class Backends(Protocol):
+    """What retiring needs of :class:`s3balance.pool.BackendPool`."""
+
+    def get(self, name: str) -> IBackend: ...
+
+
+class Retirement:
+    """This daemon's readers of each location, and the deletion of the locations no row
+    references any more (see the module docstring).
+
+    :param store: the deletion queue.
+    :param pool: the backends holding the bytes.
+    :param clock: for due times.
+    :param grace: the current ``delete_grace`` (a reload may change it).
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        pool: Backends,
+        clock: IReactorTime,
+        grace: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.clock = clock
+        self._grace = grace
+        #: Readers of each location in this daemon.
+        self._readers: dict[Location, int] = {}
+        #: Unreferenced locations whose deletion waits for their last local reader:
+        #: location -> pending deletion id.
+        self._doomed: dict[Location, int] = {}
+        #: Locations being deleted now: a reader must not start on them.
+        self._deleting: set[Location] = set()
+
+    @asynccontextmanager
+    async def holding(self, location: Location) -> AsyncIterator[None]:
+        """Count a reader of ``location`` until the block ends, so it is not deleted meanwhile.
+
+        :raises ObjectChanged: it is being deleted already.
+        """
+        if location in self._deleting:
+            raise ObjectChanged()
+        self._readers[location] = self._readers.get(location, 0) + 1
+        try:
+            yield
+        finally:
+            self._reader_done(location)
+
+    def _reader_done(self, location: Location) -> None:
+        left = self._readers.get(location, 1) - 1
+        if left > 0:
+            self._readers[location] = left
+            return
+        self._readers.pop(location, None)
+        pending = self._doomed.pop(location, None)
+        if pending is not None:
+            defer.ensureDeferred(self._delete_pending(location, pending))
+
+    def readers_of(self, location: Location) -> int:
+        """How many reads of ``location`` this daemon has in progress."""
+        return self._readers.get(location, 0)
+
+    async def retire(self, replaced: Replacement) -> None:
+        """Delete the locations a commit or delete unreferenced, now when there is no grace and
+        no local reader, when the last local reader is done otherwise; with a grace, housekeeping
+        does it once due."""
+        if self._grace() > 0:
+            return
+        for location, pending in zip(replaced.to_delete, replaced.pending_ids, strict=False):
+            if self._readers.get(location):
+                self._doomed[location] = pending
+            else:
+                await self._delete_pending(location, pending)
+
+    async def sweep(self, limit: int = 1000) -> int:
+        """Delete the queued locations whose time has come (housekeeping), except those this
+        daemon is still reading (deleted when their last reader is done).
+
+        :returns: how many locations were deleted.
+        """
+        due = await self.store.due_deletions(self.clock.seconds(), limit)
+        deleted = 0
+        for pending in due:
+            location = pending.location
+            if location in self._deleting or location in self._doomed:
+                continue
+            if self._readers.get(location):
+                self._doomed[location] = pending.id
+                continue
+            if await self._delete_pending(location, pending.id):
+                deleted += 1
+        return deleted
+
+    async def _delete_pending(self, location: Location, pending: int) -> bool:
+        """Delete a queued location's bytes, then its queue row; a failure leaves the row for
+        the next sweep."""
+        self._deleting.add(location)
+        try:
+            try:
+                await self.pool.get(location.backend).delete_object(location.real_key)
+            except BackendNoSuchKey:
+                pass
+            except Exception as error:
+                log.warn(
+                    "could not delete {target} from {backend} ({error}); retrying later",
+                    target=location.real_key, backend=location.backend, error=error,
+                )
+                return False
+            try:
+                await self.store.forget_deletions([pending])
+            except Exception as error:
+                log.warn("could not forget the deletion of {target}: {error}",
+                         target=location.real_key, error=error)
+            return True
+        finally:
+            self._deleting.discard(location)
+
+    async def discard(self, locations: Sequence[Location]) -> None:
+        """Delete bytes no row references and nobody reads (the copies of a replicated write
+        that did not complete): queued first, so a copy whose backend cannot delete it now is
+        deleted by a later sweep, never forgotten."""
+        if not locations:
+            return
+        try:
+            ids = await self.store.queue_deletions(locations, self.clock.seconds())
+        except Exception as error:
+            log.warn("could not queue the deletion of {count} copies ({error})",
+                     count=len(locations), error=error)  # fmt: skip
+            for location in locations:
+                await self.delete_bytes(location.backend, location.real_key)
+            return
+        for location, pending in zip(locations, ids, strict=True):
+            await self._delete_pending(location, pending)
+
+    async def delete_bytes(self, backend: str, target: str) -> None:
+        """Delete bytes no row references (a write that did not commit); a failure leaves an
+        orphan for scrub."""
+        try:
+            await self.pool.get(backend).delete_object(target)
+        except Exception as error:
+            log.warn(
+                "could not delete {target} from {backend} ({error}); scrub will find it",
+                target=target, backend=backend, error=error,
+            )
+
+
+__all__ = ["ObjectChanged", "Retirement"]
