@@ -1,9 +1,9 @@
 """One body producer written to several consumers at once: the upload of an object's replicas.
 
 A replicated write hands each backend a :class:`Branch` of one :class:`FanOut`.  The source (the
-client's :class:`~s3balance.web.requestbody.RequestBody`, or a backend's GET stream for a copy) starts
-only once every branch was started, so no branch misses a byte and nothing is buffered for a
-late one.  Every byte the source writes goes to every branch's consumer at once; any branch's
+client's :class:`~s3balance.web.requestbody.RequestBody`, or a backend's GET stream for a copy)
+starts only once every branch was started, so no branch misses a byte and nothing is buffered for
+a late one.  Every byte the source writes goes to every branch's consumer at once; any branch's
 consumer pausing pauses the source, and it resumes only when all of them want more, so the body
 flows at the pace of the slowest backend and the client is paced by it (no copy of the body is
 kept: only the chunk being written is in memory).

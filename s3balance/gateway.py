@@ -81,6 +81,7 @@ from s3balance.etags import quoted_etag
 from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
 from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
+from s3balance.rebuildmeta import reserved_metadata
 from s3balance.replicated import ReplicaHealth, ReplicaPool, Replicas
 from s3balance.retirement import ObjectChanged, Retirement
 from s3balance.streams import StreamBodyProducer, restartable
@@ -633,7 +634,11 @@ class Gateway:
         release = self.pool.reserve(name, size)
         try:
             try:
-                result = await write(backend, target, {**new.metadata, **extra_metadata})
+                stored = {**new.metadata, **extra_metadata}
+                stored.update(
+                    reserved_metadata(new.key, new.headers, stored, new.tags, new.acl, checksums)
+                )
+                result = await write(backend, target, stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)

@@ -69,6 +69,7 @@ from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
 from s3balance.names import check_client_metadata, validate_key
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
+from s3balance.rebuildmeta import reserved_metadata
 from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
@@ -272,9 +273,9 @@ class MultipartUploads:
                 await task.deferLater(self.clock, settings.retry_delay, lambda: None)
             backend = self._backend(name)
             try:
-                backend_id = await backend.create_multipart_upload(
-                    target, dict(headers), {**metadata, **extra_metadata}
-                )
+                stored = {**metadata, **extra_metadata}
+                stored.update(reserved_metadata(key, headers, stored, tags, acl))
+                backend_id = await backend.create_multipart_upload(target, dict(headers), stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.gateway.health.mark_failure(name, error.detail)

@@ -60,8 +60,12 @@ def new_real_key(bucket: str, key: str, write_id: str) -> tuple[str, dict[str, s
     if len(plain.encode("utf-8")) <= MAX_REAL_KEY_BYTES:
         return plain, {}
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-    encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
-    return f"{bucket}/{HASHED_KEY_DIR}/{digest}~w{write_id}", {KEY_METADATA: encoded}
+    return f"{bucket}/{HASHED_KEY_DIR}/{digest}~w{write_id}", {KEY_METADATA: encode_key(key)}
+
+
+def encode_key(key: str) -> str:
+    """A key as :data:`KEY_METADATA` keeps it: base64url of its UTF-8 (metadata is ASCII)."""
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ __all__ = [
     "MAX_REAL_KEY_BYTES",
     "SUFFIX_LENGTH",
     "ParsedRealKey",
+    "encode_key",
     "key_from_metadata",
     "new_real_key",
     "new_write_id",

@@ -51,6 +51,7 @@ from s3balance.etags import quoted_etag
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.logs import make_logger
+from s3balance.rebuildmeta import reserved_metadata
 from s3balance.retirement import ObjectChanged
 from s3balance.streams import StreamBodyProducer
 
@@ -256,8 +257,14 @@ class Replicas:
             for name, branch in zip(names, fan.branches, strict=True):
                 target, extra_metadata = gateway.new_location(new.bucket, new.key)
                 locations.append(Location(name, target))
+                backend_metadata = {**new.metadata, **extra_metadata}
+                backend_metadata.update(
+                    reserved_metadata(
+                        new.key, new.headers, backend_metadata, new.tags, new.acl, checksums
+                    )
+                )
                 put = gateway.pool.get(name).put_object(
-                    target, branch, size, dict(new.headers), {**new.metadata, **extra_metadata}
+                    target, branch, size, dict(new.headers), backend_metadata
                 )
                 put.addErrback(self._abandon_the_others, fan)
                 puts.append(put)

@@ -17,9 +17,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet import defer, task
-
-from s3balance.configfile import ConfigError, default_config, load_config
+from s3balance.clirun import load_tool_config, react_to_status
 from s3balance.scrub import DEFAULT_GRACE, ScrubReport, scrub
 
 EXIT_CLEAN = 0
@@ -61,32 +59,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run a scrub on the real reactor; the process's exit status."""
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
-    status: list[int] = [EXIT_ERROR]
-
-    async def run(reactor: Any) -> None:
-        status[0] = await _run(reactor, arguments)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            return EXIT_ERROR
-    return status[0]
+    return react_to_status(lambda reactor: _run(reactor, arguments), EXIT_ERROR)
 
 
 async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
     from s3balance.components import Storage
 
-    try:
-        config = load_config(arguments.config) if arguments.config else default_config("data")
-    except ConfigError as error:
-        print(f"invalid configuration {arguments.config}:\n{error}", file=sys.stderr)
+    config = load_tool_config(arguments.config, arguments.data_dir)
+    if config is None:
         return EXIT_ERROR
-    except OSError as error:
-        print(f"cannot read configuration {arguments.config}: {error.strerror}", file=sys.stderr)
-        return EXIT_ERROR
-    if arguments.data_dir:
-        config.data_dir = arguments.data_dir
     names = {bucket.name for bucket in config.real_buckets}
     unknown = sorted(set(arguments.backend) - names)
     if unknown:

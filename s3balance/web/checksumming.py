@@ -83,10 +83,15 @@ def request_checksum(ctx: RequestContext) -> ChecksumFilter | None:
 
 
 def stored_values(checksum: ChecksumFilter | None, checksum_type: str) -> dict[str, str]:
-    """What an object (or part) keeps of a finished checksum filter: its value and type."""
-    if checksum is None or checksum.value_b64 is None:
+    """What an object (or part) keeps of a finished checksum filter: its value and type.
+
+    Asked before the body ended (for the backend metadata a rebuild reads), the value the client
+    declared in a header: the body is stored only if it matches.
+    """
+    value = None if checksum is None else checksum.value_b64 or checksum.declared_b64
+    if checksum is None or value is None:
         return {}
-    return {checksum.header: checksum.value_b64, checksums.TYPE_HEADER: checksum_type}
+    return {checksum.header: value, checksums.TYPE_HEADER: checksum_type}
 
 
 def answer_headers(stored: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -120,6 +120,11 @@ class ChecksumFilter:
     def header(self) -> str:
         return self.checksum.header
 
+    @property
+    def declared_b64(self) -> str | None:
+        """The client's value when it came before the body (a header), else None."""
+        return None if self._expected is None else checksums.encode(self._expected)
+
     def feed(self, data: bytes) -> bytes:
         if self._running is not None:
             self._running.update(data)

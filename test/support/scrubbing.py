@@ -35,8 +35,14 @@ async def assert_nothing_left_behind(
 
 def run_scrubcli(config_path: str | Path, *args: str, timeout: float = 60.0) -> Any:
     """Run the scrub command line on a configuration; the completed process (text output)."""
+    return run_module("s3balance.scrubcli", config_path, *args, timeout=timeout)
+
+
+def run_module(module: str, config_path: str | Path, *args: str, timeout: float = 60.0) -> Any:
+    """``python -m <module> <args> --config FILE`` to completion, as an operator runs it; the
+    completed process (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "s3balance.scrubcli", "--config", str(config_path), *args],
+        [sys.executable, "-m", module, *args, "--config", str(config_path)],
         cwd=REPO_ROOT,
         env=daemon_environment(),
         stdin=subprocess.DEVNULL,
