@@ -247,24 +247,26 @@ class Replicas:
         size: int,
         checksums: Callable[[], dict[str, str]] | None,
     ) -> ObjectRecord | BackendUnavailable:
-        """One attempt: every copy at a real key of its own, then one commit of them all.  A
+        """One attempt: every copy at the write's fresh real key, then one commit of them all.  A
         refusal that may be retried elsewhere is returned; every other failure raised."""
         gateway = self.gateway
         locations: list[Location] = []
         puts: list[defer.Deferred[PutResult]] = []
         releases = [gateway.pool.reserve(name, size) for name in names]
         try:
-            for name, branch in zip(names, fan.branches, strict=True):
-                target, extra_metadata = gateway.new_location(new.bucket, new.key)
-                locations.append(Location(name, target))
-                backend_metadata = {**new.metadata, **extra_metadata}
-                backend_metadata.update(
-                    reserved_metadata(
-                        new.key, new.headers, backend_metadata, new.tags, new.acl, checksums
-                    )
+            # One real key for every copy (on distinct backends): one write, one write id, so
+            # a rebuild from the backends sees the copies as one write.
+            target, extra_metadata = gateway.new_location(new.bucket, new.key)
+            backend_metadata = {**new.metadata, **extra_metadata}
+            backend_metadata.update(
+                reserved_metadata(
+                    new.key, new.headers, backend_metadata, new.tags, new.acl, checksums
                 )
+            )
+            for name, branch in zip(names, fan.branches, strict=True):
+                locations.append(Location(name, target))
                 put = gateway.pool.get(name).put_object(
-                    target, branch, size, dict(new.headers), backend_metadata
+                    target, branch, size, dict(new.headers), dict(backend_metadata)
                 )
                 put.addErrback(self._abandon_the_others, fan)
                 puts.append(put)

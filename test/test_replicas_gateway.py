@@ -55,6 +55,7 @@ class ReplicatedGatewayTests(unittest.TestCase):
     async def test_a_write_makes_two_copies_on_two_backends(self) -> None:
         record = await self.gateway.put_object("vb", "k", BytesProducer(b"abc"), 3, {}, {})
         self.assertEqual(len({location.backend for location in record.locations}), 2)
+        self.assertEqual(len({location.real_key for location in record.locations}), 1)
         self.assertEqual(await self.copies(), 2)
         self.assertEqual(await self.read("k"), b"abc")
 
