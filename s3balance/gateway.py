@@ -82,7 +82,7 @@ from s3balance.names import check_client_metadata, validate_bucket_name, validat
 from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
 from s3balance.rebuildmeta import reserved_metadata
-from s3balance.replicated import ReplicaHealth, ReplicaPool, Replicas
+from s3balance.replicated import NewObjectFields, ReplicaHealth, ReplicaPool, Replicas
 from s3balance.retirement import ObjectChanged, Retirement
 from s3balance.streams import StreamBodyProducer, restartable
 
@@ -634,11 +634,9 @@ class Gateway:
         release = self.pool.reserve(name, size)
         try:
             try:
-                stored = {**new.metadata, **extra_metadata}
-                stored.update(
-                    reserved_metadata(new.key, new.headers, stored, new.tags, new.acl, checksums)
+                result = await write(
+                    backend, target, self.backend_metadata(new, extra_metadata, checksums)
                 )
-                result = await write(backend, target, stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)
@@ -650,26 +648,51 @@ class Gateway:
                 )
                 raise backend_error_to_s3(error) from error
             self.pool.record_operation(name, "A", bytes_in=result.size)
-            stored_checksums = dict(result.checksums)
-            if checksums is not None:
-                stored_checksums.update(checksums())
-            record = ObjectRecord(
-                bucket=new.bucket,
-                key=new.key,
-                size=result.size,
-                etag=quoted_etag(result.etag),
-                last_modified=self.clock.seconds(),
-                headers=new.headers,
-                metadata=new.metadata,
-                checksums=stored_checksums,
-                locations=(Location(name, target),),
-                tags=new.tags,
-                acl=new.acl,
-            )
+            record = self.new_record(new, result, (Location(name, target),), checksums)
             await self.commit(record, new.condition)
             return record
         finally:
             release()
+
+    def backend_metadata(
+        self,
+        new: NewObjectFields,
+        extra_metadata: Mapping[str, str],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> dict[str, str]:
+        """What a write stores as backend metadata: the client's, what its real key needs
+        (:meth:`new_location`) and the reserved entries a rebuild reads
+        (:mod:`s3balance.rebuildmeta`)."""
+        stored = {**new.metadata, **extra_metadata}
+        stored.update(
+            reserved_metadata(new.key, new.headers, stored, new.tags, new.acl, checksums)
+        )
+        return stored
+
+    def new_record(
+        self,
+        new: NewObjectFields,
+        result: PutResult,
+        locations: tuple[Location, ...],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> ObjectRecord:
+        """The row a write commits once its bytes are stored at ``locations``."""
+        stored_checksums = dict(result.checksums)
+        if checksums is not None:
+            stored_checksums.update(checksums())
+        return ObjectRecord(
+            bucket=new.bucket,
+            key=new.key,
+            size=result.size,
+            etag=quoted_etag(result.etag),
+            last_modified=self.clock.seconds(),
+            headers=new.headers,
+            metadata=new.metadata,
+            checksums=stored_checksums,
+            locations=locations,
+            tags=new.tags,
+            acl=new.acl,
+        )
 
     async def commit(
         self,

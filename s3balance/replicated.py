@@ -47,11 +47,9 @@ from s3balance.backends.interface import (
     backend_error_to_s3,
 )
 from s3balance.db.records import Location, ObjectRecord
-from s3balance.etags import quoted_etag
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.logs import make_logger
-from s3balance.rebuildmeta import reserved_metadata
 from s3balance.retirement import ObjectChanged
 from s3balance.streams import StreamBodyProducer
 
@@ -144,6 +142,21 @@ class ReplicaHost(Protocol):
     async def get_bucket(self, name: str) -> Any: ...
 
     def new_location(self, bucket: str, key: str) -> tuple[str, dict[str, str]]: ...
+
+    def backend_metadata(
+        self,
+        new: NewObjectFields,
+        extra_metadata: Mapping[str, str],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> dict[str, str]: ...
+
+    def new_record(
+        self,
+        new: NewObjectFields,
+        result: PutResult,
+        locations: tuple[Location, ...],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> ObjectRecord: ...
 
     async def commit(self, record: ObjectRecord, condition: Condition = ...) -> Replacement: ...
 
@@ -257,12 +270,7 @@ class Replicas:
             # One real key for every copy (on distinct backends): one write, one write id, so
             # a rebuild from the backends sees the copies as one write.
             target, extra_metadata = gateway.new_location(new.bucket, new.key)
-            backend_metadata = {**new.metadata, **extra_metadata}
-            backend_metadata.update(
-                reserved_metadata(
-                    new.key, new.headers, backend_metadata, new.tags, new.acl, checksums
-                )
-            )
+            backend_metadata = gateway.backend_metadata(new, extra_metadata, checksums)
             for name, branch in zip(names, fan.branches, strict=True):
                 locations.append(Location(name, target))
                 put = gateway.pool.get(name).put_object(
@@ -279,22 +287,7 @@ class Replicas:
             results: list[PutResult] = [result for _, result in outcomes]
             for name, result in zip(names, results, strict=True):
                 gateway.pool.record_operation(name, "A", bytes_in=result.size)
-            stored_checksums = dict(results[0].checksums)
-            if checksums is not None:
-                stored_checksums.update(checksums())
-            record = ObjectRecord(
-                bucket=new.bucket,
-                key=new.key,
-                size=results[0].size,
-                etag=quoted_etag(results[0].etag),
-                last_modified=gateway.clock.seconds(),
-                headers=new.headers,
-                metadata=new.metadata,
-                checksums=stored_checksums,
-                locations=tuple(locations),
-                tags=new.tags,
-                acl=new.acl,
-            )
+            record = gateway.new_record(new, results[0], tuple(locations), checksums)
             await gateway.commit(record, new.condition)
             return record
         finally:
