@@ -131,6 +131,10 @@ class ReplicasOnTwoServers(TestCase):
             small = await self.daemon.store.get_object(BUCKET, f"s{index}")
             assert small is not None
             self.assertEqual(len({loc.backend for loc in small.locations}), 2)
+        await in_thread(self.s3.put_object, Bucket=BUCKET, Key="empty", Body=b"")
+        empty = await self.daemon.store.get_object(BUCKET, "empty")
+        assert empty is not None
+        self.assertEqual(len({loc.backend for loc in empty.locations}), 2)
         head = await in_thread(self.s3.head_object, Bucket=BUCKET, Key="big")
         self.assertEqual(head["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
 

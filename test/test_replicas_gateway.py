@@ -59,6 +59,11 @@ class ReplicatedGatewayTests(unittest.TestCase):
         self.assertEqual(await self.copies(), 2)
         self.assertEqual(await self.read("k"), b"abc")
 
+    async def test_an_empty_object_gets_two_copies_too(self) -> None:
+        record = await self.gateway.put_object("vb", "empty", BytesProducer(b""), 0, {}, {})
+        self.assertEqual(len(record.locations), 2)
+        self.assertEqual(await self.read("empty"), b"")
+
     async def test_a_body_failing_midway_leaves_no_copy_and_no_row(self) -> None:
         body = GeneratedBody(1 << 20, fail_after=300_000)
         with self.assertRaises(BodyFailed):
