@@ -4,7 +4,9 @@ written, and how the two stay consistent.
 Placement: :meth:`BackendPool.choose` ranks the eligible backends; the first one that accepts the
 bytes wins.  A write that fails *before any body byte was consumed* moves on to the next choice
 (up to ``balancer.retry_attempts`` attempts, ``balancer.retry_delay`` apart); once bytes went out
-it fails, and the backend keeps nothing (its ``put_object`` contract).
+it fails, and the backend keeps nothing (its ``put_object`` contract).  A virtual bucket with
+``replicas`` above 1 is written to that many backends at once and read from whichever answers:
+:mod:`s3balance.replicated`, under the same rules.
 
 Consistency rules, in order:
 
