@@ -9,6 +9,7 @@ validation live in :mod:`s3balance.configfile`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from s3balance.configkeys import DATABASE_TYPES, STRATEGIES, default
 
@@ -92,11 +93,28 @@ class BucketConfig:
     bucket: str | None = default("buckets[].bucket")
     path: str | None = default("buckets[].path")
     ca_bundle: str | None = default("buckets[].ca_bundle")
+    #: Virtual buckets: how many real buckets hold each new object.
+    replicas: int = default("buckets[].replicas")
+    #: Real buckets: the failure domain as configured; :attr:`failure_domain` applies the default.
+    zone: str | None = default("buckets[].zone")
 
     @property
     def real_name(self) -> str:
         """The bucket's name on the storage service."""
         return self.bucket or self.name
+
+    @property
+    def failure_domain(self) -> str:
+        """What fails together with this bucket: ``zone`` when set, else the endpoint's host
+        (two buckets of one service share its outages; AWS by region), and a local directory
+        alone (nothing else lives in it)."""
+        if self.zone:
+            return self.zone
+        if self.path is not None:
+            return f"path:{self.name}"
+        if not self.endpoint:
+            return f"aws:{self.region}"
+        return "host:" + (urlsplit(self.endpoint).hostname or self.endpoint)
 
 
 @dataclass

@@ -362,6 +362,7 @@ VIRTUAL_FORBIDDEN = (
     "ca_bundle",
     "access_key_id",
     "secret_access_key",
+    "zone",
 )
 
 
@@ -381,6 +382,12 @@ def _bucket(s: _Section, seen: dict[str, str]) -> bool:
                     "what clients see; storage settings belong on real buckets)",
                 )
     else:
+        if s.given("replicas") and s["replicas"] != 1:
+            s.report(
+                "replicas",
+                f"{s['replicas']} is a virtual bucket's setting (how many real buckets hold "
+                "each of its objects); a real bucket holds one copy",
+            )
         endpoint, path = s["endpoint"], s["path"]
         if endpoint and path:
             s.report(
@@ -411,6 +418,27 @@ def _buckets(top: _Section, items: list[Any]) -> None:
             "buckets",
             "no real bucket is configured (add an entry with virtual: false and an "
             "endpoint or a path; virtual buckets only name what clients see)",
+        )
+
+
+def _replicas(top: _Section) -> None:
+    """A virtual bucket's ``replicas`` needs as many enabled real buckets: with fewer, every
+    write to it would be refused."""
+    real = [b for b in top["buckets"] if not b.virtual and b.enabled]
+    raw = top.data.get("buckets")
+    for bucket in top["buckets"]:
+        if not bucket.virtual or bucket.replicas <= max(1, len(real)):
+            continue
+        index = next(
+            (i for i, item in enumerate(raw or [])
+             if isinstance(item, dict) and item.get("name") == bucket.name),
+            None,
+        )  # fmt: skip
+        where = f"buckets[{index}].replicas" if index is not None else "buckets"
+        top.report_at(
+            where,
+            f"{bucket.replicas} copies need {bucket.replicas} enabled real buckets, but only "
+            f"{len(real)} {'is' if len(real) == 1 else 'are'} enabled",
         )
 
 
@@ -477,6 +505,7 @@ def _api(s: _Section) -> None:
 
 
 _SECTION_RULES: dict[str, Callable[[_Section], None]] = {
+    "": _replicas,
     "database": _database,
     "metrics": _metrics,
     "s3api": _s3api,

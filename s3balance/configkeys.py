@@ -531,6 +531,13 @@ KEYS: tuple[Key, ...] = (
         "objects in memory (tests, dry runs; one worker)", live=True, ours=True),
     Key("buckets[].ca_bundle", Text(optional=True), None,
         "PEM file of CAs for a private endpoint's certificate", live=True, ours=True),
+    Key("buckets[].replicas", Integer(1, 16), 1,
+        "virtual buckets: copies of each new object, on that many distinct real buckets "
+        "(distinct zones where there are enough); a reload applies to new writes only "
+        "(see \"Replicas\")", live=True, ours=True),
+    Key("buckets[].zone", Text(optional=True), None,
+        "real buckets: the failure domain; replicas of one object go to distinct zones first",
+        default_doc="the endpoint's host; a local directory is its own", live=True, ours=True),
     # balancer: the loop periods are fixed when the loops start.
     Key("balancer.strategy", Choice(STRATEGIES), "least-space", "how a real bucket is chosen",
         live=True),

@@ -4,7 +4,9 @@ written, and how the two stay consistent.
 Placement: :meth:`BackendPool.choose` ranks the eligible backends; the first one that accepts the
 bytes wins.  A write that fails *before any body byte was consumed* moves on to the next choice
 (up to ``balancer.retry_attempts`` attempts, ``balancer.retry_delay`` apart); once bytes went out
-it fails, and the backend keeps nothing (its ``put_object`` contract).
+it fails, and the backend keeps nothing (its ``put_object`` contract).  A virtual bucket with
+``replicas`` above 1 is written to that many backends at once and read from whichever answers:
+:mod:`s3balance.replicated`, under the same rules.
 
 Consistency rules, in order:
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet import defer, task
@@ -82,6 +84,7 @@ from s3balance.names import check_client_metadata, validate_bucket_name, validat
 from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
 from s3balance.rebuildmeta import reserved_metadata
+from s3balance.replicated import NewObjectFields, ReplicaHealth, ReplicaPool, Replicas
 from s3balance.retirement import ObjectChanged, Retirement
 from s3balance.streams import StreamBodyProducer, restartable
 
@@ -110,26 +113,16 @@ class NewObject:
     acl: str
 
 
-class Pool(Protocol):
-    """What the core needs of :class:`s3balance.pool.BackendPool`."""
-
-    def get(self, name: str) -> IBackend: ...
-
-    def is_available(self, name: str) -> bool: ...
+class Pool(ReplicaPool, Protocol):
+    """What the core needs of :class:`s3balance.pool.BackendPool` (beyond what the replicated
+    paths need)."""
 
     def choose(self, bucket: str, key: str, size: int) -> list[str]: ...
 
-    def reserve(self, name: str, size: int) -> Callable[[], None]: ...
-
     def over_read_limit(self, name: str) -> bool: ...
 
-    def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
-    ) -> None: ...
 
-
-class Health(Protocol):
-    def mark_failure(self, name: str, error: str) -> None: ...
+Health = ReplicaHealth
 
 
 class Usage(Protocol):
@@ -148,6 +141,8 @@ class GatewaySettings:
     presign_expiry: float = 300.0
     #: Seconds a replaced or deleted location is kept for other daemons' readers (rule 3).
     delete_grace: float = 0.0
+    #: Copies of each new object, by virtual bucket (``replicas``); absent: one.
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -159,6 +154,7 @@ class GatewaySettings:
             proxy_mode=config.s3api.proxy_mode,
             presign_expiry=config.s3api.presign_expiry,
             delete_grace=config.server.effective_delete_grace(config.database.type),
+            replicas={b.name: b.replicas for b in config.virtual_buckets if b.replicas > 1},
         )
 
 
@@ -200,6 +196,8 @@ class Gateway:
         self.settings = settings
         #: Readers of each location and the deletion of unreferenced ones (rule 3).
         self.retirement = Retirement(store, pool, clock, lambda: self.settings.delete_grace)
+        #: The write and read paths of buckets with ``replicas`` above 1.
+        self.replicas = Replicas(self)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded configuration's settings; requests that start after this use them."""
@@ -291,6 +289,8 @@ class Gateway:
         :raises S3Error: ServiceUnavailable when no location's backend is enabled and healthy,
             SlowDown when the ones that are have used up their class-B budget.
         """
+        if len(record.locations) > 1:
+            return self.replicas.readable(record)[0]
         over_limit = False
         for location in record.locations:
             if not self.pool.is_available(location.backend):
@@ -317,6 +317,10 @@ class Gateway:
         :raises S3Error: as :meth:`readable_location`; NoSuchKey when the backend lost the bytes
             (a dangling row, logged for the operator).
         """
+        if len(record.locations) > 1:
+            async with self.replicas.reading(record, byte_range) as replicated:
+                yield replicated
+            return
         location = self.readable_location(record)
         async with self.retirement.holding(location):
             yield await self._open(record, location, byte_range)
@@ -447,6 +451,8 @@ class Gateway:
         new = await self._new_object(
             bucket, key, headers, metadata, condition, tags, acl, size=length
         )
+        if self.replicas.copies(bucket) > 1:
+            return await self.replicas.place(new, length, body, checksums)
 
         def write(
             backend: IBackend, target: str, backend_metadata: dict[str, str]
@@ -476,6 +482,8 @@ class Gateway:
         :param condition: on the destination, as for :meth:`put_object`.
         """
         new = await self._new_object(bucket, key, headers, metadata, condition, tags, acl)
+        if self.replicas.copies(bucket) > 1:
+            return await self.replicas.copy(source, new)
         source_location = self.readable_location(source)
 
         def write(
@@ -628,11 +636,9 @@ class Gateway:
         release = self.pool.reserve(name, size)
         try:
             try:
-                stored = {**new.metadata, **extra_metadata}
-                stored.update(
-                    reserved_metadata(new.key, new.headers, stored, new.tags, new.acl, checksums)
+                result = await write(
+                    backend, target, self.backend_metadata(new, extra_metadata, checksums)
                 )
-                result = await write(backend, target, stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
                     self.health.mark_failure(name, error.detail)
@@ -644,26 +650,51 @@ class Gateway:
                 )
                 raise backend_error_to_s3(error) from error
             self.pool.record_operation(name, "A", bytes_in=result.size)
-            stored_checksums = dict(result.checksums)
-            if checksums is not None:
-                stored_checksums.update(checksums())
-            record = ObjectRecord(
-                bucket=new.bucket,
-                key=new.key,
-                size=result.size,
-                etag=quoted_etag(result.etag),
-                last_modified=self.clock.seconds(),
-                headers=new.headers,
-                metadata=new.metadata,
-                checksums=stored_checksums,
-                locations=(Location(name, target),),
-                tags=new.tags,
-                acl=new.acl,
-            )
+            record = self.new_record(new, result, (Location(name, target),), checksums)
             await self.commit(record, new.condition)
             return record
         finally:
             release()
+
+    def backend_metadata(
+        self,
+        new: NewObjectFields,
+        extra_metadata: Mapping[str, str],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> dict[str, str]:
+        """What a write stores as backend metadata: the client's, what its real key needs
+        (:meth:`new_location`) and the reserved entries a rebuild reads
+        (:mod:`s3balance.rebuildmeta`)."""
+        stored = {**new.metadata, **extra_metadata}
+        stored.update(
+            reserved_metadata(new.key, new.headers, stored, new.tags, new.acl, checksums)
+        )
+        return stored
+
+    def new_record(
+        self,
+        new: NewObjectFields,
+        result: PutResult,
+        locations: tuple[Location, ...],
+        checksums: Callable[[], dict[str, str]] | None,
+    ) -> ObjectRecord:
+        """The row a write commits once its bytes are stored at ``locations``."""
+        stored_checksums = dict(result.checksums)
+        if checksums is not None:
+            stored_checksums.update(checksums())
+        return ObjectRecord(
+            bucket=new.bucket,
+            key=new.key,
+            size=result.size,
+            etag=quoted_etag(result.etag),
+            last_modified=self.clock.seconds(),
+            headers=new.headers,
+            metadata=new.metadata,
+            checksums=stored_checksums,
+            locations=locations,
+            tags=new.tags,
+            acl=new.acl,
+        )
 
     async def commit(
         self,
@@ -680,7 +711,6 @@ class Gateway:
         :raises S3Error: PreconditionFailed, NoSuchKey (``If-Match`` on a missing key),
             NoSuchBucket, NoSuchUpload (``upload_id`` gone meanwhile), InternalError.
         """
-        location = record.locations[0]
         delete_after = self.clock.seconds() + self.settings.delete_grace
         try:
             if upload_id is None:
@@ -691,7 +721,8 @@ class Gateway:
                 )
         except Exception as error:
             if not await self._committed_anyway(record, error):
-                await self.retirement.delete_bytes(location.backend, location.real_key)
+                for location in record.locations:
+                    await self.retirement.delete_bytes(location.backend, location.real_key)
             raise self._commit_error(error, record, upload_id) from error
         self._adjust_usage(record, replaced)
         await self.retirement.retire(replaced)

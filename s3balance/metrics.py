@@ -135,6 +135,12 @@ ZERO_COPY_BYTES = Counter(
     "Download bytes the kernel moved from a backend's socket to the client's (server.zero_copy).",
     registry=REGISTRY,
 )
+REPLICA_FAILOVERS = Counter(
+    "s3_balance_replica_failovers",
+    "Reads of a replicated object that moved on from a replica that failed (refused, missing, "
+    "or broken mid-body) to the next one.",
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

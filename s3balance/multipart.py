@@ -253,6 +253,13 @@ class MultipartUploads:
         validate_key(key)
         check_client_metadata(metadata)
         await self.gateway.get_bucket(bucket)
+        copies = self.gateway.replicas.copies(bucket)
+        if copies > 1:
+            raise errors.NotImplementedError_(
+                f"Multipart uploads are not available in this bucket yet: it keeps {copies} "
+                "copies of each object (replicas), and an upload in parts would be stored once. "
+                "Use PutObject (up to 5 GiB)."
+            )
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
         if ENCRYPTION_HEADER in headers:
             candidates = self.gateway.encrypting(list(candidates))

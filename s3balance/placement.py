@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface, implementer
@@ -172,6 +172,56 @@ class ConsistentHashStrategy:
                     if len(ranked) == len(weighted):
                         break
         return ranked + unweighted
+
+
+def spread(ranked: Sequence[str], zone_of: Callable[[str], str], count: int) -> list[str]:
+    """The ``count`` backends of ``ranked`` that hold one object's replicas, in ranking order.
+
+    Each zone (failure domain) gives its best-ranked backend first, so the copies survive the
+    loss of any one zone when there are ``count`` zones; only when there are fewer does a zone
+    take a second backend (distinct backends are still better than one).  Fewer than ``count``
+    names come back when ``ranked`` has fewer: the caller refuses such a write.
+    """
+    chosen: list[str] = []
+    zones: set[str] = set()
+    for name in ranked:
+        if len(chosen) == count:
+            return chosen
+        if zone_of(name) not in zones:
+            zones.add(zone_of(name))
+            chosen.append(name)
+    for name in ranked:
+        if len(chosen) == count:
+            break
+        if name not in chosen:
+            chosen.append(name)
+    return sorted(chosen, key=list(ranked).index)
+
+
+#: Probe latencies within this many seconds of the fastest count as equal (probe jitter).
+LATENCY_TOLERANCE = 0.005
+
+
+def order_reads(
+    names: Sequence[str], latency_of: Callable[[str], float | None], turn: int
+) -> list[str]:
+    """The order in which to try the replicas of an object on a read: the fastest by last probe
+    first, taking turns (``turn``, counted by the caller) among those about as fast, so equal
+    replicas share the reads; then the slower ones, fastest first.  A backend not probed yet
+    counts as fast (it has not shown otherwise)."""
+    known = [seconds for name in names if (seconds := latency_of(name)) is not None]
+    best = min(known) if known else 0.0
+
+    def expected(name: str) -> float:
+        seconds = latency_of(name)
+        return best if seconds is None else seconds
+
+    fastest = [name for name in names if expected(name) <= best + LATENCY_TOLERANCE]
+    slower = sorted((name for name in names if name not in fastest), key=expected)
+    if fastest:
+        start = turn % len(fastest)
+        fastest = fastest[start:] + fastest[:start]
+    return fastest + slower
 
 
 def make_strategy(name: str, rng: random.Random | None = None) -> IPlacementStrategy:

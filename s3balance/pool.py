@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from twisted.application.service import Service
@@ -31,7 +31,7 @@ from s3balance.db.records import OperationCounts
 from s3balance.db.store import MetadataStore
 from s3balance.health import HealthMonitor
 from s3balance.logs import make_logger
-from s3balance.placement import Candidate, IPlacementStrategy
+from s3balance.placement import Candidate, IPlacementStrategy, order_reads, spread
 from s3balance.usage import UsageMonitor
 
 log = make_logger()
@@ -95,6 +95,8 @@ class BackendPool(Service):
         self._store = store
         self.flush_period = flush_period
         self._reserved: dict[str, int] = {}
+        #: Turns the round-robin of equally fast replicas (:meth:`read_order`).
+        self._read_turn = 0
         self._month = month_of(self._clock.seconds())
         #: The store's totals for ``_month`` (as of the last read) plus what we flushed since.
         self._stored: dict[str, _Tally] = {}
@@ -239,6 +241,42 @@ class BackendPool(Service):
         if ranked:
             metrics.BALANCER_DECISIONS.labels(self._strategy.name, ranked[0]).inc()
         return ranked
+
+    def choose_replicas(
+        self, bucket: str, key: str, size: int, count: int, exclude: Collection[str] = ()
+    ) -> list[str]:
+        """``count`` distinct backends for the copies of a new object, in distinct zones while
+        there are enough (:func:`~s3balance.placement.spread`); fewer when fewer can take it.
+
+        :param exclude: backends that already failed this write.
+        """
+        ranked = [
+            name for name in self._strategy.rank(self.candidates(size), bucket, key, size)
+            if name not in exclude
+        ]  # fmt: skip
+        chosen = spread(ranked, self.zone_of, count)
+        for name in chosen:
+            metrics.BALANCER_DECISIONS.labels(self._strategy.name, name).inc()
+        return chosen
+
+    def zone_of(self, name: str) -> str:
+        """The failure domain of backend ``name`` (:attr:`BucketConfig.failure_domain`).
+
+        :raises KeyError: no backend has that name.
+        """
+        return self._configs[name].failure_domain
+
+    def read_order(self, names: Sequence[str]) -> list[str]:
+        """The backends of ``names`` a read should try, best first: available ones under their
+        read budget (:func:`~s3balance.placement.order_reads`), the others left out."""
+        usable = [
+            name for name in names if self.is_available(name) and not self.over_read_limit(name)
+        ]
+        order = order_reads(
+            usable, lambda name: self._health.state(name).latency, self._read_turn
+        )
+        self._read_turn += 1
+        return order
 
     def reserve(self, name: str, size: int) -> Callable[[], None]:
         """Count ``size`` bytes against ``name`` while a write streams there, so concurrent

@@ -10,7 +10,7 @@ once due.  The queue row survives a crash.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -147,6 +147,23 @@ class Retirement:
             return True
         finally:
             self._deleting.discard(location)
+
+    async def discard(self, locations: Sequence[Location]) -> None:
+        """Delete bytes no row references and nobody reads (the copies of a replicated write
+        that did not complete): queued first, so a copy whose backend cannot delete it now is
+        deleted by a later sweep, never forgotten."""
+        if not locations:
+            return
+        try:
+            ids = await self.store.queue_deletions(locations, self.clock.seconds())
+        except Exception as error:
+            log.warn("could not queue the deletion of {count} copies ({error})",
+                     count=len(locations), error=error)  # fmt: skip
+            for location in locations:
+                await self.delete_bytes(location.backend, location.real_key)
+            return
+        for location, pending in zip(locations, ids, strict=True):
+            await self._delete_pending(location, pending)
 
     async def delete_bytes(self, backend: str, target: str) -> None:
         """Delete bytes no row references (a write that did not commit); a failure leaves an

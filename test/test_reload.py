@@ -156,6 +156,19 @@ class ApplyConfigTests(TestCase):
         names = [b.name for b in await self.service.store.list_buckets()]
         self.assertEqual(sorted(names), ["photos", "videos"])
 
+    async def test_replicas_and_zones_change_for_new_writes(self) -> None:
+        config = edited(self.service.config, "photos", replicas=2)
+        config = edited(config, "r1", zone="rack-9")
+        changes = await self.apply(config)
+        self.assertIn(
+            "virtual bucket photos: replicas 1 -> 2 (new writes only; existing objects keep "
+            "their copies)",
+            changes,
+        )
+        self.assertIn("backend r1: zone path:r1 -> rack-9", changes)
+        self.assertEqual(self.service.gateway.settings.replicas, {"photos": 2})
+        self.assertEqual(self.service.pool.zone_of("r1"), "rack-9")
+
     async def test_a_backend_that_cannot_be_built_changes_nothing(self) -> None:
         service = self.service
         before_config, before_backends = service.config, dict(service.backends)

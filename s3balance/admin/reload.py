@@ -58,7 +58,7 @@ CONNECTION_FIELDS = (
     "ca_bundle",
 )
 #: Fields the pool reads at every decision: changing them only needs the new configuration.
-POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits")
+POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits", "zone")
 #: Fields whose values are secret: a change is reported without the values.
 SECRET_FIELDS = ("access_key_id", "secret_access_key")
 
@@ -166,10 +166,12 @@ class Reconfigurator:
             elif _connection_changed(before, bucket):
                 fields = ", ".join(_differing(before, bucket, CONNECTION_FIELDS))
                 changes.append(f"backend {name} reconnected ({fields} changed)")
-            for field_name in _differing(before, bucket, POOL_FIELDS) if before else []:
+            if before is None:
+                continue
+            for field_name in _differing(before, bucket, POOL_FIELDS):
                 changes.append(
-                    f"backend {name}: {field_name} {_show(getattr(before, field_name))} -> "
-                    f"{_show(getattr(bucket, field_name))}"
+                    f"backend {name}: {field_name} {_show(before, field_name)} -> "
+                    f"{_show(bucket, field_name)}"
                 )
         for name in old_real:
             if name not in new_real:
@@ -203,6 +205,14 @@ class Reconfigurator:
                 continue
             if created:
                 changes.append(f"virtual bucket {bucket.name} created")
+        old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
+        for bucket in effective.virtual_buckets:
+            copies = old_replicas.get(bucket.name, 1)
+            if copies != bucket.replicas:
+                changes.append(
+                    f"virtual bucket {bucket.name}: replicas {copies} -> {bucket.replicas} "
+                    "(new writes only; existing objects keep their copies)"
+                )
         for name in sorted(old_virtual - {b.name for b in effective.virtual_buckets}):
             changes.append(
                 f"virtual bucket {name} no longer in the configuration (kept, with its objects)"
@@ -333,9 +343,12 @@ def _differing(before: BucketConfig, after: BucketConfig, names: tuple[str, ...]
     return [name for name in names if getattr(before, name) != getattr(after, name)]
 
 
-def _show(value: object) -> str:
+def _show(bucket: BucketConfig, field_name: str) -> str:
+    value = getattr(bucket, field_name)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return str(dataclasses.asdict(value))
+    if field_name == "zone":
+        return bucket.failure_domain  # what an unset zone means
     return "unlimited" if value is None else str(value)
 
 

@@ -31,11 +31,18 @@ class PendingDeletion:
 
 
 class DeletionsComponent(DBComponent):
-    """Reading and forgetting queued deletions."""
+    """Queueing, reading and forgetting deletions."""
 
     def due_deletions(self, now: float, limit: int = 1000) -> Deferred[list[PendingDeletion]]:
         """Queued deletions whose time has come, oldest first."""
         return self.pool.do_read(_due_deletions, now, limit)
+
+    def queue_deletions(
+        self, locations: Sequence[Location], delete_after: float
+    ) -> Deferred[tuple[int, ...]]:
+        """Queue bytes no row references (the copies of a replicated write that did not
+        complete) for deletion after ``delete_after``; fires with their queue ids, in order."""
+        return self.pool.do(queue_deletions, list(locations), delete_after)
 
     def forget_deletions(self, ids: Sequence[int]) -> Deferred[None]:
         """Drop queued deletions (their bytes are gone)."""

@@ -1,0 +1,249 @@
+"""Replicated virtual buckets end to end: two SeaweedFS servers (two failure domains) and a local
+directory behind a daemon, boto3 in front; servers killed before and during reads and writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from s3balance import metrics
+from s3balance.config import Config
+from s3balance.health import BackendHealth
+from test.support.bodies import generated_bytes
+from test.support.daemon import in_thread, local_buckets, server_buckets, start_daemon
+from test.support.seaweedfs import SeaweedFS, weed_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+BIG = 32 << 20
+#: The local backend takes small objects only: big ones must go to the two servers.
+LOCAL_LIMIT = 1 << 20
+BUCKET = "mirrored"
+
+
+class KillingBody(io.RawIOBase):
+    """A request body that kills a server once ``kill_at`` bytes were read from it."""
+
+    def __init__(self, data: bytes, kill_at: int, server: SeaweedFS) -> None:
+        self.data = data
+        self.kill_at = kill_at
+        self.server = server
+        self.position = 0
+        self.killed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: len(self.data)}[whence]
+        self.position = base + offset
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.kill_at and not self.killed:
+            self.killed = True
+            self.server.kill()
+        chunk = self.data[self.position : self.position + min(len(buffer), 256 << 10)]
+        buffer[: len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+
+class ReplicasOnTwoServers(TestCase):
+    timeout = 280
+
+    def setUp(self) -> defer.Deferred[None]:
+        try:
+            weed_binary()
+        except RuntimeError as error:
+            if os.environ.get("CI"):
+                raise
+            self.skipTest(str(error))
+        return defer.ensureDeferred(self.start())
+
+    async def start(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="s3b-replicas-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.servers = {}
+        for name in ("w1", "w2"):
+            server = SeaweedFS(os.path.join(self.workdir, name))
+            await in_thread(server.start)
+            self.addCleanup(server.kill)
+            self.servers[name] = server
+        real = [
+            *server_buckets(self.servers["w1"], ["w1"], ["replica-one"], zone="zone-1"),
+            *server_buckets(self.servers["w2"], ["w2"], ["replica-two"], zone="zone-2"),
+            *local_buckets(self.workdir, ["disk"], max_size=LOCAL_LIMIT),
+        ]
+
+        def configure(config: Config) -> None:
+            for bucket in config.virtual_buckets:
+                bucket.replicas = 2
+
+        self.daemon = await start_daemon(
+            self.workdir, real, virtual_buckets=(BUCKET,), configure=configure
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(self.daemon.stop()))
+        self.s3 = self.daemon.client(read_timeout=60)
+
+    def prefer(self, first: str) -> None:
+        """Make ``first`` the replica reads go to first (it answered probes fastest)."""
+        for name in ("w1", "w2", "disk"):
+            latency = 0.001 if name == first else 0.5
+            self.daemon.health.adopt(name, BackendHealth(healthy=True, latency=latency))
+
+    async def put_big(self, key: str) -> bytes:
+        data = generated_bytes(BIG, seed=len(key))
+        await in_thread(self.s3.put_object, Bucket=BUCKET, Key=key, Body=data)
+        return data
+
+    async def keys_on(self, backend: str) -> list[str]:
+        return await self.daemon.real_keys(backend, BUCKET + "/")
+
+    async def test_a_write_lands_on_two_backends_and_counts_twice(self) -> None:
+        data = await self.put_big("big")
+        record = await self.daemon.store.get_object(BUCKET, "big")
+        assert record is not None
+        self.assertEqual(sorted(loc.backend for loc in record.locations), ["w1", "w2"])
+        for name in ("w1", "w2"):
+            self.assertEqual(len(await self.keys_on(name)), 1)
+            self.assertEqual(self.daemon.usage.usage(name).used_bytes, BIG)
+            self.assertEqual(self.daemon.usage.usage(name).object_count, 1)
+        stored = await self.daemon.store.usage()
+        self.assertEqual({n: stored[n].used_bytes for n in ("w1", "w2")}, {"w1": BIG, "w2": BIG})
+        # Small objects spread over distinct zones, the local directory being one of them.
+        for index in range(3):
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=f"s{index}", Body=b"x" * 100)
+            small = await self.daemon.store.get_object(BUCKET, f"s{index}")
+            assert small is not None
+            self.assertEqual(len({loc.backend for loc in small.locations}), 2)
+        await in_thread(self.s3.put_object, Bucket=BUCKET, Key="empty", Body=b"")
+        empty = await self.daemon.store.get_object(BUCKET, "empty")
+        assert empty is not None
+        self.assertEqual(len({loc.backend for loc in empty.locations}), 2)
+        head = await in_thread(self.s3.head_object, Bucket=BUCKET, Key="big")
+        self.assertEqual(head["ETag"], f'"{hashlib.md5(data).hexdigest()}"')
+
+    async def test_get_with_one_server_killed_before_the_read(self) -> None:
+        data = await self.put_big("before")
+        self.prefer("w1")
+        await in_thread(self.servers["w1"].kill)
+        before = metrics.REPLICA_FAILOVERS._value.get()
+        got = await in_thread(
+            lambda: self.s3.get_object(Bucket=BUCKET, Key="before")["Body"].read()
+        )
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+        self.assertGreater(metrics.REPLICA_FAILOVERS._value.get(), before)
+
+    async def test_get_with_the_serving_server_killed_mid_body(self) -> None:
+        data = await self.put_big("during")
+        self.prefer("w2")
+        before = metrics.REPLICA_FAILOVERS._value.get()
+
+        def read_and_kill() -> bytes:
+            body = self.s3.get_object(Bucket=BUCKET, Key="during")["Body"]
+            first = body.read(1 << 20)
+            self.servers["w2"].kill()
+            return first + body.read()
+
+        got = await in_thread(read_and_kill)
+        self.assertEqual(len(got), BIG)
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+        self.assertGreater(metrics.REPLICA_FAILOVERS._value.get(), before)
+
+    async def test_a_server_killed_mid_put_fails_the_put_and_leaves_nothing(self) -> None:
+        data = generated_bytes(BIG, seed=3)
+        body = KillingBody(data, 4 << 20, self.servers["w2"])
+
+        def put() -> str:
+            try:
+                self.s3.put_object(Bucket=BUCKET, Key="torn", Body=body, ContentLength=BIG)
+            except Exception as error:
+                return type(error).__name__
+            return "succeeded"
+
+        outcome = await in_thread(put)
+        self.assertTrue(body.killed)
+        self.assertNotEqual(outcome, "succeeded")
+        self.assertIsNone(await self.daemon.store.get_object(BUCKET, "torn"))
+        listed = await in_thread(self.s3.list_objects_v2, Bucket=BUCKET)
+        self.assertEqual(listed.get("KeyCount"), 0)
+        await self.daemon.gateway.sweep_deletions()
+        self.assertEqual(await self.keys_on("w1"), [])
+        self.assertEqual(await self.keys_on("disk"), [])
+        await in_thread(self.servers["w2"].start)
+        self.assertEqual(await self.keys_on("w2"), [])
+        for name in ("w1", "w2", "disk"):
+            self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
+
+    async def test_a_server_down_before_a_put_is_replaced_by_another_choice(self) -> None:
+        await in_thread(self.servers["w2"].kill)
+        # The pool has not noticed yet: the copy for w2 is refused at connect, before any body
+        # byte, and goes to the other zone left (the local directory) instead.
+        for index in range(2):
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=f"k{index}", Body=b"y" * 1000)
+            record = await self.daemon.store.get_object(BUCKET, f"k{index}")
+            assert record is not None
+            self.assertEqual(sorted(loc.backend for loc in record.locations), ["disk", "w1"])
+        # A big object fits nowhere but the two servers: refused, never stored once.
+        error = await in_thread(self.put_error, "big", generated_bytes(BIG, seed=4))
+        self.assertEqual(error, ("ServiceUnavailable", 503))
+        self.assertIsNone(await self.daemon.store.get_object(BUCKET, "big"))
+
+    def put_error(self, key: str, data: bytes) -> tuple[str, int]:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        except ClientError as error:
+            response = error.response
+            return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+        raise AssertionError("the put succeeded")
+
+    async def test_redirect_mode_presigns_a_healthy_replica(self) -> None:
+        await self.put_big("linked")
+        record = await self.daemon.store.get_object(BUCKET, "linked")
+        assert record is not None
+        await in_thread(self.servers["w1"].kill)
+        self.daemon.health.mark_failure("w1", "killed")
+        url = self.daemon.gateway.presigned_url(record, {})
+        assert url is not None
+        self.assertTrue(url.startswith(self.servers["w2"].endpoint), url)
+
+    async def test_a_delete_removes_every_copy(self) -> None:
+        await self.put_big("gone")
+        await in_thread(self.s3.put_object, Bucket=BUCKET, Key="small", Body=b"tiny")
+        await in_thread(self.s3.delete_object, Bucket=BUCKET, Key="gone")
+        await in_thread(self.s3.delete_object, Bucket=BUCKET, Key="small")
+        await self.daemon.gateway.sweep_deletions()
+        for name in ("w1", "w2", "disk"):
+            self.assertEqual(await self.keys_on(name), [])
+            self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
+
+    async def test_multipart_uploads_are_refused_rather_than_stored_once(self) -> None:
+        from botocore.exceptions import ClientError
+
+        def create() -> dict[str, Any]:
+            try:
+                self.s3.create_multipart_upload(Bucket=BUCKET, Key="parts")
+            except ClientError as error:
+                return dict(error.response["Error"])
+            return {}
+
+        error = await in_thread(create)
+        self.assertEqual(error.get("Code"), "NotImplemented")
+        self.assertIn("replicas", error.get("Message", ""))
