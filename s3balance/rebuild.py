@@ -23,6 +23,7 @@ A key the virtual bucket already has keeps its row.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ class BackendRebuild:
     adopted: int = 0
     replaced: int = 0
     present: int = 0
+    replica_copies: int = 0
     skipped_by_checkpoint: int = 0
     recent: int = 0
     reserved: int = 0
@@ -97,6 +99,7 @@ class BackendRebuild:
             "adopted": self.adopted,
             "replaced": self.replaced,
             "present": self.present,
+            "replica_copies": self.replica_copies,
             "skipped_by_checkpoint": self.skipped_by_checkpoint,
             "recent": self.recent,
             "reserved": self.reserved,
@@ -135,6 +138,7 @@ class RebuildReport:
             lines.append(
                 f"{name}: {b.listed} listed, {b.keys} keys, {b.adopted} adopted "
                 f"({b.replaced} replacing an older row), {b.present} already indexed, "
+                f"{b.replica_copies} added as replicas, "
                 f"{b.superseded_count} superseded, {b.foreign_count} not ours, "
                 f"{b.reserved + b.recent} left alone, {b.skipped_by_checkpoint} done before, "
                 f"{len(b.failed)} failed"
@@ -213,6 +217,25 @@ async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limi
     await defer.gatherResults(
         [defer.ensureDeferred(worker()) for _ in range(max(1, limit))], consumeErrors=True
     )
+
+
+def _judge(current: ObjectRecord, backend: str, write_id: str) -> str | None:
+    """What row ``current`` says of write ``write_id`` found on ``backend``: ``"present"``,
+    ``"replica"`` (the row has this write on other backends only), ``"superseded"`` (the row
+    has a newer write), or None (this write is newer than the row)."""
+    elsewhere = False
+    for location in current.locations:
+        parsed = parse_real_key(location.real_key)
+        if parsed is None or parsed.write_id != write_id:
+            continue
+        if location.backend == backend:
+            return "present"
+        elsewhere = True
+    if elsewhere:
+        return "replica"
+    if not _newer(write_id, current.locations):
+        return "superseded"
+    return None
 
 
 def _newer(write_id: str, locations: Sequence[Location]) -> bool:
@@ -421,7 +444,7 @@ class Rebuilder:
         read: tuple[str, ObjectRecord | None] | None = None  # the row read, and for which key
         if group.parsed.key is not None:
             current = await self.store.get_object(group.bucket, group.parsed.key)
-            if current is not None and self._decided(current, name, group, report):
+            if current is not None and await self._settled(current, name, group, report):
                 return
             read = (group.parsed.key, current)
         try:
@@ -447,7 +470,7 @@ class Rebuilder:
                 current = read[1]  # read just before the HEAD, and judged already
             else:
                 current = await self.store.get_object(group.bucket, key)
-                if current is not None and self._decided(current, name, group, report):
+                if current is not None and await self._settled(current, name, group, report):
                     return
             read = None
             if await self._ensure_bucket(group.bucket):
@@ -479,22 +502,36 @@ class Rebuilder:
             self._buckets.add(name)
             return bool(created)
 
-    @staticmethod
-    def _decided(
-        current: ObjectRecord, name: str, group: _Group, report: BackendRebuild
+    async def _settled(
+        self, current: ObjectRecord, name: str, group: _Group, report: BackendRebuild
     ) -> bool:
-        """Whether the row settles the group: it has this write (compared by write id: a
-        listing may give the real key normalised) or a newer one."""
-        write_id = group.parsed.write_id
-        for location in current.locations:
-            parsed = parse_real_key(location.real_key)
-            if location.backend == name and parsed is not None and parsed.write_id == write_id:
+        """Whether the row settles the group: it has this write on this backend (compared by
+        write id: a listing may give the real key normalised), or a newer write.  A row with
+        this write on other backends only is a replicated write (every copy of one write has
+        the same real key): this copy joins the row's locations, never left for scrub as an
+        orphan."""
+        for _ in range(ADOPT_ATTEMPTS):
+            judged = _judge(current, name, group.parsed.write_id)
+            if judged == "present":
                 report.present += 1
                 return True
-        if not _newer(write_id, current.locations):
-            report.note_superseded(group.newest)
-            return True
-        return False
+            if judged == "superseded":
+                report.note_superseded(group.newest)
+                return True
+            if judged is None:
+                return False
+            copies = current.locations + (Location(name, group.newest),)
+            joined = dataclasses.replace(current, locations=copies)
+            adoption = await self.rows.adopt(joined, current.locations)
+            if adoption.outcome == "adopted":
+                report.replica_copies += 1
+                return True
+            fresh = await self.store.get_object(current.bucket, current.key)
+            if fresh is None:
+                return False
+            current = fresh
+        report.failed.append((group.newest, "the row kept changing during the rebuild"))
+        return True
 
     async def import_objects(
         self, name: str, prefix: str, into: str, strip_prefix: bool = False
