@@ -277,6 +277,18 @@ completed_uploads = sa.Table(
 )
 
 
+#: Objects a daemon is repairing (:mod:`s3balance.repair`), so that daemons sharing the database
+#: never copy one object at once; a claim whose ``expires`` has passed (its daemon died) may be
+#: taken over.  Keyed by the object row's id, which a replacing write keeps.
+repair_claims = sa.Table(
+    "repair_claims",
+    metadata,
+    sa.Column("object_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires", sa.Double, nullable=False),
+)
+
+
 def _add_mysql_options(table: sa.Table, connection: sa.Connection, **kw: Any) -> None:
     """``before_create``: give ``table`` the :data:`_MYSQL_TABLE` options on MySQL or MariaDB
     (whose dialect is loaded by then); other databases ignore them and never load it."""
