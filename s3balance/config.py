@@ -25,6 +25,7 @@ __all__ = [
     "MetricsConfig",
     "MultipartConfig",
     "OperationLimits",
+    "RepairConfig",
     "S3ApiConfig",
     "ServerConfig",
 ]
@@ -178,6 +179,18 @@ class MultipartConfig:
 
 
 @dataclass
+class RepairConfig:
+    """*ours*: bringing replicated objects back to their number of copies
+    (:mod:`s3balance.repair`)."""
+
+    interval: float = default("repair.interval")
+    after: float = default("repair.after")
+    max_concurrency: int = default("repair.max_concurrency")
+    #: Bytes per second; ``None`` means unlimited.
+    max_bytes_per_second: int | None = default("repair.max_bytes_per_second")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -187,6 +200,7 @@ class Config:
     s3api: S3ApiConfig = field(default_factory=S3ApiConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     multipart: MultipartConfig = field(default_factory=MultipartConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
     data_dir: str = default("data_dir")
 
     @property

@@ -32,6 +32,7 @@ from s3balance.config import (
     MetricsConfig,
     MultipartConfig,
     OperationLimits,
+    RepairConfig,
     S3ApiConfig,
     ServerConfig,
 )
@@ -199,6 +200,7 @@ _CLASSES: dict[str, type] = {
     "s3api.credentials[]": Credential,
     "api": ApiConfig,
     "multipart": MultipartConfig,
+    "repair": RepairConfig,
 }
 
 

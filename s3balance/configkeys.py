@@ -597,6 +597,15 @@ KEYS: tuple[Key, ...] = (
         "abandoned multipart uploads older than this are aborted", ours=True),
     Key("multipart.cleanup_period", Duration(positive=True), 3600.0,
         "how often that cleanup runs", ours=True),
+    # repair: the repair loop starts with the daemon (see s3balance.repair).
+    Key("repair.interval", Duration(positive=True), 300.0,
+        "how often repair looks for objects with too few or too many copies", ours=True),
+    Key("repair.after", Duration(), 3600.0,
+        "a copy on a backend unhealthy for longer than this is re-created elsewhere", ours=True),
+    Key("repair.max_concurrency", Integer(1, 1000), 2, "objects repaired at once", ours=True),
+    Key("repair.max_bytes_per_second", Size(), None,
+        "bytes repair copies per second, all objects together; empty: no limit", ours=True,
+        default_doc="no limit"),
     Key("data_dir", Text("must not be empty"), "data",
         "where relative SQLite paths and local backends live", ours=True),
 )  # fmt: skip
