@@ -41,6 +41,7 @@ from s3balance.multipart import MultipartUploads
 from s3balance.net.httpclient import make_http_pool
 from s3balance.placement import make_strategy
 from s3balance.pool import BackendPool
+from s3balance.repair import Repairer
 from s3balance.usage import UsageMonitor
 from s3balance.web.health import HealthResource
 from s3balance.web.multipart import MultipartHandler
@@ -183,6 +184,10 @@ class Components:
         self.sweeper = DeletionSweeper(
             self.gateway, reactor, min(10.0, max(1.0, grace)) if grace > 0 else 10.0
         )
+        #: Brings replicated objects back to their number of copies (housekeeping's process).
+        self.repair = Repairer(
+            self.gateway, self.pool, self.health, self.usage, self.store, reactor, config.repair
+        )
         #: The console's traffic history, which its dashboard charts (with the admin API only).
         self.traffic = TrafficHistory(reactor) if config.api.enabled else None
         self.resource = S3Resource(
@@ -267,11 +272,13 @@ class Components:
 
     def background(self) -> list[Service]:
         """The periodic services this process runs, in starting order: the first worker (or
-        the only process) probes and expires uploads for all; the other workers take its
+        the only process) probes, expires uploads and repairs for all; the other workers take its
         health findings from the supervisor."""
-        services: list[Service] = [self.health, self.usage, self.pool, self.expiry, self.sweeper]
+        services: list[Service] = [
+            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair
+        ]  # fmt: skip
         if self.worker not in (None, 0):
-            services = [s for s in services if s not in (self.health, self.expiry)]
+            services = [s for s in services if s not in (self.health, self.expiry, self.repair)]
         return services
 
     # -- start and end -----------------------------------------------------------------------

@@ -141,6 +141,35 @@ REPLICA_FAILOVERS = Counter(
     "or broken mid-body) to the next one.",
     registry=REGISTRY,
 )
+REPAIR_COPIES = Counter(
+    "s3_balance_repair_copies",
+    "Copies of replicated objects repair made (re-created or added), by target real bucket.",
+    ["bucket"],
+    registry=REGISTRY,
+)
+REPAIR_BYTES = Counter(
+    "s3_balance_repair_bytes",
+    "Bytes repair copied, by target real bucket.",
+    ["bucket"],
+    registry=REGISTRY,
+)
+REPAIR_DROPPED = Counter(
+    "s3_balance_repair_dropped",
+    "Copies repair dropped: lost ones once replaced, and extras beyond the bucket's replicas.",
+    registry=REGISTRY,
+)
+REPAIR_FAILURES = Counter(
+    "s3_balance_repair_failures",
+    "Objects repair could not bring to their number of copies in a pass (no healthy source, no "
+    "backend with room, a copy that failed); they are tried again next pass.",
+    registry=REGISTRY,
+)
+REPAIR_BACKLOG = Gauge(
+    "s3_balance_repair_backlog",
+    "Objects the last repair pass found with too few or too many copies and did not fix.",
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface, implementer
@@ -174,16 +174,21 @@ class ConsistentHashStrategy:
         return ranked + unweighted
 
 
-def spread(ranked: Sequence[str], zone_of: Callable[[str], str], count: int) -> list[str]:
+def spread(
+    ranked: Sequence[str], zone_of: Callable[[str], str], count: int, taken: Iterable[str] = ()
+) -> list[str]:
     """The ``count`` backends of ``ranked`` that hold one object's replicas, in ranking order.
 
     Each zone (failure domain) gives its best-ranked backend first, so the copies survive the
     loss of any one zone when there are ``count`` zones; only when there are fewer does a zone
     take a second backend (distinct backends are still better than one).  Fewer than ``count``
     names come back when ``ranked`` has fewer: the caller refuses such a write.
+
+    :param taken: zones that already hold a copy (repair adding to an object's copies): their
+        backends come last.
     """
     chosen: list[str] = []
-    zones: set[str] = set()
+    zones: set[str] = set(taken)
     for name in ranked:
         if len(chosen) == count:
             return chosen

@@ -243,18 +243,26 @@ class BackendPool(Service):
         return ranked
 
     def choose_replicas(
-        self, bucket: str, key: str, size: int, count: int, exclude: Collection[str] = ()
+        self,
+        bucket: str,
+        key: str,
+        size: int,
+        count: int,
+        exclude: Collection[str] = (),
+        holding: Collection[str] = (),
     ) -> list[str]:
         """``count`` distinct backends for the copies of a new object, in distinct zones while
         there are enough (:func:`~s3balance.placement.spread`); fewer when fewer can take it.
 
-        :param exclude: backends that already failed this write.
+        :param exclude: backends that already failed this write (or hold a copy).
+        :param holding: backends that hold a copy already (repair): their zones come last.
         """
         ranked = [
             name for name in self._strategy.rank(self.candidates(size), bucket, key, size)
             if name not in exclude
         ]  # fmt: skip
-        chosen = spread(ranked, self.zone_of, count)
+        taken = {self.zone_of(name) for name in holding if name in self._configs}
+        chosen = spread(ranked, self.zone_of, count, taken)
         for name in chosen:
             metrics.BALANCER_DECISIONS.labels(self._strategy.name, name).inc()
         return chosen

@@ -55,6 +55,11 @@ also those with no operations yet.
 (``{"clean", "orphans", "dangling", "removed", "errors", "backends": {<name>: {...}}, ...}``).
 A scrub lists whole real buckets: it can take long on big ones.
 
+``GET /api/repair`` -> ``{"running", "current_pass", "last_pass", "backlog", "settings"}``: a pass
+is ``{"started", "finished", "examined", "repaired", "copies", "bytes_copied", "dropped",
+"backlog", "claimed_elsewhere", "failures", "errors"}`` (:class:`s3balance.repair.RepairPass`);
+``backlog`` is the last pass's (objects left with too few or too many copies), null before any.
+
 For the web console (:mod:`s3balance.console`), which has no other way in:
 
 ``POST /api/buckets`` with ``{"name"}`` -> the new ``<virtual bucket>`` (CreateBucket's rules:
@@ -113,6 +118,7 @@ from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
     from s3balance.admin.history import TrafficHistory
+    from s3balance.repair import Repairer
     from s3balance.db.store import MetadataStore
     from s3balance.gateway import Gateway
     from s3balance.health import HealthMonitor
@@ -163,6 +169,11 @@ class DaemonView(Protocol):
     @property
     def traffic(self) -> TrafficHistory | None:
         """The console's traffic history; None when the daemon keeps none."""
+        ...
+
+    @property
+    def repair(self) -> Repairer:
+        """The repair loop (its last pass and backlog)."""
         ...
 
 
@@ -225,6 +236,7 @@ class AdminResource(Resource):
             (b"GET", ("stats", "monthly", "{}", "{}"), self.stats_month),
             (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
             (b"POST", ("scrub",), self.post_scrub),
+            (b"GET", ("repair",), self.get_repair),
         ]
         # For the web console (s3balance.console); documented in the module docstring.
         self._routes += [
@@ -502,6 +514,9 @@ class AdminResource(Resource):
         }
 
     # -- scrub -------------------------------------------------------------------------------
+
+    async def get_repair(self, request: Request) -> JSON:
+        return self.daemon.repair.report()
 
     async def post_scrub(self, request: Request) -> JSON:
         from s3balance.scrub import DEFAULT_GRACE, scrub

@@ -32,18 +32,18 @@ class RepairsComponent(DBComponent):
     """Candidates, claims and location swaps for :mod:`s3balance.repair`."""
 
     def repair_candidates(
-        self, bucket: str, copies: int, suspects: Sequence[str], after: str, limit: int
+        self, bucket: str, copies: int, usable: Sequence[str], after: str, limit: int
     ) -> Deferred[list[tuple[int, str]]]:
         """``(object id, key)`` of the objects of ``bucket`` after key ``after`` (in key order)
-        whose number of locations is not ``copies`` or that have a location on a backend of
-        ``suspects``; at most ``limit``."""
-        return self.pool.do_read(_repair_candidates, bucket, copies, list(suspects), after, limit)
+        whose number of locations is not ``copies`` or that have a location on a backend not in
+        ``usable``; at most ``limit``."""
+        return self.pool.do_read(_repair_candidates, bucket, copies, list(usable), after, limit)
 
     def objects_at(
         self, backend: str, real_keys: Sequence[str]
-    ) -> Deferred[list[tuple[int, str, str]]]:
-        """``(object id, bucket, key)`` of the objects with a location at one of ``real_keys``
-        on ``backend``."""
+    ) -> Deferred[list[tuple[int, str, str, str]]]:
+        """``(object id, bucket, key, real key)`` of the objects with a location at one of
+        ``real_keys`` on ``backend``."""
         return self.pool.do_read(_objects_at, backend, list(real_keys))
 
     def claim_repair(self, object_id: int, owner: str, now: float, until: float) -> Deferred[bool]:
@@ -73,15 +73,13 @@ class RepairsComponent(DBComponent):
 
 
 def _repair_candidates(
-    conn: sa.Connection, bucket: str, copies: int, suspects: list[str], after: str, limit: int
+    conn: sa.Connection, bucket: str, copies: int, usable: list[str], after: str, limit: int
 ) -> list[tuple[int, str]]:
     owner = bucket_id(conn, bucket)
     if owner is None:
         return []
     suspect_count = sa.func.sum(
-        sa.case((object_locations.c.backend.in_(suspects), 1), else_=0)
-        if suspects
-        else sa.literal(0)
+        sa.case((object_locations.c.backend.in_(usable), 0), else_=1) if usable else sa.literal(1)
     )
     query = (
         sa.select(objects.c.id, objects.c.key)
@@ -97,20 +95,21 @@ def _repair_candidates(
 
 def _objects_at(
     conn: sa.Connection, backend: str, real_keys: list[str]
-) -> list[tuple[int, str, str]]:
+) -> list[tuple[int, str, str, str]]:
     if not real_keys:
         return []
     query = (
-        sa.select(objects.c.id, virtual_buckets.c.name, objects.c.key)
+        sa.select(objects.c.id, virtual_buckets.c.name, objects.c.key, object_locations.c.real_key)
         .join(object_locations, object_locations.c.object_id == objects.c.id)
         .join(virtual_buckets, virtual_buckets.c.id == objects.c.bucket_id)
         .where(object_locations.c.backend == backend, object_locations.c.real_key.in_(real_keys))
-        .distinct()
     )
-    return [(int(row.id), row.name, row.key) for row in conn.execute(query)]
+    return [(int(row.id), row.name, row.key, row.real_key) for row in conn.execute(query)]
 
 
-def _claim_repair(conn: sa.Connection, object_id: int, owner: str, now: float, until: float) -> bool:
+def _claim_repair(
+    conn: sa.Connection, object_id: int, owner: str, now: float, until: float
+) -> bool:
     conn.execute(repair_claims.delete().where(repair_claims.c.expires < now))
     conn.execute(
         repair_claims.delete().where(

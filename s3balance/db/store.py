@@ -3,10 +3,10 @@
 As in buildbot's ``db/``, the store is made of one component per area of the schema, each over the
 shared database pool (:mod:`s3balance.db.base`): :mod:`~s3balance.db.buckets`,
 :mod:`~s3balance.db.objects`, :mod:`~s3balance.db.multipart`, :mod:`~s3balance.db.deletions`,
-:mod:`~s3balance.db.usage` and :mod:`~s3balance.db.repairs`.  :class:`MetadataStore` is all of
-them at once, so callers keep one object and one set of method names.  Every method runs one transaction on the pool's threads
-and fires with plain records (:mod:`s3balance.db.records`); a database out of reach fails it with
-:class:`~s3balance.db.errors.MetadataUnavailable`.
+:mod:`~s3balance.db.usage` and :mod:`~s3balance.db.repairs`.  :class:`MetadataStore` is all of them
+at once, so callers keep one object and one set of method names.  Every method runs one transaction
+on the pool's threads and fires with plain records (:mod:`s3balance.db.records`); a database out of
+reach fails it with :class:`~s3balance.db.errors.MetadataUnavailable`.
 
 Several daemons may share one PostgreSQL or MariaDB database: nothing reads a value to write it
 back (see :mod:`s3balance.db.usage`), and an object being replaced or deleted is locked with

@@ -1,0 +1,483 @@
+"""Repair: bringing every object of a replicated virtual bucket back to ``replicas`` usable copies.
+
+A write stores N copies (:mod:`s3balance.replicated`); later a backend may die, be wiped, or be
+dropped from the configuration, and ``replicas`` may change on reload.  Every ``repair.interval``
+seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekeeping) finds:
+
+- objects with a location on a backend that is no longer configured, or that has not been
+  available (healthy and enabled) for longer than ``repair.after``: that copy is *lost*;
+- objects whose copy a backend no longer has: each available backend's listing is compared with
+  the rows (as scrub does), and a key the listing lacks is confirmed with a HEAD before it counts
+  as *missing*;
+- objects with fewer or more locations than their bucket's ``replicas``.
+
+For each, under a claim in the database (``repair_claims``: daemons sharing the database never
+repair one object at once; a claim expires, so a crashed daemon's is taken over), it copies the
+object from a healthy replica, streamed (the source's GET feeds the target's PUT with
+backpressure), at the object's own real key: a missing copy is re-created where it was, a lost
+one on another backend chosen by the pool's placement rules (a backend without a copy, in a zone
+without one where possible, with room left), and as many as ``replicas`` asks.  Only then it
+commits, by a compare-and-set of the row's locations (:meth:`~s3balance.db.repairs.
+RepairsComponent.swap_locations`): the new locations go in, the lost ones and any beyond
+``replicas`` (the worst: unavailable ones, then a zone's second copy) come out and are queued in
+``pending_deletions``.  When the row changed meanwhile (the object was overwritten or deleted),
+nothing is committed and the copies just made are discarded through the same queue.  A lost copy
+is kept in the row while no replacement could be made: its backend may come back.
+
+Limits: at most ``repair.max_concurrency`` objects at once, and ``repair.max_bytes_per_second``
+paced per object (each copy starts once the copies before it have had their share of time).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from s3balance import metrics
+from s3balance.backends.interface import BackendError, BackendNoSuchKey
+from s3balance.config import RepairConfig
+from s3balance.db.records import Location, ObjectRecord
+from s3balance.db.store import MetadataStore
+from s3balance.gateway import Gateway
+from s3balance.health import BackendHealth, HealthMonitor
+from s3balance.housekeeping import PeriodicRounds
+from s3balance.logs import make_logger
+from s3balance.placement import spread
+from s3balance.pool import BackendPool
+from s3balance.retirement import ObjectChanged
+from s3balance.scrub import comparable_key
+from s3balance.streams import StreamBodyProducer
+from s3balance.usage import UsageMonitor
+
+__all__ = ["CLAIM_LEASE", "RepairPass", "Repairer"]
+
+log = make_logger()
+
+#: Seconds a claim holds without being renewed (it is renewed before each copy); a daemon that
+#: died leaves claims that others take over after this.
+CLAIM_LEASE = 900.0
+#: Objects read from the store per query.
+PAGE = 500
+
+
+@dataclass
+class RepairPass:
+    """What one pass found and did (``GET /api/repair``)."""
+
+    started: float
+    finished: float | None = None
+    #: Objects that looked in need of repair.
+    examined: int = 0
+    #: Objects brought to exactly ``replicas`` usable copies.
+    repaired: int = 0
+    copies: int = 0
+    bytes_copied: int = 0
+    dropped: int = 0
+    #: Objects left short or over (no healthy source, no backend with room, a failed copy, the
+    #: object changed meanwhile): the backlog.
+    backlog: int = 0
+    #: Objects another daemon was repairing.
+    claimed_elsewhere: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Repairer(PeriodicRounds):
+    """The repair loop (see the module docstring).
+
+    :param gateway: copies' reads are counted as its readers; dropped copies go through its
+        retirement; it knows each bucket's ``replicas`` (reloaded).
+    :param config: the repair settings.
+    :param owner: this daemon's name in claims (unique per process by default).
+    """
+
+    work = "repair"
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        pool: BackendPool,
+        health: HealthMonitor,
+        usage: UsageMonitor,
+        store: MetadataStore,
+        clock: IReactorTime,
+        config: RepairConfig,
+        owner: str | None = None,
+    ) -> None:
+        super().__init__(clock, config.interval)
+        self.gateway = gateway
+        self.pool = pool
+        self.store = store
+        self.usage = usage
+        self.config = config
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: When each backend was last seen becoming unavailable.
+        self._unavailable_since: dict[str, float] = {}
+        self._next_slot = 0.0
+        self.last: RepairPass | None = None
+        self.current: RepairPass | None = None
+        health.listeners.append(self._health_changed)
+
+    # -- what is lost ------------------------------------------------------------------------
+
+    def _health_changed(self, name: str, state: BackendHealth) -> None:
+        if state.healthy:
+            self._unavailable_since.pop(name, None)
+        else:
+            self._unavailable_since.setdefault(name, self.clock.seconds())
+
+    def _lost_backends(self, now: float) -> set[str]:
+        """Configured backends unavailable for longer than ``repair.after``."""
+        lost: set[str] = set()
+        for name in self.pool.names():
+            if self.pool.is_available(name):
+                self._unavailable_since.pop(name, None)
+                continue
+            since = self._unavailable_since.setdefault(name, now)
+            if now - since >= self.config.after:
+                lost.add(name)
+        return lost
+
+    # -- a pass ------------------------------------------------------------------------------
+
+    async def _round(self) -> int:
+        now = self.clock.seconds()
+        summary = RepairPass(started=now)
+        self.current = summary
+        try:
+            lost = self._lost_backends(now)
+            usable = [name for name in self.pool.names() if name not in lost]
+            missing = await self._missing_copies(summary)
+            for bucket in await self.store.list_buckets():
+                await self._repair_bucket(bucket.name, usable, lost, missing, summary)
+            await self._repair_all(
+                [
+                    (oid, bucket, key, where)
+                    for (oid, bucket, key), where in sorted(missing.items())
+                ],
+                lost,
+                summary,
+            )
+        finally:
+            summary.finished = self.clock.seconds()
+            self.current = None
+            self.last = summary
+            metrics.REPAIR_BACKLOG.set(summary.backlog)
+        if summary.copies or summary.dropped or summary.backlog:
+            log.info(
+                "repair pass: {repaired} objects repaired, {copies} copies made ({bytes} bytes), "
+                "{dropped} dropped, {backlog} left",
+                repaired=summary.repaired, copies=summary.copies, bytes=summary.bytes_copied,
+                dropped=summary.dropped, backlog=summary.backlog,
+            )  # fmt: skip
+        return summary.repaired
+
+    async def _repair_bucket(
+        self,
+        bucket: str,
+        usable: list[str],
+        lost: set[str],
+        missing: dict[tuple[int, str, str], set[Location]],
+        summary: RepairPass,
+    ) -> None:
+        """Page through ``bucket``'s objects whose locations are not what they should be."""
+        copies = self.gateway.replicas.copies(bucket)
+        after = ""
+        while True:
+            page = await self.store.repair_candidates(bucket, copies, usable, after, PAGE)
+            if not page:
+                return
+            after = page[-1][1]
+            await self._repair_all(
+                [(oid, bucket, key, missing.pop((oid, bucket, key), set())) for oid, key in page],
+                lost,
+                summary,
+            )
+            if len(page) < PAGE:
+                return
+
+    async def _repair_all(
+        self,
+        objects: list[tuple[int, str, str, set[Location]]],
+        lost: set[str],
+        summary: RepairPass,
+    ) -> None:
+        """Repair ``objects`` (id, bucket, key, missing copies), ``repair.max_concurrency`` at
+        once."""
+        limit = defer.DeferredSemaphore(max(1, self.config.max_concurrency))
+
+        def one(object_id: int, bucket: str, key: str, where: set[Location]) -> Any:
+            return limit.run(
+                lambda: defer.ensureDeferred(
+                    self._repair_claimed(object_id, bucket, key, where, lost, summary)
+                )
+            )
+
+        await defer.gatherResults([one(*each) for each in objects], consumeErrors=True)
+
+    async def _missing_copies(
+        self, summary: RepairPass
+    ) -> dict[tuple[int, str, str], set[Location]]:
+        """Locations each available backend's listing lacks (or lists at another size), by
+        object; rows are read before the listing, so a write committed meanwhile is not
+        among them."""
+        found: dict[tuple[int, str, str], set[Location]] = {}
+        for name in self.pool.names():
+            if not self.pool.is_available(name):
+                continue
+            try:
+                rows = await self.store.objects_on(name)
+                if not rows:
+                    continue
+                listed = {
+                    comparable_key(entry.key): entry.size
+                    for entry in await self.pool.get(name).list_objects("")
+                }
+            except Exception as error:
+                summary.errors.append(f"listing {name}: {error}")
+                continue
+            absent = [
+                real for real, (size, _) in rows.items() if listed.get(comparable_key(real)) != size
+            ]
+            for start in range(0, len(absent), PAGE):
+                chunk = absent[start : start + PAGE]
+                for object_id, bucket, key, real in await self.store.objects_at(name, chunk):
+                    found.setdefault((object_id, bucket, key), set()).add(Location(name, real))
+        return found
+
+    async def _repair_claimed(
+        self,
+        object_id: int,
+        bucket: str,
+        key: str,
+        missing: set[Location],
+        lost: set[str],
+        summary: RepairPass,
+    ) -> None:
+        """Claim one object, repair it, release it; its outcome goes into ``summary``."""
+        now = self.clock.seconds()
+        if not await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE):
+            summary.claimed_elsewhere += 1
+            return
+        summary.examined += 1
+        try:
+            fixed = await self._repair(object_id, bucket, key, missing, lost, summary)
+        except Exception as error:
+            fixed = False
+            summary.failures += 1
+            metrics.REPAIR_FAILURES.inc()
+            summary.errors.append(f"{bucket}/{key}: {error}")
+            log.warn("repairing {bucket}/{key} failed: {error}", bucket=bucket, key=key,
+                     error=error)  # fmt: skip
+        finally:
+            await self.store.release_repair(object_id, self.owner)
+        if fixed:
+            summary.repaired += 1
+        else:
+            summary.backlog += 1
+
+    # -- one object --------------------------------------------------------------------------
+
+    async def _repair(
+        self,
+        object_id: int,
+        bucket: str,
+        key: str,
+        missing: set[Location],
+        lost: set[str],
+        summary: RepairPass,
+    ) -> bool:
+        """Bring one claimed object to ``replicas`` usable copies; whether it got there."""
+        record = await self.store.get_object(bucket, key)
+        if record is None or not record.locations:
+            return True
+        want = self.gateway.replicas.copies(bucket)
+        configured = set(self.pool.names())
+        gone = [
+            location for location in record.locations
+            if location.backend not in configured or location.backend in lost
+        ]  # fmt: skip
+        broken = [
+            location for location in record.locations
+            if location in missing and location not in gone
+            and await self._confirmed_missing(location)
+        ]  # fmt: skip
+        good = [
+            location for location in record.locations
+            if location not in gone and location not in broken
+        ]  # fmt: skip
+        sources = self._sources(good)
+        if not sources:
+            summary.errors.append(f"{bucket}/{key}: no available copy to copy from")
+            return False
+        made: list[Location] = []
+        for location in broken:
+            if self.pool.is_available(location.backend) and await self._copy(
+                object_id, record, sources, location, summary
+            ):
+                made.append(location)
+        healthy = [loc for loc in record.locations if loc in good or loc in made]
+        needed = want - len(healthy)
+        if needed > 0:
+            holders = [location.backend for location in record.locations]
+            targets = self.pool.choose_replicas(
+                bucket, key, record.size, needed, exclude=holders,
+                holding=[location.backend for location in healthy],
+            )  # fmt: skip
+            for name in targets:
+                target = Location(name, sources[0].real_key)
+                if await self._copy(object_id, record, sources, target, summary):
+                    made.append(target)
+                    healthy.append(target)
+        if len(healthy) >= want:
+            new = self._best(healthy, want)
+        else:
+            new = healthy + [location for location in record.locations if location not in healthy]
+        if not await self._commit(record, new, made, summary):
+            return False
+        return len(new) == want and all(loc in healthy for loc in new)
+
+    def _sources(self, good: Iterable[Location]) -> list[Location]:
+        """The copies to read from, best first (the pool's read order)."""
+        by_backend = {location.backend: location for location in good}
+        return [by_backend[name] for name in self.pool.read_order(list(by_backend))]
+
+    def _best(self, healthy: list[Location], want: int) -> list[Location]:
+        """The ``want`` copies to keep: available ones first, one per zone while there are
+        enough zones, in the row's order."""
+        ordered = sorted(healthy, key=lambda loc: not self.pool.is_available(loc.backend))
+        keep = spread([loc.backend for loc in ordered], self.pool.zone_of, want)
+        return [location for location in healthy if location.backend in keep]
+
+    async def _confirmed_missing(self, location: Location) -> bool:
+        """Whether the backend really lacks ``location`` (the listing may be older than it)."""
+        try:
+            await self.pool.get(location.backend).head_object(location.real_key)
+        except BackendNoSuchKey:
+            return True
+        except BackendError:
+            return False
+        return False
+
+    async def _commit(
+        self, record: ObjectRecord, new: list[Location], made: list[Location], summary: RepairPass
+    ) -> bool:
+        """Swap the row's locations for ``new`` if it did not change; otherwise discard the
+        copies made.  Whether it committed."""
+        if new == list(record.locations) and not made:
+            return True
+        delete_after = self.clock.seconds() + self.gateway.settings.delete_grace
+        replaced = await self.store.swap_locations(
+            record.bucket, record.key, record.locations, new, delete_after
+        )
+        if replaced is None:
+            current = await self.store.get_object(record.bucket, record.key)
+            kept = set(current.locations) if current is not None else set()
+            await self.gateway.retirement.discard([loc for loc in made if loc not in kept])
+            summary.errors.append(f"{record.bucket}/{record.key}: changed during repair")
+            return False
+        for location in new:
+            if location not in record.locations:
+                self.usage.adjust(location.backend, record.size, 1)
+        for location in replaced.to_delete:
+            self.usage.adjust(location.backend, -record.size, -1)
+        summary.dropped += len(replaced.to_delete)
+        metrics.REPAIR_DROPPED.inc(len(replaced.to_delete))
+        await self.gateway.retirement.retire(replaced)
+        return True
+
+    async def _copy(
+        self,
+        object_id: int,
+        record: ObjectRecord,
+        sources: list[Location],
+        target: Location,
+        summary: RepairPass,
+    ) -> bool:
+        """Copy ``record``'s bytes to ``target`` from the first source that gives them, with
+        the source's stored headers and metadata (what a rebuild reads); whether it did."""
+        for source in sources:
+            now = self.clock.seconds()
+            await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE)
+            await self._pace(record.size)
+            try:
+                size = await self._stream(record, source, target)
+            except ObjectChanged:
+                return False
+            except BackendError as error:
+                summary.errors.append(f"{record.bucket}/{record.key} {source.backend} -> "
+                                      f"{target.backend}: {error}")  # fmt: skip
+                if error.backend == target.backend:
+                    break
+                continue
+            summary.copies += 1
+            summary.bytes_copied += size
+            metrics.REPAIR_COPIES.labels(target.backend).inc()
+            metrics.REPAIR_BYTES.labels(target.backend).inc(size)
+            return True
+        summary.failures += 1
+        metrics.REPAIR_FAILURES.inc()
+        return False
+
+    async def _stream(self, record: ObjectRecord, source: Location, target: Location) -> int:
+        """One copy, the source's GET feeding the target's PUT.
+
+        :raises BackendError: either side failed, or the source's size is not the row's.
+        """
+        reader = self.pool.get(source.backend)
+        async with self.gateway.holding(source):
+            info = await reader.head_object(source.real_key)
+            if info.size != record.size:
+                raise BackendError(source.backend, f"holds {info.size} bytes, not {record.size}")
+            stream = await reader.get_object(source.real_key)
+            producer = StreamBodyProducer(stream)
+            release = self.pool.reserve(target.backend, record.size)
+            try:
+                result = await self.pool.get(target.backend).put_object(
+                    target.real_key, producer, record.size, dict(info.headers), dict(info.metadata)
+                )
+            finally:
+                producer.discard()
+                release()
+        self.pool.record_operation(source.backend, "B", bytes_out=record.size)
+        self.pool.record_operation(target.backend, "A", bytes_in=result.size)
+        return result.size
+
+    async def _pace(self, size: int) -> None:
+        """Wait for this copy's turn under ``repair.max_bytes_per_second``."""
+        rate = self.config.max_bytes_per_second
+        if not rate:
+            return
+        now = self.clock.seconds()
+        start = max(now, self._next_slot)
+        self._next_slot = start + size / rate
+        if start > now:
+            await task.deferLater(self.clock, start - now, lambda: None)
+
+    # -- the admin API -----------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """``GET /api/repair``: the last pass, the one running, and the backlog."""
+        last = self.last.to_json() if self.last is not None else None
+        return {
+            "running": self.current is not None,
+            "current_pass": self.current.to_json() if self.current is not None else None,
+            "last_pass": last,
+            "backlog": self.last.backlog if self.last is not None else None,
+            "settings": {
+                "interval": self.config.interval,
+                "after": self.config.after,
+                "max_concurrency": self.config.max_concurrency,
+                "max_bytes_per_second": self.config.max_bytes_per_second,
+            },
+        }
