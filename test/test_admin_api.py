@@ -102,6 +102,18 @@ class AdminApiTests(TestCase):
         _, _, response = await self.request("GET", "/health")
         self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
 
+    async def test_repair_reports_its_last_pass_and_backlog(self) -> None:
+        status, document, _ = await self.request("GET", "/repair")
+        self.assertEqual((status, document["last_pass"], document["backlog"]), (200, None, None))
+        self.assertEqual(document["settings"]["max_concurrency"], 2)
+        await self.service.repair.run_once()
+        status, document, _ = await self.request("GET", "/repair")
+        self.assertEqual((status, document["backlog"], document["running"]), (200, 0, False))
+        self.assertEqual(document["last_pass"]["copies"], 0)
+        self.assertIsNotNone(document["last_pass"]["finished"])
+        status, _, _ = await self.request("GET", "/repair", headers={})
+        self.assertEqual(status, 401)
+
     async def test_unknown_path_and_wrong_method(self) -> None:
         status, document, _ = await self.request("GET", "/nothing/here")
         self.assertEqual(status, 404)

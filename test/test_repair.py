@@ -1,0 +1,295 @@
+"""Repair at the gateway, over local directories: lost, missing and surplus copies of replicated
+objects are brought back to the bucket's ``replicas``, byte-exact, and nothing is left behind
+when the object changes under a repair."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from s3balance import metrics
+from s3balance.config import Config
+from s3balance.db.records import Location, ObjectRecord
+from s3balance.net.bytesproducer import BytesProducer
+from s3balance.repair import Repairer
+from s3balance.scrub import scrub
+from test.support.bodies import collect
+from test.support.daemon import Daemon, local_buckets, start_daemon
+
+BACKENDS = ["r1", "r2", "r3"]
+
+
+def body_of(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest() * 300 + key.encode()
+
+
+class RepairTests(unittest.TestCase):
+    timeout = 60
+    replicas = 2
+
+    def configure(self, config: Config) -> None:
+        for bucket in config.virtual_buckets:
+            bucket.replicas = self.replicas
+        config.repair.after = 0.0
+
+    async def _start(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="s3b-repair-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.daemon: Daemon = await start_daemon(
+            self.workdir, local_buckets(self.workdir, BACKENDS), configure=self.configure
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(self.daemon.stop()))
+        self.gateway = self.daemon.gateway
+        self.repairer: Repairer = self.daemon.components.repair
+
+    def setUp(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._start())
+
+    async def write(self, keys: list[str]) -> dict[str, ObjectRecord]:
+        written = {}
+        for key in keys:
+            data = body_of(key)
+            written[key] = await self.gateway.put_object(
+                "vb", key, BytesProducer(data), len(data), {"content-type": "text/x-k"}, {"m": key}
+            )
+        return written
+
+    def wipe(self, name: str) -> None:
+        """Empty backend ``name``'s directory (as a storage server restarted empty)."""
+        root = os.path.join(self.workdir, name)
+        for entry in os.listdir(root):
+            path = os.path.join(root, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+    async def record(self, key: str) -> ObjectRecord:
+        record = await self.daemon.store.get_object("vb", key)
+        assert record is not None
+        return record
+
+    async def bytes_at(self, location: Location) -> bytes:
+        stream = await self.daemon.backends[location.backend].get_object(location.real_key)
+        return await collect(stream)
+
+    async def assert_copies(self, key: str, count: int) -> ObjectRecord:
+        """``key`` has ``count`` locations on distinct backends, each holding the exact body,
+        and the backends hold nothing else of it."""
+        record = await self.record(key)
+        self.assertEqual(len(record.locations), count, record.locations)
+        self.assertEqual(len({location.backend for location in record.locations}), count)
+        for location in record.locations:
+            self.assertEqual(await self.bytes_at(location), body_of(key), location)
+        return record
+
+    async def orphans(self) -> list[Any]:
+        found = await scrub(self.daemon.store, self.daemon.backends, remove_orphans=False, grace=0)
+        self.assertEqual(found.errors, [])
+        return [orphan for b in found.backends.values() for orphan in b.orphans]
+
+    async def test_a_wiped_copy_is_restored_where_it_was(self) -> None:
+        keys = [f"k{index}" for index in range(5)]
+        before = await self.write(keys)
+        self.wipe("r1")  # the backend lost everything
+        wiped = [key for key in keys if "r1" in {loc.backend for loc in before[key].locations}]
+        self.assertTrue(wiped)
+        copies_before = metrics.REPAIR_COPIES.labels("r1")._value.get()
+
+        await self.repairer.run_once()
+
+        for key in keys:
+            record = await self.assert_copies(key, 2)
+            self.assertEqual(set(record.locations), set(before[key].locations))
+            info = await self.daemon.backends[record.locations[0].backend].head_object(
+                record.locations[0].real_key
+            )
+            self.assertEqual(info.headers.get("content-type"), "text/x-k")
+        last = self.repairer.last
+        assert last is not None
+        self.assertEqual((last.copies, last.backlog, last.failures), (len(wiped), 0, 0))
+        self.assertEqual(last.bytes_copied, sum(len(body_of(key)) for key in wiped))
+        self.assertEqual(metrics.REPAIR_COPIES.labels("r1")._value.get() - copies_before,
+                         len(wiped))  # fmt: skip
+        self.assertEqual(await self.orphans(), [])
+        # A second pass has nothing to do.
+        await self.repairer.run_once()
+        assert self.repairer.last is not None
+        self.assertEqual((self.repairer.last.copies, self.repairer.last.examined), (0, 0))
+
+    async def test_copies_on_an_unhealthy_backend_move_elsewhere(self) -> None:
+        keys = [f"k{index}" for index in range(6)]
+        before = await self.write(keys)
+        moved = [key for key in keys if "r1" in {loc.backend for loc in before[key].locations}]
+        self.daemon.health.mark_failure("r1", "down")
+
+        await self.repairer.run_once()
+
+        for key in keys:
+            record = await self.assert_copies(key, 2)
+            self.assertNotIn("r1", {location.backend for location in record.locations})
+        # The lost copies were dropped only after their replacements were committed: deleted
+        # (the directory is still reachable here), nothing left on r1.
+        self.assertEqual(await self.daemon.real_keys("r1"), [])
+        assert self.repairer.last is not None
+        self.assertEqual(self.repairer.last.dropped, len(moved))
+        usage: Any = self.daemon.usage
+        self.assertEqual(usage.usage("r1").used_bytes, 0)
+        self.assertEqual(
+            sum(usage.usage(name).used_bytes for name in BACKENDS),
+            2 * sum(len(body_of(key)) for key in keys),
+        )
+
+    async def test_a_backend_unhealthy_for_less_than_after_is_left_alone(self) -> None:
+        self.repairer.config.after = 3600.0
+        before = await self.write(["k"])
+        lost = before["k"].locations[0].backend
+        self.daemon.health.mark_failure(lost, "down")
+        await self.repairer.run_once()
+        self.assertEqual((await self.record("k")).locations, before["k"].locations)
+
+    async def test_a_backend_removed_from_the_configuration_is_replaced(self) -> None:
+        before = await self.write(["k"])
+        gone = before["k"].locations[0].backend
+        new = copy.deepcopy(self.daemon.config)
+        new.buckets = [bucket for bucket in new.buckets if bucket.name != gone]
+        await self.daemon.components.reconfigurator.apply(new, close_grace=0)
+        await self.repairer.run_once()
+        record = await self.record("k")
+        self.assertEqual(len(record.locations), 2)
+        self.assertNotIn(gone, {location.backend for location in record.locations})
+        for location in record.locations:
+            self.assertEqual(await self.bytes_at(location), body_of("k"))
+
+    async def test_raising_then_lowering_replicas_adds_then_drops_copies(self) -> None:
+        await self.write(["a", "b"])
+        raised = copy.deepcopy(self.daemon.config)
+        for bucket in raised.virtual_buckets:
+            bucket.replicas = 3
+        await self.daemon.components.reconfigurator.apply(raised)
+        await self.repairer.run_once()
+        for key in ("a", "b"):
+            await self.assert_copies(key, 3)
+
+        lowered = copy.deepcopy(self.daemon.config)
+        for bucket in lowered.virtual_buckets:
+            bucket.replicas = 1
+        await self.daemon.components.reconfigurator.apply(lowered)
+        await self.repairer.run_once()
+        for key in ("a", "b"):
+            await self.assert_copies(key, 1)
+        self.assertEqual(sum([len(await self.daemon.real_keys(name)) for name in BACKENDS]), 2)
+        self.assertEqual(await self.orphans(), [])
+
+    async def test_an_object_changed_during_a_copy_keeps_its_new_row_and_no_orphan(self) -> None:
+        before = await self.write(["k"])
+        lost = before["k"].locations[0].backend
+        self.daemon.health.mark_failure(lost, "down")
+        copy_one = self.repairer._stream
+
+        async def copy_then_overwrite(*args: Any) -> int:
+            size = await copy_one(*args)
+            data = b"replaced meanwhile"
+            await self.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
+            return size
+
+        self.repairer._stream = copy_then_overwrite  # type: ignore[method-assign]
+        await self.repairer.run_once()
+
+        record = await self.record("k")
+        self.assertNotEqual(record.locations[0].real_key, before["k"].locations[0].real_key)
+        self.assertNotIn(lost, {location.backend for location in record.locations})
+        assert self.repairer.last is not None
+        self.assertEqual(self.repairer.last.backlog, 1)
+        self.assertEqual(await self.orphans(), [])
+        for name in BACKENDS:
+            self.assertEqual(
+                [k for k in await self.daemon.real_keys(name)
+                 if k == before["k"].locations[0].real_key],
+                [],
+                name,
+            )  # fmt: skip
+
+    async def test_an_object_claimed_by_another_daemon_is_skipped(self) -> None:
+        before = await self.write(["k"])
+        self.daemon.health.mark_failure(before["k"].locations[0].backend, "down")
+        other = await self.daemon.store.repair_candidates("vb", 2, ["r9"], "", 10)
+        self.assertEqual(len(other), 1)
+        object_id = other[0][0]
+        now = time.time()
+        self.assertTrue(await self.daemon.store.claim_repair(object_id, "other", now, now + 60))
+        await self.repairer.run_once()
+        assert self.repairer.last is not None
+        self.assertEqual((self.repairer.last.claimed_elsewhere, self.repairer.last.copies), (1, 0))
+        self.assertEqual((await self.record("k")).locations, before["k"].locations)
+        # Once the other daemon's claim has expired, it is taken over.
+        self.assertTrue(
+            await self.daemon.store.claim_repair(object_id, "other", now - 120, now - 60)
+        )
+        await self.repairer.run_once()
+        self.assertEqual(self.repairer.last.copies, 1)
+        await self.assert_copies("k", 2)
+
+    async def test_objects_with_no_copy_left_stay_in_the_backlog(self) -> None:
+        keys = ["a", "b", "c"]
+        await self.write(keys)
+        for name in BACKENDS:
+            self.wipe(name)
+        # Every copy is gone: nothing to copy from, every object in the backlog.
+        await self.repairer.run_once()
+        assert self.repairer.last is not None
+        self.assertEqual((self.repairer.last.backlog, self.repairer.last.copies), (3, 0))
+
+    async def test_copies_are_paced_by_max_bytes_per_second(self) -> None:
+        """Copies of ~10 KB at 40 KB/s: each starts once those before it had their time."""
+        keys = ["a", "b", "c"]
+        await self.write(keys)
+        self.repairer.config.max_bytes_per_second = 40_000
+        self.repairer.config.max_concurrency = 3
+        unhealthy = "r1"
+        before = {key: await self.record(key) for key in keys}
+        self.daemon.health.mark_failure(unhealthy, "down")
+        moving = [k for k in keys if unhealthy in {loc.backend for loc in before[k].locations}]
+        started = time.monotonic()
+        await self.repairer.run_once()
+        elapsed = time.monotonic() - started
+        total = sum(len(body_of(key)) for key in moving)
+        assert self.repairer.last is not None
+        self.assertEqual(self.repairer.last.bytes_copied, total)
+        # The first copy starts at once; the others wait for the bytes before them.
+        floor = (total - max(len(body_of(key)) for key in moving)) / 40_000
+        self.assertGreaterEqual(elapsed, floor * 0.9)
+
+
+class RepairClaimTests(unittest.TestCase):
+    timeout = 30
+
+    async def _start(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="s3b-repair-claims-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.daemon = await start_daemon(self.workdir, local_buckets(self.workdir, BACKENDS))
+        self.addCleanup(lambda: defer.ensureDeferred(self.daemon.stop()))
+
+    def setUp(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._start())
+
+    async def test_one_owner_at_a_time_until_the_claim_expires(self) -> None:
+        store = self.daemon.store
+        self.assertTrue(await store.claim_repair(7, "a", 100.0, 110.0))
+        self.assertFalse(await store.claim_repair(7, "b", 105.0, 115.0))
+        self.assertTrue(await store.claim_repair(8, "b", 105.0, 115.0))
+        self.assertTrue(await store.claim_repair(7, "a", 106.0, 116.0))  # renewed
+        self.assertFalse(await store.claim_repair(7, "b", 115.0, 125.0))
+        self.assertTrue(await store.claim_repair(7, "b", 117.0, 127.0))  # taken over
+        await store.release_repair(7, "a")  # no longer a's: nothing happens
+        self.assertFalse(await store.claim_repair(7, "a", 118.0, 128.0))
+        await store.release_repair(7, "b")
+        self.assertTrue(await store.claim_repair(7, "a", 118.0, 128.0))
