@@ -65,6 +65,8 @@ log = make_logger()
 CLAIM_LEASE = 900.0
 #: Objects read from the store per query.
 PAGE = 500
+#: Problems a pass keeps for ``GET /api/repair`` (the first ones; the log has them all).
+MAX_ERRORS = 50
 
 
 @dataclass
@@ -83,6 +85,8 @@ class RepairPass:
     #: Objects left short or over (no healthy source, no backend with room, a failed copy, the
     #: object changed meanwhile): the backlog.
     backlog: int = 0
+    #: Objects of the backlog with no available copy to copy from.
+    no_source: int = 0
     #: Objects another daemon was repairing.
     claimed_elsewhere: int = 0
     failures: int = 0
@@ -90,6 +94,12 @@ class RepairPass:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def problem(self, text: str) -> None:
+        """Note a problem (logged; the first :data:`MAX_ERRORS` kept for the API)."""
+        log.warn("repair: {problem}", problem=text)
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(text)
 
 
 class Repairer(PeriodicRounds):
@@ -192,9 +202,11 @@ class Repairer(PeriodicRounds):
     ) -> None:
         """Page through ``bucket``'s objects whose locations are not what they should be."""
         copies = self.gateway.replicas.copies(bucket)
+        # A lone copy on a lost backend has nothing to be copied from: only the count matters.
+        suspects_of = usable if copies > 1 else None
         after = ""
         while True:
-            page = await self.store.repair_candidates(bucket, copies, usable, after, PAGE)
+            page = await self.store.repair_candidates(bucket, copies, suspects_of, after, PAGE)
             if not page:
                 return
             after = page[-1][1]
@@ -244,7 +256,7 @@ class Repairer(PeriodicRounds):
                     for entry in await self.pool.get(name).list_objects("")
                 }
             except Exception as error:
-                summary.errors.append(f"listing {name}: {error}")
+                summary.problem(f"listing {name}: {error}")
                 continue
             absent = [
                 real for real, (size, _) in rows.items() if listed.get(comparable_key(real)) != size
@@ -276,9 +288,7 @@ class Repairer(PeriodicRounds):
             fixed = False
             summary.failures += 1
             metrics.REPAIR_FAILURES.inc()
-            summary.errors.append(f"{bucket}/{key}: {error}")
-            log.warn("repairing {bucket}/{key} failed: {error}", bucket=bucket, key=key,
-                     error=error)  # fmt: skip
+            summary.problem(f"{bucket}/{key}: {error}")
         finally:
             await self.store.release_repair(object_id, self.owner)
         if fixed:
@@ -318,7 +328,8 @@ class Repairer(PeriodicRounds):
         ]  # fmt: skip
         sources = self._sources(good)
         if not sources:
-            summary.errors.append(f"{bucket}/{key}: no available copy to copy from")
+            summary.no_source += 1
+            summary.problem(f"{bucket}/{key}: no available copy to copy from")
             return False
         made: list[Location] = []
         for location in broken:
@@ -384,7 +395,7 @@ class Repairer(PeriodicRounds):
             current = await self.store.get_object(record.bucket, record.key)
             kept = set(current.locations) if current is not None else set()
             await self.gateway.retirement.discard([loc for loc in made if loc not in kept])
-            summary.errors.append(f"{record.bucket}/{record.key}: changed during repair")
+            summary.problem(f"{record.bucket}/{record.key}: changed during repair")
             return False
         for location in new:
             if location not in record.locations:
@@ -408,15 +419,18 @@ class Repairer(PeriodicRounds):
         the source's stored headers and metadata (what a rebuild reads); whether it did."""
         for source in sources:
             now = self.clock.seconds()
-            await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE)
+            if not await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE):
+                summary.problem(f"{record.bucket}/{record.key}: claim taken over")
+                return False
             await self._pace(record.size)
             try:
                 size = await self._stream(record, source, target)
             except ObjectChanged:
                 return False
             except BackendError as error:
-                summary.errors.append(f"{record.bucket}/{record.key} {source.backend} -> "
-                                      f"{target.backend}: {error}")  # fmt: skip
+                summary.problem(
+                    f"{record.bucket}/{record.key} {source.backend} -> {target.backend}: {error}"
+                )
                 if error.backend == target.backend:
                     break
                 continue

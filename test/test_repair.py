@@ -246,7 +246,8 @@ class RepairTests(unittest.TestCase):
         # Every copy is gone: nothing to copy from, every object in the backlog.
         await self.repairer.run_once()
         assert self.repairer.last is not None
-        self.assertEqual((self.repairer.last.backlog, self.repairer.last.copies), (3, 0))
+        last = self.repairer.last
+        self.assertEqual((last.backlog, last.no_source, last.copies), (3, 3, 0))
 
     async def test_copies_are_paced_by_max_bytes_per_second(self) -> None:
         """Copies of ~10 KB at 40 KB/s: each starts once those before it had their time."""

@@ -118,11 +118,11 @@ from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
     from s3balance.admin.history import TrafficHistory
-    from s3balance.repair import Repairer
     from s3balance.db.store import MetadataStore
     from s3balance.gateway import Gateway
     from s3balance.health import HealthMonitor
     from s3balance.pool import BackendPool
+    from s3balance.repair import Repairer
     from s3balance.usage import UsageMonitor
     from s3balance.web.request import StreamingRequest
 

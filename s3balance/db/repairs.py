@@ -10,7 +10,7 @@ usage (each copy counts on its backend) and queues the dropped locations in ``pe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -32,12 +32,13 @@ class RepairsComponent(DBComponent):
     """Candidates, claims and location swaps for :mod:`s3balance.repair`."""
 
     def repair_candidates(
-        self, bucket: str, copies: int, usable: Sequence[str], after: str, limit: int
+        self, bucket: str, copies: int, usable: Sequence[str] | None, after: str, limit: int
     ) -> Deferred[list[tuple[int, str]]]:
         """``(object id, key)`` of the objects of ``bucket`` after key ``after`` (in key order)
-        whose number of locations is not ``copies`` or that have a location on a backend not in
-        ``usable``; at most ``limit``."""
-        return self.pool.do_read(_repair_candidates, bucket, copies, list(usable), after, limit)
+        whose number of locations is not ``copies`` or (unless ``usable`` is None) that have a
+        location on a backend not in ``usable``; at most ``limit``."""
+        names = None if usable is None else list(usable)
+        return self.pool.do_read(_repair_candidates, bucket, copies, names, after, limit)
 
     def objects_at(
         self, backend: str, real_keys: Sequence[str]
@@ -73,14 +74,23 @@ class RepairsComponent(DBComponent):
 
 
 def _repair_candidates(
-    conn: sa.Connection, bucket: str, copies: int, usable: list[str], after: str, limit: int
+    conn: sa.Connection,
+    bucket: str,
+    copies: int,
+    usable: list[str] | None,
+    after: str,
+    limit: int,
 ) -> list[tuple[int, str]]:
     owner = bucket_id(conn, bucket)
     if owner is None:
         return []
-    suspect_count = sa.func.sum(
-        sa.case((object_locations.c.backend.in_(usable), 0), else_=1) if usable else sa.literal(1)
-    )
+    if usable is None:
+        suspect: Any = sa.literal(0)
+    elif usable:
+        suspect = sa.case((object_locations.c.backend.in_(usable), 0), else_=1)
+    else:
+        suspect = sa.literal(1)
+    suspect_count = sa.func.sum(suspect)
     query = (
         sa.select(objects.c.id, objects.c.key)
         .join(object_locations, object_locations.c.object_id == objects.c.id)
