@@ -533,8 +533,8 @@ KEYS: tuple[Key, ...] = (
         "PEM file of CAs for a private endpoint's certificate", live=True, ours=True),
     Key("buckets[].replicas", Integer(1, 16), 1,
         "virtual buckets: copies of each new object, on that many distinct real buckets "
-        "(distinct zones where there are enough); a reload applies to new writes only "
-        "(see \"Replicas\")", live=True, ours=True),
+        "(distinct zones where there are enough); on reload, repair brings existing objects "
+        "to the new count (see \"Replicas\")", live=True, ours=True),
     Key("buckets[].zone", Text(optional=True), None,
         "real buckets: the failure domain; replicas of one object go to distinct zones first",
         default_doc="the endpoint's host; a local directory is its own", live=True, ours=True),

@@ -19,9 +19,8 @@ breaks mid-body is taken over by the next from the byte reached (:mod:`s3balance
 replicas count as being read for the whole read, so none is deleted under a failover.
 
 Deletes need nothing here: a row's every location is queued for deletion by the commit or delete
-that unreferences it.  What is not done yet: a copy lost later (a backend wiped or gone) is not
-re-created (no repair), so a replicated bucket's reload to a larger ``replicas`` applies to new
-writes only.
+that unreferences it.  A copy lost later (a backend wiped, down or gone) and a reload's new
+``replicas`` are :mod:`s3balance.repair`'s business.
 """
 
 from __future__ import annotations
