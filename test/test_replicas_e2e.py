@@ -1,8 +1,10 @@
 """Replicated virtual buckets end to end: two SeaweedFS servers (two failure domains) and a local
-directory behind a daemon, boto3 in front; servers killed before and during reads and writes."""
+directory behind a daemon, boto3 in front; servers killed before and during reads and writes,
+one wiped and restarted empty (repair restores its copies), ``replicas`` changed live."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -247,3 +249,68 @@ class ReplicasOnTwoServers(TestCase):
         error = await in_thread(create)
         self.assertEqual(error.get("Code"), "NotImplemented")
         self.assertIn("replicas", error.get("Message", ""))
+
+    async def test_a_server_wiped_and_restarted_empty_gets_every_copy_back(self) -> None:
+        written = {f"big{index}": generated_bytes(2 << 20, seed=index) for index in range(3)}
+        written.update(
+            {f"small{index}": generated_bytes(4096, seed=10 + index) for index in range(3)}
+        )
+        for key, data in written.items():
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=key, Body=data)
+        before = {key: await self.daemon.store.get_object(BUCKET, key) for key in written}
+        on_w1 = [
+            key
+            for key, record in before.items()
+            if record is not None and "w1" in {loc.backend for loc in record.locations}
+        ]
+        self.assertTrue(on_w1)
+
+        server = self.servers["w1"]
+        await in_thread(server.kill)
+        shutil.rmtree(server.data_dir)
+        shutil.rmtree(server.master_dir)
+        await in_thread(server.start)  # same ports, nothing on it
+        await in_thread(server.create_bucket, "replica-one")
+        self.assertEqual(await self.keys_on("w1"), [])
+
+        repairer = self.daemon.components.repair
+        await repairer.run_once()
+        assert repairer.last is not None
+        self.assertEqual((repairer.last.copies, repairer.last.backlog), (len(on_w1), 0))
+        self.assertEqual(len(await self.keys_on("w1")), len(on_w1))
+        for key in written:
+            record = await self.daemon.store.get_object(BUCKET, key)
+            assert record is not None and before[key] is not None
+            self.assertEqual(set(record.locations), set(before[key].locations), key)
+        # w2 down: every object still reads back whole, from w1 or the local directory.
+        await in_thread(self.servers["w2"].kill)
+        self.prefer("w1")
+        for key, data in written.items():
+            got = await in_thread(
+                lambda k=key: self.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+            )
+            self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest(), key)
+
+    async def test_replicas_lowered_then_raised_live_are_applied_by_repair(self) -> None:
+        written = {f"k{index}": generated_bytes(3 << 20, seed=20 + index) for index in range(3)}
+        for key, data in written.items():
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=key, Body=data)
+        repairer = self.daemon.components.repair
+        for replicas in (1, 2):
+            changed = copy.deepcopy(self.daemon.config)
+            for bucket in changed.virtual_buckets:
+                bucket.replicas = replicas
+            await self.daemon.components.reconfigurator.apply(changed)
+            await repairer.run_once()
+            assert repairer.last is not None
+            self.assertEqual(repairer.last.backlog, 0)
+            copies = len(await self.keys_on("w1")) + len(await self.keys_on("w2"))
+            self.assertEqual(copies, replicas * len(written))
+            for key, data in written.items():
+                record = await self.daemon.store.get_object(BUCKET, key)
+                assert record is not None
+                self.assertEqual(len(record.locations), replicas)
+                got = await in_thread(
+                    lambda k=key: self.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+                )
+                self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
