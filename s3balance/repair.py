@@ -6,9 +6,9 @@ seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekee
 
 - objects with a location on a backend that is no longer configured, or that has not been
   available (healthy and enabled) for longer than ``repair.after``: that copy is *lost*;
-- objects whose copy a backend no longer has: each available backend's listing is compared with
-  the rows (as scrub does), and a key the listing lacks is confirmed with a HEAD before it counts
-  as *missing*;
+- objects whose copy a backend no longer has: while any bucket has ``replicas`` above 1, each
+  available backend's listing is compared with the rows (as scrub does), and a key the listing
+  lacks is confirmed with a HEAD before it counts as *missing*;
 - objects with fewer or more locations than their bucket's ``replicas``.
 
 For each, under a claim in the database (``repair_claims``: daemons sharing the database never
@@ -167,7 +167,9 @@ class Repairer(PeriodicRounds):
         try:
             lost = self._lost_backends(now)
             usable = [name for name in self.pool.names() if name not in lost]
-            missing = await self._missing_copies(summary)
+            # Only objects with another copy can have a missing one re-created.
+            replicated = any(n > 1 for n in self.gateway.settings.replicas.values())
+            missing = await self._missing_copies(summary) if replicated else {}
             for bucket in await self.store.list_buckets():
                 await self._repair_bucket(bucket.name, usable, lost, missing, summary)
             await self._repair_all(

@@ -270,6 +270,51 @@ class RepairTests(unittest.TestCase):
         self.assertGreaterEqual(elapsed, floor * 0.9)
 
 
+class TwoDaemonsRepairTests(unittest.TestCase):
+    """Two daemons on one database and the same backends repair at the same time: each object
+    is copied once."""
+
+    timeout = 60
+
+    async def test_each_object_is_copied_by_one_daemon(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="s3b-repair-two-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+
+        def configure(config: Config) -> None:
+            for bucket in config.virtual_buckets:
+                bucket.replicas = 2
+            config.repair.after = 0.0
+
+        first = await start_daemon(workdir, local_buckets(workdir, BACKENDS), configure=configure)
+        self.addCleanup(lambda: defer.ensureDeferred(first.stop()))
+        second = await start_daemon(
+            workdir, local_buckets(workdir, BACKENDS), configure=configure,
+            database_url=first.database_url,
+        )  # fmt: skip
+        self.addCleanup(lambda: defer.ensureDeferred(second.stop()))
+        keys = [f"k{index}" for index in range(8)]
+        moved = 0
+        for key in keys:
+            data = body_of(key)
+            record = await first.gateway.put_object(
+                "vb", key, BytesProducer(data), len(data), {}, {}
+            )
+            moved += "r1" in {location.backend for location in record.locations}
+        for daemon in (first, second):
+            daemon.health.mark_failure("r1", "down")
+        repairers = [first.components.repair, second.components.repair]
+        await defer.gatherResults([repairer.run_once() for repairer in repairers])
+        made = sum(repairer.last.copies for repairer in repairers if repairer.last is not None)
+        self.assertEqual(made, moved)
+        for key in keys:
+            record = await first.store.get_object("vb", key)
+            assert record is not None
+            self.assertEqual(len(record.locations), 2)
+            self.assertNotIn("r1", {location.backend for location in record.locations})
+        found = await scrub(first.store, first.backends, remove_orphans=False, grace=0)
+        self.assertEqual([o for b in found.backends.values() for o in b.orphans], [])
+
+
 class RepairClaimTests(unittest.TestCase):
     timeout = 30
 
