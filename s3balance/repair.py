@@ -56,7 +56,7 @@ from s3balance.scrub import comparable_key
 from s3balance.streams import StreamBodyProducer
 from s3balance.usage import UsageMonitor
 
-__all__ = ["CLAIM_LEASE", "RepairPass", "Repairer"]
+__all__ = ["CLAIM_LEASE", "RepairPass", "Repairer", "Suspect"]
 
 log = make_logger()
 
@@ -67,6 +67,17 @@ CLAIM_LEASE = 900.0
 PAGE = 500
 #: Problems a pass keeps for ``GET /api/repair`` (the first ones; the log has them all).
 MAX_ERRORS = 50
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """An object a pass found in need of repair: its row id (what claims name), its key, and
+    those of its copies a backend's listing lacked."""
+
+    object_id: int
+    bucket: str
+    key: str
+    missing: frozenset[Location] = frozenset()
 
 
 @dataclass
@@ -172,14 +183,10 @@ class Repairer(PeriodicRounds):
             missing = await self._missing_copies(summary) if replicated else {}
             for bucket in await self.store.list_buckets():
                 await self._repair_bucket(bucket.name, usable, lost, missing, summary)
-            await self._repair_all(
-                [
-                    (oid, bucket, key, where)
-                    for (oid, bucket, key), where in sorted(missing.items())
-                ],
-                lost,
-                summary,
-            )
+            leftover = [
+                Suspect(*found, frozenset(where)) for found, where in sorted(missing.items())
+            ]
+            await self._repair_all(leftover, lost, summary)
         finally:
             summary.finished = self.clock.seconds()
             self.current = None
@@ -213,7 +220,10 @@ class Repairer(PeriodicRounds):
                 return
             after = page[-1][1]
             await self._repair_all(
-                [(oid, bucket, key, missing.pop((oid, bucket, key), set())) for oid, key in page],
+                [
+                    Suspect(oid, bucket, key, frozenset(missing.pop((oid, bucket, key), ())))
+                    for oid, key in page
+                ],
                 lost,
                 summary,
             )
@@ -222,22 +232,19 @@ class Repairer(PeriodicRounds):
 
     async def _repair_all(
         self,
-        objects: list[tuple[int, str, str, set[Location]]],
+        suspects: list[Suspect],
         lost: set[str],
         summary: RepairPass,
     ) -> None:
-        """Repair ``objects`` (id, bucket, key, missing copies), ``repair.max_concurrency`` at
-        once."""
+        """Repair ``suspects``, ``repair.max_concurrency`` at once."""
         limit = defer.DeferredSemaphore(max(1, self.config.max_concurrency))
 
-        def one(object_id: int, bucket: str, key: str, where: set[Location]) -> Any:
+        def one(suspect: Suspect) -> Any:
             return limit.run(
-                lambda: defer.ensureDeferred(
-                    self._repair_claimed(object_id, bucket, key, where, lost, summary)
-                )
+                lambda: defer.ensureDeferred(self._repair_claimed(suspect, lost, summary))
             )
 
-        await defer.gatherResults([one(*each) for each in objects], consumeErrors=True)
+        await defer.gatherResults([one(suspect) for suspect in suspects], consumeErrors=True)
 
     async def _missing_copies(
         self, summary: RepairPass
@@ -269,30 +276,23 @@ class Repairer(PeriodicRounds):
                     found.setdefault((object_id, bucket, key), set()).add(Location(name, real))
         return found
 
-    async def _repair_claimed(
-        self,
-        object_id: int,
-        bucket: str,
-        key: str,
-        missing: set[Location],
-        lost: set[str],
-        summary: RepairPass,
-    ) -> None:
+    async def _repair_claimed(self, suspect: Suspect, lost: set[str], summary: RepairPass) -> None:
         """Claim one object, repair it, release it; its outcome goes into ``summary``."""
         now = self.clock.seconds()
-        if not await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE):
+        owner, object_id = self.owner, suspect.object_id
+        if not await self.store.claim_repair(object_id, owner, now, now + CLAIM_LEASE):
             summary.claimed_elsewhere += 1
             return
         summary.examined += 1
         try:
-            fixed = await self._repair(object_id, bucket, key, missing, lost, summary)
+            fixed = await self._repair(suspect, lost, summary)
         except Exception as error:
             fixed = False
             summary.failures += 1
             metrics.REPAIR_FAILURES.inc()
-            summary.problem(f"{bucket}/{key}: {error}")
+            summary.problem(f"{suspect.bucket}/{suspect.key}: {error}")
         finally:
-            await self.store.release_repair(object_id, self.owner)
+            await self.store.release_repair(object_id, owner)
         if fixed:
             summary.repaired += 1
         else:
@@ -300,16 +300,11 @@ class Repairer(PeriodicRounds):
 
     # -- one object --------------------------------------------------------------------------
 
-    async def _repair(
-        self,
-        object_id: int,
-        bucket: str,
-        key: str,
-        missing: set[Location],
-        lost: set[str],
-        summary: RepairPass,
-    ) -> bool:
+    async def _repair(self, suspect: Suspect, lost: set[str], summary: RepairPass) -> bool:
         """Bring one claimed object to ``replicas`` usable copies; whether it got there."""
+        object_id, bucket, key, missing = (
+            suspect.object_id, suspect.bucket, suspect.key, suspect.missing
+        )  # fmt: skip
         record = await self.store.get_object(bucket, key)
         if record is None or not record.locations:
             return True
