@@ -96,6 +96,8 @@ class BucketConfig:
     ca_bundle: str | None = default("buckets[].ca_bundle")
     #: Virtual buckets: how many real buckets hold each new object.
     replicas: int = default("buckets[].replicas")
+    #: Virtual buckets: copies that must be stored for a write to succeed; 0 means all of them.
+    write_quorum: int = default("buckets[].write_quorum")
     #: Real buckets: the failure domain as configured; :attr:`failure_domain` applies the default.
     zone: str | None = default("buckets[].zone")
 

@@ -535,6 +535,10 @@ KEYS: tuple[Key, ...] = (
         "virtual buckets: copies of each new object, on that many distinct real buckets "
         "(distinct zones where there are enough); on reload, repair brings existing objects "
         "to the new count (see \"Replicas\")", live=True, ours=True),
+    Key("buckets[].write_quorum", Integer(0, 16, "; 0: every copy"), 0,
+        "virtual buckets with `replicas`: an object is visible once this many copies are "
+        "stored; repair makes the others (see \"Replicas\")", live=True, ours=True,
+        default_doc="0 (every copy)"),
     Key("buckets[].zone", Text(optional=True), None,
         "real buckets: the failure domain; replicas of one object go to distinct zones first",
         default_doc="the endpoint's host; a local directory is its own", live=True, ours=True),

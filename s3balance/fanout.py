@@ -13,6 +13,10 @@ All or nothing: when one branch's consumer gives up (its backend connection brok
 :class:`ReplicaLost`, so each backend aborts its upload before the last byte (the hold-back rule
 of docs/streaming.md) and keeps nothing.  When the source fails, every branch fails with the
 source's own error.
+
+With a ``quorum`` below the number of branches (``write_quorum``), a branch that gives up (or that
+the caller :meth:`FanOut.lose`\\ s) is only dropped while at least ``quorum`` are left: the others
+go on (no longer waiting for it to start or paced by it), and only losing one more aborts all.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ class FanOut:
     """Writes ``source`` to ``count`` consumers; hand :attr:`branches` to the backends.
 
     :param source: produces the body once; its ``length`` is each branch's.
+    :param quorum: how many branches must live on (default: all of them).
     """
 
-    def __init__(self, source: IBodyProducer, count: int) -> None:
+    def __init__(self, source: IBodyProducer, count: int, quorum: int | None = None) -> None:
         if count < 1:
             raise ValueError("a fan-out needs at least one branch")
+        self.quorum = count if quorum is None else max(1, min(quorum, count))
         self.source = source
         self.length = source.length
         self.branches = [Branch(self, index) for index in range(count)]
@@ -93,13 +99,26 @@ class FanOut:
         for branch in self.branches:
             branch.fail(self._failure)
 
+    def lose(self, branch: Branch) -> None:
+        """``branch``'s backend failed: drop it while the quorum holds, else abort all."""
+        if branch.lost or self._failure is not None or self._finished:
+            return
+        if sum(not b.lost for b in self.branches) - 1 < self.quorum:
+            self.abort(ReplicaLost(f"replica {branch.index + 1} of {len(self.branches)} failed"))
+            return
+        branch.lost = True
+        branch.fail(Failure(ReplicaLost(f"replica {branch.index + 1} was dropped")))
+        branch.paused = False
+        self._branch_started()
+        self._flow_changed()
+
     def _branch_stopped(self, branch: Branch) -> None:
-        self.abort(ReplicaLost(f"replica {branch.index + 1} of {len(self.branches)} failed"))
+        self.lose(branch)
 
     def _branch_started(self) -> None:
         if self._source_started or self._failure is not None:
             return
-        if not all(branch.started for branch in self.branches):
+        if not all(branch.started or branch.lost for branch in self.branches):
             return
         self._source_started = True
         done = self.source.startProducing(self)
@@ -142,12 +161,16 @@ class Branch:
         self.length = fanout.length
         self.started = False
         self.paused = False
+        #: Dropped from a write with a quorum (:meth:`FanOut.lose`).
+        self.lost = False
         self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         if self.fanout._failure is not None:
             return fail(self.fanout._failure)
+        if self.lost:
+            return fail(ReplicaLost(f"replica {self.index + 1} was dropped"))
         if self.started:
             raise RuntimeError("a replica's body cannot be started twice")
         self.started = True
@@ -166,7 +189,8 @@ class Branch:
         self.fanout._flow_changed()
 
     def stopProducing(self) -> None:
-        """The backend gave up: its Deferred never fires, and the whole write is abandoned."""
+        """The backend gave up: its Deferred never fires, and the whole write is abandoned
+        (with a quorum: this branch is dropped while enough are left)."""
         self._consumer = None
         self._done = None
         self.paused = False

@@ -143,6 +143,9 @@ class GatewaySettings:
     delete_grace: float = 0.0
     #: Copies of each new object, by virtual bucket (``replicas``); absent: one.
     replicas: Mapping[str, int] = field(default_factory=dict)
+    #: Copies a write of those buckets needs before it is visible (``write_quorum``), where fewer
+    #: than all; absent: all.
+    write_quorum: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> GatewaySettings:
@@ -155,6 +158,11 @@ class GatewaySettings:
             presign_expiry=config.s3api.presign_expiry,
             delete_grace=config.server.effective_delete_grace(config.database.type),
             replicas={b.name: b.replicas for b in config.virtual_buckets if b.replicas > 1},
+            write_quorum={
+                b.name: b.write_quorum
+                for b in config.virtual_buckets
+                if 0 < b.write_quorum < b.replicas
+            },
         )
 
 

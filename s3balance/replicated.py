@@ -8,10 +8,12 @@ there are enough (:meth:`BackendPool.choose_replicas
 than its bucket promises.  The body streams to the N backends at once through a
 :class:`~s3balance.fanout.FanOut`, at the pace of the slowest.  The object becomes visible only
 when all N confirmed, by one commit of a row with N locations (usage counts each copy on its
-backend).  When any copy fails, the others are abandoned (their uploads are aborted before the
-last byte) and every copy that was stored all the same (it confirmed before another failed) is
-queued in ``pending_deletions`` and deleted: nothing is visible and nothing is left.  A backend
-that refused before any body byte was sent is replaced by another choice, as for single writes.
+backend); with ``write_quorum: W`` below N, a copy that fails is dropped while W are left and the
+row commits the copies stored (repair makes the others).  When too many copies fail, the others
+are abandoned (their uploads are aborted before the last byte) and every copy that was stored all
+the same (it confirmed before another failed) is queued in ``pending_deletions`` and deleted:
+nothing is visible and nothing is left.  A backend that refused before any body byte was sent is
+replaced by another choice, as for single writes (with a quorum, it is dropped instead).
 
 **Reads.**  :meth:`Replicas.reading` tries the replicas in the pool's read order (healthy ones,
 fastest probe first, taking turns among equals) and serves the first that opens; a replica that
@@ -47,7 +49,7 @@ from s3balance.backends.interface import (
 )
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.failover import NoReplicaLeft, open_replicas
-from s3balance.fanout import FanOut, ReplicaLost
+from s3balance.fanout import Branch, FanOut, ReplicaLost
 from s3balance.logs import make_logger
 from s3balance.retirement import ObjectChanged
 from s3balance.streams import StreamBodyProducer
@@ -85,6 +87,8 @@ class NewObjectFields(Protocol):
 class Settings(Protocol):
     @property
     def replicas(self) -> Mapping[str, int]: ...
+    @property
+    def write_quorum(self) -> Mapping[str, int]: ...
     @property
     def retry_attempts(self) -> int: ...
     @property
@@ -183,6 +187,10 @@ class Replicas:
         """How many copies a new object of ``bucket`` gets (``replicas``; 1 when not set)."""
         return self.gateway.settings.replicas.get(bucket, 1)
 
+    def quorum(self, bucket: str) -> int:
+        """How many copies a write of ``bucket`` needs to succeed (``write_quorum``)."""
+        return self.gateway.settings.write_quorum.get(bucket, self.copies(bucket))
+
     # -- writing -----------------------------------------------------------------------------
 
     async def place(
@@ -217,7 +225,7 @@ class Replicas:
                 )
             if attempt:
                 await task.deferLater(gateway.clock, gateway.settings.retry_delay, lambda: None)
-            fan = FanOut(body, count)
+            fan = FanOut(body, count, self.quorum(new.bucket))
             outcome = await self._write_and_commit(names, fan, new, size, checksums)
             if isinstance(outcome, ObjectRecord):
                 return outcome
@@ -275,18 +283,20 @@ class Replicas:
                 put = gateway.pool.get(name).put_object(
                     target, branch, size, dict(new.headers), dict(backend_metadata)
                 )
-                put.addErrback(self._abandon_the_others, fan)
+                put.addErrback(self._abandon_the_others, fan, branch)
                 puts.append(put)
             outcomes = await defer.DeferredList(puts, consumeErrors=True)
             stored = [loc for loc, (ok, _) in zip(locations, outcomes, strict=True) if ok]
             failures: list[Failure] = [result for ok, result in outcomes if not ok]  # type: ignore[misc]
-            if failures:
+            if failures and (fan.failed or len(stored) < fan.quorum):
                 await gateway.retirement.discard(stored)
                 return self._failed(failures, fan)
-            results: list[PutResult] = [result for _, result in outcomes]
-            for name, result in zip(names, results, strict=True):
-                gateway.pool.record_operation(name, "A", bytes_in=result.size)
-            record = gateway.new_record(new, results[0], tuple(locations), checksums)
+            if failures:
+                self._short_of_copies(failures, new, len(stored), count=len(names))
+            results: list[PutResult] = [result for ok, result in outcomes if ok]
+            for location, result in zip(stored, results, strict=True):
+                gateway.pool.record_operation(location.backend, "A", bytes_in=result.size)
+            record = gateway.new_record(new, results[0], tuple(stored), checksums)
             await gateway.commit(record, new.condition)
             return record
         finally:
@@ -294,10 +304,32 @@ class Replicas:
                 release()
 
     @staticmethod
-    def _abandon_the_others(failure: Failure, fan: FanOut) -> Failure:
+    def _abandon_the_others(failure: Failure, fan: FanOut, branch: Branch) -> Failure:
+        """A copy failed: abandon the write, or (``write_quorum``) only this copy while enough
+        are left."""
         if not failure.check(ReplicaLost):
-            fan.abort(ReplicaLost("another copy of this write failed"))
+            if fan.quorum < len(fan.branches):
+                fan.lose(branch)
+            else:
+                fan.abort(ReplicaLost("another copy of this write failed"))
         return failure
+
+    def _short_of_copies(
+        self, failures: list[Failure], new: NewObjectFields, stored: int, count: int
+    ) -> None:
+        """A write with ``write_quorum`` succeeded with fewer copies than ``replicas``: note the
+        backends that failed; repair makes the missing copies."""
+        for failure in failures:
+            cause = failure.value
+            if isinstance(cause, BackendUnavailable) and not isinstance(
+                cause, BackendCannotEncrypt
+            ):
+                self.gateway.health.mark_failure(cause.backend, cause.detail)
+        log.warn(
+            "{bucket}/{key} stored with {stored} of {count} copies (write_quorum); repair will "
+            "make the others",
+            bucket=new.bucket, key=new.key, stored=stored, count=count,
+        )  # fmt: skip
 
     def _failed(self, failures: list[Failure], fan: FanOut) -> BackendUnavailable:
         """The outcome of an attempt whose copies did not all succeed: the first failure that

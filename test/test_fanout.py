@@ -216,3 +216,53 @@ def test_no_branches_is_a_mistake() -> None:
     source, _ = body()
     with pytest.raises(ValueError):
         FanOut(source, 0)
+
+
+def test_with_a_quorum_a_replica_failing_mid_body_is_dropped_and_the_others_finish() -> None:
+    clock = MemoryReactorClock()
+    kept = MemoryBackend("kept", clock)
+    source, _ = body()
+    fan = FanOut(source, 3, quorum=2)
+    put = ensureDeferred(kept.put_object("k", fan.branches[0], len(PAYLOAD), {}, {}))
+    slow = PausingSink(fan.branches[1])
+    slow_done = fan.branches[1].startProducing(slow)
+    broken = PausingSink(fan.branches[2])
+    fan.branches[2].startProducing(broken)
+    feed(source, end=False)
+    broken.drain()
+    fan.branches[2].stopProducing()  # its connection broke: dropped, the write goes on
+    assert not fan.failed
+    for _ in range(10):
+        slow.drain()
+    feed(source, data=b"", end=True)
+    assert outcome(put) is not PENDING and not isinstance(outcome(put), Failure)
+    assert stored(kept, "k", clock) == PAYLOAD
+    assert slow.data == PAYLOAD and outcome(slow_done) is None
+    assert len(broken.data) < len(PAYLOAD)
+
+
+def test_with_a_quorum_a_replica_refused_before_the_body_does_not_hold_the_others() -> None:
+    clock = MemoryReactorClock()
+    kept = MemoryBackend("kept", clock)
+    source, _ = body()
+    fan = FanOut(source, 2, quorum=1)
+    put = ensureDeferred(kept.put_object("k", fan.branches[0], len(PAYLOAD), {}, {}))
+    fan.lose(fan.branches[1])  # its backend refused the connection before starting
+    feed(source)
+    assert stored(kept, "k", clock) == PAYLOAD
+    assert not isinstance(outcome(put), Failure)
+    assert isinstance(outcome(fan.branches[1].startProducing(PausingSink(None))), Failure)
+
+
+def test_losing_more_replicas_than_the_quorum_allows_fails_them_all() -> None:
+    clock = MemoryReactorClock()
+    kept = MemoryBackend("kept", clock)
+    source, _ = body()
+    fan = FanOut(source, 3, quorum=2)
+    put = ensureDeferred(kept.put_object("k", fan.branches[0], len(PAYLOAD), {}, {}))
+    fan.lose(fan.branches[1])
+    assert not fan.failed
+    fan.lose(fan.branches[2])
+    assert fan.failed
+    failure = outcome(put)
+    assert isinstance(failure, Failure) and failure.check(ReplicaLost)

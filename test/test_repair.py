@@ -15,9 +15,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from s3balance import metrics
+from s3balance import errors, metrics
 from s3balance.config import Config
 from s3balance.db.records import Location, ObjectRecord
+from s3balance.health import BackendHealth
 from s3balance.net.bytesproducer import BytesProducer
 from s3balance.repair import Repairer
 from s3balance.scrub import scrub
@@ -339,3 +340,71 @@ class RepairClaimTests(unittest.TestCase):
         self.assertFalse(await store.claim_repair(7, "a", 118.0, 128.0))
         await store.release_repair(7, "b")
         self.assertTrue(await store.claim_repair(7, "a", 118.0, 128.0))
+
+
+class WriteQuorumTests(unittest.TestCase):
+    """``write_quorum: 1`` of ``replicas: 2``: a write a backend fails is visible with one copy,
+    and repair makes the other."""
+
+    timeout = 60
+
+    async def test_a_write_short_of_a_copy_is_visible_and_repaired_later(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="s3b-quorum-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+
+        def configure(config: Config) -> None:
+            for bucket in config.virtual_buckets:
+                bucket.replicas = 2
+                bucket.write_quorum = 1
+
+        daemon = await start_daemon(
+            workdir, local_buckets(workdir, ["r1", "r2"]), configure=configure
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
+        root = os.path.join(workdir, "r1")
+        os.rename(root, root + ".away")
+        with open(root, "wb"):
+            pass  # r1 cannot store anything now
+        data = body_of("k")
+        record = await daemon.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
+        self.assertEqual([location.backend for location in record.locations], ["r2"])
+        self.assertEqual(await collect_object(daemon, "k"), data)
+
+        os.remove(root)
+        os.rename(root + ".away", root)
+        daemon.health.adopt("r1", BackendHealth(healthy=True))
+        await daemon.components.repair.run_once()
+        repaired = await daemon.store.get_object("vb", "k")
+        assert repaired is not None
+        self.assertEqual(sorted(location.backend for location in repaired.locations), ["r1", "r2"])
+        for location in repaired.locations:
+            stream = await daemon.backends[location.backend].get_object(location.real_key)
+            self.assertEqual(await collect(stream), data)
+
+    async def test_without_a_quorum_the_same_write_fails_and_leaves_nothing(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="s3b-quorum-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+
+        def configure(config: Config) -> None:
+            for bucket in config.virtual_buckets:
+                bucket.replicas = 2
+
+        daemon = await start_daemon(
+            workdir, local_buckets(workdir, ["r1", "r2"]), configure=configure
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
+        root = os.path.join(workdir, "r1")
+        os.rename(root, root + ".away")
+        with open(root, "wb"):
+            pass
+        data = body_of("k")
+        with self.assertRaises(errors.S3Error):
+            await daemon.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
+        self.assertIsNone(await daemon.store.get_object("vb", "k"))
+        self.assertEqual(await daemon.real_keys("r2"), [])
+
+
+async def collect_object(daemon: Daemon, key: str) -> bytes:
+    record = await daemon.gateway.get_object_record("vb", key)
+    async with daemon.gateway.reading(record) as stream:
+        return await collect(stream)
