@@ -314,3 +314,26 @@ class ReplicasOnTwoServers(TestCase):
                     lambda k=key: self.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
                 )
                 self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+
+    async def test_with_write_quorum_1_a_server_killed_mid_put_is_repaired_later(self) -> None:
+        changed = copy.deepcopy(self.daemon.config)
+        for bucket in changed.virtual_buckets:
+            bucket.write_quorum = 1
+        await self.daemon.components.reconfigurator.apply(changed)
+        data = generated_bytes(BIG, seed=5)
+        body = KillingBody(data, 4 << 20, self.servers["w2"])
+        await in_thread(self.s3.put_object, Bucket=BUCKET, Key="torn", Body=body, ContentLength=BIG)
+        self.assertTrue(body.killed)
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual([location.backend for location in record.locations], ["w1"])
+
+        await in_thread(self.servers["w2"].start)
+        self.prefer("w2")  # healthy again (probes do not run in this test daemon)
+        await self.daemon.components.repair.run_once()
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual(sorted(location.backend for location in record.locations), ["w1", "w2"])
+        await in_thread(self.servers["w1"].kill)
+        got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="torn")["Body"].read())
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
