@@ -348,30 +348,40 @@ class WriteQuorumTests(unittest.TestCase):
 
     timeout = 60
 
-    async def test_a_write_short_of_a_copy_is_visible_and_repaired_later(self) -> None:
-        workdir = tempfile.mkdtemp(prefix="s3b-quorum-")
-        self.addCleanup(shutil.rmtree, workdir, True)
+    async def start_with_r1_broken(self, write_quorum: int) -> Daemon:
+        """A daemon over r1 and r2 (``replicas: 2``) whose r1 cannot store anything: its
+        directory is a file (put back by :meth:`mend_r1`)."""
+        self.workdir = tempfile.mkdtemp(prefix="s3b-quorum-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
 
         def configure(config: Config) -> None:
             for bucket in config.virtual_buckets:
                 bucket.replicas = 2
-                bucket.write_quorum = 1
+                bucket.write_quorum = write_quorum
 
         daemon = await start_daemon(
-            workdir, local_buckets(workdir, ["r1", "r2"]), configure=configure
+            self.workdir, local_buckets(self.workdir, ["r1", "r2"]), configure=configure
         )
         self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-        root = os.path.join(workdir, "r1")
+        root = os.path.join(self.workdir, "r1")
         os.rename(root, root + ".away")
         with open(root, "wb"):
-            pass  # r1 cannot store anything now
+            pass
+        return daemon
+
+    def mend_r1(self) -> None:
+        root = os.path.join(self.workdir, "r1")
+        os.remove(root)
+        os.rename(root + ".away", root)
+
+    async def test_a_write_short_of_a_copy_is_visible_and_repaired_later(self) -> None:
+        daemon = await self.start_with_r1_broken(write_quorum=1)
         data = body_of("k")
         record = await daemon.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
         self.assertEqual([location.backend for location in record.locations], ["r2"])
         self.assertEqual(await collect_object(daemon, "k"), data)
 
-        os.remove(root)
-        os.rename(root + ".away", root)
+        self.mend_r1()
         daemon.health.adopt("r1", BackendHealth(healthy=True))
         await daemon.components.repair.run_once()
         repaired = await daemon.store.get_object("vb", "k")
@@ -382,21 +392,7 @@ class WriteQuorumTests(unittest.TestCase):
             self.assertEqual(await collect(stream), data)
 
     async def test_without_a_quorum_the_same_write_fails_and_leaves_nothing(self) -> None:
-        workdir = tempfile.mkdtemp(prefix="s3b-quorum-")
-        self.addCleanup(shutil.rmtree, workdir, True)
-
-        def configure(config: Config) -> None:
-            for bucket in config.virtual_buckets:
-                bucket.replicas = 2
-
-        daemon = await start_daemon(
-            workdir, local_buckets(workdir, ["r1", "r2"]), configure=configure
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-        root = os.path.join(workdir, "r1")
-        os.rename(root, root + ".away")
-        with open(root, "wb"):
-            pass
+        daemon = await self.start_with_r1_broken(write_quorum=0)
         data = body_of("k")
         with self.assertRaises(errors.S3Error):
             await daemon.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
