@@ -55,7 +55,10 @@ def daemon_config(
         kind = "postgres" if database_url.startswith("postgresql") else "mysql"
         database = {"type": kind, "dsn": database_url}
     return {
-        "server": {"host": LOOPBACK, "port": port, "workers": workers},
+        # Replaced bytes are deleted once their last local reader is done, as one worker on
+        # SQLite does by default: otherwise (the default 60 s with several workers or a database
+        # server) a PUT would leave its deletion to housekeeping sweeps during later runs.
+        "server": {"host": LOOPBACK, "port": port, "workers": workers, "delete_grace": 0},
         "database": database,
         "data_dir": os.path.join(workdir, "s3balance-data"),
         "buckets": [real, {"name": VIRTUAL_BUCKET, "virtual": True}],
