@@ -670,7 +670,12 @@ def cpu_table(results: Results, paths: list[str]) -> list[str]:
     Less noisy than MB/s on a shared machine (it does not count time spent waiting for a core),
     and what a proxy costs whatever the machine: lower is better.
     """
-    middle = [p for p in paths if p in MIDDLE_PATHS]
+    middle = [  # the small-object-only paths have no column
+        p
+        for p in paths
+        if p in MIDDLE_PATHS
+        and any(m.cpu_per_gib for (_, path), m in results.measurements.items() if path == p)
+    ]
     rows = [("operation", *middle, *(f"{p} / nginx-proxy" for p in middle if p != PROXY))]
     for operation in results.operations:
         if " x" in operation:

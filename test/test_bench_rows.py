@@ -5,14 +5,12 @@ the one command, as ``python -m bench`` prints them."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 import sqlalchemy as sa
 
 from bench import small as bench_small
 from bench.dbserver import MARIADB_SERVER, POSTGRES_SERVER, BenchDatabase
-from bench.nginx import nginx_available
 from bench.procs import free_port
 from bench.run import S3BALANCE, main
 from bench.small import (
@@ -23,15 +21,11 @@ from bench.small import (
     scaling_line,
     small_verdicts,
 )
+from test import test_bench_smoke as smoke
 from test.support import unavailable
 from test.test_bench_small import _entry
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not nginx_available() or shutil.which("curl") is None, reason="needs nginx and curl"
-    ),
-]
+pytestmark = [pytest.mark.timeout(180), smoke.needs_nginx_and_curl]
 
 #: The smallest run of the one command: no large objects, one repetition, a few keys.
 TINY = [
@@ -104,12 +98,16 @@ def test_unreachable_database_server_is_a_row_not_a_failure(
 
 
 def test_scaling_verdict_judges_two_workers_against_one() -> None:
+    rates = {
+        ("GET", S3BALANCE): 1000.0,
+        ("GET", S3BALANCE_2WORKERS): 1500.0,
+        ("PUT", S3BALANCE): 500.0,
+        ("PUT", S3BALANCE_2WORKERS): 400.0,
+        ("GET", TWISTED_PROXY): 2000.0,
+    }
     measurements = {
-        (f"GET {LABEL}", S3BALANCE): _entry(1000.0, 400.0, 10.0),
-        (f"GET {LABEL}", S3BALANCE_2WORKERS): _entry(1500.0, 420.0, 10.0),
-        (f"PUT {LABEL}", S3BALANCE): _entry(500.0, 800.0, 10.0),
-        (f"PUT {LABEL}", S3BALANCE_2WORKERS): _entry(400.0, 900.0, 10.0),
-        (f"GET {LABEL}", TWISTED_PROXY): _entry(2000.0, 400.0, 10.0),
+        (f"{method} {LABEL}", path): _entry(rate, 400.0, 10.0)
+        for (method, path), rate in rates.items()
     }
     judged = {t: (m, p) for t, m, p in small_verdicts(measurements, LABEL, 2, S3BALANCE)}
     assert judged[f"GET {LABEL}: req/s with 2 workers >= 1.4x one worker"] == ("1.50x", True)
