@@ -22,6 +22,8 @@ def daemon_config(
     backend_url: str,
     local_root: str | None = None,
     key_pair: tuple[str, str] | None = None,
+    workers: int = 1,
+    database_url: str | None = None,
 ) -> dict[str, object]:
     """One real bucket (the nginx backend, path style), one virtual bucket, SQLite, no auth.
 
@@ -30,6 +32,8 @@ def daemon_config(
 
     :param local_root: when set, the real bucket is this local directory instead of nginx (the
         ``--s3balance-backend local`` diagnostic: s3balance's own file backend, no S3 adapter).
+    :param workers: ``server.workers`` (a supervisor and that many worker processes when above 1).
+    :param database_url: a SQLAlchemy URL of a PostgreSQL or MariaDB database instead of SQLite.
     """
     real: dict[str, object] = {
         "name": "nginx-backend",
@@ -46,9 +50,16 @@ def daemon_config(
     s3api: dict[str, object] = {"auth_required": False}
     if key_pair is not None:
         s3api = {"auth_required": True, "access_key": key_pair[0], "secret_key": key_pair[1]}
+    database = {"type": "sqlite", "dsn": os.path.join(workdir, "s3balance.db")}
+    if database_url is not None:
+        kind = "postgres" if database_url.startswith("postgresql") else "mysql"
+        database = {"type": kind, "dsn": database_url}
     return {
-        "server": {"host": LOOPBACK, "port": port},
-        "database": {"type": "sqlite", "dsn": os.path.join(workdir, "s3balance.db")},
+        # Replaced bytes are deleted once their last local reader is done, as one worker on
+        # SQLite does by default: otherwise (the default 60 s with several workers or a database
+        # server) a PUT would leave its deletion to housekeeping sweeps during later runs.
+        "server": {"host": LOOPBACK, "port": port, "workers": workers, "delete_grace": 0},
+        "database": database,
         "data_dir": os.path.join(workdir, "s3balance-data"),
         "buckets": [real, {"name": VIRTUAL_BUCKET, "virtual": True}],
         "s3api": s3api,
@@ -58,7 +69,8 @@ def daemon_config(
 class S3BalanceDaemon(LoopbackServer):
     """``twistd -n --pidfile= s3balance --config FILE`` run with the venv's python.
 
-    The process started is twistd's python itself, so its ``/proc`` entry measures the daemon.
+    The process started is twistd's python itself, so its ``/proc`` entry measures the daemon
+    (with ``workers`` above 1, the supervisor: its workers are its child processes).
     """
 
     ready_path = f"/{VIRTUAL_BUCKET}"
@@ -70,11 +82,15 @@ class S3BalanceDaemon(LoopbackServer):
         backend_url: str,
         local_root: str | None = None,
         key_pair: tuple[str, str] | None = None,
+        workers: int = 1,
+        database_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.config_path = os.path.join(workdir, "s3balance.yaml")
-        config = daemon_config(workdir, self.port, backend_url, local_root, key_pair)
+        config = daemon_config(
+            workdir, self.port, backend_url, local_root, key_pair, workers, database_url
+        )
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

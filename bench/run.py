@@ -5,8 +5,10 @@ Paths measured, all ending at the same nginx backend on loopback:
 * ``direct``: the client talks to the backend itself (the baseline);
 * ``nginx-proxy``: nginx as a streaming reverse proxy in front of it (the bar to reach);
 * ``s3balance``: the real daemon, its one real bucket being the backend;
-* small objects only: ``twisted-proxy`` (the stock Twisted reverse proxy) and
-  ``s3balance-sigv4`` (the daemon verifying signed requests), see ``bench/small.py``.
+* small objects only: ``twisted-proxy`` (the stock Twisted reverse proxy),
+  ``s3balance-sigv4`` (the daemon verifying signed requests), ``s3balance-2workers``
+  (``server.workers: 2``) and ``s3balance-postgres`` / ``s3balance-mariadb`` (the daemon on
+  those databases), see ``bench/small.py``.
 
 The machine is shared and noisy: every figure is the median of ``--repeat`` runs, the paths are
 interleaved inside each repetition so noise hits them alike, and the verdicts compare ratios
@@ -30,12 +32,16 @@ from typing import Any
 
 from bench import clients, signed
 from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
+from bench.dbserver import BenchDatabase, short_reason
 from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
 from bench.procs import cpu_seconds, memory_kib, process_tree
 from bench.small import (
+    DATABASE_SERVERS,
+    S3BALANCE_2WORKERS,
     S3BALANCE_SIGV4,
     SMALL_ONLY_PATHS,
     TWISTED_PROXY,
+    scaling_line,
     small_table,
     small_verdicts,
     timed_load,
@@ -133,6 +139,8 @@ class Results:
     operations: list[str] = field(default_factory=list)
     #: An operation measured on s3balance only -> the operation its ratios are taken against.
     baselines: dict[str, str] = field(default_factory=dict)
+    #: A path not measured because its database server did not answer -> why (not a failure).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def get(self, operation: str, path: str, unit: str) -> Measurement:
         key = (operation, path)
@@ -275,6 +283,31 @@ class Bench:
             os.makedirs(third)
             key_pair = (signed.ACCESS_KEY, signed.SECRET_KEY)
             self.start_daemon(S3BALANCE_SIGV4, third, backend.url, key_pair=key_pair)
+        self.start_scaling_and_databases(workdir, backend)
+
+    def start_scaling_and_databases(self, workdir: str, backend: Nginx) -> None:
+        """The daemons of issue 15's other small-object rows: two workers on SQLite, and one
+        worker on a fresh PostgreSQL or MariaDB database each. A database server that does not
+        answer leaves its row "not reachable" without failing the run."""
+        wanted = self.options.paths
+        if S3BALANCE_2WORKERS in wanted:
+            directory = os.path.join(workdir, "two-workers")
+            os.makedirs(directory)
+            self.start_daemon(S3BALANCE_2WORKERS, directory, backend.url, workers=2)
+        for name, server in DATABASE_SERVERS.items():
+            if name not in wanted:
+                continue
+            database = BenchDatabase(server)
+            try:
+                url = database.create()
+            except Exception as e:  # any driver error means: this server cannot be used
+                self.results.unavailable[name] = f"database server {server}: {short_reason(e)}"
+                self.say(f"! {name}: {self.results.unavailable[name]}")
+                continue
+            self.servers.append(database)  # listed before its daemon: dropped after it stops
+            directory = os.path.join(workdir, name)
+            os.makedirs(directory)
+            self.start_daemon(name, directory, backend.url, database_url=url)
 
     def start_daemon(
         self,
@@ -283,13 +316,15 @@ class Bench:
         backend_url: str,
         local_root: str | None = None,
         key_pair: tuple[str, str] | None = None,
+        workers: int = 1,
+        database_url: str | None = None,
     ) -> S3BalanceDaemon | None:
         """Start a daemon for path ``name``; a daemon that does not start is a setup error of
         that path only (the others are still measured)."""
-        daemon = S3BalanceDaemon(workdir, backend_url, local_root, key_pair)
+        daemon = S3BalanceDaemon(workdir, backend_url, local_root, key_pair, workers, database_url)
         self.servers.append(daemon)
         try:
-            daemon.start()
+            daemon.start(deadline_seconds=60.0 if workers > 1 else 30.0)
         except RuntimeError as e:
             self.results.setup_errors.append(f"{name} did not start: {e}")
             self.say(f"! {name} did not start:\n{e}")
@@ -413,11 +448,12 @@ class Bench:
         ).megabytes_per_second
 
     def middle_pids(self, path: Path) -> list[int]:
-        """The processes between client and backend on ``path`` (nginx: master and workers)."""
+        """The processes between client and backend on ``path`` (nginx: master and workers;
+        s3balance with two workers: the supervisor and its workers)."""
         pid = self.middle.get(path.name)
         if pid is None:
             return []
-        return process_tree(pid) if path.name == PROXY else [pid]
+        return process_tree(pid) if path.name in (PROXY, S3BALANCE_2WORKERS) else [pid]
 
     def put(self, path: Path, key: str, source: str) -> float:
         return clients.put_file(path.url(key), source, self.options.timeout).megabytes_per_second
@@ -632,7 +668,12 @@ def cpu_table(results: Results, paths: list[str]) -> list[str]:
     Less noisy than MB/s on a shared machine (it does not count time spent waiting for a core),
     and what a proxy costs whatever the machine: lower is better.
     """
-    middle = [p for p in paths if p in MIDDLE_PATHS]
+    middle = [  # the small-object-only paths have no column
+        p
+        for p in paths
+        if p in MIDDLE_PATHS
+        and any(m.cpu_per_gib for (_, path), m in results.measurements.items() if path == p)
+    ]
     rows = [("operation", *middle, *(f"{p} / nginx-proxy" for p in middle if p != PROXY))]
     for operation in results.operations:
         if " x" in operation:
@@ -771,7 +812,7 @@ def report(results: Results, options: argparse.Namespace, paths: list[str]) -> l
             "CPU time of the process in the middle per GiB moved (medians; lower is better):"
         )
         lines += cpu
-    small = small_table(results.measurements, results.operations, paths)
+    small = small_table(results.measurements, results.operations, paths, results.unavailable)
     if small:
         lines.append("")
         lines.append(
@@ -779,6 +820,7 @@ def report(results: Results, options: argparse.Namespace, paths: list[str]) -> l
             "(medians):"
         )
         lines += small
+        lines += small_notes(results, options, paths)
     lines.append("")
     lines.append("s3balance daemon memory (VmHWM = peak resident, VmRSS = resident now):")
     if results.daemon_memory:
@@ -810,6 +852,20 @@ def report(results: Results, options: argparse.Namespace, paths: list[str]) -> l
     return lines
 
 
+def small_notes(results: Results, options: argparse.Namespace, paths: list[str]) -> list[str]:
+    """Below the small-object table: the database of each daemon row, and the scaling from one
+    worker to two."""
+    lines = []
+    sqlite = [p for p in paths if p.startswith(S3BALANCE) and p not in DATABASE_SERVERS]
+    others = [f"{p}: {p.rsplit('-', 1)[1]}" for p in paths if p in DATABASE_SERVERS]
+    if others:
+        lines.append(f"databases: {', '.join(sqlite)}: sqlite; {'; '.join(others)}")
+    if S3BALANCE_2WORKERS in paths and options.small_count > 0:
+        label = f"{human_size(options.small_size)} x{options.concurrency}"
+        lines.append(scaling_line(results.measurements, label, S3BALANCE))
+    return lines
+
+
 def to_json(results: Results, options: argparse.Namespace) -> dict[str, Any]:
     return {
         "options": {k: v for k, v in vars(options).items()},
@@ -831,6 +887,7 @@ def to_json(results: Results, options: argparse.Namespace) -> dict[str, Any]:
             for label, hwm, rss in results.daemon_memory
         ],
         "notes": results.notes,
+        "unavailable": results.unavailable,
     }
 
 

@@ -9,10 +9,11 @@ the figure to compare on a machine shared with other work.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from bench.clients import LoadResult
+from bench.dbserver import MARIADB_SERVER, POSTGRES_SERVER
 from bench.procs import cpu_seconds
 
 #: The stock ``twisted.web.proxy.ReverseProxyResource`` (small objects only: it buffers whole
@@ -20,7 +21,21 @@ from bench.procs import cpu_seconds
 TWISTED_PROXY = "twisted-proxy"
 #: The daemon requiring SigV4, sent requests signed up front (small objects only; needs wrk).
 S3BALANCE_SIGV4 = "s3balance-sigv4"
-SMALL_ONLY_PATHS = (TWISTED_PROXY, S3BALANCE_SIGV4)
+#: The daemon with ``server.workers: 2`` (a supervisor and two worker processes), SQLite: its
+#: req/s against the one-worker ``s3balance`` of the same run is the scaling.
+S3BALANCE_2WORKERS = "s3balance-2workers"
+#: The one-worker daemon on a fresh database of the local PostgreSQL / MariaDB server.
+S3BALANCE_POSTGRES = "s3balance-postgres"
+S3BALANCE_MARIADB = "s3balance-mariadb"
+#: Path -> the database server its daemon uses (the other daemons use SQLite).
+DATABASE_SERVERS = {S3BALANCE_POSTGRES: POSTGRES_SERVER, S3BALANCE_MARIADB: MARIADB_SERVER}
+SMALL_ONLY_PATHS = (
+    TWISTED_PROXY,
+    S3BALANCE_SIGV4,
+    S3BALANCE_2WORKERS,
+    S3BALANCE_POSTGRES,
+    S3BALANCE_MARIADB,
+)
 
 # Targets of issue 15 ("a lean request path"), one worker.
 TARGET_GET_CPU_US = 450.0
@@ -29,6 +44,8 @@ TARGET_VS_TWISTED = 1.0
 TARGET_PUT_P99_MS = 100.0
 TARGET_P99_CONNECTIONS = 64
 TARGET_SIGV4_EXTRA_US = 100.0
+# Target of issue 15 ("workers"): small GET req/s with two workers against one, same run.
+TARGET_WORKERS_SCALING = 1.4
 
 
 class SmallFigures(Protocol):
@@ -62,9 +79,17 @@ def _cell(value: float | None, unit: str, digits: int = 0) -> str:
 
 
 def small_table(
-    measurements: dict[tuple[str, str], Any], operations: Sequence[str], paths: Sequence[str]
+    measurements: dict[tuple[str, str], Any],
+    operations: Sequence[str],
+    paths: Sequence[str],
+    unavailable: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Small objects: req/s, ratio to the stock Twisted proxy, CPU µs per request, p99 (medians)."""
+    """Small objects: req/s, ratio to the stock Twisted proxy, CPU µs per request, p99 (medians).
+
+    :param unavailable: path -> why it was not measured (its database server did not answer):
+        such a path gets a row saying so, and the reason below the table.
+    """
+    unavailable = unavailable or {}
     rows = [("operation", "path", "req/s", "vs twisted-proxy", "CPU/request", "p99")]
     for operation in operations:
         if " x" not in operation:
@@ -72,6 +97,9 @@ def small_table(
         twisted = measurements.get((operation, TWISTED_PROXY))
         base = _median(twisted.samples) if twisted is not None and not twisted.error else None
         for path in paths:
+            if path in unavailable:
+                rows.append((operation, path, "not reachable", "-", "-", "-"))
+                continue
             entry: SmallFigures | None = measurements.get((operation, path))
             if entry is None or entry.error or not entry.samples:
                 continue
@@ -92,7 +120,36 @@ def small_table(
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return lines + [f"! {path} not measured: {why}" for path, why in unavailable.items()]
+
+
+def worker_scaling(
+    measurements: dict[tuple[str, str], Any], label: str, daemon: str
+) -> dict[str, float | None]:
+    """Method -> req/s of :data:`S3BALANCE_2WORKERS` over req/s of the one-worker ``daemon``
+    (same run), None where either was not measured."""
+    found: dict[str, float | None] = {}
+    for method in ("GET", "PUT"):
+        rates = []
+        for path in (S3BALANCE_2WORKERS, daemon):
+            entry = measurements.get((f"{method} {label}", path))
+            ok = entry is not None and not entry.error and entry.samples
+            rates.append(statistics.median(entry.samples) if ok else None)
+        two, one = rates
+        found[method] = two / one if two is not None and one else None
+    return found
+
+
+def scaling_line(measurements: dict[tuple[str, str], Any], label: str, daemon: str) -> str:
+    """The scaling from one worker to two, as the report prints it."""
+    cells = [
+        f"{method} {'-' if ratio is None else f'{ratio:.2f}x'}"
+        for method, ratio in worker_scaling(measurements, label, daemon).items()
+    ]
+    return (
+        f"scaling with server.workers: 2 ({S3BALANCE_2WORKERS} req/s / {daemon} req/s, "
+        f"{label}): {', '.join(cells)}"
+    )
 
 
 def small_verdicts(
@@ -146,4 +203,12 @@ def small_verdicts(
     else:
         extra = signed - plain
         found.append((target, f"{extra:+.0f} µs", extra <= TARGET_SIGV4_EXTRA_US))
+    scaling = worker_scaling(measurements, label, daemon)
+    for method, limit in (("GET", TARGET_WORKERS_SCALING), ("PUT", None)):
+        ratio = scaling[method]
+        judged = f">= {limit:.1f}x one worker" if limit else "vs one worker (no target)"
+        target = f"{method} {label}: req/s with 2 workers {judged}"
+        measured = "not measured" if ratio is None else f"{ratio:.2f}x"
+        passed = None if ratio is None or limit is None else ratio >= limit
+        found.append((target, measured, passed))
     return found

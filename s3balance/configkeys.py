@@ -489,7 +489,9 @@ KEYS: tuple[Key, ...] = (
         default_doc="`s3balance.db` (SQLite only)"),
     Key("database.max_open_conns", Integer(0, None, "; 0: no limit"), 25,
         "size of the database thread pool and connection pool"),
-    Key("database.max_idle_conns", Integer(0), 5, "idle connections kept open"),
+    Key("database.max_idle_conns", Integer(0), 25,
+        "connections kept open while no transaction uses them; fewer than `max_open_conns` "
+        "makes busy moments close and reopen the rest (each new one costs a handshake)"),
     Key("database.conn_max_lifetime", Duration(), 300.0,
         "connections older than this are recycled"),
     Key("database.log_level", Choice(LOG_LEVELS), "warn", "SQL logging; `info` logs statements"),

@@ -12,6 +12,7 @@ written by other daemons sharing the database and those of earlier runs.
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -30,6 +31,7 @@ from s3balance.config import BucketConfig
 from s3balance.db.records import OperationCounts
 from s3balance.db.store import MetadataStore
 from s3balance.health import HealthMonitor
+from s3balance.labelled import labelled
 from s3balance.logs import make_logger
 from s3balance.placement import Candidate, IPlacementStrategy, order_reads, spread
 from s3balance.usage import UsageMonitor
@@ -55,9 +57,29 @@ class _Tally:
         self.bytes_out += other.bytes_out
 
 
+#: The last month :func:`month_of` worked out: its first second, the next month's, its name.
+_last_month: tuple[float, float, str] = (0.0, 0.0, "")
+
+
 def month_of(seconds: float) -> str:
-    """The calendar month (UTC) of a clock reading, as the store keys it: ``"YYYY-MM"``."""
-    return time.strftime("%Y-%m", time.gmtime(seconds))
+    """The calendar month (UTC) of a clock reading, as the store keys it: ``"YYYY-MM"``.
+
+    Every backend operation asks, so the month last found is kept with its bounds and the
+    calendar is consulted only when a reading falls outside them.
+    """
+    global _last_month
+    start, end, month = _last_month
+    if start <= seconds < end:
+        return month
+    day = time.gmtime(seconds)
+    month = time.strftime("%Y-%m", day)
+    following = (day.tm_year + 1, 1) if day.tm_mon == 12 else (day.tm_year, day.tm_mon + 1)
+    _last_month = (
+        calendar.timegm((day.tm_year, day.tm_mon, 1, 0, 0, 0)),
+        calendar.timegm((*following, 1, 0, 0, 0)),
+        month,
+    )
+    return month
 
 
 class BackendPool(Service):
@@ -239,7 +261,7 @@ class BackendPool(Service):
         when none can take it."""
         ranked = self._strategy.rank(self.candidates(size), bucket, key, size)
         if ranked:
-            metrics.BALANCER_DECISIONS.labels(self._strategy.name, ranked[0]).inc()
+            labelled(metrics.BALANCER_DECISIONS, self._strategy.name, ranked[0]).inc()
         return ranked
 
     def choose_replicas(
@@ -264,7 +286,7 @@ class BackendPool(Service):
         taken = {self.zone_of(name) for name in holding if name in self._configs}
         chosen = spread(ranked, self.zone_of, count, taken)
         for name in chosen:
-            metrics.BALANCER_DECISIONS.labels(self._strategy.name, name).inc()
+            labelled(metrics.BALANCER_DECISIONS, self._strategy.name, name).inc()
         return chosen
 
     def zone_of(self, name: str) -> str:
@@ -324,19 +346,19 @@ class BackendPool(Service):
         if op_class not in OP_CLASSES:
             raise ValueError(f"operation class must be 'A' or 'B', not {op_class!r}")
         month = self._current_month()
-        tally = self._pending.setdefault((month, name), _Tally())
-        tally.add(
-            _Tally(
-                class_a=1 if op_class == "A" else 0,
-                class_b=1 if op_class == "B" else 0,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-            )
-        )
+        tally = self._pending.get((month, name))
+        if tally is None:
+            tally = self._pending[(month, name)] = _Tally()
+        if op_class == "A":
+            tally.class_a += 1
+        else:
+            tally.class_b += 1
+        tally.bytes_in += bytes_in
+        tally.bytes_out += bytes_out
         if bytes_in:
-            metrics.BACKEND_BYTES_IN.labels(name).inc(bytes_in)
+            labelled(metrics.BACKEND_BYTES_IN, name).inc(bytes_in)
         if bytes_out:
-            metrics.BACKEND_BYTES_OUT.labels(name).inc(bytes_out)
+            labelled(metrics.BACKEND_BYTES_OUT, name).inc(bytes_out)
         self._publish_counts(name)
 
     def operation_counts(self, name: str) -> OperationCounts:
@@ -374,8 +396,8 @@ class BackendPool(Service):
 
     def _publish_counts(self, name: str) -> None:
         counts = self.operation_counts(name)
-        metrics.BUCKET_OPERATIONS_MONTH.labels(name, "A").set(counts.class_a)
-        metrics.BUCKET_OPERATIONS_MONTH.labels(name, "B").set(counts.class_b)
+        labelled(metrics.BUCKET_OPERATIONS_MONTH, name, "A").set(counts.class_a)
+        labelled(metrics.BUCKET_OPERATIONS_MONTH, name, "B").set(counts.class_b)
 
     def flush(self) -> Deferred[None]:
         """Write the counts not yet stored, then re-read this month's totals; never fails

@@ -22,6 +22,7 @@ from s3balance import metrics
 from s3balance.backends.interface import Capacity, IBackend
 from s3balance.db.records import BackendUsage
 from s3balance.db.store import MetadataStore
+from s3balance.labelled import labelled
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -176,10 +177,10 @@ class UsageMonitor(Service):
 
     def _publish(self, name: str) -> None:
         used = self.usage(name)
-        metrics.BUCKET_USAGE_BYTES.labels(name).set(used.used_bytes)
-        metrics.BUCKET_OBJECTS.labels(name).set(used.object_count)
+        labelled(metrics.BUCKET_USAGE_BYTES, name).set(used.used_bytes)
+        labelled(metrics.BUCKET_OBJECTS, name).set(used.object_count)
         capacity = self._max_sizes().get(name)
         if capacity is None:
             capacity = self.storage_total(name)
         if capacity is not None:
-            metrics.BUCKET_CAPACITY_BYTES.labels(name).set(capacity)
+            labelled(metrics.BUCKET_CAPACITY_BYTES, name).set(capacity)

@@ -4,24 +4,18 @@ p99, and the signed load a SigV4-verifying daemon accepts."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
 from bench import clients, signed
 from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
-from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
+from bench.nginx import BACKEND_BUCKET, Nginx
 from bench.run import S3BALANCE, Measurement
 from bench.small import S3BALANCE_SIGV4, TWISTED_PROXY, small_verdicts, timed_load
 from bench.twistedproxy import TwistedProxy
 from test import test_bench_smoke as smoke
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        not nginx_available() or shutil.which("curl") is None, reason="needs nginx and curl"
-    ),
-]
+pytestmark = [pytest.mark.timeout(60), smoke.needs_nginx_and_curl]
 
 needs_wrk = pytest.mark.skipif(not clients.wrk_available(), reason="needs wrk")
 

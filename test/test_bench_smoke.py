@@ -36,12 +36,11 @@ from bench.run import (
     verdicts,
 )
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        not nginx_available() or shutil.which("curl") is None, reason="needs nginx and curl"
-    ),
-]
+#: What every bench test needs (the other ``test_bench_*`` files use it too).
+needs_nginx_and_curl = pytest.mark.skipif(
+    not nginx_available() or shutil.which("curl") is None, reason="needs nginx and curl"
+)
+pytestmark = [pytest.mark.timeout(60), needs_nginx_and_curl]
 
 MiB = 1 << 20
 

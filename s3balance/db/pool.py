@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from s3balance.db.engine import READ_ONLY_OPTION
 from s3balance.db.errors import MetadataUnavailable
+from s3balance.labelled import labelled
 from s3balance.metrics import DB_QUERY_DURATION
 
 T = TypeVar("T")
@@ -110,7 +111,7 @@ def run_transaction(
             raise MetadataUnavailable(str(error.orig or error)) from error
         raise
     finally:
-        DB_QUERY_DURATION.labels(operation_name(fn)).observe(time.monotonic() - started)
+        labelled(DB_QUERY_DURATION, operation_name(fn)).observe(time.monotonic() - started)
 
 
 def _run_with_retries(

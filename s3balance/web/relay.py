@@ -28,6 +28,7 @@ from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from s3balance.backends.interface import ISocketBody
+from s3balance.labelled import labelled
 from s3balance.metrics import INFLIGHT_TRANSFERS, ZERO_COPY_BYTES
 from s3balance.net import splice, twistedcompat
 from s3balance.net.stallwatch import StallWatch
@@ -303,12 +304,12 @@ def relay_object(
     if not request.responseHeaders.hasHeader(b"Content-Length"):
         request.setHeader(b"Content-Length", b"%d" % stream.length)
     relay = _RelayProtocol(request, stream.length, clock, stall_timeout, zero_copy)
-    INFLIGHT_TRANSFERS.labels(direction="out").inc()
+    labelled(INFLIGHT_TRANSFERS, "out").inc()
     relay.deferred.addBoth(_transfer_ended)
     stream.deliverBody(relay)
     return relay.deferred
 
 
 def _transfer_ended(result: _T) -> _T:
-    INFLIGHT_TRANSFERS.labels(direction="out").dec()
+    labelled(INFLIGHT_TRANSFERS, "out").dec()
     return result

@@ -24,6 +24,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from s3balance import errors
 from s3balance.errors import S3Error
+from s3balance.labelled import labelled
 from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
 from s3balance.metrics import INFLIGHT_TRANSFERS, REFUSALS
 from s3balance.net import twistedcompat
@@ -191,7 +192,7 @@ class StreamingRequest(server.Request):
         settings = self._settings
         assert settings is not None
         self.streamed = True
-        INFLIGHT_TRANSFERS.labels(direction="in").inc()
+        labelled(INFLIGHT_TRANSFERS, "in").inc()
         self.content = BytesIO()
         self.body = RequestBody(
             UNKNOWN_LENGTH if length is None else length,
@@ -405,7 +406,7 @@ class StreamingRequest(server.Request):
         self._logged = True
         self._release_body()
         if self.streamed:
-            INFLIGHT_TRANSFERS.labels(direction="in").dec()
+            labelled(INFLIGHT_TRANSFERS, "in").dec()
         if self._settings is not None:
             self._settings.request_ended(self)
         client = self.client

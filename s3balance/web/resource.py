@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import inspect
-import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +51,7 @@ from s3balance.auth.headers import RequestHeaders
 from s3balance.config import Config
 from s3balance.db.errors import MetadataUnavailable
 from s3balance.gateway import Gateway
+from s3balance.labelled import labelled
 from s3balance.logs import access_operation, make_logger
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
@@ -69,6 +70,10 @@ from s3balance.web.routing import (
 from s3balance.web.xml import Owner
 
 log = make_logger()
+
+#: ``x-amz-id-2`` is an opaque token, not a secret: drawn from a generator seeded once, not from
+#: the kernel on every request.
+_host_ids = random.Random()
 
 #: The operation of a request whose path is not valid percent-encoded UTF-8.
 INVALID_URI = "InvalidURI"
@@ -250,7 +255,7 @@ class _S3Operation(Resource):
         request_id = getattr(request, "request_id", None) or new_request_id()
         request.responseHeaders.setRawHeaders(b"x-amz-request-id", [request_id.encode()])
         request.responseHeaders.setRawHeaders(
-            b"x-amz-id-2", [base64.b64encode(os.urandom(24))]
+            b"x-amz-id-2", [base64.b64encode(_host_ids.randbytes(24))]
         )
         started = root.clock.seconds()
         route = root.route_of(request)
@@ -367,7 +372,7 @@ class _S3Operation(Resource):
 
     def _count(self, _: Any, request: Request, route: Route, started: float) -> None:
         status = str(request.code) if request.finished else "disconnected"
-        metrics.S3_OPERATION_DURATION.labels(route.operation).observe(
+        labelled(metrics.S3_OPERATION_DURATION, route.operation).observe(
             max(0.0, self.root.clock.seconds() - started)
         )
         # Only the first requests wait for the label set to be loaded.
@@ -387,7 +392,7 @@ class _S3Operation(Resource):
             labels.removed(route.bucket)
             metrics.forget_virtual_bucket(route.bucket)
             bucket = OTHER_BUCKET
-        metrics.S3_OPERATIONS.labels(route.operation, bucket, status).inc()
+        labelled(metrics.S3_OPERATIONS, route.operation, bucket, status).inc()
 
 def _buffered_body(request: Request) -> bytes:
     """The body twisted.web buffered for a non-streamed request (XML documents, small PUTs)."""
