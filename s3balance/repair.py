@@ -6,9 +6,9 @@ seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekee
 
 - objects with a location on a backend that is no longer configured, or that has not been
   available (healthy and enabled) for longer than ``repair.after``: that copy is *lost*;
-- objects whose copy a backend no longer has: while any bucket has ``replicas`` above 1, each
-  available backend's listing is compared with the rows (as scrub does), and a key the listing
-  lacks is confirmed with a HEAD before it counts as *missing*;
+- objects whose copy a backend no longer has: for the buckets with ``replicas`` above 1, each
+  available backend's listing of their prefixes is compared with the rows (as scrub does), and a
+  key the listing lacks is confirmed with a HEAD before it counts as *missing*;
 - objects with fewer or more locations than their bucket's ``replicas``.
 
 For each, under a claim in the database (``repair_claims``: daemons sharing the database never
@@ -179,8 +179,8 @@ class Repairer(PeriodicRounds):
             lost = self._lost_backends(now)
             usable = [name for name in self.pool.names() if name not in lost]
             # Only objects with another copy can have a missing one re-created.
-            replicated = any(n > 1 for n in self.gateway.settings.replicas.values())
-            missing = await self._missing_copies(summary) if replicated else {}
+            replicated = sorted(b for b, n in self.gateway.settings.replicas.items() if n > 1)
+            missing = await self._missing_copies(summary, replicated) if replicated else {}
             for bucket in await self.store.list_buckets():
                 await self._repair_bucket(bucket.name, usable, lost, missing, summary)
             leftover = [
@@ -247,28 +247,32 @@ class Repairer(PeriodicRounds):
         await defer.gatherResults([one(suspect) for suspect in suspects], consumeErrors=True)
 
     async def _missing_copies(
-        self, summary: RepairPass
+        self, summary: RepairPass, buckets: list[str]
     ) -> dict[tuple[int, str, str], set[Location]]:
-        """Locations each available backend's listing lacks (or lists at another size), by
-        object; rows are read before the listing, so a write committed meanwhile is not
-        among them."""
+        """Locations of ``buckets``' objects each available backend's listing lacks (or lists at
+        another size), by object.  Only those buckets' prefixes are listed (a real key starts
+        with its virtual bucket's name); rows are read before the listing, so a write committed
+        meanwhile is not among them."""
         found: dict[tuple[int, str, str], set[Location]] = {}
+        prefixes = tuple(f"{bucket}/" for bucket in buckets)
         for name in self.pool.names():
             if not self.pool.is_available(name):
                 continue
             try:
-                rows = await self.store.objects_on(name)
-                if not rows:
-                    continue
-                listed = {
-                    comparable_key(entry.key): entry.size
-                    for entry in await self.pool.get(name).list_objects("")
+                rows = {
+                    real: size
+                    for real, (size, _) in (await self.store.objects_on(name)).items()
+                    if real.startswith(prefixes)
                 }
+                listed: dict[str, int] = {}
+                for prefix in prefixes if rows else ():
+                    for entry in await self.pool.get(name).list_objects(prefix):
+                        listed[comparable_key(entry.key)] = entry.size
             except Exception as error:
                 summary.problem(f"listing {name}: {error}")
                 continue
             absent = [
-                real for real, (size, _) in rows.items() if listed.get(comparable_key(real)) != size
+                real for real, size in rows.items() if listed.get(comparable_key(real)) != size
             ]
             for start in range(0, len(absent), PAGE):
                 chunk = absent[start : start + PAGE]
