@@ -407,3 +407,26 @@ def test_by_default_every_database_thread_keeps_its_connection() -> None:
     pool: Any = engine.pool
     assert (pool.size(), pool._max_overflow) == (threads, 0)
     engine.dispose()
+
+
+
+class InMemoryDatabaseTests(twisted_unittest.TestCase):
+    timeout = 30
+
+    async def test_an_in_memory_database_is_used_by_one_thread_only(self) -> None:
+        """Its one shared connection must never serve a write and a read at once: a pool of
+        one thread keeps no separate writer thread."""
+        engine = db_engine.create_engine("sqlite://")
+        model.metadata.create_all(engine)
+        threads = db_engine.thread_count("sqlite://", DatabaseConfig())
+        pool = DBThreadPool(engine, reactor, threads)  # type: ignore[arg-type]
+        pool.start()
+        self.addCleanup(pool.stop)
+        names: list[str] = []
+
+        def note(connection: sa.Connection) -> None:
+            names.append(threading.current_thread().name)
+
+        for call in (pool.do, pool.do_read, pool.do):
+            await call(note)
+        self.assertEqual(len(set(names)), 1, names)

@@ -159,13 +159,15 @@ class DBThreadPool:
             that both begin a write make one sleep in SQLite's busy handler, in growing steps,
             and a burst of small PUTs then waits in those sleeps.  On one thread, the next write
             starts the moment the previous one commits, with no trip through the reactor, and
-            reads still run beside it (WAL).
+            reads still run beside it (WAL).  Never for a pool of one thread.
         """
         self.engine = engine
         self._reactor = reactor
         self._threadpool = ThreadPool(minthreads=1, maxthreads=max(1, max_threads), name=name)
         if one_writer is None:
-            one_writer = engine.dialect.name == "sqlite"
+            # With one thread there is nothing to keep apart, and an in-memory database has one
+            # shared connection that two threads must never use at once.
+            one_writer = engine.dialect.name == "sqlite" and max_threads > 1
         self._writer = (
             ThreadPool(minthreads=1, maxthreads=1, name=f"{name}-writer")
             if one_writer
