@@ -14,12 +14,14 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from s3balance.names import RESERVED_METADATA_PREFIX
+
 #: Longest real key we give a backend: S3's own key limit, which the real bucket applies to us.
 MAX_REAL_KEY_BYTES = 1024
 #: Backend user metadata (``x-amz-meta-s3balance-key``) holding the virtual key of an object
 #: whose real key is hashed (clients may not use the ``s3balance-`` prefix:
 #: :func:`s3balance.names.check_client_metadata`).
-KEY_METADATA = "s3balance-key"
+KEY_METADATA = RESERVED_METADATA_PREFIX + "key"
 #: The directory of hashed real keys inside a virtual bucket's prefix.
 HASHED_KEY_DIR = "~s3balance-hashed"
 #: Length of the suffix: ``~w`` and 24 hex digits.

@@ -34,17 +34,16 @@ from dataclasses import dataclass, field
 
 from s3balance.backends.interface import STORED_HEADERS
 from s3balance.logs import make_logger
+from s3balance.names import RESERVED_METADATA_PREFIX
 from s3balance.realkeys import KEY_METADATA, encode_key, key_from_metadata
 
 log = make_logger()
 
-#: The reserved prefix of backend metadata names (without ``x-amz-meta-``).
-RESERVED_PREFIX = "s3balance-"
-KEY = KEY_METADATA
-HEADERS = RESERVED_PREFIX + "headers"
-ACL = RESERVED_PREFIX + "acl"
-CHECKSUMS = RESERVED_PREFIX + "checksums"
-TAGS = RESERVED_PREFIX + "tags"
+#: Backend metadata names (without ``x-amz-meta-``) under the prefix clients may not use.
+HEADERS = RESERVED_METADATA_PREFIX + "headers"
+ACL = RESERVED_METADATA_PREFIX + "acl"
+CHECKSUMS = RESERVED_METADATA_PREFIX + "checksums"
+TAGS = RESERVED_METADATA_PREFIX + "tags"
 
 #: S3's limit on user metadata: the UTF-8 bytes of every name and value.
 METADATA_LIMIT = 2048
@@ -86,8 +85,8 @@ def reserved_metadata(
     :param checksums: the write's checksum callable; called now, it gives what is already known.
     """
     wanted: list[tuple[str, str]] = []
-    if KEY not in metadata and key_may_be_normalised(key):
-        wanted.append((KEY, encode_key(key)))
+    if KEY_METADATA not in metadata and key_may_be_normalised(key):
+        wanted.append((KEY_METADATA, encode_key(key)))
     extra_headers = {
         name: value for name, value in headers.items() if name.lower() not in STORED_HEADERS
     }
@@ -136,7 +135,7 @@ def read_reserved(metadata: Mapping[str, str]) -> RebuildHints:
     """Split a stored object's metadata into the client's and the reserved entries."""
     client = {
         name: value for name, value in metadata.items()
-        if not name.lower().startswith(RESERVED_PREFIX)
+        if not name.lower().startswith(RESERVED_METADATA_PREFIX)
     }
     return RebuildHints(
         key=key_from_metadata(metadata),
