@@ -29,6 +29,7 @@ from s3balance.usage import UsageMonitor
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
 from test.dbfixture import sqlite_url
+from test.support import s3client
 
 T = TypeVar("T")
 
@@ -112,23 +113,12 @@ class Daemon:
         ``request_checksum_calculation`` defaults to ``when_supported`` (boto3's default, the
         aws-chunked CRC32 trailer); pass ``"when_required"`` for plain bodies.
         """
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        options: dict[str, Any] = {
-            "s3": {"addressing_style": "path"},
-            "retries": {"max_attempts": 1},
-            "connect_timeout": 5,
-            "read_timeout": 30,
-        }
-        options.update(config_options)
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.config.s3api.access_key or "anonymous-test",
-            aws_secret_access_key=self.config.s3api.secret_key or "anonymous-secret",
-            region_name=self.config.s3api.region,
-            config=BotoConfig(**options),
+        return s3client.boto3_client(
+            self.endpoint,
+            self.config.s3api.access_key or "anonymous-test",
+            self.config.s3api.secret_key or "anonymous-secret",
+            self.config.s3api.region,
+            **config_options,
         )
 
     async def real_keys(self, backend: str, prefix: str = "") -> list[str]:
