@@ -141,3 +141,15 @@ class OperationCounts:
     class_b: int
     bytes_in: int = 0
     bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class PlacedObject:
+    """An object as moving its copies needs it: its row id (claims and paging name it), where
+    it is, its size, and every location in order (a compare-and-set expects exactly these)."""
+
+    object_id: int
+    bucket: str
+    key: str
+    size: int
+    locations: tuple[Location, ...]

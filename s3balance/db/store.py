@@ -3,8 +3,9 @@
 As in buildbot's ``db/``, the store is made of one component per area of the schema, each over the
 shared database pool (:mod:`s3balance.db.base`): :mod:`~s3balance.db.buckets`,
 :mod:`~s3balance.db.objects`, :mod:`~s3balance.db.multipart`, :mod:`~s3balance.db.deletions`,
-:mod:`~s3balance.db.usage` and :mod:`~s3balance.db.repairs`.  :class:`MetadataStore` is all of them
-at once, so callers keep one object and one set of method names.  Every method runs one transaction
+:mod:`~s3balance.db.usage`, :mod:`~s3balance.db.repairs` and :mod:`~s3balance.db.placed`.
+:class:`MetadataStore` is all of them at once, so callers keep one object and one set of method
+names.  Every method runs one transaction
 on the pool's threads and fires with plain records (:mod:`s3balance.db.records`); a database out of
 reach fails it with :class:`~s3balance.db.errors.MetadataUnavailable`.
 
@@ -26,6 +27,7 @@ from s3balance.db.errors import (
 )
 from s3balance.db.multipart import CompletedUpload, MultipartComponent
 from s3balance.db.objects import ANY, UNCONDITIONAL, Condition, ObjectsComponent, Replacement
+from s3balance.db.placed import PlacedComponent
 from s3balance.db.repairs import RepairsComponent
 from s3balance.db.usage import UsageComponent
 
@@ -37,6 +39,7 @@ class MetadataStore(
     DeletionsComponent,
     UsageComponent,
     RepairsComponent,
+    PlacedComponent,
 ):
     """Bucket, object, upload, pending deletion, usage and counter rows, behind
     Deferred-returning methods (``MetadataStore(pool)``)."""
