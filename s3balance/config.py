@@ -130,6 +130,10 @@ class BalancerConfig:
     unhealthy_threshold: int = default("balancer.unhealthy_threshold")
     healthy_threshold: int = default("balancer.healthy_threshold")
     probe_timeout: float = default("balancer.probe_timeout")
+    #: ``off``, ``spread`` or ``pack`` (:mod:`s3balance.rebalancing`).
+    rebalance: str = default("balancer.rebalance")
+    rebalance_threshold: float = default("balancer.rebalance_threshold")
+    rebalance_interval: float = default("balancer.rebalance_interval")
 
 
 @dataclass

@@ -28,6 +28,7 @@ __all__ = [
     "DATABASE_TYPES",
     "KEYS",
     "LOG_LEVELS",
+    "REBALANCE_MODES",
     "STRATEGIES",
     "BUCKET_NAME_RULES",
     "EnvText",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 STRATEGIES = ("round-robin", "least-space", "weighted", "consistent-hash")
+#: ``balancer.rebalance``: ``off``, or the mode the daemon rebalances with by itself.
+REBALANCE_MODES = ("off", "spread", "pack")
 DATABASE_TYPES = ("sqlite", "mysql", "postgres")
 LOG_LEVELS = ("silent", "error", "warn", "info")
 #: SigV4 presigned URLs cannot live longer than a week.
@@ -275,6 +278,37 @@ class Choice(Kind):
 
     def allowed(self) -> str:
         return "one of " + ", ".join(f"`{choice}`" for choice in self.choices)
+
+
+@dataclass(frozen=True)
+class Switch(Choice):
+    """A choice whose first value means "off": YAML reads a bare ``off`` (or ``no``, ``false``)
+    as the boolean false, which is taken for it."""
+
+    def read(self, value: Any, how: Reading) -> Any:
+        if value is False:
+            return self.choices[0]
+        return super().read(value, how)
+
+
+@dataclass(frozen=True)
+class Fraction(Kind):
+    """A number from 0 to 1 (``0.1`` is ten percent)."""
+
+    def read(self, value: Any, how: Reading) -> Any:
+        if isinstance(value, EnvText):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"{describe(value)} is not a number (allowed: 0 to 1, e.g. 0.1)")
+        if not 0 <= value <= 1:
+            raise Invalid(f"{value!r} is out of range (allowed: 0 to 1, e.g. 0.1 for 10%)")
+        return float(value)
+
+    def allowed(self) -> str:
+        return "number from 0 to 1"
 
 
 def _parsed(parse: Callable[[Any], _T], value: Any) -> _T:
@@ -560,6 +594,14 @@ KEYS: tuple[Key, ...] = (
         "good probes in a row before it is used again", live=True, ours=True),
     Key("balancer.probe_timeout", Duration(positive=True), 5.0, "how long one probe may take",
         live=True, ours=True),
+    Key("balancer.rebalance", Switch(REBALANCE_MODES), "off",
+        "`spread` or `pack`: the daemon starts a rebalance by itself when the backends are out "
+        "of balance (moving data costs egress; see \"Rebalance\")", live=True, ours=True),
+    Key("balancer.rebalance_threshold", Fraction(), 0.1,
+        "how far from balanced the backends may be: spread, in fraction of capacity from the "
+        "mean; pack, below full", live=True, ours=True),
+    Key("balancer.rebalance_interval", Duration(positive=True), 3600.0,
+        "how often the daemon checks the balance when `rebalance` is on", ours=True),
     # metrics: served by resources built at start.
     Key("metrics.enabled", Boolean(), True, "serve Prometheus metrics"),
     Key("metrics.path", UrlPath(), "/metrics",

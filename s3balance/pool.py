@@ -243,18 +243,30 @@ class BackendPool(Service):
                 continue
             if self.over_write_limit(name):
                 continue
-            used = self._usage.usage(name).used_bytes
-            reserved = self._reserved.get(name, 0)
-            free: int | None = None
-            if config.max_size is not None:
-                free = config.max_size - used - reserved
-            storage_free = self._usage.storage_free(name)
-            if storage_free is not None:
-                free = min(storage_free - reserved, free if free is not None else storage_free)
+            free = self.room(name)
             if free is not None and free < max(size, 1):
                 continue
-            result.append(Candidate(name, config.weight, used + reserved, config.max_size, free))
+            used = self._usage.usage(name).used_bytes + self._reserved.get(name, 0)
+            result.append(Candidate(name, config.weight, used, config.max_size, free))
         return result
+
+    def room(self, name: str) -> int | None:
+        """Bytes ``name`` may still take: ``max_size`` less the bytes placed and reserved there,
+        and no more than the storage reported free (less the reserved bytes); None when neither
+        bounds it.
+
+        :raises KeyError: no backend has that name.
+        """
+        config = self._configs[name]
+        used = self._usage.usage(name).used_bytes
+        reserved = self._reserved.get(name, 0)
+        free: int | None = None
+        if config.max_size is not None:
+            free = config.max_size - used - reserved
+        storage_free = self._usage.storage_free(name)
+        if storage_free is not None:
+            free = min(storage_free - reserved, free if free is not None else storage_free)
+        return free
 
     def choose(self, bucket: str, key: str, size: int) -> list[str]:
         """Backends for a new object of ``bucket``/``key``, best first, fallbacks after; empty

@@ -114,6 +114,8 @@ from s3balance.configfile import ConfigError, config_to_dict, merge_config, pars
 from s3balance.db.records import OperationCounts
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
+from s3balance.rebalance import MAX_MOVES, RebalanceSettings, plan_rebalance
+from s3balance.rebalancing import MODES
 from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
@@ -237,6 +239,7 @@ class AdminResource(Resource):
             (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
             (b"POST", ("scrub",), self.post_scrub),
             (b"GET", ("repair",), self.get_repair),
+            (b"POST", ("rebalance",), self.post_rebalance),
         ]
         # For the web console (s3balance.console); documented in the module docstring.
         self._routes += [
@@ -518,6 +521,22 @@ class AdminResource(Resource):
     async def get_repair(self, request: Request) -> JSON:
         return self.daemon.repair.report()
 
+    # -- rebalance ---------------------------------------------------------------------------
+
+    async def post_rebalance(self, request: Request) -> JSON:
+        body = _json_body(request)
+        settings = _rebalance_settings(body, self.daemon.config)
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise _error(400, "dry_run must be true or false")
+        if not dry_run:
+            raise _error(501, "only dry runs can be asked for yet")
+        order = [bucket.name for bucket in self.daemon.config.real_buckets]
+        planner, partial = await plan_rebalance(
+            self.daemon.pool, self.daemon.store, order, settings
+        )
+        return {"dry_run": True, "plan": planner.report(partial)}
+
     async def post_scrub(self, request: Request) -> JSON:
         from s3balance.scrub import DEFAULT_GRACE, scrub
 
@@ -753,6 +772,30 @@ def _json_body(request: Request) -> JSON:
     if not isinstance(body, dict):
         raise _error(400, "request body must be a JSON object")
     return body
+
+
+def _rebalance_settings(body: JSON, config: Config) -> RebalanceSettings:
+    """A rebalance request's settings; the mode and threshold default to ``balancer.rebalance``
+    and ``balancer.rebalance_threshold``."""
+    configured = config.balancer.rebalance
+    mode = body.get("mode", configured if configured in MODES else None)
+    if mode not in MODES:
+        raise _error(400, f"mode must be one of {', '.join(MODES)} (got {json.dumps(mode)})")
+    threshold = body.get("threshold", config.balancer.rebalance_threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise _error(400, f"threshold must be a number from 0 to 1 (got {json.dumps(threshold)})")
+    max_moves = body.get("max_moves", MAX_MOVES)
+    if isinstance(max_moves, bool) or not isinstance(max_moves, int) or max_moves < 1:
+        raise _error(400, f"max_moves must be a whole number, 1 or more (got {max_moves!r})")
+    max_bytes = body.get("max_bytes")
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+    ):
+        raise _error(400, f"max_bytes must be a whole number, 1 or more (got {max_bytes!r})")
+    try:
+        return RebalanceSettings(mode, float(threshold), max_moves, max_bytes)
+    except ValueError as error:
+        raise _error(400, str(error)) from error
 
 
 def _query(request: Request, name: str, required: bool = True) -> str | None:

@@ -362,6 +362,8 @@ def _balancer_changes(old: BalancerConfig, new: BalancerConfig) -> list[str]:
             "probe_timeout",
             "retry_attempts",
             "retry_delay",
+            "rebalance",
+            "rebalance_threshold",
         )
         if getattr(old, name) != getattr(new, name)
     ]
