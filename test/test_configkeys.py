@@ -186,3 +186,49 @@ def test_a_key_is_found_by_its_path() -> None:
     found = find_key("buckets[].operation_limits.type_a")
     assert found is not None and found.section == "buckets[].operation_limits"
     assert find_key("server") is None
+
+
+def test_rebalance_mode_takes_yaml_off_and_refuses_other_words() -> None:
+    def parsed(text: str) -> Config:
+        data = _valid_file()
+        data["balancer"] = yaml.safe_load(text)
+        return parse_config(data, {})
+
+    assert parsed("rebalance: off").balancer.rebalance == "off"  # YAML reads a bare off as false
+    assert parsed("rebalance: spread").balancer.rebalance == "spread"
+    assert parsed("{}").balancer.rebalance == "off"
+    with pytest.raises(ConfigError) as caught:
+        parsed("rebalance: spred")
+    assert caught.value.problems == [
+        "balancer.rebalance: 'spred' is not one of off, spread, pack; did you mean 'spread'?"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parsed("rebalance: on")  # true: not a mode
+    assert caught.value.problems[0].startswith("balancer.rebalance: true is not text")
+    config = parsed("rebalance: pack")
+    assert parse_config(config_to_dict(config, mask_secrets=False), {}) == config
+    off = parsed("rebalance: off")
+    assert yaml.safe_load(yaml.safe_dump(config_to_dict(off)))["balancer"]["rebalance"] == "off"
+
+
+def test_rebalance_threshold_is_a_fraction() -> None:
+    def problems(value: Any) -> list[str]:
+        data = _valid_file()
+        data["balancer"] = {"rebalance_threshold": value}
+        try:
+            parse_config(data, {})
+        except ConfigError as error:
+            return error.problems
+        return []
+
+    assert problems(0) == problems(0.25) == problems(1) == []
+    assert problems(1.5) == [
+        "balancer.rebalance_threshold: 1.5 is out of range (allowed: 0 to 1, e.g. 0.1 for 10%)"
+    ]
+    assert problems("ten") == [
+        "balancer.rebalance_threshold: 'ten' is not a number (allowed: 0 to 1, e.g. 0.1)"
+    ]
+    assert problems(True)[0].startswith("balancer.rebalance_threshold: true is not a number")
+    data = _valid_file()
+    data["balancer"] = {"rebalance_threshold": "${T}"}
+    assert parse_config(data, {"T": "0.3"}).balancer.rebalance_threshold == 0.3
