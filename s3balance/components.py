@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from s3balance import drain
+from s3balance import drain, rebalance
 from s3balance.admin.api import AdminResource, Reconfiguring
 from s3balance.admin.history import TrafficHistory
 from s3balance.admin.reload import Reconfigurator
@@ -196,6 +196,14 @@ class Components:
             JobDaemon(self.store, self.pool, self.gateway, self.usage, reactor), config.jobs
         )
         self.jobs.register(drain.KIND)
+        self.jobs.register(rebalance.KIND)
+        #: Starts a rebalance job when ``balancer.rebalance`` asks (housekeeping's process).
+        self.rebalance_watch = rebalance.RebalanceWatch(
+            self.jobs,
+            lambda: self.reconfigurator.config.balancer,
+            reactor,
+            balancer.rebalance_interval,
+        )
         #: The console's traffic history, which its dashboard charts (with the admin API only).
         self.traffic = TrafficHistory(reactor) if config.api.enabled else None
         self.resource = S3Resource(
@@ -280,13 +288,14 @@ class Components:
 
     def background(self) -> list[Service]:
         """The periodic services this process runs, in starting order: the first worker (or
-        the only process) probes, expires uploads, repairs and runs jobs for all; the other
-        workers take its health findings from the supervisor."""
+        the only process) probes, expires uploads, repairs, runs jobs and checks the balance
+        for all; the other workers take its health findings from the supervisor."""
         services: list[Service] = [
-            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair, self.jobs
+            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair, self.jobs,
+            self.rebalance_watch,
         ]  # fmt: skip
         if self.worker not in (None, 0):
-            firsts = (self.health, self.expiry, self.repair, self.jobs)
+            firsts = (self.health, self.expiry, self.repair, self.jobs, self.rebalance_watch)
             services = [s for s in services if s not in firsts]
         return services
 

@@ -53,7 +53,7 @@ from s3balance.streams import StreamBodyProducer
 if TYPE_CHECKING:
     from s3balance.jobs import JobDaemon, JobRunner
 
-__all__ = ["KIND", "DrainError", "run_drain", "start_drain"]
+__all__ = ["KIND", "DrainError", "move_copy", "run_drain", "start_drain"]
 
 log = make_logger()
 
@@ -182,17 +182,30 @@ async def move_location(job: RunningJob, location: BackendLocation) -> bool:
             "unhealthy, drained or at its class A limit)"
         )
         return False
-    target = Location(targets[0], location.real_key)
+    return await move_copy(job, record, source, targets[0])
+
+
+async def move_copy(job: RunningJob, record: ObjectRecord, source: Location, target: str) -> bool:
+    """Move the copy of ``record`` at ``source`` to backend ``target`` at the same real key
+    (steps 3 and 4 of the module docstring; a rebalance's move too): the bytes are read from
+    ``source`` first, from the other copies if it fails.  Whether ``source`` left the row (the
+    object changed meanwhile: nothing was left to move).
+
+    :raises BackendError: no copy could be read, or the target failed.
+    """
+    daemon = job.daemon
+    holders = [loc.backend for loc in record.locations]
     readers = daemon.pool.read_order(holders)
-    if backend in readers:  # read the drained copy first: it is the one leaving
-        readers.remove(backend)
-        readers.insert(0, backend)
+    if source.backend in readers:  # read the leaving copy first
+        readers.remove(source.backend)
+        readers.insert(0, source.backend)
     sources = [loc for name in readers for loc in record.locations if loc.backend == name]
     if not sources:
         job.problem(f"{record.bucket}/{record.key}: no copy can be read now")
         return False
-    size = await _copy(daemon, record, sources, target)
-    return await _commit(job, record, source, target, size)
+    destination = Location(target, source.real_key)
+    size = await _copy(daemon, record, sources, destination)
+    return await _commit(job, record, source, destination, size)
 
 
 async def _copy(
@@ -260,8 +273,8 @@ async def _commit(
         kept = set(current.locations) if current is not None else set()
         if target not in kept:
             await gateway.retirement.discard([target])
-        log.info("drain: {bucket}/{key} changed while it was copied; the copy is discarded",
-                 bucket=record.bucket, key=record.key)
+        log.info("{kind}: {bucket}/{key} changed while it was copied; the copy is discarded",
+                 kind=job.record.kind, bucket=record.bucket, key=record.key)
         return current is None or source not in kept
     daemon.usage.adjust(target.backend, record.size, 1)
     daemon.usage.adjust(source.backend, -record.size, -1)

@@ -196,6 +196,21 @@ JOB_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+REBALANCE_OUT_OF_BALANCE = Gauge(
+    "s3_balance_rebalance_out_of_balance",
+    "Real buckets out of balance at the last rebalance plan (a dry run, a balance check of "
+    "balancer.rebalance, or a plan of a rebalance job), by mode.",
+    ["mode"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
+REBALANCE_PLANNED_BYTES = Gauge(
+    "s3_balance_rebalance_planned_bytes",
+    "Bytes the last rebalance plan would move (what balancing costs in egress), by mode.",
+    ["mode"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

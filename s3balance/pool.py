@@ -164,6 +164,10 @@ class BackendPool(Service):
     def names(self) -> list[str]:
         return sorted(self._backends)
 
+    def configured_names(self) -> list[str]:
+        """The names in configuration order (a rebalance that packs fills them in it)."""
+        return list(self._configs)
+
     def backends(self) -> dict[str, IBackend]:
         """A copy of the current set, for the health and usage monitors."""
         return dict(self._backends)

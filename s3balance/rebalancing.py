@@ -191,7 +191,8 @@ class Planner:
         self._bytes_capped = False
         #: One move per object per plan: a second would expect locations the first changed.
         self._moved: set[int] = set()
-        self._initially_balanced = self.balanced()
+        #: What was out of balance before any move (:meth:`out_of_balance` is after them).
+        self.out_of_balance_before = self.out_of_balance()
 
     # -- who takes part ----------------------------------------------------------------------
 
@@ -449,7 +450,8 @@ class Planner:
             "mode": self.mode,
             "threshold": self.threshold,
             "mean_fraction": self.mean_fraction,
-            "balanced_before": self._initially_balanced,
+            "balanced_before": not self.out_of_balance_before,
+            "out_of_balance_before": self.out_of_balance_before,
             "balanced_after": self.balanced(),
             "out_of_balance_after": self.out_of_balance(),
             "stopped": self.stop_reason(partial),

@@ -120,3 +120,33 @@ class RebalanceApiTests(TestCase):
             status, document = await self.request("POST", "/rebalance", body)
             self.assertEqual(status, 400, body)
             self.assertIn(words, document["error"])
+
+    async def test_a_rebalance_job_is_started_once_and_shown(self) -> None:
+        status, document = await self.request("GET", "/rebalance")
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            document["settings"], {"rebalance": "off", "threshold": 0.1, "interval": 3600.0}
+        )
+        self.assertEqual((document["job"], document["last_check"]), (None, None))
+        # Nothing runs jobs in this service: the job stays queued.
+        status, started = await self.request(
+            "POST", "/rebalance", {"mode": "spread", "threshold": 0.05}
+        )
+        self.assertEqual(status, 200, started)
+        job = started["job"]
+        self.assertEqual((started["dry_run"], job["kind"], job["state"]),
+                         (False, "rebalance", "queued"))  # fmt: skip
+        self.assertEqual(job["params"]["mode"], "spread")
+        status, refused = await self.request("POST", "/rebalance", {"mode": "pack"})
+        self.assertEqual(status, 409)
+        self.assertIn(f"rebalance job {job['id']} is queued", refused["error"])
+        self.assertEqual(refused["job"]["id"], job["id"])
+        status, document = await self.request("GET", "/rebalance")
+        self.assertEqual(document["job"]["id"], job["id"])
+        # A dry run is always allowed.
+        status, _ = await self.request("POST", "/rebalance", {"mode": "pack", "dry_run": True})
+        self.assertEqual(status, 200)
+        status, cancelled = await self.request("POST", f"/jobs/{job['id']}/cancel")
+        self.assertEqual((status, cancelled["state"]), (200, "cancelled"))
+        status, _ = await self.request("POST", "/rebalance", {"mode": "pack"})
+        self.assertEqual(status, 200)

@@ -131,7 +131,14 @@ from s3balance.configfile import ConfigError, config_to_dict, merge_config, pars
 from s3balance.db.records import OperationCounts
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
-from s3balance.rebalance import MAX_MOVES, RebalanceSettings, plan_rebalance
+from s3balance.rebalance import (
+    MAX_MOVES,
+    RebalanceBusy,
+    RebalanceSettings,
+    active_rebalance,
+    plan_rebalance,
+    start_rebalance,
+)
 from s3balance.rebalancing import MODES
 from s3balance.web.health import health_report
 
@@ -142,6 +149,7 @@ if TYPE_CHECKING:
     from s3balance.health import HealthMonitor
     from s3balance.jobs import JobRunner
     from s3balance.pool import BackendPool
+    from s3balance.rebalance import RebalanceWatch
     from s3balance.repair import Repairer
     from s3balance.usage import UsageMonitor
     from s3balance.web.request import StreamingRequest
@@ -199,6 +207,11 @@ class DaemonView(Protocol):
     @property
     def jobs(self) -> JobRunner:
         """Queues, controls (and in housekeeping's process runs) drains and other jobs."""
+        ...
+
+    @property
+    def rebalance_watch(self) -> RebalanceWatch:
+        """The check of ``balancer.rebalance`` (its last finding)."""
         ...
 
 
@@ -263,6 +276,7 @@ class AdminResource(Resource):
             (b"POST", ("scrub",), self.post_scrub),
             (b"GET", ("repair",), self.get_repair),
             (b"POST", ("rebalance",), self.post_rebalance),
+            (b"GET", ("rebalance",), self.get_rebalance),
             (b"GET", ("jobs",), self.get_jobs),
             (b"GET", ("jobs", "{}"), self.get_job),
             (b"POST", ("jobs", "{}", "pause"), self.pause_job),
@@ -573,18 +587,48 @@ class AdminResource(Resource):
     # -- rebalance ---------------------------------------------------------------------------
 
     async def post_rebalance(self, request: Request) -> JSON:
+        from s3balance.jobs import job_document
+
         body = _json_body(request)
         settings = _rebalance_settings(body, self.daemon.config)
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise _error(400, "dry_run must be true or false")
-        if not dry_run:
-            raise _error(501, "only dry runs can be asked for yet")
-        order = [bucket.name for bucket in self.daemon.config.real_buckets]
-        planner, partial = await plan_rebalance(
-            self.daemon.pool, self.daemon.store, order, settings
-        )
-        return {"dry_run": True, "plan": planner.report(partial)}
+        if dry_run:
+            planner, partial = await plan_rebalance(
+                self.daemon.pool, self.daemon.store, settings
+            )
+            return {"dry_run": True, "plan": planner.report(partial)}
+        now = self.daemon.clock.seconds()
+        try:
+            record = await start_rebalance(self.daemon.jobs, settings)
+        except RebalanceBusy as busy:
+            raise ApiError(
+                409,
+                {
+                    "error": f"{busy}: pause, cancel or wait for it first",
+                    "job": job_document(busy.job, now),
+                },
+            ) from busy
+        return {"dry_run": False, "job": job_document(record, now)}
+
+    async def get_rebalance(self, request: Request) -> JSON:
+        from s3balance.jobs import job_document
+
+        balancer = self.daemon.config.balancer
+        under_way = await active_rebalance(self.daemon.store)
+        now = self.daemon.clock.seconds()
+        return {
+            "settings": {
+                "rebalance": balancer.rebalance,
+                "threshold": balancer.rebalance_threshold,
+                "interval": balancer.rebalance_interval,
+            },
+            "job": None if under_way is None else job_document(
+                under_way, now, self.daemon.jobs.active.get(under_way.id)
+            ),
+            "last_check": self.daemon.rebalance_watch.last,
+        }  # fmt: skip
 
     # -- jobs --------------------------------------------------------------------------------
 
