@@ -1,0 +1,134 @@
+"""Rebalance end to end: the daemon as a process over three buckets of SeaweedFS, two of them
+filled while the third took no writes; ``POST /api/rebalance`` spread, while a client keeps
+reading, ends with every backend within the threshold of the mean, every object byte-exact with
+its metadata, and the store and the buckets in exact agreement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test.support.clients import (
+    ADMIN_TOKEN,
+    VIRTUAL,
+    ClientDaemon,
+    assert_nothing_left_behind,
+)
+from test.support.seaweedfs import seaweed_or_skip
+
+pytestmark = pytest.mark.timeout(180)
+
+#: max_size of each real bucket.
+CAPACITY = 4 * 1024 * 1024
+THRESHOLD = 0.05
+
+
+def body_of(index: int) -> bytes:
+    size = 20_000 + (index * 7919) % 40_000
+    digest = hashlib.sha256(str(index).encode()).digest()
+    return (digest * (size // len(digest) + 1))[:size]
+
+
+def admin_post(daemon: ClientDaemon, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{daemon.endpoint}/api/{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
+    weed = seaweed_or_skip()
+    daemon = ClientDaemon(tmp_path, weed, backend_count=3)
+    for bucket in daemon.config["buckets"]:
+        if not bucket.get("virtual"):
+            bucket["max_size"] = CAPACITY
+    newcomer = daemon.config["buckets"][2]
+    newcomer["enabled"] = False  # it joins empty: nothing is written there first
+    daemon.config["jobs"] = {"poll_interval": "200ms"}
+    keys = [f"obj/{index:03}" for index in range(70)]
+    with daemon:
+        s3 = daemon.client()
+        for index, key in enumerate(keys):
+            s3.put_object(
+                Bucket=VIRTUAL, Key=key, Body=body_of(index), ContentType="application/x-test",
+                Metadata={"index": str(index)},
+            )  # fmt: skip
+        status, enabled = admin_post(daemon, f"buckets/{newcomer['name']}/enable", {})
+        assert status == 200, enabled
+        time.sleep(1.5)  # the usage monitor's next refresh (update_stats_period: 1s)
+
+        status, dry = admin_post(
+            daemon, "rebalance", {"mode": "spread", "threshold": THRESHOLD, "dry_run": True}
+        )
+        assert status == 200, dry
+        plan = dry["plan"]
+        assert plan["out_of_balance_before"] and plan["balanced_after"], plan
+        assert plan["moves"] > 0
+
+        # A reader checks objects for as long as the job runs.
+        stop = threading.Event()
+        read_problems: list[str] = []
+        reads = [0]
+
+        def read_while_moving() -> None:
+            reader = daemon.client()
+            for _ in range(100_000):
+                for index, key in enumerate(keys):
+                    if stop.is_set():
+                        return
+                    got = reader.get_object(Bucket=VIRTUAL, Key=key)
+                    if got["Body"].read() != body_of(index):
+                        read_problems.append(key)
+                    reads[0] += 1
+
+        reader_thread = threading.Thread(target=read_while_moving, daemon=True)
+        reader_thread.start()
+        try:
+            status, started = admin_post(
+                daemon, "rebalance", {"mode": "spread", "threshold": THRESHOLD}
+            )
+            assert status == 200, started
+            job_id = started["job"]["id"]
+            deadline = time.monotonic() + 120
+            job = started["job"]
+            while time.monotonic() < deadline and job["state"] in ("queued", "running"):
+                time.sleep(0.2)
+                job = daemon.admin(f"jobs/{job_id}")
+        finally:
+            stop.set()
+            reader_thread.join(30)
+        assert job["state"] == "done", (job, daemon.log_tail())
+        assert job["errors"] == 0, job
+        assert job["objects_done"] >= plan["moves"] * 0.8, (job, plan)
+        assert read_problems == [] and reads[0] > 0
+
+        for index, key in enumerate(keys):
+            got = s3.get_object(Bucket=VIRTUAL, Key=key)
+            assert got["Body"].read() == body_of(index), key
+            assert got["Metadata"] == {"index": str(index)}
+            assert got["ContentType"] == "application/x-test"
+        status, after = admin_post(
+            daemon, "rebalance", {"mode": "spread", "threshold": THRESHOLD, "dry_run": True}
+        )
+        assert after["plan"]["balanced_before"], after
+        assert 'kind="rebalance"' in daemon.metrics()
+    inventory = assert_nothing_left_behind(daemon)
+    used = {name: inventory.usage.get(name, (0, 0))[0] for name in daemon.real_buckets}
+    mean = sum(used.values()) / (CAPACITY * len(used))
+    for name, size in used.items():
+        assert abs(size / CAPACITY - mean) <= THRESHOLD + 1e-9, (name, used)
+    assert used[newcomer["name"]] > 0
