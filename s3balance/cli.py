@@ -1,5 +1,5 @@
 """``s3balance``: the operator's command line (``rebuild``, ``import``, ``scrub``, ``jobs``,
-``drain``).
+``drain``, ``rebalance``).
 
 ``s3balance scrub ...`` is ``python -m s3balance.scrubcli ...``.  ``rebuild`` recreates the index
 from the real buckets and ``import`` adopts foreign objects (:mod:`s3balance.rebuild`).  Both
@@ -9,10 +9,11 @@ an empty database.  Progress goes to stderr when it is a terminal, the summary (
 stdout.  Exit status: 0 done, 1 done but some objects failed, 2 could not run, 3 interrupted
 (run again to resume).
 
-``jobs [list|show ID|pause ID|resume ID|cancel ID]`` and ``drain NAME`` work on the database
-directly, as ``rebuild`` does, rather than through a daemon's admin API: they need neither
-``api.enabled`` nor a token nor a daemon's address, they work the same whichever daemons (or
-workers) share the database, and a job queued while no daemon runs starts with the next one.
+``jobs [list|show ID|pause ID|resume ID|cancel ID]``, ``drain NAME`` and ``rebalance``
+(:mod:`s3balance.rebalancecli`) work on the database directly, as ``rebuild`` does, rather than
+through a daemon's admin API: they need neither ``api.enabled`` nor a token nor a daemon's
+address, they work the same whichever daemons (or workers) share the database, and a job queued
+while no daemon runs starts with the next one.
 The daemons see the change through the database: a pause or cancel at the running job's next
 heartbeat (2 s), a drain in every placement within a flush period (5 s) and its job at the next
 poll (``jobs.poll_interval``).  Exit status: 0 done, 1 no such job or bucket, or a state that does
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from s3balance import rebalancecli
 from s3balance.backends.interface import BackendError
 from s3balance.clirun import load_tool_config, react_to_status
 from s3balance.config import Config
@@ -90,6 +92,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     drain.add_argument("--data-dir", help="overrides the configuration's data_dir")
     drain.add_argument("--json", action="store_true", help="print JSON")
     drain.add_argument("name", help="the real bucket (buckets[].name)")
+    rebalance = commands.add_parser(
+        "rebalance", help="move copies between the real buckets until they are balanced"
+    )
+    rebalancecli.add_arguments(rebalance)
 
     adopt = commands.add_parser(
         "import", help="adopt objects already in a real bucket into a virtual bucket, uncopied"
@@ -169,6 +175,14 @@ async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
                 return await run_jobs_command(storage.store, config, reactor, arguments)
         except Exception as error:  # the database unreachable, a refused schema...
             print(f"s3balance {arguments.command}: cannot run: {error}", file=sys.stderr)
+            return EXIT_ERROR
+    if arguments.command == "rebalance":
+        try:
+            return await rebalancecli.run_rebalance_command(
+                config, reactor, arguments, opened_storage
+            )
+        except Exception as error:  # the database unreachable, a refused schema...
+            print(f"s3balance rebalance: cannot run: {error}", file=sys.stderr)
             return EXIT_ERROR
     if arguments.command == "import" and arguments.backend not in {
         bucket.name for bucket in config.real_buckets

@@ -1,12 +1,14 @@
 """Rebalance end to end: the daemon as a process over three buckets of SeaweedFS, two of them
-filled while the third took no writes; ``POST /api/rebalance`` spread, while a client keeps
-reading, ends with every backend within the threshold of the mean, every object byte-exact with
-its metadata, and the store and the buckets in exact agreement."""
+filled while the third was disabled, then enabled by a reload (SIGHUP); ``s3balance rebalance
+--dry-run`` prints the plan; ``POST /api/rebalance`` spread, while a client keeps reading, ends
+with every backend within the threshold of the mean, every object byte-exact with its metadata,
+and the store and the buckets in exact agreement."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import threading
 import time
 import urllib.request
@@ -21,6 +23,7 @@ from test.support.clients import (
     ClientDaemon,
     assert_nothing_left_behind,
 )
+from test.support.scrubbing import run_module
 from test.support.seaweedfs import seaweed_or_skip
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,7 +61,8 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
             bucket["max_size"] = CAPACITY
     newcomer = daemon.config["buckets"][2]
     newcomer["enabled"] = False  # it joins empty: nothing is written there first
-    daemon.config["jobs"] = {"poll_interval": "200ms"}
+    # Slow enough (seconds) that the job is paused before it ends.
+    daemon.config["jobs"] = {"poll_interval": "200ms", "max_bytes_per_second": "400KiB"}
     keys = [f"obj/{index:03}" for index in range(70)]
     with daemon:
         s3 = daemon.client()
@@ -67,8 +71,13 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
                 Bucket=VIRTUAL, Key=key, Body=body_of(index), ContentType="application/x-test",
                 Metadata={"index": str(index)},
             )  # fmt: skip
-        status, enabled = admin_post(daemon, f"buckets/{newcomer['name']}/enable", {})
-        assert status == 200, enabled
+        newcomer["enabled"] = True
+        daemon.write_config()
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not daemon.admin(f"buckets/{newcomer['name']}")["enabled"]:
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(0.1)
         time.sleep(1.5)  # the usage monitor's next refresh (update_stats_period: 1s)
 
         status, dry = admin_post(
@@ -78,6 +87,20 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
         plan = dry["plan"]
         assert plan["out_of_balance_before"] and plan["balanced_after"], plan
         assert plan["moves"] > 0
+        # The command line plans the same from the configuration file and the database.
+        printed = run_module(
+            "s3balance", daemon.config_path, "rebalance", "--mode", "spread", "--threshold",
+            str(THRESHOLD), "--dry-run", "--json", timeout=120,
+        )  # fmt: skip
+        assert printed.returncode == 0, printed.stderr
+        from_cli = json.loads(printed.stdout)
+        assert (from_cli["moves"], from_cli["bytes"]) == (plan["moves"], plan["bytes"])
+        text = run_module(
+            "s3balance", daemon.config_path, "rebalance", "--mode", "spread", "--dry-run",
+            timeout=120,
+        )  # fmt: skip
+        assert text.returncode == 0 and "moves" in text.stdout, text
+        assert newcomer["name"] in text.stdout
 
         # A reader checks objects for as long as the job runs.
         stop = threading.Event()
@@ -103,8 +126,16 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
             )
             assert status == 200, started
             job_id = started["job"]["id"]
+            # Paused, it is still under way: the command line refuses a second one.
+            status, paused = admin_post(daemon, f"jobs/{job_id}/pause", {})
+            assert (status, paused["state"]) == (200, "paused"), paused
+            refused = run_module("s3balance", daemon.config_path, "rebalance", "--mode", "pack")
+            assert refused.returncode == 1, (refused, daemon.admin("jobs"))
+            assert f"rebalance job {job_id} is paused" in refused.stderr
+            status, resumed = admin_post(daemon, f"jobs/{job_id}/resume", {})
+            assert status == 200, resumed
             deadline = time.monotonic() + 120
-            job = started["job"]
+            job = resumed
             while time.monotonic() < deadline and job["state"] in ("queued", "running"):
                 time.sleep(0.2)
                 job = daemon.admin(f"jobs/{job_id}")
