@@ -194,7 +194,7 @@ class RepairTests(unittest.TestCase):
         before = await self.write(["k"])
         lost = before["k"].locations[0].backend
         self.daemon.health.mark_failure(lost, "down")
-        copy_one = self.repairer._stream
+        copy_one = self.repairer.copier.copy
 
         async def copy_then_overwrite(*args: Any) -> int:
             size = await copy_one(*args)
@@ -202,7 +202,7 @@ class RepairTests(unittest.TestCase):
             await self.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
             return size
 
-        self.repairer._stream = copy_then_overwrite  # type: ignore[method-assign]
+        self.repairer.copier.copy = copy_then_overwrite  # type: ignore[method-assign]
         await self.repairer.run_once()
 
         record = await self.record("k")
