@@ -64,13 +64,12 @@ MAX_PART_SIZE = 5 * 1024**3
 PART_SIZE = 512 * 1024**2
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
-_MULTIPART = re.compile(r"[0-9a-f]{32}-(\d+)")
 
 
-def etag_agrees(row_etag: str, etag: str, part_sizes: Sequence[int] = ()) -> bool | None:
-    """Whether a copy whose backend reports ``etag`` holds the bytes of a row with ETag
-    ``row_etag`` (and ``part_sizes``, when known), as far as ETags tell: ``True`` (same ETag),
-    ``False`` (different bytes), ``None`` (they cannot be compared).
+def etag_agrees(row_etag: str, etag: str) -> bool | None:
+    """Whether a copy whose backend reports ``etag`` holds the bytes of a row whose ETag is
+    ``row_etag``, as far as ETags tell: ``True`` (same ETag), ``False`` (different bytes),
+    ``None`` (they cannot be compared).
 
     A row keeps one ETag, the client-visible one, which is the backend ETag its write got:
 
@@ -78,11 +77,11 @@ def etag_agrees(row_etag: str, etag: str, part_sizes: Sequence[int] = ()) -> boo
       (S3 without SSE-KMS or SSE-C, which s3balance refuses, local directories, memory), so a
       copy with a plain ETag must have the same one; a copy made by multipart (above the
       threshold) has a multipart ETag instead, which cannot be compared;
-    - a multipart ETag (``"<md5>-<n>"``) depends on the part layout: a copy assembled with the
-      row's ``part_sizes`` (as :class:`ObjectCopier` does) has the same ETag, one with another
-      layout or made by one PUT or CopyObject (a plain ETag) cannot be compared.  Only a
-      multipart ETag of the row's part count that differs is a sure sign, and only when the
-      layout is known (``part_sizes``; a backend's listing gives none).
+    - a multipart ETag (``"<md5>-<n>"``) depends on the part layout and, on some services, on
+      more than the bytes (SeaweedFS's UploadPartCopy answers part ETags that are not MD5s): a
+      copy assembled with the row's ``part_sizes`` (as :class:`ObjectCopier` does) usually has
+      the same ETag, but one that differs, or a plain one (a copy made by one PUT or
+      CopyObject), says nothing about the bytes: they cannot be compared.
 
     Backends whose single-PUT ETag is not the MD5 of the bytes (a bucket encrypting with KMS by
     default) are not supported by this check: their copies would all look corrupt.
@@ -94,10 +93,6 @@ def etag_agrees(row_etag: str, etag: str, part_sizes: Sequence[int] = ()) -> boo
         return True
     if _MD5_HEX.fullmatch(row) and _MD5_HEX.fullmatch(got):
         return False
-    row_parts, got_parts = _MULTIPART.fullmatch(row), _MULTIPART.fullmatch(got)
-    if row_parts and got_parts and row_parts.group(1) == got_parts.group(1):
-        if len(part_sizes) == int(row_parts.group(1)):
-            return False
     return None
 
 
@@ -173,7 +168,7 @@ class ObjectCopier:
                     size, etag = await self._stream(record, source, target, info)
         finally:
             release()
-        if size != record.size or etag_agrees(record.etag, etag, record.part_sizes) is False:
+        if size != record.size or etag_agrees(record.etag, etag) is False:
             await self._remove(target)
             raise BackendError(
                 target.backend,
@@ -290,7 +285,7 @@ def _check_source(record: ObjectRecord, source: Location, info: ObjectInfo) -> N
     """:raises BackendError: the source does not hold the row's bytes (size, ETag)."""
     if info.size != record.size:
         raise BackendError(source.backend, f"holds {info.size} bytes, not {record.size}")
-    if etag_agrees(record.etag, info.etag, record.part_sizes) is False:
+    if etag_agrees(record.etag, info.etag) is False:
         raise BackendError(source.backend, f"holds ETag {info.etag}, not {record.etag}")
 
 

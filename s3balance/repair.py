@@ -396,7 +396,7 @@ class Repairer(PeriodicRounds):
             return False
         if info.size != record.size:
             return True
-        return etag_agrees(record.etag, info.etag, record.part_sizes) is False
+        return etag_agrees(record.etag, info.etag) is False
 
     async def _commit(
         self, record: ObjectRecord, new: list[Location], made: list[Location], summary: RepairPass
