@@ -190,6 +190,27 @@ class RepairTests(unittest.TestCase):
         self.assertEqual(sum([len(await self.daemon.real_keys(name)) for name in BACKENDS]), 2)
         self.assertEqual(await self.orphans(), [])
 
+    async def test_a_copy_with_same_size_other_bytes_is_found_by_etag_and_recopied(self) -> None:
+        before = await self.write(["k", "other"])
+        corrupt = before["k"].locations[0]
+        data = body_of("k")
+        bad = bytes(len(data))  # same size, other bytes
+        backend = self.daemon.backends[corrupt.backend]
+        info = await backend.head_object(corrupt.real_key)
+        await backend.put_object(
+            corrupt.real_key, BytesProducer(bad), len(bad), info.headers, info.metadata
+        )
+
+        await self.repairer.run_once()
+
+        record = await self.assert_copies("k", 2)
+        self.assertEqual(set(record.locations), set(before["k"].locations))
+        self.assertEqual(await self.bytes_at(corrupt), data)
+        last = self.repairer.last
+        assert last is not None
+        self.assertEqual((last.copies, last.failures, last.backlog), (1, 0, 0))
+        self.assertEqual(await self.orphans(), [])
+
     async def test_an_object_changed_during_a_copy_keeps_its_new_row_and_no_orphan(self) -> None:
         before = await self.write(["k"])
         lost = before["k"].locations[0].backend
