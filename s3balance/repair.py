@@ -16,19 +16,19 @@ seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekee
 
 For each, under a claim in the database (``repair_claims``: daemons sharing the database never
 repair one object at once; a claim expires, so a crashed daemon's is taken over), it copies the
-object from a healthy replica with :class:`~s3balance.copying.ObjectCopier`: server-side when
-both backends are buckets of one S3 service (CopyObject), streamed otherwise (the source's GET
-feeds the target's PUT with backpressure), multipart above 5 GiB (UploadPartCopy or ranged GETs
-part by part, the upload aborted on failure); a source whose size or ETag is not the row's is
-skipped for the next.  The copy goes at the object's own real key: a missing copy is re-created
-where it was, a lost one on another backend chosen by the pool's placement rules (a backend without a copy, in a zone
+object from a healthy replica with :class:`~s3balance.copying.ObjectCopier`: server-side when both
+backends are buckets of one S3 service (CopyObject), streamed otherwise (the source's GET feeds the
+target's PUT with backpressure), multipart above 5 GiB (UploadPartCopy or ranged GETs part by part,
+the upload aborted on failure); a source whose size or ETag is not the row's is skipped for the
+next.  The copy goes at the object's own real key: a missing copy is re-created where it was, a lost
+one on another backend chosen by the pool's placement rules (a backend without a copy, in a zone
 without one where possible, with room left), and as many as ``replicas`` asks.  Only then it
-commits, by a compare-and-set of the row's locations (:meth:`~s3balance.db.repairs.
-RepairsComponent.swap_locations`): the new locations go in, the lost ones and any beyond
-``replicas`` (the worst: unavailable ones, then a zone's second copy) come out and are queued in
-``pending_deletions``.  When the row changed meanwhile (the object was overwritten or deleted),
-nothing is committed and the copies just made are discarded through the same queue.  A lost copy
-is kept in the row while no replacement could be made: its backend may come back.
+commits, by a compare-and-set of the row's locations
+(:meth:`~s3balance.db.repairs.RepairsComponent.swap_locations`): the new locations go in, the lost
+ones and any beyond ``replicas`` (the worst: unavailable ones, then a zone's second copy) come out
+and are queued in ``pending_deletions``.  When the row changed meanwhile (the object was overwritten
+or deleted), nothing is committed and the copies just made are discarded through the same queue.  A
+lost copy is kept in the row while no replacement could be made: its backend may come back.
 
 Limits (:class:`~s3balance.pacing.TransferLimits`): at most ``repair.max_concurrency`` objects
 at once, and ``repair.max_bytes_per_second`` paced per object (each copy starts once the copies
