@@ -37,6 +37,7 @@ from s3balance.backends.interface import BackendError, ObjectInfo, PartResult
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.etags import bare_etag
 from s3balance.logs import make_logger
+from s3balance.multipart import MIN_PART_SIZE
 from s3balance.pool import BackendPool
 from s3balance.streams import StreamBodyProducer
 
@@ -55,8 +56,6 @@ log = make_logger()
 MULTIPART_THRESHOLD = 5 * 1024**3
 #: The most parts an S3 multipart upload may have.
 MAX_PARTS = 10_000
-#: The smallest part S3 accepts (but the last).
-MIN_PART_SIZE = 5 * 1024**2
 #: The largest part S3 accepts.
 MAX_PART_SIZE = 5 * 1024**3
 #: Part size of a multipart copy (when the threshold is larger and the object has no layout of
@@ -154,6 +153,8 @@ class ObjectCopier:
         :raises BackendError: either side failed (``error.backend`` names which), the source is
             not the row's object (size or ETag), or the target reported another ETag.
         """
+        if source == target:
+            raise ValueError(f"copying {source} onto itself")
         reader, writer = self.pool.get(source.backend), self.pool.get(target.backend)
         release = self.pool.reserve(target.backend, record.size)
         try:
