@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -301,6 +302,8 @@ class CopierTests(TestCase):
         self.assertEqual(self.memory_a.calls["get_object"], 3)
         await self.assert_absent(self.local_b, "dst")
         self.assertEqual(await self.local_b.list_objects(""), [])
+        # The local directory keeps an upload as a directory under uploads/: none is left.
+        self.assertEqual(os.listdir(os.path.join(self.local_b.root, "uploads")), [])
 
 
 class PartsAndETagsTests(TestCase):
