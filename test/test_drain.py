@@ -159,7 +159,7 @@ class DrainTests(unittest.TestCase):
         self.assertEqual(await self.daemon.real_keys("r1"), [])
         # The copies made of the old bytes were discarded: nothing left that no row names.
         self.assertEqual(await self.orphans(), [])
-        old_keys = {before[overwritten].locations[0].real_key, before[deleted].locations[0].real_key}
+        old_keys = {before[key].locations[0].real_key for key in (overwritten, deleted)}
         for name in BACKENDS:
             self.assertEqual(set(await self.daemon.real_keys(name)) & old_keys, set(), name)
 
