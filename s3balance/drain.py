@@ -218,7 +218,8 @@ async def _stream(
     daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location
 ) -> int:
     """One copy, the source's GET feeding the target's PUT, with the source's stored headers
-    and metadata (what a rebuild reads back).
+    and metadata (what a rebuild reads back).  A multipart object is copied part by part with
+    the row's part sizes, so the copy keeps its ETag (what scrub compares) and its parts.
 
     :raises BackendError: either side failed, or the source's size is not the row's.
     """
@@ -226,20 +227,65 @@ async def _stream(
     reader = pool.get(source.backend)
     async with daemon.gateway.holding(source):
         info = await reader.head_object(source.real_key)
+        pool.record_operation(source.backend, "B")
         if info.size != record.size:
             raise BackendError(source.backend, f"holds {info.size} bytes, not {record.size}")
-        stream = await reader.get_object(source.real_key)
-        pool.record_operation(source.backend, "B", bytes_out=record.size)
-        producer = StreamBodyProducer(stream)
         release = pool.reserve(target.backend, record.size)
         try:
-            result = await pool.get(target.backend).put_object(
-                target.real_key, producer, record.size, dict(info.headers), dict(info.metadata)
-            )
+            if len(record.part_sizes) > 1 and sum(record.part_sizes) == record.size:
+                return await _stream_parts(daemon, record, source, target, info)
+            stream = await reader.get_object(source.real_key)
+            pool.record_operation(source.backend, "B", bytes_out=record.size)
+            producer = StreamBodyProducer(stream)
+            try:
+                result = await pool.get(target.backend).put_object(
+                    target.real_key, producer, record.size, dict(info.headers),
+                    dict(info.metadata),
+                )  # fmt: skip
+            finally:
+                producer.discard()
         finally:
-            producer.discard()
             release()
     pool.record_operation(target.backend, "A", bytes_in=result.size)
+    return int(result.size)
+
+
+async def _stream_parts(
+    daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location, info: Any
+) -> int:
+    """A multipart copy with the row's part layout: one ranged GET per part feeding that part's
+    UploadPart; a failure aborts the target's upload."""
+    pool = daemon.pool
+    reader, writer = pool.get(source.backend), pool.get(target.backend)
+    upload_id = await writer.create_multipart_upload(
+        target.real_key, dict(info.headers), dict(info.metadata)
+    )
+    pool.record_operation(target.backend, "A")
+    try:
+        parts: list[tuple[int, str]] = []
+        first = 0
+        for number, size in enumerate(record.part_sizes, 1):
+            stream = await reader.get_object(source.real_key, (first, first + size - 1))
+            pool.record_operation(source.backend, "B", bytes_out=size)
+            producer = StreamBodyProducer(stream)
+            try:
+                part = await writer.upload_part(
+                    target.real_key, upload_id, number, producer, size
+                )
+            finally:
+                producer.discard()
+            pool.record_operation(target.backend, "A", bytes_in=size)
+            parts.append((number, part.etag))
+            first += size
+        result = await writer.complete_multipart_upload(target.real_key, upload_id, parts)
+        pool.record_operation(target.backend, "A")
+    except BaseException:
+        try:
+            await writer.abort_multipart_upload(target.real_key, upload_id)
+        except BackendError as error:
+            log.warn("drain: could not abort the copy's upload on {backend}: {error}",
+                     backend=target.backend, error=error)
+        raise
     return int(result.size)
 
 
