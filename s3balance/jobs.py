@@ -308,11 +308,12 @@ class JobRunner(Service):
         self._polling = True
         try:
             await self._count()
-            while self._accepting and len(self.active) < MAX_RUNNING:
+            while self._accepting and len(self._runs) < MAX_RUNNING:
                 now = self.daemon.clock.seconds()
                 record = await self.daemon.store.claim_job(
-                    tuple(sorted(self.kinds)), self.owner, now, now + self.config.lease
-                )
+                    tuple(sorted(self.kinds)), self.owner, now, now + self.config.lease,
+                    exclude=tuple(self._runs),
+                )  # fmt: skip
                 if record is None:
                     return
                 self._start(record)
@@ -335,8 +336,12 @@ class JobRunner(Service):
         self._runs[record.id] = run
 
         def gone(_: object) -> None:
-            self.active.pop(record.id, None)
-            self._runs.pop(record.id, None)
+            # A job paused and resumed here may be running again under a new RunningJob.
+            if self.active.get(record.id) is job:
+                del self.active[record.id]
+            if self._runs.get(record.id) is run:
+                del self._runs[record.id]
+            self.wake()  # it may have been resumed while it wound down
 
         run.addErrback(lambda f: log.failure("job {id} runner failed", f, id=record.id))
         run.addBoth(gone)

@@ -268,7 +268,7 @@ def test_pause_and_cancel_from_the_command_line_and_the_api(tmp_path: Path) -> N
     buckets = {name: unique_bucket_name(f"pause-{name}") for name in BACKENDS}
     for real in buckets.values():
         weed.create_bucket(real)
-    config = daemon_config(weed, buckets, max_bytes_per_second=20_000, max_concurrency=1)
+    config = daemon_config(weed, buckets, max_bytes_per_second=4_000, max_concurrency=1)
     with DaemonProcess(tmp_path, config) as daemon:
         client = Client(daemon.endpoint)
         for index in range(60):

@@ -127,6 +127,22 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual(kind.seen, list(range(ITEMS)))
         self.assertEqual((await self.job(record.id)).state, "done")
 
+    async def test_resumed_while_winding_down_it_runs_once_from_the_cursor(self) -> None:
+        kind = Counting(gated=True)
+        runner = self.start(self.runner("a", kind))
+        record = await runner.submit("counting", "t", {})
+        kind.open_gate()
+        await runner.control(record.id, "pause")
+        await runner.control(record.id, "resume")  # item 1 is still in flight
+        self.assertEqual(len(kind.gates), 1)
+        kind.open_gate()  # the old run ends; the resumed one starts after it, at item 2
+        self.assertEqual(len(kind.gates), 1)
+        while kind.gates:
+            kind.open_gate()
+        self.assertEqual(kind.seen, list(range(ITEMS)))
+        final = await self.job(record.id)
+        self.assertEqual((final.state, final.owner), ("done", None))
+
     async def test_a_pause_or_cancel_through_another_daemon_is_seen_at_the_heartbeat(self) -> None:
         kind = Counting(gated=True)
         runner = self.start(self.runner("a", kind))
