@@ -9,8 +9,8 @@ an empty database.  Progress goes to stderr when it is a terminal, the summary (
 stdout.  Exit status: 0 done, 1 done but some objects failed, 2 could not run, 3 interrupted
 (run again to resume).
 
-``jobs [list|show ID|pause ID|resume ID|cancel ID]`` and ``drain NAME`` work on the database
-directly, as ``rebuild`` does, rather than through a daemon's admin API: they need neither
+``jobs [list|show ID|pause ID|resume ID|cancel ID]`` and ``drain [--undo] NAME`` work on the
+database directly, as ``rebuild`` does, rather than through a daemon's admin API: they need neither
 ``api.enabled`` nor a token nor a daemon's address, they work the same whichever daemons (or
 workers) share the database, and a job queued while no daemon runs starts with the next one.
 The daemons see the change through the database: a pause or cancel at the running job's next
@@ -90,6 +90,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     drain.add_argument("--data-dir", help="overrides the configuration's data_dir")
     drain.add_argument("--json", action="store_true", help="print JSON")
     drain.add_argument("name", help="the real bucket (buckets[].name)")
+    drain.add_argument("--undo", action="store_true",
+                       help="give the bucket back to placement (cancels its drain if running)")
 
     adopt = commands.add_parser(
         "import", help="adopt objects already in a real bucket into a virtual bucket, uncopied"

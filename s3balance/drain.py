@@ -30,7 +30,8 @@ tried again by the next sweep; new locations that appeared meanwhile (a multipar
 before the drain and completed on the backend, a write by a daemon that had not yet seen the
 drain) come after the cursor or are found by the next sweep.  The job ends ``done`` once no
 object, no upload in progress and no pending deletion is left on the backend
-(``GET /api/buckets/{name}`` then says ``"removable": true``), and ``failed`` after
+(``GET /api/buckets/{name}`` then says ``"removable": true``; deletions that keep failing for
+:data:`DELETION_PATIENCE` past their grace are left to housekeeping), and ``failed`` after
 :data:`MAX_FRUITLESS_SWEEPS` sweeps in a row that moved nothing (a resume tries again).
 Cancelling the job gives the backend back to placement; what was moved stays moved.
 """
@@ -60,9 +61,18 @@ log = make_logger()
 #: Locations read per page.
 PAGE = 200
 #: Sweeps in a row that moved nothing, with objects still left, before the job fails.
-MAX_FRUITLESS_SWEEPS = 3
-#: Seconds between looks at what is left, while uploads finish or deletions wait for their grace.
+MAX_FRUITLESS_SWEEPS = 4
+#: Seconds before the n-th sweep in a row that moved nothing is followed by another: n times this
+#: (a backend full or unhealthy for a minute or so does not fail the job).
+FRUITLESS_WAIT = 5.0
+#: Seconds between checks that the job must stop while it waits.
 WAIT_STEP = 1.0
+#: Longest wait between looks at what is left, while uploads finish there or old copies wait
+#: for their deletion (the waits double from :data:`WAIT_STEP`).
+MAX_IDLE_WAIT = 30.0
+#: Seconds past ``server.delete_grace`` the job waits for the deletions of the old copies before
+#: it ends all the same (``done``, saying how many are left: housekeeping keeps retrying them).
+DELETION_PATIENCE = 600.0
 
 
 class DrainError(Exception):
@@ -90,16 +100,29 @@ async def run_drain(job: RunningJob) -> None:
     if backend not in daemon.pool.names():
         raise DrainError(f"{backend} is not a configured real bucket")
     fruitless = 0
+    idle = 0.0
+    deletions_since: float | None = None
     while True:
         objects, size, uploads, pending = await daemon.store.held_on(backend)
         job.update(objects_left=objects, bytes_left=size)
         if objects == 0 and uploads == 0 and pending == 0:
             return
         if objects == 0:
-            # Uploads finishing there (then moved by the next sweep), or old copies waiting for
-            # their grace before housekeeping deletes them.
-            await _wait(job, WAIT_STEP)
+            # Uploads finishing there (then moved by the next sweep; housekeeping aborts those
+            # abandoned after multipart.expiry), or old copies waiting for their grace before
+            # housekeeping deletes them.  Looks again less and less often.
+            now = job.clock.seconds()
+            if uploads == 0:
+                deletions_since = now if deletions_since is None else deletions_since
+                patience = daemon.gateway.settings.delete_grace + DELETION_PATIENCE
+                if now - deletions_since > patience:
+                    job.update(last_error=f"{pending} deletions still pending on {backend} "
+                               "(housekeeping retries them)")  # fmt: skip
+                    return
+            idle = min(MAX_IDLE_WAIT, max(WAIT_STEP, idle * 2))
+            await _wait(job, idle)
             continue
+        idle, deletions_since = 0.0, None
         moved = await _sweep(job, backend)
         if moved:
             fruitless = 0
@@ -109,7 +132,7 @@ async def run_drain(job: RunningJob) -> None:
             raise DrainError(
                 f"{objects} objects could not be moved off {backend}: {job.progress.last_error}"
             )
-        await _wait(job, WAIT_STEP * fruitless)
+        await _wait(job, FRUITLESS_WAIT * fruitless)
 
 
 async def _wait(job: RunningJob, seconds: float) -> None:

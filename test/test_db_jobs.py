@@ -136,6 +136,17 @@ class JobQueryTests:
         fresh = yield self.store.drain_backend("b1", 4.0)
         self.assertTrue(fresh.id != job.id)
         self.assertEqual((yield self.store.drained_backends()), {"b1": fresh.id})
+        # Undraining cancels a running drain; a finished one stays as it is.
+        undone = yield self.store.undrain_backend("b1", 5.0)
+        self.assertEqual((undone.id, undone.state), (fresh.id, "cancelled"))
+        self.assertEqual((yield self.store.drained_backends()), {})
+        self.assertIsNone((yield self.store.undrain_backend("b1", 6.0)))
+        last = yield self.store.drain_backend("b2", 7.0)
+        yield self.store.claim_job(("drain",), "a", 8.0, 68.0)
+        yield self.store.end_job(last.id, "a", JobProgress(), 9.0, "done")
+        kept = yield self.store.undrain_backend("b2", 10.0)
+        self.assertEqual(kept.state, "done")
+        self.assertEqual((yield self.store.drained_backends()), {})
 
     @defer.inlineCallbacks
     def test_locations_on_a_backend_page_by_id_with_what_is_held(self) -> Gen:

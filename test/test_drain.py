@@ -185,6 +185,7 @@ class DrainTests(unittest.TestCase):
         self,
     ) -> None:
         self.patch(drain, "WAIT_STEP", 0.05)
+        self.patch(drain, "FRUITLESS_WAIT", 0.05)
         keys = [f"k{index}" for index in range(6)]
         before = await self.write("vb", keys)
         on_r1 = [k for k in keys if before[k].locations[0].backend == "r1"]

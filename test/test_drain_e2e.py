@@ -258,6 +258,11 @@ def test_drain_under_traffic_survives_a_kill_and_leaves_the_backend_empty(tmp_pa
         assert listed.returncode == 0, listed.stderr
         (shown,) = [j for j in json.loads(listed.stdout)["jobs"] if j["id"] == job_id]
         assert shown["state"] == "done"
+        # Given back (the backend stays in the configuration): the done job stays done.
+        undone = run_module("s3balance", daemon.config_path, "drain", "--undo", "--json", drained)
+        assert (undone.returncode, json.loads(undone.stdout)["state"]) == (0, "done"), undone
+        status, bucket = api(daemon.endpoint, "GET", f"/buckets/{drained}")
+        assert (bucket["draining"], bucket["removable"]) == (False, False), bucket
     finally:
         daemon.stop()
 

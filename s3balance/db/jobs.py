@@ -133,6 +133,11 @@ class JobsComponent(DBComponent):
         job it has (a failed one is queued again)."""
         return self.pool.do(_drain_backend, backend, now)
 
+    def undrain_backend(self, backend: str, now: float) -> Deferred[JobRecord | None]:
+        """Give ``backend`` back to placement: its drained mark goes, and its drain job is
+        cancelled unless it finished; fires that job (None when it had none)."""
+        return self.pool.do(_undrain_backend, backend, now)
+
     def drained_backends(self) -> Deferred[dict[str, int | None]]:
         """The drained real buckets and their drain job's id."""
         return self.pool.do_read(_drained_backends)
@@ -358,6 +363,19 @@ def _drain_backend(conn: sa.Connection, backend: str, now: float) -> JobRecord:
             return _drain_backend(conn, backend, now)
     job = _get_job(conn, job_id)
     assert job is not None
+    return job
+
+
+def _undrain_backend(conn: sa.Connection, backend: str, now: float) -> JobRecord | None:
+    row = conn.execute(
+        sa.select(drained_backends.c.job_id).where(drained_backends.c.backend == backend)
+    ).first()
+    conn.execute(drained_backends.delete().where(drained_backends.c.backend == backend))
+    if row is None or row.job_id is None:
+        return None
+    job = _get_job(conn, int(row.job_id))
+    if job is not None and job.state in TRANSITIONS["cancel"][0]:
+        return _control_job(conn, job.id, "cancel", now)
     return job
 
 
