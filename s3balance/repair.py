@@ -6,26 +6,33 @@ seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekee
 
 - objects with a location on a backend that is no longer configured, or that has not been
   available (healthy and enabled) for longer than ``repair.after``: that copy is *lost*;
-- objects whose copy a backend no longer has: for the buckets with ``replicas`` above 1, each
-  available backend's listing of their prefixes is compared with the rows (as scrub does), and a
-  key the listing lacks is confirmed with a HEAD before it counts as *missing*;
+- objects whose copy a backend no longer has, or holds with other bytes: for the buckets with
+  ``replicas`` above 1, each available backend's listing of their prefixes is compared with the
+  rows (as scrub does), and a key the listing lacks, lists at another size, or lists with an ETag
+  that says other bytes (:func:`~s3balance.copying.etag_agrees`: only plain MD5 ETags are
+  compared, a multipart one says nothing) is confirmed with a HEAD before it counts as
+  *missing* (re-created where it was);
 - objects with fewer or more locations than their bucket's ``replicas``.
 
 For each, under a claim in the database (``repair_claims``: daemons sharing the database never
 repair one object at once; a claim expires, so a crashed daemon's is taken over), it copies the
-object from a healthy replica, streamed (the source's GET feeds the target's PUT with
-backpressure), at the object's own real key: a missing copy is re-created where it was, a lost
+object from a healthy replica with :class:`~s3balance.copying.ObjectCopier`: server-side when both
+backends are buckets of one S3 service (CopyObject), streamed otherwise (the source's GET feeds the
+target's PUT with backpressure), multipart above 5 GiB (UploadPartCopy or ranged GETs part by part,
+the upload aborted on failure); a source whose size or ETag is not the row's is skipped for the
+next.  The copy goes at the object's own real key: a missing copy is re-created where it was, a lost
 one on another backend chosen by the pool's placement rules (a backend without a copy, in a zone
 without one where possible, with room left), and as many as ``replicas`` asks.  Only then it
-commits, by a compare-and-set of the row's locations (:meth:`~s3balance.db.repairs.
-RepairsComponent.swap_locations`): the new locations go in, the lost ones and any beyond
-``replicas`` (the worst: unavailable ones, then a zone's second copy) come out and are queued in
-``pending_deletions``.  When the row changed meanwhile (the object was overwritten or deleted),
-nothing is committed and the copies just made are discarded through the same queue.  A lost copy
-is kept in the row while no replacement could be made: its backend may come back.
+commits, by a compare-and-set of the row's locations
+(:meth:`~s3balance.db.repairs.RepairsComponent.swap_locations`): the new locations go in, the lost
+ones and any beyond ``replicas`` (the worst: unavailable ones, then a zone's second copy) come out
+and are queued in ``pending_deletions``.  When the row changed meanwhile (the object was overwritten
+or deleted), nothing is committed and the copies just made are discarded through the same queue.  A
+lost copy is kept in the row while no replacement could be made: its backend may come back.
 
-Limits: at most ``repair.max_concurrency`` objects at once, and ``repair.max_bytes_per_second``
-paced per object (each copy starts once the copies before it have had their share of time).
+Limits (:class:`~s3balance.pacing.TransferLimits`): at most ``repair.max_concurrency`` objects
+at once, and ``repair.max_bytes_per_second`` paced per object (each copy starts once the copies
+before it have had their share of time).
 """
 
 from __future__ import annotations
@@ -37,23 +44,24 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from s3balance import metrics
-from s3balance.backends.interface import BackendError, BackendNoSuchKey
+from s3balance.backends.interface import BackendError, BackendNoSuchKey, ListedObject
 from s3balance.config import RepairConfig
+from s3balance.copying import ObjectCopier, etag_agrees
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import Gateway
 from s3balance.health import BackendHealth, HealthMonitor
 from s3balance.housekeeping import PeriodicRounds
 from s3balance.logs import make_logger
+from s3balance.pacing import TransferLimits
 from s3balance.placement import spread
 from s3balance.pool import BackendPool
 from s3balance.retirement import ObjectChanged
 from s3balance.scrub import comparable_key
-from s3balance.streams import StreamBodyProducer
 from s3balance.usage import UsageMonitor
 
 __all__ = ["CLAIM_LEASE", "RepairPass", "Repairer", "Suspect"]
@@ -120,6 +128,10 @@ class Repairer(PeriodicRounds):
         retirement; it knows each bucket's ``replicas`` (reloaded).
     :param config: the repair settings.
     :param owner: this daemon's name in claims (unique per process by default).
+    :param limits: the pace and concurrency its copies share (with other background movers);
+        by default its own, from ``repair.max_bytes_per_second`` and ``repair.max_concurrency``.
+    :param copier: what copies the bytes (by default server-side where it can, multipart
+        above 5 GiB).
     """
 
     work = "repair"
@@ -134,6 +146,8 @@ class Repairer(PeriodicRounds):
         clock: IReactorTime,
         config: RepairConfig,
         owner: str | None = None,
+        limits: TransferLimits | None = None,
+        copier: ObjectCopier | None = None,
     ) -> None:
         super().__init__(clock, config.interval)
         self.gateway = gateway
@@ -144,7 +158,12 @@ class Repairer(PeriodicRounds):
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: When each backend was last seen becoming unavailable.
         self._unavailable_since: dict[str, float] = {}
-        self._next_slot = 0.0
+        #: Whether :attr:`limits` are repair's own (then its settings are followed each pass).
+        self._own_limits = limits is None
+        self.limits = limits or TransferLimits(
+            clock, config.max_bytes_per_second, config.max_concurrency
+        )
+        self.copier = copier or ObjectCopier(pool, gateway.holding)
         self.last: RepairPass | None = None
         self.current: RepairPass | None = None
         health.listeners.append(self._health_changed)
@@ -175,6 +194,9 @@ class Repairer(PeriodicRounds):
         now = self.clock.seconds()
         summary = RepairPass(started=now)
         self.current = summary
+        if self._own_limits:
+            self.limits.max_bytes_per_second = self.config.max_bytes_per_second
+            self.limits.max_concurrency = self.config.max_concurrency
         try:
             lost = self._lost_backends(now)
             usable = [name for name in self.pool.names() if name not in lost]
@@ -237,20 +259,18 @@ class Repairer(PeriodicRounds):
         summary: RepairPass,
     ) -> None:
         """Repair ``suspects``, ``repair.max_concurrency`` at once."""
-        limit = defer.DeferredSemaphore(max(1, self.config.max_concurrency))
 
-        def one(suspect: Suspect) -> Any:
-            return limit.run(
-                lambda: defer.ensureDeferred(self._repair_claimed(suspect, lost, summary))
-            )
+        def one(suspect: Suspect) -> defer.Deferred[None]:
+            return self.limits.run(lambda: self._repair_claimed(suspect, lost, summary))
 
         await defer.gatherResults([one(suspect) for suspect in suspects], consumeErrors=True)
 
     async def _missing_copies(
         self, summary: RepairPass, buckets: list[str]
     ) -> dict[tuple[int, str, str], set[Location]]:
-        """Locations of ``buckets``' objects each available backend's listing lacks (or lists at
-        another size), by object.  Only those buckets' prefixes are listed (a real key starts
+        """Locations of ``buckets``' objects each available backend's listing lacks, or lists
+        at another size or with an ETag that says other bytes (:func:`~s3balance.copying.
+        etag_agrees`), by object.  Only those buckets' prefixes are listed (a real key starts
         with its virtual bucket's name); rows are read before the listing, so a write committed
         meanwhile is not among them."""
         found: dict[tuple[int, str, str], set[Location]] = {}
@@ -260,20 +280,21 @@ class Repairer(PeriodicRounds):
                 continue
             try:
                 rows = {
-                    real: size
-                    for real, (size, _) in (await self.store.objects_on(name)).items()
+                    real: stored
+                    for real, stored in (await self.store.objects_on(name)).items()
                     if real.startswith(prefixes)
                 }
-                listed: dict[str, int] = {}
+                listed: dict[str, ListedObject] = {}
                 for prefix in prefixes if rows else ():
                     for entry in await self.pool.get(name).list_objects(prefix):
-                        listed[comparable_key(entry.key)] = entry.size
+                        listed[comparable_key(entry.key)] = entry
             except Exception as error:
                 summary.problem(f"listing {name}: {error}")
                 continue
             absent = [
-                real for real, size in rows.items() if listed.get(comparable_key(real)) != size
-            ]
+                real for real, (size, etag) in rows.items()
+                if not _listed_intact(listed.get(comparable_key(real)), size, etag)
+            ]  # fmt: skip
             for start in range(0, len(absent), PAGE):
                 chunk = absent[start : start + PAGE]
                 for object_id, bucket, key, real in await self.store.objects_at(name, chunk):
@@ -321,7 +342,7 @@ class Repairer(PeriodicRounds):
         broken = [
             location for location in record.locations
             if location in missing and location not in gone
-            and await self._confirmed_missing(location)
+            and await self._confirmed_broken(record, location)
         ]  # fmt: skip
         good = [
             location for location in record.locations
@@ -371,15 +392,18 @@ class Repairer(PeriodicRounds):
         keep = spread([loc.backend for loc in ordered], self.pool.zone_of, want)
         return [location for location in healthy if location.backend in keep]
 
-    async def _confirmed_missing(self, location: Location) -> bool:
-        """Whether the backend really lacks ``location`` (the listing may be older than it)."""
+    async def _confirmed_broken(self, record: ObjectRecord, location: Location) -> bool:
+        """Whether the backend really lacks ``location``, or holds other bytes there (size, or
+        an ETag that says so); the listing may be older than the copy."""
         try:
-            await self.pool.get(location.backend).head_object(location.real_key)
+            info = await self.pool.get(location.backend).head_object(location.real_key)
         except BackendNoSuchKey:
             return True
         except BackendError:
             return False
-        return False
+        if info.size != record.size:
+            return True
+        return etag_agrees(record.etag, info.etag) is False
 
     async def _commit(
         self, record: ObjectRecord, new: list[Location], made: list[Location], summary: RepairPass
@@ -423,9 +447,9 @@ class Repairer(PeriodicRounds):
             if not await self.store.claim_repair(object_id, self.owner, now, now + CLAIM_LEASE):
                 summary.problem(f"{record.bucket}/{record.key}: claim taken over")
                 return False
-            await self._pace(record.size)
+            await self.limits.pace(record.size)
             try:
-                size = await self._stream(record, source, target)
+                size = await self.copier.copy(record, source, target)
             except ObjectChanged:
                 return False
             except BackendError as error:
@@ -444,41 +468,6 @@ class Repairer(PeriodicRounds):
         metrics.REPAIR_FAILURES.inc()
         return False
 
-    async def _stream(self, record: ObjectRecord, source: Location, target: Location) -> int:
-        """One copy, the source's GET feeding the target's PUT.
-
-        :raises BackendError: either side failed, or the source's size is not the row's.
-        """
-        reader = self.pool.get(source.backend)
-        async with self.gateway.holding(source):
-            info = await reader.head_object(source.real_key)
-            if info.size != record.size:
-                raise BackendError(source.backend, f"holds {info.size} bytes, not {record.size}")
-            stream = await reader.get_object(source.real_key)
-            producer = StreamBodyProducer(stream)
-            release = self.pool.reserve(target.backend, record.size)
-            try:
-                result = await self.pool.get(target.backend).put_object(
-                    target.real_key, producer, record.size, dict(info.headers), dict(info.metadata)
-                )
-            finally:
-                producer.discard()
-                release()
-        self.pool.record_operation(source.backend, "B", bytes_out=record.size)
-        self.pool.record_operation(target.backend, "A", bytes_in=result.size)
-        return result.size
-
-    async def _pace(self, size: int) -> None:
-        """Wait for this copy's turn under ``repair.max_bytes_per_second``."""
-        rate = self.config.max_bytes_per_second
-        if not rate:
-            return
-        now = self.clock.seconds()
-        start = max(now, self._next_slot)
-        self._next_slot = start + size / rate
-        if start > now:
-            await task.deferLater(self.clock, start - now, lambda: None)
-
     # -- the admin API -----------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
@@ -496,3 +485,13 @@ class Repairer(PeriodicRounds):
                 "max_bytes_per_second": self.config.max_bytes_per_second,
             },
         }
+
+
+def _listed_intact(entry: ListedObject | None, size: int, etag: str) -> bool:
+    """Whether a listing's entry shows the row's bytes: listed, same size, and an ETag (when
+    the listing gives one) that does not say otherwise."""
+    if entry is None or entry.size != size:
+        return False
+    if not entry.etag:
+        return True
+    return etag_agrees(etag, entry.etag) is not False

@@ -114,6 +114,17 @@ class BackendContractMixin:
     assertFailure: Any
     assertIsInstance: Any
 
+    def make_sibling_backend(self) -> Deferred[IBackend] | IBackend:
+        """Another real bucket of the same service as :meth:`make_backend`'s (one it can copy
+        from server-side); by default another :meth:`make_backend`, which makes a fresh one."""
+        return self.make_backend()
+
+    async def _sibling(self) -> IBackend:
+        made = self.make_sibling_backend()
+        if isinstance(made, Deferred):
+            return await made
+        return made
+
     async def _backend(self) -> IBackend:
         made = self.make_backend()
         if isinstance(made, Deferred):
@@ -311,6 +322,54 @@ class BackendContractMixin:
     async def test_copy_missing_source_raises_no_such_key(self) -> None:
         backend = await self._backend()
         await self.assertFailure(backend.copy_object("nothing", "t", {}, {}), BackendNoSuchKey)
+
+    async def test_can_copy_from_itself_and_another_bucket_of_the_service(self) -> None:
+        backend, sibling = await self._backend(), await self._sibling()
+        self.assertTrue(backend.can_copy_from(backend))
+        self.assertTrue(backend.can_copy_from(sibling))
+        self.assertTrue(sibling.can_copy_from(backend))
+
+    async def test_copy_object_from_another_bucket_of_the_service(self) -> None:
+        backend, sibling = await self._backend(), await self._sibling()
+        data = generated_bytes(70_000, seed=11)
+        etag = await self._put(sibling, "there", data, {"content-type": "a/b"}, {"k": "v"})
+        result = await backend.copy_object(
+            "there", "here", {"content-type": "a/b"}, {"k": "v", "other": "x"},
+            source_backend=sibling,
+        )  # fmt: skip
+        self.assertEqual((result.etag.strip('"'), result.size), (etag.strip('"'), len(data)))
+        self.assertEqual(await self._get(backend, "here"), data)
+        info = await backend.head_object("here")
+        self.assertEqual(info.headers.get("content-type"), "a/b")
+        self.assertEqual(info.metadata, {"k": "v", "other": "x"})
+        self.assertEqual(await self._get(sibling, "there"), data)
+        await self._assert_absent(sibling, "here")
+
+    async def test_copy_object_missing_in_another_bucket_raises_no_such_key(self) -> None:
+        backend, sibling = await self._backend(), await self._sibling()
+        await self.assertFailure(
+            backend.copy_object("nothing", "t", {}, {}, source_backend=sibling), BackendNoSuchKey
+        )
+
+    async def test_upload_part_copy_from_another_bucket_of_the_service(self) -> None:
+        backend, sibling = await self._backend(), await self._sibling()
+        size = MIN_PART + 3000
+        await sibling.put_object("part-source", GeneratedBody(size, seed=12), size, {}, {})
+        upload_id = await backend.create_multipart_upload("assembled", {}, {})
+        first = await backend.upload_part_copy(
+            "assembled", upload_id, 1, "part-source", (0, MIN_PART - 1), source_backend=sibling
+        )
+        second = await backend.upload_part_copy(
+            "assembled", upload_id, 2, "part-source", (MIN_PART, size - 1),
+            source_backend=sibling,
+        )  # fmt: skip
+        self.assertEqual((first.size, second.size), (MIN_PART, 3000))
+        result = await backend.complete_multipart_upload(
+            "assembled", upload_id, [(1, first.etag), (2, second.etag)]
+        )
+        self.assertEqual(result.size, size)
+        stream = await backend.get_object("assembled")
+        self.assertEqual(await md5_of(stream), _md5(generated_bytes(size, seed=12)))
 
     # -- multipart -----------------------------------------------------------------------------
 

@@ -345,11 +345,18 @@ class OneWriterTests(twisted_unittest.TestCase):
         self.lock = threading.Lock()
         self.beginning = 0  # write transactions asking for SQLite's lock or holding it
         self.most_beginning = 0
-        event.listen(self.engine, "before_cursor_execute", self.on_statement)
+        # SQLite's own trace of each statement as it starts, however it was issued (on new
+        # connections only: drop the one create_all used).
+        self.engine.dispose()
+        event.listen(
+            self.engine,
+            "connect",
+            lambda dbapi_connection, _: dbapi_connection.set_trace_callback(self.on_statement),
+        )
         event.listen(self.engine, "commit", self.on_end)
         event.listen(self.engine, "rollback", self.on_end)
 
-    def on_statement(self, connection: sa.Connection, cursor: Any, statement: str, *_: Any) -> None:
+    def on_statement(self, statement: str) -> None:
         if statement == "BEGIN IMMEDIATE":  # asks for the write lock, and may wait for it
             with self.lock:
                 self.beginning += 1

@@ -22,8 +22,10 @@ from s3balance.health import BackendHealth
 from s3balance.net.bytesproducer import BytesProducer
 from s3balance.repair import Repairer
 from s3balance.scrub import scrub
+from test.support import unique_bucket_name
 from test.support.bodies import collect
-from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.support.daemon import Daemon, local_buckets, server_buckets, start_daemon
+from test.support.seaweedfs import shared_seaweedfs
 
 BACKENDS = ["r1", "r2", "r3"]
 
@@ -190,11 +192,32 @@ class RepairTests(unittest.TestCase):
         self.assertEqual(sum([len(await self.daemon.real_keys(name)) for name in BACKENDS]), 2)
         self.assertEqual(await self.orphans(), [])
 
+    async def test_a_copy_with_same_size_other_bytes_is_found_by_etag_and_recopied(self) -> None:
+        before = await self.write(["k", "other"])
+        corrupt = before["k"].locations[0]
+        data = body_of("k")
+        bad = bytes(len(data))  # same size, other bytes
+        backend = self.daemon.backends[corrupt.backend]
+        info = await backend.head_object(corrupt.real_key)
+        await backend.put_object(
+            corrupt.real_key, BytesProducer(bad), len(bad), info.headers, info.metadata
+        )
+
+        await self.repairer.run_once()
+
+        record = await self.assert_copies("k", 2)
+        self.assertEqual(set(record.locations), set(before["k"].locations))
+        self.assertEqual(await self.bytes_at(corrupt), data)
+        last = self.repairer.last
+        assert last is not None
+        self.assertEqual((last.copies, last.failures, last.backlog), (1, 0, 0))
+        self.assertEqual(await self.orphans(), [])
+
     async def test_an_object_changed_during_a_copy_keeps_its_new_row_and_no_orphan(self) -> None:
         before = await self.write(["k"])
         lost = before["k"].locations[0].backend
         self.daemon.health.mark_failure(lost, "down")
-        copy_one = self.repairer._stream
+        copy_one = self.repairer.copier.copy
 
         async def copy_then_overwrite(*args: Any) -> int:
             size = await copy_one(*args)
@@ -202,7 +225,7 @@ class RepairTests(unittest.TestCase):
             await self.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
             return size
 
-        self.repairer._stream = copy_then_overwrite  # type: ignore[method-assign]
+        self.repairer.copier.copy = copy_then_overwrite  # type: ignore[method-assign]
         await self.repairer.run_once()
 
         record = await self.record("k")
@@ -314,6 +337,71 @@ class TwoDaemonsRepairTests(unittest.TestCase):
             self.assertNotIn("r1", {location.backend for location in record.locations})
         found = await scrub(first.store, first.backends, remove_orphans=False, grace=0)
         self.assertEqual([o for b in found.backends.values() for o in b.orphans], [])
+
+
+class SeaweedFSRepairTests(unittest.TestCase):
+    """Three real buckets of one SeaweedFS: repair copies server-side (CopyObject from another
+    bucket), no byte passing through the daemon, and finds a copy with other bytes by ETag."""
+
+    timeout = 120
+
+    async def test_lost_and_corrupt_copies_are_copied_server_side(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="s3b-repair-weed-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        weed = shared_seaweedfs()
+        real = [unique_bucket_name(name) for name in BACKENDS]
+
+        def configure(config: Config) -> None:
+            for bucket in config.virtual_buckets:
+                bucket.replicas = 2
+            config.repair.after = 0.0
+
+        daemon = await start_daemon(
+            workdir, server_buckets(weed, BACKENDS, real), configure=configure
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
+        keys = [f"k{index}" for index in range(4)]
+        before = {}
+        for key in keys:
+            data = body_of(key)
+            before[key] = await daemon.gateway.put_object(
+                "vb", key, BytesProducer(data), len(data), {"content-type": "text/x-k"}, {}
+            )
+        # A copy with other bytes, of an object whose other copy is not on r1 (lost below).
+        spoilt = next(k for k in keys if "r1" not in {loc.backend for loc in before[k].locations})
+        corrupt = before[spoilt].locations[1]
+        backend = daemon.backends[corrupt.backend]
+        info = await backend.head_object(corrupt.real_key)
+        bad = bytes(len(body_of(spoilt)))
+        await backend.put_object(
+            corrupt.real_key, BytesProducer(bad), len(bad), info.headers, info.metadata
+        )
+        daemon.health.mark_failure("r1", "down")
+        lost = [key for key in keys if "r1" in {loc.backend for loc in before[key].locations}]
+        counts = {name: daemon.components.pool.operation_counts(name) for name in BACKENDS}
+
+        await daemon.components.repair.run_once()
+
+        last = daemon.components.repair.last
+        assert last is not None
+        self.assertEqual((last.failures, last.backlog), (0, 0))
+        self.assertEqual(last.copies, len(lost) + 1)
+        for key in keys:
+            record = await daemon.store.get_object("vb", key)
+            assert record is not None
+            self.assertEqual(len(record.locations), 2)
+            for location in record.locations:
+                stream = await daemon.backends[location.backend].get_object(location.real_key)
+                self.assertEqual(await collect(stream), body_of(key))
+        self.assertEqual(await daemon.store.get_object("vb", spoilt), before[spoilt])
+        for name in BACKENDS:
+            after = daemon.components.pool.operation_counts(name)
+            # Server-side: no GET on a source, no PUT body into a target.
+            self.assertEqual(
+                (after.bytes_out, after.bytes_in),
+                (counts[name].bytes_out, counts[name].bytes_in),
+                name,
+            )
 
 
 class RepairClaimTests(unittest.TestCase):

@@ -189,12 +189,24 @@ class IBackend(Interface):
     def delete_object(key: str) -> Deferred[None]:
         """Delete ``key``; deleting a missing key succeeds."""
 
-    def copy_object(
-        source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
-    ) -> Deferred[PutResult]:
-        """Copy ``source_key`` to ``key`` inside this backend, with the given stored headers and
-        metadata (the core has already decided between COPY and REPLACE).
+    def can_copy_from(source: IBackend) -> bool:
+        """Whether :meth:`copy_object` and :meth:`upload_part_copy` can read from ``source``
+        (another real bucket) without the bytes passing through this process: the same S3
+        service (endpoint and credentials), any local directory of this host, any in-memory
+        backend of this process.  Always true for this backend itself."""
 
+    def copy_object(
+        source_key: str,
+        key: str,
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        source_backend: IBackend | None = None,
+    ) -> Deferred[PutResult]:
+        """Copy ``source_key`` to ``key`` with the given stored headers and metadata (the core
+        has already decided between COPY and REPLACE).
+
+        :param source_backend: the backend holding ``source_key`` (one :meth:`can_copy_from`
+            accepts); ``None``: this one.
         :raises BackendNoSuchKey: ``source_key`` is missing.
         """
 
@@ -218,8 +230,10 @@ class IBackend(Interface):
         part_number: int,
         source_key: str,
         byte_range: tuple[int, int] | None,
+        source_backend: IBackend | None = None,
     ) -> Deferred[PartResult]:
-        """Make a part from (a range of) another object on this backend."""
+        """Make a part from (a range of) another object, on ``source_backend`` (one
+        :meth:`can_copy_from` accepts; ``None``: this backend)."""
 
     def complete_multipart_upload(
         key: str, upload_id: str, parts: list[tuple[int, str]]

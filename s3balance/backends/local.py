@@ -314,14 +314,24 @@ class _Store:
         self.discard_temp(self._data_path(key, sidecar["data"]), None)
 
     def copy_object(
-        self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
+        self,
+        source_key: str,
+        key: str,
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        source: _Store | None = None,
     ) -> PutResult:
-        """Hard-link the immutable source data when the filesystem allows, else copy it."""
+        """Hard-link the immutable source data when the filesystem allows, else copy it.
+
+        :param source: the store holding ``source_key`` (another root of this host); this one
+            when ``None``.
+        """
+        holder = source or self
         self._ensure_dir(self.tmp)
         written: _Written | None = None
-        with self._lock:
-            sidecar = self._require_sidecar(source_key)
-            source_path = self._data_path(source_key, sidecar["data"])
+        with holder._lock:
+            sidecar = holder._require_sidecar(source_key)
+            source_path = holder._data_path(source_key, sidecar["data"])
             linked = os.path.join(self.tmp, f"link-{uuid.uuid4().hex}")
             try:
                 os.link(source_path, linked)
@@ -421,9 +431,10 @@ class _Store:
         part_number: int,
         source_key: str,
         byte_range: tuple[int, int] | None,
+        source: _Store | None = None,
     ) -> PartResult:
         self._load_upload(key, upload_id)
-        opened = self.open_object(source_key)
+        opened = (source or self).open_object(source_key)
         try:
             first, last = resolve_range(self.name, byte_range, opened.sidecar["size"])
             written = self._copy_range(opened.fd, first, last - first + 1, "part-")
@@ -864,14 +875,31 @@ class LocalDirectoryBackend:
     def delete_object(self, key: str) -> Deferred[None]:
         return self._run(self._store.delete_object, key)
 
+    def can_copy_from(self, source: IBackend) -> bool:
+        # Any directory of this host: the file is linked or copied by a disk thread.
+        return isinstance(source, LocalDirectoryBackend)
+
+    def _source_store(self, source: IBackend | None) -> _Store:
+        if source is None:
+            return self._store
+        if not isinstance(source, LocalDirectoryBackend):
+            raise BackendError(self.name, f"cannot copy server-side from {source.name}")
+        return source._store
+
     def copy_object(
-        self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
+        self,
+        source_key: str,
+        key: str,
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        source_backend: IBackend | None = None,
     ) -> Deferred[PutResult]:
         try:
             refuse_encryption(self.name, headers)
-        except BackendCannotEncrypt:
+            store = self._source_store(source_backend)
+        except BackendError:
             return fail()
-        return self._run(self._store.copy_object, source_key, key, headers, metadata)
+        return self._run(self._store.copy_object, source_key, key, headers, metadata, store)
 
     def create_multipart_upload(
         self, key: str, headers: dict[str, str], metadata: dict[str, str]
@@ -899,9 +927,15 @@ class LocalDirectoryBackend:
         part_number: int,
         source_key: str,
         byte_range: tuple[int, int] | None,
+        source_backend: IBackend | None = None,
     ) -> Deferred[PartResult]:
+        try:
+            store = self._source_store(source_backend)
+        except BackendError:
+            return fail()
         return self._run(
-            self._store.upload_part_copy, key, upload_id, part_number, source_key, byte_range
+            self._store.upload_part_copy, key, upload_id, part_number, source_key, byte_range,
+            store,
         )
 
     def complete_multipart_upload(

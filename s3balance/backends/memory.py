@@ -27,6 +27,7 @@ from s3balance.backends.chunkedstream import ChunkedObjectStream
 from s3balance.backends.deferreds import returns_deferred
 from s3balance.backends.guardedbody import GuardedBody
 from s3balance.backends.interface import (
+    BackendError,
     BackendInvalidPart,
     BackendNoSuchKey,
     BackendNoSuchUpload,
@@ -210,12 +211,28 @@ class MemoryBackend:
         self._objects.pop(key, None)
         return succeed(None)
 
+    def can_copy_from(self, source: IBackend) -> bool:
+        # Every in-memory backend lives in this process: a copy shares the immutable bytes.
+        return isinstance(source, MemoryBackend)
+
+    def _holder(self, source: IBackend | None) -> MemoryBackend:
+        if source is None:
+            return self
+        if not isinstance(source, MemoryBackend):
+            raise BackendError(self.name, f"cannot copy server-side from {source.name}")
+        return source
+
     @returns_deferred
     async def copy_object(
-        self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
+        self,
+        source_key: str,
+        key: str,
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        source_backend: IBackend | None = None,
     ) -> PutResult:
         refuse_encryption(self.name, headers)
-        source = self._require(source_key)
+        source = self._holder(source_backend)._require(source_key)
         # The copy is one whole object: its ETag is the MD5 of the bytes, even from a multipart
         # source (as S3 and the local adapter do).
         return self._store(key, source.data, source.md5, f'"{source.md5}"', headers, metadata)
@@ -253,10 +270,11 @@ class MemoryBackend:
         part_number: int,
         source_key: str,
         byte_range: tuple[int, int] | None,
+        source_backend: IBackend | None = None,
     ) -> PartResult:
         check_part_number(self.name, part_number)
         upload = self._upload(key, upload_id)
-        source = self._require(source_key)
+        source = self._holder(source_backend)._require(source_key)
         first, last = resolve_range(self.name, byte_range, len(source.data))
         data = source.data[first : last + 1]
         md5 = source.md5 if len(data) == len(source.data) else _md5(data)

@@ -8,6 +8,7 @@ are read by :mod:`s3balance.backends.s3xml`, headers by :mod:`s3balance.backends
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -105,6 +106,16 @@ class S3Backend:
             stall_timeout,
         )
         self._put_etags = PutETags(name)
+        #: What two buckets must share for one to copy from the other server-side: the
+        #: service (endpoint) and the account (credentials; the secret only as a digest).
+        self._service = (
+            self.address.scheme,
+            self.address.host,
+            self.address.port,
+            self.address.base_path,
+            access_key,
+            hashlib.sha256(secret_key.encode()).hexdigest(),
+        )
 
     @classmethod
     def from_config(
@@ -212,12 +223,29 @@ class S3Backend:
         except BackendNoSuchKey:
             pass
 
+    def can_copy_from(self, source: IBackend) -> bool:
+        return isinstance(source, S3Backend) and source._service == self._service
+
+    def _copy_source(self, source_key: str, source: IBackend | None) -> str:
+        """``x-amz-copy-source`` for ``source_key`` in ``source``'s bucket (this one's when
+        ``None``)."""
+        if source is None:
+            return self.address.copy_source(source_key)
+        if not isinstance(source, S3Backend) or not self.can_copy_from(source):
+            raise BackendError(self.name, f"cannot copy server-side from {source.name}")
+        return source.address.copy_source(source_key)
+
     @returns_deferred
     async def copy_object(
-        self, source_key: str, key: str, headers: dict[str, str], metadata: dict[str, str]
+        self,
+        source_key: str,
+        key: str,
+        headers: dict[str, str],
+        metadata: dict[str, str],
+        source_backend: IBackend | None = None,
     ) -> PutResult:
         to_send = request_headers(headers, metadata)
-        to_send["x-amz-copy-source"] = self.address.copy_source(source_key)
+        to_send["x-amz-copy-source"] = self._copy_source(source_key, source_backend)
         to_send["x-amz-metadata-directive"] = "REPLACE"
         encryption = encryption_asked(headers)
         try:
@@ -310,13 +338,14 @@ class S3Backend:
         part_number: int,
         source_key: str,
         byte_range: tuple[int, int] | None,
+        source_backend: IBackend | None = None,
     ) -> PartResult:
-        headers = {"x-amz-copy-source": self.address.copy_source(source_key)}
+        headers = {"x-amz-copy-source": self._copy_source(source_key, source_backend)}
         if byte_range is not None:
             headers["x-amz-copy-source-range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
             size = byte_range[1] - byte_range[0] + 1
         else:
-            size = (await self.head_object(source_key)).size
+            size = (await (source_backend or self).head_object(source_key)).size
         query = [("partNumber", str(part_number)), ("uploadId", upload_id)]
         answer = await self._client.call("PUT", self.address.object_path(key), query, headers)
         return PartResult(part_number, result_etag(self.name, answer), size)

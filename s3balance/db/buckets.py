@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.errors import BucketNotEmptyError, NoSuchBucketError
 from s3balance.db.model import multipart_uploads, objects, stored_acl, virtual_buckets
+from s3balance.db.prepared import Direct, Prepared
 from s3balance.db.records import BucketRecord, BucketTotals
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class BucketsComponent(DBComponent):
         return self.pool.do(_set_bucket_tags, name, tags)
 
     def get_bucket(self, name: str) -> Deferred[BucketRecord | None]:
-        return self.pool.do_read(_get_bucket, name)
+        return self.pool.do_single_read(_get_bucket, name)
 
     def list_buckets(self) -> Deferred[list[BucketRecord]]:
         """All virtual buckets, by name."""
@@ -61,12 +62,17 @@ _SELECT_ID = sa.select(virtual_buckets.c.id).where(_BY_NAME)
 _LOCK_ID = _SELECT_ID.with_for_update()
 _SELECT_BUCKET = sa.select(virtual_buckets).where(_BY_NAME)
 _SELECT_BUCKETS = sa.select(virtual_buckets)
+#: Asked before each PUT's body is read, and in each commit (see s3balance.db.prepared).
+_GET_BUCKET = Prepared(_SELECT_BUCKET)
+_SELECT_ID_P = Prepared(_SELECT_ID)
+_LOCK_ID_P = Prepared(_LOCK_ID)
 _UPDATE_BUCKET = virtual_buckets.update().where(_BY_NAME)
 
 
 def bucket_id(conn: sa.Connection, name: str, lock: bool = False) -> int | None:
     """The bucket's row id (locked against deletion when ``lock``), or None."""
-    return conn.execute(_LOCK_ID if lock else _SELECT_ID, {"bucket_name": name}).scalar()
+    found = (_LOCK_ID_P if lock else _SELECT_ID_P).scalar(conn, {"bucket_name": name})
+    return None if found is None else int(found)
 
 
 def require_bucket(conn: sa.Connection, name: str) -> int:
@@ -104,8 +110,8 @@ def _bucket_record(row: Any) -> BucketRecord:
     )
 
 
-def _get_bucket(conn: sa.Connection, name: str) -> BucketRecord | None:
-    row = conn.execute(_SELECT_BUCKET, {"bucket_name": name}).first()
+def _get_bucket(conn: sa.Connection | Direct, name: str) -> BucketRecord | None:
+    row = _GET_BUCKET.first(conn, {"bucket_name": name})
     return None if row is None else _bucket_record(row)
 
 

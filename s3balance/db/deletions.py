@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from s3balance.db.base import DBComponent
 from s3balance.db.model import pending_deletions
+from s3balance.db.prepared import Prepared
 from s3balance.db.records import Location
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ class DeletionsComponent(DBComponent):
 # In a database thread, inside the pool's transaction (see s3balance.db.base).
 
 _INSERT = pending_deletions.insert()
+_INSERT_P = Prepared(
+    _INSERT,
+    column_keys=("backend", "real_key", "delete_after"),
+    returning_id=pending_deletions.c.id,
+)
 _SELECT_DUE = (
     sa.select(pending_deletions)
     .where(pending_deletions.c.delete_after <= sa.bindparam("now"))
@@ -70,16 +76,12 @@ def queue_deletions(
     order."""
     ids = []
     for location in locations:
-        result = conn.execute(
-            _INSERT,
-            {
-                "backend": location.backend,
-                "real_key": location.real_key,
-                "delete_after": delete_after,
-            },
-        )
-        assert result.inserted_primary_key is not None
-        ids.append(int(result.inserted_primary_key[0]))
+        values = {
+            "backend": location.backend,
+            "real_key": location.real_key,
+            "delete_after": delete_after,
+        }
+        ids.append(_INSERT_P.insert(conn, values))
     return tuple(ids)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import event, pool
 from sqlalchemy.engine import URL, Engine, make_url
 
 from s3balance.config import DatabaseConfig
+from s3balance.db.driver import execute_text
 
 #: How long an SQLite connection waits for the database lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -46,6 +47,9 @@ _LOG_LEVELS = {
 
 #: SQLAlchemy's engine logger name is ``sqlalchemy.engine.Engine.<logging_name>``.
 ENGINE_LOGGING_NAME = "s3balance"
+#: The logger of our engine's statements (``database.log_level``): statements run on the cursor
+#: directly go through SQLAlchemy instead while it logs at INFO.
+STATEMENT_LOG = logging.getLogger(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}")
 
 
 def is_sqlite(url: str | URL) -> bool:
@@ -105,9 +109,7 @@ def create_engine(url: str | URL, config: DatabaseConfig | None = None) -> Engin
             kwargs["isolation_level"] = "READ COMMITTED"
 
     engine = sa.create_engine(parsed, **kwargs)
-    logging.getLogger(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}").setLevel(
-        _LOG_LEVELS.get(config.log_level.lower(), logging.WARNING)
-    )
+    STATEMENT_LOG.setLevel(_LOG_LEVELS.get(config.log_level.lower(), logging.WARNING))
     if backend == "sqlite":
         if not is_memory_sqlite(parsed) and parsed.database:
             directory = os.path.dirname(os.path.abspath(parsed.database))
@@ -140,7 +142,9 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    if connection.get_execution_options().get(READ_ONLY_OPTION):
-        connection.exec_driver_sql("BEGIN")
+    read_only = connection.get_execution_options().get(READ_ONLY_OPTION)
+    sql = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+    if STATEMENT_LOG.isEnabledFor(logging.INFO):
+        connection.exec_driver_sql(sql)
     else:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        execute_text(connection, sql)  # through SQLAlchemy, the call costs more than BEGIN

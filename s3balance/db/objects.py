@@ -31,6 +31,7 @@ from s3balance.db.model import (
     stored_acl,
     virtual_buckets,
 )
+from s3balance.db.prepared import Direct, Prepared
 from s3balance.db.records import Location, ObjectPage, ObjectRecord
 from s3balance.db.usage import UPSERT_ATTEMPTS, Deltas, apply_usage, new_deltas
 
@@ -91,7 +92,7 @@ class ObjectsComponent(DBComponent):
     """Object rows and their locations."""
 
     def get_object(self, bucket: str, key: str) -> Deferred[ObjectRecord | None]:
-        return self.pool.do_read(_get_object, bucket, key)
+        return self.pool.do_single_read(_get_object, bucket, key)
 
     def put_object(self, record: ObjectRecord) -> Deferred[list[Location]]:
         """Make ``record`` the visible object for its key, replacing any previous one.
@@ -201,6 +202,8 @@ _SELECT_OBJECT = (
     )
     .order_by(object_locations.c.position)
 )
+#: A GET's one statement, run the short way (see s3balance.db.prepared).
+_GET_OBJECT = Prepared(_SELECT_OBJECT)
 _LOCK_CURRENT = (
     sa.select(objects.c.id, objects.c.size, objects.c.etag).where(_IN_BUCKET).with_for_update()
 )
@@ -223,6 +226,23 @@ _DELETE_LOCATIONS = object_locations.delete().where(
     object_locations.c.object_id == sa.bindparam("object_id")
 )
 _DELETE_OBJECT = objects.delete().where(objects.c.id == sa.bindparam("object_id"))
+
+#: The columns a write sets (``write_object``'s ``values``).
+_WRITTEN = (
+    "size", "etag", "last_modified", "headers", "user_metadata", "checksums", "part_sizes",
+    "part_checksums", "tags", "acl",
+)  # fmt: skip
+#: A commit's statements, run the short way (see s3balance.db.prepared).
+_LOCK_CURRENT_P = Prepared(_LOCK_CURRENT)
+_LOCATIONS_OF_ONE_P = Prepared(_SELECT_LOCATIONS_OF_ONE)
+_UPDATE_OBJECT_P = Prepared(_UPDATE_OBJECT, column_keys=_WRITTEN)
+_INSERT_OBJECT_P = Prepared(
+    _INSERT_OBJECT, column_keys=("bucket_id", "key", *_WRITTEN), returning_id=objects.c.id
+)
+_INSERT_LOCATIONS_P = Prepared(
+    _INSERT_LOCATIONS, column_keys=("object_id", "position", "backend", "real_key")
+)
+_DELETE_LOCATIONS_P = Prepared(_DELETE_LOCATIONS)
 
 
 def object_record(row: Any, bucket: str, locations: tuple[Location, ...]) -> ObjectRecord:
@@ -256,12 +276,12 @@ def locations_of(
 
 
 def _locations_of_one(conn: sa.Connection, object_id: int) -> tuple[Location, ...]:
-    rows = conn.execute(_SELECT_LOCATIONS_OF_ONE, {"object_id": object_id})
+    rows = _LOCATIONS_OF_ONE_P.rows(conn, {"object_id": object_id})
     return tuple(Location(row.backend, row.real_key) for row in rows)
 
 
-def _get_object(conn: sa.Connection, bucket: str, key: str) -> ObjectRecord | None:
-    rows = conn.execute(_SELECT_OBJECT, {"bucket_name": bucket, "object_key": key}).all()
+def _get_object(conn: sa.Connection | Direct, bucket: str, key: str) -> ObjectRecord | None:
+    rows = _GET_OBJECT.rows(conn, {"bucket_name": bucket, "object_key": key})
     if not rows:
         return None
     locations = tuple(
@@ -324,9 +344,7 @@ def write_object(
     old_locations: tuple[Location, ...] = ()
     old_size: int | None = None
     for _ in range(UPSERT_ATTEMPTS):
-        existing = conn.execute(
-            _LOCK_CURRENT, {"owner_id": owner, "object_key": record.key}
-        ).first()
+        existing = _LOCK_CURRENT_P.first(conn, {"owner_id": owner, "object_key": record.key})
         if condition:
             condition.check(None if existing is None else existing.etag)
         if existing is not None:
@@ -336,16 +354,14 @@ def write_object(
             for location in old_locations:
                 deltas[location.backend][0] -= existing.size
                 deltas[location.backend][1] -= 1
-            conn.execute(_UPDATE_OBJECT, {"object_id": object_id, **values})
-            conn.execute(_DELETE_LOCATIONS, {"object_id": object_id})
+            _UPDATE_OBJECT_P.rowcount(conn, {"object_id": object_id, **values})
+            _DELETE_LOCATIONS_P.rowcount(conn, {"object_id": object_id})
             break
         try:
             with may_fail(conn):
-                result = conn.execute(
-                    _INSERT_OBJECT, {"bucket_id": owner, "key": record.key, **values}
+                object_id = _INSERT_OBJECT_P.insert(
+                    conn, {"bucket_id": owner, "key": record.key, **values}
                 )
-            assert result.inserted_primary_key is not None
-            object_id = result.inserted_primary_key[0]
             break
         except sa.exc.IntegrityError:
             # Either a concurrent put inserted the key first (lock theirs on the next round)
@@ -355,8 +371,8 @@ def write_object(
         raise RuntimeError(f"could neither insert nor lock object {record.bucket}/{record.key}")
 
     if record.locations:
-        conn.execute(
-            _INSERT_LOCATIONS,
+        _INSERT_LOCATIONS_P.execute_many(
+            conn,
             [
                 {
                     "object_id": object_id,

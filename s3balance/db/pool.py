@@ -21,6 +21,7 @@ labelled with the store operation (the function's name without its leading under
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -32,8 +33,9 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from s3balance.db.engine import READ_ONLY_OPTION
+from s3balance.db.engine import READ_ONLY_OPTION, STATEMENT_LOG
 from s3balance.db.errors import MetadataUnavailable
+from s3balance.db.prepared import Direct
 from s3balance.labelled import labelled
 from s3balance.metrics import DB_QUERY_DURATION
 
@@ -60,6 +62,12 @@ class DBPool(Protocol):
 
     def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run ``fn(connection, *args)`` in a transaction that only reads."""
+        ...
+
+    def do_single_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``fn(connection, *args)``, which issues exactly one read statement through
+        :class:`~s3balance.db.prepared.Prepared`, with as little around it as the database
+        allows; the same answer as :meth:`do_read`."""
         ...
 
     def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
@@ -143,6 +151,35 @@ def _run_with_retries(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def run_single_read(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """Run ``fn(direct, *args)``, a function that issues one read statement through
+    :class:`~s3balance.db.prepared.Prepared`, on a pooled DBAPI connection with no transaction
+    of SQLAlchemy's around it (one statement is its own snapshot).  Any database error sends it
+    down :func:`run_transaction` instead, which retries and maps the error as for every call.
+    """
+    started = time.monotonic()
+    try:
+        connection = engine.raw_connection()
+    except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error):
+        return run_transaction(engine, fn, args, True)
+    try:
+        result = fn(Direct(connection, engine.dialect), *args)
+    except sa.exc.DBAPIError:
+        connection.close()
+        return run_transaction(engine, fn, args, True)
+    except BaseException:
+        connection.close()
+        raise
+    connection.close()
+    labelled(DB_QUERY_DURATION, operation_name(fn)).observe(time.monotonic() - started)
+    return result
+
+
+def _single_reads_allowed() -> bool:
+    """Statements logged (``database.log_level`` info or debug) go through SQLAlchemy."""
+    return not STATEMENT_LOG.isEnabledFor(logging.INFO)
+
+
 class DBThreadPool:
     """A dedicated :class:`ThreadPool` for database work (see the module docstring)."""
 
@@ -208,6 +245,13 @@ class DBThreadPool:
             self._reactor, self._threadpool, run_transaction, self.engine, fn, args, True
         )
 
+    def do_single_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if not _single_reads_allowed():
+            return self.do_read(fn, *args)
+        return threads.deferToThreadPool(
+            self._reactor, self._threadpool, run_single_read, self.engine, fn, args
+        )
+
     def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         return threads.deferToThreadPool(self._reactor, self._threadpool, fn, self.engine, *args)
 
@@ -230,6 +274,11 @@ class InlineDBPool:
 
     def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         return defer.maybeDeferred(run_transaction, self.engine, fn, args, True)
+
+    def do_single_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if not _single_reads_allowed():
+            return self.do_read(fn, *args)
+        return defer.maybeDeferred(run_single_read, self.engine, fn, args)
 
     def do_with_engine(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         return defer.maybeDeferred(fn, self.engine, *args)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.model import backend_usage, operation_counters
+from s3balance.db.prepared import Prepared
 from s3balance.db.records import BackendUsage, OperationCounts
 
 if TYPE_CHECKING:
@@ -75,16 +76,17 @@ def new_deltas() -> Deltas:
 @functools.cache
 def _increment(
     table: sa.Table, key_names: tuple[str, ...], names: tuple[str, ...]
-) -> tuple[sa.Update, sa.Insert]:
-    """``UPDATE table SET c = c + :c ... WHERE key = :key_k ...`` and the matching insert, built
-    once per table and set of columns."""
+) -> tuple[Prepared, Prepared]:
+    """``UPDATE table SET c = c + :c ... WHERE key = :key_k ...`` and the insert of a whole row,
+    built once per table and set of columns (run the short way: s3balance.db.prepared)."""
     condition = sa.and_(*(table.c[name] == sa.bindparam(f"key_{name}") for name in key_names))
     update = (
         table.update()
         .where(condition)
         .values({name: table.c[name] + sa.bindparam(f"add_{name}") for name in names})
     )
-    return update, table.insert()
+    every_column = tuple(column.name for column in table.columns)
+    return Prepared(update), Prepared(table.insert(), column_keys=every_column)
 
 
 def add_to_row(
@@ -105,11 +107,11 @@ def add_to_row(
     row.update(key)
     row.update(increments)
     for _ in range(UPSERT_ATTEMPTS):
-        if conn.execute(update, parameters).rowcount:
+        if update.rowcount(conn, parameters):
             return
         try:
             with may_fail(conn):
-                conn.execute(insert, row)
+                insert.rowcount(conn, row)
             return
         except sa.exc.IntegrityError:
             continue
