@@ -9,7 +9,7 @@ an empty database.  Progress goes to stderr when it is a terminal, the summary (
 stdout.  Exit status: 0 done, 1 done but some objects failed, 2 could not run, 3 interrupted
 (run again to resume).
 
-``jobs [list|show ID|pause ID|resume ID|cancel ID]``, ``drain NAME`` and ``rebalance``
+``jobs [list|show ID|pause ID|resume ID|cancel ID]``, ``drain [--undo] NAME`` and ``rebalance``
 (:mod:`s3balance.rebalancecli`) work on the database directly, as ``rebuild`` does, rather than
 through a daemon's admin API: they need neither ``api.enabled`` nor a token nor a daemon's
 address, they work the same whichever daemons (or workers) share the database, and a job queued
@@ -92,6 +92,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     drain.add_argument("--data-dir", help="overrides the configuration's data_dir")
     drain.add_argument("--json", action="store_true", help="print JSON")
     drain.add_argument("name", help="the real bucket (buckets[].name)")
+    drain.add_argument("--undo", action="store_true",
+                       help="give the bucket back to placement (cancels its drain if running)")
     rebalance = commands.add_parser(
         "rebalance", help="move copies between the real buckets until they are balanced"
     )

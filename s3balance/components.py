@@ -32,6 +32,7 @@ from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BucketConfig, Config
 from s3balance.console.resource import ConsoleResource
+from s3balance.copying import ObjectCopier
 from s3balance.db.connector import DBConnector
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import Gateway
@@ -193,8 +194,12 @@ class Components:
         #: Drains and other resumable jobs (housekeeping's process runs them; any process
         #: queues them).  A new job kind is one module and one line here (see s3balance.jobs).
         self.jobs = JobRunner(
-            JobDaemon(self.store, self.pool, self.gateway, self.usage, reactor), config.jobs
-        )
+            JobDaemon(
+                self.store, self.pool, self.gateway, self.usage, reactor,
+                ObjectCopier(self.pool, self.gateway.holding),
+            ),
+            config.jobs,
+        )  # fmt: skip
         self.jobs.register(drain.KIND)
         self.jobs.register(rebalance.KIND)
         #: Starts a rebalance job when ``balancer.rebalance`` asks (housekeeping's process).

@@ -15,9 +15,10 @@ last page it finished).  For each object it:
 2. picks a target with the pool's placement rules, as repair does for a lost copy: a backend
    holding no copy of the object yet, in a zone without one where possible, enabled, healthy,
    with room, not drained and under its class A budget (a backend at its limit is skipped);
-3. copies the bytes (streamed, the source's GET feeding the target's PUT; the source's read is
-   counted as class B, the target's PUT as class A) at the object's own real key, with the
-   stored headers and metadata;
+3. copies the bytes at the object's own real key, with the stored headers and metadata: a
+   server-side copy when both backends are on one service, streamed otherwise (the source's
+   GET, class B, feeding the target's PUT, class A); a multipart object is streamed part by
+   part with its own part sizes, so the copy keeps its ETag (:func:`_copy_from`);
 4. commits the new location by a compare-and-set of the row's locations
    (:meth:`~s3balance.db.repairs.RepairsComponent.swap_locations`): the drained copy leaves the
    row and is queued in ``pending_deletions`` in the same transaction (deleted after
@@ -30,7 +31,8 @@ tried again by the next sweep; new locations that appeared meanwhile (a multipar
 before the drain and completed on the backend, a write by a daemon that had not yet seen the
 drain) come after the cursor or are found by the next sweep.  The job ends ``done`` once no
 object, no upload in progress and no pending deletion is left on the backend
-(``GET /api/buckets/{name}`` then says ``"removable": true``), and ``failed`` after
+(``GET /api/buckets/{name}`` then says ``"removable": true``; deletions that keep failing for
+:data:`DELETION_PATIENCE` past their grace are left to housekeeping), and ``failed`` after
 :data:`MAX_FRUITLESS_SWEEPS` sweeps in a row that moved nothing (a resume tries again).
 Cancelling the job gives the backend back to placement; what was moved stays moved.
 """
@@ -43,6 +45,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from s3balance.backends.interface import BackendError
+from s3balance.copying import etag_agrees
 from s3balance.db.jobs import BackendLocation
 from s3balance.db.records import JobRecord, Location, ObjectRecord
 from s3balance.jobs import JobKind, RunningJob
@@ -60,9 +63,18 @@ log = make_logger()
 #: Locations read per page.
 PAGE = 200
 #: Sweeps in a row that moved nothing, with objects still left, before the job fails.
-MAX_FRUITLESS_SWEEPS = 3
-#: Seconds between looks at what is left, while uploads finish or deletions wait for their grace.
+MAX_FRUITLESS_SWEEPS = 4
+#: Seconds before the n-th sweep in a row that moved nothing is followed by another: n times this
+#: (a backend full or unhealthy for a minute or so does not fail the job).
+FRUITLESS_WAIT = 5.0
+#: Seconds between checks that the job must stop while it waits.
 WAIT_STEP = 1.0
+#: Longest wait between looks at what is left, while uploads finish there or old copies wait
+#: for their deletion (the waits double from :data:`WAIT_STEP`).
+MAX_IDLE_WAIT = 30.0
+#: Seconds past ``server.delete_grace`` the job waits for the deletions of the old copies before
+#: it ends all the same (``done``, saying how many are left: housekeeping keeps retrying them).
+DELETION_PATIENCE = 600.0
 
 
 class DrainError(Exception):
@@ -90,16 +102,29 @@ async def run_drain(job: RunningJob) -> None:
     if backend not in daemon.pool.names():
         raise DrainError(f"{backend} is not a configured real bucket")
     fruitless = 0
+    idle = 0.0
+    deletions_since: float | None = None
     while True:
         objects, size, uploads, pending = await daemon.store.held_on(backend)
         job.update(objects_left=objects, bytes_left=size)
         if objects == 0 and uploads == 0 and pending == 0:
             return
         if objects == 0:
-            # Uploads finishing there (then moved by the next sweep), or old copies waiting for
-            # their grace before housekeeping deletes them.
-            await _wait(job, WAIT_STEP)
+            # Uploads finishing there (then moved by the next sweep; housekeeping aborts those
+            # abandoned after multipart.expiry), or old copies waiting for their grace before
+            # housekeeping deletes them.  Looks again less and less often.
+            now = job.clock.seconds()
+            if uploads == 0:
+                deletions_since = now if deletions_since is None else deletions_since
+                patience = daemon.gateway.settings.delete_grace + DELETION_PATIENCE
+                if now - deletions_since > patience:
+                    job.update(last_error=f"{pending} deletions still pending on {backend} "
+                               "(housekeeping retries them)")  # fmt: skip
+                    return
+            idle = min(MAX_IDLE_WAIT, max(WAIT_STEP, idle * 2))
+            await _wait(job, idle)
             continue
+        idle, deletions_since = 0.0, None
         moved = await _sweep(job, backend)
         if moved:
             fruitless = 0
@@ -109,7 +134,7 @@ async def run_drain(job: RunningJob) -> None:
             raise DrainError(
                 f"{objects} objects could not be moved off {backend}: {job.progress.last_error}"
             )
-        await _wait(job, WAIT_STEP * fruitless)
+        await _wait(job, FRUITLESS_WAIT * fruitless)
 
 
 async def _wait(job: RunningJob, seconds: float) -> None:
@@ -153,14 +178,11 @@ async def _sweep(job: RunningJob, backend: str) -> int:
 
 async def _move_one(job: RunningJob, location: BackendLocation) -> bool:
     """Move one location under the shared limits; whether it left the backend."""
-    job.check()
-    async with job.limits.slot(location.size):
-        job.check()
-        try:
-            return await move_location(job, location)
-        except (BackendError, ObjectChanged) as error:
-            job.problem(f"{location.bucket}/{location.key}: {error}")
-            return False
+    try:
+        return await job.transfer(location.size, lambda: move_location(job, location))
+    except (BackendError, ObjectChanged) as error:
+        job.problem(f"{location.bucket}/{location.key}: {error}")
+        return False
 
 
 async def move_location(job: RunningJob, location: BackendLocation) -> bool:
@@ -218,7 +240,7 @@ async def _copy(
     last: BackendError | None = None
     for source in sources:
         try:
-            return await _stream(daemon, record, source, target)
+            return await _copy_from(daemon, record, source, target)
         except BackendError as error:
             last = error
             if error.backend == target.backend:
@@ -227,32 +249,74 @@ async def _copy(
     raise last
 
 
-async def _stream(
+async def _copy_from(
     daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location
 ) -> int:
-    """One copy, the source's GET feeding the target's PUT, with the source's stored headers
-    and metadata (what a rebuild reads back).
+    """One copy with the source's stored headers and metadata (what a rebuild reads back).
 
-    :raises BackendError: either side failed, or the source's size is not the row's.
+    A single-part object goes through the :class:`~s3balance.copying.ObjectCopier`
+    (server-side when both backends are on one service, streamed otherwise).  A multipart
+    object is streamed part by part with the row's own part sizes, so that the copy keeps the
+    object's ETag on every service (what scrub compares, and what a rebuild would read back):
+    a server-side copy of it gets another ETag on some services.
+
+    :raises BackendError: either side failed, or the source is not the row's object.
     """
+    if len(record.part_sizes) > 1 and sum(record.part_sizes) == record.size:
+        return await _copy_parts(daemon, record, source, target)
+    return await daemon.copier.copy(record, source, target)
+
+
+async def _copy_parts(
+    daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location
+) -> int:
+    """A multipart copy with the row's part layout: one ranged GET per part feeding that part's
+    UploadPart; a failure aborts the target's upload."""
     pool = daemon.pool
-    reader = pool.get(source.backend)
-    async with daemon.gateway.holding(source):
-        info = await reader.head_object(source.real_key)
-        if info.size != record.size:
-            raise BackendError(source.backend, f"holds {info.size} bytes, not {record.size}")
-        stream = await reader.get_object(source.real_key)
-        pool.record_operation(source.backend, "B", bytes_out=record.size)
-        producer = StreamBodyProducer(stream)
-        release = pool.reserve(target.backend, record.size)
-        try:
-            result = await pool.get(target.backend).put_object(
-                target.real_key, producer, record.size, dict(info.headers), dict(info.metadata)
+    reader, writer = pool.get(source.backend), pool.get(target.backend)
+    release = pool.reserve(target.backend, record.size)
+    try:
+        async with daemon.gateway.holding(source):
+            info = await reader.head_object(source.real_key)
+            pool.record_operation(source.backend, "B")
+            if info.size != record.size or etag_agrees(record.etag, info.etag) is False:
+                raise BackendError(
+                    source.backend, f"holds {info.size} bytes with ETag {info.etag}, not "
+                    f"{record.size} with {record.etag}",
+                )  # fmt: skip
+            upload_id = await writer.create_multipart_upload(
+                target.real_key, dict(info.headers), dict(info.metadata)
             )
-        finally:
-            producer.discard()
-            release()
-    pool.record_operation(target.backend, "A", bytes_in=result.size)
+            pool.record_operation(target.backend, "A")
+            try:
+                parts: list[tuple[int, str]] = []
+                first = 0
+                for number, size in enumerate(record.part_sizes, 1):
+                    stream = await reader.get_object(source.real_key, (first, first + size - 1))
+                    pool.record_operation(source.backend, "B", bytes_out=size)
+                    producer = StreamBodyProducer(stream)
+                    try:
+                        part = await writer.upload_part(
+                            target.real_key, upload_id, number, producer, size
+                        )
+                    finally:
+                        producer.discard()
+                    pool.record_operation(target.backend, "A", bytes_in=size)
+                    parts.append((number, part.etag))
+                    first += size
+                result = await writer.complete_multipart_upload(
+                    target.real_key, upload_id, parts
+                )
+                pool.record_operation(target.backend, "A")
+            except BaseException:
+                try:
+                    await writer.abort_multipart_upload(target.real_key, upload_id)
+                except BackendError as error:
+                    log.warn("drain: could not abort the copy's upload on {backend}: {error}",
+                             backend=target.backend, error=error)  # fmt: skip
+                raise
+    finally:
+        release()
     return int(result.size)
 
 

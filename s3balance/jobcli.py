@@ -28,8 +28,15 @@ async def run_jobs_command(
         if arguments.name not in {bucket.name for bucket in config.real_buckets}:
             print(f"no real bucket named {arguments.name}", file=sys.stderr)
             return EXIT_REFUSED
-        record = await store.drain_backend(arguments.name, now)
-        _show([record], now, arguments.json, single=True)
+        if not arguments.undo:
+            record = await store.drain_backend(arguments.name, now)
+            _show([record], now, arguments.json, single=True)
+            return EXIT_DONE
+        undone = await store.undrain_backend(arguments.name, now)
+        if undone is not None:
+            _show([undone], now, arguments.json, single=True)
+        elif arguments.json:
+            print("null")
         return EXIT_DONE
     action, job_id = arguments.action, arguments.job
     if action == "list":

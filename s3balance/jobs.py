@@ -12,8 +12,8 @@ and the cursor and learns whether someone paused or cancelled the job (through a
 API, which only changes the row's ``state``); the job stops between two objects.  A daemon that
 shuts down puts its jobs back in the queue.
 
-All jobs of a daemon share one :class:`JobLimits`: ``jobs.max_concurrency`` objects in flight
-and ``jobs.max_bytes_per_second``.
+All jobs of a daemon share one :class:`~s3balance.pacing.TransferLimits`:
+``jobs.max_concurrency`` objects in flight and ``jobs.max_bytes_per_second``.
 
 Adding a kind
 -------------
@@ -24,19 +24,22 @@ A kind is one module exposing a :class:`JobKind` (its name and a coroutine funct
     async def run(job: RunningJob) -> None:
         after = int(job.progress.cursor or 0)        # resume where the last run stopped
         for item in await page_after(job.daemon.store, after):
-            job.check()                              # JobStopped: paused, cancelled, shutdown
-            async with job.limits.slot(item.size):   # shared concurrency and bytes/s
-                moved = await move(job.daemon, item)
-            job.moved(item.size) if moved else job.problem(f"{item.key}: ...")
-            job.progress.cursor = str(item.id)       # everything up to here is done
+            # JobStopped (paused, cancelled, shutdown) is raised before the work starts; the
+            # work runs under the shared limits (objects at once, bytes per second).
+            if await job.transfer(item.size, lambda: move(job.daemon, item)):
+                job.moved(item.size)
+            else:
+                job.problem(f"{item.key}: ...")      # counted, logged, kept as last_error
+            job.update(cursor=str(item.id))          # everything up to here is done
         await job.save()                             # optional: the heartbeat saves anyway
 
     KIND = JobKind("mykind", run)
 
 The coroutine returning means ``done``; raising anything but :class:`JobStopped` means ``failed``
 (with the error as ``last_error``; a resume queues it again).  ``job.daemon`` is the
-:class:`JobDaemon` (store, pool, gateway, usage, clock).  Submit one with
-:meth:`JobRunner.submit` (any process: the runner that polls takes it).
+:class:`JobDaemon` (store, pool, gateway, usage, clock, and the :class:`~s3balance.copying.
+ObjectCopier` that moves an object's bytes).  Call ``job.check()`` wherever else the job may
+stop.  Submit a job with :meth:`JobRunner.submit` (any process: the runner that polls takes it).
 """
 
 from __future__ import annotations
@@ -44,10 +47,9 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -60,8 +62,10 @@ from s3balance.db.records import JOB_STATES, JobProgress, JobRecord
 from s3balance.db.store import MetadataStore
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
+from s3balance.pacing import TransferLimits
 
 if TYPE_CHECKING:
+    from s3balance.copying import ObjectCopier
     from s3balance.gateway import Gateway
     from s3balance.pool import BackendPool
     from s3balance.usage import UsageMonitor
@@ -70,7 +74,6 @@ __all__ = [
     "HEARTBEAT",
     "JobDaemon",
     "JobKind",
-    "JobLimits",
     "JobRunner",
     "JobStopped",
     "RunningJob",
@@ -78,6 +81,8 @@ __all__ = [
 ]
 
 log = make_logger()
+
+T = TypeVar("T")
 
 #: Seconds between heartbeats of a running job (at most a third of ``jobs.lease``): how soon a
 #: pause or cancel made through another daemon takes effect.
@@ -115,39 +120,8 @@ class JobDaemon:
     gateway: Gateway
     usage: UsageMonitor
     clock: IReactorTime
-
-
-class JobLimits:
-    """``jobs.max_concurrency`` objects in flight and ``jobs.max_bytes_per_second``, shared by
-    every job of a daemon.  The byte rate is paced per object: an object's copy starts once those
-    before it have had their share of time."""
-
-    def __init__(self, clock: IReactorTime, concurrency: int, bytes_per_second: int | None):
-        self.clock = clock
-        self.bytes_per_second = bytes_per_second
-        self._slots = defer.DeferredSemaphore(max(1, concurrency))
-        self._next_slot = 0.0
-
-    @asynccontextmanager
-    async def slot(self, size: int) -> AsyncIterator[None]:
-        """Hold one of the concurrent slots for an object of ``size`` bytes, after its turn
-        under the byte rate."""
-        await self._slots.acquire()
-        try:
-            await self._pace(size)
-            yield
-        finally:
-            self._slots.release()
-
-    async def _pace(self, size: int) -> None:
-        rate = self.bytes_per_second
-        if not rate:
-            return
-        now = self.clock.seconds()
-        start = max(now, self._next_slot)
-        self._next_slot = start + size / rate
-        if start > now:
-            await task.deferLater(self.clock, start - now, lambda: None)
+    #: Copies an object's bytes between locations (server-side where it can).
+    copier: ObjectCopier
 
 
 class RunningJob:
@@ -178,7 +152,7 @@ class RunningJob:
         return self.runner.daemon
 
     @property
-    def limits(self) -> JobLimits:
+    def limits(self) -> TransferLimits:
         return self.runner.limits
 
     @property
@@ -192,6 +166,23 @@ class RunningJob:
         """
         if self.stopped is not None:
             raise JobStopped(self.stopped)
+
+    async def transfer(self, size: int, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``work`` (moving ``size`` bytes) under the daemon's shared limits: once fewer than
+        ``jobs.max_concurrency`` transfers run and its turn under ``jobs.max_bytes_per_second``
+        came.
+
+        :raises JobStopped: the job must stop (checked before and after waiting its turn).
+        """
+        self.check()
+
+        async def paced() -> T:
+            self.check()
+            await self.limits.pace(size)
+            self.check()
+            return await work()
+
+        return await self.limits.run(paced)
 
     def update(self, **changes: Any) -> None:
         """Change progress fields (``objects_left=``, ``cursor=``...)."""
@@ -235,7 +226,9 @@ class JobRunner(Service):
         self.daemon = daemon
         self.config = config
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.limits = JobLimits(daemon.clock, config.max_concurrency, config.max_bytes_per_second)
+        self.limits = TransferLimits(
+            daemon.clock, config.max_bytes_per_second, config.max_concurrency
+        )
         self.kinds: dict[str, JobKind] = {}
         #: Jobs this daemon runs now, by id, and the Deferred of each run.
         self.active: dict[int, RunningJob] = {}
@@ -308,11 +301,12 @@ class JobRunner(Service):
         self._polling = True
         try:
             await self._count()
-            while self._accepting and len(self.active) < MAX_RUNNING:
+            while self._accepting and len(self._runs) < MAX_RUNNING:
                 now = self.daemon.clock.seconds()
                 record = await self.daemon.store.claim_job(
-                    tuple(sorted(self.kinds)), self.owner, now, now + self.config.lease
-                )
+                    tuple(sorted(self.kinds)), self.owner, now, now + self.config.lease,
+                    exclude=tuple(self._runs),
+                )  # fmt: skip
                 if record is None:
                     return
                 self._start(record)
@@ -335,8 +329,12 @@ class JobRunner(Service):
         self._runs[record.id] = run
 
         def gone(_: object) -> None:
-            self.active.pop(record.id, None)
-            self._runs.pop(record.id, None)
+            # A job paused and resumed here may be running again under a new RunningJob.
+            if self.active.get(record.id) is job:
+                del self.active[record.id]
+            if self._runs.get(record.id) is run:
+                del self._runs[record.id]
+            self.wake()  # it may have been resumed while it wound down
 
         run.addErrback(lambda f: log.failure("job {id} runner failed", f, id=record.id))
         run.addBoth(gone)

@@ -247,11 +247,11 @@ class BackendPool(Service):
         config = self._configs.get(name)
         return config is not None and config.enabled and self._health.is_healthy(name)
 
-    def candidates(self, size: int) -> list[Candidate]:
+    def candidates(self, size: int, drained_too: bool = False) -> list[Candidate]:
         """Backends that may take a new object of ``size`` bytes, by name.
 
-        Eligible means enabled, healthy, not drained, under its class-A budget, and with room:
-        the bytes
+        Eligible means enabled, healthy, not drained (unless ``drained_too``: the part of an
+        upload a drained backend holds), under its class-A budget, and with room: the bytes
         placed there plus those reserved by writes in flight plus ``size`` stay within
         ``max_size`` and within the free space the storage reported (when it reports any).  A
         backend with no room at all is skipped even for an empty object.
@@ -261,7 +261,7 @@ class BackendPool(Service):
             config = self._configs[name]
             if not config.enabled or not self._health.is_healthy(name):
                 continue
-            if name in self._drained or self.over_write_limit(name):
+            if (name in self._drained and not drained_too) or self.over_write_limit(name):
                 continue
             free = self.room(name)
             if free is not None and free < max(size, 1):

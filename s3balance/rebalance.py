@@ -277,25 +277,25 @@ async def _carry_out(job: RunningJob, moves: list[Move]) -> int:
 
 
 async def _move_one(job: RunningJob, move: Move) -> bool:
-    """Make one planned move if it still makes sense; whether it was made."""
-    job.check()
-    async with job.limits.slot(move.size):
-        job.check()
-        store, pool = job.daemon.store, job.daemon.pool
-        record = await store.get_object(move.bucket, move.key)
-        if record is None or record.locations != move.locations:
-            return False  # overwritten, deleted or moved since planned: the next plan sees it
-        refusal = _refusal(pool, move.target, move.size)
-        if refusal is not None:
-            job.problem(f"{move.bucket}/{move.key}: {move.target} {refusal} now")
-            return False
-        try:
-            return await move_copy(job, record, move.source, move.target)
-        except (BackendError, ObjectChanged) as error:
-            job.problem(
-                f"{move.bucket}/{move.key} {move.source.backend} -> {move.target}: {error}"
-            )
-            return False
+    """Make one planned move, under the shared limits, if it still makes sense; whether it was
+    made."""
+    try:
+        return await job.transfer(move.size, lambda: _move(job, move))
+    except (BackendError, ObjectChanged) as error:
+        job.problem(f"{move.bucket}/{move.key} {move.source.backend} -> {move.target}: {error}")
+        return False
+
+
+async def _move(job: RunningJob, move: Move) -> bool:
+    store, pool = job.daemon.store, job.daemon.pool
+    record = await store.get_object(move.bucket, move.key)
+    if record is None or record.locations != move.locations:
+        return False  # overwritten, deleted or moved since planned: the next plan sees it
+    refusal = _refusal(pool, move.target, move.size)
+    if refusal is not None:
+        job.problem(f"{move.bucket}/{move.key}: {move.target} {refusal} now")
+        return False
+    return await move_copy(job, record, move.source, move.target)
 
 
 def _refusal(pool: BackendPool, name: str, size: int) -> str | None:

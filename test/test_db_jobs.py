@@ -107,6 +107,16 @@ class JobQueryTests:
         self.failureResultOf(self.store.control_job(job.id, "resume", 12.0), JobStateError)
         self.failureResultOf(self.store.control_job(job.id, "cancel", 12.0), JobStateError)
         self.assertIsNone((yield self.store.control_job(job.id + 100, "cancel", 12.0)))
+        # Resumed while its holder still winds down: claimed only once the holder let go.
+        held = yield self.store.create_job("drain", "b3", {}, 20.0)
+        yield self.store.claim_job(("drain",), "a", 21.0, 81.0)
+        yield self.store.control_job(held.id, "pause", 22.0)
+        yield self.store.control_job(held.id, "resume", 23.0)
+        self.assertIsNone((yield self.store.claim_job(("drain",), "b", 24.0, 84.0)))
+        kept = yield self.store.end_job(held.id, "a", JobProgress(cursor="9"), 25.0, "running")
+        self.assertEqual(kept, "queued")
+        reclaimed = yield self.store.claim_job(("drain",), "b", 26.0, 86.0)
+        self.assertEqual((reclaimed.id, reclaimed.progress.cursor), (held.id, "9"))
         # A failed job may be resumed (tried again).
         failing = yield self.store.create_job("drain", "b2", {}, 13.0)
         yield self.store.claim_job(("drain",), "a", 14.0, 74.0)
@@ -126,6 +136,17 @@ class JobQueryTests:
         fresh = yield self.store.drain_backend("b1", 4.0)
         self.assertTrue(fresh.id != job.id)
         self.assertEqual((yield self.store.drained_backends()), {"b1": fresh.id})
+        # Undraining cancels a running drain; a finished one stays as it is.
+        undone = yield self.store.undrain_backend("b1", 5.0)
+        self.assertEqual((undone.id, undone.state), (fresh.id, "cancelled"))
+        self.assertEqual((yield self.store.drained_backends()), {})
+        self.assertIsNone((yield self.store.undrain_backend("b1", 6.0)))
+        last = yield self.store.drain_backend("b2", 7.0)
+        yield self.store.claim_job(("drain",), "a", 8.0, 68.0)
+        yield self.store.end_job(last.id, "a", JobProgress(), 9.0, "done")
+        kept = yield self.store.undrain_backend("b2", 10.0)
+        self.assertEqual(kept.state, "done")
+        self.assertEqual((yield self.store.drained_backends()), {})
 
     @defer.inlineCallbacks
     def test_locations_on_a_backend_page_by_id_with_what_is_held(self) -> Gen:

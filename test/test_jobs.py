@@ -4,6 +4,7 @@ resume from the cursor, failures, shutdown, and the shared limits."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.internet import defer, task
@@ -13,7 +14,7 @@ from s3balance import metrics
 from s3balance.config import JobsConfig
 from s3balance.db.records import JobProgress
 from s3balance.db.store import MetadataStore
-from s3balance.jobs import JobDaemon, JobKind, JobLimits, JobRunner, RunningJob, job_document
+from s3balance.jobs import JobDaemon, JobKind, JobRunner, RunningJob, job_document
 from test.dbfixture import make_store
 
 ITEMS = 10
@@ -39,16 +40,18 @@ class Counting:
         job.update(objects_left=ITEMS - start, bytes_left=(ITEMS - start) * 100)
         for item in range(start, ITEMS):
             job.check()
-            async with job.limits.slot(100):
-                if self.gated:
-                    gate: defer.Deferred[None] = defer.Deferred()
-                    self.gates.append(gate)
-                    await gate
-                if item == self.fail_at:
-                    raise RuntimeError(f"item {item} broke")
-                self.seen.append(item)
-                job.moved(100)
+            await job.transfer(100, functools.partial(self.move, item))
+            job.moved(100)
             job.update(cursor=str(item + 1))
+
+    async def move(self, item: int) -> None:
+        if self.gated:
+            gate: defer.Deferred[None] = defer.Deferred()
+            self.gates.append(gate)
+            await gate
+        if item == self.fail_at:
+            raise RuntimeError(f"item {item} broke")
+        self.seen.append(item)
 
     def open_gate(self) -> None:
         self.gates.pop(0).callback(None)
@@ -63,7 +66,7 @@ class RunnerTests(unittest.TestCase):
 
     def runner(self, owner: str, *kinds: Counting, **settings: Any) -> JobRunner:
         config = JobsConfig(lease=30.0, poll_interval=5.0, **settings)
-        daemon = JobDaemon(self.store, None, None, None, self.clock)  # type: ignore[arg-type]
+        daemon = JobDaemon(self.store, None, None, None, self.clock, None)  # type: ignore[arg-type]
         runner = JobRunner(daemon, config, owner=owner)
         for kind in kinds:
             runner.register(kind.kind)
@@ -126,6 +129,22 @@ class RunnerTests(unittest.TestCase):
             kind.open_gate()
         self.assertEqual(kind.seen, list(range(ITEMS)))
         self.assertEqual((await self.job(record.id)).state, "done")
+
+    async def test_resumed_while_winding_down_it_runs_once_from_the_cursor(self) -> None:
+        kind = Counting(gated=True)
+        runner = self.start(self.runner("a", kind))
+        record = await runner.submit("counting", "t", {})
+        kind.open_gate()
+        await runner.control(record.id, "pause")
+        await runner.control(record.id, "resume")  # item 1 is still in flight
+        self.assertEqual(len(kind.gates), 1)
+        kind.open_gate()  # the old run ends; the resumed one starts after it, at item 2
+        self.assertEqual(len(kind.gates), 1)
+        while kind.gates:
+            kind.open_gate()
+        self.assertEqual(kind.seen, list(range(ITEMS)))
+        final = await self.job(record.id)
+        self.assertEqual((final.state, final.owner), ("done", None))
 
     async def test_a_pause_or_cancel_through_another_daemon_is_seen_at_the_heartbeat(self) -> None:
         kind = Counting(gated=True)
@@ -219,30 +238,3 @@ class RunnerTests(unittest.TestCase):
                          ("running", 100, 90.0))  # fmt: skip
         await runner.control(record.id, "cancel")
         kind.open_gate()
-
-
-class LimitTests(unittest.TestCase):
-    async def test_slots_and_bytes_per_second_are_shared(self) -> None:
-        clock = task.Clock()
-        limits = JobLimits(clock, concurrency=2, bytes_per_second=100)
-        started: list[tuple[int, float]] = []
-        release: list[defer.Deferred[None]] = []
-
-        async def one(index: int) -> None:
-            async with limits.slot(100):
-                started.append((index, clock.seconds()))
-                gate: defer.Deferred[None] = defer.Deferred()
-                release.append(gate)
-                await gate
-
-        runs = [defer.ensureDeferred(one(index)) for index in range(3)]
-        self.assertEqual(started, [(0, 0.0)])
-        clock.advance(1)
-        self.assertEqual(started, [(0, 0.0), (1, 1.0)])
-        clock.advance(5)  # the third waits for a slot, not only for its turn
-        self.assertEqual(len(started), 2)
-        release.pop(0).callback(None)
-        self.assertEqual(started[-1], (2, 6.0))
-        for gate in release:
-            gate.callback(None)
-        await defer.gatherResults(runs)

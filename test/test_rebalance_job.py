@@ -200,26 +200,30 @@ class RebalanceJobTests(unittest.TestCase):
             assert record is not None
             key_at[record.locations[0].real_key] = key
         target = self.daemon.backends["r3"]
-        real_put = target.put_object
         changed: dict[str, bytes | None] = {}
 
-        def put_object(real_key: str, *args: Any, **kwargs: Any) -> Any:
-            # While the first copy streams to r3 its object is overwritten; while the second
-            # does, its object is deleted.
-            key = key_at.get(real_key)  # None: the overwrite's own write
-            if key is None:
-                pass
-            elif not changed:
-                changed[key] = b"overwritten" * 10
-                defer.ensureDeferred(self.gateway.put_object(
-                    "vb", key, BytesProducer(changed[key]), len(changed[key]), {}, {}
-                ))  # fmt: skip
-            elif len(changed) == 1:
-                changed[key] = None
-                defer.ensureDeferred(self.gateway.delete_object("vb", key))
-            return real_put(real_key, *args, **kwargs)
+        def meddling(write: Any) -> Any:
+            """``write`` (r3's put_object or copy_object, whichever the copy uses), which
+            overwrites the object of the first copy and deletes that of the second meanwhile."""
 
-        target.put_object = put_object  # type: ignore[method-assign]
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                key = next((key_at[a] for a in args if isinstance(a, str) and a in key_at), None)
+                if key is None:
+                    pass  # the overwrite's own write
+                elif not changed:
+                    changed[key] = b"overwritten" * 10
+                    defer.ensureDeferred(self.gateway.put_object(
+                        "vb", key, BytesProducer(changed[key]), len(changed[key]), {}, {}
+                    ))  # fmt: skip
+                elif len(changed) == 1:
+                    changed[key] = None
+                    defer.ensureDeferred(self.gateway.delete_object("vb", key))
+                return write(*args, **kwargs)
+
+            return wrapped
+
+        target.put_object = meddling(target.put_object)  # type: ignore[method-assign]
+        target.copy_object = meddling(target.copy_object)  # type: ignore[method-assign]
         self.pool.set_enabled("r2", False)  # r3 alone receives
         job = await start_rebalance(self.runner, RebalanceSettings("spread", 0.0))
         done = await self.finished(job.id)
@@ -246,7 +250,8 @@ class RebalanceJobTests(unittest.TestCase):
 
     async def test_one_rebalance_at_a_time_and_pause_resume(self) -> None:
         await self.write("vb", [f"k{i:03}" for i in range(80)], only=["r1"])
-        self.runner.limits = type(self.runner.limits)(reactor, 1, 40 * SIZE)  # 40 objects/s
+        self.runner.limits.max_bytes_per_second = 40 * SIZE  # 40 objects a second
+        self.runner.limits.max_concurrency = 1
         job = await start_rebalance(self.runner, RebalanceSettings("spread", 0.02))
         with self.assertRaises(RebalanceBusy) as busy:
             await start_rebalance(self.runner, RebalanceSettings("pack", 0.1))

@@ -75,7 +75,9 @@ the bucket takes no new writes from now on and a ``drain`` job moves its objects
 of a real bucket also says ``"draining"``, ``"drain_job"``, ``"drain_state"``,
 ``"held_objects"``, ``"held_bytes"``, ``"uploads_in_progress"``, ``"deletions_pending"`` and
 ``"removable"`` (drained, its job done, and nothing s3balance wrote left on it: it can be removed
-from the configuration).  Cancelling the drain job gives the bucket back to placement.
+from the configuration).  Cancelling the drain job gives the bucket back to placement, and so
+does ``POST /api/buckets/{name}/undrain`` -> ``{"bucket", "job"}`` (the drain job, cancelled
+unless it had finished; null when there was none), also after the drain is done.
 
 For the web console (:mod:`s3balance.console`), which has no other way in:
 
@@ -283,6 +285,7 @@ class AdminResource(Resource):
             (b"POST", ("jobs", "{}", "resume"), self.resume_job),
             (b"POST", ("jobs", "{}", "cancel"), self.cancel_job),
             (b"POST", ("buckets", "{}", "drain"), self.drain_bucket),
+            (b"POST", ("buckets", "{}", "undrain"), self.undrain_bucket),
         ]
         # For the web console (s3balance.console); documented in the module docstring.
         self._routes += [
@@ -429,6 +432,18 @@ class AdminResource(Resource):
         record = await start_drain(self.daemon.jobs, name)
         bucket = {**self._real_bucket(name), **(await self._drain_state(name))}
         return {"bucket": bucket, "job": job_document(record, self.daemon.clock.seconds())}
+
+    async def undrain_bucket(self, request: Request, name: str) -> JSON:
+        from s3balance.jobs import job_document
+
+        if name not in self.daemon.pool.names():
+            raise _error(404, f"no real bucket named {name!r}")
+        store = self.daemon.store
+        record = await store.undrain_backend(name, self.daemon.clock.seconds())
+        self.daemon.pool.set_drained(await store.drained_backends())
+        bucket = {**self._real_bucket(name), **(await self._drain_state(name))}
+        now = self.daemon.clock.seconds()
+        return {"bucket": bucket, "job": None if record is None else job_document(record, now)}
 
     async def _drain_state(self, name: str) -> JSON:
         from s3balance.drain import drain_document

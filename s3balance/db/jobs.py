@@ -7,7 +7,7 @@ compare-and-set on the row, so two daemons racing for it never both win.  The ho
 (:func:`_heartbeat_job`) saves the progress and renews the claim, and learns of a pause or a
 cancel made meanwhile (through any daemon's admin API: they only change ``state``).  A pause or
 cancel therefore needs no message to the daemon running the job; a resume puts the job back in
-the queue, where any daemon claims it.
+the queue, where any daemon claims it once its last holder has let go of it (or died).
 
 ``drained_backends`` lists the real buckets placement must skip; a drain creates its row and its
 job in one transaction, and cancelling the job deletes the row (the backend takes writes again).
@@ -88,11 +88,17 @@ class JobsComponent(DBComponent):
         return self.pool.do_read(_job_counts)
 
     def claim_job(
-        self, kinds: tuple[str, ...], owner: str, now: float, until: float
+        self,
+        kinds: tuple[str, ...],
+        owner: str,
+        now: float,
+        until: float,
+        exclude: tuple[int, ...] = (),
     ) -> Deferred[JobRecord | None]:
         """The oldest job of ``kinds`` that is queued (or running under an expired claim), now
-        ``running`` for ``owner`` until ``until``; None when there is none."""
-        return self.pool.do(_claim_job, tuple(kinds), owner, now, until)
+        ``running`` for ``owner`` until ``until``; None when there is none.  Jobs ``exclude``
+        names are left alone (the caller is still winding them down)."""
+        return self.pool.do(_claim_job, tuple(kinds), owner, now, until, tuple(exclude))
 
     def heartbeat_job(
         self, job_id: int, owner: str, progress: JobProgress, now: float, until: float
@@ -126,6 +132,11 @@ class JobsComponent(DBComponent):
         """Mark ``backend`` drained and give it a ``drain`` job; when it is drained already, the
         job it has (a failed one is queued again)."""
         return self.pool.do(_drain_backend, backend, now)
+
+    def undrain_backend(self, backend: str, now: float) -> Deferred[JobRecord | None]:
+        """Give ``backend`` back to placement: its drained mark goes, and its drain job is
+        cancelled unless it finished; fires that job (None when it had none)."""
+        return self.pool.do(_undrain_backend, backend, now)
 
     def drained_backends(self) -> Deferred[dict[str, int | None]]:
         """The drained real buckets and their drain job's id."""
@@ -230,20 +241,22 @@ def _job_counts(conn: sa.Connection) -> dict[tuple[str, str], int]:
 
 
 def _claim_job(
-    conn: sa.Connection, kinds: tuple[str, ...], owner: str, now: float, until: float
+    conn: sa.Connection,
+    kinds: tuple[str, ...],
+    owner: str,
+    now: float,
+    until: float,
+    exclude: tuple[int, ...],
 ) -> JobRecord | None:
     if not kinds:
         return None
-    claimable = sa.or_(
-        jobs.c.state == "queued",
-        sa.and_(jobs.c.state == "running", sa.or_(jobs.c.expires.is_(None), jobs.c.expires < now)),
-    )
-    candidates = conn.execute(
-        sa.select(jobs.c.id, jobs.c.state, jobs.c.owner)
-        .where(jobs.c.kind.in_(kinds), claimable)
-        .order_by(jobs.c.id)
-        .limit(10)
-    ).all()
+    let_go = sa.or_(jobs.c.owner.is_(None), jobs.c.expires.is_(None), jobs.c.expires < now)
+    claimable = sa.and_(jobs.c.state.in_(("queued", "running")), let_go)
+    query = sa.select(jobs.c.id, jobs.c.state, jobs.c.owner)
+    query = query.where(jobs.c.kind.in_(kinds), claimable)
+    if exclude:
+        query = query.where(jobs.c.id.not_in(exclude))
+    candidates = conn.execute(query.order_by(jobs.c.id).limit(10)).all()
     for row in candidates:
         # Compare-and-set: only if nobody claimed (or renewed) it since we read it.
         same_owner = jobs.c.owner.is_(None) if row.owner is None else jobs.c.owner == row.owner
@@ -309,8 +322,9 @@ def _control_job(conn: sa.Connection, job_id: int, action: str, now: float) -> J
         raise JobStateError(_record(row), action)
     values: dict[str, Any] = {"state": state, "updated": now}
     if action == "resume":
-        # Back in the queue: whichever daemon claims it first runs it.
-        values.update(owner=None, expires=None, finished=None)
+        # Back in the queue: whichever daemon claims it first runs it, once the daemon that
+        # ran it has let go (saving its last progress) or its claim has expired.
+        values["finished"] = None
     if action == "cancel":
         values["finished"] = now
         if row.owner is None:
@@ -349,6 +363,19 @@ def _drain_backend(conn: sa.Connection, backend: str, now: float) -> JobRecord:
             return _drain_backend(conn, backend, now)
     job = _get_job(conn, job_id)
     assert job is not None
+    return job
+
+
+def _undrain_backend(conn: sa.Connection, backend: str, now: float) -> JobRecord | None:
+    row = conn.execute(
+        sa.select(drained_backends.c.job_id).where(drained_backends.c.backend == backend)
+    ).first()
+    conn.execute(drained_backends.delete().where(drained_backends.c.backend == backend))
+    if row is None or row.job_id is None:
+        return None
+    job = _get_job(conn, int(row.job_id))
+    if job is not None and job.state in TRANSITIONS["cancel"][0]:
+        return _control_job(conn, job.id, "cancel", now)
     return job
 
 
