@@ -79,6 +79,16 @@ from the configuration).  Cancelling the drain job gives the bucket back to plac
 does ``POST /api/buckets/{name}/undrain`` -> ``{"bucket", "job"}`` (the drain job, cancelled
 unless it had finished; null when there was none), also after the drain is done.
 
+``POST /api/rebalance`` with ``{"mode": "spread"|"pack", "threshold": 0..1, "dry_run": bool,
+"max_moves": n, "max_bytes": n}`` (all optional; mode and threshold default to
+``balancer.rebalance`` and ``balancer.rebalance_threshold``) -> with ``dry_run``: ``{"dry_run":
+true, "plan": <plan>}`` (:meth:`s3balance.rebalancing.Planner.report`), nothing moved; without:
+``{"dry_run": false, "job": <job>}``, a queued ``rebalance`` job (:mod:`s3balance.rebalance`), or
+409 ``{"error", "job"}`` while one is queued, running or paused.  ``GET /api/rebalance`` ->
+``{"settings": {"rebalance", "threshold", "interval"}, "job": <job under way> or null,
+"last_check"}`` (the last automatic check of ``balancer.rebalance``: ``{"time", "started_job",
+"under_way", "plan"}``, null before any).
+
 For the web console (:mod:`s3balance.console`), which has no other way in:
 
 ``POST /api/buckets`` with ``{"name"}`` -> the new ``<virtual bucket>`` (CreateBucket's rules:
