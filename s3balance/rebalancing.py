@@ -14,7 +14,9 @@ Modes (``POST /api/rebalance``, ``balancer.rebalance``):
   the pool is balanced when every backend is within ``threshold`` of ``F`` (0.1: ten percentage
   points).  Copies move from backends above ``F`` (a source stops giving once at or below it)
   to backends below it, never past the other edge of the band, and only while some backend is
-  outside it.
+  outside it.  A backend above ``F`` that cannot give (over its read budget), or below it that
+  cannot receive, is *held out*: nothing can bring it nearer, so the others balance around
+  their own mean.
 - ``pack`` fills backends in configuration order so the last ones empty: copies move from the
   last backend holding bytes to the first one with room.  It is balanced when no backend holds
   bytes behind one (able to take them) that is filled below ``1 - threshold``; threshold 0 moves
@@ -191,6 +193,10 @@ class Planner:
         self._bytes_capped = False
         #: One move per object per plan: a second would expect locations the first changed.
         self._moved: set[int] = set()
+        #: Spread: backends left out of the mean because nothing can bring them nearer to it.
+        self.held_out: list[str] = []
+        if self.mode == "spread":
+            self.held_out = self._immovable()
         #: What was out of balance before any move (:meth:`out_of_balance` is after them).
         self.out_of_balance_before = self.out_of_balance()
 
@@ -198,9 +204,29 @@ class Planner:
 
     def _takes_part(self, backend: _Backend) -> bool:
         state = backend.state
-        if not (state.receives or state.gives):
+        if not (state.receives or state.gives) or backend.name in self.held_out:
             return False
         return self.mode == "pack" or bool(state.capacity)
+
+    def _immovable(self) -> list[str]:
+        """Spread: the backends above the mean that cannot give, and those below it that cannot
+        receive: nothing can bring them nearer, so the others balance around their own mean
+        (found again without them, until none is left)."""
+        held: list[str] = []
+        for _ in range(len(self._all)):
+            mean = self.mean_fraction
+            if mean is None:
+                break
+            stuck = [
+                backend.name for backend in self._participants()
+                if (backend.used > mean * (backend.capacity or 0) and not backend.state.gives)
+                or (backend.used < mean * (backend.capacity or 0) and not backend.state.receives)
+            ]  # fmt: skip
+            if not stuck:
+                break
+            held.extend(stuck)
+            self.held_out = held
+        return held
 
     def _participants(self) -> list[_Backend]:
         return [backend for backend in self._all if self._takes_part(backend)]
@@ -454,6 +480,7 @@ class Planner:
             "out_of_balance_before": self.out_of_balance_before,
             "balanced_after": self.balanced(),
             "out_of_balance_after": self.out_of_balance(),
+            "held_out": self.held_out,
             "stopped": self.stop_reason(partial),
             "examined": self.examined,
             "moves": len(self.moves),

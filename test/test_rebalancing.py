@@ -196,19 +196,33 @@ class SpreadTests(unittest.TestCase):
         self.assertTrue(planner.moves)
         self.assertEqual({move.target for move in planner.moves}, {"target"})
         self.assertEqual({move.source.backend for move in planner.moves}, {"a"})
-        # The mean counts the participants only: a, full-budget and target.
-        self.assertAlmostEqual(planner.mean_fraction or 0, 900 / 3000)
-        parts = {b["name"]: b["takes_part"] for b in planner.report()["backends"]}
-        self.assertEqual(parts["draining"], False)
-        self.assertEqual(parts["unbounded"], False)
-        self.assertEqual(parts["full-budget"], True)
+        # The mean counts the participants only: a and target (full-budget, empty, cannot be
+        # brought nearer to it).
+        self.assertAlmostEqual(planner.mean_fraction or 0, 900 / 2000)
+        report = planner.report()
+        parts = {b["name"]: b["takes_part"] for b in report["backends"]}
+        self.assertEqual(parts, {"a": True, "full-budget": False, "draining": False,
+                                 "unbounded": False, "target": True})  # fmt: skip
+        self.assertEqual(report["held_out"], ["full-budget"])
+        w.apply(planner.moves)
+        self.assertLessEqual(abs(w.fraction("a") - w.fraction("target")), 0.2 + 1e-9)
 
-    def test_a_backend_that_cannot_give_is_left_full(self) -> None:
-        states = [backend("a", gives=False), backend("b")]
-        w = world(states, {"a": [10] * 90})
-        planner, partial = plan(w, "spread", 0.1)
-        self.assertEqual(planner.moves, [])
-        self.assertEqual(planner.stop_reason(partial), "stuck")
+    def test_a_backend_that_cannot_give_is_left_out_and_the_others_balance(self) -> None:
+        states = [backend("a", gives=False), backend("b"), backend("c")]
+        w = world(states, {"a": [10] * 90, "b": [10] * 60})
+        planner, partial = plan(w, "spread", 0.05)
+        # Without a (0.9, which nothing can bring down), b and c balance around 0.3.
+        self.assertEqual(planner.held_out, ["a"])
+        self.assertAlmostEqual(planner.mean_fraction or 0, 0.3)
+        self.assertEqual(planner.stop_reason(partial), "balanced")
+        w.apply(planner.moves)
+        self.assertEqual(w.used("a"), 900)
+        self.assertLessEqual(abs(w.fraction("b") - 0.3), 0.05 + 1e-9)
+        self.assertLessEqual(abs(w.fraction("c") - 0.3), 0.05 + 1e-9)
+        alone = world([backend("a", gives=False), backend("b")], {"a": [10] * 90})
+        nothing, partial = plan(alone, "spread", 0.1)
+        self.assertEqual((nothing.moves, nothing.held_out), ([], ["a"]))
+        self.assertEqual(nothing.stop_reason(partial), "balanced")
 
     def test_caps(self) -> None:
         w = world([backend("a"), backend("b")], {"a": [10] * 100})
