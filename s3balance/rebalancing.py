@@ -133,6 +133,10 @@ class _Backend:
     moves_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Spread: the bytes it should hold (the mean), and its band's edges.
+    goal: float = 0.0
+    low: float = 0.0
+    high: float = 0.0
 
     @property
     def name(self) -> str:
@@ -195,8 +199,18 @@ class Planner:
         self._moved: set[int] = set()
         #: Spread: backends left out of the mean because nothing can bring them nearer to it.
         self.held_out: list[str] = []
+        self._mean: float | None = None
+        self._members: list[_Backend] | None = None
         if self.mode == "spread":
             self.held_out = self._immovable()
+            # Moves only shift bytes between participants: the mean and bands stay as they are.
+            self._mean = self._participants_mean()
+            for backend in self._all:
+                capacity = backend.capacity or 0
+                backend.goal = (self._mean or 0.0) * capacity
+                backend.low = backend.goal - self.threshold * capacity
+                backend.high = backend.goal + self.threshold * capacity
+        self._members = self._participants()
         #: What was out of balance before any move (:meth:`out_of_balance` is after them).
         self.out_of_balance_before = self.out_of_balance()
 
@@ -214,7 +228,7 @@ class Planner:
         (found again without them, until none is left)."""
         held: list[str] = []
         for _ in range(len(self._all)):
-            mean = self.mean_fraction
+            mean = self._participants_mean()
             if mean is None:
                 break
             stuck = [
@@ -229,6 +243,9 @@ class Planner:
         return held
 
     def _participants(self) -> list[_Backend]:
+        """The backends taking part (fixed once the planner is made)."""
+        if self._members is not None:
+            return self._members
         return [backend for backend in self._all if self._takes_part(backend)]
 
     def zone_of(self, name: str) -> str:
@@ -242,8 +259,9 @@ class Planner:
     def mean_fraction(self) -> float | None:
         """Spread's goal: the participants' used bytes over their capacities (None for pack, or
         when no backend has a capacity)."""
-        if self.mode != "spread":
-            return None
+        return self._mean
+
+    def _participants_mean(self) -> float | None:
         members = self._participants()
         capacity = sum(backend.capacity or 0 for backend in members)
         if not capacity:
@@ -253,13 +271,7 @@ class Planner:
     def _band(self, backend: _Backend) -> tuple[float, float, float]:
         """Spread: the bytes ``backend`` should hold (the mean), and its band's low and high
         edges, in bytes."""
-        mean = self.mean_fraction or 0.0
-        capacity = backend.capacity or 0
-        return (
-            mean * capacity,
-            (mean - self.threshold) * capacity,
-            (mean + self.threshold) * capacity,
-        )
+        return backend.goal, backend.low, backend.high
 
     def _out_of_band(self, backend: _Backend) -> bool:
         _, low, high = self._band(backend)
