@@ -69,7 +69,7 @@ MAX_MOVES = 1000
 PAGE = 200
 #: Objects one plan may examine, so that a plan over a huge store still ends soon.
 MAX_EXAMINED = 100_000
-#: Plans one job makes at most (each of up to ``max_moves`` moves).
+#: Plans one run of a job makes at most (each of up to ``max_moves`` moves).
 MAX_PLANS = 1000
 #: Plans in a row whose moves all failed before the job fails.
 MAX_FRUITLESS_PLANS = 3
@@ -229,12 +229,14 @@ async def run_rebalance(job: RunningJob) -> None:
     """The ``rebalance`` job (see the module docstring)."""
     settings = RebalanceSettings.from_params(job.params)
     daemon = job.daemon
-    first = await active_rebalance(daemon.store)
-    if first is not None and first.id < job.id:
-        job.update(last_error=f"rebalance job {first.id} was under way already")
+    oldest = await active_rebalance(daemon.store)
+    if oldest is not None and oldest.id < job.id:
+        job.update(last_error=f"rebalance job {oldest.id} was under way already")
         return
     fruitless = 0
-    for number in range(1, MAX_PLANS + 1):
+    # The cursor counts the plans made: a resumed job simply plans again from fresh numbers.
+    first = int(job.progress.cursor or 0) + 1
+    for number in range(first, first + MAX_PLANS):
         job.check()
         await daemon.usage.refresh()
         planner, _ = await plan_rebalance(daemon.pool, daemon.store, settings)

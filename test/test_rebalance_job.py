@@ -321,3 +321,26 @@ class RebalanceJobTests(unittest.TestCase):
         self.assertEqual((watch.last["plan"]["stopped"], watch.last["started_job"]),
                          ("balanced", None))  # fmt: skip
         self.assertEqual(metrics.REBALANCE_OUT_OF_BALANCE.labels("spread")._value.get(), 0)
+
+    async def test_a_job_stopped_by_a_shutdown_plans_again_when_it_is_taken_up(self) -> None:
+        keys = [f"k{i:03}" for i in range(80)]
+        await self.write("vb", keys, only=["r1"])
+        self.runner.limits.max_bytes_per_second = 40 * SIZE  # 40 objects a second
+        job = await start_rebalance(self.runner, RebalanceSettings("spread", 0.02))
+        await task.deferLater(reactor, 0.4, lambda: None)
+        await self.runner.stopService()  # a daemon shutting down puts its jobs back
+        stopped = await self.daemon.store.get_job(job.id)
+        assert stopped is not None
+        self.assertEqual(stopped.state, "queued")
+        self.assertGreater(stopped.progress.objects_done, 0)
+        self.assertLess((await self.fractions())["r1"], 0.8)
+        self.assertGreater((await self.fractions())["r1"], 0.8 / 3 + 0.02)
+        self.runner.startService()
+        done = await self.finished(job.id)
+        self.assertEqual((done.state, done.progress.errors), ("done", 0))
+        self.assertGreater(int(done.progress.cursor or 0), int(stopped.progress.cursor or 0))
+        for fraction in (await self.fractions()).values():
+            self.assertLessEqual(abs(fraction - 0.8 / 3), 0.02 + 1e-9)
+        for key in keys:
+            await self.assert_intact("vb", key, body_of(key))
+        await self.assert_nothing_left_behind()
