@@ -30,7 +30,8 @@ Objects that could not be moved (no target with room, a failed copy) are counted
 tried again by the next sweep; new locations that appeared meanwhile (a multipart upload begun
 before the drain and completed on the backend, a write by a daemon that had not yet seen the
 drain) come after the cursor or are found by the next sweep.  The job ends ``done`` once no
-object, no upload in progress and no pending deletion is left on the backend
+object, no upload in progress and no pending deletion is left on the backend, and no sooner
+than two pool flush periods (10 s) after the drain began, when every process has seen it
 (``GET /api/buckets/{name}`` then says ``"removable": true``; deletions that keep failing for
 :data:`DELETION_PATIENCE` past their grace are left to housekeeping), and ``failed`` after
 :data:`MAX_FRUITLESS_SWEEPS` sweeps in a row that moved nothing (a resume tries again).
@@ -62,6 +63,9 @@ log = make_logger()
 
 #: Locations read per page.
 PAGE = 200
+#: Flush periods of the pool (5 s) after the drain began before its job may end: every process
+#: sharing the database has re-read the drained backends, and stopped placing there, by then.
+SETTLE_FLUSHES = 2
 #: Sweeps in a row that moved nothing, with objects still left, before the job fails.
 MAX_FRUITLESS_SWEEPS = 4
 #: Seconds before the n-th sweep in a row that moved nothing is followed by another: n times this
@@ -108,7 +112,14 @@ async def run_drain(job: RunningJob) -> None:
         objects, size, uploads, pending = await daemon.store.held_on(backend)
         job.update(objects_left=objects, bytes_left=size)
         if objects == 0 and uploads == 0 and pending == 0:
-            return
+            # Other daemons and workers stop placing here within a flush period of the drain:
+            # a write one of them made just before must not land after the job ended.
+            settle_for = SETTLE_FLUSHES * daemon.pool.flush_period
+            settle = job.record.created + settle_for - job.clock.seconds()
+            if settle <= 0:
+                return
+            await _wait(job, settle)
+            continue
         if objects == 0:
             # Uploads finishing there (then moved by the next sweep; housekeeping aborts those
             # abandoned after multipart.expiry), or old copies waiting for their grace before

@@ -55,6 +55,8 @@ class DrainTests(unittest.TestCase):
         self.addCleanup(lambda: self.runner.running and self.runner.stopService())
 
     def setUp(self) -> defer.Deferred[None]:
+        # One process: nobody else to wait for before a drain ends.
+        self.patch(drain, "SETTLE_FLUSHES", 0)
         return defer.ensureDeferred(self._start())
 
     async def write(self, bucket: str, keys: list[str]) -> dict[str, ObjectRecord]:
@@ -218,6 +220,23 @@ class DrainTests(unittest.TestCase):
         self.daemon.pool.set_drained(await self.daemon.store.drained_backends())
         self.assertFalse(self.daemon.pool.is_drained("r2"))
         self.assertTrue(self.daemon.pool.is_drained("r1"))
+
+    async def test_writes_of_processes_not_yet_aware_are_moved_before_the_end(self) -> None:
+        """Another process places on the backend until its next re-read of the drained list:
+        the job does not end before every process has had one, and moves what they wrote."""
+        self.patch(drain, "SETTLE_FLUSHES", 1)
+        self.daemon.pool.flush_period = 1.0
+        job = await start_drain(self.runner, "r1")  # r1 holds nothing yet
+        self.daemon.pool.set_drained(set())  # as a daemon that has not re-read it yet
+        late = await self.write("vb", [f"late{index}" for index in range(6)])
+        self.assertTrue(any(r.locations[0].backend == "r1" for r in late.values()))
+        done = await self.finished(job.id)
+        self.assertEqual(done.state, "done")
+        assert done.finished is not None
+        self.assertGreaterEqual(done.finished - done.created, 1.0)
+        self.assertEqual(await self.daemon.real_keys("r1"), [])
+        for key in late:
+            await self.assert_intact("vb", key, body_of(key))
 
     async def test_pages_resume_after_the_cursor(self) -> None:
         self.patch(drain, "PAGE", 4)
