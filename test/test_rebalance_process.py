@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from test.dbfixture import POSTGRES_SERVER, ServerDatabase
+from test.support import unavailable, unique_bucket_name, wait_until
 from test.support.clients import (
     ADMIN_TOKEN,
     VIRTUAL,
@@ -163,3 +165,74 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
     for name, size in used.items():
         assert abs(size / CAPACITY - mean) <= THRESHOLD + 1e-9, (name, used)
     assert used[newcomer["name"]] > 0
+
+
+@pytest.mark.postgres
+def test_two_daemons_on_postgres_rebalance_once_by_themselves(tmp_path: Path) -> None:
+    """``balancer.rebalance: spread`` in two daemons sharing PostgreSQL: both check the
+    balance, one rebalance does the moving, and once balanced no other starts."""
+    weed = seaweed_or_skip()
+    database = ServerDatabase(POSTGRES_SERVER)
+    reason = database.unreachable_reason()
+    if reason:
+        unavailable(reason)
+    url = database.create()
+    real = {f"weed{index}": unique_bucket_name(f"rb{index}") for index in range(3)}
+    for name in real.values():
+        weed.create_bucket(name)
+    daemons = [
+        ClientDaemon(tmp_path / name, weed, database_url=url, real_buckets=real,
+                     strategy="weighted")
+        for name in ("one", "two")
+    ]  # fmt: skip
+    for daemon in daemons:
+        for bucket in daemon.config["buckets"]:
+            if not bucket.get("virtual"):
+                bucket["max_size"] = CAPACITY
+        daemon.config["buckets"][2]["weight"] = 0  # weighted placement never writes there
+        daemon.config["balancer"].update(
+            rebalance="spread", rebalance_threshold=THRESHOLD, rebalance_interval="1s"
+        )
+        daemon.config["jobs"] = {"poll_interval": "200ms"}
+    keys = [f"obj/{index:03}" for index in range(60)]
+    try:
+        for daemon in daemons:
+            daemon.start()
+        s3 = daemons[0].client()
+        for index, key in enumerate(keys):
+            s3.put_object(Bucket=VIRTUAL, Key=key, Body=body_of(index))
+
+        def rebalance_jobs() -> list[dict[str, Any]]:
+            return [j for j in daemons[1].admin("jobs")["jobs"] if j["kind"] == "rebalance"]
+
+        def all_done() -> bool:
+            found = rebalance_jobs()
+            return bool(found) and all(j["state"] == "done" for j in found)
+
+        assert wait_until(all_done, 90), (rebalance_jobs(), daemons[0].log_tail())
+        time.sleep(3)  # both daemons check again (every second): balanced, nothing starts
+        found = rebalance_jobs()
+        assert all(j["state"] == "done" for j in found), found
+        movers = [j for j in found if j["objects_done"]]
+        assert len(movers) == 1, found
+        for other in found:
+            if other is not movers[0]:
+                assert other["objects_done"] == 0, found
+        starts = [
+            daemon.log_path.read_text().count(f"job {movers[0]['id']}: rebalance")
+            for daemon in daemons
+        ]
+        assert sorted(starts)[0] == 0 and sorted(starts)[1] >= 1, starts
+        for index, key in enumerate(keys):
+            assert s3.get_object(Bucket=VIRTUAL, Key=key)["Body"].read() == body_of(index)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    try:
+        inventory = assert_nothing_left_behind(daemons[0])
+        used = {name: inventory.usage.get(name, (0, 0))[0] for name in real}
+        mean = sum(used.values()) / (CAPACITY * len(used))
+        for name, size in used.items():
+            assert abs(size / CAPACITY - mean) <= THRESHOLD + 1e-9, (name, used)
+    finally:
+        database.drop()
