@@ -355,8 +355,12 @@ class Repairer(PeriodicRounds):
             return False
         made: list[Location] = []
         for location in broken:
-            if self.pool.is_available(location.backend) and await self._copy(
-                object_id, record, sources, location, summary
+            # A drained backend gets no copy back: the copy is made elsewhere instead.
+            where = location.backend
+            if (
+                self.pool.is_available(where)
+                and not self.pool.is_drained(where)
+                and await self._copy(object_id, record, sources, location, summary)
             ):
                 made.append(location)
         healthy = [loc for loc in record.locations if loc in good or loc in made]
