@@ -225,7 +225,8 @@ class JobRunner(Service):
     def __init__(self, daemon: JobDaemon, config: JobsConfig, owner: str | None = None) -> None:
         self.daemon = daemon
         self.config = config
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # At most 64 characters (the column): a long host name is cut.
+        self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.limits = TransferLimits(
             daemon.clock, config.max_bytes_per_second, config.max_concurrency
         )

@@ -238,6 +238,17 @@ class DrainTests(unittest.TestCase):
         for key in late:
             await self.assert_intact("vb", key, body_of(key))
 
+    async def test_repair_makes_a_missing_copy_elsewhere_than_on_a_drained_backend(self) -> None:
+        written = await self.write("twice", [f"k{index}" for index in range(6)])
+        key = next(k for k, r in written.items() if "r1" in {loc.backend for loc in r.locations})
+        self.daemon.pool.set_drained({"r1"})  # drained, its job not run yet
+        lost = next(loc for loc in written[key].locations if loc.backend == "r1")
+        await self.daemon.backends["r1"].delete_object(lost.real_key)
+        await self.daemon.components.repair.run_once()
+        record = await self.assert_intact("twice", key, body_of(key))
+        self.assertEqual(len({loc.backend for loc in record.locations}), 2)
+        self.assertEqual(await self.daemon.real_keys("r1", "twice/" + key), [])
+
     async def test_pages_resume_after_the_cursor(self) -> None:
         self.patch(drain, "PAGE", 4)
         keys = [f"k{index}" for index in range(30)]
