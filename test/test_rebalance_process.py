@@ -169,8 +169,9 @@ def test_spread_after_an_empty_backend_joins(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_two_daemons_on_postgres_rebalance_once_by_themselves(tmp_path: Path) -> None:
-    """``balancer.rebalance: spread`` in two daemons sharing PostgreSQL: both check the
-    balance, one rebalance does the moving, and once balanced no other starts."""
+    """``balancer.rebalance: spread``, turned on by a reload, in two daemons sharing
+    PostgreSQL: both check the balance, one rebalance does the moving, and once balanced no
+    other starts."""
     weed = seaweed_or_skip()
     database = ServerDatabase(POSTGRES_SERVER)
     reason = database.unreachable_reason()
@@ -190,8 +191,9 @@ def test_two_daemons_on_postgres_rebalance_once_by_themselves(tmp_path: Path) ->
             if not bucket.get("virtual"):
                 bucket["max_size"] = CAPACITY
         daemon.config["buckets"][2]["weight"] = 0  # weighted placement never writes there
+        # Off while the objects are written; a reload turns it on (a live key).
         daemon.config["balancer"].update(
-            rebalance="spread", rebalance_threshold=THRESHOLD, rebalance_interval="1s"
+            rebalance="off", rebalance_threshold=THRESHOLD, rebalance_interval="1s"
         )
         daemon.config["jobs"] = {"poll_interval": "200ms"}
     keys = [f"obj/{index:03}" for index in range(60)]
@@ -201,6 +203,12 @@ def test_two_daemons_on_postgres_rebalance_once_by_themselves(tmp_path: Path) ->
         s3 = daemons[0].client()
         for index, key in enumerate(keys):
             s3.put_object(Bucket=VIRTUAL, Key=key, Body=body_of(index))
+        time.sleep(1.5)  # nothing starts while off
+        assert daemons[1].admin("jobs")["jobs"] == []
+        for daemon in daemons:
+            daemon.config["balancer"]["rebalance"] = "spread"
+            daemon.write_config()
+            daemon.signal(signal.SIGHUP)
 
         def rebalance_jobs() -> list[dict[str, Any]]:
             return [j for j in daemons[1].admin("jobs")["jobs"] if j["kind"] == "rebalance"]
