@@ -130,12 +130,16 @@ def describe_plan(report: dict[str, Any]) -> str:
 
     lines = [f"{'BUCKET':<20} {'CAPACITY':>10} {'BEFORE':>7} {'AFTER':>7} {'IN':>6} {'OUT':>6}  "
              "NOTE"]  # fmt: skip
+    held_out = set(report["held_out"])
     for backend in report["backends"]:
         capacity = backend["capacity"]
+        note = "; ".join(
+            filter(None, [backend["note"], "held out of the mean" * (backend["name"] in held_out)])
+        )
         lines.append(
             f"{backend['name']:<20} {approximate(capacity) if capacity else '-':>10} "
             f"{percent(backend['fraction_before']):>7} {percent(backend['fraction_after']):>7} "
-            f"{backend['moves_in']:>6} {backend['moves_out']:>6}  {backend['note']}"
+            f"{backend['moves_in']:>6} {backend['moves_out']:>6}  {note}"
         )
     mean = report["mean_fraction"]
     goal = f", mean {percent(mean).strip()}" if mean is not None else ""

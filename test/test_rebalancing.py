@@ -419,3 +419,32 @@ class ValidationTests(unittest.TestCase):
             Planner(states, "spread", 0.1, max_moves=0)
         with self.assertRaises(ValueError):
             Planner([backend("a"), backend("a")], "spread", 0.1)
+
+
+class DescribeTests(unittest.TestCase):
+    """The command line's text of a plan (``s3balance rebalance --dry-run``)."""
+
+    def test_lines_per_bucket_and_the_outcome(self) -> None:
+        from s3balance.rebalancecli import approximate, describe_plan
+
+        states = [backend("a"), backend("b", receives=False, note="over its class A budget"),
+                  backend("c", capacity=None, note="capacity unknown (no max_size)"),
+                  backend("d")]  # fmt: skip
+        w = world(states, {"a": [10] * 60, "b": [10] * 20})
+        planner, partial = plan(w, "spread", 0.05)
+        text = describe_plan(planner.report(partial))
+        lines = text.splitlines()
+        self.assertEqual(lines[0].split()[:4], ["BUCKET", "CAPACITY", "BEFORE", "AFTER"])
+        a = lines[1].split()
+        self.assertEqual(a[:4], ["a", "1000", "B", "60.0%"])
+        self.assertIn("over its class A budget; held out of the mean", lines[2])
+        self.assertIn("-", lines[3].split()[1:4])
+        self.assertIn("capacity unknown", lines[3])
+        # b (20%, below the mean, cannot receive) is held out: a and d balance around 30%.
+        self.assertTrue(lines[-1].startswith("spread (threshold 0.05, mean 30.0%): 25 moves"))
+        self.assertTrue(lines[-1].endswith("balanced once moved"), lines[-1])
+        self.assertEqual(approximate(0), "0 B")
+        self.assertEqual(approximate(1536), "1.5 KiB")
+        self.assertEqual(approximate(5 * 1024**3), "5.0 GiB")
+        balanced, partial = plan(world([backend("a")], {"a": [10]}), "spread", 0.1)
+        self.assertIn("balanced already", describe_plan(balanced.report(partial)))
