@@ -437,10 +437,10 @@ class StoreTests:
         yield store.put_object(obj("a", size=70, locations=(("b2", "a"),)))  # moved and shrunk
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2)})
         yield store.create_upload(upload("u1", "big", backend="b3"))
-        yield store.put_part(PartRecord("u1", 1, '"p1"', 5000, 1.0), "b3")
-        yield store.put_part(PartRecord("u1", 2, '"p2"', 3000, 1.0), "b3")
+        yield store.put_part(PartRecord("u1", 1, '"p1"', 5000, 1.0))
+        yield store.put_part(PartRecord("u1", 2, '"p2"', 3000, 1.0))
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2), "b3": (8000, 0)})
-        yield store.put_part(PartRecord("u1", 2, '"p2b"', 1000, 2.0), "b3")  # part replaced
+        yield store.put_part(PartRecord("u1", 2, '"p2b"', 1000, 2.0))  # part replaced
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2), "b3": (6000, 0)})
         replaced = yield store.complete_upload(
             "u1", obj("a", size=6000, locations=(("b3", "big"),), part_sizes=(5000, 1000))
@@ -448,7 +448,7 @@ class StoreTests:
         self.assertEqual(replaced, [Location("b2", "a")])
         yield self.assertUsage({"b1": (50, 1), "b2": (50, 1), "b3": (6000, 1)})
         yield store.create_upload(upload("u2", "gone", backend="b1"))
-        yield store.put_part(PartRecord("u2", 1, '"p"', 999, 1.0), "b1")
+        yield store.put_part(PartRecord("u2", 1, '"p"', 999, 1.0))
         yield self.assertUsage({"b1": (1049, 1), "b2": (50, 1), "b3": (6000, 1)})
         yield store.abort_upload("u2")
         yield self.assertUsage({"b1": (50, 1), "b2": (50, 1), "b3": (6000, 1)})
@@ -469,8 +469,8 @@ class StoreTests:
         self.assertEqual((yield store.get_upload("u1")), record)
         self.assertIsNone((yield store.get_upload("nope")))
         for number in (3, 1, 2, 10):
-            yield store.put_part(PartRecord("u1", number, f'"e{number}"', number * 100, 5.0), "b1")
-        yield store.put_part(PartRecord("u1", 2, '"again"', 222, 6.0), "b1")
+            yield store.put_part(PartRecord("u1", number, f'"e{number}"', number * 100, 5.0))
+        yield store.put_part(PartRecord("u1", 2, '"again"', 222, 6.0))
         parts = yield store.list_parts("u1")
         self.assertEqual(
             [(p.part_number, p.etag, p.size) for p in parts],
@@ -486,7 +486,7 @@ class StoreTests:
         self.assertIsNone((yield store.get_upload("u1")))
         self.assertEqual((yield store.list_parts("u1")), [])
         yield self.assertFailure(store.complete_upload("u1", final), KeyError)
-        yield self.assertFailure(store.put_part(PartRecord("u1", 1, '"x"', 1, 1.0), "b1"), KeyError)
+        yield self.assertFailure(store.put_part(PartRecord("u1", 1, '"x"', 1, 1.0)), KeyError)
         yield store.create_upload(upload("u2", "k"))
         self.assertEqual((yield store.abort_upload("u2")), upload("u2", "k"))
         self.assertIsNone((yield store.abort_upload("u2")))
@@ -506,8 +506,8 @@ class StoreTests:
         yield store.create_upload(record)
         self.assertEqual((yield store.get_upload("u1")), record)
         sums = {"x-amz-checksum-crc32": "AAAAAA==", "x-amz-checksum-sha1": "A" * 27 + "="}
-        yield store.put_part(PartRecord("u1", 1, '"e1"', 10, 5.0, sums), "b1")
-        yield store.put_part(PartRecord("u1", 2, '"e2"', 20, 5.0), "b1")
+        yield store.put_part(PartRecord("u1", 1, '"e1"', 10, 5.0, sums))
+        yield store.put_part(PartRecord("u1", 2, '"e2"', 20, 5.0))
         parts = yield store.list_parts("u1")
         self.assertEqual([p.checksums for p in parts], [sums, {}])
         final = dataclasses.replace(
@@ -667,7 +667,7 @@ class StoreTests:
         calls: list[Callable[[], defer.Deferred[Any]]] = []
         for i in range(4):
             part = PartRecord("u1", i + 1, '"e"', 10, 0.0)
-            calls.append(functools.partial(self.store.put_part, part, "b1"))
+            calls.append(functools.partial(self.store.put_part, part))
             calls.append(functools.partial(self.store.delete_object, "vb", f"o{i}"))
         results = yield self.concurrently(calls)
         self.assertFalse([r for r in results if isinstance(r, Exception)])

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from s3balance.db.base import DBComponent
 from s3balance.db.model import pending_deletions
-from s3balance.db.records import Location
+from s3balance.db.records import Location, UploadCopy
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -28,6 +28,9 @@ class PendingDeletion:
     id: int
     location: Location
     delete_after: float
+    #: A backend upload at the location to abort, instead of deleting the key (a copy of a
+    #: replicated multipart upload that no row references any more); None for plain bytes.
+    backend_upload_id: str | None = None
 
 
 class DeletionsComponent(DBComponent):
@@ -83,10 +86,39 @@ def queue_deletions(
     return tuple(ids)
 
 
+def queue_upload_aborts(
+    conn: sa.Connection, real_key: str, copies: Sequence[UploadCopy], delete_after: float
+) -> list[PendingDeletion]:
+    """Queue the backend uploads ``copies`` at ``real_key`` to be aborted after
+    ``delete_after``."""
+    queued = []
+    for copy in copies:
+        result = conn.execute(
+            _INSERT,
+            {
+                "backend": copy.backend,
+                "real_key": real_key,
+                "delete_after": delete_after,
+                "backend_upload_id": copy.backend_upload_id,
+            },
+        )
+        assert result.inserted_primary_key is not None
+        queued.append(
+            PendingDeletion(
+                int(result.inserted_primary_key[0]), Location(copy.backend, real_key),
+                delete_after, copy.backend_upload_id,
+            )
+        )
+    return queued
+
+
 def _due_deletions(conn: sa.Connection, now: float, limit: int) -> list[PendingDeletion]:
     rows = conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
     return [
-        PendingDeletion(int(row.id), Location(row.backend, row.real_key), row.delete_after)
+        PendingDeletion(
+            int(row.id), Location(row.backend, row.real_key), row.delete_after,
+            row.backend_upload_id,
+        )
         for row in rows
     ]
 
