@@ -36,7 +36,7 @@ that failed it.  ``write_quorum`` is read when each part arrives; when the copie
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -53,17 +53,15 @@ from s3balance.backends.interface import (
     backend_error_to_s3,
 )
 from s3balance.db.records import Location, ObjectRecord, PartRecord, UploadCopy, UploadRecord
-from s3balance.db.store import Condition
+from s3balance.db.store import Condition, MetadataStore
 from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
 from s3balance.fanout import FanOut, ReplicaLost
+from s3balance.gateway import Gateway, Pool
 from s3balance.logs import make_logger
 from s3balance.rebuildmeta import reserved_metadata
 from s3balance.replicated import abandon_the_others
 from s3balance.retirement import ObjectChanged, remove_abandoned
 from s3balance.streams import StreamBodyProducer
-
-if TYPE_CHECKING:
-    from s3balance.multipart import MultipartUploads
 
 __all__ = ["ReplicatedUploads"]
 
@@ -73,6 +71,56 @@ log = make_logger()
 Outcome = PartResult | Failure
 
 
+class UploadsCore(Protocol):
+    """What these operations share with the multipart core
+    (:class:`s3balance.multipart.MultipartUploads`)."""
+
+    @property
+    def gateway(self) -> Gateway: ...
+    @property
+    def store(self) -> MetadataStore: ...
+    @property
+    def pool(self) -> Pool: ...
+
+    def new_upload_id(self) -> str: ...
+
+    async def record_upload(self, upload: UploadRecord) -> UploadRecord: ...
+
+    async def abort_quietly(self, real_key: str, copies: Sequence[UploadCopy]) -> None: ...
+
+    def has_room(self, name: str, size: int) -> bool: ...
+
+    async def record_part(
+        self,
+        upload: UploadRecord,
+        result: PartResult,
+        checksums: dict[str, str] | None = None,
+        backends: Sequence[str] | None = None,
+    ) -> PartRecord: ...
+
+    async def assemble(
+        self, upload: UploadRecord, copy: UploadCopy, chosen: Sequence[PartRecord], size: int
+    ) -> PutResult: ...
+
+    def completed_record(
+        self,
+        upload: UploadRecord,
+        chosen: Sequence[PartRecord],
+        result: PutResult,
+        locations: tuple[Location, ...],
+        object_checksums: dict[str, str],
+        part_checksums: tuple[str, ...],
+    ) -> ObjectRecord: ...
+
+    async def commit_completion(
+        self,
+        upload: UploadRecord,
+        record: ObjectRecord,
+        stored_parts: Sequence[PartRecord],
+        condition: Condition,
+    ) -> ObjectRecord: ...
+
+
 class ReplicatedUploads:
     """The multipart operations on uploads with copies (see the module docstring).
 
@@ -80,7 +128,7 @@ class ReplicatedUploads:
         assembling and committing) these share.
     """
 
-    def __init__(self, uploads: MultipartUploads) -> None:
+    def __init__(self, uploads: UploadsCore) -> None:
         self.uploads = uploads
         self.gateway = uploads.gateway
         self.store = uploads.store
