@@ -16,7 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer
 from twisted.trial import unittest
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from s3balance import errors
 from s3balance.backends.factory import MEMORY_PATH
@@ -27,7 +30,7 @@ from s3balance.health import BackendHealth
 from s3balance.housekeeping import UploadExpiry
 from s3balance.multipart import MultipartUploads
 from s3balance.web.objects import BytesBody
-from test.support.bodies import collect
+from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_bytes
 from test.support.daemon import Daemon, start_daemon
 
 SMALL_MIN = 1024
@@ -61,6 +64,50 @@ class Refusing:
 
     def heal(self) -> None:
         setattr(self.backend, self.operation, self.original)
+
+
+@implementer(IConsumer)
+class _Breaking:
+    """A backend connection that breaks once the first bytes arrived: stops the body and fails
+    the upload as a lost connection does."""
+
+    def __init__(self, name: str, body: IBodyProducer, done: defer.Deferred[Any]) -> None:
+        self.name, self.body, self.done = name, body, done
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.done.called:
+            self.body.stopProducing()
+            self.done.errback(BackendUnavailable(self.name, "connection lost mid-body"))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+class BreaksMidBody:
+    """Makes an in-memory backend's UploadPart break after its first bytes."""
+
+    def __init__(self, backend: IBackend) -> None:
+        self.backend = backend
+        self.original = backend.upload_part
+        self.consumers: list[_Breaking] = []
+        backend.upload_part = self.upload_part  # type: ignore[method-assign]
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: IBodyProducer, length: int
+    ) -> defer.Deferred[Any]:
+        done: defer.Deferred[Any] = defer.Deferred()
+        consumer = _Breaking(self.backend.name, body, done)
+        self.consumers.append(consumer)
+        body.startProducing(consumer).addErrback(lambda _: None)
+        return done
+
+    def heal(self) -> None:
+        self.backend.upload_part = self.original  # type: ignore[method-assign]
 
 
 class ReplicatedMultipartCase(unittest.TestCase):
@@ -261,6 +308,25 @@ class QuorumOfOneTests(ReplicatedMultipartCase):
         self.assertEqual(await self.used(), {failing: 0, kept: 5004})
         self.assertEqual(await self.store.due_deletions(1e12), [])
 
+    async def test_a_backend_breaking_mid_part_is_dropped_while_the_other_goes_on(self) -> None:
+        upload = await self.uploads.create("vb", "k", {}, {})
+        size = 300_000
+        breaking = BreaksMidBody(self.backend(upload.copies[0].backend))
+        body = GeneratedBody(size, seed=4)
+        part = await self.uploads.upload_part("vb", "k", upload.upload_id, 1, body, size)
+        self.assertGreater(breaking.consumers[0].received, 0)
+        self.assertLess(breaking.consumers[0].received, size)
+        self.assertEqual(part.size, size)
+        now = await self.store.get_upload(upload.upload_id)
+        assert now is not None
+        self.assertEqual(now.backends, [upload.backend])
+        record = await self.uploads.complete(
+            "vb", "k", upload.upload_id, [(1, part.etag)]
+        )
+        self.assertEqual(await self.body_on(record.locations[0]), generated_bytes(size, seed=4))
+        await self.gateway.sweep_deletions()
+        self.assertFalse(await self.alive(upload, upload.copies[0]))
+
     async def test_a_completion_failing_on_one_copy_commits_the_other(self) -> None:
         upload = await self.uploads.create("vb", "k", {}, {})
         etag = await self.part(upload.upload_id, 1, ONE)
@@ -302,6 +368,33 @@ class QuorumOfAllTests(ReplicatedMultipartCase):
         self.assertEqual(sorted(loc.backend for loc in record.locations), ["m1", "m2"])
         for location in record.locations:
             self.assertEqual(await self.body_on(location), ONE + TWO)
+
+    async def test_a_backend_breaking_mid_part_fails_the_part_on_both(self) -> None:
+        upload = await self.uploads.create("vb", "k", {}, {})
+        BreaksMidBody(self.backend(upload.copies[0].backend))
+        body = GeneratedBody(300_000, seed=5)
+        await self.assert_s3_error(
+            "ServiceUnavailable",
+            lambda: self.uploads.upload_part("vb", "k", upload.upload_id, 1, body, 300_000),
+        )
+        self.assertLess(body.produced, 300_000)  # the body was stopped, not read to its end
+        self.assertEqual(await self.store.list_parts(upload.upload_id), [])
+        now = await self.store.get_upload(upload.upload_id)
+        assert now is not None
+        self.assertEqual(now.all_copies(), upload.all_copies())
+
+    async def test_a_body_failing_midway_records_nothing_and_drops_no_copy(self) -> None:
+        upload = await self.uploads.create("vb", "k", {}, {})
+        body = GeneratedBody(300_000, seed=6, fail_after=100_000)
+        with self.assertRaises(BodyFailed):
+            await self.uploads.upload_part("vb", "k", upload.upload_id, 1, body, 300_000)
+        self.assertEqual(await self.store.list_parts(upload.upload_id), [])
+        for copy in upload.all_copies():
+            parts = await self.backend(copy.backend).list_parts(
+                upload.real_key, copy.backend_upload_id
+            )
+            self.assertEqual(parts, [])
+        self.assertEqual(await self.used(), {"m1": 0, "m2": 0})
 
     async def test_a_completion_short_of_the_quorum_leaves_nothing(self) -> None:
         upload = await self.uploads.create("vb", "k", {}, {})
