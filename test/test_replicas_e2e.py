@@ -408,3 +408,56 @@ class ReplicasOnTwoServers(TestCase):
         await in_thread(self.servers["w1"].kill)
         got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="torn")["Body"].read())
         self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+
+    async def test_with_write_quorum_1_a_server_killed_mid_part_costs_a_copy_until_repair(
+        self,
+    ) -> None:
+        """A multipart upload under ``write_quorum: 1`` whose second part loses w2 mid-body:
+        the part is stored on w1, w2's copy of the upload is dropped (and aborted once w2 is
+        back), the object completes on w1 alone, and repair makes its second copy."""
+        changed = copy.deepcopy(self.daemon.config)
+        for bucket in changed.virtual_buckets:
+            bucket.write_quorum = 1
+        await self.daemon.components.reconfigurator.apply(changed)
+        created = await in_thread(self.s3.create_multipart_upload, Bucket=BUCKET, Key="torn")
+        upload_id = created["UploadId"]
+        upload = await self.daemon.store.get_upload(upload_id)
+        assert upload is not None
+        self.assertEqual(sorted(upload.backends), ["w1", "w2"])
+        first, second = generated_bytes(6 << 20, seed=30), generated_bytes(8 << 20, seed=31)
+        one = await in_thread(
+            self.s3.upload_part, Bucket=BUCKET, Key="torn", UploadId=upload_id, PartNumber=1,
+            Body=first,
+        )  # fmt: skip
+        body = KillingBody(second, 4 << 20, self.servers["w2"])
+        two = await in_thread(
+            self.s3.upload_part, Bucket=BUCKET, Key="torn", UploadId=upload_id, PartNumber=2,
+            Body=body, ContentLength=len(second),
+        )  # fmt: skip
+        self.assertTrue(body.killed)
+        self.assertEqual(two["ETag"], f'"{hashlib.md5(second).hexdigest()}"')
+        now = await self.daemon.store.get_upload(upload_id)
+        assert now is not None
+        self.assertEqual(now.backends, ["w1"])
+        await in_thread(
+            self.s3.complete_multipart_upload, Bucket=BUCKET, Key="torn", UploadId=upload_id,
+            MultipartUpload={"Parts": [
+                {"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]},
+            ]},
+        )  # fmt: skip
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual([location.backend for location in record.locations], ["w1"])
+
+        await in_thread(self.servers["w2"].start)
+        self.prefer("w2")  # healthy again (probes do not run in this test daemon)
+        await self.daemon.gateway.sweep_deletions()
+        self.assertEqual(await self.uploads_on("w2"), [])
+        self.assertEqual(await self.daemon.store.due_deletions(1e12), [])
+        await self.daemon.components.repair.run_once()
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual(sorted(location.backend for location in record.locations), ["w1", "w2"])
+        await in_thread(self.servers["w1"].kill)
+        got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="torn")["Body"].read())
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(first + second).hexdigest())
