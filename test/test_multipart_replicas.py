@@ -164,6 +164,16 @@ class ReplicatedMultipartCase(unittest.TestCase):
         return {name: usage[name].used_bytes if name in usage else 0
                 for name in self.backend_names}  # fmt: skip
 
+    async def assert_scrub_finds_nothing(self) -> None:
+        """Scrub agrees with the rows: no orphan, no dangling row, no mismatch anywhere."""
+        from s3balance.scrub import scrub
+
+        found = await scrub(self.store, self.daemon.backends, remove_orphans=False, grace=0)
+        for name, scrubbed in found.backends.items():
+            problems = (scrubbed.orphans, scrubbed.recent_orphans, scrubbed.dangling,
+                        scrubbed.mismatched, scrubbed.error)  # fmt: skip
+            self.assertEqual(problems, ([], [], [], [], None), name)
+
     async def assert_s3_error(self, code: str, call: Callable[[], Any]) -> errors.S3Error:
         try:
             await call()
@@ -190,6 +200,7 @@ class ReplicatedLifecycleTests(ReplicatedMultipartCase):
                 upload.real_key, copy.backend_upload_id
             )
             self.assertEqual([p.size for p in parts], [2000, 3000, 4])
+        await self.assert_scrub_finds_nothing()  # the upload in progress is no dangling row
         _, listed, _ = await self.uploads.list_parts("vb", "k", upload.upload_id, 0, 100)
         self.assertEqual([p.etag for p in listed], etags)
         page = await self.uploads.list_uploads("vb")
@@ -209,6 +220,7 @@ class ReplicatedLifecycleTests(ReplicatedMultipartCase):
         for copy in upload.all_copies():
             self.assertFalse(await self.alive(upload, copy))
         self.assertIsNone(await self.store.get_upload(upload.upload_id))
+        await self.assert_scrub_finds_nothing()
         row = await self.store.get_object("vb", "k")
         assert row is not None
         self.assertEqual(row.part_sizes, (2000, 3000, 4))
@@ -307,6 +319,7 @@ class QuorumOfOneTests(ReplicatedMultipartCase):
         self.assertEqual(await self.stored(failing), [])
         self.assertEqual(await self.used(), {failing: 0, kept: 5004})
         self.assertEqual(await self.store.due_deletions(1e12), [])
+        await self.assert_scrub_finds_nothing()
 
     async def test_a_backend_breaking_mid_part_is_dropped_while_the_other_goes_on(self) -> None:
         upload = await self.uploads.create("vb", "k", {}, {})
