@@ -2,7 +2,9 @@
 
 A commit or delete that unreferences a location queues it here in its own transaction
 (:func:`queue_deletions`), so the deletion survives a crash; the gateway's sweeper deletes the
-bytes once ``delete_after`` has passed and then forgets the row.
+bytes once ``delete_after`` has passed and then forgets the row.  A row with a
+``backend_upload_id`` is a backend's multipart upload no row references any more (a copy of a
+replicated upload, :func:`queue_upload_aborts`): the sweeper aborts it instead of deleting.
 """
 
 from __future__ import annotations
