@@ -24,7 +24,7 @@ from s3balance.db.errors import (
     ObjectMissingError,
     PreconditionFailedError,
 )
-from s3balance.db.multipart import CompletedUpload, MultipartComponent
+from s3balance.db.multipart import AbandonedCopies, CompletedUpload, MultipartComponent
 from s3balance.db.objects import ANY, UNCONDITIONAL, Condition, ObjectsComponent, Replacement
 from s3balance.db.repairs import RepairsComponent
 from s3balance.db.usage import UsageComponent
@@ -44,6 +44,7 @@ class MetadataStore(
 
 __all__ = [
     "ANY",
+    "AbandonedCopies",
     "BucketNotEmptyError",
     "CompletedUpload",
     "Condition",
