@@ -21,6 +21,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
+from s3balance import drain
 from s3balance.admin.api import AdminResource, Reconfiguring
 from s3balance.admin.history import TrafficHistory
 from s3balance.admin.reload import Reconfigurator
@@ -30,11 +31,13 @@ from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BucketConfig, Config
 from s3balance.console.resource import ConsoleResource
+from s3balance.copying import ObjectCopier
 from s3balance.db.connector import DBConnector
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
 from s3balance.housekeeping import DeletionSweeper, UploadExpiry
+from s3balance.jobs import JobDaemon, JobRunner
 from s3balance.metrics import MetricsResource, exposition_registry
 from s3balance.multipart import MultipartUploads
 from s3balance.net.httpclient import make_http_pool
@@ -192,6 +195,16 @@ class Components:
         self.repair = Repairer(
             self.gateway, self.pool, self.health, self.usage, self.store, reactor, config.repair
         )
+        #: Drains and other resumable jobs (housekeeping's process runs them; any process
+        #: queues them).  A new job kind is one module and one line here (see s3balance.jobs).
+        self.jobs = JobRunner(
+            JobDaemon(
+                self.store, self.pool, self.gateway, self.usage, reactor,
+                ObjectCopier(self.pool, self.gateway.holding),
+            ),
+            config.jobs,
+        )  # fmt: skip
+        self.jobs.register(drain.KIND)
         #: The console's traffic history, which its dashboard charts (with the admin API only).
         self.traffic = TrafficHistory(reactor) if config.api.enabled else None
         self.resource = S3Resource(
@@ -292,13 +305,14 @@ class Components:
 
     def background(self) -> list[Service]:
         """The periodic services this process runs, in starting order: the first worker (or
-        the only process) probes, expires uploads and repairs for all; the other workers take its
-        health findings from the supervisor."""
+        the only process) probes, expires uploads, repairs and runs jobs for all; the other
+        workers take its health findings from the supervisor."""
         services: list[Service] = [
-            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair
+            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair, self.jobs
         ]  # fmt: skip
         if self.worker not in (None, 0):
-            services = [s for s in services if s not in (self.health, self.expiry, self.repair)]
+            firsts = (self.health, self.expiry, self.repair, self.jobs)
+            services = [s for s in services if s not in firsts]
         return services
 
     # -- start and end -----------------------------------------------------------------------

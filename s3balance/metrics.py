@@ -170,6 +170,32 @@ REPAIR_BACKLOG = Gauge(
     multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
+JOBS = Gauge(
+    "s3_balance_jobs",
+    "Jobs (drains and other background work) in the database, by kind and state, as the "
+    "daemon last counted them.",
+    ["kind", "state"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
+JOB_OBJECTS = Counter(
+    "s3_balance_job_objects",
+    "Objects jobs of this daemon moved, by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOB_BYTES = Counter(
+    "s3_balance_job_bytes",
+    "Bytes jobs of this daemon copied, by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOB_ERRORS = Counter(
+    "s3_balance_job_errors",
+    "Objects jobs of this daemon could not move (tried again later in the job), by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

@@ -93,7 +93,7 @@ MAX_LISTING = 1000
 class RoomCheck(Protocol):
     """What :class:`s3balance.pool.BackendPool` offers to check a backend's room for a part."""
 
-    def candidates(self, size: int) -> Sequence[Any]: ...
+    def candidates(self, size: int, drained_too: bool = False) -> Sequence[Any]: ...
 
 
 class UploadPool(Protocol):
@@ -228,10 +228,16 @@ class MultipartUploads:
         return backend_error_to_s3(error)
 
     def has_room(self, name: str, size: int) -> bool:
-        """Whether backend ``name`` can take ``size`` more bytes of an upload now."""
+        """Whether backend ``name`` can take ``size`` more bytes of an upload now.
+
+        A drained backend still takes the parts of the uploads it holds: they finish there,
+        then the drain moves the object (:mod:`s3balance.drain`).
+        """
         if not isinstance(self.pool, RoomCheck):
             return True
-        return any(candidate.name == name for candidate in self.pool.candidates(size))
+        return any(
+            candidate.name == name for candidate in self.pool.candidates(size, drained_too=True)
+        )
 
     def _require_room(self, name: str, size: int) -> None:
         """:raises S3Error: ServiceUnavailable when ``name`` cannot take ``size`` more bytes."""

@@ -116,7 +116,7 @@ class MigrationTests:
                         "VALUES ('b1', 'vb/old', 1)"
                     )
                 )
-            migrate.upgrade(engine)
+            migrate.upgrade(engine, "0007")
             assert migrate.current_revision(engine) == "0007"
             with engine.begin() as connection:
                 copies = connection.execute(sa.select(model.upload_copies)).all()

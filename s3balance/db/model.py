@@ -312,6 +312,48 @@ repair_claims = sa.Table(
 )
 
 
+#: Resumable background work (:mod:`s3balance.jobs`): a drain, a rebalance.  ``state`` is one
+#: of ``queued``, ``running``, ``paused``, ``done``, ``failed``, ``cancelled``; a running job is
+#: held by ``owner`` (a daemon) until ``expires``, renewed by its heartbeat, and taken over by
+#: another daemon once expired.  ``cursor`` is where the job resumes (its kind's own position,
+#: e.g. the last location id it finished).  ``objects_left`` and ``bytes_left`` are NULL while
+#: unknown.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("params", JsonText, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("objects_done", sa.BigInteger, nullable=False),
+    sa.Column("objects_left", sa.BigInteger, nullable=True),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False),
+    sa.Column("bytes_left", sa.BigInteger, nullable=True),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("created", sa.Double, nullable=False),
+    sa.Column("started", sa.Double, nullable=True),
+    sa.Column("finished", sa.Double, nullable=True),
+    sa.Column("updated", sa.Double, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("expires", sa.Double, nullable=True),
+    sa.Column("cursor", sa.Text, nullable=True),
+    sa.Index(None, "state"),
+)
+
+#: Real buckets being drained: placement gives them no new object, in every process and daemon
+#: sharing the database (each reads this table with its operation counts, every few seconds).
+#: ``job_id`` is the drain job moving their objects away; cancelling it removes the row.
+drained_backends = sa.Table(
+    "drained_backends",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("since", sa.Double, nullable=False),
+    sa.Column("job_id", sa.BigInteger, nullable=True),
+)
+
+
 def _add_mysql_options(table: sa.Table, connection: sa.Connection, **kw: Any) -> None:
     """``before_create``: give ``table`` the :data:`_MYSQL_TABLE` options on MySQL or MariaDB
     (whose dialect is loaded by then); other databases ignore them and never load it."""

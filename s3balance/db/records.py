@@ -162,3 +162,45 @@ class OperationCounts:
     class_b: int
     bytes_in: int = 0
     bytes_out: int = 0
+
+
+#: A job's states (:mod:`s3balance.jobs`); the last three are final.
+JOB_STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
+FINAL_JOB_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a job has done and has left, as its runner saves it with each heartbeat.
+
+    ``objects_left`` and ``bytes_left`` are None while unknown; ``cursor`` is the kind's own
+    resume position (opaque text), None before the first one.
+    """
+
+    objects_done: int = 0
+    objects_left: int | None = None
+    bytes_done: int = 0
+    bytes_left: int | None = None
+    errors: int = 0
+    last_error: str | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of ``jobs``: a resumable piece of background work."""
+
+    id: int
+    kind: str
+    #: What it works on (a drain: the real bucket's name).
+    target: str
+    params: dict[str, object]
+    state: str
+    progress: JobProgress
+    created: float
+    updated: float
+    started: float | None = None
+    finished: float | None = None
+    #: The daemon holding it while it runs, and until when (its heartbeat renews it).
+    owner: str | None = None
+    expires: float | None = None
