@@ -20,7 +20,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from s3balance import drain, rebalance
 from s3balance.admin.api import AdminResource, Reconfiguring
@@ -51,6 +50,11 @@ from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
 from s3balance.worker import EveryWorker, SupervisorChannel
+
+#: Connections the ``metrics.port`` site keeps open at once; more are answered 503 and closed.
+METRICS_MAX_CONNECTIONS = 32
+#: The largest request body it reads (a scrape is a GET without one).
+METRICS_MAX_BODY = 64 << 10
 
 
 class Storage:
@@ -239,7 +243,7 @@ class Components:
             body_memory=server.body_memory,
         )
         #: ``metrics.port``: the metrics path also on a port of its own; None without one.
-        self.metrics_site = self._separate_metrics_site(config)
+        self.metrics_site = self._separate_metrics_site(config, reactor)
 
     def _reserved(self, config: Config) -> dict[bytes, Resource]:
         """The resources at reserved first path segments (``/health``, ``/metrics``, ``/api``,
@@ -257,8 +261,14 @@ class Components:
         return reserved
 
     @staticmethod
-    def _separate_metrics_site(config: Config) -> Site | None:
-        """``metrics.port`` (a Go key): so a scraper can be let in where S3 clients are not."""
+    def _separate_metrics_site(config: Config, reactor: Any) -> S3Site | None:
+        """``metrics.port`` (a Go key): so a scraper can be let in where S3 clients are not.
+
+        It is a port anyone who reaches it can open connections to, so it gets the S3 port's
+        header, body and idle deadlines, and a cap of its own (:data:`METRICS_MAX_CONNECTIONS`)
+        on connections open at once: a scraper needs one or two, and idle or slow connections
+        beyond that would otherwise hold file descriptors the S3 port needs.
+        """
         metrics = config.metrics
         if not (metrics.enabled and metrics.port):
             return None
@@ -270,9 +280,19 @@ class Components:
             node.putChild(segment, child)
             node = child
         node.putChild(segments[-1], MetricsResource(exposition_registry(), token=metrics.token))
-        site = Site(root)
-        site.displayTracebacks = False
-        return site
+        server = config.server
+        return S3Site(
+            root,
+            should_stream=lambda _: False,
+            clock=reactor,
+            idle_timeout=server.idle_timeout,
+            header_timeout=server.header_timeout,
+            body_timeout=server.body_timeout,
+            max_buffered_body=METRICS_MAX_BODY,
+            max_connections=METRICS_MAX_CONNECTIONS,
+            body_memory=METRICS_MAX_CONNECTIONS * METRICS_MAX_BODY,
+            counts_clients=False,
+        )
 
     # -- what the running daemon reads -------------------------------------------------------
 

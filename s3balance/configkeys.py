@@ -607,7 +607,8 @@ KEYS: tuple[Key, ...] = (
     Key("metrics.path", UrlPath(), "/metrics",
         "where on the main listener; its first segment must not be a virtual bucket's name"),
     Key("metrics.port", Integer(0, 65535, "; 0: serve on the main listener"), 0,
-        "also serve the metrics path on this port of its own (on `server.host`)"),
+        "also serve the metrics path on this port of its own (on `server.host`; the "
+        "`server.*_timeout` deadlines apply, and at most 32 connections at once)"),
     Key("metrics.token", Text(), "",
         "when set, scrapes must send `Authorization: Bearer <token>`", secret=True),
     # s3api: the authenticator and router are built at start.

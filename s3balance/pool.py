@@ -227,6 +227,7 @@ class BackendPool(Service):
         self._backends = dict(backends)
         self._configs = {name: configs[name] for name in backends}
         for name, config in self._configs.items():
+            metrics.backend_configured(name)
             limits = config.operation_limits
             metrics.BUCKET_OPERATION_LIMIT.labels(name, "A").set(limits.type_a)
             metrics.BUCKET_OPERATION_LIMIT.labels(name, "B").set(limits.type_b)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from s3balance.admin.api import AdminResource
 from s3balance.admin.reload import Reconfigurator
-from s3balance.components import Components, Storage
+from s3balance.components import METRICS_MAX_CONNECTIONS, Components, Storage
 from s3balance.config import Config
 from s3balance.health import HealthMonitor
 from s3balance.metrics import MetricsResource
@@ -134,6 +134,9 @@ def test_reserved_resources_follow_the_configuration(built: Any, tmp_path: Path)
     assert components.metrics_site is not None
     scrape = components.metrics_site.resource.children[b"prom"].children[b"scrape"]
     assert isinstance(scrape, MetricsResource)
+    # The scrape port keeps the S3 port's deadlines, with a small cap of its own.
+    assert components.metrics_site.max_connections == METRICS_MAX_CONNECTIONS
+    assert components.metrics_site.header_timeout == full.server.header_timeout
 
 
 def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path: Path) -> None:

@@ -224,6 +224,25 @@ multipart_parts = sa.Table(
     sa.Column("checksums", JsonText, nullable=True),
 )
 
+#: The other backends an upload of a replicated bucket (``replicas``) is stored on, beyond its
+#: row's own ``backend``: one backend upload each, at the upload's ``real_key`` (one real key for
+#: every copy, as for a replicated PUT).  A backend that failed a part is dropped from here (or,
+#: for the row's own backend, replaced by one of these) and its backend upload queued in
+#: ``pending_deletions`` to be aborted.  The parts' bytes count towards every copy's backend.
+upload_copies = sa.Table(
+    "upload_copies",
+    metadata,
+    sa.Column(
+        "upload_ref",
+        sa.BigInteger,
+        sa.ForeignKey("multipart_uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("backend_upload_id", sa.Text, nullable=False),
+    sa.Index(None, "backend"),
+)
+
 backend_usage = sa.Table(
     "backend_usage",
     metadata,
@@ -256,6 +275,10 @@ pending_deletions = sa.Table(
     sa.Column("backend", sa.String(255), nullable=False),
     sa.Column("real_key", sa.Text, nullable=False),
     sa.Column("delete_after", sa.Double, nullable=False),
+    #: A backend's multipart upload at ``real_key`` that no row references any more (a copy of a
+    #: replicated upload that failed, was aborted or expired): aborted, its key left alone; NULL
+    #: for plain bytes to delete.
+    sa.Column("backend_upload_id", sa.Text, nullable=True),
     sa.Index(None, "delete_after"),
     sa.Index(None, "backend"),
 )

@@ -79,6 +79,15 @@ class ObjectPage:
 
 
 @dataclass(frozen=True)
+class UploadCopy:
+    """One backend's upload of a multipart upload (several for a replicated bucket)."""
+
+    backend: str
+    #: The backend's id of its upload; never shown to clients.
+    backend_upload_id: str
+
+
+@dataclass(frozen=True)
 class UploadRecord:
     """A multipart upload in progress."""
 
@@ -100,6 +109,18 @@ class UploadRecord:
     #: Tags and canned ACL the completed object gets.
     tags: dict[str, str] = field(default_factory=dict)
     acl: str = "private"
+    #: The upload's other copies (a replicated bucket), each on another backend at the same
+    #: ``real_key``; empty for an upload stored once.
+    copies: tuple[UploadCopy, ...] = ()
+
+    def all_copies(self) -> tuple[UploadCopy, ...]:
+        """Every backend upload of this upload, its own ``backend`` first."""
+        return (UploadCopy(self.backend, self.backend_upload_id), *self.copies)
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends holding a copy of this upload, its own ``backend`` first."""
+        return [copy.backend for copy in self.all_copies()]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from s3balance.db.errors import (
     PreconditionFailedError,
 )
 from s3balance.db.jobs import JobsComponent, JobStateError
-from s3balance.db.multipart import CompletedUpload, MultipartComponent
+from s3balance.db.multipart import AbandonedCopies, CompletedUpload, MultipartComponent
 from s3balance.db.objects import ANY, UNCONDITIONAL, Condition, ObjectsComponent, Replacement
 from s3balance.db.placed import PlacedComponent
 from s3balance.db.repairs import RepairsComponent
@@ -49,6 +49,7 @@ class MetadataStore(
 
 __all__ = [
     "ANY",
+    "AbandonedCopies",
     "BucketNotEmptyError",
     "CompletedUpload",
     "Condition",
