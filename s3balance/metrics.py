@@ -170,6 +170,21 @@ REPAIR_BACKLOG = Gauge(
     multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
+REPAIR_VERIFIED = Counter(
+    "s3_balance_repair_verified",
+    "Copies of replicated objects repair's incremental verification checked against a listing, "
+    "by real bucket.",
+    ["bucket"],
+    registry=REGISTRY,
+)
+REPAIR_VERIFY_PROGRESS = Gauge(
+    "s3_balance_repair_verify_progress",
+    "How far repair's current verification cycle of a real bucket's copies got: objects checked "
+    "over those of its last complete cycle (0 to 1).",
+    ["bucket"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",

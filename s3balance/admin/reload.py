@@ -206,6 +206,12 @@ class Reconfigurator:
                 continue
             if created:
                 changes.append(f"virtual bucket {bucket.name} created")
+        try:  # repair looks at every object of these (even if they change back before it runs)
+            await self._store.forget_changed_replicas(
+                {bucket.name: bucket.replicas for bucket in effective.virtual_buckets}
+            )
+        except Exception as error:
+            changes.append(f"repair could not be told about changed replicas: {error}")
         old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
         for bucket in effective.virtual_buckets:
             copies = old_replicas.get(bucket.name, 1)
