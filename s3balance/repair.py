@@ -392,6 +392,9 @@ class Repairer(PeriodicRounds):
         from unavailable (maybe wiped) at once.  The broken copies found are repaired together
         (an object missing on two backends is one repair, which knows both), before the cursors
         that went past them are saved."""
+        if not replicated:
+            self.progress = {}
+            return
         cursors = {(c.backend, c.bucket): c for c in await self.store.repair_cursors()}
         self.progress = {
             key: cursor for key, cursor in cursors.items() if key[1] in replicated
@@ -443,7 +446,10 @@ class Repairer(PeriodicRounds):
         """Check one slice of ``cursor``'s copies, add the broken ones to ``found``, and return
         the cursor moved past it (back to the start after the last slice)."""
         name, bucket, batch = cursor.backend, cursor.bucket, self.config.verify_batch
-        rows = await self.store.verification_slice(name, bucket, cursor.after, batch)
+        # One row more than the slice says whether it is the last (then the cycle ends with
+        # it, and ``ceil(objects / batch)`` passes cover every copy).
+        rows = await self.store.verification_slice(name, bucket, cursor.after, batch + 1)
+        last, rows = len(rows) <= batch, rows[:batch]
         try:
             broken = await self._broken_copies(name, bucket, rows)
         except Exception as error:
@@ -460,7 +466,7 @@ class Repairer(PeriodicRounds):
             missing = {location} | (set(known.missing) if known is not None else set())
             found[row.object_id] = Suspect(row.object_id, bucket, row.key, frozenset(missing))
         now = self.clock.seconds()
-        if len(rows) < batch:
+        if last:
             return replace(
                 cursor, after="", checked=0, last_total=cursor.checked + len(rows),
                 cycles=cursor.cycles + 1, sweep=False, updated_at=now,
