@@ -2,17 +2,27 @@
 
 A write stores N copies (:mod:`s3balance.replicated`); later a backend may die, be wiped, or be
 dropped from the configuration, and ``replicas`` may change on reload.  Every ``repair.interval``
-seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekeeping) finds:
+seconds a pass (:meth:`Repairer.run_once`, in the one process that runs housekeeping) looks at
+what may have changed since the last, and no more (the database keeps what it needs to know:
+:mod:`s3balance.db.repairs`):
 
-- objects with a location on a backend that is no longer configured, or that has not been
-  available (healthy and enabled) for longer than ``repair.after``: that copy is *lost*;
-- objects whose copy a backend no longer has, or holds with other bytes: for the buckets with
-  ``replicas`` above 1, each available backend's listing of their prefixes is compared with the
-  rows (as scrub does), and a key the listing lacks, lists at another size, or lists with an ETag
-  that says other bytes (:func:`~s3balance.copying.etag_agrees`: only plain MD5 ETags are
-  compared, a multipart one says nothing) is confirmed with a HEAD before it counts as
-  *missing* (re-created where it was);
-- objects with fewer or more locations than their bucket's ``replicas``.
+- a bucket's every object whose locations are not what they should be (fewer or more than
+  ``replicas``, or one on a backend lost or removed), only when its ``replicas`` is not the one
+  it was last fully repaired for (``repair_buckets``; every process forgets it on start and
+  reload when it differs, a rebuild or import forgets it too);
+- the objects of replicated buckets with a copy on a backend no longer configured, or that has
+  not been available (healthy and enabled) for longer than ``repair.after``: that copy is
+  *lost*; found through the index on ``object_locations.backend``, once per backend while it
+  stays lost;
+- the objects in ``repair_queue``: writes committed with fewer copies (``write_quorum``), queued
+  by their commit, and what earlier passes could not fix;
+- the next ``repair.verify_batch`` objects of each replicated bucket on each available backend
+  (a cursor per backend and bucket in ``repair_cursors``, wrapping at the end): one listing of
+  their key range is compared with the rows (as scrub does), and a copy the listing lacks, lists
+  at another size, or lists with an ETag that says other bytes (:func:`~s3balance.copying.
+  etag_agrees`: only plain MD5 ETags are compared, a multipart one says nothing) is confirmed
+  with a HEAD before it counts as *missing* (re-created where it was).  A backend seen
+  unavailable that is available again (maybe restarted empty) has all its copies checked at once.
 
 For each, under a claim in the database (``repair_claims``: daemons sharing the database never
 repair one object at once; a claim expires, so a crashed daemon's is taken over), it copies the
