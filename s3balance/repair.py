@@ -459,9 +459,10 @@ class Repairer(PeriodicRounds):
         # One row more than the slice says whether it is the last (then the cycle ends with
         # it, and ``ceil(objects / batch)`` passes cover every copy).
         rows = await self.store.verification_slice(name, bucket, cursor.after, batch + 1)
-        last, rows = len(rows) <= batch, rows[:batch]
+        following = rows[batch].key if len(rows) > batch else None
+        last, rows = following is None, rows[:batch]
         try:
-            broken = await self._broken_copies(name, bucket, rows)
+            broken = await self._broken_copies(name, bucket, rows, following)
         except Exception as error:
             summary.problem(f"verifying {name}: {error}")
             if cursor.sweep:
@@ -486,16 +487,23 @@ class Repairer(PeriodicRounds):
         )
 
     async def _broken_copies(
-        self, name: str, bucket: str, rows: list[VerifiedRow]
+        self, name: str, bucket: str, rows: list[VerifiedRow], following: str | None
     ) -> list[VerifiedRow]:
         """Those of ``rows``' copies on backend ``name`` that a listing of their range lacks or
-        lists with other bytes; a copy whose real key does not sort with its key (hashed, or
-        changed by the backend's normalisation) is asked for with a HEAD instead."""
+        lists with other bytes (``following``: the key after the last row's, None at the end).
+
+        A real key sorts as its key followed by ``~w``, so the copy of a key that is a prefix of
+        the next one (``logs`` before ``logs/1``) sorts after that whole run of keys, which may
+        go on past the slice: it is asked for with a HEAD, as are copies whose real key does not
+        sort with its key (hashed, or changed by the backend's normalisation); the listing then
+        spans about the slice's keys only."""
         backend = self.pool.get(name)
+        after_each = [row.key for row in rows[1:]] + [following]
         ranged = [
-            row for row in rows
+            row for row, next_key in zip(rows, after_each, strict=True)
             if row.real_key.startswith(f"{bucket}/{row.key}")
             and comparable_key(row.real_key) == row.real_key
+            and not (next_key is not None and next_key.startswith(row.key))
         ]  # fmt: skip
         broken: list[VerifiedRow] = []
         if ranged:
@@ -510,8 +518,9 @@ class Repairer(PeriodicRounds):
                 row for row in ranged
                 if not _listed_intact(listed.get(row.real_key), row.size, row.etag)
             ]  # fmt: skip
+        listed_rows = set(ranged)
         for row in rows:
-            if row not in ranged and not await self._head_intact(name, row):
+            if row not in listed_rows and not await self._head_intact(name, row):
                 broken.append(row)
         return broken
 

@@ -258,6 +258,36 @@ class ReplicatedIncrementalTests(IncrementalRepair):
         self.assertEqual(shown["buckets"]["vb"]["checked"], 3)
         self.assertAlmostEqual(shown["fraction"], 3 / counts[name])
 
+    async def test_a_listing_spans_its_slice_even_where_a_key_prefixes_the_next(self) -> None:
+        """``logs`` sorts after every ``logs/...`` once ``~w`` is appended: its copy gets a HEAD
+        so that the slice's listing does not run through every ``logs/`` key past it."""
+        self.repairer.config.verify_batch = 3
+        keys = ["a", "logs", *[f"logs/{index:02d}" for index in range(12)], "z"]
+        before = await self.write(keys)
+        await self.run_pass()
+        name = before["logs"].locations[0].backend
+        backend: Any = self.daemon.backends[name]
+        listed: list[int] = []
+        list_objects = backend.list_objects
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            found = await list_objects(*args, **kwargs)
+            listed.append(len(found))
+            return found
+
+        backend.list_objects = counting
+        corrupt = before["logs"].locations[0]
+        info = await backend.head_object(corrupt.real_key)
+        bad = bytes(len(body_of("logs")))
+        await backend.put_object(
+            corrupt.real_key, BytesProducer(bad), len(bad), info.headers, info.metadata
+        )
+        for _ in range(len(keys)):
+            await self.run_pass()
+        self.assertEqual(await self.bytes_at(corrupt), body_of("logs"))
+        self.assertTrue(listed)
+        self.assertLessEqual(max(listed), 3, listed)
+
     async def test_progress_shows_in_metrics(self) -> None:
         from s3balance import metrics
 
