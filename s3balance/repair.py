@@ -286,12 +286,16 @@ class Repairer(PeriodicRounds):
         scan of a bucket's every object, and only when its ``replicas`` changed."""
         done = await self.store.repaired_replicas()
         for bucket, copies in sorted(replicas.items()):
-            if done.get(bucket) == copies:
+            state = done.get(bucket)
+            if state is not None and state.replicas == copies:
                 continue
             summary.full_buckets.append(bucket)
             await self._repair_bucket(bucket, copies, usable, lost, summary)
-            # What is left is queued (at the pass's end), so it is not scanned for again.
-            await self.store.set_repaired_replicas(bucket, copies)
+            # What is left is queued (at the pass's end), so it is not scanned for again.  A
+            # reload that changed the bucket's replicas meanwhile (maybe and back) moved its
+            # generation on: then nothing is recorded, and the next pass looks again.
+            generation = None if state is None else state.generation
+            await self.store.set_repaired_replicas(bucket, copies, generation)
 
     async def _repair_bucket(
         self,

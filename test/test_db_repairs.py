@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance.db.records import Location
-from s3balance.db.repairs import Cursor
+from s3balance.db.repairs import Cursor, RepairedBucket
 from s3balance.db.store import MetadataStore
 from test.dbfixture import (
     MYSQL_SERVER,
@@ -69,17 +69,33 @@ class RepairQueryTests:
         yield self.store.create_bucket("vb", now=0)
         yield self.store.create_bucket("one", now=0)
         self.assertEqual((yield self.store.repaired_replicas()), {})
-        yield self.store.set_repaired_replicas("vb", 2)
-        yield self.store.set_repaired_replicas("one", 1)
-        yield self.store.set_repaired_replicas("vb", 3)
-        yield self.store.set_repaired_replicas("nope", 3)
-        self.assertEqual((yield self.store.repaired_replicas()), {"vb": 3, "one": 1})
+        self.assertTrue((yield self.store.set_repaired_replicas("vb", 2, None)))
+        self.assertTrue((yield self.store.set_repaired_replicas("one", 1, None)))
+        # A second recording from "no row" lost a race: nothing changes.
+        self.assertFalse((yield self.store.set_repaired_replicas("vb", 3, None)))
+        self.assertFalse((yield self.store.set_repaired_replicas("nope", 3, None)))
+        self.assertEqual(
+            (yield self.store.repaired_replicas()),
+            {"vb": RepairedBucket(2, 0), "one": RepairedBucket(1, 0)},
+        )
         # Buckets the mapping does not name have 1 copy.
-        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 3})), [])
-        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 2})), ["vb"])
-        self.assertEqual((yield self.store.repaired_replicas()), {"one": 1})
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 2})), [])
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 3})), ["vb"])
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(None, 1))
+        # Changed by this process (even back): forgotten, one generation on.
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 3}, ["vb"])), ["vb"])
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(None, 2))
+        # A pass that read generation 1 records nothing; one that read 2 does.
+        self.assertFalse((yield self.store.set_repaired_replicas("vb", 3, 1)))
+        self.assertTrue((yield self.store.set_repaired_replicas("vb", 3, 2)))
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(3, 2))
+        yield self.store.forget_repaired_replicas(["one"])
+        self.assertEqual((yield self.store.repaired_replicas())["one"], RepairedBucket(None, 1))
         yield self.store.forget_repaired_replicas()
-        self.assertEqual((yield self.store.repaired_replicas()), {})
+        self.assertEqual(
+            (yield self.store.repaired_replicas()),
+            {"vb": RepairedBucket(None, 3), "one": RepairedBucket(None, 2)},
+        )
 
     @defer.inlineCallbacks
     def test_the_queue_keeps_a_requeued_object_and_loses_deleted_ones(self) -> Gen:

@@ -179,6 +179,30 @@ class ReplicatedIncrementalTests(IncrementalRepair):
         self.assertEqual((done.full_buckets, done.copies), (["vb"], 1))
         await self.assert_copies("single", 2)
 
+    async def test_replicas_changed_and_back_during_a_full_pass_is_not_recorded(self) -> None:
+        """The pass began at 2, a reload went to 1 and back to 2 while it ran: objects written
+        at 1 may be past its scan, so it records nothing and the next pass looks again."""
+        await self.set_replicas(1)
+        await self.run_pass()
+        await self.set_replicas(2)
+        scan = self.repairer._repair_bucket
+
+        async def flipping(*args: Any) -> None:
+            await scan(*args)
+            await self.set_replicas(1)
+            await self.write(["written-at-1"])  # past the scan
+            await self.set_replicas(2)
+
+        self.repairer._repair_bucket = flipping  # type: ignore[method-assign]
+        self.assertEqual((await self.run_pass()).full_buckets, ["vb"])
+        self.repairer._repair_bucket = scan  # type: ignore[method-assign]
+        state = (await self.daemon.store.repaired_replicas())["vb"]
+        self.assertIsNone(state.replicas)
+        done = await self.run_pass()
+        self.assertEqual((done.full_buckets, done.copies), (["vb"], 1))
+        await self.assert_copies("written-at-1", 2)
+        self.assertEqual((await self.run_pass()).full_buckets, [])
+
     async def test_a_lost_backend_sends_only_its_objects(self) -> None:
         keys = [f"k{index}" for index in range(9)]
         before = await self.write(keys)

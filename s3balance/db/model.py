@@ -292,7 +292,9 @@ repair_claims = sa.Table(
 #: For each virtual bucket, the ``replicas`` for which repair last finished looking at every
 #: object (:mod:`s3balance.repair`): a pass looks at a bucket's every object only when its
 #: ``replicas`` is no longer this one (a reload changed it, or no pass ever finished), so a
-#: restarted daemon or another one sharing the database knows what is left to do.
+#: restarted daemon or another one sharing the database knows what is left to do.  NULL (or no
+#: row) is never or no longer; ``generation`` grows each time it is forgotten, so that a pass
+#: that began before records nothing (a reload changed it and back meanwhile).
 repair_buckets = sa.Table(
     "repair_buckets",
     metadata,
@@ -303,7 +305,8 @@ repair_buckets = sa.Table(
         primary_key=True,
         autoincrement=False,
     ),
-    sa.Column("replicas", sa.Integer, nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
 )
 
 #: Objects repair must look at without being found by a scan: a write that committed with fewer

@@ -33,12 +33,21 @@ from s3balance.db.model import (
 from s3balance.db.objects import Replacement
 from s3balance.db.records import Location
 from s3balance.db.repairqueue import queue_repair, upsert
-from s3balance.db.usage import apply_usage, new_deltas
+from s3balance.db.usage import UPSERT_ATTEMPTS, apply_usage, new_deltas
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["Cursor", "Queued", "RepairsComponent", "VerifiedRow"]
+__all__ = ["Cursor", "Queued", "RepairedBucket", "RepairsComponent", "VerifiedRow"]
+
+
+@dataclass(frozen=True)
+class RepairedBucket:
+    """What a bucket was last fully repaired for: its ``replicas`` (None: never, or forgotten
+    since), and the generation of that record (see :data:`s3balance.db.model.repair_buckets`)."""
+
+    replicas: int | None
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -90,28 +99,35 @@ class RepairsComponent(DBComponent):
         names = None if usable is None else list(usable)
         return self.pool.do_read(_repair_candidates, bucket, copies, names, after, limit)
 
-    def repaired_replicas(self) -> Deferred[dict[str, int]]:
-        """The ``replicas`` each bucket was last fully repaired for (buckets never fully
-        repaired are absent)."""
+    def repaired_replicas(self) -> Deferred[dict[str, RepairedBucket]]:
+        """What each bucket was last fully repaired for (buckets without a row are absent)."""
         return self.pool.do_read(_repaired_replicas)
 
-    def set_repaired_replicas(self, bucket: str, replicas: int) -> Deferred[None]:
-        """Remember that every object of ``bucket`` was looked at for ``replicas``."""
-        return self.pool.do(_set_repaired_replicas, bucket, replicas)
+    def set_repaired_replicas(
+        self, bucket: str, replicas: int, generation: int | None
+    ) -> Deferred[bool]:
+        """Remember that every object of ``bucket`` was looked at for ``replicas``, if its row
+        is still at ``generation`` (None: there was no row) as the pass read it before it began;
+        fires whether it did."""
+        return self.pool.do(_set_repaired_replicas, bucket, replicas, generation)
 
     def forget_repaired_replicas(self, buckets: Sequence[str] | None = None) -> Deferred[None]:
         """Make the next repair pass look at every object of ``buckets`` (every bucket when
-        None): rows were made by something other than the write path (a rebuild, an import)."""
+        None), and a pass running now record nothing: rows were made by something other than
+        the write path (a rebuild, an import)."""
         names = None if buckets is None else list(buckets)
         return self.pool.do(_forget_repaired_replicas, names)
 
-    def forget_changed_replicas(self, replicas: dict[str, int]) -> Deferred[list[str]]:
-        """Forget the buckets last fully repaired for another ``replicas`` than ``replicas``
-        gives (1 for buckets it does not name), so that repair looks at their every object even
-        when the value changes back before its next pass (objects written meanwhile have the
-        other number of copies); fires with their names.  Every process calls it when it starts
-        and on each reload, before writing with the new value."""
-        return self.pool.do(_forget_changed_replicas, dict(replicas))
+    def forget_changed_replicas(
+        self, replicas: dict[str, int], changed: Sequence[str] = ()
+    ) -> Deferred[list[str]]:
+        """Forget (as :meth:`forget_repaired_replicas`) the buckets ``changed`` (whose
+        ``replicas`` this process just changed) and those last fully repaired for another
+        ``replicas`` than ``replicas`` gives (1 for buckets it does not name); fires with their
+        names.  Every process calls it when it starts and on each reload, before writing with
+        the new values: objects written meanwhile have the other number of copies, even when
+        the value changes back before repair's next pass."""
+        return self.pool.do(_forget_changed_replicas, dict(replicas), sorted(changed))
 
     def queue_repairs(self, object_ids: Iterable[int], now: float) -> Deferred[None]:
         """Put objects in ``repair_queue`` (queued at ``now``)."""
@@ -174,40 +190,83 @@ class RepairsComponent(DBComponent):
 # In a database thread, inside the pool's transaction (see s3balance.db.base).
 
 
-def _repaired_replicas(conn: sa.Connection) -> dict[str, int]:
-    query = sa.select(virtual_buckets.c.name, repair_buckets.c.replicas).join(
-        repair_buckets, repair_buckets.c.bucket_id == virtual_buckets.c.id
-    )
-    return {row.name: int(row.replicas) for row in conn.execute(query)}
+def _repaired_replicas(conn: sa.Connection) -> dict[str, RepairedBucket]:
+    query = sa.select(
+        virtual_buckets.c.name, repair_buckets.c.replicas, repair_buckets.c.generation
+    ).join(repair_buckets, repair_buckets.c.bucket_id == virtual_buckets.c.id)
+    return {
+        row.name: RepairedBucket(
+            None if row.replicas is None else int(row.replicas), int(row.generation)
+        )
+        for row in conn.execute(query)
+    }
 
 
-def _set_repaired_replicas(conn: sa.Connection, bucket: str, replicas: int) -> None:
+def _set_repaired_replicas(
+    conn: sa.Connection, bucket: str, replicas: int, generation: int | None
+) -> bool:
     owner = bucket_id(conn, bucket)
-    if owner is not None:
-        upsert(conn, repair_buckets, {"bucket_id": owner}, {"replicas": replicas})
+    if owner is None:
+        return False
+    if generation is not None:
+        done = conn.execute(
+            repair_buckets.update()
+            .where(repair_buckets.c.bucket_id == owner, repair_buckets.c.generation == generation)
+            .values(replicas=replicas)
+        )
+        return bool(done.rowcount)
+    try:
+        with may_fail(conn):
+            conn.execute(
+                repair_buckets.insert().values(bucket_id=owner, replicas=replicas, generation=0)
+            )
+    except sa.exc.IntegrityError:
+        return False  # forgotten meanwhile
+    return True
+
+
+def _forget(conn: sa.Connection, owner: int) -> None:
+    """Set a bucket's row to "not repaired", one generation on (inserting it when missing)."""
+    where = repair_buckets.c.bucket_id == owner
+    for _ in range(UPSERT_ATTEMPTS):
+        bumped = repair_buckets.update().where(where)
+        if conn.execute(
+            bumped.values(replicas=None, generation=repair_buckets.c.generation + 1)
+        ).rowcount:
+            return
+        try:
+            with may_fail(conn):
+                conn.execute(
+                    repair_buckets.insert().values(bucket_id=owner, replicas=None, generation=1)
+                )
+            return
+        except sa.exc.IntegrityError:
+            continue
+    raise RuntimeError(f"could neither update nor insert repair_buckets row {owner}")
 
 
 def _forget_repaired_replicas(conn: sa.Connection, buckets: list[str] | None) -> None:
-    if buckets is None:
-        conn.execute(repair_buckets.delete())
-        return
-    for name in buckets:
-        owner = bucket_id(conn, name)
-        if owner is not None:
-            conn.execute(repair_buckets.delete().where(repair_buckets.c.bucket_id == owner))
+    query = sa.select(virtual_buckets.c.id).order_by(virtual_buckets.c.id)
+    if buckets is not None:
+        query = query.where(virtual_buckets.c.name.in_(buckets))
+    for owner in conn.execute(query).scalars().all():
+        _forget(conn, int(owner))
 
 
-def _forget_changed_replicas(conn: sa.Connection, replicas: dict[str, int]) -> list[str]:
-    forgotten = [
-        (name, owner) for name, owner, done in conn.execute(
-            sa.select(virtual_buckets.c.name, repair_buckets.c.bucket_id, repair_buckets.c.replicas)
-            .join(repair_buckets, repair_buckets.c.bucket_id == virtual_buckets.c.id)
-        )
-        if replicas.get(name, 1) != done
-    ]  # fmt: skip
-    for _, owner in forgotten:
-        conn.execute(repair_buckets.delete().where(repair_buckets.c.bucket_id == owner))
-    return [name for name, _ in forgotten]
+def _forget_changed_replicas(
+    conn: sa.Connection, replicas: dict[str, int], changed: list[str]
+) -> list[str]:
+    query = (
+        sa.select(virtual_buckets.c.id, virtual_buckets.c.name, repair_buckets.c.replicas)
+        .outerjoin(repair_buckets, repair_buckets.c.bucket_id == virtual_buckets.c.id)
+        .order_by(virtual_buckets.c.id)
+    )
+    forgotten = []
+    for owner, name, done in conn.execute(query).all():
+        if name in changed or (done is not None and done != replicas.get(name, 1)):
+            _forget(conn, int(owner))
+            forgotten.append(name)
+    return forgotten
 
 
 def _queue_repairs(conn: sa.Connection, object_ids: list[int], now: float) -> None:

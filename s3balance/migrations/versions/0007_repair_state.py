@@ -37,7 +37,8 @@ def upgrade() -> None:
     op.create_table(
         "repair_buckets",
         sa.Column("bucket_id", sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column("replicas", sa.Integer(), nullable=False),
+        sa.Column("replicas", sa.Integer(), nullable=True),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("bucket_id", name=op.f("pk_repair_buckets")),
         sa.ForeignKeyConstraint(
             ["bucket_id"],
