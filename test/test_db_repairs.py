@@ -122,6 +122,18 @@ class RepairQueryTests:
         )
 
     @defer.inlineCallbacks
+    def test_a_short_commit_queues_its_object_in_the_same_transaction(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.commit_object(obj("full", last_modified=1.0))
+        replaced = yield self.store.commit_object(obj("short", last_modified=2.0), short=True)
+        queued = yield self.store.queued_repairs(0, 10)
+        self.assertEqual([(q.bucket, q.key, q.queued_at) for q in queued], [("vb", "short", 2.0)])
+        self.assertEqual(queued[0].object_id, replaced.object_id)
+        # Overwritten short again later: queued at the later time, under the same row id.
+        yield self.store.commit_object(obj("short", last_modified=3.0), short=True)
+        self.assertEqual([q.queued_at for q in (yield self.store.queued_repairs(0, 10))], [3.0])
+
+    @defer.inlineCallbacks
     def test_verification_slices_follow_key_order_on_one_backend(self) -> Gen:
         yield self.store.create_bucket("vb", now=0)
         for index in range(5):
