@@ -184,8 +184,12 @@ class Repairer(PeriodicRounds):
         self._down: set[str] = set()
         #: Every backend this process has had configured (a removed one may hold copies).
         self._known: set[str] = set()
-        #: Lost backends whose objects were looked at, with the replicated buckets then.
-        self._scanned_lost: dict[str, tuple[str, ...]] = {}
+        #: Lost backends whose objects were looked at: the replicated buckets then, and the
+        #: copies usage counted on the backend right after (more later: another daemon, which
+        #: thinks it healthy, wrote there).
+        self._scanned_lost: dict[str, tuple[tuple[str, ...], int]] = {}
+        #: The copies usage counts on each backend, read at the start of the current pass.
+        self._counts: dict[str, int] = {}
         #: The current pass's objects looked at, and those of them not fixed (queued at its end).
         self._seen: set[int] = set()
         self._left: set[int] = set()
@@ -272,10 +276,9 @@ class Repairer(PeriodicRounds):
         anything on, and those this process knew."""
         configured = set(self.pool.names())
         self._known.update(configured)
-        counted = {
-            name for name, usage in (await self.store.usage()).items()
-            if usage.object_count or usage.used_bytes
-        }  # fmt: skip
+        usage = await self.store.usage()
+        self._counts = {name: found.object_count for name, found in usage.items()}
+        counted = {name for name, found in usage.items() if found.object_count or found.used_bytes}
         return (counted | self._known) - configured
 
     async def _repair_changed_buckets(
@@ -354,9 +357,15 @@ class Repairer(PeriodicRounds):
     ) -> None:
         """Look at the objects of replicated buckets with a copy on a lost or removed backend,
         found by that backend's index, once per backend while it stays lost (what could not be
-        fixed is queued, and no write lands on a lost backend meanwhile)."""
+        fixed is queued, and no write lands on a lost backend meanwhile: again if usage counts
+        more copies there than right after the last look)."""
         for name in list(self._scanned_lost):
-            if name not in gone or self._scanned_lost[name] != tuple(replicated):
+            buckets, count = self._scanned_lost[name]
+            if (
+                name not in gone
+                or buckets != tuple(replicated)
+                or self._counts.get(name, 0) > count
+            ):
                 del self._scanned_lost[name]
         todo = [name for name in gone if name not in self._scanned_lost]
         if not todo or not replicated:
@@ -374,8 +383,9 @@ class Repairer(PeriodicRounds):
             await self._repair_all(list(suspects.values()), lost, summary)
             if len(page) < PAGE:
                 break
+        counts = {name: found.object_count for name, found in (await self.store.usage()).items()}
         for name in todo:
-            self._scanned_lost[name] = tuple(replicated)
+            self._scanned_lost[name] = (tuple(replicated), counts.get(name, 0))
 
     async def _repair_all(
         self,

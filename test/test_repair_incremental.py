@@ -9,6 +9,8 @@ statements a pass issues counted.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import math
 import time
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from s3balance.db import model
+from s3balance.db.records import Location
 from s3balance.health import BackendHealth
 from s3balance.net.bytesproducer import BytesProducer
 from s3balance.repair import RepairPass
@@ -223,6 +226,31 @@ class ReplicatedIncrementalTests(IncrementalRepair):
         done = await self.run_pass()
         self.assertEqual((done.on_lost_backends, done.examined), (0, 0))
         self.assertEqual([s for s in log.statements if "object_locations.backend IN" in s], [])
+
+    async def test_a_copy_another_daemon_puts_on_a_lost_backend_is_looked_at(self) -> None:
+        """Usage counts more copies on the lost backend than after the last look: a daemon
+        that thinks it healthy wrote there, and its objects are looked at again."""
+        await self.write(["k"])
+        self.daemon.health.mark_failure("r1", "down")
+        await self.run_pass()
+        self.assertEqual((await self.run_pass()).on_lost_backends, 0)
+        # The other daemon's write: its bytes on r1 and r2, its row naming both.
+        data = body_of("late")
+        real, _ = self.gateway.new_location("vb", "late")
+        for name in ("r1", "r2"):
+            backend = self.daemon.backends[name]
+            await backend.put_object(real, BytesProducer(data), len(data), {}, {})
+        record = dataclasses.replace(
+            await self.record("k"), key="late", size=len(data),
+            etag=f'"{hashlib.md5(data).hexdigest()}"',
+            locations=(Location("r1", real), Location("r2", real)),
+        )  # fmt: skip
+        await self.daemon.store.commit_object(record)
+
+        done = await self.run_pass()
+        self.assertEqual((done.on_lost_backends, done.copies), (1, 1))
+        moved = await self.assert_copies("late", 2)
+        self.assertNotIn("r1", {location.backend for location in moved.locations})
 
     async def test_a_backend_back_from_unavailable_is_verified_whole(self) -> None:
         self.repairer.config.after = 3600.0  # down, not lost: its copies stay where they are
