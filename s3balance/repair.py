@@ -13,7 +13,7 @@ what may have changed since the last, and no more (the database keeps what it ne
 - the objects of replicated buckets with a copy on a backend no longer configured, or that has
   not been available (healthy and enabled) for longer than ``repair.after``: that copy is
   *lost*; found through the index on ``object_locations.backend``, once per backend while it
-  stays lost;
+  stays lost (again when usage counts more copies on it than right after);
 - the objects in ``repair_queue``: writes committed with fewer copies (``write_quorum``), queued
   by their commit, and what earlier passes could not fix;
 - the next ``repair.verify_batch`` objects of each replicated bucket on each available backend
