@@ -1,4 +1,5 @@
-"""``s3balance``: the operator's command line (``rebuild``, ``import``, ``scrub``).
+"""``s3balance``: the operator's command line (``rebuild``, ``import``, ``scrub``, ``jobs``,
+``drain``).
 
 ``s3balance scrub ...`` is ``python -m s3balance.scrubcli ...``.  ``rebuild`` recreates the index
 from the real buckets and ``import`` adopts foreign objects (:mod:`s3balance.rebuild`).  Both
@@ -7,6 +8,15 @@ upgrade the schema as the daemon would (``database.auto_migrate``): a rebuild us
 an empty database.  Progress goes to stderr when it is a terminal, the summary (or ``--json``) to
 stdout.  Exit status: 0 done, 1 done but some objects failed, 2 could not run, 3 interrupted
 (run again to resume).
+
+``jobs [list|show ID|pause ID|resume ID|cancel ID]`` and ``drain [--undo] NAME`` work on the
+database directly, as ``rebuild`` does, rather than through a daemon's admin API: they need neither
+``api.enabled`` nor a token nor a daemon's address, they work the same whichever daemons (or
+workers) share the database, and a job queued while no daemon runs starts with the next one.
+The daemons see the change through the database: a pause or cancel at the running job's next
+heartbeat (2 s), a drain in every placement within a flush period (5 s) and its job at the next
+poll (``jobs.poll_interval``).  Exit status: 0 done, 1 no such job or bucket, or a state that does
+not allow the action, 2 could not run.
 """
 
 from __future__ import annotations
@@ -65,6 +75,23 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                          "flight, when daemons are running; default 0)")
     rebuild.add_argument("--recompute-usage", action="store_true",
                          help="at the end, set usage counters from the rows (no daemon running)")
+
+    jobs = commands.add_parser("jobs", help="list, show, pause, resume or cancel jobs")
+    jobs.add_argument("--config", "-c", required=True, help="the daemon's YAML configuration")
+    jobs.add_argument("--data-dir", help="overrides the configuration's data_dir")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument("action", nargs="?", default="list",
+                      choices=("list", "show", "pause", "resume", "cancel"))
+    jobs.add_argument("job", nargs="?", type=int, help="the job's id (all but list)")
+    drain = commands.add_parser(
+        "drain", help="move every object off a real bucket; it takes no new writes"
+    )
+    drain.add_argument("--config", "-c", required=True, help="the daemon's YAML configuration")
+    drain.add_argument("--data-dir", help="overrides the configuration's data_dir")
+    drain.add_argument("--json", action="store_true", help="print JSON")
+    drain.add_argument("name", help="the real bucket (buckets[].name)")
+    drain.add_argument("--undo", action="store_true",
+                       help="give the bucket back to placement (cancels its drain if running)")
 
     adopt = commands.add_parser(
         "import", help="adopt objects already in a real bucket into a virtual bucket, uncopied"
@@ -136,6 +163,15 @@ async def _run(reactor: Any, arguments: argparse.Namespace) -> int:
     config = _load(arguments)
     if config is None:
         return EXIT_ERROR
+    if arguments.command in ("jobs", "drain"):
+        from s3balance.jobcli import run_jobs_command
+
+        try:
+            async with opened_storage(config, reactor) as storage:
+                return await run_jobs_command(storage.store, config, reactor, arguments)
+        except Exception as error:  # the database unreachable, a refused schema...
+            print(f"s3balance {arguments.command}: cannot run: {error}", file=sys.stderr)
+            return EXIT_ERROR
     if arguments.command == "import" and arguments.backend not in {
         bucket.name for bucket in config.real_buckets
     }:

@@ -20,8 +20,8 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
+from s3balance import drain
 from s3balance.admin.api import AdminResource, Reconfiguring
 from s3balance.admin.history import TrafficHistory
 from s3balance.admin.reload import Reconfigurator
@@ -31,11 +31,13 @@ from s3balance.backends.factory import make_backend
 from s3balance.backends.interface import IBackend
 from s3balance.config import BucketConfig, Config
 from s3balance.console.resource import ConsoleResource
+from s3balance.copying import ObjectCopier
 from s3balance.db.connector import DBConnector
 from s3balance.db.store import MetadataStore
 from s3balance.gateway import Gateway
 from s3balance.health import HealthMonitor
 from s3balance.housekeeping import DeletionSweeper, UploadExpiry
+from s3balance.jobs import JobDaemon, JobRunner
 from s3balance.metrics import MetricsResource, exposition_registry
 from s3balance.multipart import MultipartUploads
 from s3balance.net.httpclient import make_http_pool
@@ -48,6 +50,11 @@ from s3balance.web.multipart import MultipartHandler
 from s3balance.web.resource import S3Resource
 from s3balance.web.site import S3Site
 from s3balance.worker import EveryWorker, SupervisorChannel
+
+#: Connections the ``metrics.port`` site keeps open at once; more are answered 503 and closed.
+METRICS_MAX_CONNECTIONS = 32
+#: The largest request body it reads (a scrape is a GET without one).
+METRICS_MAX_BODY = 64 << 10
 
 
 class Storage:
@@ -188,6 +195,16 @@ class Components:
         self.repair = Repairer(
             self.gateway, self.pool, self.health, self.usage, self.store, reactor, config.repair
         )
+        #: Drains and other resumable jobs (housekeeping's process runs them; any process
+        #: queues them).  A new job kind is one module and one line here (see s3balance.jobs).
+        self.jobs = JobRunner(
+            JobDaemon(
+                self.store, self.pool, self.gateway, self.usage, reactor,
+                ObjectCopier(self.pool, self.gateway.holding),
+            ),
+            config.jobs,
+        )  # fmt: skip
+        self.jobs.register(drain.KIND)
         #: The console's traffic history, which its dashboard charts (with the admin API only).
         self.traffic = TrafficHistory(reactor) if config.api.enabled else None
         self.resource = S3Resource(
@@ -218,7 +235,7 @@ class Components:
             body_memory=server.body_memory,
         )
         #: ``metrics.port``: the metrics path also on a port of its own; None without one.
-        self.metrics_site = self._separate_metrics_site(config)
+        self.metrics_site = self._separate_metrics_site(config, reactor)
 
     def _reserved(self, config: Config) -> dict[bytes, Resource]:
         """The resources at reserved first path segments (``/health``, ``/metrics``, ``/api``,
@@ -236,8 +253,14 @@ class Components:
         return reserved
 
     @staticmethod
-    def _separate_metrics_site(config: Config) -> Site | None:
-        """``metrics.port`` (a Go key): so a scraper can be let in where S3 clients are not."""
+    def _separate_metrics_site(config: Config, reactor: Any) -> S3Site | None:
+        """``metrics.port`` (a Go key): so a scraper can be let in where S3 clients are not.
+
+        It is a port anyone who reaches it can open connections to, so it gets the S3 port's
+        header, body and idle deadlines, and a cap of its own (:data:`METRICS_MAX_CONNECTIONS`)
+        on connections open at once: a scraper needs one or two, and idle or slow connections
+        beyond that would otherwise hold file descriptors the S3 port needs.
+        """
         metrics = config.metrics
         if not (metrics.enabled and metrics.port):
             return None
@@ -249,9 +272,19 @@ class Components:
             node.putChild(segment, child)
             node = child
         node.putChild(segments[-1], MetricsResource(exposition_registry(), token=metrics.token))
-        site = Site(root)
-        site.displayTracebacks = False
-        return site
+        server = config.server
+        return S3Site(
+            root,
+            should_stream=lambda _: False,
+            clock=reactor,
+            idle_timeout=server.idle_timeout,
+            header_timeout=server.header_timeout,
+            body_timeout=server.body_timeout,
+            max_buffered_body=METRICS_MAX_BODY,
+            max_connections=METRICS_MAX_CONNECTIONS,
+            body_memory=METRICS_MAX_CONNECTIONS * METRICS_MAX_BODY,
+            counts_clients=False,
+        )
 
     # -- what the running daemon reads -------------------------------------------------------
 
@@ -272,13 +305,14 @@ class Components:
 
     def background(self) -> list[Service]:
         """The periodic services this process runs, in starting order: the first worker (or
-        the only process) probes, expires uploads and repairs for all; the other workers take its
-        health findings from the supervisor."""
+        the only process) probes, expires uploads, repairs and runs jobs for all; the other
+        workers take its health findings from the supervisor."""
         services: list[Service] = [
-            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair
+            self.health, self.usage, self.pool, self.expiry, self.sweeper, self.repair, self.jobs
         ]  # fmt: skip
         if self.worker not in (None, 0):
-            services = [s for s in services if s not in (self.health, self.expiry, self.repair)]
+            firsts = (self.health, self.expiry, self.repair, self.jobs)
+            services = [s for s in services if s not in firsts]
         return services
 
     # -- start and end -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "MetricsConfig",
     "MultipartConfig",
     "OperationLimits",
+    "JobsConfig",
     "RepairConfig",
     "S3ApiConfig",
     "ServerConfig",
@@ -194,6 +195,17 @@ class RepairConfig:
 
 
 @dataclass
+class JobsConfig:
+    """*ours*: resumable background jobs such as a drain (:mod:`s3balance.jobs`)."""
+
+    max_concurrency: int = default("jobs.max_concurrency")
+    #: Bytes per second; ``None`` means unlimited.
+    max_bytes_per_second: int | None = default("jobs.max_bytes_per_second")
+    lease: float = default("jobs.lease")
+    poll_interval: float = default("jobs.poll_interval")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -204,6 +216,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     multipart: MultipartConfig = field(default_factory=MultipartConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     data_dir: str = default("data_dir")
 
     @property

@@ -29,6 +29,7 @@ from s3balance.config import (
     Config,
     Credential,
     DatabaseConfig,
+    JobsConfig,
     MetricsConfig,
     MultipartConfig,
     OperationLimits,
@@ -201,6 +202,7 @@ _CLASSES: dict[str, type] = {
     "api": ApiConfig,
     "multipart": MultipartConfig,
     "repair": RepairConfig,
+    "jobs": JobsConfig,
 }
 
 

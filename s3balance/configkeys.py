@@ -565,7 +565,8 @@ KEYS: tuple[Key, ...] = (
     Key("metrics.path", UrlPath(), "/metrics",
         "where on the main listener; its first segment must not be a virtual bucket's name"),
     Key("metrics.port", Integer(0, 65535, "; 0: serve on the main listener"), 0,
-        "also serve the metrics path on this port of its own (on `server.host`)"),
+        "also serve the metrics path on this port of its own (on `server.host`; the "
+        "`server.*_timeout` deadlines apply, and at most 32 connections at once)"),
     Key("metrics.token", Text(), "",
         "when set, scrapes must send `Authorization: Bearer <token>`", secret=True),
     # s3api: the authenticator and router are built at start.
@@ -616,6 +617,18 @@ KEYS: tuple[Key, ...] = (
     Key("repair.max_bytes_per_second", Size(), None,
         "bytes repair copies per second, all objects together; empty: no limit", ours=True,
         default_doc="no limit"),
+    # jobs: drains and other resumable background work (see s3balance.jobs).
+    Key("jobs.max_concurrency", Integer(1, 1000), 4,
+        "objects all jobs of a daemon move at once", ours=True),
+    Key("jobs.max_bytes_per_second", Size(), None,
+        "bytes all jobs of a daemon copy per second together; empty: no limit", ours=True,
+        default_doc="no limit"),
+    Key("jobs.lease", Duration(positive=True), 60.0,
+        "a running job's claim lasts this long unless its daemon's heartbeat renews it; another "
+        "daemon takes over a job whose daemon died after this", ours=True),
+    Key("jobs.poll_interval", Duration(positive=True), 5.0,
+        "how often a daemon looks for queued jobs (those submitted to it start at once)",
+        ours=True),
     Key("data_dir", Text("must not be empty"), "data",
         "where relative SQLite paths and local backends live", ours=True),
 )  # fmt: skip

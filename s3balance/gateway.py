@@ -718,17 +718,20 @@ class Gateway:
 
         :param upload_id: commit as the completion of this multipart upload (dropping it).
         :param short: the object has fewer copies than its bucket's ``replicas``
-            (``write_quorum``): queue it for repair in the same transaction.
+            (``write_quorum``): queue it for repair in the same transaction.  A record with
+            fewer locations than ``replicas`` is short whatever the caller says (a multipart
+            upload that dropped copies on the way).
         :raises S3Error: PreconditionFailed, NoSuchKey (``If-Match`` on a missing key),
             NoSuchBucket, NoSuchUpload (``upload_id`` gone meanwhile), InternalError.
         """
         delete_after = self.clock.seconds() + self.settings.delete_grace
+        short = short or len(record.locations) < self.replicas.copies(record.bucket)
         try:
             if upload_id is None:
                 replaced = await self.store.commit_object(record, condition, delete_after, short)
             else:
                 replaced = await self.store.finish_upload(
-                    upload_id, record, condition, delete_after
+                    upload_id, record, condition, delete_after, short
                 )
         except Exception as error:
             if not await self._committed_anyway(record, error):

@@ -1,6 +1,7 @@
 """Housekeeping loops: abandoned multipart uploads, kept completion results, and replaced bytes.
 
-Abandoned multipart uploads are aborted after a while, so their parts stop taking space.
+Abandoned multipart uploads are aborted after a while, so their parts stop taking space (on every
+backend holding a copy, for a replicated bucket: see :func:`s3balance.multipart.discard_upload`).
 
 Clients that crash or give up never send AbortMultipartUpload: their parts would stay on the
 backend (and count towards its used bytes) forever.  :class:`UploadExpiry` aborts, every
@@ -148,12 +149,14 @@ class UploadExpiry(PeriodicRounds):
                 continue  # completed or aborted by a client meanwhile
             aborted += 1
             if self.usage is not None:
-                self.usage.adjust(upload.backend, -released, 0)
+                for name, size in released.items():
+                    self.usage.adjust(name, -size, 0)
             log.info(
                 "aborted upload {upload_id} of {bucket}/{key}, initiated at {initiated}, "
                 "releasing {released} bytes on {backend}",
                 upload_id=upload.upload_id, bucket=upload.bucket, key=upload.key,
-                initiated=upload.initiated, released=released, backend=upload.backend,
+                initiated=upload.initiated, released=sum(released.values()),
+                backend=", ".join(sorted(released)),
             )
         self.aborted += aborted
         await self.store.forget_completed_uploads(cutoff)

@@ -185,6 +185,32 @@ REPAIR_VERIFY_PROGRESS = Gauge(
     multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
+JOBS = Gauge(
+    "s3_balance_jobs",
+    "Jobs (drains and other background work) in the database, by kind and state, as the "
+    "daemon last counted them.",
+    ["kind", "state"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
+JOB_OBJECTS = Counter(
+    "s3_balance_job_objects",
+    "Objects jobs of this daemon moved, by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOB_BYTES = Counter(
+    "s3_balance_job_bytes",
+    "Bytes jobs of this daemon copied, by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOB_ERRORS = Counter(
+    "s3_balance_job_errors",
+    "Objects jobs of this daemon could not move (tried again later in the job), by job kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
 DB_QUERY_DURATION = Histogram(
     "s3_balance_db_query_duration_seconds",
     "Duration of metadata store calls, by store method.",
@@ -248,6 +274,20 @@ _PER_BACKEND: tuple[MetricWrapperBase, ...] = (
 )
 
 
+_PER_BACKEND_NAMES = frozenset(metric._name for metric in _PER_BACKEND)
+#: Real buckets removed by reconfiguration (and not configured again since).  A worker cannot
+#: take a series back out of the files the workers share, so the scrape leaves these out.
+_FORGOTTEN: set[str] = set()
+
+
+def _without_forgotten(family: Metric) -> Metric:
+    if _FORGOTTEN and family.name in _PER_BACKEND_NAMES:
+        family.samples = [
+            sample for sample in family.samples if sample.labels.get("bucket") not in _FORGOTTEN
+        ]
+    return family
+
+
 def exposition_registry() -> CollectorRegistry:
     """What ``/metrics`` serves: :data:`REGISTRY`, or in a worker the sum over all workers."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -262,10 +302,12 @@ def exposition_registry() -> CollectorRegistry:
         def collect(self) -> Any:
             for attempt in range(3):
                 try:
-                    return list(super().collect())
+                    families = list(super().collect())
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
+                    continue
+                return [_without_forgotten(family) for family in families]
             return []
 
     registry = CollectorRegistry()
@@ -299,8 +341,14 @@ def _remove_matching(metric: MetricWrapperBase, label: str, value: str) -> None:
 def forget_backend(name: str) -> None:
     """Remove a real bucket's series, so a bucket dropped by reconfiguration stops being
     reported (a stale ``healthy 1`` would hide that it is gone)."""
+    _FORGOTTEN.add(name)
     for metric in _PER_BACKEND:
         _remove_matching(metric, "bucket", name)
+
+
+def backend_configured(name: str) -> None:
+    """A real bucket is in the configuration (again): report its series."""
+    _FORGOTTEN.discard(name)
 
 
 def forget_virtual_bucket(name: str) -> None:

@@ -1,7 +1,9 @@
 """Multipart uploads through virtual buckets, independent of HTTP.
 
-An upload lives on exactly one backend, chosen when it is created; every part streams to that
-backend, and completing assembles the object there.  Clients only ever see our own opaque upload
+An upload lives on one backend, chosen when it is created; every part streams to that backend,
+and completing assembles the object there.  In a bucket with ``replicas`` an upload has a copy on
+each of N backends, and every part streams to all of them at once
+(:mod:`s3balance.multipart_replicas`).  Clients only ever see our own opaque upload
 id (random, URL-safe); the backend's id stays in the metadata store.  An id that is unknown, or
 belongs to another bucket or key, is ``NoSuchUpload``.
 
@@ -52,6 +54,7 @@ from s3balance.db.records import (
     Location,
     ObjectRecord,
     PartRecord,
+    UploadCopy,
     UploadPage,
     UploadRecord,
 )
@@ -67,9 +70,11 @@ from s3balance.gateway import Gateway, ObjectChanged
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
+from s3balance.multipart_replicas import ReplicatedUploads
 from s3balance.names import check_client_metadata, validate_key
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
 from s3balance.rebuildmeta import reserved_metadata
+from s3balance.retirement import remove_abandoned
 from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
@@ -88,7 +93,7 @@ MAX_LISTING = 1000
 class RoomCheck(Protocol):
     """What :class:`s3balance.pool.BackendPool` offers to check a backend's room for a part."""
 
-    def candidates(self, size: int) -> Sequence[Any]: ...
+    def candidates(self, size: int, drained_too: bool = False) -> Sequence[Any]: ...
 
 
 class UploadPool(Protocol):
@@ -139,20 +144,33 @@ def _copy_bound(text: str) -> int:
 
 async def discard_upload(
     store: MetadataStore, pool: UploadPool, upload: UploadRecord
-) -> int | None:
+) -> dict[str, int] | None:
     """Abort ``upload`` on its backend, then forget it in the store.
 
-    :returns: the bytes of parts released on the upload's backend, or ``None`` when the store no
-        longer had the upload (completed or aborted meanwhile).
+    An upload with copies (a replicated bucket) is forgotten first, every copy's backend upload
+    queued for abortion in the same transaction, and then aborted: one whose backend cannot do
+    it now stays queued for the deletion sweep, so a backend that is down does not hold up the
+    others.
+
+    :returns: the bytes of parts released, by backend, or ``None`` when the store no longer had
+        the upload (completed or aborted meanwhile).
     :raises BackendError: the backend could not abort it; the row is kept for a later attempt.
     :raises KeyError: the upload's backend is not configured (any more); the row is kept.
     """
+    if upload.copies:
+        abandoned = await store.abandon_upload(upload.upload_id, 0.0)
+        if abandoned is None:
+            return None
+        await remove_abandoned(store, pool, abandoned.queued)
+        for name in abandoned.upload.backends:
+            pool.record_operation(name, "A")
+        return abandoned.released
     backend = pool.get(upload.backend)
     await backend.abort_multipart_upload(upload.real_key, upload.backend_upload_id)
     pool.record_operation(upload.backend, "A")
     released = sum(part.size for part in await all_parts(store, upload.upload_id))
     dropped = await store.abort_upload(upload.upload_id)
-    return None if dropped is None else released
+    return None if dropped is None else {upload.backend: released}
 
 
 async def all_parts(store: MetadataStore, upload_id: str) -> list[PartRecord]:
@@ -188,6 +206,8 @@ class MultipartUploads:
         self.clock = gateway.clock
         self.min_part_size = min_part_size
         self._new_id = id_factory
+        #: The operations on uploads with copies (buckets with ``replicas``).
+        self.replicated = ReplicatedUploads(self)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -207,11 +227,21 @@ class MultipartUploads:
                      detail=error.detail)
         return backend_error_to_s3(error)
 
+    def has_room(self, name: str, size: int) -> bool:
+        """Whether backend ``name`` can take ``size`` more bytes of an upload now.
+
+        A drained backend still takes the parts of the uploads it holds: they finish there,
+        then the drain moves the object (:mod:`s3balance.drain`).
+        """
+        if not isinstance(self.pool, RoomCheck):
+            return True
+        return any(
+            candidate.name == name for candidate in self.pool.candidates(size, drained_too=True)
+        )
+
     def _require_room(self, name: str, size: int) -> None:
         """:raises S3Error: ServiceUnavailable when ``name`` cannot take ``size`` more bytes."""
-        if not isinstance(self.pool, RoomCheck):
-            return
-        if all(candidate.name != name for candidate in self.pool.candidates(size)):
+        if not self.has_room(name, size):
             raise errors.ServiceUnavailable(
                 "The storage holding this upload cannot take this part now (full, unhealthy "
                 "or over its write budget); retry later."
@@ -253,13 +283,11 @@ class MultipartUploads:
         validate_key(key)
         check_client_metadata(metadata)
         await self.gateway.get_bucket(bucket)
-        copies = self.gateway.replicas.copies(bucket)
-        if copies > 1:
-            raise errors.NotImplementedError_(
-                f"Multipart uploads are not available in this bucket yet: it keeps {copies} "
-                "copies of each object (replicas), and an upload in parts would be stored once. "
-                "Use PutObject (up to 5 GiB)."
-            )
+        if self.gateway.replicas.copies(bucket) > 1:
+            return await self.replicated.create(
+                bucket, key, headers, metadata, checksum_algorithm, checksum_type, tags, acl,
+                MIN_FREE_FOR_UPLOAD,
+            )  # fmt: skip
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
         if ENCRYPTION_HEADER in headers:
             candidates = self.gateway.encrypting(list(candidates))
@@ -299,23 +327,35 @@ class MultipartUploads:
                 tags=dict(tags or {}),
                 acl=acl,
             )
-            try:
-                await self.store.create_upload(upload)
-            except BaseException as error:
-                await self._abort_quietly(backend, upload)
-                if isinstance(error, NoSuchBucketError):
-                    raise errors.NoSuchBucket(BucketName=bucket) from None
-                raise
-            return upload
+            return await self.record_upload(upload)
         assert last_error is not None
         raise backend_error_to_s3(last_error)
 
-    async def _abort_quietly(self, backend: IBackend, upload: UploadRecord) -> None:
+    def new_upload_id(self) -> str:
+        return self._new_id()
+
+    async def record_upload(self, upload: UploadRecord) -> UploadRecord:
+        """Store a new upload whose backend uploads exist; they are aborted when it cannot be
+        stored.  :raises S3Error: NoSuchBucket."""
         try:
-            await backend.abort_multipart_upload(upload.real_key, upload.backend_upload_id)
-        except Exception as error:
-            log.warn("could not abort upload {id} on {backend}: {error}",
-                     id=upload.backend_upload_id, backend=upload.backend, error=error)
+            await self.store.create_upload(upload)
+        except BaseException as error:
+            await self.abort_quietly(upload.real_key, upload.all_copies())
+            if isinstance(error, NoSuchBucketError):
+                raise errors.NoSuchBucket(BucketName=upload.bucket) from None
+            raise
+        return upload
+
+    async def abort_quietly(self, real_key: str, copies: Sequence[UploadCopy]) -> None:
+        """Abort backend uploads no row references (a creation that did not complete)."""
+        for copy in copies:
+            try:
+                await self.pool.get(copy.backend).abort_multipart_upload(
+                    real_key, copy.backend_upload_id
+                )
+            except Exception as error:
+                log.warn("could not abort upload {id} on {backend}: {error}",
+                         id=copy.backend_upload_id, backend=copy.backend, error=error)
 
     # -- UploadPart / UploadPartCopy ---------------------------------------------------------
 
@@ -341,6 +381,8 @@ class MultipartUploads:
         if length > MAX_PART_SIZE:
             raise errors.EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(MAX_PART_SIZE))
         upload = await self.get_upload(bucket, key, upload_id)
+        if upload.copies:
+            return await self.replicated.upload_part(upload, part_number, body, length, checksums)
         backend = self._backend(upload.backend)
         self._require_room(upload.backend, length)
         release = self.pool.reserve(upload.backend, length)
@@ -352,7 +394,7 @@ class MultipartUploads:
             except BackendError as error:
                 raise self._backend_failed(upload.backend, error, "uploading a part") from error
             self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
-            return await self._record_part(upload, result, checksums() if checksums else None)
+            return await self.record_part(upload, result, checksums() if checksums else None)
         finally:
             release()
 
@@ -385,6 +427,10 @@ class MultipartUploads:
                 "source: 5368709120"
             )
         upload = await self.get_upload(bucket, key, upload_id)
+        if upload.copies:
+            return await self.replicated.upload_part_copy(
+                upload, part_number, source, byte_range, size
+            )
         backend = self._backend(upload.backend)
         self._require_room(upload.backend, size)
         local = next((loc for loc in source.locations if loc.backend == upload.backend), None)
@@ -408,7 +454,7 @@ class MultipartUploads:
             except BackendError as error:
                 raise self._backend_failed(upload.backend, error, "copying a part") from error
             self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
-            return await self._record_part(upload, result)
+            return await self.record_part(upload, result)
         finally:
             release()
 
@@ -433,9 +479,17 @@ class MultipartUploads:
         except ObjectChanged:
             raise errors.NoSuchKey("The source object changed during the copy.") from None
 
-    async def _record_part(
-        self, upload: UploadRecord, result: PartResult, checksums: dict[str, str] | None = None
+    async def record_part(
+        self,
+        upload: UploadRecord,
+        result: PartResult,
+        checksums: dict[str, str] | None = None,
+        backends: Sequence[str] | None = None,
     ) -> PartRecord:
+        """Record a part the upload's backends confirmed (replacing one of the same number).
+
+        :param backends: the backends the part counts on (default: every copy's).
+        """
         previous = await self.store.list_parts(upload.upload_id, result.part_number - 1, 1)
         replaced = sum(p.size for p in previous if p.part_number == result.part_number)
         part = PartRecord(
@@ -443,11 +497,12 @@ class MultipartUploads:
             dict(checksums or {}),
         )
         try:
-            await self.store.put_part(part, upload.backend)
+            await self.store.put_part(part)
         except KeyError:
             # Completed or aborted while the part streamed: what the backend kept went with it.
             raise errors.NoSuchUpload(UploadId=upload.upload_id) from None
-        self.gateway.usage.adjust(upload.backend, result.size - replaced, 0)
+        for name in upload.backends if backends is None else backends:
+            self.gateway.usage.adjust(name, result.size - replaced, 0)
         return part
 
     # -- CompleteMultipartUpload ---------------------------------------------------------
@@ -511,20 +566,40 @@ class MultipartUploads:
         object_checksums, part_checksums = completion_checksums(
             upload, chosen, checksum_request or CompletionChecksums()
         )
-        location = Location(upload.backend, upload.real_key)
         size = sum(part.size for part in chosen)
-        result = await self._assemble(upload, chosen, size)
+        if upload.copies:
+            return await self.replicated.complete(
+                upload, chosen, size, object_checksums, part_checksums, condition,
+                stored_parts,
+            )  # fmt: skip
+        result = await self.assemble(upload, upload.all_copies()[0], chosen, size)
         if result.size != size:
             log.error(
                 "backend {backend} assembled {real_key} as {got} bytes, parts say {want}",
                 backend=upload.backend, real_key=upload.real_key, got=result.size, want=size,
             )
+        record = self.completed_record(
+            upload, chosen, result, (Location(upload.backend, upload.real_key),),
+            object_checksums, part_checksums,
+        )  # fmt: skip
+        return await self.commit_completion(upload, record, stored_parts, condition)
+
+    def completed_record(
+        self,
+        upload: UploadRecord,
+        chosen: Sequence[PartRecord],
+        result: PutResult,
+        locations: tuple[Location, ...],
+        object_checksums: dict[str, str],
+        part_checksums: tuple[str, ...],
+    ) -> ObjectRecord:
+        """The row of a completed upload whose assembled bytes are at ``locations``."""
         etag = result.etag
         if not is_multipart_etag(etag):
             etag = multipart_etag([part.etag for part in chosen]) or etag
-        record = ObjectRecord(
-            bucket=bucket,
-            key=key,
+        return ObjectRecord(
+            bucket=upload.bucket,
+            key=upload.key,
             size=result.size,
             etag=etag,
             last_modified=self.clock.seconds(),
@@ -532,53 +607,73 @@ class MultipartUploads:
             metadata=dict(upload.metadata),
             checksums=object_checksums or dict(result.checksums),
             part_sizes=tuple(part.size for part in chosen),
-            locations=(location,),
+            locations=locations,
             part_checksums=part_checksums,
             tags=dict(upload.tags),
             acl=upload.acl,
         )
+
+    async def commit_completion(
+        self,
+        upload: UploadRecord,
+        record: ObjectRecord,
+        stored_parts: Sequence[PartRecord],
+        condition: Condition,
+    ) -> ObjectRecord:
+        """Commit an assembled upload as ``record``, releasing its parts on the backends of
+        ``record``'s locations (the copies left).  A concurrent completion of the same upload
+        that won answers its result."""
+        upload_id, parts_bytes = upload.upload_id, sum(p.size for p in stored_parts)
         try:
             await self.gateway.commit(record, condition, upload_id=upload_id)
         except errors.S3Error as error:
             if error.code == "NoSuchUpload":
                 done = await self.store.completed_upload(upload_id)
-                if done is not None and done.bucket == bucket and done.key == key:
+                if done is not None and done.bucket == upload.bucket and done.key == upload.key:
                     return _record_of(done)  # a concurrent completion of the same upload won
             elif error.code in ("PreconditionFailed", "NoSuchKey"):
                 # Lost a conditional race after the backend assembled it: the upload is spent.
                 dropped = await self.store.abort_upload(upload_id)
                 if dropped is not None:
-                    self.gateway.usage.adjust(
-                        upload.backend, -sum(p.size for p in stored_parts), 0
-                    )
+                    for location in record.locations:
+                        self.gateway.usage.adjust(location.backend, -parts_bytes, 0)
             raise
-        self.gateway.usage.adjust(upload.backend, -sum(p.size for p in stored_parts), 0)
+        for location in record.locations:
+            self.gateway.usage.adjust(location.backend, -parts_bytes, 0)
         return record
 
-    async def _assemble(
-        self, upload: UploadRecord, chosen: Sequence[PartRecord], size: int
+    async def assemble(
+        self, upload: UploadRecord, copy: UploadCopy, chosen: Sequence[PartRecord], size: int
     ) -> PutResult:
-        """Complete the upload on its backend.  A backend that no longer knows the upload may
-        have completed it for an attempt that died before its commit: the assembled object at
-        the upload's real key is taken when it has the parts' total size."""
-        backend = self._backend(upload.backend)
+        """Complete one backend upload of ``upload``.  A backend that no longer knows the upload
+        may have completed it for an attempt that died before its commit: the assembled object
+        at the upload's real key is taken when it has the parts' total size.
+
+        :raises S3Error: the backend's error, mapped for clients.
+        """
+        backend = self._backend(copy.backend)
         try:
             result = await backend.complete_multipart_upload(
                 upload.real_key,
-                upload.backend_upload_id,
+                copy.backend_upload_id,
                 [(part.part_number, part.etag) for part in chosen],
             )
         except BackendError as error:
-            assembled = await self._assembled_already(upload, backend, size, error)
+            assembled = await self._assembled_already(upload, copy, backend, size, error)
             if assembled is None:
-                raise self._backend_failed(upload.backend, error, "completing an upload") \
+                raise self._backend_failed(copy.backend, error, "completing an upload") \
                     from error
             return assembled
-        self.pool.record_operation(upload.backend, "A")
+        self.pool.record_operation(copy.backend, "A")
         return result
 
     async def _assembled_already(
-        self, upload: UploadRecord, backend: IBackend, size: int, error: BackendError
+        self,
+        upload: UploadRecord,
+        copy: UploadCopy,
+        backend: IBackend,
+        size: int,
+        error: BackendError,
     ) -> PutResult | None:
         if isinstance(error, BackendUnavailable):
             return None
@@ -590,7 +685,7 @@ class MultipartUploads:
             return None
         log.info(
             "upload {upload_id} was assembled on {backend} by an earlier attempt; committing it",
-            upload_id=upload.upload_id, backend=upload.backend,
+            upload_id=upload.upload_id, backend=copy.backend,
         )
         return PutResult(info.etag, info.size)
 
@@ -610,7 +705,8 @@ class MultipartUploads:
             raise self._backend_failed(upload.backend, error, "aborting an upload") from error
         if released is None:
             raise errors.NoSuchUpload(UploadId=upload_id)
-        self.gateway.usage.adjust(upload.backend, -released, 0)
+        for name, size in released.items():
+            self.gateway.usage.adjust(name, -size, 0)
 
     def _backend_failed_missing(self) -> errors.S3Error:
         return errors.ServiceUnavailable(

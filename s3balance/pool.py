@@ -4,6 +4,11 @@ The pool combines configuration (enabled, ``max_size``, weight, monthly operatio
 health (:mod:`s3balance.health`), usage (:mod:`s3balance.usage`) and the bytes of writes still
 in flight into the list of :class:`~s3balance.placement.Candidate` a strategy ranks.
 
+Drained backends (:mod:`s3balance.drain`) take no new bytes either, but serve reads: the set
+lives in the store (``drained_backends``), and every pool re-reads it with each flush, so every
+worker and every daemon sharing the database stops placing there within ``flush_period``; the
+process that drains one stops at once (:meth:`BackendPool.set_drained`).
+
 Operation budgets (``operation_limits.type_a`` / ``type_b`` per calendar month, UTC, 0 meaning
 unlimited) are counted in memory and flushed to the metadata store every ``flush_period`` and
 at :meth:`BackendPool.stopService`; each flush re-reads the month's totals, which picks up counts
@@ -127,6 +132,8 @@ class BackendPool(Service):
         #: Being written right now, by (month, backend).
         self._flushing: dict[tuple[str, str], _Tally] = {}
         self._flush_lock = DeferredLock()
+        #: Real buckets being drained (:mod:`s3balance.drain`): no new bytes go there.
+        self._drained: frozenset[str] = frozenset()
         self._loop: LoopingCall | None = None
         self._set_backends(backends, configs)
         usage.set_max_sizes(lambda: {name: c.max_size for name, c in self._configs.items()})
@@ -216,10 +223,19 @@ class BackendPool(Service):
         self._backends = dict(backends)
         self._configs = {name: configs[name] for name in backends}
         for name, config in self._configs.items():
+            metrics.backend_configured(name)
             limits = config.operation_limits
             metrics.BUCKET_OPERATION_LIMIT.labels(name, "A").set(limits.type_a)
             metrics.BUCKET_OPERATION_LIMIT.labels(name, "B").set(limits.type_b)
             self._publish_counts(name)
+
+    def set_drained(self, names: Collection[str]) -> None:
+        """The backends that take no new bytes because they are being drained (the store's
+        list, re-read with each flush; a drain started here sets it at once)."""
+        self._drained = frozenset(names)
+
+    def is_drained(self, name: str) -> bool:
+        return name in self._drained
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -228,10 +244,11 @@ class BackendPool(Service):
         config = self._configs.get(name)
         return config is not None and config.enabled and self._health.is_healthy(name)
 
-    def candidates(self, size: int) -> list[Candidate]:
+    def candidates(self, size: int, drained_too: bool = False) -> list[Candidate]:
         """Backends that may take a new object of ``size`` bytes, by name.
 
-        Eligible means enabled, healthy, under its class-A budget, and with room: the bytes
+        Eligible means enabled, healthy, not drained (unless ``drained_too``: the part of an
+        upload a drained backend holds), under its class-A budget, and with room: the bytes
         placed there plus those reserved by writes in flight plus ``size`` stay within
         ``max_size`` and within the free space the storage reported (when it reports any).  A
         backend with no room at all is skipped even for an empty object.
@@ -241,7 +258,7 @@ class BackendPool(Service):
             config = self._configs[name]
             if not config.enabled or not self._health.is_healthy(name):
                 continue
-            if self.over_write_limit(name):
+            if (name in self._drained and not drained_too) or self.over_write_limit(name):
                 continue
             used = self._usage.usage(name).used_bytes
             reserved = self._reserved.get(name, 0)
@@ -463,7 +480,16 @@ class BackendPool(Service):
         def failed(failure: Failure) -> None:
             log.warn("could not read operation counts: {error}", error=failure.getErrorMessage())
 
+        def drained(names: Collection[str]) -> None:
+            self.set_drained(names)
+
+        def not_drained(failure: Failure) -> None:
+            log.warn("could not read drained backends: {error}", error=failure.getErrorMessage())
+
+        store = self._store
         read: Deferred[dict[str, OperationCounts]] = defer.maybeDeferred(
-            self._store.operation_counts, month
+            store.operation_counts, month
         )
-        return read.addCallbacks(got, failed)
+        read.addCallbacks(got, failed)
+        read.addCallback(lambda _: defer.maybeDeferred(store.drained_backends))
+        return read.addCallbacks(drained, not_drained)

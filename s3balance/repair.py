@@ -30,9 +30,10 @@ object from a healthy replica with :class:`~s3balance.copying.ObjectCopier`: ser
 backends are buckets of one S3 service (CopyObject), streamed otherwise (the source's GET feeds the
 target's PUT with backpressure), multipart above 5 GiB (UploadPartCopy or ranged GETs part by part,
 the upload aborted on failure); a source whose size or ETag is not the row's is skipped for the
-next.  The copy goes at the object's own real key: a missing copy is re-created where it was, a lost
-one on another backend chosen by the pool's placement rules (a backend without a copy, in a zone
-without one where possible, with room left), and as many as ``replicas`` asks.  Only then it
+next.  The copy goes at the object's own real key: a missing copy is re-created where it was
+(elsewhere when that backend is drained: :mod:`s3balance.drain`), a lost one on another backend
+chosen by the pool's placement rules (a backend without a copy, in a zone without one where
+possible, with room left), and as many as ``replicas`` asks.  Only then it
 commits, by a compare-and-set of the row's locations
 (:meth:`~s3balance.db.repairs.RepairsComponent.swap_locations`): the new locations go in, the lost
 ones and any beyond ``replicas`` (the worst: unavailable ones, then a zone's second copy) come out
@@ -625,8 +626,12 @@ class Repairer(PeriodicRounds):
             return False
         made: list[Location] = []
         for location in broken:
-            if self.pool.is_available(location.backend) and await self._copy(
-                object_id, record, sources, location, summary
+            # A drained backend gets no copy back: the copy is made elsewhere instead.
+            where = location.backend
+            if (
+                self.pool.is_available(where)
+                and not self.pool.is_drained(where)
+                and await self._copy(object_id, record, sources, location, summary)
             ):
                 made.append(location)
         healthy = [loc for loc in record.locations if loc in good or loc in made]

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from s3balance.db.store import Condition, MetadataStore, Replacement
     from s3balance.retirement import Retirement
 
-__all__ = ["Replicas"]
+__all__ = ["Replicas", "abandon_the_others"]
 
 log = make_logger()
 
@@ -182,6 +182,17 @@ class ReplicaHost(Protocol):
 
     @property
     def retirement(self) -> Retirement: ...
+
+
+def abandon_the_others(failure: Failure, fan: FanOut, branch: Branch) -> Failure:
+    """Errback of one copy's upload: abandon the write, or (``write_quorum``) only this copy
+    while enough are left."""
+    if not failure.check(ReplicaLost):
+        if fan.quorum < len(fan.branches):
+            fan.lose(branch)
+        else:
+            fan.abort(ReplicaLost("another copy of this write failed"))
+    return failure
 
 
 class Replicas:
@@ -310,16 +321,7 @@ class Replicas:
             for release in releases:
                 release()
 
-    @staticmethod
-    def _abandon_the_others(failure: Failure, fan: FanOut, branch: Branch) -> Failure:
-        """A copy failed: abandon the write, or (``write_quorum``) only this copy while enough
-        are left."""
-        if not failure.check(ReplicaLost):
-            if fan.quorum < len(fan.branches):
-                fan.lose(branch)
-            else:
-                fan.abort(ReplicaLost("another copy of this write failed"))
-        return failure
+    _abandon_the_others = staticmethod(abandon_the_others)
 
     def _short_of_copies(
         self, failures: list[Failure], new: NewObjectFields, stored: int, count: int

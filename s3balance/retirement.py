@@ -6,6 +6,11 @@ the database may still be streaming it).  This daemon counts its own readers of 
 (:meth:`Retirement.holding`) and never deletes one being read: with no grace the bytes go as soon
 as the last local reader is done, otherwise housekeeping (:meth:`Retirement.sweep`) deletes them
 once due.  The queue row survives a crash.
+
+The same queue holds the backend uploads of replicated multipart uploads that no row references
+any more (a copy that failed a part, an upload aborted or expired): the sweep aborts such an upload
+on its backend, then forgets the row (:func:`remove_abandoned`).  It never deletes the key of such
+a row: a dropped copy's key may be where repair puts a new copy of the completed object later.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from twisted.python.failure import Failure
 
 from s3balance.backends.interface import BackendNoSuchKey, IBackend
 from s3balance.db.records import Location
-from s3balance.db.store import MetadataStore, Replacement
+from s3balance.db.store import MetadataStore, PendingDeletion, Replacement
 
 log = Logger()
 
@@ -74,6 +79,51 @@ class Backends(Protocol):
     """What retiring needs of :class:`s3balance.pool.BackendPool`."""
 
     def get(self, name: str) -> IBackend: ...
+
+
+async def _remove(pool: Backends, location: Location, backend_upload_id: str | None) -> None:
+    """Delete a queued location's bytes, or abort the backend upload it is.
+
+    :raises Exception: the backend could not do it now (or is not configured any more).
+    """
+    backend = pool.get(location.backend)
+    if backend_upload_id is not None:
+        await backend.abort_multipart_upload(location.real_key, backend_upload_id)
+        return
+    try:
+        await backend.delete_object(location.real_key)
+    except BackendNoSuchKey:
+        pass
+
+
+async def remove_abandoned(
+    store: MetadataStore, pool: Backends, queued: Sequence[PendingDeletion]
+) -> int:
+    """Abort the queued backend uploads now, forgetting the rows of those done; the others
+    stay queued for the sweep.  Nobody reads an unfinished upload: no reader to wait for.
+
+    :returns: how many were done.
+    """
+    done: list[int] = []
+    for pending in queued:
+        try:
+            await _remove(pool, pending.location, pending.backend_upload_id)
+        except Exception as error:
+            log.warn(
+                "could not abort upload {upload} of {target} on {backend} ({error}); retrying "
+                "later",
+                upload=pending.backend_upload_id, target=pending.location.real_key,
+                backend=pending.location.backend, error=error,
+            )  # fmt: skip
+            continue
+        done.append(pending.id)
+    if done:
+        try:
+            await store.forget_deletions(done)
+        except Exception as error:
+            log.warn("could not forget {count} aborted uploads: {error}", count=len(done),
+                     error=error)  # fmt: skip
+    return len(done)
 
 
 class Retirement:
@@ -161,19 +211,19 @@ class Retirement:
             if self._readers.get(location):
                 self._doomed[location] = pending.id
                 continue
-            if await self._delete_pending(location, pending.id):
+            if await self._delete_pending(location, pending.id, pending.backend_upload_id):
                 deleted += 1
         return deleted
 
-    async def _delete_pending(self, location: Location, pending: int) -> bool:
-        """Delete a queued location's bytes, then its queue row; a failure leaves the row for
-        the next sweep."""
+    async def _delete_pending(
+        self, location: Location, pending: int, backend_upload_id: str | None = None
+    ) -> bool:
+        """Delete a queued location's bytes (or abort the backend upload it is), then its queue
+        row; a failure leaves the row for the next sweep."""
         self._deleting.add(location)
         try:
             try:
-                await self.pool.get(location.backend).delete_object(location.real_key)
-            except BackendNoSuchKey:
-                pass
+                await _remove(self.pool, location, backend_upload_id)
             except Exception as error:
                 log.warn(
                     "could not delete {target} from {backend} ({error}); retrying later",
@@ -218,4 +268,4 @@ class Retirement:
             )
 
 
-__all__ = ["ObjectChanged", "Retirement"]
+__all__ = ["ObjectChanged", "Retirement", "remove_abandoned"]

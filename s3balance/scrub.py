@@ -284,7 +284,7 @@ async def _recorded_keys(store: MetadataStore, backend: str) -> tuple[set[str], 
     recorded = await store.locations_on(backend)
     # A finite "forever": MySQL refuses infinity in a DOUBLE comparison.
     uploads = await store.uploads_initiated_before(1e18)
-    upload_keys = {u.real_key for u in uploads if u.backend == backend}
+    upload_keys = {u.real_key for u in uploads if backend in u.backends}
     return recorded, upload_keys
 
 

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from s3balance.admin.api import AdminResource
 from s3balance.admin.reload import Reconfigurator
-from s3balance.components import Components, Storage
+from s3balance.components import METRICS_MAX_CONNECTIONS, Components, Storage
 from s3balance.config import Config
 from s3balance.health import HealthMonitor
 from s3balance.metrics import MetricsResource
@@ -134,6 +134,9 @@ def test_reserved_resources_follow_the_configuration(built: Any, tmp_path: Path)
     assert components.metrics_site is not None
     scrape = components.metrics_site.resource.children[b"prom"].children[b"scrape"]
     assert isinstance(scrape, MetricsResource)
+    # The scrape port keeps the S3 port's deadlines, with a small cap of its own.
+    assert components.metrics_site.max_connections == METRICS_MAX_CONNECTIONS
+    assert components.metrics_site.header_timeout == full.server.header_timeout
 
 
 def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path: Path) -> None:
@@ -141,7 +144,8 @@ def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path:
     assert single.supervisor_channel is None
     assert single.changes is single.reconfigurator
     everything = [
-        single.health, single.usage, single.pool, single.expiry, single.sweeper, single.repair
+        single.health, single.usage, single.pool, single.expiry, single.sweeper, single.repair,
+        single.jobs,
     ]  # fmt: skip
     assert single.background() == everything
 
@@ -153,7 +157,7 @@ def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path:
     assert first.changes.here is first.reconfigurator
     assert first.resource.reserved[b"api"].reconfigurator is first.changes  # type: ignore[attr-defined]
     assert first.health in first.background() and first.expiry in first.background()
-    assert first.repair in first.background()
+    assert first.repair in first.background() and first.jobs in first.background()
 
     second = built(daemon_config(tmp_path), worker=1)
     assert second.background() == [second.usage, second.pool, second.sweeper]

@@ -140,7 +140,7 @@ def test_every_secret_key_is_masked_and_nothing_else() -> None:
 
 def test_restart_sections_and_live_fields_follow_the_table() -> None:
     assert restart_sections() == (
-        "server", "database", "metrics", "api", "multipart", "repair", "data_dir",
+        "server", "database", "metrics", "api", "multipart", "repair", "jobs", "data_dir",
     )  # fmt: skip
     assert live_fields("s3api") == ("allow_create_bucket",)
     assert "health_check_period" not in live_fields("balancer")

@@ -91,6 +91,60 @@ class MigrationTests:
             for engine in engines:
                 engine.dispose()
 
+    def test_0007_keeps_uploads_and_deletions_of_0006(self) -> None:
+        """Upload copies (0007): an upload and a queued deletion written at 0006 come through
+        the upgrade as an upload stored once and plain bytes to delete, and back down."""
+        engine = db_engine.create_engine(self.empty_database_url())
+        try:
+            migrate.upgrade(engine, "0006")
+            with engine.begin() as connection:  # the 0006 tables are those of the model
+                connection.execute(
+                    model.virtual_buckets.insert().values(
+                        id=1, name="vb", created_at=0.0, from_config=False
+                    )
+                )
+                connection.execute(
+                    model.multipart_uploads.insert().values(
+                        id=1, upload_id="u1", bucket_id=1, key="k", backend="b1",
+                        real_key="vb/k", backend_upload_id="bu-1", initiated=5.0, headers={},
+                        user_metadata={},
+                    )  # fmt: skip
+                )
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO pending_deletions (backend, real_key, delete_after) "
+                        "VALUES ('b1', 'vb/old', 1)"
+                    )
+                )
+            migrate.upgrade(engine, "0007")
+            assert migrate.current_revision(engine) == "0007"
+            with engine.begin() as connection:
+                copies = connection.execute(sa.select(model.upload_copies)).all()
+                pending = connection.execute(
+                    sa.select(model.pending_deletions.c.backend_upload_id)
+                ).scalars().all()
+                connection.execute(
+                    model.upload_copies.insert().values(
+                        upload_ref=1, backend="b2", backend_upload_id="bu-2"
+                    )
+                )
+            assert copies == []
+            assert pending == [None]
+            with engine.connect() as connection:
+                from alembic import command
+
+                command.downgrade(migrate.alembic_config(connection), "0006")
+                connection.commit()
+            inspector = sa.inspect(engine)
+            assert "upload_copies" not in inspector.get_table_names()
+            columns = {column["name"] for column in inspector.get_columns("pending_deletions")}
+            assert "backend_upload_id" not in columns
+            with engine.connect() as connection:
+                count = connection.execute(sa.text("SELECT count(*) FROM multipart_uploads"))
+                assert count.scalar() == 1
+        finally:
+            engine.dispose()
+
     def test_newer_schema_is_refused(self) -> None:
         engine = db_engine.create_engine(self.empty_database_url())
         try:

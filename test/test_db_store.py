@@ -26,6 +26,7 @@ from s3balance.db.records import (
     Location,
     ObjectRecord,
     PartRecord,
+    UploadCopy,
     UploadRecord,
 )
 from s3balance.db.store import (
@@ -96,6 +97,13 @@ def recomputed_usage(engine: sa.Engine) -> dict[str, tuple[int, int]]:
             totals[backend][1] += 1
         for backend, size in connection.execute(
             sa.select(model.multipart_parts.c.backend, model.multipart_parts.c.size)
+        ):
+            totals[backend][0] += size
+        for backend, size in connection.execute(  # every copy of a replicated upload
+            sa.select(model.upload_copies.c.backend, model.multipart_parts.c.size).join(
+                model.multipart_parts,
+                model.multipart_parts.c.upload_ref == model.upload_copies.c.upload_ref,
+            )
         ):
             totals[backend][0] += size
     return {backend: (b, n) for backend, (b, n) in totals.items() if (b, n) != (0, 0)}
@@ -437,10 +445,10 @@ class StoreTests:
         yield store.put_object(obj("a", size=70, locations=(("b2", "a"),)))  # moved and shrunk
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2)})
         yield store.create_upload(upload("u1", "big", backend="b3"))
-        yield store.put_part(PartRecord("u1", 1, '"p1"', 5000, 1.0), "b3")
-        yield store.put_part(PartRecord("u1", 2, '"p2"', 3000, 1.0), "b3")
+        yield store.put_part(PartRecord("u1", 1, '"p1"', 5000, 1.0))
+        yield store.put_part(PartRecord("u1", 2, '"p2"', 3000, 1.0))
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2), "b3": (8000, 0)})
-        yield store.put_part(PartRecord("u1", 2, '"p2b"', 1000, 2.0), "b3")  # part replaced
+        yield store.put_part(PartRecord("u1", 2, '"p2b"', 1000, 2.0))  # part replaced
         yield self.assertUsage({"b1": (50, 1), "b2": (120, 2), "b3": (6000, 0)})
         replaced = yield store.complete_upload(
             "u1", obj("a", size=6000, locations=(("b3", "big"),), part_sizes=(5000, 1000))
@@ -448,7 +456,7 @@ class StoreTests:
         self.assertEqual(replaced, [Location("b2", "a")])
         yield self.assertUsage({"b1": (50, 1), "b2": (50, 1), "b3": (6000, 1)})
         yield store.create_upload(upload("u2", "gone", backend="b1"))
-        yield store.put_part(PartRecord("u2", 1, '"p"', 999, 1.0), "b1")
+        yield store.put_part(PartRecord("u2", 1, '"p"', 999, 1.0))
         yield self.assertUsage({"b1": (1049, 1), "b2": (50, 1), "b3": (6000, 1)})
         yield store.abort_upload("u2")
         yield self.assertUsage({"b1": (50, 1), "b2": (50, 1), "b3": (6000, 1)})
@@ -469,8 +477,8 @@ class StoreTests:
         self.assertEqual((yield store.get_upload("u1")), record)
         self.assertIsNone((yield store.get_upload("nope")))
         for number in (3, 1, 2, 10):
-            yield store.put_part(PartRecord("u1", number, f'"e{number}"', number * 100, 5.0), "b1")
-        yield store.put_part(PartRecord("u1", 2, '"again"', 222, 6.0), "b1")
+            yield store.put_part(PartRecord("u1", number, f'"e{number}"', number * 100, 5.0))
+        yield store.put_part(PartRecord("u1", 2, '"again"', 222, 6.0))
         parts = yield store.list_parts("u1")
         self.assertEqual(
             [(p.part_number, p.etag, p.size) for p in parts],
@@ -486,11 +494,72 @@ class StoreTests:
         self.assertIsNone((yield store.get_upload("u1")))
         self.assertEqual((yield store.list_parts("u1")), [])
         yield self.assertFailure(store.complete_upload("u1", final), KeyError)
-        yield self.assertFailure(store.put_part(PartRecord("u1", 1, '"x"', 1, 1.0), "b1"), KeyError)
+        yield self.assertFailure(store.put_part(PartRecord("u1", 1, '"x"', 1, 1.0)), KeyError)
         yield store.create_upload(upload("u2", "k"))
         self.assertEqual((yield store.abort_upload("u2")), upload("u2", "k"))
         self.assertIsNone((yield store.abort_upload("u2")))
         yield self.assertUsage({"b1": (1622, 1)})
+
+    @defer.inlineCallbacks
+    def test_upload_copies_count_every_part_until_dropped_or_abandoned(self) -> Gen:
+        """A replicated upload (migration 0007): every part counts on every copy's backend; a
+        dropped copy releases its bytes and is queued to be aborted (the row's own backend is
+        taken over by a copy); completing releases the parts of the copies left."""
+        import dataclasses
+
+        store = self.store
+        yield store.create_bucket("vb", now=0)
+        copies = (UploadCopy("b2", "id-2"), UploadCopy("b3", "id-3"))
+        record = dataclasses.replace(upload("u1", "k"), copies=copies)
+        yield store.create_upload(record)
+        self.assertEqual((yield store.get_upload("u1")), record)
+        self.assertEqual(record.backends, ["b1", "b2", "b3"])
+        self.assertEqual(((yield store.uploads_initiated_before(1e9)))[0].copies, copies)
+        page = yield store.list_uploads("vb")
+        self.assertEqual(page.uploads[0].copies, copies)
+        yield store.put_part(PartRecord("u1", 1, '"p1"', 100, 1.0))
+        yield store.put_part(PartRecord("u1", 2, '"p2"', 30, 1.0))
+        yield store.put_part(PartRecord("u1", 2, '"p2b"', 20, 2.0))  # replaced everywhere
+        yield self.assertUsage({"b1": (120, 0), "b2": (120, 0), "b3": (120, 0)})
+        self.assertEqual((yield store.locations_on("b3")), {"real/k/u1"})
+
+        dropped = yield store.drop_upload_copies("u1", ["b1"], 7.0)
+        self.assertEqual(dropped.released, {"b1": 120})
+        self.assertEqual(
+            [(q.location, q.backend_upload_id) for q in dropped.queued],
+            [(Location("b1", "real/k/u1"), "backend-u1")],
+        )
+        now = yield store.get_upload("u1")
+        self.assertEqual(
+            (now.backend, now.backend_upload_id, now.copies), ("b2", "id-2", copies[1:])
+        )
+        yield self.assertUsage({"b2": (120, 0), "b3": (120, 0)})
+        due = yield store.due_deletions(10.0)
+        self.assertEqual(
+            [(d.location.backend, d.backend_upload_id) for d in due], [("b1", "backend-u1")]
+        )
+        yield self.assertFailure(store.drop_upload_copies("u1", ["b2", "b3"], 7.0), ValueError)
+        yield store.put_part(PartRecord("u1", 3, '"p3"', 5, 3.0))  # counts on b2 and b3 only
+        yield self.assertUsage({"b2": (125, 0), "b3": (125, 0)})
+
+        final = obj(
+            "k", size=125, part_sizes=(100, 20, 5),
+            locations=(("b2", "real/k/u1"), ("b3", "real/k/u1")),
+        )  # fmt: skip
+        yield store.complete_upload("u1", final)
+        yield self.assertUsage({"b2": (125, 1), "b3": (125, 1)})
+
+        yield store.create_upload(dataclasses.replace(upload("u2", "j"), copies=copies[:1]))
+        yield store.put_part(PartRecord("u2", 1, '"p"', 9, 1.0))
+        abandoned = yield store.abandon_upload("u2", 8.0)
+        self.assertEqual(abandoned.released, {"b1": 9, "b2": 9})
+        self.assertEqual(
+            sorted((q.location.backend, q.backend_upload_id) for q in abandoned.queued),
+            [("b1", "backend-u2"), ("b2", "id-2")],
+        )
+        self.assertIsNone((yield store.get_upload("u2")))
+        self.assertIsNone((yield store.abandon_upload("u2", 8.0)))
+        yield self.assertUsage({"b2": (125, 1), "b3": (125, 1)})
 
     @defer.inlineCallbacks
     def test_multipart_checksums_round_trip(self) -> Gen:
@@ -506,8 +575,8 @@ class StoreTests:
         yield store.create_upload(record)
         self.assertEqual((yield store.get_upload("u1")), record)
         sums = {"x-amz-checksum-crc32": "AAAAAA==", "x-amz-checksum-sha1": "A" * 27 + "="}
-        yield store.put_part(PartRecord("u1", 1, '"e1"', 10, 5.0, sums), "b1")
-        yield store.put_part(PartRecord("u1", 2, '"e2"', 20, 5.0), "b1")
+        yield store.put_part(PartRecord("u1", 1, '"e1"', 10, 5.0, sums))
+        yield store.put_part(PartRecord("u1", 2, '"e2"', 20, 5.0))
         parts = yield store.list_parts("u1")
         self.assertEqual([p.checksums for p in parts], [sums, {}])
         final = dataclasses.replace(
@@ -667,7 +736,7 @@ class StoreTests:
         calls: list[Callable[[], defer.Deferred[Any]]] = []
         for i in range(4):
             part = PartRecord("u1", i + 1, '"e"', 10, 0.0)
-            calls.append(functools.partial(self.store.put_part, part, "b1"))
+            calls.append(functools.partial(self.store.put_part, part))
             calls.append(functools.partial(self.store.delete_object, "vb", f"o{i}"))
         results = yield self.concurrently(calls)
         self.assertFalse([r for r in results if isinstance(r, Exception)])

@@ -7,16 +7,21 @@ import http.client
 import selectors
 import socket
 import time
+from pathlib import Path
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
+from s3balance.components import METRICS_MAX_CONNECTIONS
 from s3balance.metrics import REFUSALS
+from test.support import free_port, wait_until
 from test.support.daemon import DaemonTestCase, in_thread
+from test.support.process import DaemonProcess
 from test.support.rawhttp import exchange, read_until_closed
 
 SLOWLORIS_CONNECTIONS = 1000
 HEADER_TIMEOUT = 1.0
+SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
 def refusals(reason: str) -> float:
@@ -195,3 +200,46 @@ class SlowClientTests(DaemonTestCase, unittest.TestCase):
             self.assertIn(b"\r\nContent-Length: %d\r\n" % len(body), head + b"\r\n")
         self.assertEqual(refusals("malformed_request") - before, len(malformed))
         self.assertEqual(await in_thread(list_bucket, self.daemon.port_number), 200)
+
+
+def test_the_metrics_port_has_deadlines_and_a_connection_cap(tmp_path: Path) -> None:
+    """``metrics.port`` is reachable by whoever reaches the host: a connection that never ends
+    its headers is closed at the header deadline, and connections beyond the cap are answered
+    503 and closed, while the S3 port goes on serving."""
+    metrics_port = free_port()
+    config = {
+        "buckets": [{"name": "disk", "path": "b"}],
+        "server": {"header_timeout": "3s"},
+        "metrics": {"port": metrics_port},
+    }
+    with DaemonProcess(tmp_path, config) as daemon:
+        stalled = socket.create_connection(("127.0.0.1", metrics_port), timeout=10)
+        try:
+            stalled.sendall(b"GET /met")  # and nothing more
+            started = time.monotonic()
+            answer = read_until_closed(stalled, 15)
+            assert time.monotonic() - started < 10, "the stalled connection stayed open"
+            assert b"RequestTimeout" in answer, answer[:200]
+        finally:
+            stalled.close()
+        idle = [
+            socket.create_connection(("127.0.0.1", metrics_port), timeout=10)
+            for _ in range(METRICS_MAX_CONNECTIONS)
+        ]
+        try:
+            for sock in idle:  # each is accepted: a partial request line keeps it busy
+                sock.sendall(b"GET /met")
+            time.sleep(0.3)
+            refused = exchange(metrics_port, SCRAPE)
+            assert refused.startswith(b"HTTP/1.1 503 "), refused[:200]
+            assert daemon.health()["status"] == "healthy"  # the S3 port is untouched
+        finally:
+            for sock in idle:
+                sock.close()
+
+        # Once they are gone, a scrape is served again.
+        def scraped() -> bool:
+            answer = exchange(metrics_port, SCRAPE)
+            return answer.startswith(b"HTTP/1.1 200 ")
+
+        assert wait_until(scraped, 10)

@@ -85,7 +85,7 @@ class ExpiryTests(unittest.TestCase):
         )
         await self.store.create_upload(aged)
         for part in parts:
-            await self.store.put_part(part, upload.backend)
+            await self.store.put_part(part)
         return aged
 
     def upload_dirs(self, backend: str) -> list[str]:

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from s3balance import metrics
 from s3balance.config import Config
 from s3balance.health import BackendHealth
-from test.support.bodies import generated_bytes
+from test.support.bodies import generated_bytes, md5_of
 from test.support.daemon import in_thread, local_buckets, server_buckets, start_daemon
 from test.support.seaweedfs import SeaweedFS, weed_binary
 
@@ -29,6 +29,11 @@ BIG = 32 << 20
 #: The local backend takes small objects only: big ones must go to the two servers.
 LOCAL_LIMIT = 1 << 20
 BUCKET = "mirrored"
+
+
+def weed_bucket(backend: str) -> str:
+    """The real bucket of backend ``w1`` or ``w2`` on its server."""
+    return {"w1": "replica-one", "w2": "replica-two"}[backend]
 
 
 class KillingBody(io.RawIOBase):
@@ -115,6 +120,12 @@ class ReplicasOnTwoServers(TestCase):
 
     async def keys_on(self, backend: str) -> list[str]:
         return await self.daemon.real_keys(backend, BUCKET + "/")
+
+    async def uploads_on(self, backend: str) -> list[Any]:
+        """The multipart uploads in progress on server ``backend``, as it lists them."""
+        client = self.servers[backend].boto3_client()
+        listed = await in_thread(client.list_multipart_uploads, Bucket=weed_bucket(backend))
+        return list(listed.get("Uploads", []))
 
     async def test_a_write_lands_on_two_backends_and_counts_twice(self) -> None:
         data = await self.put_big("big")
@@ -236,19 +247,79 @@ class ReplicasOnTwoServers(TestCase):
             self.assertEqual(await self.keys_on(name), [])
             self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
 
-    async def test_multipart_uploads_are_refused_rather_than_stored_once(self) -> None:
-        from botocore.exceptions import ClientError
+    async def test_a_multipart_upload_lands_on_both_servers_and_survives_one(self) -> None:
+        """boto3's managed upload in 8 MiB parts: the object has a copy on each server, byte for
+        byte, no upload is left on either; a rebuild of a lost index finds one object with two
+        locations; with one server killed, GET reads the whole body from the other."""
+        from boto3.s3.transfer import TransferConfig
 
-        def create() -> dict[str, Any]:
-            try:
-                self.s3.create_multipart_upload(Bucket=BUCKET, Key="parts")
-            except ClientError as error:
-                return dict(error.response["Error"])
-            return {}
+        from s3balance.rebuild import Checkpoint, Rebuilder
+        from test import dbfixture
 
-        error = await in_thread(create)
-        self.assertEqual(error.get("Code"), "NotImplemented")
-        self.assertIn("replicas", error.get("Message", ""))
+        data = generated_bytes(3 * (8 << 20) + 12345, seed=7)
+        transfer = TransferConfig(
+            multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2
+        )
+        await in_thread(
+            self.s3.upload_fileobj, io.BytesIO(data), BUCKET, "parts", Config=transfer
+        )
+        store = self.daemon.store
+        record = await store.get_object(BUCKET, "parts")
+        assert record is not None
+        self.assertEqual(sorted(loc.backend for loc in record.locations), ["w1", "w2"])
+        self.assertEqual(len(record.part_sizes), 4)
+        self.assertTrue(record.etag.endswith('-4"'), record.etag)
+        head = await in_thread(self.s3.head_object, Bucket=BUCKET, Key="parts")
+        self.assertEqual(head["ETag"], record.etag)
+        for location in record.locations:  # byte-identical copies, the same multipart ETag
+            backend = self.daemon.backends[location.backend]
+            stream = await backend.get_object(location.real_key)
+            self.assertEqual(await md5_of(stream), hashlib.md5(data).hexdigest())
+            info = await backend.head_object(location.real_key)
+            self.assertEqual(info.etag.strip('"'), record.etag.strip('"'))
+            self.assertEqual(await self.keys_on(location.backend), [location.real_key])
+            self.assertEqual(await self.uploads_on(location.backend), [])
+            self.assertEqual(self.daemon.usage.usage(location.backend).used_bytes, len(data))
+        self.assertEqual((await store.list_uploads(BUCKET)).uploads, [])
+        self.assertEqual(await self.keys_on("disk"), [])
+
+        await in_thread(dbfixture.empty_all_tables, store.pool.engine)
+        report = await Rebuilder(store, self.daemon.backends, self.daemon.gateway.clock).rebuild(
+            Checkpoint(None), [BUCKET]
+        )
+        self.assertEqual(report.failures, 0, report.summary())
+        rebuilt = await store.get_object(BUCKET, "parts")
+        assert rebuilt is not None
+        self.assertEqual(set(rebuilt.locations), set(record.locations))
+        self.assertEqual((rebuilt.size, rebuilt.etag), (record.size, record.etag))
+
+        self.prefer("w1")
+        await in_thread(self.servers["w1"].kill)
+        got = await in_thread(
+            lambda: self.s3.get_object(Bucket=BUCKET, Key="parts")["Body"].read()
+        )
+        self.assertEqual(len(got), len(data))
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+
+    async def test_an_aborted_multipart_upload_leaves_nothing_on_either_server(self) -> None:
+        created = await in_thread(self.s3.create_multipart_upload, Bucket=BUCKET, Key="dropped")
+        upload_id = created["UploadId"]
+        await in_thread(
+            self.s3.upload_part, Bucket=BUCKET, Key="dropped", UploadId=upload_id, PartNumber=1,
+            Body=generated_bytes(6 << 20, seed=9),
+        )  # fmt: skip
+        upload = await self.daemon.store.get_upload(upload_id)
+        assert upload is not None
+        self.assertEqual(sorted(upload.backends), ["w1", "w2"])
+        for name in upload.backends:
+            self.assertEqual(self.daemon.usage.usage(name).used_bytes, 6 << 20)
+            self.assertEqual(len(await self.uploads_on(name)), 1, name)
+        await in_thread(self.s3.abort_multipart_upload, Bucket=BUCKET, Key="dropped",
+                        UploadId=upload_id)  # fmt: skip
+        for name in upload.backends:
+            self.assertEqual(await self.uploads_on(name), [], name)
+            self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
+        self.assertEqual(await self.daemon.store.due_deletions(1e12), [])
 
     async def test_a_server_wiped_and_restarted_empty_gets_every_copy_back(self) -> None:
         written = {f"big{index}": generated_bytes(2 << 20, seed=index) for index in range(3)}
@@ -379,3 +450,56 @@ class ReplicasOnTwoServers(TestCase):
         await in_thread(self.servers["w1"].kill)
         got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="torn")["Body"].read())
         self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest())
+
+    async def test_with_write_quorum_1_a_server_killed_mid_part_costs_a_copy_until_repair(
+        self,
+    ) -> None:
+        """A multipart upload under ``write_quorum: 1`` whose second part loses w2 mid-body:
+        the part is stored on w1, w2's copy of the upload is dropped (and aborted once w2 is
+        back), the object completes on w1 alone, and repair makes its second copy."""
+        changed = copy.deepcopy(self.daemon.config)
+        for bucket in changed.virtual_buckets:
+            bucket.write_quorum = 1
+        await self.daemon.components.reconfigurator.apply(changed)
+        created = await in_thread(self.s3.create_multipart_upload, Bucket=BUCKET, Key="torn")
+        upload_id = created["UploadId"]
+        upload = await self.daemon.store.get_upload(upload_id)
+        assert upload is not None
+        self.assertEqual(sorted(upload.backends), ["w1", "w2"])
+        first, second = generated_bytes(6 << 20, seed=30), generated_bytes(8 << 20, seed=31)
+        one = await in_thread(
+            self.s3.upload_part, Bucket=BUCKET, Key="torn", UploadId=upload_id, PartNumber=1,
+            Body=first,
+        )  # fmt: skip
+        body = KillingBody(second, 4 << 20, self.servers["w2"])
+        two = await in_thread(
+            self.s3.upload_part, Bucket=BUCKET, Key="torn", UploadId=upload_id, PartNumber=2,
+            Body=body, ContentLength=len(second),
+        )  # fmt: skip
+        self.assertTrue(body.killed)
+        self.assertEqual(two["ETag"], f'"{hashlib.md5(second).hexdigest()}"')
+        now = await self.daemon.store.get_upload(upload_id)
+        assert now is not None
+        self.assertEqual(now.backends, ["w1"])
+        await in_thread(
+            self.s3.complete_multipart_upload, Bucket=BUCKET, Key="torn", UploadId=upload_id,
+            MultipartUpload={"Parts": [
+                {"PartNumber": 1, "ETag": one["ETag"]}, {"PartNumber": 2, "ETag": two["ETag"]},
+            ]},
+        )  # fmt: skip
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual([location.backend for location in record.locations], ["w1"])
+
+        await in_thread(self.servers["w2"].start)
+        self.prefer("w2")  # healthy again (probes do not run in this test daemon)
+        await self.daemon.gateway.sweep_deletions()
+        self.assertEqual(await self.uploads_on("w2"), [])
+        self.assertEqual(await self.daemon.store.due_deletions(1e12), [])
+        await self.daemon.components.repair.run_once()
+        record = await self.daemon.store.get_object(BUCKET, "torn")
+        assert record is not None
+        self.assertEqual(sorted(location.backend for location in record.locations), ["w1", "w2"])
+        await in_thread(self.servers["w1"].kill)
+        got = await in_thread(lambda: self.s3.get_object(Bucket=BUCKET, Key="torn")["Body"].read())
+        self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(first + second).hexdigest())

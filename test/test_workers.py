@@ -467,3 +467,28 @@ def test_the_supervisor_exits_non_zero_when_no_worker_can_start(tmp_path: Path) 
         daemon.stop()
     assert status != 0
     assert "no worker could start" in daemon.log_tail(200)
+
+
+def test_a_backend_removed_by_reload_leaves_the_metrics_of_every_worker(tmp_path: Path) -> None:
+    """Workers share their series through files a worker cannot take a sample back out of:
+    a removed backend must still vanish from every scrape, as it does with one process."""
+    config = workers_config()
+    config["buckets"].insert(2, {"name": "disk-c", "path": "disk-c"})
+    daemon = DaemonProcess(tmp_path, config)
+    daemon.start(timeout=60)
+    try:
+        assert wait_until(lambda: len(workers_seen(daemon)) == 2, 30)
+        assert 'bucket="disk-c"' in daemon.metrics()
+        smaller = workers_config()
+        daemon.write_config(smaller)
+        daemon.signal(signal.SIGHUP)
+
+        def forgotten_everywhere() -> bool:
+            return all('bucket="disk-c"' not in daemon.metrics() for _ in range(FRESH_CONNECTIONS))
+
+        assert wait_until(forgotten_everywhere, 20), [
+            line for line in daemon.metrics().splitlines() if "disk-c" in line
+        ]
+        assert 'bucket="disk-a"' in daemon.metrics()
+    finally:
+        assert_clean_exit(daemon, daemon.stop())

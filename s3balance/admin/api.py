@@ -64,6 +64,25 @@ or too many copies), null before any; ``verification`` is ``{backend: {"fraction
 {bucket: {"after", "checked", "last_total", "cycles", "sweep", "updated_at"}}}}``, where the
 incremental verification of copies is (:meth:`s3balance.repair.Repairer.verification`).
 
+``GET /api/jobs[?state=running]`` -> ``{"jobs": [<job>, ...]}``, newest first (at most 200);
+``GET /api/jobs/{id}`` -> ``<job>``; ``POST /api/jobs/{id}/pause``, ``.../resume``,
+``.../cancel`` -> ``<job>`` as it is now (409 when its state does not allow it: only queued or
+running jobs pause, paused or failed ones resume, finished ones cannot be cancelled).  A job is
+``{"id", "kind", "target", "params", "state", "objects_done", "objects_left", "bytes_done",
+"bytes_left", "errors", "last_error", "cursor", "created", "started", "finished", "updated",
+"eta_seconds", "owner", "claim_expires"}`` (:func:`s3balance.jobs.job_document`; ``*_left`` and
+``eta_seconds`` are null while unknown).
+
+``POST /api/buckets/{name}/drain`` (a real bucket) -> ``{"bucket": <bucket>, "job": <job>}``:
+the bucket takes no new writes from now on and a ``drain`` job moves its objects to the others
+(:mod:`s3balance.drain`); draining a drained bucket answers its job.  ``GET /api/buckets/{name}``
+of a real bucket also says ``"draining"``, ``"drain_job"``, ``"drain_state"``,
+``"held_objects"``, ``"held_bytes"``, ``"uploads_in_progress"``, ``"deletions_pending"`` and
+``"removable"`` (drained, its job done, and nothing s3balance wrote left on it: it can be removed
+from the configuration).  Cancelling the drain job gives the bucket back to placement, and so
+does ``POST /api/buckets/{name}/undrain`` -> ``{"bucket", "job"}`` (the drain job, cancelled
+unless it had finished; null when there was none), also after the drain is done.
+
 For the web console (:mod:`s3balance.console`), which has no other way in:
 
 ``POST /api/buckets`` with ``{"name"}`` -> the new ``<virtual bucket>`` (CreateBucket's rules:
@@ -125,6 +144,7 @@ if TYPE_CHECKING:
     from s3balance.db.store import MetadataStore
     from s3balance.gateway import Gateway
     from s3balance.health import HealthMonitor
+    from s3balance.jobs import JobRunner
     from s3balance.pool import BackendPool
     from s3balance.repair import Repairer
     from s3balance.usage import UsageMonitor
@@ -178,6 +198,11 @@ class DaemonView(Protocol):
     @property
     def repair(self) -> Repairer:
         """The repair loop (its last pass and backlog)."""
+        ...
+
+    @property
+    def jobs(self) -> JobRunner:
+        """Queues, controls (and in housekeeping's process runs) drains and other jobs."""
         ...
 
 
@@ -241,6 +266,13 @@ class AdminResource(Resource):
             (b"GET", ("stats", "bucket", "{}", "history"), self.stats_history),
             (b"POST", ("scrub",), self.post_scrub),
             (b"GET", ("repair",), self.get_repair),
+            (b"GET", ("jobs",), self.get_jobs),
+            (b"GET", ("jobs", "{}"), self.get_job),
+            (b"POST", ("jobs", "{}", "pause"), self.pause_job),
+            (b"POST", ("jobs", "{}", "resume"), self.resume_job),
+            (b"POST", ("jobs", "{}", "cancel"), self.cancel_job),
+            (b"POST", ("buckets", "{}", "drain"), self.drain_bucket),
+            (b"POST", ("buckets", "{}", "undrain"), self.undrain_bucket),
         ]
         # For the web console (s3balance.console); documented in the module docstring.
         self._routes += [
@@ -353,7 +385,7 @@ class AdminResource(Resource):
 
     async def get_bucket(self, request: Request, name: str) -> JSON:
         if name in self.daemon.pool.names():
-            return self._real_bucket(name)
+            return {**self._real_bucket(name), **(await self._drain_state(name))}
         record = await self.daemon.store.get_bucket(name)
         if record is None:
             raise _error(404, f"no bucket named {name!r}")
@@ -375,6 +407,38 @@ class AdminResource(Resource):
         ]
         changes = await self._apply(dataclasses.replace(config, buckets=buckets))
         return {"bucket": self._real_bucket(name), "changes": changes}
+
+    async def drain_bucket(self, request: Request, name: str) -> JSON:
+        from s3balance.drain import start_drain
+        from s3balance.jobs import job_document
+
+        if name not in self.daemon.pool.names():
+            if await self.daemon.store.get_bucket(name) is not None:
+                raise _error(409, f"{name!r} is a virtual bucket: only real buckets are drained")
+            raise _error(404, f"no real bucket named {name!r}")
+        record = await start_drain(self.daemon.jobs, name)
+        bucket = {**self._real_bucket(name), **(await self._drain_state(name))}
+        return {"bucket": bucket, "job": job_document(record, self.daemon.clock.seconds())}
+
+    async def undrain_bucket(self, request: Request, name: str) -> JSON:
+        from s3balance.jobs import job_document
+
+        if name not in self.daemon.pool.names():
+            raise _error(404, f"no real bucket named {name!r}")
+        store = self.daemon.store
+        record = await store.undrain_backend(name, self.daemon.clock.seconds())
+        self.daemon.pool.set_drained(await store.drained_backends())
+        bucket = {**self._real_bucket(name), **(await self._drain_state(name))}
+        now = self.daemon.clock.seconds()
+        return {"bucket": bucket, "job": None if record is None else job_document(record, now)}
+
+    async def _drain_state(self, name: str) -> JSON:
+        from s3balance.drain import drain_document
+
+        store = self.daemon.store
+        job_id = (await store.drained_backends()).get(name)
+        job = await store.get_job(job_id) if job_id is not None else None
+        return drain_document(await store.held_on(name), job)
 
     def _real_bucket(self, name: str) -> JSON:
         daemon = self.daemon
@@ -521,6 +585,55 @@ class AdminResource(Resource):
 
     async def get_repair(self, request: Request) -> JSON:
         return self.daemon.repair.report()
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def get_jobs(self, request: Request) -> JSON:
+        from s3balance.db.records import JOB_STATES
+        from s3balance.jobs import job_document
+
+        state = _query(request, "state", required=False)
+        if state is not None and state not in JOB_STATES:
+            raise _error(400, f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
+        records = await self.daemon.store.list_jobs(None if state is None else (state,), 200)
+        now = self.daemon.clock.seconds()
+        running = self.daemon.jobs.active
+        return {"jobs": [job_document(r, now, running.get(r.id)) for r in records]}
+
+    async def get_job(self, request: Request, text: str) -> JSON:
+        from s3balance.jobs import job_document
+
+        job_id = _job_id(text)
+        record = await self.daemon.store.get_job(job_id)
+        if record is None:
+            raise _error(404, f"no job {job_id}")
+        live = self.daemon.jobs.active.get(job_id)
+        return job_document(record, self.daemon.clock.seconds(), live)
+
+    async def pause_job(self, request: Request, text: str) -> JSON:
+        return await self._control_job(text, "pause")
+
+    async def resume_job(self, request: Request, text: str) -> JSON:
+        return await self._control_job(text, "resume")
+
+    async def cancel_job(self, request: Request, text: str) -> JSON:
+        return await self._control_job(text, "cancel")
+
+    async def _control_job(self, text: str, action: str) -> JSON:
+        from s3balance.db.store import JobStateError
+        from s3balance.jobs import job_document
+
+        job_id = _job_id(text)
+        try:
+            record = await self.daemon.jobs.control(job_id, action)
+        except JobStateError as error:
+            raise _error(409, str(error)) from error
+        if record is None:
+            raise _error(404, f"no job {job_id}")
+        if record.kind == "drain" and action == "cancel":
+            # The bucket takes writes again here at once (elsewhere within a flush period).
+            self.daemon.pool.set_drained(await self.daemon.store.drained_backends())
+        return job_document(record, self.daemon.clock.seconds())
 
     async def post_scrub(self, request: Request) -> JSON:
         from s3balance.scrub import DEFAULT_GRACE, scrub
@@ -734,6 +847,12 @@ def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:
         elif expected != actual:
             return None
     return params
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise _error(404, f"no job {text!r} (job ids are numbers)")
+    return int(text)
 
 
 def _virtual_bucket(record: Any) -> JSON:

@@ -11,10 +11,10 @@ that already holds the object keeps using it, so it is closed only after ``close
 (or by :meth:`Reconfigurator.close_retired`, at shutdown).
 
 What cannot change while listening (``server``, ``database``, ``data_dir``, ``metrics``, ``api``,
-``s3api`` except ``allow_create_bucket``, ``multipart``, ``repair``, and the balancer's loop
-periods) is reported as needing a restart and kept as it runs; :attr:`Reconfigurator.config` always
-describes what is actually in effect.  Virtual buckets dropped from the file are kept (they may hold
-objects).
+``s3api`` except ``allow_create_bucket``, ``multipart``, ``repair``, ``jobs``, and the balancer's
+loop periods) is reported as needing a restart and kept as it runs; :attr:`Reconfigurator.config`
+always describes what is actually in effect.  Virtual buckets dropped from the file are kept
+(they may hold objects).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A commit or delete that unreferences a location queues it here in its own transaction
 (:func:`queue_deletions`), so the deletion survives a crash; the gateway's sweeper deletes the
-bytes once ``delete_after`` has passed and then forgets the row.
+bytes once ``delete_after`` has passed and then forgets the row.  A row with a
+``backend_upload_id`` is a backend's multipart upload no row references any more (a copy of a
+replicated upload, :func:`queue_upload_aborts`): the sweeper aborts it instead of deleting.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from s3balance.db.base import DBComponent
 from s3balance.db.model import pending_deletions
 from s3balance.db.prepared import Prepared
-from s3balance.db.records import Location
+from s3balance.db.records import Location, UploadCopy
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -29,6 +31,9 @@ class PendingDeletion:
     id: int
     location: Location
     delete_after: float
+    #: A backend upload at the location to abort, instead of deleting the key (a copy of a
+    #: replicated multipart upload that no row references any more); None for plain bytes.
+    backend_upload_id: str | None = None
 
 
 class DeletionsComponent(DBComponent):
@@ -85,10 +90,39 @@ def queue_deletions(
     return tuple(ids)
 
 
+def queue_upload_aborts(
+    conn: sa.Connection, real_key: str, copies: Sequence[UploadCopy], delete_after: float
+) -> list[PendingDeletion]:
+    """Queue the backend uploads ``copies`` at ``real_key`` to be aborted after
+    ``delete_after``."""
+    queued = []
+    for copy in copies:
+        result = conn.execute(
+            _INSERT,
+            {
+                "backend": copy.backend,
+                "real_key": real_key,
+                "delete_after": delete_after,
+                "backend_upload_id": copy.backend_upload_id,
+            },
+        )
+        assert result.inserted_primary_key is not None
+        queued.append(
+            PendingDeletion(
+                int(result.inserted_primary_key[0]), Location(copy.backend, real_key),
+                delete_after, copy.backend_upload_id,
+            )
+        )
+    return queued
+
+
 def _due_deletions(conn: sa.Connection, now: float, limit: int) -> list[PendingDeletion]:
     rows = conn.execute(_SELECT_DUE, {"now": now, "limit": limit})
     return [
-        PendingDeletion(int(row.id), Location(row.backend, row.real_key), row.delete_after)
+        PendingDeletion(
+            int(row.id), Location(row.backend, row.real_key), row.delete_after,
+            row.backend_upload_id,
+        )
         for row in rows
     ]
 

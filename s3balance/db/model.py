@@ -224,6 +224,25 @@ multipart_parts = sa.Table(
     sa.Column("checksums", JsonText, nullable=True),
 )
 
+#: The other backends an upload of a replicated bucket (``replicas``) is stored on, beyond its
+#: row's own ``backend``: one backend upload each, at the upload's ``real_key`` (one real key for
+#: every copy, as for a replicated PUT).  A backend that failed a part is dropped from here (or,
+#: for the row's own backend, replaced by one of these) and its backend upload queued in
+#: ``pending_deletions`` to be aborted.  The parts' bytes count towards every copy's backend.
+upload_copies = sa.Table(
+    "upload_copies",
+    metadata,
+    sa.Column(
+        "upload_ref",
+        sa.BigInteger,
+        sa.ForeignKey("multipart_uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("backend_upload_id", sa.Text, nullable=False),
+    sa.Index(None, "backend"),
+)
+
 backend_usage = sa.Table(
     "backend_usage",
     metadata,
@@ -256,6 +275,10 @@ pending_deletions = sa.Table(
     sa.Column("backend", sa.String(255), nullable=False),
     sa.Column("real_key", sa.Text, nullable=False),
     sa.Column("delete_after", sa.Double, nullable=False),
+    #: A backend's multipart upload at ``real_key`` that no row references any more (a copy of a
+    #: replicated upload that failed, was aborted or expired): aborted, its key left alone; NULL
+    #: for plain bytes to delete.
+    sa.Column("backend_upload_id", sa.Text, nullable=True),
     sa.Index(None, "delete_after"),
     sa.Index(None, "backend"),
 )
@@ -347,6 +370,48 @@ repair_cursors = sa.Table(
     sa.Column("cycles", sa.BigInteger, nullable=False),
     sa.Column("sweep", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+
+#: Resumable background work (:mod:`s3balance.jobs`): a drain, a rebalance.  ``state`` is one
+#: of ``queued``, ``running``, ``paused``, ``done``, ``failed``, ``cancelled``; a running job is
+#: held by ``owner`` (a daemon) until ``expires``, renewed by its heartbeat, and taken over by
+#: another daemon once expired.  ``cursor`` is where the job resumes (its kind's own position,
+#: e.g. the last location id it finished).  ``objects_left`` and ``bytes_left`` are NULL while
+#: unknown.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("params", JsonText, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("objects_done", sa.BigInteger, nullable=False),
+    sa.Column("objects_left", sa.BigInteger, nullable=True),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False),
+    sa.Column("bytes_left", sa.BigInteger, nullable=True),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("created", sa.Double, nullable=False),
+    sa.Column("started", sa.Double, nullable=True),
+    sa.Column("finished", sa.Double, nullable=True),
+    sa.Column("updated", sa.Double, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("expires", sa.Double, nullable=True),
+    sa.Column("cursor", sa.Text, nullable=True),
+    sa.Index(None, "state"),
+)
+
+#: Real buckets being drained: placement gives them no new object, in every process and daemon
+#: sharing the database (each reads this table with its operation counts, every few seconds).
+#: ``job_id`` is the drain job moving their objects away; cancelling it removes the row.
+drained_backends = sa.Table(
+    "drained_backends",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column("since", sa.Double, nullable=False),
+    sa.Column("job_id", sa.BigInteger, nullable=True),
 )
 
 

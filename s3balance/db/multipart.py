@@ -3,10 +3,17 @@
 Parts count towards their backend's usage while the upload lasts; completing an upload releases
 them and commits the object in one transaction (:func:`s3balance.db.objects.write_object`), so
 used bytes never count a part and its object twice.
+
+An upload of a replicated bucket has a copy on each of several backends (``upload_copies`` holds
+those beyond the row's own ``backend``); every part counts on every copy's backend.  A copy that
+is dropped (:meth:`MultipartComponent.drop_upload_copies`) or abandoned with its upload
+(:meth:`MultipartComponent.abandon_upload`) has its backend upload queued in
+``pending_deletions`` in the same transaction, to be aborted there: no copy is ever forgotten.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,16 +21,26 @@ import sqlalchemy as sa
 
 from s3balance.db.base import DBComponent, may_fail
 from s3balance.db.buckets import require_bucket
+from s3balance.db.deletions import PendingDeletion, queue_upload_aborts
 from s3balance.db.listing import Cursor, first_cursor, prefix_upper_bound, scan
 from s3balance.db.model import (
     completed_uploads,
     multipart_parts,
     multipart_uploads,
     stored_acl,
+    upload_copies,
     virtual_buckets,
 )
 from s3balance.db.objects import UNCONDITIONAL, Condition, Replacement, queue_replaced, write_object
-from s3balance.db.records import Location, ObjectRecord, PartRecord, UploadPage, UploadRecord
+from s3balance.db.records import (
+    Location,
+    ObjectRecord,
+    PartRecord,
+    UploadCopy,
+    UploadPage,
+    UploadRecord,
+)
+from s3balance.db.repairqueue import queue_repair
 from s3balance.db.usage import UPSERT_ATTEMPTS, Deltas, apply_usage, new_deltas
 
 if TYPE_CHECKING:
@@ -43,6 +60,17 @@ class CompletedUpload:
     checksums: dict[str, str]
 
 
+@dataclass(frozen=True)
+class AbandonedCopies:
+    """Copies of an upload given up in one transaction: the bytes of parts each backend no
+    longer counts, and the queued aborts of their backend uploads (see the module docstring)."""
+
+    #: The upload as it was before (with every copy it had).
+    upload: UploadRecord
+    released: dict[str, int]
+    queued: list[PendingDeletion]
+
+
 class MultipartComponent(DBComponent):
     """Uploads in progress, their parts, and kept results of completed uploads."""
 
@@ -53,10 +81,11 @@ class MultipartComponent(DBComponent):
     def get_upload(self, upload_id: str) -> Deferred[UploadRecord | None]:
         return self.pool.do_read(_get_upload, upload_id)
 
-    def put_part(self, part: PartRecord, backend: str) -> Deferred[None]:
-        """Record (or replace) a part; the backend's used bytes grow by the size difference.
+    def put_part(self, part: PartRecord) -> Deferred[None]:
+        """Record (or replace) a part; the used bytes of the backend of every copy of the upload
+        grow by the size difference.
         :raises KeyError: the upload no longer exists (aborted or completed meanwhile)."""
-        return self.pool.do(_put_part, part, backend)
+        return self.pool.do(_put_part, part)
 
     def list_parts(
         self, upload_id: str, part_number_marker: int = 0, max_parts: int = 1000
@@ -78,12 +107,14 @@ class MultipartComponent(DBComponent):
         record: ObjectRecord,
         condition: Condition = UNCONDITIONAL,
         delete_after: float = 0.0,
+        short: bool = False,
     ) -> Deferred[Replacement]:
-        """:meth:`complete_upload` with the condition and queueing of :meth:`commit_object`,
-        keeping the result for a repeated completion (:meth:`completed_upload`).
+        """:meth:`complete_upload` with the condition and queueing of :meth:`commit_object`
+        (``short``: queued for repair too), keeping the result for a repeated completion
+        (:meth:`completed_upload`).
         :raises KeyError: :raises NoSuchBucketError: :raises PreconditionFailedError:
         :raises ObjectMissingError:"""
-        return self.pool.do(_finish_upload, upload_id, record, condition, delete_after)
+        return self.pool.do(_finish_upload, upload_id, record, condition, delete_after, short)
 
     def completed_upload(self, upload_id: str) -> Deferred[CompletedUpload | None]:
         """The kept result of a completed upload, or None."""
@@ -92,6 +123,23 @@ class MultipartComponent(DBComponent):
     def forget_completed_uploads(self, before: float) -> Deferred[int]:
         """Drop results of uploads completed before ``before``; fires with how many."""
         return self.pool.do(_forget_completed_uploads, before)
+
+    def drop_upload_copies(
+        self, upload_id: str, backends: Collection[str], delete_after: float
+    ) -> Deferred[AbandonedCopies]:
+        """Drop the copies of an upload on ``backends`` (they failed a part, or its completion):
+        their usage is released and their backend uploads queued for abortion after
+        ``delete_after``.  When the upload's own backend goes, another copy takes its place.
+        :raises KeyError: the upload no longer exists.
+        :raises ValueError: no copy would be left (abandon the upload instead)."""
+        return self.pool.do(_drop_upload_copies, upload_id, frozenset(backends), delete_after)
+
+    def abandon_upload(
+        self, upload_id: str, delete_after: float
+    ) -> Deferred[AbandonedCopies | None]:
+        """Drop an upload and its parts, queueing every copy's backend upload for abortion
+        after ``delete_after``; None when the upload no longer exists."""
+        return self.pool.do(_abandon_upload, upload_id, delete_after)
 
     def abort_upload(self, upload_id: str) -> Deferred[UploadRecord | None]:
         """Drop the upload and its parts (releasing their usage); fires with what was dropped."""
@@ -148,7 +196,9 @@ _LOCK_UPLOAD = _GET_UPLOAD.with_for_update(of=multipart_uploads)
 _LOCK_UPLOAD_SHARED = _GET_UPLOAD.with_for_update(read=True, of=multipart_uploads)
 
 
-def _upload_record(row: Any, bucket: str) -> UploadRecord:
+def _upload_record(
+    row: Any, bucket: str, copies: Sequence[UploadCopy] = ()
+) -> UploadRecord:
     return UploadRecord(
         upload_id=row.upload_id,
         bucket=bucket,
@@ -163,14 +213,41 @@ def _upload_record(row: Any, bucket: str) -> UploadRecord:
         checksum_type=row.checksum_type,
         tags=dict(row.tags or {}),
         acl=row.acl or "private",
+        copies=tuple(copies),
     )
+
+
+def _copies_of(conn: sa.Connection, refs: Collection[int]) -> dict[int, list[UploadCopy]]:
+    """The other copies of the uploads with these row ids, by row id (in backend order)."""
+    found: dict[int, list[UploadCopy]] = {ref: [] for ref in refs}
+    if not refs:
+        return found
+    rows = conn.execute(
+        sa.select(upload_copies)
+        .where(upload_copies.c.upload_ref.in_(sorted(refs)))
+        .order_by(upload_copies.c.upload_ref, upload_copies.c.backend)
+    )
+    for row in rows:
+        found[row.upload_ref].append(UploadCopy(row.backend, row.backend_upload_id))
+    return found
+
+
+def _records(conn: sa.Connection, rows: Sequence[Any], bucket: str | None = None) -> list[
+    UploadRecord
+]:
+    """Upload records of ``rows``, with their copies (one query for all)."""
+    copies = _copies_of(conn, {row.id for row in rows})
+    return [
+        _upload_record(row, bucket if bucket is not None else row.bucket, copies[row.id])
+        for row in rows
+    ]
 
 
 def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
     owner = require_bucket(conn, upload.bucket)
     try:
         with may_fail(conn):
-            conn.execute(
+            inserted = conn.execute(
                 multipart_uploads.insert().values(
                     upload_id=upload.upload_id,
                     bucket_id=owner,
@@ -190,11 +267,21 @@ def _create_upload(conn: sa.Connection, upload: UploadRecord) -> None:
     except sa.exc.IntegrityError:
         require_bucket(conn, upload.bucket)
         raise
+    if upload.copies:
+        assert inserted.inserted_primary_key is not None
+        ref = int(inserted.inserted_primary_key[0])
+        conn.execute(
+            upload_copies.insert(),
+            [
+                {"upload_ref": ref, "backend": c.backend, "backend_upload_id": c.backend_upload_id}
+                for c in upload.copies
+            ],
+        )
 
 
 def _get_upload(conn: sa.Connection, upload_id: str) -> UploadRecord | None:
     row = conn.execute(_GET_UPLOAD, {"wanted_upload_id": upload_id}).first()
-    return None if row is None else _upload_record(row, row.bucket)
+    return None if row is None else _records(conn, [row])[0]
 
 
 def _lock_upload(conn: sa.Connection, upload_id: str, shared: bool = False) -> Any:
@@ -202,12 +289,15 @@ def _lock_upload(conn: sa.Connection, upload_id: str, shared: bool = False) -> A
     return conn.execute(query, {"wanted_upload_id": upload_id}).first()
 
 
-def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
+def _put_part(conn: sa.Connection, part: PartRecord) -> None:
     # A shared lock: parts of one upload may be stored concurrently, but not while the upload
     # is being completed or aborted (which lock it exclusively).
     upload = _lock_upload(conn, part.upload_id, shared=True)
     if upload is None:
         raise KeyError(part.upload_id)
+    # The row's backend, not the caller's: a copy may have taken the place of a dropped one.
+    backend = upload.backend
+    others = [copy.backend for copy in _copies_of(conn, [upload.id])[upload.id]]
     deltas = new_deltas()
     values = {
         "backend": backend,
@@ -227,7 +317,8 @@ def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
             .with_for_update()
         ).first()
         if old is not None:
-            deltas[old.backend][0] -= old.size
+            for name in [old.backend, *others]:
+                deltas[name][0] -= old.size
             conn.execute(multipart_parts.update().where(where).values(values))
             break
         try:
@@ -242,7 +333,8 @@ def _put_part(conn: sa.Connection, part: PartRecord, backend: str) -> None:
             continue  # the same part stored concurrently: replace theirs on the next round
     else:
         raise RuntimeError(f"could neither insert nor lock part {part.part_number}")
-    deltas[backend][0] += part.size
+    for name in [backend, *others]:
+        deltas[name][0] += part.size
     apply_usage(conn, deltas)
 
 
@@ -275,8 +367,13 @@ def _drop_upload(conn: sa.Connection, upload: Any, deltas: Deltas) -> None:
         .where(multipart_parts.c.upload_ref == upload.id)
         .group_by(multipart_parts.c.backend)
     )
+    total = 0
     for backend, size in sizes:
         deltas[backend][0] -= int(size)
+        total += int(size)
+    for copy in _copies_of(conn, [upload.id])[upload.id]:
+        deltas[copy.backend][0] -= total
+    conn.execute(upload_copies.delete().where(upload_copies.c.upload_ref == upload.id))
     conn.execute(multipart_parts.delete().where(multipart_parts.c.upload_ref == upload.id))
     conn.execute(multipart_uploads.delete().where(multipart_uploads.c.id == upload.id))
 
@@ -298,6 +395,7 @@ def _finish_upload(
     record: ObjectRecord,
     condition: Condition,
     delete_after: float,
+    short: bool = False,
 ) -> Replacement:
     upload = _lock_upload(conn, upload_id)
     if upload is None:
@@ -306,6 +404,8 @@ def _finish_upload(
     _drop_upload(conn, upload, deltas)
     replaced = write_object(conn, record, deltas, condition)
     apply_usage(conn, deltas)
+    if short and replaced.object_id is not None:
+        queue_repair(conn, replaced.object_id, record.last_modified)
     conn.execute(
         completed_uploads.insert().values(
             upload_id=upload_id,
@@ -344,10 +444,78 @@ def _abort_upload(conn: sa.Connection, upload_id: str) -> UploadRecord | None:
     upload = _lock_upload(conn, upload_id)
     if upload is None:
         return None
+    record = _records(conn, [upload])[0]
     deltas = new_deltas()
     _drop_upload(conn, upload, deltas)
     apply_usage(conn, deltas)
-    return _upload_record(upload, upload.bucket)
+    return record
+
+
+def _parts_total(conn: sa.Connection, upload: Any) -> int:
+    total = conn.execute(
+        sa.select(sa.func.sum(multipart_parts.c.size)).where(
+            multipart_parts.c.upload_ref == upload.id
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def _drop_upload_copies(
+    conn: sa.Connection, upload_id: str, backends: frozenset[str], delete_after: float
+) -> AbandonedCopies:
+    upload = _lock_upload(conn, upload_id)
+    if upload is None:
+        raise KeyError(upload_id)
+    record = _records(conn, [upload])[0]
+    dropped = [copy for copy in record.all_copies() if copy.backend in backends]
+    kept = [copy for copy in record.all_copies() if copy.backend not in backends]
+    if not dropped:
+        return AbandonedCopies(record, {}, [])
+    if not kept:
+        raise ValueError(f"dropping every copy of upload {upload_id}")
+    total = _parts_total(conn, upload)
+    gone = {copy.backend for copy in dropped}
+    if record.backend in gone:
+        # The row's own backend goes: the first copy kept takes its place (its parts count on
+        # it through the parts' backend from now on, no longer through its copy row).
+        heir = kept[0]
+        conn.execute(
+            multipart_uploads.update()
+            .where(multipart_uploads.c.id == upload.id)
+            .values(backend=heir.backend, backend_upload_id=heir.backend_upload_id)
+        )
+        conn.execute(
+            multipart_parts.update()
+            .where(multipart_parts.c.upload_ref == upload.id)
+            .values(backend=heir.backend)
+        )
+        gone.add(heir.backend)
+    conn.execute(
+        upload_copies.delete().where(
+            upload_copies.c.upload_ref == upload.id, upload_copies.c.backend.in_(sorted(gone))
+        )
+    )
+    deltas = new_deltas()
+    for copy in dropped:
+        deltas[copy.backend][0] -= total
+    apply_usage(conn, deltas)
+    queued = queue_upload_aborts(conn, record.real_key, dropped, delete_after)
+    return AbandonedCopies(record, {copy.backend: total for copy in dropped}, queued)
+
+
+def _abandon_upload(
+    conn: sa.Connection, upload_id: str, delete_after: float
+) -> AbandonedCopies | None:
+    upload = _lock_upload(conn, upload_id)
+    if upload is None:
+        return None
+    record = _records(conn, [upload])[0]
+    total = _parts_total(conn, upload)
+    deltas = new_deltas()
+    _drop_upload(conn, upload, deltas)
+    apply_usage(conn, deltas)
+    queued = queue_upload_aborts(conn, record.real_key, record.all_copies(), delete_after)
+    return AbandonedCopies(record, {name: total for name in record.backends}, queued)
 
 
 def _list_uploads(
@@ -390,7 +558,7 @@ def _list_uploads(
         else:
             next_key_marker, next_upload_id_marker = last.key, last.upload_id
     return UploadPage(
-        uploads=[_upload_record(entry, bucket) for entry in entries if not isinstance(entry, str)],
+        uploads=_records(conn, [entry for entry in entries if not isinstance(entry, str)], bucket),
         common_prefixes=[entry for entry in entries if isinstance(entry, str)],
         is_truncated=truncated,
         next_key_marker=next_key_marker,
@@ -404,4 +572,4 @@ def _uploads_initiated_before(conn: sa.Connection, when: float) -> list[UploadRe
             multipart_uploads.c.initiated, multipart_uploads.c.id
         )
     )
-    return [_upload_record(row, row.bucket) for row in rows]
+    return _records(conn, list(rows))

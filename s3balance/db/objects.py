@@ -29,6 +29,7 @@ from s3balance.db.model import (
     objects,
     pending_deletions,
     stored_acl,
+    upload_copies,
     virtual_buckets,
 )
 from s3balance.db.prepared import Direct, Prepared
@@ -503,6 +504,13 @@ def _locations_on(conn: sa.Connection, backend: str) -> set[str]:
     keys.update(
         conn.execute(
             sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
+        ).scalars()
+    )
+    keys.update(
+        conn.execute(
+            sa.select(multipart_uploads.c.real_key)
+            .join(upload_copies, upload_copies.c.upload_ref == multipart_uploads.c.id)
+            .where(upload_copies.c.backend == backend)
         ).scalars()
     )
     keys.update(

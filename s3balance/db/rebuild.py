@@ -25,6 +25,7 @@ from s3balance.db.model import (
     object_locations,
     objects,
     pending_deletions,
+    upload_copies,
 )
 from s3balance.db.objects import locations_of, write_object
 from s3balance.db.records import BackendUsage, Location, ObjectRecord
@@ -105,10 +106,19 @@ def _reserved_on(conn: sa.Connection, backend: str) -> Reserved:
     pending = conn.execute(
         sa.select(pending_deletions.c.real_key).where(pending_deletions.c.backend == backend)
     ).scalars()
-    uploading = conn.execute(
-        sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
-    ).scalars()
-    return Reserved(set(pending), set(uploading))
+    uploading = set(
+        conn.execute(
+            sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
+        ).scalars()
+    )
+    uploading.update(
+        conn.execute(
+            sa.select(multipart_uploads.c.real_key)
+            .join(upload_copies, upload_copies.c.upload_ref == multipart_uploads.c.id)
+            .where(upload_copies.c.backend == backend)
+        ).scalars()
+    )
+    return Reserved(set(pending), uploading)
 
 
 def _recompute_usage(conn: sa.Connection) -> dict[str, BackendUsage]:
@@ -129,6 +139,14 @@ def _recompute_usage(conn: sa.Connection) -> dict[str, BackendUsage]:
         sa.select(multipart_parts.c.backend, part_size).group_by(multipart_parts.c.backend)
     )
     for backend, size in parts:
+        totals.setdefault(backend, [0, 0])[0] += int(size)
+    # The other copies of replicated uploads count every part too.
+    copies = conn.execute(
+        sa.select(upload_copies.c.backend, part_size)
+        .join(multipart_parts, multipart_parts.c.upload_ref == upload_copies.c.upload_ref)
+        .group_by(upload_copies.c.backend)
+    )
+    for backend, size in copies:
         totals.setdefault(backend, [0, 0])[0] += int(size)
     known = set(conn.execute(sa.select(backend_usage.c.backend)).scalars())
     for backend in sorted(known | set(totals)):

@@ -79,6 +79,15 @@ class ObjectPage:
 
 
 @dataclass(frozen=True)
+class UploadCopy:
+    """One backend's upload of a multipart upload (several for a replicated bucket)."""
+
+    backend: str
+    #: The backend's id of its upload; never shown to clients.
+    backend_upload_id: str
+
+
+@dataclass(frozen=True)
 class UploadRecord:
     """A multipart upload in progress."""
 
@@ -100,6 +109,18 @@ class UploadRecord:
     #: Tags and canned ACL the completed object gets.
     tags: dict[str, str] = field(default_factory=dict)
     acl: str = "private"
+    #: The upload's other copies (a replicated bucket), each on another backend at the same
+    #: ``real_key``; empty for an upload stored once.
+    copies: tuple[UploadCopy, ...] = ()
+
+    def all_copies(self) -> tuple[UploadCopy, ...]:
+        """Every backend upload of this upload, its own ``backend`` first."""
+        return (UploadCopy(self.backend, self.backend_upload_id), *self.copies)
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends holding a copy of this upload, its own ``backend`` first."""
+        return [copy.backend for copy in self.all_copies()]
 
 
 @dataclass(frozen=True)
@@ -141,3 +162,45 @@ class OperationCounts:
     class_b: int
     bytes_in: int = 0
     bytes_out: int = 0
+
+
+#: A job's states (:mod:`s3balance.jobs`); the last three are final.
+JOB_STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
+FINAL_JOB_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a job has done and has left, as its runner saves it with each heartbeat.
+
+    ``objects_left`` and ``bytes_left`` are None while unknown; ``cursor`` is the kind's own
+    resume position (opaque text), None before the first one.
+    """
+
+    objects_done: int = 0
+    objects_left: int | None = None
+    bytes_done: int = 0
+    bytes_left: int | None = None
+    errors: int = 0
+    last_error: str | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of ``jobs``: a resumable piece of background work."""
+
+    id: int
+    kind: str
+    #: What it works on (a drain: the real bucket's name).
+    target: str
+    params: dict[str, object]
+    state: str
+    progress: JobProgress
+    created: float
+    updated: float
+    started: float | None = None
+    finished: float | None = None
+    #: The daemon holding it while it runs, and until when (its heartbeat renews it).
+    owner: str | None = None
+    expires: float | None = None

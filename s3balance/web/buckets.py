@@ -157,8 +157,8 @@ async def abort_uploads_of(ctx: RequestContext, bucket: str) -> None:
                 raise errors.ServiceUnavailable(
                     "An upload in progress in this bucket could not be aborted; retry later."
                 ) from error
-            if released is not None:
-                gateway.usage.adjust(upload.backend, -released, 0)
+            for name, size in (released or {}).items():
+                gateway.usage.adjust(name, -size, 0)
 
 
 async def handle_GetBucketAcl(ctx: RequestContext) -> Answer:

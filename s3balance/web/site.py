@@ -52,6 +52,8 @@ class S3Site(Site):
     :param body_timeout: seconds from the headers to the end of a buffered body.
     :param max_connections: client connections open at once (0: no cap).
     :param body_memory: bytes all buffered bodies may hold together (0: no budget).
+    :param counts_clients: whether its connections are the S3 clients'
+        ``s3_balance_open_connections`` (false for the ``metrics.port`` site).
     """
 
     requestFactory = StreamingRequest
@@ -73,6 +75,7 @@ class S3Site(Site):
         body_timeout: float = 30.0,
         max_connections: int = 1000,
         body_memory: int = 32 << 20,
+        counts_clients: bool = True,
     ) -> None:
         # A Twisted without the internals streaming needs stops the daemon here, by name.
         for degraded in twistedcompat.check_running_twisted():
@@ -103,6 +106,7 @@ class S3Site(Site):
         self.max_connections = max_connections
         self.body_budget: BodyBudget | None = BodyBudget(body_memory) if body_memory else None
         self.open_connections = 0
+        self._counts_clients = counts_clients
         self.in_flight: set[StreamingRequest] = set()
         self._drain_waiters: list[Deferred[None]] = []
 
@@ -135,11 +139,13 @@ class S3Site(Site):
 
     def connection_opened(self) -> None:
         self.open_connections += 1
-        OPEN_CONNECTIONS.set(self.open_connections)
+        if self._counts_clients:
+            OPEN_CONNECTIONS.set(self.open_connections)
 
     def connection_closed(self) -> None:
         self.open_connections -= 1
-        OPEN_CONNECTIONS.set(self.open_connections)
+        if self._counts_clients:
+            OPEN_CONNECTIONS.set(self.open_connections)
 
     def request_started(self, request: StreamingRequest) -> None:
         self.in_flight.add(request)

@@ -1,8 +1,8 @@
 """Repair's state: the ``replicas`` each bucket was last fully repaired for, the queue of
 objects to look at, and the incremental verification's cursors.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07
 
 Written by hand to equal ``s3balance.db.model`` (a test compares them).
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
