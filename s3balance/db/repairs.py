@@ -269,10 +269,37 @@ def _forget_changed_replicas(
     return forgotten
 
 
+#: Objects queued per statement.
+QUEUE_CHUNK = 500
+
+
 def _queue_repairs(conn: sa.Connection, object_ids: list[int], now: float) -> None:
-    for object_id in object_ids:
-        if conn.execute(sa.select(objects.c.id).where(objects.c.id == object_id)).first():
-            queue_repair(conn, object_id, now)
+    for start in range(0, len(object_ids), QUEUE_CHUNK):
+        chunk = object_ids[start : start + QUEUE_CHUNK]
+        existing = set(
+            conn.execute(sa.select(objects.c.id).where(objects.c.id.in_(chunk))).scalars()
+        )
+        queued = set(
+            conn.execute(
+                sa.select(repair_queue.c.object_id).where(repair_queue.c.object_id.in_(chunk))
+            ).scalars()
+        )
+        if queued:
+            conn.execute(
+                repair_queue.update()
+                .where(repair_queue.c.object_id.in_(sorted(queued)))
+                .values(queued_at=now)
+            )
+        fresh = sorted(existing - queued)
+        try:
+            with may_fail(conn):
+                if fresh:
+                    conn.execute(
+                        repair_queue.insert(), [{"object_id": i, "queued_at": now} for i in fresh]
+                    )
+        except sa.exc.IntegrityError:  # a commit queued one meanwhile: one at a time then
+            for object_id in fresh:
+                queue_repair(conn, object_id, now)
 
 
 def _queued_repairs(conn: sa.Connection, after: int, limit: int) -> list[Queued]:
