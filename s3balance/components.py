@@ -335,6 +335,10 @@ class Components:
         await self.database.setup()
         for bucket in self.config.virtual_buckets:
             await self.store.create_bucket(bucket.name, self.reactor.seconds(), from_config=True)
+        # Before any write with them: see RepairsComponent.forget_changed_replicas.
+        await self.store.forget_changed_replicas(
+            {bucket.name: bucket.replicas for bucket in self.config.virtual_buckets}
+        )
 
     async def close(self) -> None:
         """Close the retired and current backends, the HTTP pool and the database; for after

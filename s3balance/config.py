@@ -193,6 +193,7 @@ class RepairConfig:
     interval: float = default("repair.interval")
     after: float = default("repair.after")
     max_concurrency: int = default("repair.max_concurrency")
+    verify_batch: int = default("repair.verify_batch")
     #: Bytes per second; ``None`` means unlimited.
     max_bytes_per_second: int | None = default("repair.max_bytes_per_second")
 

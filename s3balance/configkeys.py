@@ -652,6 +652,10 @@ KEYS: tuple[Key, ...] = (
     Key("repair.after", Duration(), 3600.0,
         "a copy on a backend unhealthy for longer than this is re-created elsewhere", ours=True),
     Key("repair.max_concurrency", Integer(1, 1000), 2, "objects repaired at once", ours=True),
+    Key("repair.verify_batch", Integer(1, 1_000_000), 1000,
+        "objects of each replicated bucket whose copies each pass checks on each backend (a "
+        "listing slice), so every copy is checked every ceil(objects / this) passes; a backend "
+        "back from unavailable has all its copies checked at once", ours=True),
     Key("repair.max_bytes_per_second", Size(), None,
         "bytes repair copies per second, all objects together; empty: no limit", ours=True,
         default_doc="no limit"),

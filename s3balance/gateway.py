@@ -709,6 +709,7 @@ class Gateway:
         record: ObjectRecord,
         condition: Condition = UNCONDITIONAL,
         upload_id: str | None = None,
+        short: bool = False,
     ) -> Replacement:
         """Make ``record`` (whose bytes are at its fresh location) the visible object: compare
         and swap ``condition`` in the commit's transaction, then retire what it replaced.
@@ -716,16 +717,21 @@ class Gateway:
         When it cannot commit, its bytes are deleted (nobody else references a fresh location).
 
         :param upload_id: commit as the completion of this multipart upload (dropping it).
+        :param short: the object has fewer copies than its bucket's ``replicas``
+            (``write_quorum``): queue it for repair in the same transaction.  A record with
+            fewer locations than ``replicas`` is short whatever the caller says (a multipart
+            upload that dropped copies on the way).
         :raises S3Error: PreconditionFailed, NoSuchKey (``If-Match`` on a missing key),
             NoSuchBucket, NoSuchUpload (``upload_id`` gone meanwhile), InternalError.
         """
         delete_after = self.clock.seconds() + self.settings.delete_grace
+        short = short or len(record.locations) < self.replicas.copies(record.bucket)
         try:
             if upload_id is None:
-                replaced = await self.store.commit_object(record, condition, delete_after)
+                replaced = await self.store.commit_object(record, condition, delete_after, short)
             else:
                 replaced = await self.store.finish_upload(
-                    upload_id, record, condition, delete_after
+                    upload_id, record, condition, delete_after, short
                 )
         except Exception as error:
             if not await self._committed_anyway(record, error):

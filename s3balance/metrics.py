@@ -170,6 +170,21 @@ REPAIR_BACKLOG = Gauge(
     multiprocess_mode="livemostrecent",
     registry=REGISTRY,
 )
+REPAIR_VERIFIED = Counter(
+    "s3_balance_repair_verified",
+    "Copies of replicated objects repair's incremental verification checked against a listing, "
+    "by real bucket.",
+    ["bucket"],
+    registry=REGISTRY,
+)
+REPAIR_VERIFY_PROGRESS = Gauge(
+    "s3_balance_repair_verify_progress",
+    "How far repair's current verification cycle of a real bucket's copies got: objects checked "
+    "over those of its last complete cycle (0 to 1).",
+    ["bucket"],
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 JOBS = Gauge(
     "s3_balance_jobs",
     "Jobs (drains and other background work) in the database, by kind and state, as the "

@@ -330,6 +330,9 @@ class Rebuilder:
         now = self.clock.seconds()
         for name in virtual_buckets:
             await self.store.create_bucket(name, now, from_config=True)
+        # Rows made here may have fewer or more copies than ``replicas``: repair looks at
+        # every object of every bucket again (before and after, for a daemon running meanwhile).
+        await self.store.forget_repaired_replicas()
         listings: dict[str, Sequence[ListedObject]] = {}
         for name in sorted(self.backends):
             self.report.backends[name] = BackendRebuild()
@@ -346,6 +349,7 @@ class Rebuilder:
             report = self.report.backends[name]
             await self._rebuild_backend(name, listing, newest, report, checkpoint, grace)
         self.report.interrupted = self.should_stop()
+        await self.store.forget_repaired_replicas()
         if not self.report.interrupted:
             checkpoint.remove()
         return self.report
@@ -568,6 +572,8 @@ class Rebuilder:
 
         await bounded(todo, take, self.concurrency)
         report.interrupted = self.should_stop()
+        # One copy each, whatever the bucket's ``replicas``: repair looks at its every object.
+        await self.store.forget_repaired_replicas([into])
         return report
 
     async def _import_one(

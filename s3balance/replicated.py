@@ -9,11 +9,12 @@ than its bucket promises.  The body streams to the N backends at once through a
 :class:`~s3balance.fanout.FanOut`, at the pace of the slowest.  The object becomes visible only
 when all N confirmed, by one commit of a row with N locations (usage counts each copy on its
 backend); with ``write_quorum: W`` below N, a copy that fails is dropped while W are left and the
-row commits the copies stored (repair makes the others).  When too many copies fail, the others
-are abandoned (their uploads are aborted before the last byte) and every copy that was stored all
-the same (it confirmed before another failed) is queued in ``pending_deletions`` and deleted:
-nothing is visible and nothing is left.  A backend that refused before any body byte was sent is
-replaced by another choice, as for single writes (with a quorum, it is dropped instead).
+row commits the copies stored, queued for repair in its transaction (repair makes the others).
+When too many copies fail, the others are abandoned (their uploads are aborted before the last
+byte) and every copy that was stored all the same (it confirmed before another failed) is queued
+in ``pending_deletions`` and deleted: nothing is visible and nothing is left.  A backend that
+refused before any body byte was sent is replaced by another choice, as for single writes (with a
+quorum, it is dropped instead).
 
 **Reads.**  :meth:`Replicas.reading` tries the replicas in the pool's read order (healthy ones,
 fastest probe first, taking turns among equals) and serves the first that opens; a replica that
@@ -161,7 +162,13 @@ class ReplicaHost(Protocol):
         checksums: Callable[[], dict[str, str]] | None,
     ) -> ObjectRecord: ...
 
-    async def commit(self, record: ObjectRecord, condition: Condition = ...) -> Replacement: ...
+    async def commit(
+        self,
+        record: ObjectRecord,
+        condition: Condition = ...,
+        upload_id: str | None = ...,
+        short: bool = ...,
+    ) -> Replacement: ...
 
     def holding(self, location: Location) -> AbstractAsyncContextManager[None]: ...
 
@@ -308,7 +315,7 @@ class Replicas:
             for location, result in zip(stored, results, strict=True):
                 gateway.pool.record_operation(location.backend, "A", bytes_in=result.size)
             record = gateway.new_record(new, results[0], tuple(stored), checksums)
-            await gateway.commit(record, new.condition)
+            await gateway.commit(record, new.condition, short=len(stored) < len(names))
             return record
         finally:
             for release in releases:

@@ -504,6 +504,20 @@ class BackendContractMixin:
         everything = await backend.list_objects("")
         self.assertEqual([o.key for o in everything], ["list/a", "list/b/c", "other/x"])
 
+    async def test_list_objects_slice_after_a_key_up_to_another(self) -> None:
+        backend = await self._backend()
+        keys = ["s/a", "s/b", "s/b~w1", "s/c", "s/d\u00e9", "s/z", "t/a"]
+        for key in keys:
+            await self._put(backend, key, b"x")
+        sliced = await backend.list_objects("s/", start_after="s/a", until="s/d\u00e9")
+        self.assertEqual([o.key for o in sliced], ["s/b", "s/b~w1", "s/c", "s/d\u00e9"])
+        # ``start_after`` need not be a key.
+        rest = await backend.list_objects("s/", start_after="s/c0")
+        self.assertEqual([o.key for o in rest], ["s/d\u00e9", "s/z"])
+        self.assertEqual([o.key for o in await backend.list_objects("s/", until="s/b")],
+                         ["s/a", "s/b"])  # fmt: skip
+        self.assertEqual(await backend.list_objects("s/", start_after="s/z"), [])
+
     # -- key edge cases ------------------------------------------------------------------------
 
     async def _check_key(self, key: str) -> None:

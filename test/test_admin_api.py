@@ -111,6 +111,13 @@ class AdminApiTests(TestCase):
         self.assertEqual((status, document["backlog"], document["running"]), (200, 0, False))
         self.assertEqual(document["last_pass"]["copies"], 0)
         self.assertIsNotNone(document["last_pass"]["finished"])
+        self.assertEqual(document["settings"]["verify_batch"], 1000)
+        # The first pass looked at every bucket's objects once; the next has nothing to scan.
+        self.assertTrue(document["last_pass"]["full_buckets"])
+        await self.service.repair.run_once()
+        status, document, _ = await self.request("GET", "/repair")
+        last = document["last_pass"]
+        self.assertEqual((last["full_buckets"], document["verification"]), ([], {}))
         status, _, _ = await self.request("GET", "/repair", headers={})
         self.assertEqual(status, 401)
 

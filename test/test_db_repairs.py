@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance.db.records import Location
+from s3balance.db.repairs import Cursor, RepairedBucket
 from s3balance.db.store import MetadataStore
 from test.dbfixture import (
     MYSQL_SERVER,
@@ -57,9 +58,107 @@ class RepairQueryTests:
         counted_only = yield self.store.repair_candidates("vb", 2, None, "", 10)
         self.assertEqual([key for _, key in counted_only], ["over", "short"])
         self.assertEqual((yield self.store.repair_candidates("nope", 2, None, "", 10)), [])
-        at = yield self.store.objects_at("b2", ["x/1", "x/3", "x/9"])
+        on = yield self.store.copies_on_backends(["b2", "b9"], ["vb"], 0, 10)
+        self.assertEqual([key for _, _, _, key in on], ["fine", "over", "on-b9"])
+        self.assertEqual((yield self.store.copies_on_backends(["b2"], ["other"], 0, 10)), [])
+        rest = yield self.store.copies_on_backends(["b2", "b9"], ["vb"], on[0][0], 1)
+        self.assertEqual([key for _, _, _, key in rest], ["over"])
+
+    @defer.inlineCallbacks
+    def test_replicas_repaired_are_remembered_and_forgotten_when_changed(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.create_bucket("one", now=0)
+        self.assertEqual((yield self.store.repaired_replicas()), {})
+        self.assertTrue((yield self.store.set_repaired_replicas("vb", 2, None)))
+        self.assertTrue((yield self.store.set_repaired_replicas("one", 1, None)))
+        # A second recording from "no row" lost a race: nothing changes.
+        self.assertFalse((yield self.store.set_repaired_replicas("vb", 3, None)))
+        self.assertFalse((yield self.store.set_repaired_replicas("nope", 3, None)))
         self.assertEqual(
-            sorted((b, k, r) for _, b, k, r in at), [("vb", "fine", "x/1"), ("vb", "over", "x/3")]
+            (yield self.store.repaired_replicas()),
+            {"vb": RepairedBucket(2, 0), "one": RepairedBucket(1, 0)},
+        )
+        # Buckets the mapping does not name have 1 copy.
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 2})), [])
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 3})), ["vb"])
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(None, 1))
+        # Changed by this process (even back): forgotten, one generation on.
+        self.assertEqual((yield self.store.forget_changed_replicas({"vb": 3}, ["vb"])), ["vb"])
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(None, 2))
+        # A pass that read generation 1 records nothing; one that read 2 does.
+        self.assertFalse((yield self.store.set_repaired_replicas("vb", 3, 1)))
+        self.assertTrue((yield self.store.set_repaired_replicas("vb", 3, 2)))
+        self.assertEqual((yield self.store.repaired_replicas())["vb"], RepairedBucket(3, 2))
+        yield self.store.forget_repaired_replicas(["one"])
+        self.assertEqual((yield self.store.repaired_replicas())["one"], RepairedBucket(None, 1))
+        yield self.store.forget_repaired_replicas()
+        self.assertEqual(
+            (yield self.store.repaired_replicas()),
+            {"vb": RepairedBucket(None, 3), "one": RepairedBucket(None, 2)},
+        )
+
+    @defer.inlineCallbacks
+    def test_the_queue_keeps_a_requeued_object_and_loses_deleted_ones(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        for key in ("a", "b", "c"):
+            yield self.store.put_object(obj(key, locations=(("b1", f"x/{key}"),)))
+        located = yield self.store.copies_on_backends(["b1"], ["vb"], 0, 10)
+        ids = {key: object_id for _, object_id, _, key in located}
+        yield self.store.queue_repairs([ids["a"], ids["b"], ids["c"], 10**9], 5.0)
+        queued = yield self.store.queued_repairs(0, 10)
+        self.assertEqual(
+            [(q.key, q.queued_at) for q in queued], [("a", 5.0), ("b", 5.0), ("c", 5.0)]
+        )
+        self.assertEqual(
+            [q.key for q in (yield self.store.queued_repairs(queued[0].object_id, 1))], ["b"]
+        )
+        # Queued again after it was read: the dequeue of the older entry leaves it.
+        yield self.store.queue_repairs([ids["a"]], 6.0)
+        yield self.store.dequeue_repair(ids["a"], 5.0)
+        yield self.store.dequeue_repair(ids["b"], 5.0)
+        yield self.store.delete_object("vb", "c")
+        self.assertEqual(
+            [(q.key, q.queued_at) for q in (yield self.store.queued_repairs(0, 10))], [("a", 6.0)]
+        )
+
+    @defer.inlineCallbacks
+    def test_a_short_commit_queues_its_object_in_the_same_transaction(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.commit_object(obj("full", last_modified=1.0))
+        replaced = yield self.store.commit_object(obj("short", last_modified=2.0), short=True)
+        queued = yield self.store.queued_repairs(0, 10)
+        self.assertEqual([(q.bucket, q.key, q.queued_at) for q in queued], [("vb", "short", 2.0)])
+        self.assertEqual(queued[0].object_id, replaced.object_id)
+        # Overwritten short again later: queued at the later time, under the same row id.
+        yield self.store.commit_object(obj("short", last_modified=3.0), short=True)
+        self.assertEqual([q.queued_at for q in (yield self.store.queued_repairs(0, 10))], [3.0])
+
+    @defer.inlineCallbacks
+    def test_verification_slices_follow_key_order_on_one_backend(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        for index in range(5):
+            where = (("b1", f"vb/k{index}~w1"), ("b2", f"vb/k{index}~w1"))
+            yield self.store.put_object(
+                obj(f"k{index}", locations=where if index % 2 else where[1:])
+            )
+        first = yield self.store.verification_slice("b1", "vb", "", 1)
+        self.assertEqual([(row.key, row.real_key) for row in first], [("k1", "vb/k1~w1")])
+        rest = yield self.store.verification_slice("b1", "vb", "k1", 10)
+        self.assertEqual([row.key for row in rest], ["k3"])
+        self.assertEqual(len((yield self.store.verification_slice("b2", "vb", "", 10))), 5)
+        self.assertEqual((yield self.store.verification_slice("b2", "nope", "", 10)), [])
+
+    @defer.inlineCallbacks
+    def test_cursors_are_saved_and_read_back(self) -> Gen:
+        yield self.store.create_bucket("vb", now=0)
+        yield self.store.save_cursor(Cursor("b1", "vb", "k7", 7, None, 0, True, 3.0))
+        yield self.store.save_cursor(Cursor("b1", "nope", "k7"))
+        self.assertEqual(
+            (yield self.store.repair_cursors()), [Cursor("b1", "vb", "k7", 7, None, 0, True, 3.0)]
+        )
+        yield self.store.save_cursor(Cursor("b1", "vb", "", 0, 9, 1, False, 4.0))
+        self.assertEqual(
+            (yield self.store.repair_cursors()), [Cursor("b1", "vb", "", 0, 9, 1, False, 4.0)]
         )
 
     @defer.inlineCallbacks

@@ -225,6 +225,7 @@ class ReplicatedLifecycleTests(ReplicatedMultipartCase):
         assert row is not None
         self.assertEqual(row.part_sizes, (2000, 3000, 4))
         self.assertEqual(row.metadata, {"c": "1"})
+        self.assertEqual(await self.store.queued_repairs(0, 10), [])  # every copy: not queued
         async with self.gateway.reading(row) as stream:
             self.assertEqual(await collect(stream), ONE + TWO + TAIL)
 
@@ -316,6 +317,8 @@ class QuorumOfOneTests(ReplicatedMultipartCase):
             "vb", "k", upload.upload_id, [(1, first), (2, second), (3, third)]
         )
         self.assertEqual([loc.backend for loc in record.locations], [kept])
+        # Short of a copy: queued for repair by the completion's commit.
+        self.assertEqual([q.key for q in await self.store.queued_repairs(0, 10)], ["k"])
         self.assertEqual(await self.stored(failing), [])
         self.assertEqual(await self.used(), {failing: 0, kept: 5004})
         self.assertEqual(await self.store.due_deletions(1e12), [])
@@ -347,6 +350,7 @@ class QuorumOfOneTests(ReplicatedMultipartCase):
         Refusing(self.backend(failing), "complete_multipart_upload")
         record = await self.uploads.complete("vb", "k", upload.upload_id, [(1, etag)])
         self.assertEqual([loc.backend for loc in record.locations], [upload.backend])
+        self.assertEqual([q.key for q in await self.store.queued_repairs(0, 10)], ["k"])
         self.assertEqual(await self.used(), {upload.backend: 2000, failing: 0})
         await self.gateway.sweep_deletions()
         self.assertFalse(await self.alive(upload, upload.copies[0]))

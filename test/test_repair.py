@@ -34,7 +34,10 @@ def body_of(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest() * 300 + key.encode()
 
 
-class RepairTests(unittest.TestCase):
+class RepairBase(unittest.TestCase):
+    """A daemon over local directories whose virtual bucket ``vb`` keeps ``replicas`` copies;
+    repair takes a copy as lost as soon as its backend is unhealthy."""
+
     timeout = 60
     replicas = 2
 
@@ -99,6 +102,9 @@ class RepairTests(unittest.TestCase):
         self.assertEqual(found.errors, [])
         return [orphan for b in found.backends.values() for orphan in b.orphans]
 
+
+
+class RepairTests(RepairBase):
     async def test_a_wiped_copy_is_restored_where_it_was(self) -> None:
         keys = [f"k{index}" for index in range(5)]
         before = await self.write(keys)
@@ -464,14 +470,21 @@ class WriteQuorumTests(unittest.TestCase):
 
     async def test_a_write_short_of_a_copy_is_visible_and_repaired_later(self) -> None:
         daemon = await self.start_with_r1_broken(write_quorum=1)
+        repairer = daemon.components.repair
+        await repairer.run_once()  # the bucket's every object looked at once: none
         data = body_of("k")
         record = await daemon.gateway.put_object("vb", "k", BytesProducer(data), len(data), {}, {})
         self.assertEqual([location.backend for location in record.locations], ["r2"])
         self.assertEqual(await collect_object(daemon, "k"), data)
+        # The commit queued it: repair finds it without scanning for it.
+        self.assertEqual([q.key for q in await daemon.store.queued_repairs(0, 10)], ["k"])
 
         self.mend_r1()
         daemon.health.adopt("r1", BackendHealth(healthy=True))
-        await daemon.components.repair.run_once()
+        await repairer.run_once()
+        assert repairer.last is not None
+        self.assertEqual((repairer.last.full_buckets, repairer.last.queued), ([], 1))
+        self.assertEqual(await daemon.store.queued_repairs(0, 10), [])
         repaired = await daemon.store.get_object("vb", "k")
         assert repaired is not None
         self.assertEqual(sorted(location.backend for location in repaired.locations), ["r1", "r2"])

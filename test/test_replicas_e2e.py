@@ -362,6 +362,48 @@ class ReplicasOnTwoServers(TestCase):
             )
             self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest(), key)
 
+    async def test_a_server_back_wiped_has_every_copy_verified_in_one_pass(self) -> None:
+        """Repair verifies one object per backend and pass here (``repair.verify_batch: 1``),
+        but a backend that was down and is back has all its copies checked at once."""
+        repairer = self.daemon.components.repair
+        repairer.config.verify_batch = 1
+        written = {f"s{index}": generated_bytes(64 << 10, seed=30 + index) for index in range(8)}
+        for key, data in written.items():
+            await in_thread(self.s3.put_object, Bucket=BUCKET, Key=key, Body=data)
+        before = {key: await self.daemon.store.get_object(BUCKET, key) for key in written}
+        on_w1 = [
+            key
+            for key, record in before.items()
+            if record is not None and "w1" in {loc.backend for loc in record.locations}
+        ]
+        self.assertGreater(len(on_w1), 2)
+        await repairer.run_once()
+
+        server = self.servers["w1"]
+        await in_thread(server.kill)
+        self.daemon.health.mark_failure("w1", "connection refused")  # what a probe would see
+        await repairer.run_once()  # down for less than repair.after: its copies stay
+        assert repairer.last is not None
+        self.assertEqual(repairer.last.copies, 0)
+        shutil.rmtree(server.data_dir)
+        shutil.rmtree(server.master_dir)
+        await in_thread(server.start)  # same ports, nothing on it
+        await in_thread(server.create_bucket, "replica-one")
+        self.prefer("w1")  # healthy again
+
+        await repairer.run_once()
+        self.assertEqual((repairer.last.copies, repairer.last.backlog), (len(on_w1), 0))
+        self.assertEqual(len(await self.keys_on("w1")), len(on_w1))
+        swept = repairer.progress[("w1", BUCKET)]
+        self.assertEqual((swept.sweep, swept.after, swept.last_total), (False, "", len(on_w1)))
+        self.assertLessEqual(repairer.progress[("w2", BUCKET)].checked, 3)
+        await in_thread(self.servers["w2"].kill)
+        for key, data in written.items():
+            got = await in_thread(
+                lambda k=key: self.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+            )
+            self.assertEqual(hashlib.md5(got).hexdigest(), hashlib.md5(data).hexdigest(), key)
+
     async def test_replicas_lowered_then_raised_live_are_applied_by_repair(self) -> None:
         written = {f"k{index}": generated_bytes(3 << 20, seed=20 + index) for index in range(3)}
         for key, data in written.items():

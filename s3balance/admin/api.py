@@ -55,10 +55,14 @@ also those with no operations yet.
 (``{"clean", "orphans", "dangling", "removed", "errors", "backends": {<name>: {...}}, ...}``).
 A scrub lists whole real buckets: it can take long on big ones.
 
-``GET /api/repair`` -> ``{"running", "current_pass", "last_pass", "backlog", "settings"}``: a pass
-is ``{"started", "finished", "examined", "repaired", "copies", "bytes_copied", "dropped",
-"backlog", "claimed_elsewhere", "failures", "errors"}`` (:class:`s3balance.repair.RepairPass`);
-``backlog`` is the last pass's (objects left with too few or too many copies), null before any.
+``GET /api/repair`` -> ``{"running", "current_pass", "last_pass", "backlog", "verification",
+"settings"}``: a pass is ``{"started", "finished", "examined", "repaired", "copies",
+"bytes_copied", "dropped", "backlog", "no_source", "claimed_elsewhere", "failures",
+"full_buckets", "queued", "on_lost_backends", "verified", "missing", "errors"}``
+(:class:`s3balance.repair.RepairPass`); ``backlog`` is the last pass's (objects left with too few
+or too many copies), null before any; ``verification`` is ``{backend: {"fraction", "buckets":
+{bucket: {"after", "checked", "last_total", "cycles", "sweep", "updated_at"}}}}``, where the
+incremental verification of copies is (:meth:`s3balance.repair.Repairer.verification`).
 
 ``GET /api/jobs[?state=running]`` -> ``{"jobs": [<job>, ...]}``, newest first (at most 200);
 ``GET /api/jobs/{id}`` -> ``<job>``; ``POST /api/jobs/{id}/pause``, ``.../resume``,

@@ -207,6 +207,17 @@ class Reconfigurator:
             if created:
                 changes.append(f"virtual bucket {bucket.name} created")
         old_replicas = {b.name: b.replicas for b in old.virtual_buckets}
+        new_replicas = {b.name: b.replicas for b in effective.virtual_buckets}
+        try:  # repair looks at every object of these (even if they change back before it runs)
+            await self._store.forget_changed_replicas(
+                new_replicas,
+                [
+                    name for name in set(old_replicas) | set(new_replicas)
+                    if old_replicas.get(name, 1) != new_replicas.get(name, 1)
+                ],
+            )  # fmt: skip
+        except Exception as error:
+            changes.append(f"repair could not be told about changed replicas: {error}")
         for bucket in effective.virtual_buckets:
             copies = old_replicas.get(bucket.name, 1)
             if copies != bucket.replicas:

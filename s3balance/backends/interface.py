@@ -249,8 +249,12 @@ class IBackend(Interface):
     def list_parts(key: str, upload_id: str) -> Deferred[list[PartResult]]:
         """The parts the backend holds for an upload, ascending by part number."""
 
-    def list_objects(prefix: str) -> Deferred[list[ListedObject]]:
-        """Every object whose real key starts with ``prefix``, pages already followed.
+    def list_objects(
+        prefix: str, start_after: str = "", until: str | None = None
+    ) -> Deferred[list[ListedObject]]:
+        """Every object whose real key starts with ``prefix``, pages already followed, in UTF-8
+        byte order; only those after ``start_after`` and (unless None) up to ``until``
+        included, so that a slice of a large bucket costs about its own pages.
 
         For reconciliation; not on any client's request path.
         """

@@ -65,6 +65,7 @@ from s3balance.backends.interface import (
 from s3balance.backends.objectrules import (
     check_completion,
     check_part_number,
+    in_key_range,
     key_bytes,
     refuse_encryption,
     resolve_range,
@@ -345,7 +346,9 @@ class _Store:
                 os.close(fd)
         return self.commit_object(key, written, f'"{written.md5}"', headers, metadata)
 
-    def list_objects(self, prefix: str) -> list[ListedObject]:
+    def list_objects(
+        self, prefix: str, start_after: str = "", until: str | None = None
+    ) -> list[ListedObject]:
         listed = []
         for directory, _, files in os.walk(self.meta):
             for file_name in files:
@@ -362,7 +365,11 @@ class _Store:
                     )
                     continue
                 key = sidecar.get("key")
-                if isinstance(key, str) and key.startswith(prefix):
+                if (
+                    isinstance(key, str)
+                    and key.startswith(prefix)
+                    and in_key_range(key, start_after, until)
+                ):
                     listed.append(
                         ListedObject(
                             key, sidecar["size"], sidecar["etag"], sidecar["last_modified"]
@@ -949,8 +956,10 @@ class LocalDirectoryBackend:
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartResult]]:
         return self._run(self._store.list_parts, key, upload_id)
 
-    def list_objects(self, prefix: str) -> Deferred[list[ListedObject]]:
-        return self._run(self._store.list_objects, prefix)
+    def list_objects(
+        self, prefix: str, start_after: str = "", until: str | None = None
+    ) -> Deferred[list[ListedObject]]:
+        return self._run(self._store.list_objects, prefix, start_after, until)
 
     def presign_get(self, key: str, expires_in: int, response_overrides: dict[str, str]) -> str:
         raise PresignNotSupported(self.name, "a local directory cannot presign URLs")

@@ -43,6 +43,7 @@ from s3balance.backends.interface import (
 from s3balance.backends.objectrules import (
     check_completion,
     check_part_number,
+    in_key_range,
     key_bytes,
     refuse_encryption,
     resolve_range,
@@ -313,11 +314,13 @@ class MemoryBackend:
 
     # -- the bucket ----------------------------------------------------------------------------
 
-    def list_objects(self, prefix: str) -> Deferred[list[ListedObject]]:
+    def list_objects(
+        self, prefix: str, start_after: str = "", until: str | None = None
+    ) -> Deferred[list[ListedObject]]:
         listed = [
             ListedObject(key, len(stored.data), stored.etag, stored.last_modified)
             for key, stored in self._objects.items()
-            if key.startswith(prefix)
+            if key.startswith(prefix) and in_key_range(key, start_after, until)
         ]
         listed.sort(key=lambda entry: key_bytes(entry.key))
         return succeed(listed)

@@ -22,6 +22,15 @@ def key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogatepass")
 
 
+def in_key_range(key: str, start_after: str, until: str | None) -> bool:
+    """Whether ``key`` lies after ``start_after`` and (unless None) up to ``until``, in listing
+    order (a listing's ``start_after``/``until`` slice)."""
+    encoded = key_bytes(key)
+    if start_after and encoded <= key_bytes(start_after):
+        return False
+    return until is None or encoded <= key_bytes(until)
+
+
 def stored_headers(headers: dict[str, str]) -> dict[str, str]:
     """The headers of :data:`STORED_HEADERS` among ``headers``, lower-case names."""
     kept = {name.lower(): value for name, value in headers.items()}

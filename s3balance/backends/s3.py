@@ -34,6 +34,7 @@ from s3balance.backends.interface import (
     PartResult,
     PutResult,
 )
+from s3balance.backends.objectrules import in_key_range
 from s3balance.backends.putetag import PutETags
 from s3balance.backends.s3answer import (
     Answer,
@@ -403,13 +404,17 @@ class S3Backend:
     # -- the bucket ----------------------------------------------------------------------------
 
     @returns_deferred
-    async def list_objects(self, prefix: str) -> list[ListedObject]:
+    async def list_objects(
+        self, prefix: str, start_after: str = "", until: str | None = None
+    ) -> list[ListedObject]:
         objects: list[ListedObject] = []
         token = ""
         while True:
             query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
             if token:
                 query.append(("continuation-token", token))
+            elif start_after:
+                query.append(("start-after", start_after))
             answer = await self._client.call(
                 "GET", self.address.bucket_path(), query, retry=True
             )
@@ -418,6 +423,9 @@ class S3Backend:
             except s3xml.MalformedResponse as e:
                 raise BackendError(self.name, str(e)) from e
             objects.extend(page.objects)
+            if until is not None and objects and not in_key_range(objects[-1].key, "", until):
+                # Past ``until``: the rest of the listing is too.
+                return [entry for entry in objects if in_key_range(entry.key, "", until)]
             if not page.truncated:
                 return objects
             if not page.continuation_token or page.continuation_token == token:

@@ -312,6 +312,67 @@ repair_claims = sa.Table(
 )
 
 
+#: For each virtual bucket, the ``replicas`` for which repair last finished looking at every
+#: object (:mod:`s3balance.repair`): a pass looks at a bucket's every object only when its
+#: ``replicas`` is no longer this one (a reload changed it, or no pass ever finished), so a
+#: restarted daemon or another one sharing the database knows what is left to do.  NULL (or no
+#: row) is never or no longer; ``generation`` grows each time it is forgotten, so that a pass
+#: that began before records nothing (a reload changed it and back meanwhile).
+repair_buckets = sa.Table(
+    "repair_buckets",
+    metadata,
+    sa.Column(
+        "bucket_id",
+        sa.Integer,
+        sa.ForeignKey("virtual_buckets.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("replicas", sa.Integer, nullable=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+#: Objects repair must look at without being found by a scan: a write that committed with fewer
+#: copies than ``replicas`` (``write_quorum``), an object a pass left short or over.  Queued in
+#: the transaction that made the object so; gone with the object.
+repair_queue = sa.Table(
+    "repair_queue",
+    metadata,
+    sa.Column(
+        "object_id",
+        sa.BigInteger,
+        sa.ForeignKey("objects.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("queued_at", sa.Double, nullable=False),
+)
+
+#: Where repair's incremental verification of one backend's copies of one virtual bucket is: the
+#: next pass checks the copies of the objects after key ``after`` (in key order).  ``checked``
+#: counts the objects checked since the cycle began, ``last_total`` those of the last complete
+#: cycle (their ratio is the progress shown), ``cycles`` the complete cycles; ``sweep`` asks for
+#: the rest of the cycle at once (the backend came back from unavailable, maybe wiped).
+repair_cursors = sa.Table(
+    "repair_cursors",
+    metadata,
+    sa.Column("backend", sa.String(255), primary_key=True),
+    sa.Column(
+        "bucket_id",
+        sa.Integer,
+        sa.ForeignKey("virtual_buckets.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("after", Utf8Bytes(MAX_KEY_BYTES), nullable=False),
+    sa.Column("checked", sa.BigInteger, nullable=False),
+    sa.Column("last_total", sa.BigInteger, nullable=True),
+    sa.Column("cycles", sa.BigInteger, nullable=False),
+    sa.Column("sweep", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+
 #: Resumable background work (:mod:`s3balance.jobs`): a drain, a rebalance.  ``state`` is one
 #: of ``queued``, ``running``, ``paused``, ``done``, ``failed``, ``cancelled``; a running job is
 #: held by ``owner`` (a daemon) until ``expires``, renewed by its heartbeat, and taken over by

@@ -40,6 +40,7 @@ from s3balance.db.records import (
     UploadPage,
     UploadRecord,
 )
+from s3balance.db.repairqueue import queue_repair
 from s3balance.db.usage import UPSERT_ATTEMPTS, Deltas, apply_usage, new_deltas
 
 if TYPE_CHECKING:
@@ -106,12 +107,14 @@ class MultipartComponent(DBComponent):
         record: ObjectRecord,
         condition: Condition = UNCONDITIONAL,
         delete_after: float = 0.0,
+        short: bool = False,
     ) -> Deferred[Replacement]:
-        """:meth:`complete_upload` with the condition and queueing of :meth:`commit_object`,
-        keeping the result for a repeated completion (:meth:`completed_upload`).
+        """:meth:`complete_upload` with the condition and queueing of :meth:`commit_object`
+        (``short``: queued for repair too), keeping the result for a repeated completion
+        (:meth:`completed_upload`).
         :raises KeyError: :raises NoSuchBucketError: :raises PreconditionFailedError:
         :raises ObjectMissingError:"""
-        return self.pool.do(_finish_upload, upload_id, record, condition, delete_after)
+        return self.pool.do(_finish_upload, upload_id, record, condition, delete_after, short)
 
     def completed_upload(self, upload_id: str) -> Deferred[CompletedUpload | None]:
         """The kept result of a completed upload, or None."""
@@ -392,6 +395,7 @@ def _finish_upload(
     record: ObjectRecord,
     condition: Condition,
     delete_after: float,
+    short: bool = False,
 ) -> Replacement:
     upload = _lock_upload(conn, upload_id)
     if upload is None:
@@ -400,6 +404,8 @@ def _finish_upload(
     _drop_upload(conn, upload, deltas)
     replaced = write_object(conn, record, deltas, condition)
     apply_usage(conn, deltas)
+    if short and replaced.object_id is not None:
+        queue_repair(conn, replaced.object_id, record.last_modified)
     conn.execute(
         completed_uploads.insert().values(
             upload_id=upload_id,

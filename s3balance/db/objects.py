@@ -34,6 +34,7 @@ from s3balance.db.model import (
 )
 from s3balance.db.prepared import Direct, Prepared
 from s3balance.db.records import Location, ObjectPage, ObjectRecord
+from s3balance.db.repairqueue import queue_repair
 from s3balance.db.usage import UPSERT_ATTEMPTS, Deltas, apply_usage, new_deltas
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class Replacement:
     previous_locations: tuple[Location, ...]
     to_delete: list[Location]
     pending_ids: tuple[int, ...] = ()
+    #: The id of the row a commit wrote (a replacing write keeps the row's id).
+    object_id: int | None = None
 
 
 class ObjectsComponent(DBComponent):
@@ -106,16 +109,22 @@ class ObjectsComponent(DBComponent):
         return self.pool.do(_put_object, record)
 
     def commit_object(
-        self, record: ObjectRecord, condition: Condition = UNCONDITIONAL, delete_after: float = 0.0
+        self,
+        record: ObjectRecord,
+        condition: Condition = UNCONDITIONAL,
+        delete_after: float = 0.0,
+        short: bool = False,
     ) -> Deferred[Replacement]:
         """:meth:`put_object` for the gateway: in the same transaction, judge ``condition``
         against the locked current row (compare and swap) and queue the replaced locations in
-        ``pending_deletions`` (deletable after ``delete_after``).
+        ``pending_deletions`` (deletable after ``delete_after``).  A ``short`` object (stored
+        with fewer copies than its bucket's ``replicas``) is queued for repair in the same
+        transaction.
 
         :raises PreconditionFailedError: :raises ObjectMissingError: (nothing committed)
         :raises NoSuchBucketError:
         """
-        return self.pool.do(_commit_object, record, condition, delete_after)
+        return self.pool.do(_commit_object, record, condition, delete_after, short)
 
     def remove_object(
         self, bucket: str, key: str, condition: Condition = UNCONDITIONAL, delete_after: float = 0.0
@@ -301,11 +310,17 @@ def _put_object(conn: sa.Connection, record: ObjectRecord) -> list[Location]:
 
 
 def _commit_object(
-    conn: sa.Connection, record: ObjectRecord, condition: Condition, delete_after: float
+    conn: sa.Connection,
+    record: ObjectRecord,
+    condition: Condition,
+    delete_after: float,
+    short: bool = False,
 ) -> Replacement:
     deltas = new_deltas()
     replaced = write_object(conn, record, deltas, condition)
     apply_usage(conn, deltas)
+    if short and replaced.object_id is not None:
+        queue_repair(conn, replaced.object_id, record.last_modified)
     return queue_replaced(conn, replaced, delete_after)
 
 
@@ -313,8 +328,9 @@ def queue_replaced(conn: sa.Connection, replaced: Replacement, delete_after: flo
     """Queue ``replaced.to_delete`` in ``pending_deletions``; the ids go into the result."""
     ids = queue_deletions(conn, replaced.to_delete, delete_after)
     return Replacement(
-        replaced.previous_size, replaced.previous_locations, replaced.to_delete, ids
-    )
+        replaced.previous_size, replaced.previous_locations, replaced.to_delete, ids,
+        replaced.object_id,
+    )  # fmt: skip
 
 
 def write_object(
@@ -392,7 +408,7 @@ def write_object(
     for location in old_locations:
         if location not in kept and location not in replaced:
             replaced.append(location)
-    return Replacement(old_size, old_locations, replaced)
+    return Replacement(old_size, old_locations, replaced, object_id=int(object_id))
 
 
 def _update_object(conn: sa.Connection, bucket: str, key: str, values: dict[str, Any]) -> bool:
