@@ -156,13 +156,13 @@ class ApplyConfigTests(TestCase):
         names = [b.name for b in await self.service.store.list_buckets()]
         self.assertEqual(sorted(names), ["photos", "videos"])
 
-    async def test_replicas_and_zones_change_for_new_writes(self) -> None:
+    async def test_replicas_and_zones_change_live(self) -> None:
         config = edited(self.service.config, "photos", replicas=2)
         config = edited(config, "r1", zone="rack-9")
         changes = await self.apply(config)
         self.assertIn(
-            "virtual bucket photos: replicas 1 -> 2 (new writes only; existing objects keep "
-            "their copies)",
+            "virtual bucket photos: replicas 1 -> 2 (new writes at once; repair brings existing "
+            "objects to it)",
             changes,
         )
         self.assertIn("backend r1: zone path:r1 -> rack-9", changes)

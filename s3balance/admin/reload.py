@@ -223,7 +223,7 @@ class Reconfigurator:
             if copies != bucket.replicas:
                 changes.append(
                     f"virtual bucket {bucket.name}: replicas {copies} -> {bucket.replicas} "
-                    "(new writes only; existing objects keep their copies)"
+                    "(new writes at once; repair brings existing objects to it)"
                 )
         for name in sorted(old_virtual - {b.name for b in effective.virtual_buckets}):
             changes.append(
