@@ -140,3 +140,19 @@ def test_a_database_out_of_reach_is_metadata_unavailable(tmp_path: Path) -> None
     with pytest.raises(MetadataUnavailable):
         run_single_read(engine, objects._get_object, ("photos", "k"))
     engine.dispose()
+
+
+def test_each_dialect_gets_its_own_compiled_form(tmp_path: Path) -> None:
+    """One statement serves engines of several databases (the tests make many): each dialect
+    object gets the SQL of its own database, however they come and go."""
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    prepared = Prepared(objects._SELECT_OBJECT)
+    for _ in range(3):
+        for dialect, marker in (
+            (sqlite.dialect(), "= ?"),
+            (postgresql.dialect(), "= %(bucket_name)s"),
+            (mysql.dialect(), "= %s"),
+        ):
+            assert marker in prepared.compiled(dialect).sql
+            assert prepared.compiled(dialect) is prepared.compiled(dialect)

@@ -146,13 +146,16 @@ class Prepared:
         self.statement = statement
         self.column_keys = column_keys
         self.returning_id = returning_id
-        self._by_dialect: dict[int, _Compiled] = {}
+        #: By dialect, which each entry holds: while it is cached, no other engine's dialect can
+        #: be given its id.
+        self._by_dialect: dict[int, tuple[Dialect, _Compiled]] = {}
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        found = self._by_dialect.get(id(dialect))
-        if found is None:
-            found = _Compiled(self.statement, dialect, self.column_keys, self.returning_id)
-            self._by_dialect[id(dialect)] = found
+        entry = self._by_dialect.get(id(dialect))
+        if entry is not None and entry[0] is dialect:
+            return entry[1]
+        found = _Compiled(self.statement, dialect, self.column_keys, self.returning_id)
+        self._by_dialect[id(dialect)] = (dialect, found)
         return found
 
     def rows(self, conn: sa.Connection | Direct, params: Mapping[str, Any]) -> list[Any]:
