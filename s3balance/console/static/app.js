@@ -544,14 +544,19 @@ function duration(seconds) {
   return Math.floor(total / 3600) + " h " + Math.floor((total % 3600) / 60) + " min";
 }
 
-function percent(fraction) { return fraction === null || fraction === undefined ? "–" : (fraction * 100).toFixed(1) + "%"; }
+function percent(fraction) {
+  if (fraction === null || fraction === undefined) return "–";
+  const value = fraction * 100;
+  return (value === 0 || value >= 10 ? value.toFixed(1) : value >= 0.1 ? value.toFixed(2) : value.toPrecision(2)) + "%";
+}
 
 function progressBar(done, left, label, format) {
   if (left === null || left === undefined) {
     return h("div", {}, format(done), h("span", { class: "muted" }, " (total not known yet)"));
   }
   const total = done + left;
-  return h("div", {}, h("progress", { max: Math.max(total, 1), value: total ? done : 0, "aria-label": label }), " ", format(done), " / ", format(total));
+  return h("div", {}, h("progress", { max: Math.max(total, 1), value: total ? done : 0, "aria-label": label }), " ",
+    h("span", { class: "nowrap" }, format(done) + " / " + format(total)));
 }
 
 // Bytes per second: the rate the ETA is computed from while the job runs, else its average.
