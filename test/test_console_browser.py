@@ -425,6 +425,13 @@ def test_invalid_yaml_shows_the_problem_next_to_its_key(console: Console) -> Non
     assert "seaweed-secret" not in text and TOKEN not in text
 
 
+#: How many times this page asked the API for the jobs list.
+JOBS_REQUESTS = (
+    "return performance.getEntriesByType('resource')"
+    ".filter((e) => new URL(e.name).pathname === '/api/jobs').length;"
+)
+
+
 def _job_state_shown(console: Console, job_id: int) -> str | None:
     """The state the Jobs page shows for job ``job_id`` (read in the page: it redraws itself)."""
     state: str | None = console.driver.execute_script(
@@ -464,6 +471,10 @@ def test_drain_a_backend_from_the_backends_page_until_removable(console: Console
     assert "drain" in row.text and name in row.text
     # The page follows the job by itself until it is done (at least 10 s after it began).
     _wait_job_state(console, job_id, {"done"}, DRAIN_WAIT)
+    # Nothing queued or running any more: the page stops asking (it asks every 2 s otherwise).
+    asked = console.driver.execute_script(JOBS_REQUESTS)
+    time.sleep(5)
+    assert console.driver.execute_script(JOBS_REQUESTS) == asked
     console.find(f'tr[data-job="{job_id}"] progress[aria-label]')
     assert console.find(f"#job-{job_id}-cancel").get_attribute("disabled") is not None
     console.screenshot("jobs-drain-done")

@@ -538,6 +538,7 @@ const JOB_ACTIONS = [
 
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
+  if (seconds > 0 && seconds < 1) return "< 1 s";
   const total = Math.round(seconds);
   if (total < 60) return total + " s";
   if (total < 3600) return Math.floor(total / 60) + " min " + (total % 60) + " s";
