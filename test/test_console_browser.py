@@ -534,18 +534,24 @@ def test_pause_resume_and_cancel_a_job_from_the_jobs_page(console: Console) -> N
 def test_rebalance_dry_run_shows_a_plan_and_a_second_job_is_refused(console: Console) -> None:
     console.open("/web/jobs")
     console.title_is("Jobs")
-    Select(console.find("#rebalance-mode")).select_by_value("spread")
+    # Pack with threshold 0 moves every copy on the last backend that fits on the first: the
+    # second backend still holds what its cancelled drain did not move, so there is a plan
+    # (spread's depends on how far that drain got).
+    Select(console.find("#rebalance-mode")).select_by_value("pack")
     threshold = console.find("#rebalance-threshold")
     threshold.clear()
     threshold.send_keys("0")
     console.click("#rebalance-dry-run")
     summary = console.find("#plan-summary")
-    plan = console.api("rebalance", {"mode": "spread", "threshold": 0, "dry_run": True})["plan"]
-    assert plan["moves"] > 0  # the first backend was drained: the second holds more
-    assert f"{plan['moves']} moves" in summary.text
+    plan = console.api("rebalance", {"mode": "pack", "threshold": 0, "dry_run": True})["plan"]
+    assert plan["moves"] > 0
+    assert f"{plan['moves']} moves" in summary.text and "pack" in summary.text
     for backend in plan["backends"]:
         row = console.find(f'tr[data-plan-backend="{backend["name"]}"]')
         assert "→" in row.text
+    last = next(b for b in plan["backends"] if b["name"] == console.backends[1])
+    assert last["moves_out"] == plan["moves"]  # everything moves off the last backend
+    assert f"0 / {plan['moves']}" in console.find(f'tr[data-plan-backend="{last["name"]}"]').text
     console.find("#plan-moves summary").click()
     console.find("#plan-moves table.moves tbody tr")
     assert console.api("jobs?state=running")["jobs"] == []  # a dry run moves nothing

@@ -649,7 +649,8 @@ async function rebalancePanel(onStarted) {
   const plan = h("div", { id: "rebalance-plan" });
   const underWay = h("p", { id: "rebalance-under-way", class: "notice" },
     state.job ? `Rebalance job ${state.job.id} is ${state.job.state}.` : "No rebalance under way.",
-    " Automatic rebalance: " + configured + ".");
+    " Automatic rebalance: " + configured + (configured === "off" ? "" : ", threshold " + state.settings.threshold) + ".",
+    lastCheck(state.last_check));
   let lastPlan = null;
   const settings = () => {
     const value = Number(threshold.value);
@@ -689,6 +690,15 @@ async function rebalancePanel(onStarted) {
       h("button", { type: "submit", id: "rebalance-dry-run" }, "Dry run"),
       h("button", { type: "button", class: "primary", id: "rebalance-start", onclick: startJob }, "Start rebalance")),
     underWay, message, plan);
+}
+
+// What the last automatic check (balancer.rebalance) found, if one ran.
+function lastCheck(check) {
+  if (!check) return null;
+  const found = check.started_job !== null ? `started job ${check.started_job}`
+    : check.under_way !== null ? `job ${check.under_way} was under way`
+    : check.plan ? `nothing to move (${check.plan.stopped})` : "nothing to do";
+  return ` Last automatic check ${when(check.time)}: ${found}.`;
 }
 
 function listOrNone(names) { return Array.isArray(names) && names.length ? names.join(", ") : "none"; }
