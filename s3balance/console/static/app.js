@@ -156,16 +156,16 @@ function every(draw) {
   refreshTimer = setInterval(() => { draw().catch(() => {}); }, REFRESH_MS);
 }
 
-// Draws again every POLL_MS for as long as draw() answers true (something is still moving), never
-// while the tab is hidden, backing off to REFRESH_MS while the API fails. Every link loads a new
-// page, which ends it; so does leaving the page for the back-forward cache.
-function whileActive(draw) {
+// Draws again every `period` ms for as long as draw() answers true (something is still moving),
+// never while the tab is hidden, backing off to REFRESH_MS while the API fails. Every link loads a
+// new page, which ends it; so does leaving the page for the back-forward cache.
+function whileActive(draw, period = POLL_MS) {
   clearTimeout(pollTimer);
-  let delay = POLL_MS;
+  let delay = period;
   const tick = async () => {
     let again = true;
     if (!document.hidden) {
-      try { again = await draw(); delay = POLL_MS; } catch (error) { delay = Math.min(delay * 2, REFRESH_MS); }
+      try { again = await draw(); delay = period; } catch (error) { delay = Math.max(period, Math.min(delay * 2, REFRESH_MS)); }
     }
     if (again) pollTimer = setTimeout(tick, delay);
   };
@@ -367,7 +367,8 @@ async function backends() {
       table(["Backend", "State", "Last probe", "Weight", "Enabled", "Drain"], rows, "backends"));
     return list.buckets.some((b) => b.draining && JOB_ACTIVE.includes(b.drain_state));
   };
-  if (await draw()) whileActive(draw);
+  // Slower than the Jobs page: what a draining bucket still holds is counted in the database.
+  if (await draw()) whileActive(draw, REFRESH_MS);
 }
 
 const DRAIN_WARNING = "It takes no new writes from now on, and a job moves every object s3balance stored on it to the other " +
@@ -378,7 +379,7 @@ const DRAIN_WARNING = "It takes no new writes from now on, and a job moves every
 // A real bucket's drain: the button that starts one, or how far it is and the button that undoes it.
 function drainControls(b, draw) {
   const redraw = async (id) => {
-    if (await draw()) whileActive(draw);
+    if (await draw()) whileActive(draw, REFRESH_MS);
     const again = document.getElementById(id);
     if (again) again.focus();
   };
