@@ -179,7 +179,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         )
     config = {
         "buckets": real + [{"name": "photos", "virtual": True}],
-        "balancer": {"strategy": "round-robin", "health_check_period": "1s"},
+        # (the automatic rebalance stays off until a test turns it on: then it checks each second)
+        "balancer": {
+            "strategy": "round-robin",
+            "health_check_period": "1s",
+            "rebalance_interval": "1s",
+        },
         "s3api": {"access_key": S3_KEY, "secret_key": S3_SECRET, "auth_required": True},
         "api": {"enabled": True, "token": TOKEN},
         # Slow enough that a drain or rebalance is still running when its buttons are clicked.
@@ -571,6 +576,30 @@ def test_rebalance_dry_run_shows_a_plan_and_a_second_job_is_refused(console: Con
     _accept_confirmation(console, "stops between two objects")
     _wait_job_state(console, job["id"], {"cancelled"})
     assert console.api("rebalance")["job"] is None
+
+
+def test_the_rebalance_panel_says_what_the_automatic_check_found(console: Console) -> None:
+    console.api("config", {"balancer": {"rebalance": "pack", "rebalance_threshold": 0.0}})
+    try:
+        console.wait().until(lambda _: console.api("rebalance")["last_check"] is not None)
+        check = console.api("rebalance")["last_check"]
+        console.open("/web/jobs")
+        console.title_is("Jobs")
+        console.text_in("#rebalance-under-way", "Automatic rebalance: pack, threshold 0.")
+        if check["started_job"] is not None:
+            found = f"started job {check['started_job']}"
+        elif check["under_way"] is not None:
+            found = f"job {check['under_way']} was under way"
+        else:
+            found = f"nothing to move ({check['plan']['stopped']})"
+        console.text_in("#rebalance-under-way", "Last automatic check 20")
+        console.text_in("#rebalance-under-way", found)
+    finally:
+        console.api("config", {"balancer": {"rebalance": "off"}})
+        time.sleep(2)  # a check under way when it was turned off ends within its round
+        job = console.api("rebalance")["job"]
+        if job is not None:
+            console.api(f"jobs/{job['id']}/cancel", {})
 
 
 def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
