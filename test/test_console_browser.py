@@ -50,6 +50,10 @@ TOKEN = "console-admin-token-0123"
 S3_KEY, S3_SECRET = "AKIDCONSOLE0001", "console-secret-0123456789"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
 WAIT = 10.0
+#: Bytes per second the daemon's jobs move: each 32 KiB object then takes two seconds.
+JOB_RATE = 16 * 1024
+#: A drain is done no sooner than 10 s after it began, then after its objects are moved.
+DRAIN_WAIT = 60.0
 
 #: Runs in every page before its own scripts: records CSP violations (none are expected).
 RECORD_VIOLATIONS = (
@@ -175,9 +179,16 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         )
     config = {
         "buckets": real + [{"name": "photos", "virtual": True}],
-        "balancer": {"strategy": "round-robin", "health_check_period": "1s"},
+        # (the automatic rebalance stays off until a test turns it on: then it checks each second)
+        "balancer": {
+            "strategy": "round-robin",
+            "health_check_period": "1s",
+            "rebalance_interval": "1s",
+        },
         "s3api": {"access_key": S3_KEY, "secret_key": S3_SECRET, "auth_required": True},
         "api": {"enabled": True, "token": TOKEN},
+        # Slow enough that a drain or rebalance is still running when its buttons are clicked.
+        "jobs": {"max_bytes_per_second": JOB_RATE},
     }
     workdir = tmp_path_factory.mktemp("console")
     downloads = workdir / "downloads"
@@ -223,11 +234,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         daemon.stop()
 
 
-def _put_objects(daemon: DaemonProcess) -> None:
+def _s3(daemon: DaemonProcess) -> Any:
     import boto3
     from botocore.config import Config
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=daemon.endpoint,
         aws_access_key_id=S3_KEY,
@@ -235,6 +246,10 @@ def _put_objects(daemon: DaemonProcess) -> None:
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
+
+
+def _put_objects(daemon: DaemonProcess) -> None:
+    client = _s3(daemon)
     client.put_object(Bucket="photos", Key="hello.txt", Body=b"hello from the console test\n")
     client.put_object(Bucket="photos", Key="docs/readme.txt", Body=b"R" * 300_000)
     client.put_object(Bucket="photos", Key="docs/more/deep.txt", Body=b"deep")
@@ -415,6 +430,178 @@ def test_invalid_yaml_shows_the_problem_next_to_its_key(console: Console) -> Non
     assert "seaweed-secret" not in text and TOKEN not in text
 
 
+#: How many times this page asked the API for the jobs list.
+JOBS_REQUESTS = (
+    "return performance.getEntriesByType('resource')"
+    ".filter((e) => new URL(e.name).pathname === '/api/jobs').length;"
+)
+
+
+def _job_state_shown(console: Console, job_id: int) -> str | None:
+    """The state the Jobs page shows for job ``job_id`` (read in the page: it redraws itself)."""
+    state: str | None = console.driver.execute_script(
+        "const row = document.querySelector('tr[data-job=\"' + arguments[0] + '\"]');"
+        "return row ? row.dataset.state : null;",
+        job_id,
+    )
+    return state
+
+
+def _wait_job_state(console: Console, job_id: int, states: set[str], timeout: float = WAIT) -> None:
+    console.wait(timeout).until(lambda _: _job_state_shown(console, job_id) in states)
+
+
+def _accept_confirmation(console: Console, says: str) -> None:
+    dialog = console.wait().until(ec.alert_is_present())
+    assert says in dialog.text, dialog.text
+    dialog.accept()
+
+
+def test_drain_a_backend_from_the_backends_page_until_removable(console: Console) -> None:
+    name = console.backends[0]
+    console.open("/web/backends")
+    console.title_is("Backends")
+    console.click(f"#drain-{name}")
+    _accept_confirmation(console, "no new writes")
+    console.find(f"#undrain-{name}")
+    console.text_in(f'tr[data-backend="{name}"]', "draining")
+    bucket = console.api(f"buckets/{name}")
+    assert bucket["draining"] and bucket["drain_job"] is not None
+    job_id = bucket["drain_job"]
+    console.screenshot("backends-draining")
+
+    console.open("/web/jobs")
+    console.title_is("Jobs")
+    row = console.find(f'tr[data-job="{job_id}"]')
+    assert "drain" in row.text and name in row.text
+    # The page follows the job by itself until it is done (at least 10 s after it began).
+    _wait_job_state(console, job_id, {"done"}, DRAIN_WAIT)
+    # Nothing queued or running any more: the page stops asking (it asks every 2 s otherwise).
+    asked = console.driver.execute_script(JOBS_REQUESTS)
+    time.sleep(5)
+    assert console.driver.execute_script(JOBS_REQUESTS) == asked
+    console.find(f'tr[data-job="{job_id}"] progress[aria-label]')
+    assert console.find(f"#job-{job_id}-cancel").get_attribute("disabled") is not None
+    console.screenshot("jobs-drain-done")
+
+    bucket = console.api(f"buckets/{name}")
+    assert bucket["removable"] and bucket["held_objects"] == 0
+    console.open("/web/backends")
+    console.text_in(f'tr[data-backend="{name}"] .drain-badge', "removable")
+    console.text_in(f"#drain-state-{name} .removable", "can be removed")
+    console.open("/web/dashboard")
+    console.text_in(f'tr[data-backend="{name}"]', "removable")
+    console.open("/web/backends")
+    console.title_is("Backends")
+    console.screenshot("backends-removable")
+    console.click(f"#undrain-{name}")  # done: no confirmation, nothing is stopped
+    console.find(f"#drain-{name}")
+    assert not console.api(f"buckets/{name}")["draining"]
+
+
+def test_pause_resume_and_cancel_a_job_from_the_jobs_page(console: Console) -> None:
+    client = _s3(console.daemon)
+    for i in range(20):
+        client.put_object(Bucket="photos", Key=f"bulk/{i:02d}", Body=bytes([i]) * 32 * 1024)
+    name = console.backends[1]  # holds everything since the first backend's drain
+    job_id = console.api(f"buckets/{name}/drain", {})["job"]["id"]
+    console.open("/web/jobs")
+    console.title_is("Jobs")
+    _wait_job_state(console, job_id, {"running"})
+    console.screenshot("jobs-drain-running")
+
+    console.click(f"#job-{job_id}-pause")
+    _wait_job_state(console, job_id, {"paused"})
+    assert console.api(f"jobs/{job_id}")["state"] == "paused"
+    assert console.find(f"#job-{job_id}-pause").get_attribute("disabled") is not None
+    console.click(f"#job-{job_id}-resume")
+    _wait_job_state(console, job_id, {"queued", "running"})
+    assert console.api(f"jobs/{job_id}")["state"] in {"queued", "running"}
+
+    # Paused here, resumed elsewhere (another operator, the command line): the page still offers
+    # Resume, and the API's refusal is what the operator reads.
+    console.click(f"#job-{job_id}-pause")
+    _wait_job_state(console, job_id, {"paused"})
+    console.api(f"jobs/{job_id}/resume", {})
+    console.click(f"#job-{job_id}-resume")
+    console.text_in("#jobs-message", f"Resume job {job_id}: not done")
+    assert "it cannot resume" in console.find("#jobs-message").text
+    console.screenshot("jobs-refused")
+    _wait_job_state(console, job_id, {"queued", "running"})
+
+    console.click(f"#job-{job_id}-cancel")
+    _accept_confirmation(console, "takes new writes again")
+    _wait_job_state(console, job_id, {"cancelled"})
+    assert console.api(f"jobs/{job_id}")["state"] == "cancelled"
+    assert not console.api(f"buckets/{name}")["draining"]
+
+
+def test_rebalance_dry_run_shows_a_plan_and_a_second_job_is_refused(console: Console) -> None:
+    console.open("/web/jobs")
+    console.title_is("Jobs")
+    # Pack with threshold 0 moves every copy on the last backend that fits on the first: the
+    # second backend still holds what its cancelled drain did not move, so there is a plan
+    # (spread's depends on how far that drain got).
+    Select(console.find("#rebalance-mode")).select_by_value("pack")
+    threshold = console.find("#rebalance-threshold")
+    threshold.clear()
+    threshold.send_keys("0")
+    console.click("#rebalance-dry-run")
+    summary = console.find("#plan-summary")
+    plan = console.api("rebalance", {"mode": "pack", "threshold": 0, "dry_run": True})["plan"]
+    assert plan["moves"] > 0
+    assert f"{plan['moves']} moves" in summary.text and "pack" in summary.text
+    for backend in plan["backends"]:
+        row = console.find(f'tr[data-plan-backend="{backend["name"]}"]')
+        assert "→" in row.text
+    last = next(b for b in plan["backends"] if b["name"] == console.backends[1])
+    assert last["moves_out"] == plan["moves"]  # everything moves off the last backend
+    assert f"0 / {plan['moves']}" in console.find(f'tr[data-plan-backend="{last["name"]}"]').text
+    console.find("#plan-moves summary").click()
+    console.find("#plan-moves table.moves tbody tr")
+    assert console.api("jobs?state=running")["jobs"] == []  # a dry run moves nothing
+    console.screenshot("jobs-rebalance-plan")
+
+    console.click("#rebalance-start")
+    _accept_confirmation(console, "egress")
+    console.text_in("#rebalance-under-way", "Rebalance job")
+    job = console.api("rebalance")["job"]
+    assert job is not None and job["kind"] == "rebalance"
+    console.find(f'tr[data-job="{job["id"]}"]')
+    console.click("#rebalance-start")
+    _accept_confirmation(console, "egress")
+    console.text_in("#rebalance-message", f"rebalance job {job['id']} is")
+    console.screenshot("jobs-rebalance-refused")
+    console.click(f"#job-{job['id']}-cancel")
+    _accept_confirmation(console, "stops between two objects")
+    _wait_job_state(console, job["id"], {"cancelled"})
+    assert console.api("rebalance")["job"] is None
+
+
+def test_the_rebalance_panel_says_what_the_automatic_check_found(console: Console) -> None:
+    console.api("config", {"balancer": {"rebalance": "pack", "rebalance_threshold": 0.0}})
+    try:
+        console.wait().until(lambda _: console.api("rebalance")["last_check"] is not None)
+        check = console.api("rebalance")["last_check"]
+        console.open("/web/jobs")
+        console.title_is("Jobs")
+        console.text_in("#rebalance-under-way", "Automatic rebalance: pack, threshold 0.")
+        if check["started_job"] is not None:
+            found = f"started job {check['started_job']}"
+        elif check["under_way"] is not None:
+            found = f"job {check['under_way']} was under way"
+        else:
+            found = f"nothing to move ({check['plan']['stopped']})"
+        console.text_in("#rebalance-under-way", "Last automatic check 20")
+        console.text_in("#rebalance-under-way", found)
+    finally:
+        console.api("config", {"balancer": {"rebalance": "off"}})
+        time.sleep(2)  # a check under way when it was turned off ends within its round
+        job = console.api("rebalance")["job"]
+        if job is not None:
+            console.api(f"jobs/{job['id']}/cancel", {})
+
+
 def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
     console.driver.set_window_size(390, 844)
     try:
@@ -424,12 +611,17 @@ def test_narrow_screen_has_no_sideways_scroll(console: Console) -> None:
             ("buckets", "Buckets"),
             ("buckets/photos", "Bucket photos"),
             ("balancer", "Balancer"),
+            ("jobs", "Jobs"),
             ("stats", "Statistics"),
             ("settings", "Settings"),
         )
         for page, title in pages:
             console.open(f"/web/{page}")
             console.title_is(title)
+            if page == "jobs":  # with the jobs table and a plan drawn
+                console.find("tr[data-job]")
+                console.click("#rebalance-dry-run")
+                console.find("#plan-summary")
             width = console.driver.execute_script("return document.documentElement.scrollWidth;")
             viewport = console.driver.execute_script("return window.innerWidth;")
             assert width <= viewport, (page, width, viewport)

@@ -94,3 +94,24 @@ class JobsApiTests(TestCase):
         self.assertFalse(self.service.pool.is_drained("r2"))
         status, undone = await self.request("POST", "/buckets/r2/undrain")
         self.assertEqual((status, undone["job"]), (200, None))
+
+    async def test_the_bucket_list_says_which_buckets_drain(self) -> None:
+        # The console's dashboard draws the drain state of every bucket from this one list.
+        status, listed = await self.request("GET", "/buckets")
+        real = {b["name"]: b for b in listed["buckets"] if not b["virtual"]}
+        self.assertEqual(
+            {n: (b["draining"], b["drain_job"], b["removable"]) for n, b in real.items()},
+            {"r1": (False, None, False), "r2": (False, None, False)},
+        )
+        self.assertNotIn("held_objects", real["r1"])
+        status, answer = await self.request("POST", "/buckets/r1/drain")
+        self.assertEqual(status, 200)
+        status, listed = await self.request("GET", "/buckets")
+        r1 = next(b for b in listed["buckets"] if b["name"] == "r1")
+        self.assertEqual(
+            (r1["draining"], r1["drain_job"], r1["drain_state"], r1["held_objects"]),
+            (True, answer["job"]["id"], "queued", 0),
+        )
+        self.assertFalse(r1["removable"])
+        r2 = next(b for b in listed["buckets"] if b["name"] == "r2")
+        self.assertEqual((r2["draining"], r2["drain_state"]), (False, None))

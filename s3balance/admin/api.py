@@ -15,8 +15,9 @@ virtual ones.  A real bucket is ``{"name", "virtual": false, "endpoint", "region
 "healthy", "last_probe", "last_error", "probe_latency_seconds", "used_bytes", "object_count",
 "capacity_bytes" (max_size, or what the storage reports, or null), "storage_free_bytes",
 "month", "class_a_operations", "class_b_operations", "class_a_limit", "class_b_limit"}``
-(limits: 0 means unlimited).  A virtual bucket is ``{"name", "virtual": true, "created",
-"from_config"}``.
+(limits: 0 means unlimited), with ``"draining"``, ``"drain_job"``, ``"drain_state"`` and
+``"removable"`` (see drain below; a draining bucket also has the ``"held_*"`` counts).  A
+virtual bucket is ``{"name", "virtual": true, "created", "from_config"}``.
 
 ``GET /api/buckets/{name}`` -> one ``<bucket>``, or 404.
 
@@ -406,7 +407,20 @@ class AdminResource(Resource):
     # -- buckets -----------------------------------------------------------------------------
 
     async def get_buckets(self, request: Request) -> JSON:
-        real = [self._real_bucket(name) for name in self.daemon.pool.names()]
+        from s3balance.drain import drain_document
+
+        store = self.daemon.store
+        drained = await store.drained_backends()
+        real = []
+        for name in self.daemon.pool.names():
+            job_id = drained.get(name)
+            if job_id is None:
+                drain = {"draining": False, "drain_job": None, "drain_state": None,
+                         "removable": False}  # fmt: skip
+            else:
+                # Only a drained bucket is counted: a count per bucket on every list is too dear.
+                drain = drain_document(await store.held_on(name), await store.get_job(job_id))
+            real.append({**self._real_bucket(name), **drain})
         virtual = [_virtual_bucket(record) for record in await self.daemon.store.list_buckets()]
         return {"buckets": real + virtual}
 

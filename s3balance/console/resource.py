@@ -22,7 +22,7 @@ from twisted.web.server import Request
 
 #: The pages the shell serves (the script draws the one the path names).
 PAGES = frozenset(
-    {"", "signin", "dashboard", "backends", "buckets", "balancer", "stats", "settings"}
+    {"", "signin", "dashboard", "backends", "buckets", "balancer", "jobs", "stats", "settings"}
 )
 
 #: Assets under ``/web/static/`` and their content types.

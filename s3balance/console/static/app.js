@@ -6,9 +6,12 @@
 
 const TOKEN_KEY = "s3balance.token";
 const NOTE_KEY = "s3balance.note";
-const PAGES = ["dashboard", "backends", "buckets", "balancer", "stats", "settings"];
+const PAGES = ["dashboard", "backends", "buckets", "balancer", "jobs", "stats", "settings"];
 const REFRESH_MS = 10000;
+// While a job is queued or running its page is drawn again this often (slower after errors).
+const POLL_MS = 2000;
 let refreshTimer = null;
+let pollTimer = null;
 
 // -- small helpers ------------------------------------------------------------------------------
 
@@ -142,7 +145,7 @@ async function start() {
   for (const link of document.querySelectorAll("nav a[data-page]")) {
     if (link.dataset.page === navPage) link.setAttribute("aria-current", "page");
   }
-  const pages = { dashboard, backends, buckets, objects, balancer, stats, settings };
+  const pages = { dashboard, backends, buckets, objects, balancer, jobs, stats, settings };
   const draw = pages[where.page];
   if (!draw) return failed(new Error("No such page."));
   try { await draw(where); } catch (error) { if (error.status !== 401) failed(error); }
@@ -152,6 +155,25 @@ function every(draw) {
   clearInterval(refreshTimer);
   refreshTimer = setInterval(() => { draw().catch(() => {}); }, REFRESH_MS);
 }
+
+// Draws again every `period` ms for as long as draw() answers true (something is still moving),
+// never while the tab is hidden, backing off to REFRESH_MS while the API fails. Every link loads a
+// new page, which ends it; so does leaving the page for the back-forward cache.
+function whileActive(draw, period = POLL_MS) {
+  clearTimeout(pollTimer);
+  let delay = period;
+  const tick = async () => {
+    let again = true;
+    if (!document.hidden) {
+      try { again = await draw(); delay = period; } catch (error) { delay = Math.max(period, Math.min(delay * 2, REFRESH_MS)); }
+    }
+    if (again) pollTimer = setTimeout(tick, delay);
+  };
+  pollTimer = setTimeout(tick, delay);
+}
+
+window.addEventListener("pagehide", () => { clearTimeout(pollTimer); clearInterval(refreshTimer); });
+window.addEventListener("pageshow", (event) => { if (event.persisted) location.reload(); });
 
 // -- sign in ------------------------------------------------------------------------------------
 
@@ -263,6 +285,11 @@ function stateBadge(backend) {
   return backend.healthy ? h("span", { class: "badge ok" }, "healthy") : h("span", { class: "badge bad" }, "unhealthy");
 }
 
+function drainBadge(backend) {
+  if (!backend.draining) return null;
+  return backend.removable ? h("span", { class: "badge ok drain-badge" }, "removable") : h("span", { class: "badge warn drain-badge" }, "draining");
+}
+
 async function dashboard() {
   const title = setTitle("Dashboard");
   const draw = async () => {
@@ -270,7 +297,7 @@ async function dashboard() {
     const real = list.buckets.filter((b) => !b.virtual);
     const rows = real.map((b) => h("tr", { "data-backend": b.name },
       cell("Backend", h("strong", {}, b.name)),
-      cell("State", stateBadge(b)),
+      cell("State", h("span", {}, stateBadge(b), " ", drainBadge(b))),
       numCell("Probe latency", b.probe_latency_seconds === null ? "–" : (b.probe_latency_seconds * 1000).toFixed(1) + " ms"),
       cell("Last error", b.last_error ? h("span", { class: "bad" }, b.last_error) : h("span", { class: "muted" }, "none")),
       cell("Used", usageMeter(b.used_bytes, b.capacity_bytes, "Space used on " + b.name)),
@@ -323,10 +350,11 @@ async function backends() {
       } }, "Save weight");
       return h("tr", { "data-backend": b.name },
         cell("Backend", h("strong", {}, b.name), h("br"), h("span", { class: "muted mono" }, b.path || b.endpoint + " / " + b.bucket)),
-        cell("State", stateBadge(b)),
+        cell("State", h("span", {}, stateBadge(b), " ", drainBadge(b))),
         cell("Last probe", when(b.last_probe), b.last_error ? h("div", { class: "bad" }, b.last_error) : null),
         cell("Weight", h("label", { for: "weight-" + b.name, class: "muted" }, "Weight of " + b.name + " "), weight, " ", save),
-        cell("Enabled", toggle));
+        cell("Enabled", toggle),
+        cell("Drain", drainControls(b, draw)));
     });
     render(title,
       h("p", {}, "Changes apply at once to the running daemon (not written to the file: a reload goes back to the file)."),
@@ -336,9 +364,53 @@ async function backends() {
         await draw();
         document.getElementById("probe-now").focus();
       } }, "Probe all backends now")),
-      table(["Backend", "State", "Last probe", "Weight", "Enabled"], rows, "backends"));
+      table(["Backend", "State", "Last probe", "Weight", "Enabled", "Drain"], rows, "backends"));
+    return list.buckets.some((b) => b.draining && JOB_ACTIVE.includes(b.drain_state));
   };
-  await draw();
+  // Slower than the Jobs page: what a draining bucket still holds is counted in the database.
+  if (await draw()) whileActive(draw, REFRESH_MS);
+}
+
+const DRAIN_WARNING = "It takes no new writes from now on, and a job moves every object s3balance stored on it to the other " +
+  "backends (reads keep working; moving data out of a provider costs its egress). Once the job is done the bucket holds nothing " +
+  "s3balance wrote and can be removed from the configuration. Undrain gives it back to placement at any time (also while the " +
+  "job runs); what was moved stays moved.";
+
+// A real bucket's drain: the button that starts one, or how far it is and the button that undoes it.
+function drainControls(b, draw) {
+  const redraw = async (id) => {
+    if (await draw()) whileActive(draw, REFRESH_MS);
+    const again = document.getElementById(id);
+    if (again) again.focus();
+  };
+  if (!b.draining) {
+    return h("button", { type: "button", class: "danger", id: "drain-" + b.name, "aria-label": "Drain " + b.name, onclick: async (event) => {
+      if (!confirm(`Drain ${b.name}?\n\n${DRAIN_WARNING}`)) return;
+      event.target.disabled = true;
+      try {
+        const answer = await api("POST", `buckets/${enc(b.name)}/drain`);
+        toast(`Draining ${b.name}: job ${answer.job.id} is ${answer.job.state}.`);
+      } catch (error) { toast("Not drained: " + error.message); }
+      await redraw("undrain-" + b.name);
+    } }, "Drain");
+  }
+  const moving = JOB_ACTIVE.includes(b.drain_state) || b.drain_state === "paused";
+  const held = [count(b.held_objects) + " objects (" + bytes(b.held_bytes) + ") left"];
+  if (b.uploads_in_progress) held.push(count(b.uploads_in_progress) + " uploads in progress");
+  if (b.deletions_pending) held.push(count(b.deletions_pending) + " deletions pending");
+  return h("div", { class: "drain", id: "drain-state-" + b.name },
+    h("div", {}, h("a", { href: "/web/jobs" }, "Job " + b.drain_job), ": ", h("span", { class: "drain-state" }, b.drain_state)),
+    h("div", { class: "muted" }, held.join(", ")),
+    b.removable ? h("div", { class: "ok removable" }, "Holds nothing s3balance wrote: it can be removed from the configuration.") : null,
+    h("button", { type: "button", id: "undrain-" + b.name, "aria-label": "Undrain " + b.name, onclick: async (event) => {
+      if (moving && !confirm(`Undrain ${b.name}? Its drain job stops and it takes new writes again; what was moved stays moved.`)) return;
+      event.target.disabled = true;
+      try {
+        await api("POST", `buckets/${enc(b.name)}/undrain`);
+        toast(`${b.name} takes new writes again.`);
+      } catch (error) { toast("Not undrained: " + error.message); }
+      await redraw("drain-" + b.name);
+    } }, "Undrain"));
 }
 
 // -- buckets ------------------------------------------------------------------------------------
@@ -451,6 +523,212 @@ async function balancer() {
     h("h2", {}, "Placement decisions per backend (since the daemon started)"),
     table(["Backend", "Decisions", "By strategy"], rows, "decisions"),
     barChart("chart-decisions", "Decisions per backend", names.map((n) => ({ label: n, values: { total: state.decisions[n].total } })), [{ name: "total", label: "decisions", cls: "bar-a" }]));
+}
+
+// -- jobs ---------------------------------------------------------------------------------------
+
+const JOB_STATES = ["queued", "running", "paused", "done", "failed", "cancelled"];
+const JOB_ACTIVE = ["queued", "running"];
+const JOB_BADGES = { queued: "warn", running: "ok", paused: "warn", done: "ok", failed: "bad", cancelled: "muted" };
+// The states each action is allowed from (the API answers 409 otherwise).
+const JOB_ACTIONS = [
+  ["pause", "Pause", ["queued", "running"]],
+  ["resume", "Resume", ["paused", "failed"]],
+  ["cancel", "Cancel", ["queued", "running", "paused", "failed"]],
+];
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds > 0 && seconds < 1) return "< 1 s";
+  const total = Math.round(seconds);
+  if (total < 60) return total + " s";
+  if (total < 3600) return Math.floor(total / 60) + " min " + (total % 60) + " s";
+  return Math.floor(total / 3600) + " h " + Math.floor((total % 3600) / 60) + " min";
+}
+
+function percent(fraction) {
+  if (fraction === null || fraction === undefined) return "–";
+  const value = fraction * 100;
+  return (value === 0 || value >= 10 ? value.toFixed(1) : value >= 0.1 ? value.toFixed(2) : value.toPrecision(2)) + "%";
+}
+
+function progressBar(done, left, label, format) {
+  if (left === null || left === undefined) {
+    return h("div", {}, format(done), h("span", { class: "muted" }, " (total not known yet)"));
+  }
+  const total = done + left;
+  return h("div", {}, h("progress", { max: Math.max(total, 1), value: total ? done : 0, "aria-label": label }), " ",
+    h("span", { class: "nowrap" }, format(done) + " / " + format(total)));
+}
+
+// Bytes per second: the rate the ETA is computed from while the job runs, else its average.
+function jobRate(job) {
+  if (job.eta_seconds && job.bytes_left) return job.bytes_left / job.eta_seconds;
+  if (job.started && job.finished && job.finished > job.started && job.bytes_done) return job.bytes_done / (job.finished - job.started);
+  return null;
+}
+
+function jobTarget(job) {
+  if (job.kind === "rebalance" && job.params && job.params.mode) return job.params.mode + ", threshold " + job.params.threshold;
+  return job.target;
+}
+
+function jobRow(job, act) {
+  const speed = jobRate(job);
+  return h("tr", { "data-job": job.id, "data-state": job.state },
+    cell("Job", h("div", {}, h("strong", {}, job.kind), " #" + job.id)),
+    cell("Target", h("span", { class: "mono" }, jobTarget(job))),
+    cell("State", h("span", { class: "badge job-state " + (JOB_BADGES[job.state] || "") }, job.state)),
+    cell("Objects", progressBar(job.objects_done, job.objects_left, `Objects moved by job ${job.id}`, count)),
+    cell("Bytes", progressBar(job.bytes_done, job.bytes_left, `Bytes moved by job ${job.id}`, bytes)),
+    numCell("Rate", speed === null ? "–" : bytes(speed) + "/s"),
+    numCell("ETA", job.state === "running" ? duration(job.eta_seconds) : "–"),
+    numCell("Errors", job.errors ? h("span", { class: "bad" }, count(job.errors)) : "0"),
+    cell("Last error", job.last_error ? h("span", { class: "bad wrap" }, job.last_error) : h("span", { class: "muted" }, "none")),
+    cell("Started", when(job.started)),
+    cell("Updated", when(job.finished || job.updated)),
+    cell("Actions", h("div", { class: "row actions" }, JOB_ACTIONS.map(([action, label, from]) =>
+      h("button", { type: "button", id: `job-${job.id}-${action}`, class: action === "cancel" ? "danger" : null,
+        "aria-label": `${label} job ${job.id}`, disabled: !from.includes(job.state), onclick: () => act(job, action, label) }, label)))));
+}
+
+function cancelWarning(job) {
+  if (job.kind === "drain") return `Cancel job ${job.id}? ${job.target} takes new writes again; what was moved stays moved.`;
+  return `Cancel job ${job.id} (${job.kind})? It stops between two objects; what was moved stays moved.`;
+}
+
+async function jobs() {
+  const title = setTitle("Jobs");
+  const message = h("p", { id: "jobs-message", role: "alert", class: "alert" });
+  const list = h("div", { id: "jobs-list" });
+  const filter = h("select", { id: "job-filter", name: "state" },
+    h("option", { value: "" }, "all"), JOB_STATES.map((state) => h("option", { value: state }, state)));
+  const act = async (job, action, label) => {
+    if (action === "cancel" && !confirm(cancelWarning(job))) return;
+    message.textContent = "";
+    try {
+      const answer = await api("POST", `jobs/${job.id}/${action}`);
+      toast(`Job ${job.id} is ${answer.state}.`);
+    } catch (error) {
+      message.textContent = `${label} job ${job.id}: not done: ${error.message}`;
+    }
+    await refresh();
+  };
+  const draw = async () => {
+    const focused = document.activeElement && list.contains(document.activeElement) ? document.activeElement.id : null;
+    const answer = await api("GET", "jobs" + (filter.value ? "?state=" + enc(filter.value) : ""));
+    list.replaceChildren(answer.jobs.length === 0
+      ? h("p", { class: "notice", id: "no-jobs" }, filter.value ? `No ${filter.value} job.` : "No job yet: drains start from the Backends page, rebalances here.")
+      : table(["Job", "Target", "State", "Objects", "Bytes", "Rate", "ETA", "Errors", "Last error", "Started", "Updated", "Actions"],
+        answer.jobs.map((job) => jobRow(job, act)), "jobs"));
+    const again = focused && document.getElementById(focused);
+    if (again && !again.disabled) again.focus();
+    return answer.jobs.some((job) => JOB_ACTIVE.includes(job.state));
+  };
+  const refresh = async () => { if (await draw()) whileActive(draw); };
+  filter.addEventListener("change", () => { refresh().catch((error) => { message.textContent = error.message; }); });
+  const panel = await rebalancePanel(refresh);
+  render(title,
+    h("p", {}, "Background work kept in the database: drains and rebalances. A job survives restarts and resumes where it stopped; this page follows it while one is queued or running."),
+    panel,
+    h("h2", {}, "Jobs"),
+    h("div", { class: "row" }, h("label", { for: "job-filter" }, "Show"), filter),
+    message, list);
+  await refresh();
+}
+
+// -- rebalance ----------------------------------------------------------------------------------
+
+async function rebalancePanel(onStarted) {
+  const state = await api("GET", "rebalance");
+  const configured = state.settings.rebalance;
+  const mode = h("select", { id: "rebalance-mode", name: "mode" },
+    [["spread", "spread: even out the used fraction"], ["pack", "pack: fill in order, empty the last"]].map(([value, text]) =>
+      h("option", { value, selected: value === configured }, text)));
+  const threshold = h("input", { id: "rebalance-threshold", name: "threshold", type: "number", min: 0, max: 1, step: 0.01, value: state.settings.threshold });
+  const message = h("p", { id: "rebalance-message", role: "alert", class: "alert" });
+  const plan = h("div", { id: "rebalance-plan" });
+  const underWay = h("p", { id: "rebalance-under-way", class: "notice" },
+    state.job ? `Rebalance job ${state.job.id} is ${state.job.state}.` : "No rebalance under way.",
+    " Automatic rebalance: " + configured + (configured === "off" ? "" : ", threshold " + state.settings.threshold) + ".",
+    lastCheck(state.last_check));
+  let lastPlan = null;
+  const settings = () => {
+    const value = Number(threshold.value);
+    if (threshold.value === "" || !(value >= 0 && value <= 1)) throw new Error("the threshold is a number from 0 to 1");
+    return { mode: mode.value, threshold: value };
+  };
+  const dryRun = async () => {
+    message.textContent = "";
+    try {
+      const answer = await api("POST", "rebalance", { ...settings(), dry_run: true });
+      lastPlan = answer.plan;
+      plan.replaceChildren(...planView(answer.plan));
+    } catch (error) { message.textContent = "No plan: " + error.message; }
+  };
+  const startJob = async () => {
+    message.textContent = "";
+    let body;
+    try { body = settings(); } catch (error) { message.textContent = "Not started: " + error.message; return; }
+    const cost = lastPlan && lastPlan.mode === body.mode && lastPlan.threshold === body.threshold
+      ? ` The last dry run would copy ${bytes(lastPlan.bytes)} in ${count(lastPlan.moves)} moves.` : "";
+    if (!confirm(`Start a ${body.mode} rebalance, threshold ${body.threshold}? Objects are copied between backends (moving data out of a provider costs its egress).${cost} The job can be paused or cancelled here.`)) return;
+    try {
+      const answer = await api("POST", "rebalance", body);
+      underWay.textContent = `Rebalance job ${answer.job.id} is ${answer.job.state}.`;
+      toast(`Rebalance job ${answer.job.id} queued.`);
+    } catch (error) {
+      message.textContent = "Not started: " + error.message;
+    }
+    await onStarted();
+  };
+  return h("section", { id: "rebalance", "aria-labelledby": "rebalance-title" },
+    h("h2", { id: "rebalance-title" }, "Rebalance"),
+    h("p", { class: "notice" }, "Moves copies between the real buckets: spread evens out their used fraction until each is within the threshold of the mean; pack fills them in order so that the last ones empty. A dry run shows the plan and moves nothing."),
+    h("form", { class: "row", id: "rebalance-form", onsubmit: (event) => { event.preventDefault(); dryRun(); } },
+      h("label", { for: "rebalance-mode" }, "Mode"), mode,
+      h("label", { for: "rebalance-threshold" }, "Threshold (0–1)"), threshold,
+      h("button", { type: "submit", id: "rebalance-dry-run" }, "Dry run"),
+      h("button", { type: "button", class: "primary", id: "rebalance-start", onclick: startJob }, "Start rebalance")),
+    underWay, message, plan);
+}
+
+// What the last automatic check (balancer.rebalance) found, if one ran.
+function lastCheck(check) {
+  if (!check) return null;
+  const found = check.started_job !== null ? `started job ${check.started_job}`
+    : check.under_way !== null ? `job ${check.under_way} was under way`
+    : check.plan ? `nothing to move (${check.plan.stopped})` : "nothing to do";
+  return ` Last automatic check ${when(check.time)}: ${found}.`;
+}
+
+function listOrNone(names) { return Array.isArray(names) && names.length ? names.join(", ") : "none"; }
+
+function planView(plan) {
+  const summary = h("p", { id: "plan-summary" },
+    h("strong", {}, `${count(plan.moves)} moves, ${bytes(plan.bytes)} to copy`),
+    ` (${plan.mode}, threshold ${plan.threshold}; ${count(plan.examined)} objects examined). Mean used fraction ${percent(plan.mean_fraction)}. `,
+    `Out of balance before: ${listOrNone(plan.out_of_balance_before)}; after: ${listOrNone(plan.out_of_balance_after)}. `,
+    `Planning stopped: ${plan.stopped}.`,
+    plan.held_out && plan.held_out.length ? ` Held out: ${plan.held_out.join(", ")}.` : "");
+  const rows = plan.backends.map((b) => h("tr", { "data-plan-backend": b.name },
+    cell("Backend", h("strong", {}, b.name)),
+    numCell("Used before", bytes(b.used_before)),
+    numCell("Used after", bytes(b.used_after)),
+    numCell("Fraction", percent(b.fraction_before) + " → " + percent(b.fraction_after)),
+    numCell("Moves in / out", count(b.moves_in) + " / " + count(b.moves_out)),
+    numCell("Bytes in / out", bytes(b.bytes_in) + " / " + bytes(b.bytes_out)),
+    cell("Note", b.note ? h("span", { class: "wrap" }, b.note) : h("span", { class: "muted" }, b.takes_part ? "takes part" : "–"))));
+  const moves = plan.first_moves.map((m) => h("tr", {},
+    cell("Object", h("span", { class: "mono" }, m.bucket + "/" + m.key)),
+    numCell("Size", bytes(m.size)), cell("From", m.source), cell("To", m.target)));
+  return [
+    summary,
+    table(["Backend", "Used before", "Used after", "Fraction", "Moves in / out", "Bytes in / out", "Note"], rows, "plan"),
+    moves.length ? h("details", { id: "plan-moves" },
+      h("summary", {}, `The first ${count(moves.length)} of ${count(plan.moves)} moves`),
+      table(["Object", "Size", "From", "To"], moves, "moves")) : null,
+  ];
 }
 
 // -- statistics ---------------------------------------------------------------------------------
