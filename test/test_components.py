@@ -145,7 +145,7 @@ def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path:
     assert single.changes is single.reconfigurator
     everything = [
         single.health, single.usage, single.pool, single.expiry, single.sweeper, single.repair,
-        single.jobs,
+        single.jobs, single.rebalance_watch,
     ]  # fmt: skip
     assert single.background() == everything
 
@@ -158,6 +158,7 @@ def test_a_worker_relays_changes_and_only_the_first_probes(built: Any, tmp_path:
     assert first.resource.reserved[b"api"].reconfigurator is first.changes  # type: ignore[attr-defined]
     assert first.health in first.background() and first.expiry in first.background()
     assert first.repair in first.background() and first.jobs in first.background()
+    assert first.rebalance_watch in first.background()
 
     second = built(daemon_config(tmp_path), worker=1)
     assert second.background() == [second.usage, second.pool, second.sweeper]
