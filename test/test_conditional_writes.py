@@ -316,8 +316,10 @@ class RaceTests(unittest.TestCase):
         """The race is real: a commit that ignores the condition lets both writers through."""
         real = objects_module._commit_object
 
-        def unconditional(conn: Any, record: Any, condition: Any, delete_after: float) -> Any:
-            return real(conn, record, UNCONDITIONAL, delete_after)
+        def unconditional(
+            conn: Any, record: Any, condition: Any, delete_after: float, *rest: Any
+        ) -> Any:
+            return real(conn, record, UNCONDITIONAL, delete_after, *rest)
 
         objects_module._commit_object = unconditional  # type: ignore[assignment]
         self.addCleanup(setattr, objects_module, "_commit_object", real)
