@@ -42,14 +42,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, task
-from twisted.python.failure import Failure
+from twisted.internet import task
 
 from s3balance.backends.interface import BackendError
 from s3balance.copying import etag_agrees
 from s3balance.db.jobs import BackendLocation
 from s3balance.db.records import JobRecord, Location, ObjectRecord
-from s3balance.jobs import JobKind, RunningJob
+from s3balance.jobs import JobKind, RunningJob, settle
 from s3balance.logs import make_logger
 from s3balance.retirement import ObjectChanged
 from s3balance.streams import StreamBodyProducer
@@ -170,16 +169,8 @@ async def _sweep(job: RunningJob, backend: str) -> int:
         if not page:
             break
         # Every move of the page ends (a stop is seen by each before its copy) before the
-        # cursor passes the page; the first failure is then raised (JobStopped included).
-        outcomes = await defer.DeferredList(
-            [defer.ensureDeferred(_move_one(job, location)) for location in page],
-            consumeErrors=True,
-        )
-        for ok, outcome in outcomes:
-            if not ok:
-                assert isinstance(outcome, Failure)
-                outcome.raiseException()
-        moved += sum(1 for _, outcome in outcomes if outcome)
+        # cursor passes the page.
+        moved += await settle(_move_one(job, location) for location in page)
         after = page[-1].id
         job.update(cursor=str(after))
         await job.save()

@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,6 +78,7 @@ __all__ = [
     "JobStopped",
     "RunningJob",
     "job_document",
+    "settle",
 ]
 
 log = make_logger()
@@ -122,6 +123,22 @@ class JobDaemon:
     clock: IReactorTime
     #: Copies an object's bytes between locations (server-side where it can).
     copier: ObjectCopier
+
+
+async def settle(moves: Iterable[Coroutine[Any, Any, bool]]) -> int:
+    """Run ``moves`` at once and wait for every one to end; how many returned true.
+
+    No failure is raised before the last move ended (so a cursor saved afterwards never passes
+    a move still running); then the first one is (``JobStopped`` included).
+    """
+    outcomes = await defer.DeferredList(
+        [defer.ensureDeferred(move) for move in moves], consumeErrors=True
+    )
+    for ok, outcome in outcomes:
+        if not ok:
+            assert isinstance(outcome, Failure)
+            outcome.raiseException()
+    return sum(1 for _, outcome in outcomes if outcome)
 
 
 class RunningJob:

@@ -26,9 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from s3balance import metrics
 from s3balance.backends.interface import BackendError
@@ -37,7 +35,7 @@ from s3balance.db.records import JobRecord, PlacedObject
 from s3balance.db.store import MetadataStore
 from s3balance.drain import move_copy
 from s3balance.housekeeping import PeriodicRounds
-from s3balance.jobs import JobKind, JobRunner, RunningJob
+from s3balance.jobs import JobKind, JobRunner, RunningJob, settle
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
 from s3balance.pool import BackendPool
@@ -265,15 +263,7 @@ async def _carry_out(job: RunningJob, moves: list[Move]) -> int:
     moved = 0
     for start in range(0, len(moves), BATCH):
         job.check()
-        outcomes = await defer.DeferredList(
-            [defer.ensureDeferred(_move_one(job, move)) for move in moves[start : start + BATCH]],
-            consumeErrors=True,
-        )
-        for ok, outcome in outcomes:
-            if not ok:
-                assert isinstance(outcome, Failure)
-                outcome.raiseException()  # JobStopped, or a bug
-        moved += sum(1 for _, outcome in outcomes if outcome)
+        moved += await settle(_move_one(job, move) for move in moves[start : start + BATCH])
         await job.save()
     return moved
 
