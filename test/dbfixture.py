@@ -124,6 +124,17 @@ def make_store(
     return MetadataStore(pool), cleanup
 
 
+def fresh_store(testcase: Any, db_url: str | None, inline: bool = True) -> MetadataStore:
+    """The store of one test of a trial TestCase: a fresh SQLite file, or, with ``db_url`` (the
+    server database a class fixture gave), that database emptied first; released when the test
+    ends."""
+    store, cleanup = make_store(testcase, url=db_url, inline=inline)
+    if db_url is not None:
+        empty_all_tables(store.pool.engine)
+    testcase.addCleanup(cleanup)
+    return store
+
+
 def empty_all_tables(engine: sa.Engine) -> None:
     """Delete every row (children first), to reuse one server database across tests."""
     with engine.begin() as connection:

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from s3balance.db.records import ObjectRecord, UploadRecord
 from s3balance.db.store import MetadataStore
-from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, empty_all_tables, make_store
+from test.dbfixture import MYSQL_SERVER, POSTGRES_SERVER, fresh_store
 from test.test_db_store import server_database
 
 # Characters whose UTF-8 byte order differs from UTF-16 order and from locale collations.
@@ -69,10 +69,7 @@ class ListingPropertyTests:
     store: MetadataStore
 
     def setUp(self) -> None:
-        self.store, cleanup = make_store(self, url=self.db_url, inline=True)
-        if self.db_url is not None:
-            empty_all_tables(self.store.pool.engine)
-        self.addCleanup(cleanup)  # type: ignore[attr-defined]
+        self.store = fresh_store(self, self.db_url)
 
     def result(self, deferred: defer.Deferred[Any]) -> Any:
         return self.successResultOf(deferred)  # type: ignore[attr-defined]

@@ -14,8 +14,7 @@ from s3balance.db.store import MetadataStore
 from test.dbfixture import (
     MYSQL_SERVER,
     POSTGRES_SERVER,
-    empty_all_tables,
-    make_store,
+    fresh_store,
     server_database,
 )
 from test.test_db_store import obj
@@ -30,12 +29,7 @@ class AttributeTests:
     addCleanup: Any
 
     def setUp(self) -> None:
-        if self.db_url is not None:
-            self.store, cleanup = make_store(self, url=self.db_url, inline=True)
-            empty_all_tables(self.store.pool.engine)
-        else:
-            self.store, cleanup = make_store(self, inline=True)
-        self.addCleanup(cleanup)
+        self.store = fresh_store(self, self.db_url)
 
     @defer.inlineCallbacks
     def test_object_tags_and_acl_follow_the_row(self) -> Gen:

@@ -42,8 +42,7 @@ from s3balance.db.store import (
 from test.dbfixture import (
     MYSQL_SERVER,
     POSTGRES_SERVER,
-    empty_all_tables,
-    make_store,
+    fresh_store,
     server_database,
 )
 
@@ -127,12 +126,7 @@ class StoreTests:
     assertFailure: Callable[..., defer.Deferred[Any]]
 
     def setUp(self) -> None:
-        if self.db_url is not None:
-            self.store, cleanup = make_store(self, url=self.db_url, inline=self.inline)
-            empty_all_tables(self.store.pool.engine)
-        else:
-            self.store, cleanup = make_store(self, inline=self.inline)
-        self.addCleanup(cleanup)
+        self.store = fresh_store(self, self.db_url, inline=self.inline)
 
     @property
     def engine(self) -> sa.Engine:
