@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance import drain
@@ -19,9 +19,8 @@ from s3balance.db.records import JobRecord, ObjectRecord
 from s3balance.drain import start_drain
 from s3balance.jobs import JobRunner
 from s3balance.net.bytesproducer import BytesProducer
-from s3balance.scrub import scrub
-from test.support.bodies import collect
 from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.support.jobs import assert_reads_back, job_finished, orphans_of, scrubbed
 
 BACKENDS = ["r1", "r2", "r3"]
 
@@ -70,39 +69,17 @@ class DrainTests(unittest.TestCase):
         return written
 
     async def finished(self, job_id: int, seconds: float = 20.0) -> JobRecord:
-        """The job once it is no longer queued or running (bounded wait)."""
-        for _ in range(int(seconds / 0.05)):
-            record = await self.daemon.store.get_job(job_id)
-            assert record is not None
-            if record.state not in ("queued", "running"):
-                return record
-            await task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"job {job_id} still {record.state} after {seconds}s")
+        return await job_finished(self.daemon, job_id, seconds)
 
     async def assert_intact(self, bucket: str, key: str, data: bytes) -> ObjectRecord:
         """``key`` reads back (through the gateway, and from each copy) as ``data`` with its
         metadata, and has no copy on r1."""
-        record = await self.daemon.store.get_object(bucket, key)
-        assert record is not None, key
+        record = await assert_reads_back(self.daemon, bucket, key, data)
         self.assertNotIn("r1", {location.backend for location in record.locations})
-        for location in record.locations:
-            backend = self.daemon.backends[location.backend]
-            self.assertEqual(await collect(await backend.get_object(location.real_key)), data)
-            info = await backend.head_object(location.real_key)
-            self.assertEqual(info.headers.get("content-type"), "text/x-k")
-            self.assertEqual(info.metadata.get("m"), key)
-        from s3balance.reads import ReadRequest
-
-        plan = await self.gateway.read(bucket, key, ReadRequest(with_body=True))
-        async with plan:
-            assert plan.stream is not None
-            self.assertEqual(await collect(plan.stream), data)
         return record
 
     async def orphans(self) -> list[Any]:
-        found = await scrub(self.daemon.store, self.daemon.backends, remove_orphans=False, grace=0)
-        self.assertEqual(found.errors, [])
-        return [orphan for b in found.backends.values() for orphan in b.orphans]
+        return orphans_of(await scrubbed(self.daemon))
 
     async def test_every_object_leaves_and_new_writes_go_elsewhere_at_once(self) -> None:
         keys = [f"k{index}" for index in range(24)]

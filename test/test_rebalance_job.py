@@ -26,9 +26,9 @@ from s3balance.rebalance import (
     RebalanceWatch,
     start_rebalance,
 )
-from s3balance.scrub import scrub
 from test.support.bodies import collect
 from test.support.daemon import Daemon, start_daemon
+from test.support.jobs import assert_reads_back, job_finished, orphans_of, scrubbed
 
 #: Each object's size; a backend holds at most CAPACITY bytes (max_size).
 SIZE = 4000
@@ -86,14 +86,7 @@ class RebalanceJobTests(unittest.TestCase):
         await self.daemon.usage.refresh()
 
     async def finished(self, job_id: int, seconds: float = 30.0) -> JobRecord:
-        """The job once it is no longer queued or running (bounded wait)."""
-        for _ in range(int(seconds / 0.05)):
-            record = await self.daemon.store.get_job(job_id)
-            assert record is not None
-            if record.state not in ("queued", "running"):
-                return record
-            await task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"job {job_id} still {record.state} after {seconds}s")
+        return await job_finished(self.daemon, job_id, seconds)
 
     async def fractions(self) -> dict[str, float]:
         usage = await self.daemon.store.usage()
@@ -103,26 +96,14 @@ class RebalanceJobTests(unittest.TestCase):
     async def assert_intact(self, bucket: str, key: str, data: bytes) -> ObjectRecord:
         """``key`` reads back as ``data`` with its metadata, through the gateway and from each
         copy, and every copy is on a distinct backend."""
-        record = await self.daemon.store.get_object(bucket, key)
-        assert record is not None, key
+        record = await assert_reads_back(self.daemon, bucket, key, data)
         backends = [location.backend for location in record.locations]
         self.assertEqual(len(backends), len(set(backends)), key)
-        for location in record.locations:
-            backend = self.daemon.backends[location.backend]
-            self.assertEqual(await collect(await backend.get_object(location.real_key)), data)
-            info = await backend.head_object(location.real_key)
-            self.assertEqual(info.headers.get("content-type"), "text/x-k")
-            self.assertEqual(info.metadata.get("m"), key)
-        plan = await self.gateway.read(bucket, key, ReadRequest(with_body=True))
-        async with plan:
-            assert plan.stream is not None
-            self.assertEqual(await collect(plan.stream), data)
         return record
 
     async def assert_nothing_left_behind(self) -> None:
-        found = await scrub(self.daemon.store, self.daemon.backends, remove_orphans=False, grace=0)
-        self.assertEqual(found.errors, [])
-        self.assertEqual([o for b in found.backends.values() for o in b.orphans], [])
+        found = await scrubbed(self.daemon)
+        self.assertEqual(orphans_of(found), [])
         self.assertEqual([d for b in found.backends.values() for d in b.dangling], [])
 
     async def test_spread_evens_out_an_empty_newcomer(self) -> None:
