@@ -495,13 +495,10 @@ def _list_objects(
     )
 
 
-def _locations_on(conn: sa.Connection, backend: str) -> set[str]:
+def upload_keys_on(conn: sa.Connection, backend: str) -> set[str]:
+    """The real keys of the multipart uploads in progress with a copy on ``backend`` (the
+    upload row's own, or one of its ``upload_copies``)."""
     keys = set(
-        conn.execute(
-            sa.select(object_locations.c.real_key).where(object_locations.c.backend == backend)
-        ).scalars()
-    )
-    keys.update(
         conn.execute(
             sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
         ).scalars()
@@ -513,6 +510,16 @@ def _locations_on(conn: sa.Connection, backend: str) -> set[str]:
             .where(upload_copies.c.backend == backend)
         ).scalars()
     )
+    return keys
+
+
+def _locations_on(conn: sa.Connection, backend: str) -> set[str]:
+    keys = set(
+        conn.execute(
+            sa.select(object_locations.c.real_key).where(object_locations.c.backend == backend)
+        ).scalars()
+    )
+    keys.update(upload_keys_on(conn, backend))
     keys.update(
         conn.execute(
             sa.select(pending_deletions.c.real_key).where(pending_deletions.c.backend == backend)

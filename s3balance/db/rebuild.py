@@ -21,13 +21,12 @@ from s3balance.db.buckets import require_bucket
 from s3balance.db.model import (
     backend_usage,
     multipart_parts,
-    multipart_uploads,
     object_locations,
     objects,
     pending_deletions,
     upload_copies,
 )
-from s3balance.db.objects import locations_of, write_object
+from s3balance.db.objects import locations_of, upload_keys_on, write_object
 from s3balance.db.records import BackendUsage, Location, ObjectRecord
 from s3balance.db.usage import apply_usage, new_deltas
 
@@ -106,19 +105,7 @@ def _reserved_on(conn: sa.Connection, backend: str) -> Reserved:
     pending = conn.execute(
         sa.select(pending_deletions.c.real_key).where(pending_deletions.c.backend == backend)
     ).scalars()
-    uploading = set(
-        conn.execute(
-            sa.select(multipart_uploads.c.real_key).where(multipart_uploads.c.backend == backend)
-        ).scalars()
-    )
-    uploading.update(
-        conn.execute(
-            sa.select(multipart_uploads.c.real_key)
-            .join(upload_copies, upload_copies.c.upload_ref == multipart_uploads.c.id)
-            .where(upload_copies.c.backend == backend)
-        ).scalars()
-    )
-    return Reserved(set(pending), uploading)
+    return Reserved(set(pending), upload_keys_on(conn, backend))
 
 
 def _recompute_usage(conn: sa.Connection) -> dict[str, BackendUsage]:
