@@ -55,7 +55,7 @@ class RequestHeaders:
         built = cls()
         values = built._values
         for raw_name, raw_values in headers.getAllRawHeaders():
-            decoded = [v.decode("utf-8", "surrogateescape") for v in raw_values]
+            decoded = [decode_header_bytes(v) for v in raw_values]
             name = raw_name.decode("latin-1").lower()
             present = values.get(name)
             if present is None:
