@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import task
 
 from s3balance.backends.interface import BackendError
-from s3balance.copying import etag_agrees
 from s3balance.db.jobs import BackendLocation
 from s3balance.db.records import JobRecord, Location, ObjectRecord
+from s3balance.etags import etag_agrees
 from s3balance.jobs import JobKind, RunningJob, settle
 from s3balance.logs import make_logger
 from s3balance.retirement import ObjectChanged
