@@ -72,8 +72,8 @@ from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
 from s3balance.multipart_replicas import ReplicatedUploads
 from s3balance.names import check_client_metadata, validate_key
+from s3balance.newupload import NewUpload
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
-from s3balance.rebuildmeta import reserved_metadata
 from s3balance.retirement import remove_abandoned
 from s3balance.streams import StreamBodyProducer
 
@@ -283,11 +283,11 @@ class MultipartUploads:
         validate_key(key)
         check_client_metadata(metadata)
         await self.gateway.get_bucket(bucket)
+        new = NewUpload(
+            bucket, key, headers, metadata, checksum_algorithm, checksum_type, tags, acl
+        )
         if self.gateway.replicas.copies(bucket) > 1:
-            return await self.replicated.create(
-                bucket, key, headers, metadata, checksum_algorithm, checksum_type, tags, acl,
-                MIN_FREE_FOR_UPLOAD,
-            )  # fmt: skip
+            return await self.replicated.create(new, MIN_FREE_FOR_UPLOAD)
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
         if ENCRYPTION_HEADER in headers:
             candidates = self.gateway.encrypting(list(candidates))
@@ -301,8 +301,7 @@ class MultipartUploads:
                 await task.deferLater(self.clock, settings.retry_delay, lambda: None)
             backend = self._backend(name)
             try:
-                stored = {**metadata, **extra_metadata}
-                stored.update(reserved_metadata(key, headers, stored, tags, acl))
+                stored = new.stored_metadata(extra_metadata)
                 backend_id = await backend.create_multipart_upload(target, dict(headers), stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
@@ -312,20 +311,8 @@ class MultipartUploads:
             except BackendError as error:
                 raise self._backend_failed(name, error, "creating an upload") from error
             self.pool.record_operation(name, "A")
-            upload = UploadRecord(
-                upload_id=self._new_id(),
-                bucket=bucket,
-                key=key,
-                backend=name,
-                real_key=target,
-                backend_upload_id=backend_id,
-                initiated=self.clock.seconds(),
-                headers=dict(headers),
-                metadata=dict(metadata),
-                checksum_algorithm=checksum_algorithm,
-                checksum_type=checksum_type,
-                tags=dict(tags or {}),
-                acl=acl,
+            upload = new.record(
+                self._new_id(), target, [UploadCopy(name, backend_id)], self.clock.seconds()
             )
             return await self.record_upload(upload)
         assert last_error is not None
