@@ -66,7 +66,7 @@ from s3balance.db.store import (
     NoSuchBucketError,
 )
 from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
-from s3balance.gateway import Gateway, ObjectChanged
+from s3balance.gateway import Gateway
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
@@ -75,7 +75,6 @@ from s3balance.names import check_client_metadata, validate_key
 from s3balance.newupload import NewUpload
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
 from s3balance.retirement import remove_abandoned
-from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
 
@@ -425,16 +424,11 @@ class MultipartUploads:
         try:
             try:
                 if local is not None and self.pool.is_available(local.backend):
-                    try:
-                        async with self.gateway.holding(local):
-                            result = await backend.upload_part_copy(
-                                upload.real_key, upload.backend_upload_id, part_number,
-                                local.real_key, byte_range,
-                            )
-                    except ObjectChanged:
-                        raise errors.NoSuchKey(
-                            "The source object changed during the copy."
-                        ) from None
+                    async with self.gateway.holding_source(local):
+                        result = await backend.upload_part_copy(
+                            upload.real_key, upload.backend_upload_id, part_number,
+                            local.real_key, byte_range,
+                        )
                 else:
                     result = await self._streamed_part(upload, backend, part_number, source,
                                                        byte_range)
@@ -453,18 +447,10 @@ class MultipartUploads:
         source: ObjectRecord,
         byte_range: tuple[int, int] | None,
     ) -> PartResult:
-        try:
-            async with self.gateway.reading(source, byte_range) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    return await backend.upload_part(
-                        upload.real_key, upload.backend_upload_id, part_number, producer,
-                        stream.length,
-                    )
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        async with self.gateway.copy_source(source, byte_range) as body:
+            return await backend.upload_part(
+                upload.real_key, upload.backend_upload_id, part_number, body, body.length
+            )
 
     async def record_part(
         self,

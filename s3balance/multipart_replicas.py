@@ -60,8 +60,7 @@ from s3balance.gateway import Gateway, Pool
 from s3balance.logs import make_logger
 from s3balance.newupload import NewUpload
 from s3balance.replicated import abandon_the_others
-from s3balance.retirement import ObjectChanged, remove_abandoned
-from s3balance.streams import StreamBodyProducer
+from s3balance.retirement import remove_abandoned
 
 __all__ = ["ReplicatedUploads"]
 
@@ -317,14 +316,11 @@ class ReplicatedUploads:
         source: Location,
         byte_range: tuple[int, int] | None,
     ) -> PartResult:
-        try:
-            async with self.gateway.holding(source):
-                return await self.pool.get(copy.backend).upload_part_copy(
-                    upload.real_key, copy.backend_upload_id, part_number, source.real_key,
-                    byte_range,
-                )  # fmt: skip
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        async with self.gateway.holding_source(source):
+            return await self.pool.get(copy.backend).upload_part_copy(
+                upload.real_key, copy.backend_upload_id, part_number, source.real_key,
+                byte_range,
+            )  # fmt: skip
 
     async def _stream_to(
         self,
@@ -338,25 +334,18 @@ class ReplicatedUploads:
         on its own: the quorum is judged over all copies).  When the source cannot be read,
         every one of them failed with that error."""
         try:
-            async with self.gateway.reading(source, byte_range) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    fan = FanOut(producer, len(targets), 1)
-                    puts = []
-                    for copy, branch in zip(targets, fan.branches, strict=True):
-                        put = defer.maybeDeferred(
-                            self.pool.get(copy.backend).upload_part,
-                            upload.real_key, copy.backend_upload_id, part_number, branch,
-                            stream.length,
-                        )  # fmt: skip
-                        put.addErrback(abandon_the_others, fan, branch)
-                        puts.append(put)
-                    outcomes = await defer.DeferredList(puts, consumeErrors=True)
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            changed = Failure(errors.NoSuchKey("The source object changed during the copy."))
-            return {copy.backend: changed for copy in targets}
+            async with self.gateway.copy_source(source, byte_range) as body:
+                fan = FanOut(body, len(targets), 1)
+                puts = []
+                for copy, branch in zip(targets, fan.branches, strict=True):
+                    put = defer.maybeDeferred(
+                        self.pool.get(copy.backend).upload_part,
+                        upload.real_key, copy.backend_upload_id, part_number, branch,
+                        body.length,
+                    )  # fmt: skip
+                    put.addErrback(abandon_the_others, fan, branch)
+                    puts.append(put)
+                outcomes = await defer.DeferredList(puts, consumeErrors=True)
         except Exception:
             unreadable = Failure()
             return {copy.backend: unreadable for copy in targets}
