@@ -146,6 +146,7 @@ from twisted.web.server import Request
 from s3balance.config import STRATEGIES, BucketConfig, Config
 from s3balance.configfile import ConfigError, config_to_dict, merge_config, parse_config
 from s3balance.db.records import OperationCounts
+from s3balance.etags import unquoted_etag
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
 from s3balance.rebalance import (
@@ -1067,7 +1068,7 @@ def _object_document(record: Any) -> JSON:
         "key": record.key,
         "size": record.size,
         "last_modified": record.last_modified,
-        "etag": record.etag.strip('"'),
+        "etag": unquoted_etag(record.etag),
         "content_type": record.headers.get("content-type"),
         "locations": [
             {"backend": location.backend, "real_key": location.real_key}

@@ -72,7 +72,7 @@ from s3balance.backends.objectrules import (
     stored_headers,
     stored_metadata,
 )
-from s3balance.etags import bare_etag, multipart_md5_etag
+from s3balance.etags import bare_etag, multipart_md5_etag, quoted_etag
 from s3balance.logs import make_logger
 
 log = make_logger()
@@ -344,7 +344,7 @@ class _Store:
                 written = self._copy_range(fd, 0, sidecar["size"], "copy-")
             finally:
                 os.close(fd)
-        return self.commit_object(key, written, f'"{written.md5}"', headers, metadata)
+        return self.commit_object(key, written, quoted_etag(written.md5), headers, metadata)
 
     def list_objects(
         self, prefix: str, start_after: str = "", until: str | None = None
@@ -429,7 +429,7 @@ class _Store:
         except BaseException:
             self.discard_temp(written.path, None)
             raise
-        return PartResult(part_number, f'"{written.md5}"', written.size)
+        return PartResult(part_number, quoted_etag(written.md5), written.size)
 
     def upload_part_copy(
         self,
@@ -460,7 +460,7 @@ class _Store:
                 size = entry.stat().st_size
             except FileNotFoundError:
                 continue  # replaced while we listed
-            parts.append(PartResult(int(match.group(1)), f'"{match.group(2)}"', size))
+            parts.append(PartResult(int(match.group(1)), quoted_etag(match.group(2)), size))
         parts.sort(key=lambda part: part.part_number)
         return parts
 
@@ -857,7 +857,7 @@ class LocalDirectoryBackend:
             self._store.commit_object,
             key,
             written,
-            f'"{written.md5}"',
+            quoted_etag(written.md5),
             headers,
             metadata,
             body_started=True,
