@@ -79,12 +79,22 @@ def part_ranges(record: ObjectRecord, threshold: int) -> list[tuple[int, int]]:
     else:
         part = max(min(threshold, PART_SIZE), -(-record.size // MAX_PARTS), 1)
         sizes = [min(part, record.size - start) for start in range(0, record.size, part)]
+    return _ranges(sizes)
+
+
+def _ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """The inclusive byte ranges of consecutive parts of ``sizes``."""
     ranges = []
     first = 0
     for size in sizes:
         ranges.append((first, first + size - 1))
         first += size
     return ranges
+
+
+def _has_parts(record: ObjectRecord) -> bool:
+    """Whether ``record`` is a multipart object whose part sizes are known."""
+    return len(record.part_sizes) > 1 and sum(record.part_sizes) == record.size
 
 
 class ObjectCopier:
@@ -112,10 +122,16 @@ class ObjectCopier:
         """Whether a copy from ``source`` to ``target`` runs on the storage side."""
         return self.pool.get(target.backend).can_copy_from(self.pool.get(source.backend))
 
-    async def copy(self, record: ObjectRecord, source: Location, target: Location) -> int:
+    async def copy(
+        self, record: ObjectRecord, source: Location, target: Location, keep_parts: bool = False
+    ) -> int:
         """Copy ``record``'s bytes from ``source`` to ``target`` (its real key, replacing what
         is there) with the source's stored headers and metadata; the bytes written.
 
+        :param keep_parts: a multipart object (its ``part_sizes`` add up to its size) is
+            streamed part by part with its own part sizes, whatever its size and wherever the
+            backends are, so that the copy keeps the object's ETag on every service (a
+            server-side copy gets another one on some): what a move (drain, rebalance) wants.
         :raises BackendError: either side failed (``error.backend`` names which), the source is
             not the row's object (size or ETag), or the target reported another ETag.
         """
@@ -127,8 +143,13 @@ class ObjectCopier:
             async with self.holding(source):
                 info = await reader.head_object(source.real_key)
                 _check_source(record, source, info)
-                if record.size > self.multipart_threshold:
-                    size, etag = await self._multipart(record, source, target, info)
+                if keep_parts and _has_parts(record):
+                    size, etag = await self._multipart(
+                        source, target, info, _ranges(record.part_sizes), streamed=True
+                    )
+                elif record.size > self.multipart_threshold:
+                    ranges = part_ranges(record, self.multipart_threshold)
+                    size, etag = await self._multipart(source, target, info, ranges)
                 elif writer.can_copy_from(reader):
                     size, etag = await self._copy_object(source, target, info)
                 else:
@@ -171,21 +192,25 @@ class ObjectCopier:
         return result.size, result.etag
 
     async def _multipart(
-        self, record: ObjectRecord, source: Location, target: Location, info: ObjectInfo
+        self,
+        source: Location,
+        target: Location,
+        info: ObjectInfo,
+        ranges: Sequence[tuple[int, int]],
+        streamed: bool = False,
     ) -> tuple[int, str]:
-        """A multipart copy, server-side part by part or streamed from ranged GETs; the
-        target's upload is aborted on any failure."""
+        """A multipart copy of the byte ``ranges``, server-side part by part (unless
+        ``streamed``) or streamed from ranged GETs; the target's upload is aborted on any
+        failure."""
         reader, writer = self.pool.get(source.backend), self.pool.get(target.backend)
-        server_side = writer.can_copy_from(reader)
+        server_side = not streamed and writer.can_copy_from(reader)
         upload_id = await writer.create_multipart_upload(
             target.real_key, dict(info.headers), dict(info.metadata)
         )
         self.pool.record_operation(target.backend, "A")
         try:
             parts: list[tuple[int, str]] = []
-            for number, byte_range in enumerate(
-                part_ranges(record, self.multipart_threshold), start=1
-            ):
+            for number, byte_range in enumerate(ranges, start=1):
                 if server_side:
                     part = await writer.upload_part_copy(
                         target.real_key, upload_id, number, source.real_key, byte_range,

@@ -288,6 +288,28 @@ class CopierTests(TestCase):
         # create, three part copies, complete
         self.assertEqual(self.pool.operation_counts("mem-b").class_a, 5)
 
+    async def test_keep_parts_streams_a_multipart_object_with_its_own_parts(self) -> None:
+        """What drain and rebalance ask for (they had their own copy loop for it): whatever
+        the threshold and although both backends could copy server-side."""
+        record, data = await self.stored_multipart(self.memory_a, "src", [PART, 1000])
+        written = await self.copier().copy(
+            record, Location("mem-a", "src"), Location("mem-b", "dst"), keep_parts=True
+        )
+        self.assertEqual(written, len(data))
+        await self.assert_copy(self.memory_b, "dst", data)
+        self.assertEqual(self.memory_b.calls["upload_part_copy"], 0)
+        self.assertEqual(self.memory_a.calls["get_object"], 2)
+        self.assertEqual((await self.memory_b.head_object("dst")).etag, record.etag)
+        source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("mem-b")
+        self.assertEqual((source.class_b, source.bytes_out), (2, len(data)))
+        self.assertEqual((target.class_a, target.bytes_in), (4, len(data)))
+        # A single-part object is copied as without keep_parts (server-side here).
+        single = await self.stored(self.memory_a, "one", b"x" * 1000)
+        await self.copier().copy(
+            single, Location("mem-a", "one"), Location("mem-b", "one"), keep_parts=True
+        )
+        self.assertEqual(self.memory_b.calls["copy_object"], 1)
+
     async def test_multipart_streamed_from_ranged_gets(self) -> None:
         data = generated_bytes(2 * PART + 7, seed=5)
         record = await self.stored(self.memory_a, "src", data)
