@@ -132,8 +132,8 @@ class AdminApiTests(TestCase):
     # -- buckets and health -------------------------------------------------------------------
 
     async def test_buckets_lists_real_and_virtual(self) -> None:
-        self.service.pool.record_operation("r1", "A", bytes_in=10)
-        self.service.pool.record_operation("r1", "B", bytes_out=5)
+        self.service.pool.record_operation("r1", "PutObject", bytes_in=10)
+        self.service.pool.record_operation("r1", "GetObject", bytes_out=5)
         status, document, _ = await self.request("GET", "/buckets")
         self.assertEqual(status, 200)
         by_name = {b["name"]: b for b in document["buckets"]}
@@ -376,7 +376,7 @@ class AdminApiTests(TestCase):
         await store.count_operations("r1", "2025-01", class_b=9, bytes_out=50)
         await store.count_operations("gone", "2025-01", class_a=2)
         # Counted in memory only: the endpoint must flush before reading.
-        self.service.pool.record_operation("r2", "A", bytes_in=42)
+        self.service.pool.record_operation("r2", "PutObject", bytes_in=42)
 
         status, document, _ = await self.request("GET", "/stats/monthly")
         self.assertEqual(status, 200)
