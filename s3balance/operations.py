@@ -7,7 +7,10 @@ reads answer SlowDown.  Callers name the operation they sent
 (:meth:`BackendPool.record_operation <s3balance.pool.BackendPool.record_operation>`); only this
 table decides its class.  The classes are R2's published ones: class A writes, copies, the
 multipart calls that make an object and listings; class B reads of objects and buckets; deletes
-and aborts are free.  ListObjectsV2 is R2's ListObjects (one class A request per page).
+and aborts are free.  ListObjectsV2 is R2's ListObjects (one class A request per page).  R2
+operations the daemon never sends to a backend (ListBuckets, ListParts, ListMultipartUploads,
+DeleteObjects, bucket configuration) are not in the table, so nothing can count them by mistake;
+the README lists the same table, and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ Operation = Literal[
     "UploadPart",
     "UploadPartCopy",
     "CompleteMultipartUpload",
-    "ListParts",
     "ListObjectsV2",
     "GetObject",
     "HeadObject",
@@ -58,7 +60,6 @@ OPERATION_CLASSES: Mapping[Operation, str] = MappingProxyType(
         "UploadPart": CLASS_A,
         "UploadPartCopy": CLASS_A,
         "CompleteMultipartUpload": CLASS_A,
-        "ListParts": CLASS_A,
         "ListObjectsV2": CLASS_A,
         "GetObject": CLASS_B,
         "HeadObject": CLASS_B,
