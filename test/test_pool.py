@@ -202,7 +202,7 @@ def test_class_a_limit_stops_placement_and_class_b_limit_signals_slow_down() -> 
         == 20.0
     )
     with pytest.raises(ValueError):
-        fx.pool.record_operation(limited, "A")  # a class, not an operation
+        fx.pool.record_operation(limited, "A")  # type: ignore[arg-type]  # a class, not an operation
 
 
 def test_a_new_month_resets_the_counts() -> None:
