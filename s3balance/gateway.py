@@ -68,6 +68,7 @@ from s3balance.backends.interface import (
     backend_error_to_s3,
 )
 from s3balance.config import Config
+from s3balance.db.errors import MetadataUnavailable
 from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
 from s3balance.db.store import (
     UNCONDITIONAL,
@@ -795,6 +796,12 @@ class Gateway:
             return errors.NoSuchUpload(UploadId=upload_id)
         if isinstance(error, errors.S3Error):
             return error
+        if isinstance(error, MetadataUnavailable):
+            log.warn(
+                "committing {bucket}/{key}: the database is unavailable: {error}",
+                bucket=record.bucket, key=record.key, error=error,
+            )  # fmt: skip
+            return errors.ServiceUnavailable("The metadata store is unavailable; retry later.")
         log.failure(
             "committing {bucket}/{key} failed",
             Failure(error), bucket=record.bucket, key=record.key,

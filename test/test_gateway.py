@@ -32,6 +32,7 @@ from test.support.bodies import (
     generated_md5,
 )
 from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.test_pool import database_down
 
 
 @implementer(IBodyProducer)
@@ -300,6 +301,21 @@ class ConsistencyTests(GatewayTestCase):
             await self.gateway.put_object("vb", "k", body, 1000, {}, {})
         self.assertEqual(raised.exception.code, "NoSuchBucket")
         self.assertEqual(body.produced, 0)
+
+    async def test_a_database_gone_at_the_commit_is_503_not_500(self) -> None:
+        # The bucket check before the body passed; the database goes away while the bytes
+        # travel: clients are told to retry (503), as for every other outage.
+        await self.put("k", b"before")
+        body = HeldBody(b"during")
+        put = defer.ensureDeferred(self.gateway.put_object("vb", "k", body, 6, {}, {}))
+        await body.written
+        with database_down(self.store):
+            body.release.callback(None)
+            with self.assertRaises(errors.S3Error) as raised:
+                await put
+        error = raised.exception
+        self.assertEqual((error.code, error.status), ("ServiceUnavailable", 503))
+        self.assertEqual(await self.read("vb", "k"), b"before")
 
     async def test_delete_removes_row_then_bytes_and_missing_keys_succeed(self) -> None:
         await self.put("k", b"data")
