@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
 from twisted.python.failure import Failure
 
 from s3balance.db import engine as db_engine
@@ -132,3 +134,79 @@ def test_threads_start_on_demand(size: int) -> None:
     while reactor.run_calls():
         pass
     assert len(results(calls)) == size + 2
+
+
+class SQLiteWriter:
+    """A file database, its pool on a held reactor, and a count of write transactions begun."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.engine = db_engine.create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+        model.metadata.create_all(self.engine)
+        self.reactor = HeldReactor()
+        self.pool = DBThreadPool(self.engine, self.reactor, 4)  # type: ignore[arg-type]
+        self.begun = 0
+        event.listen(self.engine, "begin", self._begin)
+        self.gate = threading.Event()
+
+    def _begin(self, connection: sa.Connection) -> None:
+        if not connection.get_execution_options().get(db_engine.READ_ONLY_OPTION):
+            self.begun += 1
+
+    def hold(self, connection: sa.Connection) -> None:
+        self.gate.wait(10)
+
+    def run(self, writes: list[Callable[..., Any]]) -> list[Any]:
+        """Hold the writer, queue ``writes``, let it go; what each call came back with."""
+        self.pool.start()
+        got = results([self.pool.do(self.hold)] + [self.pool.do(write) for write in writes])
+        self.gate.set()
+        self.pool.stop()
+        while self.reactor.run_calls():
+            pass
+        return got[1:] if got and got[0] is None else got
+
+
+def put_usage(name: str, used: int) -> Callable[[sa.Connection], str]:
+    def write(connection: sa.Connection) -> str:
+        table = model.backend_usage
+        updated = connection.execute(
+            table.update().where(table.c.backend == name).values(used_bytes=used)
+        ).rowcount
+        if not updated:
+            connection.execute(
+                table.insert().values(backend=name, used_bytes=used, object_count=0)
+            )
+        return name
+
+    return write
+
+
+def usage_rows(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        table = model.backend_usage
+        return dict(connection.execute(sa.select(table.c.backend, table.c.used_bytes)).all())
+
+
+def test_sqlite_writes_queued_together_commit_as_one_transaction(tmp_path: Path) -> None:
+    """Twenty writes queued behind a busy writer: one BEGIN IMMEDIATE and one COMMIT for all
+    (there was one each), in queue order, every caller told its own result."""
+    writer = SQLiteWriter(tmp_path)
+    writes = [put_usage(f"b{n % 5}", n) for n in range(20)]
+    got = writer.run(writes)
+    assert sorted(got) == sorted(f"b{n % 5}" for n in range(20))
+    assert writer.begun <= 3  # the held call, then the queued ones in one group
+    assert usage_rows(writer.engine) == {f"b{n}": 15 + n for n in range(5)}  # the last wins
+
+
+def test_a_failing_write_of_a_group_fails_alone(tmp_path: Path) -> None:
+    writer = SQLiteWriter(tmp_path)
+
+    def refused(connection: sa.Connection) -> None:
+        put_usage("refused", 1)(connection)
+        raise KeyError("refused")
+
+    got = writer.run([put_usage("a", 1), refused, put_usage("b", 2)])
+    assert [value for value in got if isinstance(value, str)] == ["a", "b"]
+    (failure,) = [value for value in got if isinstance(value, Failure)]
+    assert failure.check(KeyError)
+    assert usage_rows(writer.engine) == {"a": 1, "b": 2}  # nothing of the refused one

@@ -261,12 +261,15 @@ class Workers:
                 outcome: tuple[defer.Deferred[Any], bool, Any] = (done, True, fn(*args))
             except BaseException:
                 outcome = (done, False, Failure())
-            with self._lock:
-                first = not self._finished
-                self._finished.append(outcome)
-                self._idle += 1
-            if first:
-                self._reactor.callFromThread(self._deliver)
+            self._finish([outcome])
+
+    def _finish(self, outcomes: list[tuple[defer.Deferred[Any], bool, Any]]) -> None:
+        with self._lock:
+            first = not self._finished
+            self._finished.extend(outcomes)
+            self._idle += 1
+        if first:
+            self._reactor.callFromThread(self._deliver)
 
     def _deliver(self) -> None:
         """In the reactor thread: fire every call finished since the last delivery."""
@@ -277,6 +280,112 @@ class Workers:
                 done.callback(value)
             else:
                 done.errback(value)
+
+
+#: Write transactions one group may hold (see :class:`GroupedWriter`).
+MAX_GROUP = 32
+
+
+class GroupedWriter(Workers):
+    """SQLite's one writer thread (see :class:`DBThreadPool`), running the write transactions
+    queued while it was busy as one transaction: one ``BEGIN IMMEDIATE`` and one ``COMMIT`` for
+    all of them, and one pass through the GIL and the scheduler instead of one per commit.
+    Under a burst of small PUTs, commits otherwise waited in line for milliseconds each while
+    taking a quarter of a millisecond to run.
+
+    A group is the same as running its calls one after the other, each in its own transaction,
+    in the order they were queued: each call sees what the ones before it wrote.  When any call
+    of a group fails, the group is rolled back and every call runs again on its own
+    (:func:`run_transaction`: retries, and each call's own outcome), so a failed condition, a
+    missing bucket or a transient error reaches only its own caller.  A failure of the commit
+    itself reaches every caller of the group, as a commit failure reaches its one caller.
+
+    Its calls are store functions: :meth:`submit` ``(fn, *args)`` runs ``fn(connection, *args)``.
+    """
+
+    def __init__(
+        self, reactor: IReactorFromThreads, engine: Callable[[], sa.Engine], name: str
+    ) -> None:
+        """:param engine: the pool's engine now (it is read at every group)."""
+        super().__init__(reactor, 1, name)
+        self._engine = engine
+
+    def _work(self) -> None:
+        calls = self._calls
+        stopping = False
+        while not stopping:
+            call = calls.get()
+            if call is None:
+                return
+            group = [call]
+            while len(group) < MAX_GROUP:
+                try:
+                    more = calls.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True  # after this group: stop() queued one end per thread
+                    break
+                group.append(more)
+            outcomes = run_group(self._engine(), [(fn, args) for _, fn, args in group])
+            pairs = zip(group, outcomes, strict=True)
+            self._finish([(done, ok, value) for (done, _, _), (ok, value) in pairs])
+
+
+def run_group(
+    engine: sa.Engine, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """Run each ``fn(connection, *args)`` of ``calls`` in one write transaction (see
+    :class:`GroupedWriter`); ``(True, result)`` or ``(False, failure)`` for each, in order."""
+    if len(calls) > 1:
+        started = time.monotonic()
+        try:
+            results = _group_transaction(engine, calls)
+        except sa.exc.DBAPIError as error:
+            # The commit failed: whether it happened is unknown, for every call of the group.
+            failed: Exception = error
+            if is_unavailable(error):
+                failed = MetadataUnavailable(str(error.orig or error))
+                failed.__cause__ = error
+            return [(False, Failure(failed)) for _ in calls]
+        if results is not None:
+            duration = time.monotonic() - started
+            for fn, _ in calls:
+                labelled(DB_QUERY_DURATION, operation_name(fn)).observe(duration)
+            return [(True, result) for result in results]
+    outcomes: list[tuple[bool, Any]] = []
+    for fn, args in calls:
+        try:
+            outcomes.append((True, run_transaction(engine, fn, args)))
+        except BaseException:
+            outcomes.append((False, Failure()))
+    return outcomes
+
+
+def _group_transaction(
+    engine: sa.Engine, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[Any] | None:
+    """The results of ``calls`` run in one transaction and committed, or None when one of them
+    (or the transaction's start) failed and nothing was committed.
+
+    :raises sa.exc.DBAPIError: the commit failed.
+    """
+    try:
+        connection = engine.connect()
+    except sa.exc.DBAPIError:
+        return None
+    with connection:
+        try:
+            transaction = connection.begin()
+            results = [fn(connection, *args) for fn, args in calls]
+        except Exception:
+            try:
+                connection.rollback()
+            except sa.exc.DBAPIError:
+                pass  # the connection is gone; closing it discards it
+            return None
+        transaction.commit()
+        return results
 
 
 class DBThreadPool:
@@ -303,7 +412,11 @@ class DBThreadPool:
             # With one thread there is nothing to keep apart, and an in-memory database has one
             # shared connection that two threads must never use at once.
             one_writer = engine.dialect.name == "sqlite" and max_threads > 1
-        self._writer = Workers(reactor, 1, f"{name}-writer") if one_writer else self._threadpool
+        self._writer: Workers = (
+            GroupedWriter(reactor, lambda: self.engine, f"{name}-writer")
+            if one_writer
+            else self._threadpool
+        )
         self.running = False
 
     @property
@@ -330,6 +443,8 @@ class DBThreadPool:
         self.engine.dispose()
 
     def do(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if isinstance(self._writer, GroupedWriter):
+            return self._writer.submit(fn, *args)
         return self._writer.submit(run_transaction, self.engine, fn, args)
 
     def do_read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
