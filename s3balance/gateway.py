@@ -68,7 +68,7 @@ from s3balance.backends.interface import (
     backend_error_to_s3,
 )
 from s3balance.config import Config
-from s3balance.db.errors import MetadataUnavailable
+from s3balance.db.errors import MetadataUnavailable, MetadataUnreachable
 from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
 from s3balance.db.store import (
     UNCONDITIONAL,
@@ -777,8 +777,8 @@ class Gateway:
         """Whether the bytes of a commit that failed with ``error`` must stay: the commit may
         have happened all the same (the connection broke while committing), or another
         completion of the same multipart upload committed the same location."""
-        if isinstance(error, NoSuchBucketError):
-            return False
+        if isinstance(error, (NoSuchBucketError, MetadataUnreachable)):
+            return False  # nothing was committed (no connection was had: no statement sent)
         try:
             current = await self.store.get_object(record.bucket, record.key)
         except Exception:

@@ -316,6 +316,10 @@ class ConsistencyTests(GatewayTestCase):
         error = raised.exception
         self.assertEqual((error.code, error.status), ("ServiceUnavailable", 503))
         self.assertEqual(await self.read("vb", "k"), b"before")
+        # No connection was had, so nothing was committed: the new bytes are not kept.
+        (before,) = (await self.store.get_object("vb", "k")).locations  # type: ignore[union-attr]
+        on_backends = await self.everything_on_backends()
+        self.assertEqual(sorted(sum(on_backends.values(), [])), [before.real_key])
 
     async def test_delete_removes_row_then_bytes_and_missing_keys_succeed(self) -> None:
         await self.put("k", b"data")

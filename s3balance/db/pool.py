@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from s3balance.db.engine import READ_ONLY_OPTION, STATEMENT_LOG
-from s3balance.db.errors import MetadataUnavailable
+from s3balance.db.errors import MetadataUnavailable, MetadataUnreachable
 from s3balance.db.prepared import Direct
 from s3balance.labelled import labelled
 from s3balance.metrics import DB_QUERY_DURATION
@@ -116,6 +116,11 @@ def run_transaction(
     started = time.monotonic()
     try:
         return _run_with_retries(engine, fn, args, read_only)
+    except _NotConnected as failed:
+        error = failed.error
+        if is_unavailable(error):
+            raise MetadataUnreachable(str(error.orig or error)) from error
+        raise error from None
     except sa.exc.DBAPIError as error:
         if is_unavailable(error):
             raise MetadataUnavailable(str(error.orig or error)) from error
@@ -128,7 +133,11 @@ def _run_with_retries(
     engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool
 ) -> T:
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        with engine.connect() as connection:
+        try:
+            connecting = engine.connect()
+        except sa.exc.DBAPIError as error:
+            raise _NotConnected(error) from error
+        with connecting as connection:
             if read_only:
                 connection.execution_options(**{READ_ONLY_OPTION: True})
             transaction = connection.begin()
@@ -151,6 +160,14 @@ def _run_with_retries(
             transaction.commit()
             return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _NotConnected(Exception):
+    """No connection could be had (:class:`MetadataUnreachable`)."""
+
+    def __init__(self, error: sa.exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def run_single_read(engine: sa.Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
