@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=300, help="distinct 4 KiB objects")
     parser.add_argument("--sigv4", action="store_true", help="require and send SigV4")
     parser.add_argument("--top", type=int, default=20, help="functions listed per thread kind")
+    parser.add_argument("--raw", help="also keep py-spy's raw samples in this file")
+    parser.add_argument(
+        "--no-spy", action="store_true", help="CPU figures only (py-spy's sampling costs CPU)"
+    )
     options = parser.parse_args(argv)
     if not nginx_available() or not clients.wrk_available():
         print("needs nginx and wrk", file=sys.stderr)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
 
         load(1)  # warm: backend connections open, caches filled
-        spy = py_spy()
+        spy = None if options.no_spy else py_spy()
         raw = os.path.join(workdir, "profile.txt")
         recorder = None
         if spy is not None:
@@ -135,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{(result.p99_seconds or 0) * 1e3:.0f} ms; load average {os.getloadavg()[0]:.1f}"
         )
         if recorder is None:
-            print("py-spy is not installed (pip install py-spy): no profile")
+            if not options.no_spy:
+                print("py-spy is not installed (pip install py-spy): no profile")
             return 0
         recorder.wait(timeout=options.seconds + 60)
         with open(raw) as found:
             lines = found.readlines()
+        if options.raw:
+            shutil.copyfile(raw, options.raw)
         print("reactor thread:")
         print("\n".join(top_functions(lines, True, options.top)))
         print("other threads:")

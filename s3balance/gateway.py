@@ -68,6 +68,7 @@ from s3balance.backends.interface import (
     backend_error_to_s3,
 )
 from s3balance.config import Config
+from s3balance.db.errors import MetadataUnavailable, MetadataUnreachable
 from s3balance.db.records import BucketRecord, Location, ObjectPage, ObjectRecord
 from s3balance.db.store import (
     UNCONDITIONAL,
@@ -167,6 +168,13 @@ class GatewaySettings:
         )
 
 
+#: Seconds a bucket seen to exist is taken to exist by the checks before a write: one lookup
+#: (a trip to a database thread) a second instead of one per small PUT.
+BUCKET_SEEN_FOR = 1.0
+#: Buckets remembered at once (beyond, the memory starts again empty).
+MAX_BUCKETS_SEEN = 10_000
+
+
 def precondition_error(error: Exception, key: str) -> errors.S3Error:
     """The S3 error of a failed write condition (:mod:`s3balance.db.store`)."""
     if isinstance(error, ObjectMissingError):
@@ -207,6 +215,8 @@ class Gateway:
         self.retirement = Retirement(store, pool, clock, lambda: self.settings.delete_grace)
         #: The write and read paths of buckets with ``replicas`` above 1.
         self.replicas = Replicas(self)
+        #: Buckets lately seen to exist, until when (:meth:`_bucket_exists_before_write`).
+        self._buckets_seen: dict[str, float] = {}
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded configuration's settings; requests that start after this use them."""
@@ -240,6 +250,7 @@ class Gateway:
 
         :raises S3Error: NoSuchBucket, BucketNotEmpty.
         """
+        self._buckets_seen.pop(name, None)
         try:
             await self.store.delete_bucket(name)
         except NoSuchBucketError:
@@ -455,15 +466,35 @@ class Gateway:
             key).
         """
         if not condition:
-            await self.get_bucket(bucket)
+            await self._bucket_exists_before_write(bucket)
             return
         current = await self.store.get_object(bucket, key)
         if current is None:
-            await self.get_bucket(bucket)
+            await self._bucket_exists_before_write(bucket)
         try:
             condition.check(None if current is None else current.etag)
         except (PreconditionFailedError, ObjectMissingError) as error:
             raise precondition_error(error, key) from None
+
+    async def _bucket_exists_before_write(self, bucket: str) -> None:
+        """The bucket check of :meth:`check_before_write`, asked of the database at most once
+        per :data:`BUCKET_SEEN_FOR` seconds for a bucket that exists.
+
+        It only saves a doomed write its bytes: the commit finds the bucket again under lock
+        (rule 2), and a write whose bucket was deleted meanwhile deletes what it wrote and
+        answers NoSuchBucket, whether the bucket went a millisecond or a second before.  A
+        missing bucket is never remembered.
+
+        :raises S3Error: NoSuchBucket.
+        """
+        now = self.clock.seconds()
+        seen_until = self._buckets_seen.get(bucket)
+        if seen_until is not None and now < seen_until:
+            return
+        await self.get_bucket(bucket)
+        if len(self._buckets_seen) >= MAX_BUCKETS_SEEN:
+            self._buckets_seen.clear()
+        self._buckets_seen[bucket] = now + BUCKET_SEEN_FOR
 
     async def put_object(
         self,
@@ -782,8 +813,8 @@ class Gateway:
         """Whether the bytes of a commit that failed with ``error`` must stay: the commit may
         have happened all the same (the connection broke while committing), or another
         completion of the same multipart upload committed the same location."""
-        if isinstance(error, NoSuchBucketError):
-            return False
+        if isinstance(error, (NoSuchBucketError, MetadataUnreachable)):
+            return False  # nothing was committed (no connection was had: no statement sent)
         try:
             current = await self.store.get_object(record.bucket, record.key)
         except Exception:
@@ -801,6 +832,12 @@ class Gateway:
             return errors.NoSuchUpload(UploadId=upload_id)
         if isinstance(error, errors.S3Error):
             return error
+        if isinstance(error, MetadataUnavailable):
+            log.warn(
+                "committing {bucket}/{key}: the database is unavailable: {error}",
+                bucket=record.bucket, key=record.key, error=error,
+            )  # fmt: skip
+            return errors.ServiceUnavailable("The metadata store is unavailable; retry later.")
         log.failure(
             "committing {bucket}/{key} failed",
             Failure(error), bucket=record.bucket, key=record.key,

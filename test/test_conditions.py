@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,6 +94,13 @@ def test_http_dates_round_trip_in_all_three_forms():
     assert parse_http_date("Tue Nov 14 22:13:20 2023") == 1_700_000_000
     assert parse_http_date("") is None
     assert parse_http_date("yesterday") is None
+
+
+@given(st.floats(min_value=-86_400.0, max_value=253_402_300_799.0))
+@settings(max_examples=300)
+def test_http_date_is_rfc_1123_in_gmt_as_email_utils_writes_it(timestamp: float):
+    moment = datetime.datetime.fromtimestamp(math.floor(timestamp), tz=datetime.UTC)
+    assert http_date(timestamp) == email.utils.format_datetime(moment, usegmt=True)
 
 
 @pytest.mark.parametrize(

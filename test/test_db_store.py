@@ -803,6 +803,18 @@ class StoreTests:
         self.assertEqual((yield self.store.objects_on("b2")), {"new": (10, '"etag"')})
 
     @defer.inlineCallbacks
+    def test_forgetting_any_number_of_deletions_forgets_those_only(self) -> Gen:
+        locations = [Location("b1", f"gone{n}") for n in range(160)]
+        ids = yield self.store.queue_deletions(locations, 0.0)
+        forgotten: set[int] = set()
+        for batch in ([ids[0]], ids[1:4], ids[4:9], ids[9:26], ids[26:100], ids[100:150:2]):
+            yield self.store.forget_deletions(batch)
+            forgotten.update(batch)
+            left = {due.id for due in (yield self.store.due_deletions(1.0, 1000))}
+            self.assertEqual(left, set(ids) - forgotten)
+        yield self.store.forget_deletions([])
+
+    @defer.inlineCallbacks
     def test_a_completed_upload_keeps_its_result(self) -> Gen:
         yield self.store.create_bucket("vb", now=0)
         yield self.store.create_upload(upload("u1", "big"))

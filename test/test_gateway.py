@@ -32,6 +32,7 @@ from test.support.bodies import (
     generated_md5,
 )
 from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.test_pool import database_down
 
 
 @implementer(IBodyProducer)
@@ -265,6 +266,60 @@ class ConsistencyTests(GatewayTestCase):
             await put
         self.assertEqual(raised.exception.code, "NoSuchBucket")
         self.assertEqual(await self.everything_on_backends(), {"r1": [], "r2": []})
+
+    async def test_small_puts_ask_the_database_for_their_bucket_once_a_second(self) -> None:
+        asked: list[str] = []
+        get_bucket = self.store.get_bucket
+
+        def counting(name: str) -> Any:
+            asked.append(name)
+            return get_bucket(name)
+
+        self.patch(self.store, "get_bucket", counting)
+        for index in range(5):
+            await self.put(f"k{index}", b"data")
+        self.assertEqual(asked, ["vb"])
+
+    async def test_a_bucket_deleted_elsewhere_still_refuses_the_next_put(self) -> None:
+        # Another daemon (here: the store directly) deletes the bucket just after this one saw
+        # it: the next PUT is still refused, and leaves neither a row nor bytes.
+        await self.put("k", b"data")
+        await self.gateway.delete_object("vb", "k")
+        await self.store.delete_bucket("vb")
+        with self.assertRaises(errors.S3Error) as raised:
+            await self.put("k2", b"data")
+        self.assertEqual(raised.exception.code, "NoSuchBucket")
+        self.assertEqual(await self.everything_on_backends(), {"r1": [], "r2": []})
+        self.assertIsNone(await self.store.get_object("vb", "k2"))
+
+    async def test_a_bucket_deleted_here_refuses_before_any_byte(self) -> None:
+        await self.put("k", b"data")
+        await self.gateway.delete_object("vb", "k")
+        await self.gateway.delete_bucket("vb")
+        body = GeneratedBody(1000)
+        with self.assertRaises(errors.S3Error) as raised:
+            await self.gateway.put_object("vb", "k", body, 1000, {}, {})
+        self.assertEqual(raised.exception.code, "NoSuchBucket")
+        self.assertEqual(body.produced, 0)
+
+    async def test_a_database_gone_at_the_commit_is_503_not_500(self) -> None:
+        # The bucket check before the body passed; the database goes away while the bytes
+        # travel: clients are told to retry (503), as for every other outage.
+        await self.put("k", b"before")
+        body = HeldBody(b"during")
+        put = defer.ensureDeferred(self.gateway.put_object("vb", "k", body, 6, {}, {}))
+        await body.written
+        with database_down(self.store):
+            body.release.callback(None)
+            with self.assertRaises(errors.S3Error) as raised:
+                await put
+        error = raised.exception
+        self.assertEqual((error.code, error.status), ("ServiceUnavailable", 503))
+        self.assertEqual(await self.read("vb", "k"), b"before")
+        # No connection was had, so nothing was committed: the new bytes are not kept.
+        (before,) = (await self.store.get_object("vb", "k")).locations  # type: ignore[union-attr]
+        on_backends = await self.everything_on_backends()
+        self.assertEqual(sorted(sum(on_backends.values(), [])), [before.real_key])
 
     async def test_delete_removes_row_then_bytes_and_missing_keys_succeed(self) -> None:
         await self.put("k", b"data")

@@ -13,8 +13,8 @@ from twisted.trial import unittest as twisted_unittest
 
 from s3balance.backends.interface import IBackend
 from s3balance.backends.memory import MemoryBackend
+from s3balance.db import deletions, model
 from s3balance.db import engine as db_engine
-from s3balance.db import model
 from s3balance.db.pool import DBThreadPool
 from s3balance.db.records import Location
 from s3balance.db.store import MetadataStore, Replacement
@@ -71,23 +71,23 @@ class ForgetInBatchesTests(twisted_unittest.TestCase):
         ids = await self.store.queue_deletions(locations, 0.0)
         retirement = Retirement(self.store, _Backends(backend), reactor, lambda: 0.0)
         failing: list[Any] = []
+        original_forget = deletions._forget_deletions
 
         def refuse(*_: Any) -> None:
             failing.append(1)
             raise sa.exc.OperationalError("DELETE", {}, Exception("disk I/O error"))
 
-        event.listen(self.engine, "before_cursor_execute", refuse)
-        try:
-            await defer.gatherResults(
-                [
-                    defer.ensureDeferred(
-                        retirement.retire(Replacement(1, (location,), [location], (pending,)))
-                    )
-                    for location, pending in zip(locations, ids, strict=True)
-                ]
-            )
-        finally:
-            event.remove(self.engine, "before_cursor_execute", refuse)
+        # The forget runs on the DBAPI cursor (no SQLAlchemy event to hook): its statement fails.
+        self.patch(deletions, "_forget_deletions", refuse)
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    retirement.retire(Replacement(1, (location,), [location], (pending,)))
+                )
+                for location, pending in zip(locations, ids, strict=True)
+            ]
+        )
+        self.patch(deletions, "_forget_deletions", original_forget)
         self.assertTrue(failing)
         due = await self.store.due_deletions(1.0, 10)
         self.assertEqual(sorted(pending.id for pending in due), sorted(ids))

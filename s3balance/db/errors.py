@@ -13,6 +13,11 @@ class MetadataUnavailable(Exception):
     came free after the pool's retries): nothing was committed, and retrying later may work."""
 
 
+class MetadataUnreachable(MetadataUnavailable):
+    """Not even a connection to the database could be had: the call sent no statement, so it
+    certainly changed nothing (a commit that fails otherwise may have happened all the same)."""
+
+
 class NoSuchBucketError(Exception):
     """The named virtual bucket does not exist."""
 

@@ -12,7 +12,7 @@ read.
 
 from __future__ import annotations
 
-from email.utils import formatdate
+import time
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from s3balance import errors
+from s3balance.conditions import http_date
 from s3balance.errors import S3Error
 from s3balance.labelled import labelled
 from s3balance.logs import ACCESS_LINE, NO_VALUE, named_logger, printable
@@ -374,7 +375,7 @@ class StreamingRequest(server.Request):
         server_header = self._settings.server_header if self._settings else b"s3balance"
         self.responseHeaders.setRawHeaders(b"Server", [server_header])
         if not self.responseHeaders.hasHeader(b"Date"):
-            self.responseHeaders.setRawHeaders(b"Date", [formatdate(usegmt=True).encode()])
+            self.responseHeaders.setRawHeaders(b"Date", [http_date(time.time()).encode()])
         if not self.responseHeaders.hasHeader(b"x-amz-request-id"):
             self.responseHeaders.setRawHeaders(b"x-amz-request-id", [self.request_id.encode()])
 
