@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=300, help="distinct 4 KiB objects")
     parser.add_argument("--sigv4", action="store_true", help="require and send SigV4")
     parser.add_argument("--top", type=int, default=20, help="functions listed per thread kind")
+    parser.add_argument("--raw", help="also keep py-spy's raw samples in this file")
     options = parser.parse_args(argv)
     if not nginx_available() or not clients.wrk_available():
         print("needs nginx and wrk", file=sys.stderr)
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         recorder.wait(timeout=options.seconds + 60)
         with open(raw) as found:
             lines = found.readlines()
+        if options.raw:
+            shutil.copyfile(raw, options.raw)
         print("reactor thread:")
         print("\n".join(top_functions(lines, True, options.top)))
         print("other threads:")

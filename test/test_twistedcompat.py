@@ -32,7 +32,6 @@ DEGRADABLE = {
     ("HTTPChannel", "_networkProducer"),
     ("FileDescriptor", "_tempDataBuffer"),
     ("FileDescriptor", "_tempDataLen"),
-    ("TransportProxyProducer", "_producer"),
 }
 
 
@@ -137,7 +136,3 @@ def test_the_unsent_buffer_is_taken_and_emptied() -> None:
     transport._tempDataLen = 4
     assert twistedcompat.take_unsent_buffers(transport) == b"abcd"
     assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
-
-
-def test_without_agents_proxied_transport_the_body_is_not_taken_over() -> None:
-    assert twistedcompat.response_connection(SimpleNamespace()) is None
