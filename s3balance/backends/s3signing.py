@@ -1,6 +1,6 @@
 """Where a request to a real S3 bucket goes, and its SigV4 signature.
 
-The URL is built once, percent-encoded here, and the very same bytes are signed and sent by Agent:
+The URL is built once, percent-encoded here, and the very same text is signed and sent:
 SigV4 signs the exact request target, so any re-serialisation in between (``..`` segments
 collapsed, ``+`` turned into a space, ``~`` encoded) would break the signature or, worse, address
 a different key.
