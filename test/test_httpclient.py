@@ -32,6 +32,10 @@ class ScriptedServer(Protocol):
     def __init__(self, site: Site) -> None:
         self.site = site
         self.buffer = b""
+        self.lost = False
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
 
     def connectionMade(self) -> None:
         self.site.connections.append(self)
@@ -345,7 +349,10 @@ class HTTPClientTests(TestCase):
         self.addCleanup(pool.closeCachedConnections)
         client = HTTPClient(reactor, pool, "http", "127.0.0.1", port.getHost().port, 5)
         await self.get_body(client)
+        await self.get_body(client)
         await deferLater(reactor, 0.4, lambda: None)
+        # Closed without another request coming to find it aged.
+        self.assertEqual([connection.lost for connection in site.connections], [True])
         self.assertIsNone(pool.take(("http", "127.0.0.1", port.getHost().port, None)))
         await self.get_body(client)
         self.assertEqual(len(site.connections), 2)

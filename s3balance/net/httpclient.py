@@ -43,7 +43,8 @@ class ConnectionPool:
 
     A connection is idle between requests only; busy ones are their request's.  The most
     recently used idle connection is taken first, so the others age out after
-    ``idle_timeout`` when traffic drops.
+    ``idle_timeout`` when traffic drops.  One timer sweeps out the aged ones (a timer per idle
+    spell would be set and cancelled once per request).
     """
 
     def __init__(
@@ -55,19 +56,28 @@ class ConnectionPool:
         self._reactor = reactor
         self._max_idle = max_idle_per_server
         self._idle_timeout = idle_timeout
+        #: Per server, oldest first.
         self._idle: dict[Hashable, list[HTTP11Connection]] = {}
-        self._timers: dict[HTTP11Connection, IDelayedCall] = {}
+        self._idle_since: dict[HTTP11Connection, float] = {}
         self._server_of: dict[HTTP11Connection, Hashable] = {}
         self._closing: dict[HTTP11Connection, Deferred[None]] = {}
+        self._sweep: IDelayedCall | None = None
 
     def take(self, server: Hashable) -> HTTP11Connection | None:
         """An idle connection to ``server``, now the caller's; ``None`` when there is none."""
         idle = self._idle.get(server)
+        if not idle:
+            return None
+        oldest_allowed = self._reactor.seconds() - self._idle_timeout
         while idle:
-            connection = idle[-1]
-            self._unlist(connection)
-            if connection.usable:
+            connection = idle.pop()
+            del self._server_of[connection]
+            since = self._idle_since.pop(connection)
+            if connection.usable and since > oldest_allowed:
+                self._stop_sweep_when_empty()
                 return connection
+            connection.close()  # aged out, not swept yet: so are the older ones
+        self._stop_sweep_when_empty()
         return None
 
     def connection(self, server: Hashable) -> HTTP11Connection:
@@ -81,23 +91,41 @@ class ConnectionPool:
             return
         idle.append(connection)
         self._server_of[connection] = server
-        self._timers[connection] = self._reactor.callLater(
-            self._idle_timeout, self._expire, connection
-        )
+        self._idle_since[connection] = self._reactor.seconds()
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self._idle_timeout, self._expire)
 
     def _unlist(self, connection: HTTP11Connection) -> None:
         server = self._server_of.pop(connection, None)
         if server is None:
             return
         self._idle[server].remove(connection)
-        timer = self._timers.pop(connection, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        del self._idle_since[connection]
+        self._stop_sweep_when_empty()
 
-    def _expire(self, connection: HTTP11Connection) -> None:
-        del self._timers[connection]  # it is running now
-        self._unlist(connection)
-        connection.close()
+    def _stop_sweep_when_empty(self) -> None:
+        if not self._idle_since and self._sweep is not None:
+            if self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
+
+    def _expire(self) -> None:
+        """Close the connections idle for ``idle_timeout``; come back for the next oldest."""
+        self._sweep = None
+        now = self._reactor.seconds()
+        aged = [
+            connection
+            for connection, since in self._idle_since.items()
+            if since <= now - self._idle_timeout
+        ]
+        for connection in aged:
+            self._unlist(connection)
+            connection.close()
+        if self._idle_since:
+            oldest = min(self._idle_since.values())
+            self._sweep = self._reactor.callLater(
+                max(0.0, oldest + self._idle_timeout - now), self._expire
+            )
 
     def _forget(self, connection: HTTP11Connection) -> None:
         self._unlist(connection)
@@ -108,11 +136,10 @@ class ConnectionPool:
     def closeCachedConnections(self) -> Deferred[None]:
         """Close every idle connection; fires once they are closed (as Agent's pool does)."""
         waits = []
-        for idle in list(self._idle.values()):
-            for connection in list(idle):
-                self._unlist(connection)
-                waits.append(self._closing.setdefault(connection, Deferred()))
-                connection.close()
+        for connection in list(self._idle_since):
+            self._unlist(connection)
+            waits.append(self._closing.setdefault(connection, Deferred()))
+            connection.close()
         if not waits:
             return succeed(None)
         return gatherResults(waits).addCallback(lambda _: None)
