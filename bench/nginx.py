@@ -184,10 +184,3 @@ class Nginx:
 
     def stop(self) -> None:
         self.server.stop()
-
-    def error_log_tail(self) -> str:
-        path = os.path.join(self.workdir, f"{self.name}-error.log")
-        if not os.path.exists(path):
-            return ""
-        with open(path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-20:])

@@ -19,7 +19,7 @@ objects with it; neither's bookkeeping (claims, rows, metrics) is here.  A copy:
   upload, so no upload is left behind;
 - keeps the source's stored headers and metadata (what :mod:`s3balance.rebuild` reads back);
 - checks the ETag the target reports when it can be compared, and deletes a copy that does not
-  match;
+  match (:func:`~s3balance.retirement.delete_unreferenced`: free, as every delete);
 - counts operations and bytes (:meth:`BackendPool.record_operation`): a GET (class B, its bytes
   out) on the source and a PUT (class A, its bytes in) on the target per streamed object or part;
   one class A operation per CopyObject, UploadPartCopy, Create and CompleteMultipartUpload.  The
@@ -29,16 +29,16 @@ objects with it; neither's bookkeeping (claims, rows, metrics) is here.  A copy:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from s3balance.backends.interface import BackendError, ObjectInfo, PartResult
 from s3balance.db.records import Location, ObjectRecord
-from s3balance.etags import bare_etag
+from s3balance.etags import bare_etag, etag_agrees
 from s3balance.logs import make_logger
 from s3balance.multipart import MIN_PART_SIZE
 from s3balance.pool import BackendPool
+from s3balance.retirement import delete_unreferenced
 from s3balance.streams import StreamBodyProducer
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "MIN_PART_SIZE",
     "MULTIPART_THRESHOLD",
     "ObjectCopier",
-    "etag_agrees",
     "part_ranges",
 ]
 
@@ -61,39 +60,6 @@ MAX_PART_SIZE = 5 * 1024**3
 #: Part size of a multipart copy (when the threshold is larger and the object has no layout of
 #: its own): a failed part costs at most this much again.
 PART_SIZE = 512 * 1024**2
-
-_MD5_HEX = re.compile(r"[0-9a-f]{32}")
-
-
-def etag_agrees(row_etag: str, etag: str) -> bool | None:
-    """Whether a copy whose backend reports ``etag`` holds the bytes of a row whose ETag is
-    ``row_etag``, as far as ETags tell: ``True`` (same ETag), ``False`` (different bytes),
-    ``None`` (they cannot be compared).
-
-    A row keeps one ETag, the client-visible one, which is the backend ETag its write got:
-
-    - a plain ETag (``"<md5>"``) is the MD5 of the bytes, on every backend s3balance writes to
-      (S3 without SSE-KMS or SSE-C, which s3balance refuses, local directories, memory), so a
-      copy with a plain ETag must have the same one; a copy made by multipart (above the
-      threshold) has a multipart ETag instead, which cannot be compared;
-    - a multipart ETag (``"<md5>-<n>"``) depends on the part layout and, on some services, on
-      more than the bytes (SeaweedFS's UploadPartCopy answers part ETags that are not MD5s): a
-      copy assembled with the row's ``part_sizes`` (as :class:`ObjectCopier` does) usually has
-      the same ETag, but one that differs, or a plain one (a copy made by one PUT or
-      CopyObject), says nothing about the bytes: they cannot be compared.
-
-    Backends whose single-PUT ETag is not the MD5 of the bytes (a bucket encrypting with KMS by
-    default) are not supported by this check: their copies would all look corrupt.
-    """
-    row, got = bare_etag(row_etag), bare_etag(etag)
-    if not row or not got:
-        return None
-    if row == got:
-        return True
-    if _MD5_HEX.fullmatch(row) and _MD5_HEX.fullmatch(got):
-        return False
-    return None
-
 
 def _layout_usable(part_sizes: Sequence[int], size: int) -> bool:
     """Whether an object's recorded part sizes can be a multipart copy's parts on S3."""
@@ -113,12 +79,22 @@ def part_ranges(record: ObjectRecord, threshold: int) -> list[tuple[int, int]]:
     else:
         part = max(min(threshold, PART_SIZE), -(-record.size // MAX_PARTS), 1)
         sizes = [min(part, record.size - start) for start in range(0, record.size, part)]
+    return _ranges(sizes)
+
+
+def _ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """The inclusive byte ranges of consecutive parts of ``sizes``."""
     ranges = []
     first = 0
     for size in sizes:
         ranges.append((first, first + size - 1))
         first += size
     return ranges
+
+
+def _has_parts(record: ObjectRecord) -> bool:
+    """Whether ``record`` is a multipart object whose part sizes are known."""
+    return len(record.part_sizes) > 1 and sum(record.part_sizes) == record.size
 
 
 class ObjectCopier:
@@ -146,10 +122,16 @@ class ObjectCopier:
         """Whether a copy from ``source`` to ``target`` runs on the storage side."""
         return self.pool.get(target.backend).can_copy_from(self.pool.get(source.backend))
 
-    async def copy(self, record: ObjectRecord, source: Location, target: Location) -> int:
+    async def copy(
+        self, record: ObjectRecord, source: Location, target: Location, keep_parts: bool = False
+    ) -> int:
         """Copy ``record``'s bytes from ``source`` to ``target`` (its real key, replacing what
         is there) with the source's stored headers and metadata; the bytes written.
 
+        :param keep_parts: a multipart object (its ``part_sizes`` add up to its size) is
+            streamed part by part with its own part sizes, whatever its size and wherever the
+            backends are, so that the copy keeps the object's ETag on every service (a
+            server-side copy gets another one on some): what a move (drain, rebalance) wants.
         :raises BackendError: either side failed (``error.backend`` names which), the source is
             not the row's object (size or ETag), or the target reported another ETag.
         """
@@ -161,8 +143,13 @@ class ObjectCopier:
             async with self.holding(source):
                 info = await reader.head_object(source.real_key)
                 _check_source(record, source, info)
-                if record.size > self.multipart_threshold:
-                    size, etag = await self._multipart(record, source, target, info)
+                if keep_parts and _has_parts(record):
+                    size, etag = await self._multipart(
+                        source, target, info, _ranges(record.part_sizes), streamed=True
+                    )
+                elif record.size > self.multipart_threshold:
+                    ranges = part_ranges(record, self.multipart_threshold)
+                    size, etag = await self._multipart(source, target, info, ranges)
                 elif writer.can_copy_from(reader):
                     size, etag = await self._copy_object(source, target, info)
                 else:
@@ -170,7 +157,7 @@ class ObjectCopier:
         finally:
             release()
         if size != record.size or etag_agrees(record.etag, etag) is False:
-            await self._remove(target)
+            await delete_unreferenced(self.pool, target)
             raise BackendError(
                 target.backend,
                 f"the copy has {size} bytes and ETag {etag}, not {record.size} and {record.etag}",
@@ -205,21 +192,25 @@ class ObjectCopier:
         return result.size, result.etag
 
     async def _multipart(
-        self, record: ObjectRecord, source: Location, target: Location, info: ObjectInfo
+        self,
+        source: Location,
+        target: Location,
+        info: ObjectInfo,
+        ranges: Sequence[tuple[int, int]],
+        streamed: bool = False,
     ) -> tuple[int, str]:
-        """A multipart copy, server-side part by part or streamed from ranged GETs; the
-        target's upload is aborted on any failure."""
+        """A multipart copy of the byte ``ranges``, server-side part by part (unless
+        ``streamed``) or streamed from ranged GETs; the target's upload is aborted on any
+        failure."""
         reader, writer = self.pool.get(source.backend), self.pool.get(target.backend)
-        server_side = writer.can_copy_from(reader)
+        server_side = not streamed and writer.can_copy_from(reader)
         upload_id = await writer.create_multipart_upload(
             target.real_key, dict(info.headers), dict(info.metadata)
         )
         self.pool.record_operation(target.backend, "A")
         try:
             parts: list[tuple[int, str]] = []
-            for number, byte_range in enumerate(
-                part_ranges(record, self.multipart_threshold), start=1
-            ):
+            for number, byte_range in enumerate(ranges, start=1):
                 if server_side:
                     part = await writer.upload_part_copy(
                         target.real_key, upload_id, number, source.real_key, byte_range,
@@ -270,17 +261,6 @@ class ObjectCopier:
                 "copy to {backend}: cannot abort the upload of {real_key}: {error}",
                 backend=target.backend, real_key=target.real_key, error=error,
             )  # fmt: skip
-
-    async def _remove(self, target: Location) -> None:
-        try:
-            await self.pool.get(target.backend).delete_object(target.real_key)
-            self.pool.record_operation(target.backend, "A")
-        except BackendError as error:
-            log.warn(
-                "copy to {backend}: cannot delete the bad copy {real_key}: {error}",
-                backend=target.backend, real_key=target.real_key, error=error,
-            )  # fmt: skip
-
 
 def _check_source(record: ObjectRecord, source: Location, info: ObjectInfo) -> None:
     """:raises BackendError: the source does not hold the row's bytes (size, ETag)."""

@@ -45,13 +45,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import task
 
 from s3balance.backends.interface import BackendError
-from s3balance.copying import etag_agrees
 from s3balance.db.jobs import BackendLocation
 from s3balance.db.records import JobRecord, Location, ObjectRecord
 from s3balance.jobs import JobKind, RunningJob, settle
 from s3balance.logs import make_logger
 from s3balance.retirement import ObjectChanged
-from s3balance.streams import StreamBodyProducer
 
 if TYPE_CHECKING:
     from s3balance.jobs import JobDaemon, JobRunner
@@ -254,72 +252,15 @@ async def _copy(
 async def _copy_from(
     daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location
 ) -> int:
-    """One copy with the source's stored headers and metadata (what a rebuild reads back).
-
-    A single-part object goes through the :class:`~s3balance.copying.ObjectCopier`
-    (server-side when both backends are on one service, streamed otherwise).  A multipart
-    object is streamed part by part with the row's own part sizes, so that the copy keeps the
-    object's ETag on every service (what scrub compares, and what a rebuild would read back):
-    a server-side copy of it gets another ETag on some services.
+    """One copy with the source's stored headers and metadata (what a rebuild reads back), by
+    the :class:`~s3balance.copying.ObjectCopier`: server-side when both backends are on one
+    service, streamed otherwise; a multipart object streamed part by part with the row's own
+    part sizes, so that the copy keeps the object's ETag on every service (what scrub
+    compares, and what a rebuild would read back).
 
     :raises BackendError: either side failed, or the source is not the row's object.
     """
-    if len(record.part_sizes) > 1 and sum(record.part_sizes) == record.size:
-        return await _copy_parts(daemon, record, source, target)
-    return await daemon.copier.copy(record, source, target)
-
-
-async def _copy_parts(
-    daemon: JobDaemon, record: ObjectRecord, source: Location, target: Location
-) -> int:
-    """A multipart copy with the row's part layout: one ranged GET per part feeding that part's
-    UploadPart; a failure aborts the target's upload."""
-    pool = daemon.pool
-    reader, writer = pool.get(source.backend), pool.get(target.backend)
-    release = pool.reserve(target.backend, record.size)
-    try:
-        async with daemon.gateway.holding(source):
-            info = await reader.head_object(source.real_key)
-            pool.record_operation(source.backend, "B")
-            if info.size != record.size or etag_agrees(record.etag, info.etag) is False:
-                raise BackendError(
-                    source.backend, f"holds {info.size} bytes with ETag {info.etag}, not "
-                    f"{record.size} with {record.etag}",
-                )  # fmt: skip
-            upload_id = await writer.create_multipart_upload(
-                target.real_key, dict(info.headers), dict(info.metadata)
-            )
-            pool.record_operation(target.backend, "A")
-            try:
-                parts: list[tuple[int, str]] = []
-                first = 0
-                for number, size in enumerate(record.part_sizes, 1):
-                    stream = await reader.get_object(source.real_key, (first, first + size - 1))
-                    pool.record_operation(source.backend, "B", bytes_out=size)
-                    producer = StreamBodyProducer(stream)
-                    try:
-                        part = await writer.upload_part(
-                            target.real_key, upload_id, number, producer, size
-                        )
-                    finally:
-                        producer.discard()
-                    pool.record_operation(target.backend, "A", bytes_in=size)
-                    parts.append((number, part.etag))
-                    first += size
-                result = await writer.complete_multipart_upload(
-                    target.real_key, upload_id, parts
-                )
-                pool.record_operation(target.backend, "A")
-            except BaseException:
-                try:
-                    await writer.abort_multipart_upload(target.real_key, upload_id)
-                except BackendError as error:
-                    log.warn("drain: could not abort the copy's upload on {backend}: {error}",
-                             backend=target.backend, error=error)  # fmt: skip
-                raise
-    finally:
-        release()
-    return int(result.size)
+    return await daemon.copier.copy(record, source, target, keep_parts=True)
 
 
 async def _commit(

@@ -101,12 +101,6 @@ class BadDigest(CatalogError):
     default_message = "The Content-MD5 or checksum you specified did not match what we received."
 
 
-class BucketAlreadyExists(CatalogError):
-    code = "BucketAlreadyExists"
-    status = 409
-    default_message = "The requested bucket name is not available."
-
-
 class BucketAlreadyOwnedByYou(CatalogError):
     code = "BucketAlreadyOwnedByYou"
     status = 409
@@ -261,12 +255,6 @@ class NotImplementedError_(CatalogError):
     default_message = (
         "A header or query you provided implies functionality that is not implemented."
     )
-
-
-class NotModified(CatalogError):
-    code = "NotModified"
-    status = 304
-    default_message = "Not Modified"
 
 
 class PreconditionFailed(CatalogError):

@@ -74,8 +74,39 @@ def multipart_md5_etag(part_md5s: Sequence[str]) -> str:
     return f'"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"'
 
 
+def etag_agrees(row_etag: str, etag: str) -> bool | None:
+    """Whether a copy whose backend reports ``etag`` holds the bytes of a row whose ETag is
+    ``row_etag``, as far as ETags tell: ``True`` (same ETag), ``False`` (different bytes),
+    ``None`` (they cannot be compared).
+
+    A row keeps one ETag, the client-visible one, which is the backend ETag its write got:
+
+    - a plain ETag (``"<md5>"``) is the MD5 of the bytes, on every backend s3balance writes to
+      (S3 without SSE-KMS or SSE-C, which s3balance refuses, local directories, memory), so a
+      copy with a plain ETag must have the same one; a copy made by multipart (above the
+      threshold) has a multipart ETag instead, which cannot be compared;
+    - a multipart ETag (``"<md5>-<n>"``) depends on the part layout and, on some services, on
+      more than the bytes (SeaweedFS's UploadPartCopy answers part ETags that are not MD5s): a
+      copy assembled with the row's ``part_sizes`` (as :class:`~s3balance.copying.ObjectCopier`
+      does) usually has the same ETag, but one that differs, or a plain one (a copy made by one
+      PUT or CopyObject), says nothing about the bytes: they cannot be compared.
+
+    Backends whose single-PUT ETag is not the MD5 of the bytes (a bucket encrypting with KMS by
+    default) are not supported by this check: their copies would all look corrupt.
+    """
+    row, got = bare_etag(row_etag), bare_etag(etag)
+    if not row or not got:
+        return None
+    if row == got:
+        return True
+    if _MD5_HEX.match(row) and _MD5_HEX.match(got):
+        return False
+    return None
+
+
 __all__ = [
     "bare_etag",
+    "etag_agrees",
     "etag_matches",
     "is_multipart_etag",
     "multipart_etag",

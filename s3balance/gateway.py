@@ -333,6 +333,40 @@ class Gateway:
         async with self.retirement.holding(location):
             yield await self._open(record, location, byte_range)
 
+    @asynccontextmanager
+    async def copy_source(
+        self, source: ObjectRecord, byte_range: tuple[int, int] | None = None
+    ) -> AsyncIterator[StreamBodyProducer]:
+        """The bytes of a copy's source (CopyObject, UploadPartCopy) as the body of the
+        target's upload, read as :meth:`reading` does; the stream is let go however the block
+        ends.
+
+        :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile; as
+            :meth:`reading`.
+        """
+        try:
+            async with self.reading(source, byte_range) as stream:
+                producer = StreamBodyProducer(stream)
+                try:
+                    yield producer
+                finally:
+                    producer.discard()
+        except ObjectChanged:
+            raise _source_changed() from None
+
+    @asynccontextmanager
+    async def holding_source(self, location: Location) -> AsyncIterator[None]:
+        """A copy's source copied on its own backend (server-side), counted as a reader
+        (:meth:`holding`).
+
+        :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile.
+        """
+        try:
+            async with self.holding(location):
+                yield
+        except ObjectChanged:
+            raise _source_changed() from None
+
     def holding(self, location: Location) -> AbstractAsyncContextManager[None]:
         """Count a reader of ``location`` that reads it some other way than :meth:`reading`
         (a server-side copy on its backend): :meth:`Retirement.holding`."""
@@ -526,22 +560,15 @@ class Gateway:
 
         :raises S3Error: NoSuchKey when the source was replaced and deleted meanwhile.
         """
-        try:
-            if target_backend.name == location.backend:
-                async with self.holding(location):
-                    return await target_backend.copy_object(
-                        location.real_key, target, dict(headers), dict(metadata)
-                    )
-            async with self.reading(source) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    return await target_backend.put_object(
-                        target, producer, stream.length, dict(headers), dict(metadata)
-                    )
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        if target_backend.name == location.backend:
+            async with self.holding_source(location):
+                return await target_backend.copy_object(
+                    location.real_key, target, dict(headers), dict(metadata)
+                )
+        async with self.copy_source(source) as body:
+            return await target_backend.put_object(
+                target, body, body.length, dict(headers), dict(metadata)
+            )
 
     async def _new_object(
         self,
@@ -805,3 +832,7 @@ class Gateway:
         for backend in {location.backend for location in removed.previous_locations}:
             self.usage.adjust(backend, -removed.previous_size, -1)
         await self.retirement.retire(removed)
+
+
+def _source_changed() -> errors.S3Error:
+    return errors.NoSuchKey("The source object changed during the copy.")

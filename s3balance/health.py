@@ -17,12 +17,12 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from s3balance import metrics
 from s3balance.backends.interface import IBackend
 from s3balance.logs import make_logger
+from s3balance.periodic import Periodic
 
 log = make_logger()
 
@@ -83,7 +83,7 @@ class HealthMonitor(Service):
         self._states: dict[str, BackendHealth] = {}
         self._round: Deferred[None] | None = None
         self._probes: list[Deferred[object]] = []
-        self._loop: LoopingCall | None = None
+        self._loop = Periodic(clock, self._tick, "health probes")
         self._stopped = False
         #: Called with (name, state) after every change of a backend's state; with
         #: ``server.workers`` the probing worker shares its results through this.
@@ -94,17 +94,11 @@ class HealthMonitor(Service):
     def startService(self) -> None:
         super().startService()
         self._stopped = False
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.period, now=True).addErrback(
-            lambda f: log.failure("health loop stopped", f)
-        )
+        self._loop.start(self.period)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._loop.stop()
         self._stopped = True
         for probe in list(self._probes):
             probe.cancel()

@@ -23,13 +23,13 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from s3balance.config import MultipartConfig
 from s3balance.db.store import MetadataStore
 from s3balance.logs import make_logger
 from s3balance.multipart import UploadPool, discard_upload
+from s3balance.periodic import Periodic
 
 log = make_logger()
 
@@ -52,22 +52,17 @@ class PeriodicRounds(Service):
     def __init__(self, clock: IReactorTime, period: float) -> None:
         self.clock = clock
         self.period = period
-        self._loop: LoopingCall | None = None
-        self._stopped: defer.Deferred[Any] | None = None
+        self._loop: Periodic | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.run_once)
-        self._loop.clock = self.clock
-        self._stopped = self._loop.start(self.period, now=True)
-        self._stopped.addErrback(lambda f: log.failure("{work} loop stopped", f, work=self.work))
+        self._loop = Periodic(self.clock, self.run_once, self.work)
+        self._loop.start(self.period)
 
     def stopService(self) -> defer.Deferred[Any] | None:
         super().stopService()
         loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
-        return self._stopped
+        return loop.stop() if loop is not None else None
 
     def run_once(self) -> defer.Deferred[int]:
         """One round; fires with its count, never fails."""

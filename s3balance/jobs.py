@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -63,6 +63,7 @@ from s3balance.db.store import MetadataStore
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
 from s3balance.pacing import TransferLimits
+from s3balance.periodic import Periodic
 
 if TYPE_CHECKING:
     from s3balance.copying import ObjectCopier
@@ -251,7 +252,7 @@ class JobRunner(Service):
         #: Jobs this daemon runs now, by id, and the Deferred of each run.
         self.active: dict[int, RunningJob] = {}
         self._runs: dict[int, defer.Deferred[None]] = {}
-        self._loop: task.LoopingCall | None = None
+        self._loop = Periodic(daemon.clock, self.poll, "job poll")
         self._polling = False
         self._accepting = False
 
@@ -273,18 +274,12 @@ class JobRunner(Service):
     def startService(self) -> None:
         super().startService()
         self._accepting = True
-        self._loop = task.LoopingCall(self.poll)
-        self._loop.clock = self.daemon.clock
-        self._loop.start(self.config.poll_interval, now=True).addErrback(
-            lambda f: log.failure("job poll loop stopped", f)
-        )
+        self._loop.start(self.config.poll_interval)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self._accepting = False
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._loop.stop()
         for job in self.active.values():
             job.stopped = "shutdown"
         runs = list(self._runs.values())
@@ -358,11 +353,12 @@ class JobRunner(Service):
         run.addBoth(gone)
 
     async def _run(self, job: RunningJob) -> None:
-        beat = task.LoopingCall(lambda: defer.ensureDeferred(self.heartbeat(job)))
-        beat.clock = self.daemon.clock
-        beat.start(self.heartbeat_period, now=False).addErrback(
-            lambda f: log.failure("job {id} heartbeat stopped", f, id=job.id)
+        beat = Periodic(
+            self.daemon.clock,
+            lambda: defer.ensureDeferred(self.heartbeat(job)),
+            f"job {job.id} heartbeat",
         )
+        beat.start(self.heartbeat_period, now=False)
         outcome, error = "done", None
         try:
             await self.kinds[job.record.kind].run(job)
@@ -375,8 +371,7 @@ class JobRunner(Service):
             log.failure("job {id} ({kind} {target}) failed", Failure(),
                         id=job.id, kind=job.record.kind, target=job.target)
         finally:
-            if beat.running:
-                beat.stop()
+            beat.stop()
         if error is not None:
             job.update(last_error=error)
         if job.stopped == "taken over":

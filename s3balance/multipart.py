@@ -66,16 +66,15 @@ from s3balance.db.store import (
     NoSuchBucketError,
 )
 from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
-from s3balance.gateway import Gateway, ObjectChanged
+from s3balance.gateway import Gateway
 from s3balance.integers import BEYOND_ANY_VALUE, TooManyDigits, parse_decimal
 from s3balance.logs import make_logger
 from s3balance.multipart_checksums import CompletionChecksums, completion_checksums
 from s3balance.multipart_replicas import ReplicatedUploads
 from s3balance.names import check_client_metadata, validate_key
+from s3balance.newupload import NewUpload
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
-from s3balance.rebuildmeta import reserved_metadata
 from s3balance.retirement import remove_abandoned
-from s3balance.streams import StreamBodyProducer
 
 log = make_logger()
 
@@ -283,11 +282,11 @@ class MultipartUploads:
         validate_key(key)
         check_client_metadata(metadata)
         await self.gateway.get_bucket(bucket)
+        new = NewUpload(
+            bucket, key, headers, metadata, checksum_algorithm, checksum_type, tags, acl
+        )
         if self.gateway.replicas.copies(bucket) > 1:
-            return await self.replicated.create(
-                bucket, key, headers, metadata, checksum_algorithm, checksum_type, tags, acl,
-                MIN_FREE_FOR_UPLOAD,
-            )  # fmt: skip
+            return await self.replicated.create(new, MIN_FREE_FOR_UPLOAD)
         candidates = self.pool.choose(bucket, key, MIN_FREE_FOR_UPLOAD)
         if ENCRYPTION_HEADER in headers:
             candidates = self.gateway.encrypting(list(candidates))
@@ -301,8 +300,7 @@ class MultipartUploads:
                 await task.deferLater(self.clock, settings.retry_delay, lambda: None)
             backend = self._backend(name)
             try:
-                stored = {**metadata, **extra_metadata}
-                stored.update(reserved_metadata(key, headers, stored, tags, acl))
+                stored = new.stored_metadata(extra_metadata)
                 backend_id = await backend.create_multipart_upload(target, dict(headers), stored)
             except BackendUnavailable as error:
                 if not isinstance(error, BackendCannotEncrypt):
@@ -312,20 +310,8 @@ class MultipartUploads:
             except BackendError as error:
                 raise self._backend_failed(name, error, "creating an upload") from error
             self.pool.record_operation(name, "A")
-            upload = UploadRecord(
-                upload_id=self._new_id(),
-                bucket=bucket,
-                key=key,
-                backend=name,
-                real_key=target,
-                backend_upload_id=backend_id,
-                initiated=self.clock.seconds(),
-                headers=dict(headers),
-                metadata=dict(metadata),
-                checksum_algorithm=checksum_algorithm,
-                checksum_type=checksum_type,
-                tags=dict(tags or {}),
-                acl=acl,
+            upload = new.record(
+                self._new_id(), target, [UploadCopy(name, backend_id)], self.clock.seconds()
             )
             return await self.record_upload(upload)
         assert last_error is not None
@@ -438,16 +424,11 @@ class MultipartUploads:
         try:
             try:
                 if local is not None and self.pool.is_available(local.backend):
-                    try:
-                        async with self.gateway.holding(local):
-                            result = await backend.upload_part_copy(
-                                upload.real_key, upload.backend_upload_id, part_number,
-                                local.real_key, byte_range,
-                            )
-                    except ObjectChanged:
-                        raise errors.NoSuchKey(
-                            "The source object changed during the copy."
-                        ) from None
+                    async with self.gateway.holding_source(local):
+                        result = await backend.upload_part_copy(
+                            upload.real_key, upload.backend_upload_id, part_number,
+                            local.real_key, byte_range,
+                        )
                 else:
                     result = await self._streamed_part(upload, backend, part_number, source,
                                                        byte_range)
@@ -466,18 +447,10 @@ class MultipartUploads:
         source: ObjectRecord,
         byte_range: tuple[int, int] | None,
     ) -> PartResult:
-        try:
-            async with self.gateway.reading(source, byte_range) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    return await backend.upload_part(
-                        upload.real_key, upload.backend_upload_id, part_number, producer,
-                        stream.length,
-                    )
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        async with self.gateway.copy_source(source, byte_range) as body:
+            return await backend.upload_part(
+                upload.real_key, upload.backend_upload_id, part_number, body, body.length
+            )
 
     async def record_part(
         self,

@@ -58,10 +58,9 @@ from s3balance.etags import bare_etag, is_multipart_etag, multipart_etag
 from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.gateway import Gateway, Pool
 from s3balance.logs import make_logger
-from s3balance.rebuildmeta import reserved_metadata
+from s3balance.newupload import NewUpload
 from s3balance.replicated import abandon_the_others
-from s3balance.retirement import ObjectChanged, remove_abandoned
-from s3balance.streams import StreamBodyProducer
+from s3balance.retirement import remove_abandoned
 
 __all__ = ["ReplicatedUploads"]
 
@@ -140,18 +139,7 @@ class ReplicatedUploads:
 
     # -- CreateMultipartUpload -----------------------------------------------------------
 
-    async def create(
-        self,
-        bucket: str,
-        key: str,
-        headers: Mapping[str, str],
-        metadata: Mapping[str, str],
-        checksum_algorithm: str | None,
-        checksum_type: str | None,
-        tags: Mapping[str, str] | None,
-        acl: str,
-        min_free: int,
-    ) -> UploadRecord:
+    async def create(self, new: NewUpload, min_free: int) -> UploadRecord:
         """Create an upload on ``replicas`` backends at once, each with ``min_free`` bytes of
         room at least.
 
@@ -159,15 +147,15 @@ class ReplicatedUploads:
             new upload, a backend's error mapped for clients, NoSuchBucket.
         """
         gateway = self.gateway
+        bucket, key = new.bucket, new.key
         count = gateway.replicas.copies(bucket)
         quorum = self._quorum(bucket, count)
         refused: set[str] = set()
-        if ENCRYPTION_HEADER in headers:
+        if ENCRYPTION_HEADER in new.headers:
             everyone = gateway.pool.names()
             refused.update(set(everyone) - set(gateway.encrypting(everyone)))
         target, extra_metadata = gateway.new_location(bucket, key)
-        stored = {**metadata, **extra_metadata}
-        stored.update(reserved_metadata(key, headers, stored, tags, acl))
+        stored = new.stored_metadata(extra_metadata)
         settings = gateway.settings
         last_error: BackendUnavailable | None = None
         for attempt in range(max(1, settings.retry_attempts)):
@@ -181,7 +169,7 @@ class ReplicatedUploads:
                 )
             if attempt:
                 await task.deferLater(gateway.clock, settings.retry_delay, lambda: None)
-            made, failures = await self._create_each(names, target, headers, stored)
+            made, failures = await self._create_each(names, target, new.headers, stored)
             if len(made) == count or (failures and len(made) >= quorum):
                 if failures:
                     log.warn(
@@ -189,21 +177,8 @@ class ReplicatedUploads:
                         "(write_quorum)",
                         bucket=bucket, key=key, made=len(made), count=count,
                     )  # fmt: skip
-                upload = UploadRecord(
-                    upload_id=self.uploads.new_upload_id(),
-                    bucket=bucket,
-                    key=key,
-                    backend=made[0].backend,
-                    real_key=target,
-                    backend_upload_id=made[0].backend_upload_id,
-                    initiated=gateway.clock.seconds(),
-                    headers=dict(headers),
-                    metadata=dict(metadata),
-                    checksum_algorithm=checksum_algorithm,
-                    checksum_type=checksum_type,
-                    tags=dict(tags or {}),
-                    acl=acl,
-                    copies=tuple(made[1:]),
+                upload = new.record(
+                    self.uploads.new_upload_id(), target, made, gateway.clock.seconds()
                 )
                 return await self.uploads.record_upload(upload)
             await self.uploads.abort_quietly(target, made)
@@ -341,14 +316,11 @@ class ReplicatedUploads:
         source: Location,
         byte_range: tuple[int, int] | None,
     ) -> PartResult:
-        try:
-            async with self.gateway.holding(source):
-                return await self.pool.get(copy.backend).upload_part_copy(
-                    upload.real_key, copy.backend_upload_id, part_number, source.real_key,
-                    byte_range,
-                )  # fmt: skip
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        async with self.gateway.holding_source(source):
+            return await self.pool.get(copy.backend).upload_part_copy(
+                upload.real_key, copy.backend_upload_id, part_number, source.real_key,
+                byte_range,
+            )  # fmt: skip
 
     async def _stream_to(
         self,
@@ -362,25 +334,18 @@ class ReplicatedUploads:
         on its own: the quorum is judged over all copies).  When the source cannot be read,
         every one of them failed with that error."""
         try:
-            async with self.gateway.reading(source, byte_range) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    fan = FanOut(producer, len(targets), 1)
-                    puts = []
-                    for copy, branch in zip(targets, fan.branches, strict=True):
-                        put = defer.maybeDeferred(
-                            self.pool.get(copy.backend).upload_part,
-                            upload.real_key, copy.backend_upload_id, part_number, branch,
-                            stream.length,
-                        )  # fmt: skip
-                        put.addErrback(abandon_the_others, fan, branch)
-                        puts.append(put)
-                    outcomes = await defer.DeferredList(puts, consumeErrors=True)
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            changed = Failure(errors.NoSuchKey("The source object changed during the copy."))
-            return {copy.backend: changed for copy in targets}
+            async with self.gateway.copy_source(source, byte_range) as body:
+                fan = FanOut(body, len(targets), 1)
+                puts = []
+                for copy, branch in zip(targets, fan.branches, strict=True):
+                    put = defer.maybeDeferred(
+                        self.pool.get(copy.backend).upload_part,
+                        upload.real_key, copy.backend_upload_id, part_number, branch,
+                        body.length,
+                    )  # fmt: skip
+                    put.addErrback(abandon_the_others, fan, branch)
+                    puts.append(put)
+                outcomes = await defer.DeferredList(puts, consumeErrors=True)
         except Exception:
             unreadable = Failure()
             return {copy.backend: unreadable for copy in targets}

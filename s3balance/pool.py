@@ -27,7 +27,6 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from s3balance import metrics
@@ -38,6 +37,7 @@ from s3balance.db.store import MetadataStore
 from s3balance.health import HealthMonitor
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
+from s3balance.periodic import Periodic
 from s3balance.placement import Candidate, IPlacementStrategy, order_reads, spread
 from s3balance.usage import UsageMonitor
 
@@ -134,7 +134,7 @@ class BackendPool(Service):
         self._flush_lock = DeferredLock()
         #: Real buckets being drained (:mod:`s3balance.drain`): no new bytes go there.
         self._drained: frozenset[str] = frozenset()
-        self._loop: LoopingCall | None = None
+        self._loop = Periodic(clock, self._tick, "operation count flush")
         self._set_backends(backends, configs)
         usage.set_max_sizes(lambda: {name: c.max_size for name, c in self._configs.items()})
 
@@ -142,17 +142,11 @@ class BackendPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.flush_period, now=True).addErrback(
-            lambda f: log.failure("operation counter loop stopped", f)
-        )
+        self._loop.start(self.flush_period)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._loop.stop()
         return self.flush()
 
     # -- the backend set ---------------------------------------------------------------------

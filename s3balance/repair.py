@@ -19,7 +19,7 @@ what may have changed since the last, and no more (the database keeps what it ne
 - the next ``repair.verify_batch`` objects of each replicated bucket on each available backend
   (a cursor per backend and bucket in ``repair_cursors``, wrapping at the end): one listing of
   their key range is compared with the rows (as scrub does), and a copy the listing lacks, lists
-  at another size, or lists with an ETag that says other bytes (:func:`~s3balance.copying.
+  at another size, or lists with an ETag that says other bytes (:func:`~s3balance.etags.
   etag_agrees`: only plain MD5 ETags are compared, a multipart one says nothing) is confirmed
   with a HEAD before it counts as *missing* (re-created where it was).  A backend seen
   unavailable that is available again (maybe restarted empty) has all its copies checked at once.
@@ -62,10 +62,11 @@ from s3balance import metrics
 from s3balance.backends.interface import BackendError, BackendNoSuchKey, ListedObject
 from s3balance.backends.objectrules import key_bytes
 from s3balance.config import RepairConfig
-from s3balance.copying import ObjectCopier, etag_agrees
+from s3balance.copying import ObjectCopier
 from s3balance.db.records import Location, ObjectRecord
 from s3balance.db.repairs import Cursor, VerifiedRow
 from s3balance.db.store import MetadataStore
+from s3balance.etags import etag_agrees
 from s3balance.gateway import Gateway
 from s3balance.health import BackendHealth, HealthMonitor
 from s3balance.housekeeping import PeriodicRounds

@@ -52,7 +52,6 @@ from s3balance.db.records import Location, ObjectRecord
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import Branch, FanOut, ReplicaLost
 from s3balance.logs import make_logger
-from s3balance.retirement import ObjectChanged
 from s3balance.streams import StreamBodyProducer
 
 if TYPE_CHECKING:
@@ -176,6 +175,10 @@ class ReplicaHost(Protocol):
         self, record: ObjectRecord, byte_range: tuple[int, int] | None = None
     ) -> AbstractAsyncContextManager[IObjectStream]: ...
 
+    def copy_source(
+        self, source: ObjectRecord, byte_range: tuple[int, int] | None = None
+    ) -> AbstractAsyncContextManager[StreamBodyProducer]: ...
+
     async def _open(
         self, record: ObjectRecord, location: Location, byte_range: tuple[int, int] | None
     ) -> IObjectStream: ...
@@ -267,15 +270,8 @@ class Replicas:
             :meth:`place`.
         """
         kept = dict(source.checksums)
-        try:
-            async with self.gateway.reading(source) as stream:
-                producer = StreamBodyProducer(stream)
-                try:
-                    return await self.place(new, stream.length, producer, lambda: kept)
-                finally:
-                    producer.discard()
-        except ObjectChanged:
-            raise errors.NoSuchKey("The source object changed during the copy.") from None
+        async with self.gateway.copy_source(source) as body:
+            return await self.place(new, body.length, body, lambda: kept)
 
     async def _write_and_commit(
         self,

@@ -259,13 +259,20 @@ class Retirement:
     async def delete_bytes(self, backend: str, target: str) -> None:
         """Delete bytes no row references (a write that did not commit); a failure leaves an
         orphan for scrub."""
-        try:
-            await self.pool.get(backend).delete_object(target)
-        except Exception as error:
-            log.warn(
-                "could not delete {target} from {backend} ({error}); scrub will find it",
-                target=target, backend=backend, error=error,
-            )
+        await delete_unreferenced(self.pool, Location(backend, target))
 
 
-__all__ = ["ObjectChanged", "Retirement", "remove_abandoned"]
+async def delete_unreferenced(pool: Backends, location: Location) -> None:
+    """Delete bytes no row references and nobody reads (a write that did not commit, a copy
+    that came out wrong) at once, without queueing them; a failure is logged and leaves an
+    orphan for scrub.  A delete is free: it counts no class A or B operation."""
+    try:
+        await pool.get(location.backend).delete_object(location.real_key)
+    except Exception as error:
+        log.warn(
+            "could not delete {target} from {backend} ({error}); scrub will find it",
+            target=location.real_key, backend=location.backend, error=error,
+        )
+
+
+__all__ = ["ObjectChanged", "Retirement", "delete_unreferenced", "remove_abandoned"]

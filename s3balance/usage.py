@@ -15,7 +15,6 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from s3balance import metrics
@@ -24,6 +23,7 @@ from s3balance.db.records import BackendUsage
 from s3balance.db.store import MetadataStore
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
+from s3balance.periodic import Periodic
 
 log = make_logger()
 
@@ -53,7 +53,7 @@ class UsageMonitor(Service):
         self._max_sizes: Callable[[], Mapping[str, int | None]] = dict
         self._running: Deferred[None] | None = None
         self._waiting: list[Deferred[None]] = []
-        self._loop: LoopingCall | None = None
+        self._loop = Periodic(clock, self._tick, "usage refresh")
 
     def set_max_sizes(self, max_sizes: Callable[[], Mapping[str, int | None]]) -> None:
         """Where the configured ``max_size`` of each backend comes from (the pool calls this),
@@ -64,17 +64,11 @@ class UsageMonitor(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.period, now=True).addErrback(
-            lambda f: log.failure("usage loop stopped", f)
-        )
+        self._loop.start(self.period)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._loop.stop()
         return None
 
     # -- queries -----------------------------------------------------------------------------

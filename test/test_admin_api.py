@@ -305,6 +305,34 @@ class AdminApiTests(TestCase):
             self.assertTrue(document["error"].startswith("internal error"))
         self.flushLoggedErrors(RuntimeError, TypeError)
 
+    async def test_a_failure_after_the_answer_began_breaks_the_connection(self) -> None:
+        """The admin API left such a request unfinished: the client waited for the rest of
+        a response that would never come.  It shares the front's lifecycle now, which aborts
+        the connection, the only honest signal once the status line went out."""
+        from twisted.web.client import ResponseFailed, ResponseNeverReceived
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from s3balance.admin.api import AdminResource
+
+        admin = AdminResource(self.service, self.service.changes)
+
+        async def half(request: Any) -> Any:
+            request.write(b'{"partial": ')
+            raise RuntimeError("the store went away mid-answer")
+
+        admin._routes.append((b"GET", ("half",), half))
+        root = Resource()
+        root.putChild(b"api", admin)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/api/half"
+        whole = treq.get(url, headers=BEARER, pool=self.http).addCallback(treq.content)
+        # Before: no answer within the timeout (TimeoutError); now a broken connection.
+        with self.assertRaises((ResponseFailed, ResponseNeverReceived)):
+            await whole.addTimeout(5, reactor)
+        self.flushLoggedErrors(RuntimeError)
+
     async def test_a_number_where_text_belongs_is_refused(self) -> None:
         """``POST /api/config`` took an integer as a secret (issue 13, 3): JSON has types."""
         before = self.service.config

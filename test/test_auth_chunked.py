@@ -493,6 +493,102 @@ def test_unsigned_framing_outcome_does_not_depend_on_the_split(
     assert _outcome(length, body, [body[i : i + 1] for i in range(len(body))]) == expected
 
 
+#: Chunk sizes that change mid-body and back, in lower and upper case hex: the framing after a
+#: chunk is sometimes the one after the previous chunk (compared as bytes) and sometimes not.
+MIXED_SIZES = ["5", "5", "5", "3", "5", "5", "b", "B", "B", "5", "05", "5"]
+MIXED_SIZES_PAYLOAD = b"".join(bytes([65 + i]) * int(n, 16) for i, n in enumerate(MIXED_SIZES))
+
+
+def _mixed_body() -> bytes:
+    chunks = b"".join(
+        n.encode() + b"\r\n" + bytes([65 + i]) * int(n, 16) + b"\r\n"
+        for i, n in enumerate(MIXED_SIZES)
+    )
+    return chunks + f"0\r\nx-amz-checksum-crc32:{_crc32_b64(MIXED_SIZES_PAYLOAD)}\r\n\r\n".encode()
+
+
+def test_unsigned_chunks_of_changing_sizes_split_at_every_pair_of_boundaries() -> None:
+    body = _mixed_body()
+    length = len(MIXED_SIZES_PAYLOAD)
+    assert run(unsigned_decoder(length), [body]) == MIXED_SIZES_PAYLOAD
+    for first in range(len(body) + 1):
+        for second in range(first, len(body) + 1):
+            pieces = split_at(body, [first, second])
+            assert run(unsigned_decoder(length), pieces) == MIXED_SIZES_PAYLOAD, (first, second)
+
+
+def _reframed_later(old: bytes, new: bytes) -> bytes:
+    """The changing-sizes body with its fifth chunk header (after three of the same size and a
+    smaller one) ``old`` replaced by ``new``."""
+    body = _mixed_body()
+    at = 0
+    for _ in range(5):
+        at = body.index(b"\r\n", at) + 2
+        at = body.index(b"\r\n", at) + 2
+    assert body[at : at + len(old)] == old
+    return body[:at] + new + body[at + len(old) :]
+
+
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        (b"5", b"5", MIXED_SIZES_PAYLOAD),
+        (b"5", b"5;ext=1", MIXED_SIZES_PAYLOAD),
+        (b"5", b"0005", MIXED_SIZES_PAYLOAD),
+        (b"5", b"6", "InvalidRequest"),
+        (b"5", b"4", "InvalidRequest"),
+        (b"5", b"3", "InvalidRequest"),
+        (b"5", b"x5", "InvalidRequest"),
+        (b"5", b"0", "IncompleteBody"),
+        (b"5", b"5\n", "InvalidRequest"),
+        (b"5\r\n", b"5\n", "InvalidRequest"),
+    ],
+    ids=[
+        "unchanged",
+        "extension",
+        "leading-zeros",
+        "size-too-big",
+        "size-too-small",
+        "previous-size",
+        "not-hex",
+        "early-final-chunk",
+        "stray-lf",
+        "lf-only",
+    ],
+)
+def test_unsigned_framing_after_a_repeated_size_is_parsed_in_full(
+    old: bytes, new: bytes, expected: bytes | str
+) -> None:
+    """A header that differs from the previous one, even slightly, is parsed and judged as
+    any other, whatever the reads."""
+    body = _reframed_later(old, new)
+    length = len(MIXED_SIZES_PAYLOAD)
+    assert _outcome(length, body, [body]) == expected
+    for cut in range(len(body) + 1):
+        assert _outcome(length, body, split_at(body, [cut])) == expected, cut
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from([1, 2, 7, 16, 255, 256]), min_size=0, max_size=12),
+    upper=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=10),
+)
+def test_random_unsigned_bodies_in_random_splits(
+    sizes: list[int], upper: bool, cuts: list[int]
+) -> None:
+    payload = b"".join(bytes([i % 251]) * size for i, size in enumerate(sizes))
+    spelt = "{:X}" if upper else "{:x}"
+    body = b"".join(
+        spelt.format(size).encode() + b"\r\n" + bytes([i % 251]) * size + b"\r\n"
+        for i, size in enumerate(sizes)
+    ) + f"0\r\nx-amz-checksum-crc32:{_crc32_b64(payload)}\r\n\r\n".encode()
+    pieces = split_at(body, sorted(c for c in cuts if c <= len(body)))
+    decoder = unsigned_decoder(len(payload))
+    assert run(decoder, pieces) == payload
+    assert decoder.verified_trailer() == _crc32_b64(payload)
+
+
 def test_unsigned_data_beyond_the_decoded_length_never_passes() -> None:
     prefix = UNSIGNED_BODY[: UNSIGNED_BODY.index(b"\r\n", 30)]  # three chunks, no final one
     for cut in range(len(prefix) + 1):

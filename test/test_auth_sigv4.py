@@ -460,6 +460,32 @@ def test_canonical_uri_does_not_normalise_or_double_encode() -> None:
     assert sigv4.canonical_uri(quote("/b/ü").encode()) == "/b/%C3%BC"
 
 
+def test_canonical_uri_of_a_plain_path_is_what_decoding_and_encoding_give() -> None:
+    """A path taken as it is (nothing to decode or encode) canonicalises as the long way does,
+    and every byte the short cut must not take goes the long way."""
+    from urllib.parse import unquote_to_bytes
+
+    def long_way(raw: bytes) -> str:
+        return quote(unquote_to_bytes(raw), safe="/") or "/"
+
+    samples = [b"", b"/", b"/b/k", b"/b/a-b_c.d~e/f", b"/b/%41", b"/b/a+b", b"/b/a=b", b"/b/a;b"]
+    samples += [b"/b/k" + bytes([byte]) for byte in range(256)]
+    for raw in samples:
+        assert sigv4.canonical_uri(raw) == long_way(raw), raw
+
+
+def test_payload_hash_must_be_64_ascii_hex_digits() -> None:
+    from s3balance.auth.authenticator import _is_sha256_hex
+
+    assert _is_sha256_hex(sigv4.EMPTY_SHA256)
+    assert _is_sha256_hex(sigv4.EMPTY_SHA256.upper())
+    for bad in (
+        sigv4.EMPTY_SHA256[:-1], sigv4.EMPTY_SHA256 + "0", sigv4.EMPTY_SHA256[:-1] + "\n",
+        sigv4.EMPTY_SHA256[:-1] + "g", "\uff10" * 64, sigv4.UNSIGNED_PAYLOAD, "",
+    ):  # fmt: skip
+        assert not _is_sha256_hex(bad), bad
+
+
 def test_signing_key_cache_is_keyed_by_secret_date_region_and_service() -> None:
     """Each of the four parts changes the derived key, and each is part of the cache key: a
     cached key is never handed out for another secret, day, region or service."""

@@ -7,6 +7,7 @@ Over in-memory and local-directory backends here, and over real SeaweedFS bucket
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from collections import Counter
@@ -36,11 +37,10 @@ from s3balance.copying import (
     MULTIPART_THRESHOLD,
     PART_SIZE,
     ObjectCopier,
-    etag_agrees,
     part_ranges,
 )
 from s3balance.db.records import BackendUsage, Location, ObjectRecord
-from s3balance.etags import is_multipart_etag
+from s3balance.etags import etag_agrees, is_multipart_etag
 from s3balance.health import HealthMonitor
 from s3balance.names import RESERVED_METADATA_PREFIX
 from s3balance.pacing import TransferLimits
@@ -101,6 +101,23 @@ class SpyMemory(MemoryBackend):
     def create_multipart_upload(self, key: str, headers: Any, metadata: Any) -> Any:
         self._count("create_multipart_upload")
         return defer.ensureDeferred(self._create(key, headers, metadata))
+
+
+class LyingMemory(MemoryBackend):
+    """An in-memory backend whose PUTs report the ETag of other bytes (a corrupt copy)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, reactor)
+
+    async def _lie(self, written: defer.Deferred[PutResult]) -> PutResult:
+        result = await written
+        return dataclasses.replace(result, etag=f'"{_md5(b"other bytes")}"')
+
+    def put_object(self, *args: Any, **kwargs: Any) -> defer.Deferred[PutResult]:
+        return defer.ensureDeferred(self._lie(super().put_object(*args, **kwargs)))
+
+    def copy_object(self, *args: Any, **kwargs: Any) -> defer.Deferred[PutResult]:
+        return defer.ensureDeferred(self._lie(super().copy_object(*args, **kwargs)))
 
 
 class _NoUsageRows:
@@ -243,6 +260,21 @@ class CopierTests(TestCase):
 
     # -- multipart -------------------------------------------------------------------------
 
+    async def test_a_copy_with_another_etag_is_deleted_and_the_delete_is_free(self) -> None:
+        data = generated_bytes(3000, seed=9)
+        record = await self.stored(self.memory_a, "src", data)
+        lying = LyingMemory("mem-c")
+        self.backends["mem-c"] = lying
+        self.pool = make_pool(self.backends)
+
+        with self.assertRaises(BackendError) as raised:
+            await self.copier().copy(record, Location("mem-a", "src"), Location("mem-c", "dst"))
+
+        self.assertEqual(raised.exception.backend, "mem-c")
+        await self.assert_absent(lying, "dst")
+        # The PUT is class A; the delete of the bad copy is free, as in the README (and R2).
+        self.assertEqual(self.pool.operation_counts("mem-c").class_a, 1)
+
     async def test_multipart_server_side_keeps_the_rows_layout_and_etag(self) -> None:
         record, data = await self.stored_multipart(self.memory_a, "src", [PART, PART, 1000])
         written = await self.copier(PART).copy(
@@ -255,6 +287,28 @@ class CopierTests(TestCase):
         self.assertEqual((await self.memory_b.head_object("dst")).etag, record.etag)
         # create, three part copies, complete
         self.assertEqual(self.pool.operation_counts("mem-b").class_a, 5)
+
+    async def test_keep_parts_streams_a_multipart_object_with_its_own_parts(self) -> None:
+        """What drain and rebalance ask for (they had their own copy loop for it): whatever
+        the threshold and although both backends could copy server-side."""
+        record, data = await self.stored_multipart(self.memory_a, "src", [PART, 1000])
+        written = await self.copier().copy(
+            record, Location("mem-a", "src"), Location("mem-b", "dst"), keep_parts=True
+        )
+        self.assertEqual(written, len(data))
+        await self.assert_copy(self.memory_b, "dst", data)
+        self.assertEqual(self.memory_b.calls["upload_part_copy"], 0)
+        self.assertEqual(self.memory_a.calls["get_object"], 2)
+        self.assertEqual((await self.memory_b.head_object("dst")).etag, record.etag)
+        source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("mem-b")
+        self.assertEqual((source.class_b, source.bytes_out), (2, len(data)))
+        self.assertEqual((target.class_a, target.bytes_in), (4, len(data)))
+        # A single-part object is copied as without keep_parts (server-side here).
+        single = await self.stored(self.memory_a, "one", b"x" * 1000)
+        await self.copier().copy(
+            single, Location("mem-a", "one"), Location("mem-b", "one"), keep_parts=True
+        )
+        self.assertEqual(self.memory_b.calls["copy_object"], 1)
 
     async def test_multipart_streamed_from_ranged_gets(self) -> None:
         data = generated_bytes(2 * PART + 7, seed=5)

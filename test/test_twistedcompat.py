@@ -136,3 +136,23 @@ def test_the_unsent_buffer_is_taken_and_emptied() -> None:
     transport._tempDataLen = 4
     assert twistedcompat.take_unsent_buffers(transport) == b"abcd"
     assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
+
+
+def test_checking_twisted_leaves_trial_out_of_the_daemon() -> None:
+    """The sample channel's transport is our own: ``twisted.internet.testing`` imports Trial,
+    ``unittest`` and ``doctest``, which would stay in the daemon for its life (about 1 MiB)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import s3balance.app\n"
+        "from s3balance.net import twistedcompat\n"
+        "assert twistedcompat.check_running_twisted() == ()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('twisted.internet.testing',"
+        " 'twisted.trial', 'doctest'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -7,13 +7,15 @@ import hashlib
 import zlib
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from s3balance.errors import S3Error
 from s3balance.web.filters import (
     ChecksumFilter,
     ContentMD5Filter,
-    LengthFilter,
 )
+from s3balance.web.requestbody import RequestBody
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -94,17 +96,26 @@ def test_crc32c_and_crc64nvme_are_served(algorithm: str) -> None:
     assert code_of(wrong.finish) == "BadDigest"
 
 
-def test_length_filter_short_long_and_exact() -> None:
-    assert run(LengthFilter(len(WHOLE))) == WHOLE
-    short = LengthFilter(len(WHOLE) + 1)
-    for chunk in BODY:
-        short.feed(chunk)
-    assert code_of(short.finish) == "IncompleteBody"
-    long = LengthFilter(len(WHOLE) - 1)
-    long.feed(BODY[0])
-    long.feed(BODY[1])
-    # The excess is refused as it arrives, before it could be passed on.
-    assert code_of(lambda: long.feed(BODY[2])) == "InvalidRequest"
+def test_the_request_body_holds_its_declared_length_after_the_filters() -> None:
+    """The one length check of a streamed body (a filter repeated it until the length guard
+    became one): the excess is refused as it arrives, a short body at its end, and neither
+    reaches the consumer whole."""
+    for declared, code in ((len(WHOLE) + 1, "IncompleteBody"), (len(WHOLE) - 1, "InvalidRequest")):
+        body = RequestBody(declared, clock=Clock(), read_timeout=10.0)
+        body.add_filter(ContentMD5Filter(b64(hashlib.md5(WHOLE).digest())))
+        written: list[bytes] = []
+        failures: list[Failure] = []
+        body.startProducing(_Consumer(written)).addErrback(failures.append)
+        for chunk in BODY:
+            body.receive(chunk)
+        body.end_of_input()
+        assert [failure.value.code for failure in failures] == [code]
+        assert len(b"".join(written)) < min(declared, len(WHOLE))
+
+
+class _Consumer:
+    def __init__(self, written: list[bytes]) -> None:
+        self.write = written.append
 
 
 def test_checksum_taken_from_a_verifying_filter_is_not_computed_again() -> None:

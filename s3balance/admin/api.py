@@ -141,11 +141,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from s3balance.config import STRATEGIES, BucketConfig, Config
 from s3balance.configfile import ConfigError, config_to_dict, merge_config, parse_config
 from s3balance.db.records import OperationCounts
+from s3balance.etags import unquoted_etag
 from s3balance.logs import make_logger
 from s3balance.pool import month_of
 from s3balance.rebalance import (
@@ -157,6 +158,7 @@ from s3balance.rebalance import (
     start_rebalance,
 )
 from s3balance.rebalancing import MODES
+from s3balance.web import lifecycle
 from s3balance.web.health import health_report
 
 if TYPE_CHECKING:
@@ -334,30 +336,31 @@ class AdminResource(Resource):
         except Exception:
             log.failure("admin API request {uri} failed", uri=request.uri)
             return self._body(request, 500, {"error": "internal error"})
-        finished = [False]
-        request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+        return lifecycle.serve(
+            request,
+            self._run(request, handler, params),
+            lambda payload: self._send(request, payload),
+            lambda failure: self._fail(request, failure),
+            lambda: f"admin API request {request.method.decode('latin-1')} {request.uri!r}",
+        )
 
-        def answer(body: JSON) -> None:
-            if not finished[0]:
-                request.write(self._body(request, 200, body))
-                request.finish()
+    async def _run(self, request: Request, handler: Handler, params: list[str]) -> bytes:
+        # Encoded here, before anything is written: a value JSON cannot hold fails the work
+        # and is answered like any other failure (JSON 500), never a request left unanswered.
+        return self._body(request, 200, await handler(request, *params))
 
-        def failed(failure: Failure) -> None:
-            error = failure.value
-            if isinstance(error, ApiError):
-                status, body = error.status, error.body
-            else:
-                log.failure("admin API request {uri} failed", failure, uri=request.uri)
-                status, body = 500, {"error": f"internal error: {failure.getErrorMessage()}"}
-            if not finished[0] and not request.startedWriting:
-                request.write(self._body(request, status, body))
-                request.finish()
+    def _send(self, request: Request, payload: bytes) -> None:
+        request.write(payload)
+        request.finish()
 
-        # An error while rendering the answer (a value JSON cannot hold) is answered like any
-        # other: JSON 500, never a request left without an answer.
-        work = Deferred.fromCoroutine(handler(request, *params)).addCallback(answer)
-        work.addErrback(failed)
-        return NOT_DONE_YET
+    def _fail(self, request: Request, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, ApiError):
+            status, body = error.status, error.body
+        else:
+            log.failure("admin API request {uri} failed", failure, uri=request.uri)
+            status, body = 500, {"error": f"internal error: {failure.getErrorMessage()}"}
+        self._send(request, self._body(request, status, body))
 
     def _cors(self, request: Request) -> None:
         request.setHeader(b"access-control-allow-origin", self.allow_origin.encode("utf-8"))
@@ -1065,7 +1068,7 @@ def _object_document(record: Any) -> JSON:
         "key": record.key,
         "size": record.size,
         "last_modified": record.last_modified,
-        "etag": record.etag.strip('"'),
+        "etag": unquoted_etag(record.etag),
         "content_type": record.headers.get("content-type"),
         "locations": [
             {"backend": location.backend, "real_key": location.real_key}

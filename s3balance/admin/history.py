@@ -17,10 +17,10 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from s3balance import metrics
 from s3balance.logs import make_logger
+from s3balance.periodic import Periodic
 
 log = make_logger()
 
@@ -115,20 +115,14 @@ class TrafficHistory(Service):
         self._read = read
         self._samples: deque[Sample] = deque(maxlen=size)
         self._previous: tuple[float, Totals] | None = None
-        self._loop: LoopingCall | None = None
+        self._loop = Periodic(clock, self.sample, "traffic history sample")
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.sample)
-        self._loop.clock = self.clock
-        self._loop.start(self.period, now=True).addErrback(
-            lambda failure: log.failure("the traffic history stopped", failure)
-        )
+        self._loop.start(self.period)
 
     def stopService(self) -> Any:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._loop.stop()
         return super().stopService()
 
     def sample(self) -> None:

@@ -60,8 +60,6 @@ CONNECTION_FIELDS = (
 )
 #: Fields the pool reads at every decision: changing them only needs the new configuration.
 POOL_FIELDS = ("enabled", "weight", "max_size", "operation_limits", "zone")
-#: Fields whose values are secret: a change is reported without the values.
-SECRET_FIELDS = ("access_key_id", "secret_access_key")
 
 #: Top-level sections read only while the daemon starts (``live`` in the key table).
 RESTART_SECTIONS = restart_sections()

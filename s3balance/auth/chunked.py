@@ -133,6 +133,9 @@ class AwsChunkedDecoder:
         self._state = _State.CHUNK_HEADER
         self._line = bytearray()
         self._remaining = 0
+        #: The framing after the last plain unsigned chunk, and the size it announced.
+        self._boundary = b""
+        self._boundary_size = 0
         self._crlf_seen = 0
         self._chunk_hash = hashlib.sha256()
         self._chunk_signature = ""
@@ -228,53 +231,77 @@ class AwsChunkedDecoder:
                 self._checksum.update(result)
             else:
                 self._sum_pieces()
+        # The views pin ``data``: let it go now rather than when the next read arrives, so a
+        # decoded read is not kept in memory beside the next one.
+        out.clear()
         return result
 
     def _data_run(
         self, data: bytes, view: memoryview, pos: int, end: int, out: list[memoryview]
     ) -> int:
-        """Pass chunk data on from ``pos``, then every following chunk whose framing is here.
+        """Pass chunk data on from ``pos``, then (unsigned chunks) every following chunk whose
+        framing is here.
 
         :meth:`feed` takes one step per framing element; this loop takes one per chunk for the
         framing SDKs write between unsigned chunks (``CRLF <hex size> CRLF``, whole in this
-        read).  Anything else (a chunk signature, framing split by the read, a final, malformed
-        or unusual chunk header) is left to :meth:`feed` and :meth:`_chunk_header`, so both
-        paths accept and refuse the same bodies.
+        read).  SDKs give every chunk but the last the same size, so the framing after a chunk
+        is nearly always the one after the previous chunk: that is compared as bytes, and only
+        another one is parsed (a regular expression).  Anything else (a chunk signature,
+        framing split by the read, a final, malformed or unusual chunk header) is left to
+        :meth:`feed` and :meth:`_chunk_header`, so both paths accept and refuse the same bodies.
 
         :returns: where :meth:`feed` goes on.
         """
         remaining = self._remaining
-        signed = self._signed_chunks
-        limit = self._decoded_length
         total = self._total
-        while True:
+        if self._signed_chunks:
             take = remaining if remaining <= end - pos else end - pos
             piece = view[pos : pos + take]
+            self._chunk_hash.update(piece)
+            out.append(piece)
             pos += take
             remaining -= take
             total += take
-            if limit is not None and total > limit:
-                raise errors.IncompleteBody(
-                    "The aws-chunked body carries more data than x-amz-decoded-content-length "
-                    f"({limit})."
-                )
-            if signed:
-                self._chunk_hash.update(piece)
-            out.append(piece)
-            if remaining:
-                break
-            found = None if signed else _BOUNDARY(data, pos)
-            if found is None or (size := int(found[1], 16)) == 0:
-                # Not a plain boundary, or the final chunk: the general path takes over.
-                self._state = _State.DATA_END
-                self._crlf_seen = 0
-                break
-            pos = found.end()
-            remaining = size
-            if pos == end:
-                break
+        else:
+            boundary = self._boundary
+            while remaining < end - pos:
+                # This chunk's data ends in this read, before its end: look at what follows.
+                stop = pos + remaining
+                out.append(view[pos:stop])
+                total += remaining
+                if boundary and data.startswith(boundary, stop):
+                    pos = stop + len(boundary)
+                    remaining = self._boundary_size
+                    continue
+                found = _BOUNDARY(data, stop)
+                if found is None or (size := int(found[1], 16)) == 0:
+                    # Not a plain boundary, or the final chunk: the general path takes over.
+                    pos = stop
+                    remaining = 0
+                    break
+                boundary = self._boundary = found[0]
+                self._boundary_size = size
+                pos = found.end()
+                remaining = size
+            else:
+                # The read ends in this chunk's data, or exactly at its end.
+                take = end - pos
+                if take:
+                    out.append(view[pos:end])
+                pos = end
+                remaining -= take
+                total += take
+        limit = self._decoded_length
+        if limit is not None and total > limit:
+            raise errors.IncompleteBody(
+                "The aws-chunked body carries more data than x-amz-decoded-content-length "
+                f"({limit})."
+            )
         self._remaining = remaining
         self._total = total
+        if not remaining:
+            self._state = _State.DATA_END
+            self._crlf_seen = 0
         return pos
 
     def _sum_pieces(self) -> None:

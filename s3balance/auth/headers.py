@@ -47,12 +47,22 @@ class RequestHeaders:
 
     @classmethod
     def from_twisted(cls, headers: _RawHeaders) -> RequestHeaders:
-        """Build from a :class:`twisted.web.http_headers.Headers` (raw bytes, any case)."""
-        pairs: list[tuple[str, str]] = []
+        """Build from a :class:`twisted.web.http_headers.Headers` (raw bytes, any case).
+
+        Filled directly rather than through pairs: every signed request is read this way, and
+        the pairs were a third of the cost.
+        """
+        built = cls()
+        values = built._values
         for raw_name, raw_values in headers.getAllRawHeaders():
-            name = raw_name.decode("latin-1")
-            pairs.extend((name, decode_header_bytes(v)) for v in raw_values)
-        return cls(pairs)
+            decoded = [decode_header_bytes(v) for v in raw_values]
+            name = raw_name.decode("latin-1").lower()
+            present = values.get(name)
+            if present is None:
+                values[name] = decoded
+            else:  # two spellings of one name: keep every value, in order
+                present.extend(decoded)
+        return built
 
     @classmethod
     def coerce(cls, headers: RequestHeaders | Mapping[str, Sequence[str] | str]) -> RequestHeaders:
@@ -68,6 +78,10 @@ class RequestHeaders:
 
     def get_all(self, name: str) -> list[str]:
         return list(self._values.get(name.lower(), ()))
+
+    def values_of(self, lower_name: str) -> Sequence[str]:
+        """Every value of a header by its lower-cased name, not copied (read only)."""
+        return self._values.get(lower_name, ())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._values

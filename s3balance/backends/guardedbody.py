@@ -55,7 +55,6 @@ class GuardedBody:
         self._done: Deferred[None] | None = None
         self._sent = 0
         self._held = b""
-        self._agent_paused = False
         #: MD5 of what went out: the ETag when a backend answers a PUT without one.
         self.md5: RunningMD5 | None = md5_for(length) if hash_body else None
 
@@ -72,12 +71,10 @@ class GuardedBody:
         return done
 
     def pauseProducing(self) -> None:
-        self._agent_paused = True
         self._watch.resume()
         self._inner.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._agent_paused = False
         self._watch.suspend()
         self._inner.resumeProducing()
 

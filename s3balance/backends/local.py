@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from s3balance.backends.chunkedstream import ChunkedObjectStream
 from s3balance.backends.deferreds import probe_within, returns_deferred
+from s3balance.backends.guardedbody import GuardedBody
 from s3balance.backends.interface import (
     BackendCannotEncrypt,
     BackendError,
@@ -72,8 +73,9 @@ from s3balance.backends.objectrules import (
     stored_headers,
     stored_metadata,
 )
-from s3balance.etags import bare_etag, multipart_md5_etag
+from s3balance.etags import bare_etag, multipart_md5_etag, quoted_etag
 from s3balance.logs import make_logger
+from s3balance.net.stallwatch import StallWatch
 
 log = make_logger()
 
@@ -344,7 +346,7 @@ class _Store:
                 written = self._copy_range(fd, 0, sidecar["size"], "copy-")
             finally:
                 os.close(fd)
-        return self.commit_object(key, written, f'"{written.md5}"', headers, metadata)
+        return self.commit_object(key, written, quoted_etag(written.md5), headers, metadata)
 
     def list_objects(
         self, prefix: str, start_after: str = "", until: str | None = None
@@ -429,7 +431,7 @@ class _Store:
         except BaseException:
             self.discard_temp(written.path, None)
             raise
-        return PartResult(part_number, f'"{written.md5}"', written.size)
+        return PartResult(part_number, quoted_etag(written.md5), written.size)
 
     def upload_part_copy(
         self,
@@ -460,7 +462,7 @@ class _Store:
                 size = entry.stat().st_size
             except FileNotFoundError:
                 continue  # replaced while we listed
-            parts.append(PartResult(int(match.group(1)), f'"{match.group(2)}"', size))
+            parts.append(PartResult(int(match.group(1)), quoted_etag(match.group(2)), size))
         parts.sort(key=lambda part: part.part_number)
         return parts
 
@@ -551,7 +553,9 @@ class _BodyReceiver:
 
     Chunks arrive on the reactor thread and queue up; one pool task at a time drains the queue
     to the file (updating the MD5).  Over :data:`WRITE_HIGH_WATER` queued bytes the producer is
-    paused until the writer catches up.
+    paused until the writer catches up.  The body comes through the backends' one length guard
+    (:class:`~s3balance.backends.guardedbody.GuardedBody`: the declared length, the last byte
+    held back until the body succeeded); the writer's pauses are the disk's, never a stall.
     """
 
     def __init__(
@@ -563,8 +567,9 @@ class _BodyReceiver:
     ) -> None:
         self._backend = backend
         self._store = backend._store
-        self._body = body
-        self._length = length
+        no_stall = StallWatch(backend._reactor, 0.0)
+        no_stall.stop()
+        self._body = GuardedBody(self._store.name, body, length, no_stall, hash_body=False)
         self._prefix = prefix
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -588,11 +593,6 @@ class _BodyReceiver:
                 await self._until_idle()
             if self._error is not None:
                 self._error.raiseException()
-            if self._received != self._length:
-                raise BackendError(
-                    self._store.name,
-                    f"body ended after {self._received} of {self._length} declared bytes",
-                )
             await self._backend._run(self._store.finish_temp, self._handle, body_started=True)
             return _Written(self._temp_path, self._md5.hexdigest(), self._received)
         except BaseException:
@@ -638,11 +638,6 @@ class _BodyReceiver:
         if self._closed or not data:
             return
         self._received += len(data)
-        if self._received > self._length:
-            self._fail(
-                BackendError(self._store.name, f"body longer than the declared {self._length}")
-            )
-            return
         self._queue.append(data)
         self._queued += len(data)
         if self._queued > WRITE_HIGH_WATER and not self._paused_by_us:
@@ -857,7 +852,7 @@ class LocalDirectoryBackend:
             self._store.commit_object,
             key,
             written,
-            f'"{written.md5}"',
+            quoted_etag(written.md5),
             headers,
             metadata,
             body_started=True,

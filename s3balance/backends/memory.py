@@ -50,7 +50,7 @@ from s3balance.backends.objectrules import (
     stored_headers,
     stored_metadata,
 )
-from s3balance.etags import bare_etag, multipart_md5_etag
+from s3balance.etags import bare_etag, multipart_md5_etag, quoted_etag
 from s3balance.net.stallwatch import StallWatch
 
 #: The guard's stall timeout (see :meth:`MemoryBackend._receive`); never reached.
@@ -184,7 +184,7 @@ class MemoryBackend:
     ) -> PutResult:
         refuse_encryption(self.name, headers)
         data, md5 = await self._receive(body, length)
-        return self._store(key, data, md5, f'"{md5}"', headers, metadata)
+        return self._store(key, data, md5, quoted_etag(md5), headers, metadata)
 
     @returns_deferred
     async def get_object(
@@ -236,7 +236,7 @@ class MemoryBackend:
         source = self._holder(source_backend)._require(source_key)
         # The copy is one whole object: its ETag is the MD5 of the bytes, even from a multipart
         # source (as S3 and the local adapter do).
-        return self._store(key, source.data, source.md5, f'"{source.md5}"', headers, metadata)
+        return self._store(key, source.data, source.md5, quoted_etag(source.md5), headers, metadata)
 
     # -- multipart uploads ---------------------------------------------------------------------
 
@@ -250,8 +250,8 @@ class MemoryBackend:
         return upload_id
 
     def _add_part(self, upload: _Upload, part_number: int, data: bytes, md5: str) -> PartResult:
-        upload.parts[part_number] = _Stored(data, md5, f'"{md5}"', time.time())
-        return PartResult(part_number, f'"{md5}"', len(data))
+        upload.parts[part_number] = _Stored(data, md5, quoted_etag(md5), time.time())
+        return PartResult(part_number, quoted_etag(md5), len(data))
 
     @returns_deferred
     async def upload_part(

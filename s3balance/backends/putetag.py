@@ -52,7 +52,7 @@ class PutETags:
         if answered:
             return quoted_etag(answered)
         if md5 is not None:
-            return f'"{md5}"'
+            return quoted_etag(md5)
         log.warn(
             "backend {backend} answered a PUT without an ETag after earlier ones had one; "
             "asking HEAD and hashing from now on",

@@ -15,7 +15,6 @@ from typing import Protocol
 
 from s3balance import errors
 from s3balance.auth import checksums
-from s3balance.errors import S3Error
 
 
 class BodyFilter(Protocol):
@@ -123,28 +122,3 @@ class ChecksumFilter:
             )
         return b""
 
-
-class LengthFilter:
-    """Enforces a declared length: a short body is ``IncompleteBody``, a long one is refused
-    as soon as the excess arrives (before it can reach a backend)."""
-
-    def __init__(self, expected: int) -> None:
-        self._expected = expected
-        self.seen = 0
-
-    def feed(self, data: bytes) -> bytes:
-        self.seen += len(data)
-        if self.seen > self._expected:
-            raise _too_long(self._expected)
-        return data
-
-    def finish(self) -> bytes:
-        if self.seen < self._expected:
-            raise errors.IncompleteBody()
-        return b""
-
-
-def _too_long(expected: int) -> S3Error:
-    return errors.InvalidRequest(
-        f"The request body is longer than its declared length ({expected} bytes)."
-    )

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from s3balance import errors
@@ -38,7 +38,8 @@ from s3balance.multipart import (
 from s3balance.multipart_checksums import upload_algorithm as upload_algorithm_of
 from s3balance.names import validate_key
 from s3balance.parts import parse_part_number
-from s3balance.web import checksumming
+from s3balance.periodic import Periodic
+from s3balance.web import checksumming, lifecycle
 from s3balance.web.answer import STREAMED, Answer, RequestContext
 from s3balance.web.objects import (
     check_copy_source_conditions,
@@ -269,16 +270,14 @@ class _KeepAlive:
 
     def __init__(self, request: Any, clock: IReactorTime, interval: float) -> None:
         self.request = request
-        self.clock = clock
-        self.interval = interval
         self.committed = False
-        self.spaces = 0
-        self._call: IDelayedCall | None = clock.callLater(interval, self._tick)
+        self._loop = Periodic(clock, self._tick, "multipart completion keepalive")
+        self._loop.start(interval, now=False)
 
     def _tick(self) -> None:
-        self._call = None
         request = self.request
-        if getattr(request, "disconnected", False) or request.finished:
+        if lifecycle.is_over(request):
+            self.stop()
             return
         if not self.committed:
             self.committed = True
@@ -286,14 +285,10 @@ class _KeepAlive:
             request.responseHeaders.setRawHeaders(b"content-type", [b"application/xml"])
             request.write(_DECLARATION)
         else:
-            self.spaces += 1
             request.write(b" ")
-        self._call = self.clock.callLater(self.interval, self._tick)
 
     def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._loop.stop()
 
     def finish(self, document: bytes) -> None:
         """End the committed answer with ``document`` (its own declaration dropped)."""

@@ -47,7 +47,6 @@ from s3balance.web.filters import (
     BodyFilter,
     ChecksumFilter,
     ContentMD5Filter,
-    LengthFilter,
 )
 from s3balance.web.relay import relay_object
 
@@ -283,7 +282,8 @@ def upload_body(
     streamed = getattr(ctx.request, "body", None)
     if streamed is not None:
         streamed.length = length
-        for body_filter in [*filters, LengthFilter(length)]:
+        # The body itself holds it to ``length`` after the filters (RequestBody._push).
+        for body_filter in filters:
             streamed.add_filter(body_filter)
         return streamed, checksum_filters
     data = ctx.read_body()

@@ -21,7 +21,8 @@ handlers as ``ctx.multipart``; the seven multipart operations call its method
 
 Every response carries ``x-amz-request-id`` and ``x-amz-id-2``; every error is S3's XML document
 (no body for HEAD); unexpected exceptions are logged with the request id and answered
-InternalError.  The request is finished exactly once, here.  A client that goes away stops the
+InternalError.  The request is finished exactly once, here (the lifecycle, shared with the
+admin API, is :mod:`s3balance.web.lifecycle`).  A client that goes away stops the
 backend work through the data itself: an upload's body fails (the backend keeps nothing) and a
 download's relay stops the backend stream.  Handlers are deliberately *not* cancelled: cancelling a
 Deferred does not stop a database transaction already running in its thread, and abandoning a
@@ -37,11 +38,10 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from s3balance import errors, metrics
 from s3balance.auth.authenticator import Authenticator
@@ -53,6 +53,7 @@ from s3balance.db.errors import MetadataUnavailable
 from s3balance.gateway import Gateway
 from s3balance.labelled import labelled
 from s3balance.logs import access_operation, make_logger
+from s3balance.web import lifecycle
 from s3balance.web.answer import STREAMED, Answer, RequestContext, add_response_headers
 from s3balance.web.bodies import ADMIN_BODY, BODY_LIMITS, DEFAULT_BODY
 from s3balance.web.labels import OTHER_BUCKET, BucketLabels
@@ -278,13 +279,13 @@ class _S3Operation(Resource):
             multipart=root.multipart,
         )
         request.notifyFinish().addBoth(self._count, request, route, started)
-        work = defer.ensureDeferred(self._serve(request, ctx))
-        work.addCallbacks(
+        return lifecycle.serve(
+            request,
+            self._serve(request, ctx),
             lambda answer: self._answer(request, ctx, answer),
             lambda failure: self._fail(request, ctx, failure),
+            lambda: f"request {request_id} ({route.operation})",
         )
-        work.addErrback(self._last_resort, request, request_id)
-        return NOT_DONE_YET
 
     async def _serve(self, request: Request, ctx: RequestContext) -> Any:
         route = ctx.route
@@ -306,8 +307,6 @@ class _S3Operation(Resource):
         if answer is STREAMED:
             return
         assert isinstance(answer, Answer)
-        if getattr(request, "disconnected", False) or request.finished:
-            return
         body = getattr(request, "body", None)
         if body is not None and not body.complete:
             request.prepare_early_response()  # type: ignore[attr-defined]
@@ -322,27 +321,6 @@ class _S3Operation(Resource):
         request.finish()
 
     def _fail(self, request: Request, ctx: RequestContext, failure: Failure) -> None:
-        if request.startedWriting or request.finished:
-            # The status line is out: the only honest signal left is a broken connection
-            # (the relay has already aborted it when the transfer broke).
-            log.info(
-                "request {request_id} ({operation}) ended after its answer began: {error}",
-                request_id=ctx.request_id,
-                operation=ctx.route.operation,
-                error=failure.getErrorMessage(),
-            )
-            channel = getattr(request, "channel", None)
-            if not request.finished and channel is not None:
-                channel.forceAbortClient()
-            return
-        if getattr(request, "disconnected", False):
-            log.info(
-                "request {request_id} ({operation}): the client went away ({error})",
-                request_id=ctx.request_id,
-                operation=ctx.route.operation,
-                error=failure.getErrorMessage(),
-            )
-            return
         error = failure.value
         if isinstance(error, MetadataUnavailable):
             # The metadata database is unreachable (restarting, network): a condition clients
@@ -363,12 +341,6 @@ class _S3Operation(Resource):
             )
             error = errors.InternalError()
         request.respond_error(error, ctx.route.path)  # type: ignore[attr-defined]
-
-    def _last_resort(self, failure: Failure, request: Request, request_id: str) -> None:
-        log.failure("answering request {request_id} failed", failure, request_id=request_id)
-        channel = getattr(request, "channel", None)
-        if not request.finished and channel is not None:
-            channel.forceAbortClient()
 
     def _count(self, _: Any, request: Request, route: Route, started: float) -> None:
         status = str(request.code) if request.finished else "disconnected"
