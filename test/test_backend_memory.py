@@ -56,7 +56,7 @@ class MemoryOnlyTests(TestCase):
         self.assertEqual(await backend.list_objects(""), [])
 
     def test_the_configuration_names_it_by_path(self) -> None:
-        pool = make_http_pool(reactor, persistent=False)
+        pool = make_http_pool(reactor)
         backend = make_backend(
             BucketConfig(name="dry-run", path=MEMORY_PATH), reactor, "/nonexistent", pool
         )

@@ -32,7 +32,6 @@ DEGRADABLE = {
     ("HTTPChannel", "_networkProducer"),
     ("FileDescriptor", "_tempDataBuffer"),
     ("FileDescriptor", "_tempDataLen"),
-    ("TransportProxyProducer", "_producer"),
 }
 
 
@@ -137,10 +136,6 @@ def test_the_unsent_buffer_is_taken_and_emptied() -> None:
     transport._tempDataLen = 4
     assert twistedcompat.take_unsent_buffers(transport) == b"abcd"
     assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
-
-
-def test_without_agents_proxied_transport_the_body_is_not_taken_over() -> None:
-    assert twistedcompat.response_connection(SimpleNamespace()) is None
 
 
 def test_checking_twisted_leaves_trial_out_of_the_daemon() -> None:

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from s3balance.backends.s3 import S3Backend
 from s3balance.metrics import ZERO_COPY_BYTES
 from s3balance.net import splice, twistedcompat
+from s3balance.net.http11 import BodyTransport
 from s3balance.web.relay import SPLICE_MIN, BodyLengthMismatch, relay_object
 from s3balance.web.request import StreamingRequest
 from s3balance.web.requestbody import ClientDisconnected
@@ -266,9 +267,9 @@ class SpliceRelayTests(TestCase):
         self.patch(twistedcompat, "can_take_unsent", lambda transport: False)
         await self._get_without_zero_copy()
 
-    async def test_without_agents_proxied_transport_the_ordinary_path_serves(self) -> None:
-        # The degraded mode of a Twisted whose TransportProxyProducer lacks _producer.
-        self.patch(twistedcompat, "response_connection", lambda proxy: None)
+    async def test_a_body_whose_connection_cannot_be_taken_takes_the_ordinary_path(self) -> None:
+        # As under TLS, or with body bytes still waiting in the client connection.
+        self.patch(BodyTransport, "connection", None)
         await self._get_without_zero_copy()
 
     async def test_slow_client_holds_the_backend_back(self) -> None:

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 from s3balance.config import BucketConfig
 
 if TYPE_CHECKING:
-    from twisted.web.client import HTTPConnectionPool
-
     from s3balance.backends.interface import IBackend
+    from s3balance.net.httpclient import ConnectionPool
 
 #: ``path:`` of an in-memory backend (:mod:`s3balance.backends.memory`), as SQLite names its
 #: in-memory database.
@@ -21,7 +20,7 @@ def make_backend(
     config: BucketConfig,
     reactor: Any,
     data_dir: str,
-    http_pool: HTTPConnectionPool,
+    http_pool: ConnectionPool,
     stall_timeout: float = 60.0,
 ) -> IBackend:
     """An in-memory backend when ``path`` is ``":memory:"``, a local-directory backend when

@@ -1,4 +1,4 @@
-"""The guard every streamed body passes on its way into Agent, towards a backend.
+"""The guard every streamed body passes on its way into the HTTP client, towards a backend.
 
 It is the backend end of the rule that a failed body never reaches a backend complete
 (docs/streaming.md): the last byte is held back until the body's own Deferred succeeded.  It also
@@ -28,13 +28,13 @@ class BodyLengthMismatch(BackendError):
 
 @implementer(IBodyProducer)
 class GuardedBody:
-    """Wraps the caller's body producer on its way into Agent.
+    """Wraps the caller's body producer on its way into the HTTP client's connection.
 
     It records whether any byte was consumed (``started``, for ``body_started``), keeps the
-    body's own failure (re-raised unchanged), runs the stall watch only while Agent has paused
-    us (the backend is not reading), and holds back the last byte until the body's Deferred
-    succeeds: if the body fails at the very end (a bad checksum found after the last chunk),
-    the backend never receives the complete body and cannot store it.
+    body's own failure (re-raised unchanged), runs the stall watch only while the connection
+    has paused us (the backend is not reading), and holds back the last byte until the body's
+    Deferred succeeds: if the body fails at the very end (a bad checksum found after the last
+    chunk), the backend never receives the complete body and cannot store it.
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class GuardedBody:
         #: MD5 of what went out: the ETag when a backend answers a PUT without one.
         self.md5: RunningMD5 | None = md5_for(length) if hash_body else None
 
-    # Agent's side (we are its producer) ------------------------------------------------------
+    # The connection's side (we are its producer) ----------------------------------------------
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer

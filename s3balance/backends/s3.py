@@ -12,7 +12,6 @@ import hashlib
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -54,7 +53,7 @@ from s3balance.backends.s3signing import BucketAddress, Signer, aws_endpoint
 from s3balance.backends.s3stream import S3ObjectStream, content_range_total
 from s3balance.config import BucketConfig
 from s3balance.etags import quoted_etag
-from s3balance.net.httpclient import make_http_pool
+from s3balance.net.httpclient import ConnectionPool, make_http_pool
 from s3balance.net.responses import first_header
 
 
@@ -83,7 +82,7 @@ class S3Backend:
         secret_key: str,
         path_style: bool,
         reactor: Any,
-        pool: HTTPConnectionPool | None = None,
+        pool: ConnectionPool | None = None,
         ca_bundle: str | None = None,
         connect_timeout: float = 10,
         stall_timeout: float = 60,
@@ -123,7 +122,7 @@ class S3Backend:
         cls,
         config: BucketConfig,
         reactor: Any,
-        pool: HTTPConnectionPool | None,
+        pool: ConnectionPool | None,
         stall_timeout: float = 60,
     ) -> S3Backend:
         """A backend for a ``buckets[]`` entry; an endpoint without scheme gets ``https://``

@@ -1,10 +1,10 @@
-"""Signed requests to one bucket of an S3 service, through Twisted's Agent.
+"""Signed requests to one bucket of an S3 service, over pooled persistent connections.
 
-Object bytes go through :class:`twisted.web.client.Agent` with a persistent connection pool in
-both directions and are never held whole (treq would decode gzip, buffer and re-serialise URLs).
-Every request is signed by :mod:`s3balance.backends.s3signing` (tested against botocore).
+Object bytes go through :class:`s3balance.net.httpclient.HTTPClient` in both directions and are
+never held whole.  Every request is signed by :mod:`s3balance.backends.s3signing` (tested
+against botocore).
 
-Timeouts: Agent's ``connectTimeout`` bounds connecting; a stall watch aborts a request when
+Timeouts: the endpoint's connect timeout bounds connecting; a stall watch aborts a request when
 nothing moves for ``stall_timeout`` while the backend is the one expected to act (answering,
 reading the body we send, sending the body we read).  Waiting for the client (a slow upload, a
 paused download) is not a backend stall and does not count.
@@ -22,16 +22,13 @@ from typing import Any
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
-from twisted.web.client import HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from s3balance.backends.guardedbody import GuardedBody, drain_empty
 from s3balance.backends.interface import BackendUnavailable
 from s3balance.backends.s3answer import Answer, answer_error
 from s3balance.backends.s3signing import BucketAddress, Signer
-from s3balance.net.bytesproducer import BytesProducer
-from s3balance.net.httpclient import make_agent
+from s3balance.net.httpclient import ConnectionPool, HTTPClient
 from s3balance.net.responses import BodyCollector, close_body, describe_failure
 from s3balance.net.stallwatch import StallWatch
 
@@ -61,7 +58,7 @@ class S3Client:
     """Sends signed requests for one bucket and reads their answers.
 
     :param name: the backend's configured name, for its exceptions.
-    :param pool: Agent's connection pool (shared between backends, or the adapter's own).
+    :param pool: the connection pool (shared between backends, or the adapter's own).
     :param ca_bundle: a PEM file of CA certificates trusted instead of the system's.
     """
 
@@ -71,7 +68,7 @@ class S3Client:
         address: BucketAddress,
         signer: Signer,
         reactor: Any,
-        pool: HTTPConnectionPool,
+        pool: ConnectionPool,
         ca_bundle: str | None,
         connect_timeout: float,
         stall_timeout: float,
@@ -81,23 +78,32 @@ class S3Client:
         self._signer = signer
         self._reactor = reactor
         self._stall_timeout = stall_timeout
-        self._agent = make_agent(reactor, pool, connect_timeout, ca_bundle)
+        self._http = HTTPClient(
+            reactor,
+            pool,
+            address.scheme,
+            address.connect_host,
+            address.connect_port,
+            connect_timeout,
+            ca_bundle,
+        )
 
     def presign(self, path: str, expires_in: int, response_overrides: dict[str, str]) -> str:
         """A presigned GET URL for ``path`` (query-string SigV4)."""
         url = self.address.url(path)
         return self._signer.presign(url, self.address.netloc, expires_in, response_overrides)
 
-    def _prepare(self, request: S3Request, streamed: bool) -> tuple[bytes, Headers]:
-        url = self.address.url(request.path, request.query)
+    def _prepare(self, request: S3Request, streamed: bool) -> tuple[str, dict[str, str]]:
+        """The request target and the signed headers (sent as the UTF-8 text they were signed
+        as)."""
+        query = self.address.query_string(request.query)
         to_sign = {"Host": self.address.netloc}
-        to_sign.update(request.headers or {})
-        signed = self._signer.sign(request.method, url, to_sign, request.body, streamed)
-        raw = Headers()
-        for name, value in signed.items():
-            # Values are signed as UTF-8 text, so that is what goes on the wire.
-            raw.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
-        return url.encode("ascii"), raw
+        if request.headers:
+            to_sign.update(request.headers)
+        signed = self._signer.sign_target(
+            request.method, request.path, query, to_sign, request.body, streamed
+        )
+        return (f"{request.path}?{query}" if query else request.path), signed
 
     async def _attempt(
         self,
@@ -112,18 +118,16 @@ class S3Client:
         :raises BackendUnavailable: connection refused, connect timeout, stall, connection lost
             before the response; ``body_started`` says whether the body had begun.
         """
-        url, raw_headers = self._prepare(request, producer is not None)
+        target, headers = self._prepare(request, producer is not None)
         watch = StallWatch(self._reactor, self._stall_timeout)
         guard: GuardedBody | None = None
-        body_producer: IBodyProducer | None = None
         if producer is not None:
             guard = GuardedBody(self.name, producer, length, watch, hash_body)
-            body_producer = guard
-        elif request.body is not None:
-            body_producer = BytesProducer(request.body)
-        sending = self._agent.request(
-            request.method.encode("ascii"), url, raw_headers, body_producer
-        )
+            sending = self._http.request(request.method, target, headers, guard, length)
+        else:
+            sending = self._http.request(
+                request.method, target, headers, small_body=request.body
+            )
         watch.on_stall = sending.cancel
         watch.resume()
         try:

@@ -1,6 +1,6 @@
 """Where a request to a real S3 bucket goes, and its SigV4 signature.
 
-The URL is built once, percent-encoded here, and the very same bytes are signed and sent by Agent:
+The URL is built once, percent-encoded here, and the very same text is signed and sent:
 SigV4 signs the exact request target, so any re-serialisation in between (``..`` segments
 collapsed, ``+`` turned into a space, ``~`` encoded) would break the signature or, worse, address
 a different key.
@@ -135,17 +135,32 @@ class BucketAddress:
             return f"{self.base_path}/{quote_key(self.bucket)}/{quote_key(key)}"
         return f"{self.base_path}/{quote_key(key)}"
 
-    def url(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
-        """The full URL for an already-encoded ``path`` and a query (names and values raw).
+    @property
+    def connect_host(self) -> str:
+        """The host connections go to (the bucket's own name under virtual-host addressing)."""
+        return self.host if self.path_style else f"{self.bucket}.{self.host}"
 
-        The query is sorted and encoded canonically, so the URL sent equals the one signed.
-        """
+    @property
+    def connect_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 443 if self.scheme == "https" else 80
+
+    def query_string(self, query: list[tuple[str, str]] | None) -> str:
+        """A query (names and values raw) sorted and encoded canonically, so the target sent
+        equals the one signed."""
+        if not query:
+            return ""
+        return "&".join(
+            f"{quote_query_value(name)}={quote_query_value(value)}"
+            for name, value in sorted(query)
+        )
+
+    def url(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
+        """The full URL for an already-encoded ``path`` and a query (names and values raw)."""
         url = f"{self.scheme}://{self.netloc}{path}"
         if query:
-            url += "?" + "&".join(
-                f"{quote_query_value(name)}={quote_query_value(value)}"
-                for name, value in sorted(query)
-            )
+            url += "?" + self.query_string(query)
         return url
 
     def copy_source(self, key: str) -> str:
@@ -181,28 +196,47 @@ class Signer:
         self._secret_key = secret_key
         self._region = region
         self._clock = clock
+        self._stamped_second = -1
+        self._stamp = ""
 
     def sign(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, streamed: bool
     ) -> dict[str, str]:
+        """Headers to send for ``url``: see :meth:`sign_target`."""
+        parts = urlsplit(url)
+        return self.sign_target(method, parts.path, parts.query, headers, body, streamed)
+
+    def sign_target(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        streamed: bool,
+    ) -> dict[str, str]:
         """Headers to send: ``headers`` plus ``X-Amz-Date``, ``X-Amz-Content-SHA256`` and
-        ``Authorization``.
+        ``Authorization``, for a request to ``path?query`` (both as sent).
 
         ``headers`` must hold every header the request will carry except ``Content-Length``
-        (which Agent adds; S3 does not require it signed), including ``Host``.  Values the caller
-        gives for the three headers above are replaced; a ``Date`` header is re-dated to the
-        signing time and then stands for ``X-Amz-Date`` (as botocore does).
+        (which the client adds; S3 does not require it signed), including ``Host``.  Values the
+        caller gives for the three headers above are replaced; a ``Date`` header is re-dated to
+        the signing time and then stands for ``X-Amz-Date`` (as botocore does).
 
         :param body: the whole body when it is in memory; ``None`` for no body or a streamed one.
         :param streamed: the body comes from a producer: sign ``UNSIGNED-PAYLOAD``.
         :raises ValueError: ``headers`` has no ``Host``.
         """
         seconds = math.floor(self._clock())
-        timestamp = time.strftime(TIMESTAMP_FORMAT, time.gmtime(seconds))
-        dated = any(name.lower() == "date" for name in headers)
-        signed = {
-            name: value for name, value in headers.items() if name.lower() not in _REPLACED_HEADERS
-        }
+        timestamp = self._timestamp(seconds)
+        dated = False
+        signed = {}
+        for name, value in headers.items():
+            lowered = name.lower()
+            if lowered == "date":
+                dated = True
+            if lowered not in _REPLACED_HEADERS:
+                signed[name] = value
         if dated:
             signed["Date"] = formatdate(seconds)
         else:
@@ -222,17 +256,17 @@ class Signer:
                 values.setdefault(lowered, []).append(value)
         if "host" not in values:
             raise ValueError("the headers to sign carry no Host")
+        names = sorted(values)
         canonical_headers = "".join(
             f"{name}:{','.join(' '.join(value.split()) for value in values[name])}\n"
-            for name in sorted(values)
+            for name in names
         )
-        signed_names = ";".join(sorted(name.strip() for name in values))
-        parts = urlsplit(url)
+        signed_names = ";".join(name.strip() for name in names)
         canonical = "\n".join(
             [
                 method.upper(),
-                parts.path,
-                _canonical_query(parts.query),
+                path,
+                _canonical_query(query),
                 canonical_headers,
                 signed_names,
                 payload,
@@ -244,6 +278,13 @@ class Signer:
             f"SignedHeaders={signed_names}, Signature={signature}"
         )
         return signed
+
+    def _timestamp(self, seconds: int) -> str:
+        """``X-Amz-Date`` for ``seconds``; formatted once per second, not once per request."""
+        if seconds != self._stamped_second:
+            self._stamped_second = seconds
+            self._stamp = time.strftime(TIMESTAMP_FORMAT, time.gmtime(seconds))
+        return self._stamp
 
     def presign(self, url: str, host: str, expires_in: int, params: dict[str, str]) -> str:
         """A query-signed GET URL for ``url`` (without query) carrying ``params``

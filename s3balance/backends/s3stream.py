@@ -1,9 +1,9 @@
 """A GET answer of an S3 service, its body still on the backend connection.
 
-The body goes from Agent to the caller's protocol at the caller's pace: the caller's pauses pause
-the socket and suspend the stall watch (a paused download is not the backend's stall).  A plain
-TCP connection with a length-delimited body can be handed over whole (:class:`ISocketBody`) for
-the zero-copy path of :mod:`s3balance.net.splice`.
+The body goes from the backend connection to the caller's protocol at the caller's pace: the
+caller's pauses pause the socket and suspend the stall watch (a paused download is not the
+backend's stall).  A plain TCP connection with a length-delimited body can be handed over whole
+(:class:`ISocketBody`) for the zero-copy path of :mod:`s3balance.net.splice`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from s3balance.backends.interface import BackendUnavailable, IObjectStream, ISocketBody
-from s3balance.net import twistedcompat
+from s3balance.net.http11 import BodyTransport
 from s3balance.net.responses import BodyDrain, close_body
 from s3balance.net.splice import tcp_socket
 from s3balance.net.stallwatch import StallWatch
@@ -58,10 +58,10 @@ class _ConsumerTransport:
 
 
 class _StreamGuard(Protocol):
-    """Passes a GET body from Agent to the caller's protocol.
+    """Passes a GET body from the backend connection to the caller's protocol.
 
-    Until :meth:`S3ObjectStream.deliverBody` is called Agent keeps the socket paused (Twisted's
-    ``Response`` does so itself); afterwards the caller's pauses pause the socket and suspend
+    Until :meth:`S3ObjectStream.deliverBody` is called the connection keeps what arrived (and
+    pauses the socket past a few KiB); afterwards the caller's pauses pause the socket and suspend
     the stall watch.  A stall replaces the end reason with :class:`BackendUnavailable`.
     """
 
@@ -106,15 +106,17 @@ class _StreamGuard(Protocol):
         """See :meth:`ISocketBody.detach`: only for a length-delimited body on plain TCP."""
         if self._ended is not None or self._detached or not self._identity:
             return None
-        # Agent's TransportProxyProducer wraps the connection's own transport; under TLS that
-        # is a TLS protocol, not a socket.
-        raw = twistedcompat.response_connection(self.transport)
+        # Under TLS the connection's transport is a TLS protocol, not a socket.
+        transport = self.transport
+        if not isinstance(transport, BodyTransport):
+            return None
+        raw = transport.connection
         sock = tcp_socket(raw)
         if sock is None or raw is None or raw in raw.reactor.getWriters():
             return None  # TLS or not TCP; or still sending the request: not ours to take
         while self._buffer:
             self._inner.dataReceived(self._buffer.pop(0))
-        assert raw is not None
+        transport.take()
         raw.stopReading()
         self._detached = True
         self._raw = raw

@@ -3,7 +3,8 @@
 What both sides of the daemon need from sockets and Twisted's transports lives here: socket
 tuning (:mod:`.sockets`), the zero-copy splice between two TCP sockets (:mod:`.splice`) and
 every access to a private Twisted attribute (:mod:`.twistedcompat`); for HTTP requests to other
-servers, the Agent and its pool (:mod:`.httpclient`), reading answers (:mod:`.responses`), a body
-in memory (:mod:`.bytesproducer`) and the stall timer (:mod:`.stallwatch`).  This package imports
+servers, the client and its pool (:mod:`.httpclient`) over persistent connections
+(:mod:`.http11`), reading answers (:mod:`.responses`), a body in memory (:mod:`.bytesproducer`)
+and the stall timer (:mod:`.stallwatch`).  This package imports
 nothing from ``web`` or ``backends``.
 """

@@ -1,4 +1,4 @@
-"""A request body already in memory, for Agent (small control bodies such as XML documents)."""
+"""A body already in memory, as a body producer (small bodies, tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading Agent's responses: a small body whole, an unwanted body dropped, a header, a failure.
+"""Reading backends' responses: a small body whole, an unwanted body dropped, a header, a failure.
 
 The large bodies (object downloads) are not read here: they are relayed chunk by chunk
 (:mod:`s3balance.backends.s3stream`).

@@ -2,10 +2,10 @@
 ``splice(2)`` through a pipe).
 
 Relayed through Python, every chunk of a large GET costs a ``recv`` into a new bytes object,
-Agent's and HTTPChannel's parsing layers and a ``send``: most of the daemon's CPU time for a
-download.  When both connections are plain TCP, the kernel can move the pages from one socket to
-the other itself; the reactor only waits for readiness, and backpressure stays what it was (a
-full client socket stops the pipe, a full pipe stops reading from the backend).
+the HTTP client's and HTTPChannel's parsing layers and a ``send``: most of the daemon's CPU
+time for a download.  When both connections are plain TCP, the kernel can move the pages from
+one socket to the other itself; the reactor only waits for readiness, and backpressure stays
+what it was (a full client socket stops the pipe, a full pipe stops reading from the backend).
 
 :class:`SocketSplice` takes over two file descriptors whose Twisted transports have stopped
 reading and writing (their owners arrange that) and hands them back untouched by the reactor

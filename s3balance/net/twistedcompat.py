@@ -15,7 +15,6 @@ fallback, used per call when the attribute is missing:
   that is a push producer, as every TCP and TLS transport is).
 - ``FileDescriptor._tempDataBuffer``/``_tempDataLen``: the zero-copy download is not used for
   that transport (the ordinary relay path serves it).
-- ``TransportProxyProducer._producer``: same, the ordinary relay path.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ __all__ = [
     "network_producer",
     "request_line",
     "request_producer",
-    "response_connection",
     "restore_idle_timeout_later",
     "send_100_continue",
     "set_abort_call",
@@ -82,8 +80,6 @@ DEGRADABLE: dict[tuple[str, str], str] = {
     ("FileDescriptor", "_tempDataBuffer"): "take back what a transport has not yet sent before "
     "the kernel writes to its socket (zero-copy download)",
     ("FileDescriptor", "_tempDataLen"): "the length of that buffer, reset with it",
-    ("TransportProxyProducer", "_producer"): "the backend connection's own transport under "
-    "Agent's proxy, whose socket a zero-copy download reads",
 }
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -136,13 +132,7 @@ def _sample_channel() -> HTTPChannel:
 
 
 def _samples() -> dict[str, Any]:
-    from twisted.web._newclient import TransportProxyProducer
-
-    return {
-        "HTTPChannel": _sample_channel(),
-        "FileDescriptor": FileDescriptor(),
-        "TransportProxyProducer": TransportProxyProducer(None),
-    }
+    return {"HTTPChannel": _sample_channel(), "FileDescriptor": FileDescriptor()}
 
 
 def check_twisted(samples: dict[str, Any] | None = None) -> list[str]:
@@ -253,7 +243,3 @@ def take_unsent_buffers(transport: Any) -> bytes:
     return pending
 
 
-def response_connection(proxy: Any) -> Any:
-    """The backend connection's transport under Agent's response transport proxy, or ``None``
-    (then the body is not taken over for a zero-copy download)."""
-    return getattr(proxy, "_producer", None)
