@@ -140,6 +140,7 @@ class Components:
             probe_timeout=balancer.probe_timeout,
             unhealthy_threshold=balancer.unhealthy_threshold,
             healthy_threshold=balancer.healthy_threshold,
+            record_operation=lambda name, operation: self.pool.record_operation(name, operation),
         )
         self.usage = UsageMonitor(
             self.store,

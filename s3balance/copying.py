@@ -20,9 +20,10 @@ objects with it; neither's bookkeeping (claims, rows, metrics) is here.  A copy:
 - keeps the source's stored headers and metadata (what :mod:`s3balance.rebuild` reads back);
 - checks the ETag the target reports when it can be compared, and deletes a copy that does not
   match (:func:`~s3balance.retirement.delete_unreferenced`: free, as every delete);
-- counts operations and bytes (:meth:`BackendPool.record_operation`): a GET (class B, its bytes
-  out) on the source and a PUT (class A, its bytes in) on the target per streamed object or part;
-  one class A operation per CopyObject, UploadPartCopy, Create and CompleteMultipartUpload.  The
+- counts every request it sends by its name (:meth:`BackendPool.record_operation`, classed by
+  :mod:`s3balance.operations`): the source's HeadObject, a GetObject (its bytes out) on the
+  source and a PutObject or UploadPart (its bytes in) on the target per streamed object or part,
+  and each CopyObject, UploadPartCopy, Create, Complete and AbortMultipartUpload.  The
   target's room is reserved (:meth:`BackendPool.reserve`) while the copy runs, and the source
   location counts as being read (``holding``) so it is not deleted under the copy.
 """
@@ -142,6 +143,7 @@ class ObjectCopier:
         try:
             async with self.holding(source):
                 info = await reader.head_object(source.real_key)
+                self.pool.record_operation(source.backend, "HeadObject")
                 _check_source(record, source, info)
                 if keep_parts and _has_parts(record):
                     size, etag = await self._multipart(
@@ -172,7 +174,7 @@ class ObjectCopier:
             source.real_key, target.real_key, dict(info.headers), dict(info.metadata),
             source_backend=reader,
         )  # fmt: skip
-        self.pool.record_operation(target.backend, "A")
+        self.pool.record_operation(target.backend, "CopyObject")
         return result.size, result.etag
 
     async def _stream(
@@ -187,8 +189,8 @@ class ObjectCopier:
             )
         finally:
             producer.discard()
-        self.pool.record_operation(source.backend, "B", bytes_out=record.size)
-        self.pool.record_operation(target.backend, "A", bytes_in=result.size)
+        self.pool.record_operation(source.backend, "GetObject", bytes_out=record.size)
+        self.pool.record_operation(target.backend, "PutObject", bytes_in=result.size)
         return result.size, result.etag
 
     async def _multipart(
@@ -207,7 +209,7 @@ class ObjectCopier:
         upload_id = await writer.create_multipart_upload(
             target.real_key, dict(info.headers), dict(info.metadata)
         )
-        self.pool.record_operation(target.backend, "A")
+        self.pool.record_operation(target.backend, "CreateMultipartUpload")
         try:
             parts: list[tuple[int, str]] = []
             for number, byte_range in enumerate(ranges, start=1):
@@ -216,14 +218,14 @@ class ObjectCopier:
                         target.real_key, upload_id, number, source.real_key, byte_range,
                         source_backend=reader,
                     )  # fmt: skip
-                    self.pool.record_operation(target.backend, "A")
+                    self.pool.record_operation(target.backend, "UploadPartCopy")
                 else:
                     part = await self._stream_part(
                         source, target, info, upload_id, number, byte_range
                     )
                 parts.append((number, part.etag))
             result = await writer.complete_multipart_upload(target.real_key, upload_id, parts)
-            self.pool.record_operation(target.backend, "A")
+            self.pool.record_operation(target.backend, "CompleteMultipartUpload")
         except BaseException:
             await self._abort(target, upload_id)
             raise
@@ -248,14 +250,14 @@ class ObjectCopier:
             )
         finally:
             producer.discard()
-        self.pool.record_operation(source.backend, "B", bytes_out=length)
-        self.pool.record_operation(target.backend, "A", bytes_in=part.size)
+        self.pool.record_operation(source.backend, "GetObject", bytes_out=length)
+        self.pool.record_operation(target.backend, "UploadPart", bytes_in=part.size)
         return part
 
     async def _abort(self, target: Location, upload_id: str) -> None:
         try:
             await self.pool.get(target.backend).abort_multipart_upload(target.real_key, upload_id)
-            self.pool.record_operation(target.backend, "A")
+            self.pool.record_operation(target.backend, "AbortMultipartUpload")
         except BackendError as error:
             log.warn(
                 "copy to {backend}: cannot abort the upload of {real_key}: {error}",

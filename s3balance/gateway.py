@@ -82,6 +82,7 @@ from s3balance.db.store import (
 )
 from s3balance.etags import quoted_etag
 from s3balance.names import check_client_metadata, validate_bucket_name, validate_key
+from s3balance.operations import Operation
 from s3balance.reads import ReadPlan, ReadRequest, plan_read
 from s3balance.realkeys import new_real_key, new_write_id
 from s3balance.rebuildmeta import reserved_metadata
@@ -410,7 +411,7 @@ class Gateway:
             if isinstance(error, BackendUnavailable):
                 self.health.mark_failure(location.backend, error.detail)
             raise backend_error_to_s3(error) from error
-        self.pool.record_operation(location.backend, "B", bytes_out=stream.length)
+        self.pool.record_operation(location.backend, "GetObject", bytes_out=stream.length)
         return stream
 
     def presigned_url(self, record: ObjectRecord, response_overrides: dict[str, str]) -> str | None:
@@ -419,7 +420,7 @@ class Gateway:
         local directory) and the read must be proxied.
 
         The URL pins no range, so a client that follows the redirect with its ``Range`` header
-        gets the range from the backend.  A URL handed out counts as the class-B read it will
+        gets the range from the backend.  A URL handed out counts as the GetObject it will
         become; its bytes never pass through the daemon, so none are counted.
 
         :param response_overrides: ``response-*`` query parameters for the backend to apply.
@@ -438,7 +439,7 @@ class Gateway:
                 backend=location.backend, real_key=location.real_key, detail=error.detail,
             )
             return None
-        self.pool.record_operation(location.backend, "B")
+        self.pool.record_operation(location.backend, "GetObject")
         return url
 
     async def list_objects(
@@ -575,6 +576,7 @@ class Gateway:
             lambda: True,
             lambda: kept,
             prefer=source_location.backend if in_place else None,
+            server_side_on=source_location.backend,
         )
 
     async def _copy(
@@ -634,9 +636,14 @@ class Gateway:
         restartable: Callable[[], bool],
         checksums: Callable[[], dict[str, str]] | None,
         prefer: str | None = None,
+        server_side_on: str | None = None,
     ) -> ObjectRecord:
         """Write to the best backend that takes it, then commit; the retry loop of the module
-        docstring.  :raises S3Error: see callers."""
+        docstring.
+
+        :param server_side_on: the backend on which ``write`` is a CopyObject (a PutObject
+            elsewhere), for the operation counts.
+        :raises S3Error: see callers."""
         bucket, key = new.bucket, new.key
         candidates = self.pool.choose(bucket, key, size)
         if ENCRYPTION_HEADER in new.headers:
@@ -651,7 +658,8 @@ class Gateway:
         for attempt, name in enumerate(candidates[:attempts]):
             if attempt:
                 await task.deferLater(self.clock, self.settings.retry_delay, lambda: None)
-            outcome = await self._write_and_commit(name, new, size, write, checksums)
+            operation: Operation = "CopyObject" if name == server_side_on else "PutObject"
+            outcome = await self._write_and_commit(name, new, size, write, checksums, operation)
             if isinstance(outcome, BackendUnavailable):
                 last_error = outcome
                 if outcome.body_started or not restartable():
@@ -694,6 +702,7 @@ class Gateway:
         size: int,
         write: Write,
         checksums: Callable[[], dict[str, str]] | None,
+        operation: Operation,
     ) -> ObjectRecord | BackendUnavailable:
         """One attempt on one backend, at a real key of its own; a refusal that may be retried
         is returned, every other failure raised."""
@@ -715,7 +724,7 @@ class Gateway:
                     target=target, backend=name, detail=error.detail,
                 )
                 raise backend_error_to_s3(error) from error
-            self.pool.record_operation(name, "A", bytes_in=result.size)
+            self.pool.record_operation(name, operation, bytes_in=result.size)
             record = self.new_record(new, result, (Location(name, target),), checksums)
             await self.commit(record, new.condition)
             return record

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from s3balance import metrics
 from s3balance.backends.interface import IBackend
 from s3balance.logs import make_logger
+from s3balance.operations import Operation
 from s3balance.periodic import Periodic
 
 log = make_logger()
@@ -61,6 +62,8 @@ class HealthMonitor(Service):
     :param pool_backends: the current backends by name, asked at every round so backends added
         or removed by reconfiguration are followed.
     :param clock: the reactor (or a :class:`twisted.internet.task.Clock` in tests).
+    :param record_operation: counts each answered probe as the HeadBucket it sends
+        (:meth:`BackendPool.record_operation <s3balance.pool.BackendPool.record_operation>`).
     """
 
     def __init__(
@@ -71,10 +74,12 @@ class HealthMonitor(Service):
         probe_timeout: float,
         unhealthy_threshold: int = 3,
         healthy_threshold: int = 2,
+        record_operation: Callable[[str, Operation], None] | None = None,
     ) -> None:
         if unhealthy_threshold < 1 or healthy_threshold < 1:
             raise ValueError("health thresholds must be at least 1")
         self._backends = pool_backends
+        self._record_operation = record_operation
         self._clock = clock
         self.period = period
         self.probe_timeout = probe_timeout
@@ -181,6 +186,8 @@ class HealthMonitor(Service):
         self._probes.append(probe)
 
         def succeeded(_: object) -> None:
+            if self._record_operation is not None:
+                self._record_operation(name, "HeadBucket")
             self._record(name, backend, None, self._clock.seconds() - started)
 
         def failed(failure: Failure) -> None:

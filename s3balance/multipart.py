@@ -73,6 +73,7 @@ from s3balance.multipart_checksums import CompletionChecksums, completion_checks
 from s3balance.multipart_replicas import ReplicatedUploads
 from s3balance.names import check_client_metadata, validate_key
 from s3balance.newupload import NewUpload
+from s3balance.operations import Operation
 from s3balance.parts import MAX_PART_NUMBER, validate_part_number
 from s3balance.retirement import remove_abandoned
 
@@ -101,7 +102,7 @@ class UploadPool(Protocol):
     def get(self, name: str) -> IBackend: ...
 
     def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+        self, name: str, operation: Operation, bytes_in: int = 0, bytes_out: int = 0
     ) -> None: ...
 
 
@@ -161,12 +162,10 @@ async def discard_upload(
         if abandoned is None:
             return None
         await remove_abandoned(store, pool, abandoned.queued)
-        for name in abandoned.upload.backends:
-            pool.record_operation(name, "A")
         return abandoned.released
     backend = pool.get(upload.backend)
     await backend.abort_multipart_upload(upload.real_key, upload.backend_upload_id)
-    pool.record_operation(upload.backend, "A")
+    pool.record_operation(upload.backend, "AbortMultipartUpload")
     released = sum(part.size for part in await all_parts(store, upload.upload_id))
     dropped = await store.abort_upload(upload.upload_id)
     return None if dropped is None else {upload.backend: released}
@@ -309,7 +308,7 @@ class MultipartUploads:
                 continue
             except BackendError as error:
                 raise self._backend_failed(name, error, "creating an upload") from error
-            self.pool.record_operation(name, "A")
+            self.pool.record_operation(name, "CreateMultipartUpload")
             upload = new.record(
                 self._new_id(), target, [UploadCopy(name, backend_id)], self.clock.seconds()
             )
@@ -379,7 +378,7 @@ class MultipartUploads:
                 )
             except BackendError as error:
                 raise self._backend_failed(upload.backend, error, "uploading a part") from error
-            self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
+            self.pool.record_operation(upload.backend, "UploadPart", bytes_in=result.size)
             return await self.record_part(upload, result, checksums() if checksums else None)
         finally:
             release()
@@ -423,7 +422,9 @@ class MultipartUploads:
         release = self.pool.reserve(upload.backend, size)
         try:
             try:
+                operation: Operation = "UploadPart"
                 if local is not None and self.pool.is_available(local.backend):
+                    operation = "UploadPartCopy"
                     async with self.gateway.holding_source(local):
                         result = await backend.upload_part_copy(
                             upload.real_key, upload.backend_upload_id, part_number,
@@ -434,7 +435,7 @@ class MultipartUploads:
                                                        byte_range)
             except BackendError as error:
                 raise self._backend_failed(upload.backend, error, "copying a part") from error
-            self.pool.record_operation(upload.backend, "A", bytes_in=result.size)
+            self.pool.record_operation(upload.backend, operation, bytes_in=result.size)
             return await self.record_part(upload, result)
         finally:
             release()
@@ -637,7 +638,7 @@ class MultipartUploads:
                 raise self._backend_failed(copy.backend, error, "completing an upload") \
                     from error
             return assembled
-        self.pool.record_operation(copy.backend, "A")
+        self.pool.record_operation(copy.backend, "CompleteMultipartUpload")
         return result
 
     async def _assembled_already(
@@ -654,6 +655,7 @@ class MultipartUploads:
             info = await backend.head_object(upload.real_key)
         except BackendError:
             return None
+        self.pool.record_operation(copy.backend, "HeadObject")
         if info.size != size:
             return None
         log.info(

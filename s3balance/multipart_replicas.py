@@ -35,7 +35,7 @@ that failed it.  ``write_quorum`` is read when each part arrives; when the copie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
@@ -59,6 +59,7 @@ from s3balance.fanout import FanOut, ReplicaLost
 from s3balance.gateway import Gateway, Pool
 from s3balance.logs import make_logger
 from s3balance.newupload import NewUpload
+from s3balance.operations import Operation
 from s3balance.replicated import abandon_the_others
 from s3balance.retirement import remove_abandoned
 
@@ -211,7 +212,7 @@ class ReplicatedUploads:
         for name, (ok, value) in zip(names, outcomes, strict=True):
             if ok:
                 assert isinstance(value, str)
-                self.pool.record_operation(name, "A")
+                self.pool.record_operation(name, "CreateMultipartUpload")
                 made.append(UploadCopy(name, value))
                 continue
             assert isinstance(value, Failure)
@@ -306,7 +307,9 @@ class ReplicatedUploads:
         results = _outcomes(server_side, outcomes[0])
         if streamed:
             results.update(outcomes[1])
-        return await self._settle(upload, results, quorum, None)
+        return await self._settle(
+            upload, results, quorum, None, copied_here={copy.backend for copy in server_side}
+        )
 
     async def _copy_here(
         self,
@@ -372,15 +375,19 @@ class ReplicatedUploads:
         results: dict[str, Outcome],
         quorum: int,
         checksums: dict[str, str] | None,
+        copied_here: Collection[str] = (),
     ) -> PartRecord:
         """Record a part the quorum of copies took with one ETag; drop every other copy.
+
+        :param copied_here: the backends whose part was an UploadPartCopy (others' an UploadPart).
 
         :raises S3Error: the failure of a copy when fewer than the quorum took it (nothing is
             recorded and no copy dropped: the part may be sent again).
         """
         stored = {name: r for name, r in results.items() if isinstance(r, PartResult)}
         for name, result in stored.items():
-            self.pool.record_operation(name, "A", bytes_in=result.size)
+            operation: Operation = "UploadPartCopy" if name in copied_here else "UploadPart"
+            self.pool.record_operation(name, operation, bytes_in=result.size)
         agreed = _agreeing(stored, upload.backends)
         if len(agreed) < quorum:
             failures = [r for r in results.values() if isinstance(r, Failure)]

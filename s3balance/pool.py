@@ -37,14 +37,12 @@ from s3balance.db.store import MetadataStore
 from s3balance.health import HealthMonitor
 from s3balance.labelled import labelled
 from s3balance.logs import make_logger
+from s3balance.operations import CLASS_A, CLASS_B, FREE, Operation, operation_class
 from s3balance.periodic import Periodic
 from s3balance.placement import Candidate, IPlacementStrategy, order_reads, spread
 from s3balance.usage import UsageMonitor
 
 log = make_logger()
-
-OP_CLASSES = ("A", "B")
-
 
 @dataclass
 class _Tally:
@@ -361,25 +359,27 @@ class BackendPool(Service):
     # -- operation budgets -------------------------------------------------------------------
 
     def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+        self, name: str, operation: Operation, bytes_in: int = 0, bytes_out: int = 0,
+        requests: int = 1,
     ) -> None:
-        """Count one operation sent to backend ``name`` this month.
+        """Count ``requests`` of ``operation`` sent to backend ``name`` this month, in the class
+        :data:`~s3balance.operations.OPERATION_CLASSES` gives it (a free one counts nothing
+        against the budgets).  The bytes also feed ``s3_balance_backend_bytes_{in,out}_total``:
+        count them here only.
 
-        Class ``"A"`` is a write/list (PUT, COPY, POST, LIST), ``"B"`` a read (GET, HEAD).  The
-        bytes also feed ``s3_balance_backend_bytes_{in,out}_total``: count them here only.
-
-        :raises ValueError: ``op_class`` is neither ``"A"`` nor ``"B"``.
+        :raises ValueError: ``operation`` is not in the table.
         """
-        if op_class not in OP_CLASSES:
-            raise ValueError(f"operation class must be 'A' or 'B', not {op_class!r}")
+        op_class = operation_class(operation)
+        if op_class == FREE and not bytes_in and not bytes_out:
+            return
         month = self._current_month()
         tally = self._pending.get((month, name))
         if tally is None:
             tally = self._pending[(month, name)] = _Tally()
-        if op_class == "A":
-            tally.class_a += 1
-        else:
-            tally.class_b += 1
+        if op_class == CLASS_A:
+            tally.class_a += requests
+        elif op_class == CLASS_B:
+            tally.class_b += requests
         tally.bytes_in += bytes_in
         tally.bytes_out += bytes_out
         if bytes_in:

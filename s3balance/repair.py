@@ -71,6 +71,7 @@ from s3balance.gateway import Gateway
 from s3balance.health import BackendHealth, HealthMonitor
 from s3balance.housekeeping import PeriodicRounds
 from s3balance.logs import make_logger
+from s3balance.operations import listing_pages
 from s3balance.pacing import TransferLimits
 from s3balance.placement import spread
 from s3balance.pool import BackendPool
@@ -524,12 +525,11 @@ class Repairer(PeriodicRounds):
         broken: list[VerifiedRow] = []
         if ranged:
             reals = sorted((row.real_key for row in ranged), key=key_bytes)
-            listed = {
-                entry.key: entry
-                for entry in await backend.list_objects(
-                    f"{bucket}/", start_after=reals[0][:-1], until=reals[-1]
-                )
-            }
+            listing = await backend.list_objects(
+                f"{bucket}/", start_after=reals[0][:-1], until=reals[-1]
+            )
+            self.pool.record_operation(name, "ListObjectsV2", requests=listing_pages(len(listing)))
+            listed = {entry.key: entry for entry in listing}
             broken += [
                 row for row in ranged
                 if not _listed_intact(listed.get(row.real_key), row.size, row.etag)
@@ -546,9 +546,11 @@ class Repairer(PeriodicRounds):
         try:
             info = await self.pool.get(name).head_object(row.real_key)
         except BackendNoSuchKey:
+            self.pool.record_operation(name, "HeadObject")
             return False
         except BackendError:
             return True
+        self.pool.record_operation(name, "HeadObject")
         return info.size == row.size and etag_agrees(row.etag, info.etag) is not False
 
     def _publish_progress(self, name: str) -> None:
@@ -674,9 +676,11 @@ class Repairer(PeriodicRounds):
         try:
             info = await self.pool.get(location.backend).head_object(location.real_key)
         except BackendNoSuchKey:
+            self.pool.record_operation(location.backend, "HeadObject")
             return True
         except BackendError:
             return False
+        self.pool.record_operation(location.backend, "HeadObject")
         if info.size != record.size:
             return True
         return etag_agrees(record.etag, info.etag) is False

@@ -52,6 +52,7 @@ from s3balance.db.records import Location, ObjectRecord
 from s3balance.failover import NoReplicaLeft, open_replicas
 from s3balance.fanout import Branch, FanOut, ReplicaLost
 from s3balance.logs import make_logger
+from s3balance.operations import Operation
 from s3balance.streams import StreamBodyProducer
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class ReplicaPool(Protocol):
     def reserve(self, name: str, size: int) -> Callable[[], None]: ...
 
     def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+        self, name: str, operation: Operation, bytes_in: int = 0, bytes_out: int = 0
     ) -> None: ...
 
 
@@ -309,7 +310,7 @@ class Replicas:
                 self._short_of_copies(failures, new, len(stored), count=len(names))
             results: list[PutResult] = [result for ok, result in outcomes if ok]
             for location, result in zip(stored, results, strict=True):
-                gateway.pool.record_operation(location.backend, "A", bytes_in=result.size)
+                gateway.pool.record_operation(location.backend, "PutObject", bytes_in=result.size)
             record = gateway.new_record(new, results[0], tuple(stored), checksums)
             await gateway.commit(record, new.condition, short=len(stored) < len(names))
             return record

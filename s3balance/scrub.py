@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -34,9 +34,20 @@ from s3balance.backends.interface import BackendError, BackendNoSuchKey, IBacken
 from s3balance.db.store import MetadataStore
 from s3balance.etags import bare_etag
 from s3balance.logs import make_logger
+from s3balance.operations import Operation, listing_pages
 from s3balance.realkeys import key_from_metadata, parse_real_key
 
 log = make_logger()
+
+
+class RecordOperation(Protocol):
+    """:meth:`BackendPool.record_operation <s3balance.pool.BackendPool.record_operation>`."""
+
+    def __call__(self, name: str, operation: Operation, *, requests: int = 1) -> None: ...
+
+
+#: Counts ``requests`` of an operation sent to the backend being scrubbed.
+Count = Callable[[Operation, int], None]
 
 #: Default age, in seconds, under which an orphan may be an upload about to be committed.
 DEFAULT_GRACE = 3600.0
@@ -241,6 +252,7 @@ def scrub(
     remove_orphans: bool = False,
     grace: float = DEFAULT_GRACE,
     now: Callable[[], float] = time.time,
+    record_operation: RecordOperation | None = None,
 ) -> Deferred[ScrubReport]:
     """Compare every backend's listing with the store's rows, one backend after the other.
 
@@ -249,10 +261,15 @@ def scrub(
     :param grace: orphans modified less than this many seconds ago are reported as recent and
         kept (they may be uploads whose row is about to be written); 0 when nothing is running.
     :param now: the clock backend modification times are compared with (epoch seconds).
+    :param record_operation: counts each request answered, by backend and operation
+        (:meth:`BackendPool.record_operation <s3balance.pool.BackendPool.record_operation>`; the
+        daemon's scrub passes it, the command run beside the daemon has no pool to count in).
     :returns: a Deferred firing with a :class:`ScrubReport`; a backend that cannot be listed
         is reported with its ``error``, it does not fail the whole scrub.
     """
-    return Deferred.fromCoroutine(_scrub(store, backends, remove_orphans, grace, now))
+    return Deferred.fromCoroutine(
+        _scrub(store, backends, remove_orphans, grace, now, record_operation)
+    )
 
 
 async def _scrub(
@@ -261,14 +278,18 @@ async def _scrub(
     remove_orphans: bool,
     grace: float,
     now: Callable[[], float],
+    record_operation: RecordOperation | None,
 ) -> ScrubReport:
     started = now()
     report = ScrubReport({}, started, started, grace, remove_orphans)
     for name in sorted(backends):
         scrubbed = BackendScrub(name)
         report.backends[name] = scrubbed
+        count = _counter(name, record_operation)
         try:
-            await _scrub_backend(store, backends[name], scrubbed, remove_orphans, grace, now)
+            await _scrub_backend(
+                store, backends[name], scrubbed, remove_orphans, grace, now, count
+            )
         except BackendError as error:
             scrubbed.error = error.detail
         except Exception as error:  # a database failure: the report says so, others go on
@@ -276,6 +297,16 @@ async def _scrub(
             scrubbed.error = f"{type(error).__name__}: {error}"
     report.finished = now()
     return report
+
+
+def _counter(name: str, record_operation: RecordOperation | None) -> Count:
+    """Counts ``requests`` of an operation sent to backend ``name`` (nothing without a pool)."""
+
+    def count(operation: Operation, requests: int) -> None:
+        if record_operation is not None:
+            record_operation(name, operation, requests=requests)
+
+    return count
 
 
 async def _recorded_keys(store: MetadataStore, backend: str) -> tuple[set[str], set[str]]:
@@ -295,11 +326,13 @@ async def _scrub_backend(
     remove_orphans: bool,
     grace: float,
     now: Callable[[], float],
+    count: Count,
 ) -> None:
     name = scrubbed.backend
     # Rows first, listing second: see the module docstring.
     recorded, upload_keys = await _recorded_keys(store, name)
     listing: list[ListedObject] = await backend.list_objects("")
+    count("ListObjectsV2", listing_pages(len(listing)))
     scrubbed.listed = len(listing)
     scrubbed.recorded = len(recorded)
 
@@ -311,7 +344,7 @@ async def _scrub_backend(
     for entry in listing:
         if entry.key in recorded or comparable_key(entry.key) in recorded_comparable:
             continue
-        orphan = await _orphan(backend, entry)
+        orphan = await _orphan(backend, entry, count)
         if grace > 0 and entry.last_modified > cutoff:
             scrubbed.recent_orphans.append(orphan)
         else:
@@ -322,14 +355,14 @@ async def _scrub_backend(
         for key in recorded - upload_keys
         if key not in listed_exact and comparable_key(key) not in listed_comparable
     )
-    scrubbed.dangling = await _confirm_missing(backend, missing)
-    scrubbed.mismatched = await _mismatches(store, backend, name, listing)
+    scrubbed.dangling = await _confirm_missing(backend, missing, count)
+    scrubbed.mismatched = await _mismatches(store, backend, name, listing, count)
 
     if remove_orphans and scrubbed.orphans:
         await _remove(store, backend, scrubbed)
 
 
-async def _orphan(backend: IBackend, entry: ListedObject) -> Orphan:
+async def _orphan(backend: IBackend, entry: ListedObject, count: Count) -> Orphan:
     """An orphan, with the virtual bucket and key its real key was written for."""
     parsed = parse_real_key(entry.key)
     if parsed is None:
@@ -337,14 +370,17 @@ async def _orphan(backend: IBackend, entry: ListedObject) -> Orphan:
     virtual_key = parsed.key
     if virtual_key is None:  # hashed: the key is in the backend metadata
         try:
-            virtual_key = key_from_metadata((await backend.head_object(entry.key)).metadata)
+            info = await backend.head_object(entry.key)
+            count("HeadObject", 1)
+            virtual_key = key_from_metadata(info.metadata)
         except BackendError:
             virtual_key = None
     return Orphan(entry.key, entry.size, entry.last_modified, parsed.bucket, virtual_key)
 
 
 async def _mismatches(
-    store: MetadataStore, backend: IBackend, name: str, listing: list[ListedObject]
+    store: MetadataStore, backend: IBackend, name: str, listing: list[ListedObject],
+    count: Count,
 ) -> list[Mismatch]:
     """Object rows whose listed size or ETag differs; confirmed with HEAD (a listing may lag)."""
     rows = await store.objects_on(name)
@@ -360,12 +396,13 @@ async def _mismatches(
             info = await backend.head_object(real_key)
         except BackendError:
             continue
+        count("HeadObject", 1)
         if info.size != size or bare_etag(info.etag) != bare_etag(etag):
             found.append(Mismatch(real_key, size, etag, info.size, info.etag))
     return found
 
 
-async def _confirm_missing(backend: IBackend, keys: Iterable[str]) -> list[str]:
+async def _confirm_missing(backend: IBackend, keys: Iterable[str], count: Count) -> list[str]:
     """Keys a HEAD confirms are missing: a listing may lag behind (eventually consistent
     services) or spell a key differently; a row is only called dangling when HEAD agrees."""
     confirmed = []
@@ -374,6 +411,7 @@ async def _confirm_missing(backend: IBackend, keys: Iterable[str]) -> list[str]:
             await backend.head_object(key)
         except BackendNoSuchKey:
             confirmed.append(key)
+        count("HeadObject", 1)
     return confirmed
 
 

@@ -205,7 +205,8 @@ class CopierTests(TestCase):
         self.assertEqual(self.memory_b.calls["put_object"], 0)
         self.assertEqual(self.memory_b.calls["copy_object"], 1)
         source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("mem-b")
-        self.assertEqual((source.class_b, source.bytes_out), (0, 0))
+        # The source's HEAD; no byte read through the daemon.
+        self.assertEqual((source.class_b, source.bytes_out), (1, 0))
         self.assertEqual((target.class_a, target.bytes_in), (1, 0))
 
     async def test_local_directories_copy_server_side(self) -> None:
@@ -217,7 +218,7 @@ class CopierTests(TestCase):
             self.pool.operation_counts("local-a"),
             self.pool.operation_counts("local-b"),
         )
-        self.assertEqual((source.class_b, target.class_a, target.bytes_in), (0, 1, 0))
+        self.assertEqual((source.class_b, target.class_a, target.bytes_in), (1, 1, 0))
 
     async def test_another_service_is_streamed_and_counted(self) -> None:
         data = generated_bytes(400_000, seed=3)
@@ -231,7 +232,8 @@ class CopierTests(TestCase):
         await self.assert_copy(self.local_a, "dst", data)
         self.assertEqual(self.memory_a.calls["get_object"], 1)
         source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("local-a")
-        self.assertEqual((source.class_b, source.bytes_out), (1, len(data)))
+        # HEAD and GET
+        self.assertEqual((source.class_b, source.bytes_out), (2, len(data)))
         self.assertEqual((target.class_a, target.bytes_in), (1, len(data)))
         self.assertEqual(self.pool.reserved("local-a"), 0)
 
@@ -301,7 +303,9 @@ class CopierTests(TestCase):
         self.assertEqual(self.memory_a.calls["get_object"], 2)
         self.assertEqual((await self.memory_b.head_object("dst")).etag, record.etag)
         source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("mem-b")
-        self.assertEqual((source.class_b, source.bytes_out), (2, len(data)))
+        # What a drain's move costs: the source's HEAD and a ranged GET per part (class B);
+        # create, an UploadPart per part and complete on the target (class A).
+        self.assertEqual((source.class_b, source.bytes_out), (3, len(data)))
         self.assertEqual((target.class_a, target.bytes_in), (4, len(data)))
         # A single-part object is copied as without keep_parts (server-side here).
         single = await self.stored(self.memory_a, "one", b"x" * 1000)
@@ -322,7 +326,7 @@ class CopierTests(TestCase):
         info = await self.local_a.head_object("dst")
         self.assertTrue(is_multipart_etag(info.etag), info.etag)
         source, target = self.pool.operation_counts("mem-a"), self.pool.operation_counts("local-a")
-        self.assertEqual((source.class_b, source.bytes_out), (3, len(data)))
+        self.assertEqual((source.class_b, source.bytes_out), (4, len(data)))
         self.assertEqual((target.class_a, target.bytes_in), (5, len(data)))
 
     async def test_a_failed_streamed_part_aborts_the_upload(self) -> None:
@@ -338,6 +342,8 @@ class CopierTests(TestCase):
             await self.memory_b.list_parts("dst", self.memory_b.upload_ids[0])
         await self.assert_absent(self.memory_b, "dst")
         self.assertEqual(self.pool.reserved("mem-b"), 0)
+        # Create and part 1 are class A; the failed part is not counted; the abort is free.
+        self.assertEqual(self.pool.operation_counts("mem-b").class_a, 2)
 
     async def test_a_failed_source_read_mid_multipart_aborts_the_upload(self) -> None:
         data = generated_bytes(3 * PART, seed=7)
@@ -485,7 +491,7 @@ class SeaweedFSCopierTests(TestCase):
             (info.headers.get("content-type"), info.metadata), (HEADERS["content-type"], METADATA)
         )
         source = self.pool.operation_counts("weed-one")
-        self.assertEqual((source.class_b, source.bytes_out), (0, 0))
+        self.assertEqual((source.class_b, source.bytes_out), (1, 0))  # the HEAD
         self.assertEqual(self.pool.operation_counts("weed-two").bytes_in, 0)
 
     async def test_server_side_multipart_between_two_buckets(self) -> None:
@@ -500,7 +506,7 @@ class SeaweedFSCopierTests(TestCase):
         self.assertEqual(
             _md5(await collect(await self.two.get_object("big"))), _md5(generated_bytes(size, 10))
         )
-        self.assertEqual(self.pool.operation_counts("weed-one").class_b, 0)
+        self.assertEqual(self.pool.operation_counts("weed-one").class_b, 1)  # the HEAD
         # create, three part copies, complete
         self.assertEqual(self.pool.operation_counts("weed-two").class_a, 5)
 

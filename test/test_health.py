@@ -308,3 +308,28 @@ class LocalDirectoryHealthTests(unittest.TestCase):
         await monitor.probe_now()
         self.assertTrue(monitor.is_healthy(name))
         self.assertEqual(healthy_gauge(name), 1.0)
+
+
+def test_each_answered_probe_counts_as_a_head_bucket() -> None:
+    """The probe is a HeadBucket (class B) like any other: counted when answered, not when it
+    failed."""
+    clock = Clock()
+    name = unique("counted")
+    backend = ScriptedBackend(name)
+    counted: list[tuple[str, str]] = []
+    monitor = HealthMonitor(
+        lambda: {name: backend},  # type: ignore[dict-item]
+        clock,
+        PERIOD,
+        PROBE_TIMEOUT,
+        record_operation=lambda backend_name, operation: counted.append(
+            (backend_name, operation)
+        ),
+    )
+    monitor.startService()
+    clock.advance(PERIOD)
+    backend.mode = "fail"
+    clock.advance(PERIOD)
+    monitor.stopService()
+    assert backend.probes == 3
+    assert counted == [(name, "HeadBucket")] * 2

@@ -16,6 +16,7 @@ from s3balance.config import MultipartConfig
 from s3balance.db.records import UploadRecord
 from s3balance.housekeeping import DeletionSweeper, UploadExpiry
 from s3balance.multipart import MultipartUploads
+from s3balance.operations import Operation
 from s3balance.web.objects import BytesBody
 from test.support.daemon import Daemon, local_buckets, start_daemon
 
@@ -44,9 +45,9 @@ class FlakyPool:
         return Down()  # type: ignore[return-value]
 
     def record_operation(
-        self, name: str, op_class: str, bytes_in: int = 0, bytes_out: int = 0
+        self, name: str, operation: Operation, bytes_in: int = 0, bytes_out: int = 0
     ) -> None:
-        self.pool.record_operation(name, op_class, bytes_in, bytes_out)
+        self.pool.record_operation(name, operation, bytes_in, bytes_out)
 
 
 class ExpiryTests(unittest.TestCase):

@@ -149,7 +149,10 @@ class LifecycleTests(MultipartCoreCase):
         await self.part(upload.upload_id, 2, b"y" * 10)
         files = await self.backend_files()
         self.assertTrue(any("/uploads/" in f for f in files[upload.backend]))
+        class_a = self.daemon.pool.operation_counts(upload.backend).class_a
         await self.uploads.abort("vb", "k", upload.upload_id)
+        # AbortMultipartUpload is free (R2 bills it nothing): no class A operation counted.
+        self.assertEqual(self.daemon.pool.operation_counts(upload.backend).class_a, class_a)
         self.assertEqual(await self.backend_files(), {name: [] for name in self.backend_names})
         self.assertIsNone(await self.store.get_upload(upload.upload_id))
         await self.assert_s3_error("NoSuchUpload", self.uploads.abort("vb", "k", upload.upload_id))

@@ -173,16 +173,16 @@ def test_class_a_limit_stops_placement_and_class_b_limit_signals_slow_down() -> 
     for i in range(4):
         ranked = fx.pool.choose("v", f"k{i}", 1)
         if ranked[0] == limited:
-            fx.pool.record_operation(limited, "A", bytes_in=10)
+            fx.pool.record_operation(limited, "PutObject", bytes_in=10)
         placed.append(ranked)
     # a, spare, a, spare... until the third class-A operation; then only spare.
     assert fx.pool.operation_counts(limited).class_a == 2
-    fx.pool.record_operation(limited, "A")
+    fx.pool.record_operation(limited, "PutObject")
     assert fx.pool.over_write_limit(limited)
     assert fx.pool.choose("v", "next", 1) == [spare]
     assert not fx.pool.over_read_limit(limited)
-    fx.pool.record_operation(limited, "B", bytes_out=5)
-    fx.pool.record_operation(limited, "B", bytes_out=5)
+    fx.pool.record_operation(limited, "GetObject", bytes_out=5)
+    fx.pool.record_operation(limited, "GetObject", bytes_out=5)
     assert fx.pool.over_read_limit(limited)
     assert not fx.pool.over_read_limit(spare)
     assert (
@@ -202,14 +202,14 @@ def test_class_a_limit_stops_placement_and_class_b_limit_signals_slow_down() -> 
         == 20.0
     )
     with pytest.raises(ValueError):
-        fx.pool.record_operation(limited, "C")
+        fx.pool.record_operation(limited, "A")  # type: ignore[arg-type]  # a class, not an operation
 
 
 def test_a_new_month_resets_the_counts() -> None:
     name = unique("monthly")
     fx = Fixture([BucketConfig(name, operation_limits=OperationLimits(type_a=1))])
     assert month_of(fx.clock.seconds()) == "2031-01"
-    fx.pool.record_operation(name, "A")
+    fx.pool.record_operation(name, "PutObject")
     assert fx.pool.choose("v", "k", 1) == []
     fx.clock.advance(120)  # February, UTC
     assert fx.pool.choose("v", "k", 1) == [name]
@@ -372,8 +372,8 @@ def test_operation_counts_survive_a_new_pool_on_the_same_store(store: MetadataSt
     first = StoreFixture(store, [BucketConfig(name, operation_limits=limits)], clock)
     first.pool.startService()
     for _ in range(2):
-        first.pool.record_operation(name, "A", bytes_in=10)
-    first.pool.record_operation(name, "B", bytes_out=7)
+        first.pool.record_operation(name, "PutObject", bytes_in=10)
+    first.pool.record_operation(name, "GetObject", bytes_out=7)
     fired(first.pool.stopService())  # flushes
 
     second = StoreFixture(store, [BucketConfig(name, operation_limits=limits)], clock)
@@ -381,7 +381,7 @@ def test_operation_counts_survive_a_new_pool_on_the_same_store(store: MetadataSt
     counts = second.pool.operation_counts(name)
     assert (counts.class_a, counts.class_b, counts.bytes_in, counts.bytes_out) == (2, 1, 20, 7)
     assert second.pool.choose("v", "k", 1) == [name]
-    second.pool.record_operation(name, "A")
+    second.pool.record_operation(name, "PutObject")
     assert second.pool.choose("v", "k", 1) == [], "the third class-A operation used the budget"
     fired(second.pool.stopService())
     stored = fired(store.operation_counts("2031-01"))
@@ -398,9 +398,9 @@ def test_counts_of_another_daemon_are_picked_up_at_the_next_flush(store: Metadat
     ours.pool.startService()
     theirs.pool.startService()
     for _ in range(3):
-        theirs.pool.record_operation(name, "A")
-    ours.pool.record_operation(name, "A")
-    ours.pool.record_operation(name, "A")
+        theirs.pool.record_operation(name, "PutObject")
+    ours.pool.record_operation(name, "PutObject")
+    ours.pool.record_operation(name, "PutObject")
     assert ours.pool.operation_counts(name).class_a == 2
     fired(theirs.pool.flush())
     clock.advance(5.0)  # our periodic flush writes ours and reads the total
@@ -418,8 +418,8 @@ def test_counts_are_kept_while_the_database_is_down(store: MetadataStore) -> Non
     fx = StoreFixture(store, [BucketConfig(name)], clock)
     fx.pool.startService()
     with database_down(store):
-        fx.pool.record_operation(name, "A")
-        fx.pool.record_operation(name, "B")
+        fx.pool.record_operation(name, "PutObject")
+        fx.pool.record_operation(name, "GetObject")
         clock.advance(5.0)
         clock.advance(5.0)
         assert fx.pool.operation_counts(name).class_a == 1
@@ -438,14 +438,14 @@ def test_month_roll_over_starts_from_zero_and_keeps_the_old_month(store: Metadat
         store, [BucketConfig(name, operation_limits=OperationLimits(type_a=1))], clock
     )
     fx.pool.startService()
-    fx.pool.record_operation(name, "A")
+    fx.pool.record_operation(name, "PutObject")
     assert fx.pool.choose("v", "k", 1) == []
     clock.advance(60.0)  # 23:59:00 -> 23:60:00, February in UTC; the flush runs on the way
     clock.advance(5.0)
     assert fx.pool.operation_counts(name).month == "2031-02"
     assert fx.pool.choose("v", "k", 1) == [name]
     assert gauge("s3_balance_bucket_operations_month", bucket=name, **{"class": "A"}) == 0
-    fx.pool.record_operation(name, "A")
+    fx.pool.record_operation(name, "PutObject")
     fired(fx.pool.stopService())
     assert fired(store.operation_counts("2031-01"))[name].class_a == 1  # type: ignore[index]
     assert fired(store.operation_counts("2031-02"))[name].class_a == 1  # type: ignore[index]

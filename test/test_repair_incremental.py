@@ -340,11 +340,16 @@ class ReplicatedIncrementalTests(IncrementalRepair):
         await backend.put_object(
             corrupt.real_key, BytesProducer(bad), len(bad), info.headers, info.metadata
         )
+        class_a = self.daemon.pool.operation_counts(name).class_a
         for _ in range(len(keys)):
             await self.run_pass()
         self.assertEqual(await self.bytes_at(corrupt), body_of("logs"))
         self.assertTrue(listed)
         self.assertLessEqual(max(listed), 3, listed)
+        # Each listing is a ListObjectsV2 (class A) on the backend, besides the copy made.
+        self.assertGreaterEqual(
+            self.daemon.pool.operation_counts(name).class_a - class_a, len(listed) + 1
+        )
 
     async def test_progress_shows_in_metrics(self) -> None:
         from s3balance import metrics

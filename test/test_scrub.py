@@ -59,7 +59,20 @@ class ScrubUnderstandsRealKeys(DaemonTestCase, unittest.TestCase):  # type: igno
         # The row's bytes replaced behind its back (what an in-place overwrite used to do).
         (location,) = record.locations
         await _plant(backend, location.real_key, b"other bytes")
-        report = await scrub(self.daemon.store, self.daemon.backends, True, grace=0)
+        counted: list[tuple[str, str, int]] = []
+
+        def count_request(name: str, operation: str, *, requests: int = 1) -> None:
+            counted.append((name, operation, requests))
+
+        report = await scrub(
+            self.daemon.store, self.daemon.backends, True, grace=0, record_operation=count_request
+        )
+        # One listing page; a HEAD for the hashed orphan's key and one for the mismatch; the
+        # orphans' deletes are free.
+        self.assertEqual(
+            sorted(counted),
+            [("r1", "HeadObject", 1), ("r1", "HeadObject", 1), ("r1", "ListObjectsV2", 1)],
+        )
         (mismatch,) = report.backends["r1"].mismatched
         self.assertEqual(
             (mismatch.key, mismatch.recorded_size, mismatch.stored_size),

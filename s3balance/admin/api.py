@@ -750,6 +750,7 @@ class AdminResource(Resource):
             remove_orphans=remove,
             grace=float(grace),
             now=self.daemon.clock.seconds,
+            record_operation=self.daemon.pool.record_operation,
         )
         return report.to_json()
 
