@@ -1,13 +1,13 @@
-"""Paired rounds: two daemons measured alternately, judged on the median of per-round figures.
+"""Paired rounds: two daemons measured close together, judged on the median of per-round figures.
 
 On a shared 2-core machine the CPU a request costs drifts by hundreds of µs within a minute
-(whatever the other tenants run on the sibling core and in the caches). Two medians taken a minute
-apart, then subtracted, carry that drift whole: the ~26 µs SigV4 verification costs in-process
-drowned in swings of ±300 µs between runs of the same code. Runs of the base and the other daemon
-back to back, a few seconds each, see nearly the same machine; each round gives one difference (or
-ratio), and the median over the rounds judges the target while the spread of the rounds says how
-far to trust it. The order alternates (base first, then other first) so that a steady drift, or
-whatever the first run of a round inherits, does not side with either daemon.
+(whatever the other tenants run beside it). Two medians taken a minute apart, then subtracted,
+carry that drift whole: the cost of SigV4 verification drowned in swings of ±300 µs between runs
+of the same code. In a round the base and the other daemon run close together (pinned to one core
+and loaded at the same time where they can share the machine, else back to back); each round gives
+one difference (or ratio), and the median over the rounds judges the target while the spread of
+the rounds says how far to trust it. The order alternates (base first, then other first) so that a
+steady drift, or whatever the first run of a round inherits, does not side with either daemon.
 """
 
 from __future__ import annotations
