@@ -589,10 +589,10 @@ class Bench:
         pids = {path.name: self.middle_pids(path) for path in (base, other)}
         core = max(os.sched_getaffinity(0))
         pin = pinned_to([*pids[base.name], *pids[other.name]], core)
-        with pin if together else contextlib.nullcontext():
-            for number in range(options.pair_rounds):
-                order = (base, other) if base_first(number) else (other, base)
-                try:
+        try:
+            with pin if together else contextlib.nullcontext():
+                for number in range(options.pair_rounds):
+                    order = (base, other) if base_first(number) else (other, base)
                     if together:
                         timed = timed_loads_together([(loads[p.name], pids[p.name]) for p in order])
                     else:
@@ -604,13 +604,13 @@ class Bench:
                         if together and not cpu_us:
                             raise ValueError(f"no CPU time measured for {path.name}")
                         found[path.name] = cpu_us if together else entry.samples[-1]
-                except (clients.TransferError, OSError, ValueError) as e:
-                    rounds.error = str(e)[:300]
-                    if not together:
-                        row.error = rounds.error
-                    self.say(f"  {operation} paired rounds of {other.name} stopped: {e}")
-                    return
-                rounds.add(found[base.name], found[other.name])
+                    rounds.add(found[base.name], found[other.name])
+        except (clients.TransferError, OSError, ValueError) as e:  # OSError: pinning, too
+            rounds.error = str(e)[:300]
+            if not together:
+                row.error = rounds.error
+            self.say(f"  {operation} paired rounds of {other.name} stopped: {e}")
+            return
         self.say(f"  {operation} {options.pair_rounds} rounds paired with {other.name} done")
 
     def signed_requests(self, workdir: str, path: Path, method: str) -> str:
