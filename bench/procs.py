@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -196,3 +196,24 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
             continue  # the thread ended meanwhile
         found[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
     return found
+
+
+@contextlib.contextmanager
+def pinned_to(pids: Sequence[int], cpu: int) -> Iterator[None]:
+    """Every thread of ``pids`` runs on ``cpu`` only inside the block, then where it ran before.
+
+    Threads started inside the block inherit the pin from their creator and keep it.
+    """
+    before: dict[int, set[int]] = {}
+    try:
+        for pid in pids:
+            for entry in os.listdir(f"/proc/{pid}/task"):
+                tid = int(entry)
+                with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+                    before[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {cpu})
+        yield
+    finally:
+        for tid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)

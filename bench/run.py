@@ -18,6 +18,7 @@ measured in the same run, never absolute speeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,17 +35,21 @@ from bench import clients, signed
 from bench.daemon import VIRTUAL_BUCKET, S3BalanceDaemon
 from bench.dbserver import BenchDatabase, short_reason
 from bench.nginx import BACKEND_BUCKET, Nginx, nginx_available
-from bench.procs import cpu_seconds, memory_kib, process_tree
+from bench.paired import Pairs, base_first
+from bench.procs import cpu_seconds, memory_kib, pinned_to, process_tree
 from bench.small import (
     DATABASE_SERVERS,
+    PAIRED_PATHS,
     S3BALANCE_2WORKERS,
     S3BALANCE_SIGV4,
     SMALL_ONLY_PATHS,
     TWISTED_PROXY,
+    paired_lines,
     scaling_line,
     small_table,
     small_verdicts,
     timed_load,
+    timed_loads_together,
 )
 from bench.twistedproxy import TwistedProxy
 
@@ -141,6 +146,8 @@ class Results:
     baselines: dict[str, str] = field(default_factory=dict)
     #: A path not measured because its database server did not answer -> why (not a failure).
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: A path -> its rounds paired with s3balance's (``bench/paired.py``).
+    paired: dict[str, Pairs] = field(default_factory=dict)
 
     def get(self, operation: str, path: str, unit: str) -> Measurement:
         key = (operation, path)
@@ -507,38 +514,137 @@ class Bench:
                     sign,
                 ),
             )
+        paired = self.paired_paths() if options.pair_rounds else []
         for method in ("PUT", "GET"):
             operation = f"{method} {label} x{connections}"
             for rep in range(options.repeat):
                 for path in paths:
-                    prefix = f"/{path.bucket}/small/"
+                    if method == "GET" and PAIRED_PATHS.get(path.name) == "rate" and path in paired:
+                        continue  # measured in the paired rounds below
                     signed_prefix = ""
                     if path.name == S3BALANCE_SIGV4:  # signed afresh: they expire
-                        signed_prefix = signed.write_signed_requests(
-                            os.path.join(workdir, f"signed-{method}-"),
-                            path.base_url,
-                            method,
-                            prefix,
-                            threads,
-                            keys_per_thread,
-                            options.small_size,
-                        )
-
+                        signed_prefix = self.signed_requests(workdir, path, method)
                     entry = self.results.get(operation, path.name, "req/s")
                     load = partial(self.small_load, workdir, path, method, signed_prefix)
                     run = partial(self.small_sample, path, entry, load)
                     measure(self.results, operation, path, "req/s", run)
                 self.say(f"  {operation} round {rep + 1}/{options.repeat} done")
+        for other in paired:
+            self.paired_rounds(workdir, label, other)
         self.record_daemon_memory("after small objects")
 
+    def paired_paths(self) -> list[Path]:
+        """The paths whose small GETs are measured in rounds paired with ``s3balance``'s
+        (:data:`bench.small.PAIRED_PATHS`), when both are running."""
+        if not any(p.name == S3BALANCE for p in self.paths):
+            return []
+        return [p for p in self.small_paths if p.name in PAIRED_PATHS]
+
+    def paired_rounds(self, workdir: str, label: str, other: Path) -> None:
+        """``--pair-rounds`` rounds of small GETs, ``--pair-seconds`` each, on ``s3balance`` and
+        ``other`` (``bench/paired.py``), as :data:`bench.small.PAIRED_PATHS` says:
+
+        * ``cpu``: both daemons pinned to one core and loaded at the same time, each over
+          ``--pair-connections`` of its own. CPU per request is only steady when the two see
+          the same core at the same moment: this machine's cores run the same code up to twice
+          as slow from one second to the next (the other tenants), and two identical daemons
+          measured one after the other differed by ±500 µs a round, against ±50 µs pinned
+          together. Neither run goes to the table.
+        * ``rate``: runs back to back at ``--concurrency``, the order alternating; ``other``'s
+          runs are its row of the table (it is not in the repetitions).
+        """
+        options = self.options
+        base = next(p for p in self.paths if p.name == S3BALANCE)
+        figure = PAIRED_PATHS[other.name]
+        together = figure == "cpu"
+        connections = options.concurrency
+        if together and options.pair_connections:
+            connections = min(options.pair_connections, options.concurrency)
+        operation = f"GET {label} x{connections}"
+        seconds = min(options.pair_seconds, options.small_seconds)
+        rounds = self.results.paired.setdefault(other.name, Pairs(operation))
+        row = self.results.get(f"GET {label} x{options.concurrency}", other.name, "req/s")
+        if row.error:  # its keys could not be written
+            rounds.error = row.error
+            return
+        entries = {
+            base.name: Measurement(operation, base.name, "req/s"),
+            other.name: Measurement(operation, other.name, "req/s") if together else row,
+        }
+        signed_prefix = {base.name: "", other.name: ""}
+        if other.name == S3BALANCE_SIGV4:  # all rounds take well under the 15 minutes allowed
+            signed_prefix[other.name] = self.signed_requests(workdir, other, "GET")
+        loads = {
+            path.name: partial(
+                self.small_load,
+                workdir,
+                path,
+                "GET",
+                signed_prefix[path.name],
+                seconds,
+                connections,
+            )
+            for path in (base, other)
+        }
+        pids = {path.name: self.middle_pids(path) for path in (base, other)}
+        core = max(os.sched_getaffinity(0))
+        pin = pinned_to([*pids[base.name], *pids[other.name]], core)
+        try:
+            with pin if together else contextlib.nullcontext():
+                for number in range(options.pair_rounds):
+                    order = (base, other) if base_first(number) else (other, base)
+                    if together:
+                        timed = timed_loads_together([(loads[p.name], pids[p.name]) for p in order])
+                    else:
+                        timed = [timed_load(loads[p.name], pids[p.name]) for p in order]
+                    found: dict[str, float] = {}
+                    for path, (load, cpu_us) in zip(order, timed, strict=True):
+                        entry = entries[path.name]
+                        entry.samples.append(record_small(entry, load, cpu_us))
+                        if together and not cpu_us:
+                            raise ValueError(f"no CPU time measured for {path.name}")
+                        found[path.name] = cpu_us if together else entry.samples[-1]
+                    rounds.add(found[base.name], found[other.name])
+        except (clients.TransferError, OSError, ValueError) as e:  # OSError: pinning, too
+            rounds.error = str(e)[:300]
+            if not together:
+                row.error = rounds.error
+            self.say(f"  {operation} paired rounds of {other.name} stopped: {e}")
+            return
+        self.say(f"  {operation} {options.pair_rounds} rounds paired with {other.name} done")
+
+    def signed_requests(self, workdir: str, path: Path, method: str) -> str:
+        """Sign the requests of one or more runs on ``path`` up front (``bench/signed.py``).
+
+        :returns: the prefix of their files, for ``clients.run_wrk``.
+        """
+        threads = min(2, self.options.concurrency)
+        return signed.write_signed_requests(
+            os.path.join(workdir, f"signed-{method}-"),
+            path.base_url,
+            method,
+            f"/{path.bucket}/small/",
+            threads,
+            max(1, self.options.small_count // threads),
+            self.options.small_size,
+        )
+
     def small_load(
-        self, workdir: str, path: Path, method: str, signed_prefix: str
+        self,
+        workdir: str,
+        path: Path,
+        method: str,
+        signed_prefix: str,
+        seconds: float | None = None,
+        connections: int | None = None,
     ) -> clients.LoadResult:
         """One timed small-object run against ``path`` with wrk (signed when
-        ``signed_prefix`` names the signed requests) or the thread pool."""
+        ``signed_prefix`` names the signed requests) or the thread pool, for ``seconds``
+        over ``connections`` (``--small-seconds`` and ``--concurrency`` when None)."""
         options = self.options
+        seconds = options.small_seconds if seconds is None else seconds
         prefix = f"/{path.bucket}/small/"
-        connections = options.concurrency
+        connections = options.concurrency if connections is None else connections
         if self.uses_wrk():
             threads = min(2, connections)
             return clients.run_wrk(
@@ -549,7 +655,7 @@ class Bench:
                 max(1, options.small_count // threads),
                 options.small_size,
                 connections,
-                options.small_seconds,
+                seconds,
                 threads=threads,
                 signed_prefix=signed_prefix,
             )
@@ -560,7 +666,7 @@ class Bench:
             max(1, options.small_count // connections),
             options.small_size,
             connections,
-            options.small_seconds,
+            seconds,
         )
 
     def small_sample(
@@ -568,16 +674,7 @@ class Bench:
     ) -> float:
         """req/s of one run; its CPU per request and p99 go to ``entry`` beside it."""
         found, cpu_us = timed_load(load, self.middle_pids(path))
-        if found.failures:
-            raise clients.TransferError(
-                f"{found.failures} of {found.requests + found.failures} requests failed "
-                f"({found.example_failure})"
-            )
-        if cpu_us:
-            entry.cpu_us_per_request.append(cpu_us)
-        if found.p99_seconds is not None:
-            entry.p99_ms.append(found.p99_seconds * 1e3)
-        return found.requests_per_second
+        return record_small(entry, found, cpu_us)
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -603,6 +700,23 @@ class Bench:
                 shutil.rmtree(workdir, ignore_errors=True)
         self.results.notes.append(f"whole run: {time.monotonic() - started:.0f} s")
         return self.results
+
+
+def record_small(entry: Measurement, found: clients.LoadResult, cpu_us: float) -> float:
+    """req/s of one small-object run; its CPU per request and p99 go to ``entry`` beside it.
+
+    :raises clients.TransferError: a request of the run failed.
+    """
+    if found.failures:
+        raise clients.TransferError(
+            f"{found.failures} of {found.requests + found.failures} requests failed "
+            f"({found.example_failure})"
+        )
+    if cpu_us:
+        entry.cpu_us_per_request.append(cpu_us)
+    if found.p99_seconds is not None:
+        entry.p99_ms.append(found.p99_seconds * 1e3)
+    return found.requests_per_second
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -777,7 +891,7 @@ def verdicts(results: Results, sizes: list[int], small_label: str | None) -> lis
                 )
         connections = int(small_label.rsplit("x", 1)[1])
         for target, measured, passed in small_verdicts(
-            results.measurements, small_label, connections, S3BALANCE
+            results.measurements, small_label, connections, S3BALANCE, results.paired
         ):
             found.append(Verdict(target, measured, passed))
     return found
@@ -862,7 +976,14 @@ def small_notes(results: Results, options: argparse.Namespace, paths: list[str])
         lines.append(f"databases: {', '.join(sqlite)}: sqlite; {'; '.join(others)}")
     if S3BALANCE_2WORKERS in paths and options.small_count > 0:
         label = f"{human_size(options.small_size)} x{options.concurrency}"
-        lines.append(scaling_line(results.measurements, label, S3BALANCE))
+        lines.append(scaling_line(results.measurements, label, S3BALANCE, results.paired))
+    if results.paired:
+        seconds = min(options.pair_seconds, options.small_seconds)
+        lines.append(
+            f"paired rounds of {seconds:g} s, {S3BALANCE} and another daemon (median of the "
+            "per-round figures, IQR, range):"
+        )
+        lines += paired_lines(results.paired, S3BALANCE)
     return lines
 
 
@@ -888,6 +1009,10 @@ def to_json(results: Results, options: argparse.Namespace) -> dict[str, Any]:
         ],
         "notes": results.notes,
         "unavailable": results.unavailable,
+        "paired_rounds": [
+            {"path": path, "base_path": S3BALANCE, **vars(rounds)}
+            for path, rounds in results.paired.items()
+        ],
     }
 
 
@@ -912,6 +1037,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--small-size", type=parse_size, default=4096, help="default 4K")
     parser.add_argument("--small-seconds", type=float, help="length of one small-object run (5)")
+    parser.add_argument(
+        "--pair-rounds",
+        type=int,
+        help="rounds of small GETs paired with s3balance's for the SigV4 and two-worker rows "
+        "(10; 0: measure them in the repetitions like the other rows)",
+    )
+    parser.add_argument(
+        "--pair-connections",
+        type=int,
+        default=8,
+        help="connections of each daemon in the rounds that judge SigV4's CPU (8, at most "
+        "--concurrency; 0: --concurrency)",
+    )
+    parser.add_argument(
+        "--pair-seconds",
+        type=float,
+        default=2.0,
+        help="length of each run of a paired round (2, at most --small-seconds)",
+    )
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -953,6 +1097,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         options.small_count = 100 if quick else 1000
     if options.small_seconds is None:
         options.small_seconds = 2.0 if quick else 5.0
+    if options.pair_rounds is None:
+        options.pair_rounds = 4 if quick else 10
     if options.concurrency is None:
         options.concurrency = 8 if quick else 32
     options.paths = [p.strip() for p in options.paths.split(",") if p.strip()]
@@ -961,6 +1107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
     if options.repeat < 1 or options.concurrency < 1 or options.small_seconds <= 0:
         parser.error("--repeat, --concurrency and --small-seconds must be positive")
+    if options.pair_rounds < 0 or options.pair_seconds <= 0 or options.pair_connections in (1,):
+        parser.error("--pair-rounds >= 0, --pair-seconds > 0 and --pair-connections 0 or >= 2")
+    if options.pair_connections < 0:
+        parser.error("--pair-rounds >= 0, --pair-seconds > 0 and --pair-connections 0 or >= 2")
     if options.small_client == "wrk" and not clients.wrk_available():
         parser.error("wrk is not installed (apt-get install wrk), use --small-client python")
     return options
@@ -993,5 +1143,6 @@ def main(argv: list[str] | None = None) -> int:
         bool(results.setup_errors)
         or any(v.passed is False for v in judged)
         or any(m.error for m in results.measurements.values())
+        or any(rounds.error for rounds in results.paired.values())
     )
     return 1 if failed else 0

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from bench.clients import LoadResult
 from bench.dbserver import MARIADB_SERVER, POSTGRES_SERVER
+from bench.paired import Pairs, Spread, describe_difference, describe_ratio, spread
 from bench.procs import cpu_seconds
 
 #: The stock ``twisted.web.proxy.ReverseProxyResource`` (small objects only: it buffers whole
@@ -36,6 +38,14 @@ SMALL_ONLY_PATHS = (
     S3BALANCE_POSTGRES,
     S3BALANCE_MARIADB,
 )
+
+#: Paths judged against the one-worker ``s3balance`` in paired rounds of small GETs
+#: (``bench/paired.py``), and how: ``cpu``, the difference of the CPU per request of the two
+#: daemons loaded at the same time in each round; ``rate``, the ratio of their req/s in runs
+#: back to back (two workers need both cores: they cannot share the machine with the base).
+PAIRED_PATHS = {S3BALANCE_SIGV4: "cpu", S3BALANCE_2WORKERS: "rate"}
+#: ``other path -> its paired rounds`` in one run.
+PairedRounds = Mapping[str, Pairs]
 
 # Targets of issue 15 ("a lean request path"), one worker.
 TARGET_GET_CPU_US = 450.0
@@ -67,6 +77,27 @@ def timed_load(run: Callable[[], LoadResult], pids: Sequence[int]) -> tuple[Load
     used = sum(cpu_seconds(pid) for pid in pids) - before
     sent = load.requests + load.failures
     return load, (used * 1e6 / sent if pids and sent else 0.0)
+
+
+def timed_loads_together(
+    loads: Sequence[tuple[Callable[[], LoadResult], Sequence[int]]],
+) -> list[tuple[LoadResult, float]]:
+    """Run loads at the same time, each charged the CPU time of its own ``pids`` over the
+    window they share (see :func:`timed_load`): whatever else the machine runs meanwhile
+    weighs on all of them alike.
+
+    :returns: per load, in order: its figures and the CPU microseconds per request.
+    """
+    before = [sum(cpu_seconds(pid) for pid in pids) for _, pids in loads]
+    with ThreadPoolExecutor(max_workers=len(loads)) as pool:
+        futures = [pool.submit(run) for run, _ in loads]
+        found = [future.result() for future in futures]
+    timed = []
+    for (_, pids), start, load in zip(loads, before, found, strict=True):
+        used = sum(cpu_seconds(pid) for pid in pids) - start
+        sent = load.requests + load.failures
+        timed.append((load, used * 1e6 / sent if pids and sent else 0.0))
+    return timed
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -124,12 +155,20 @@ def small_table(
 
 
 def worker_scaling(
-    measurements: dict[tuple[str, str], Any], label: str, daemon: str
+    measurements: dict[tuple[str, str], Any],
+    label: str,
+    daemon: str,
+    paired: PairedRounds | None = None,
 ) -> dict[str, float | None]:
     """Method -> req/s of :data:`S3BALANCE_2WORKERS` over req/s of the one-worker ``daemon``
-    (same run), None where either was not measured."""
+    (same run), None where either was not measured: the median of the per-round ratios where
+    the two were paired, else the ratio of their medians."""
     found: dict[str, float | None] = {}
     for method in ("GET", "PUT"):
+        rounds = paired_spread(paired, method, S3BALANCE_2WORKERS)
+        if rounds is not None:
+            found[method] = rounds.median
+            continue
         rates = []
         for path in (S3BALANCE_2WORKERS, daemon):
             entry = measurements.get((f"{method} {label}", path))
@@ -140,12 +179,32 @@ def worker_scaling(
     return found
 
 
-def scaling_line(measurements: dict[tuple[str, str], Any], label: str, daemon: str) -> str:
+def paired_spread(paired: PairedRounds | None, method: str, path: str) -> Spread | None:
+    """The spread of ``path``'s paired rounds against the base: differences of CPU per request
+    or ratios of req/s, as :data:`PAIRED_PATHS` says; None when its ``method`` requests were
+    not paired."""
+    rounds = (paired or {}).get(path)
+    if rounds is None or not rounds.operation.startswith(f"{method} "):
+        return None
+    if PAIRED_PATHS.get(path) == "rate":
+        return spread(rounds.ratios())
+    return spread(rounds.differences())
+
+
+def scaling_line(
+    measurements: dict[tuple[str, str], Any],
+    label: str,
+    daemon: str,
+    paired: PairedRounds | None = None,
+) -> str:
     """The scaling from one worker to two, as the report prints it."""
-    cells = [
-        f"{method} {'-' if ratio is None else f'{ratio:.2f}x'}"
-        for method, ratio in worker_scaling(measurements, label, daemon).items()
-    ]
+    cells = []
+    for method, ratio in worker_scaling(measurements, label, daemon, paired).items():
+        rounds = paired_spread(paired, method, S3BALANCE_2WORKERS)
+        if rounds is not None:
+            cells.append(f"{method} {describe_ratio(rounds)}")
+        else:
+            cells.append(f"{method} {'-' if ratio is None else f'{ratio:.2f}x'}")
     return (
         f"scaling with server.workers: 2 ({S3BALANCE_2WORKERS} req/s / {daemon} req/s, "
         f"{label}): {', '.join(cells)}"
@@ -153,13 +212,20 @@ def scaling_line(measurements: dict[tuple[str, str], Any], label: str, daemon: s
 
 
 def small_verdicts(
-    measurements: dict[tuple[str, str], Any], label: str, connections: int, daemon: str
+    measurements: dict[tuple[str, str], Any],
+    label: str,
+    connections: int,
+    daemon: str,
+    paired: PairedRounds | None = None,
 ) -> list[tuple[str, str, bool | None]]:
     """Issue 15's targets for one worker, as ``(target, measured, passed)``; passed is None
     when this run cannot judge it.
 
     :param label: the small operations' suffix, ``4 KiB x64``.
     :param daemon: the path of the daemon judged (``s3balance``).
+    :param paired: the paired rounds of the run: SigV4's cost and the scaling are judged on
+        the median of their per-round figures where present, else on the medians' difference
+        or ratio (noisy: the two were measured further apart).
     """
 
     def figure(operation: str, path: str, attribute: str) -> float | None:
@@ -198,17 +264,46 @@ def small_verdicts(
     plain = figure(operation, daemon, "cpu_us_per_request")
     signed = figure(operation, S3BALANCE_SIGV4, "cpu_us_per_request")
     target = f"{operation}: SigV4 adds <= {TARGET_SIGV4_EXTRA_US:.0f} µs CPU per request"
-    if plain is None or signed is None:
+    rounds = paired_spread(paired, "GET", S3BALANCE_SIGV4)
+    if rounds is not None:
+        passed = rounds.median <= TARGET_SIGV4_EXTRA_US
+        found.append((target, describe_difference(rounds), passed))
+    elif plain is None or signed is None:
         found.append((target, "not measured", None))
     else:
         extra = signed - plain
         found.append((target, f"{extra:+.0f} µs", extra <= TARGET_SIGV4_EXTRA_US))
-    scaling = worker_scaling(measurements, label, daemon)
+    scaling = worker_scaling(measurements, label, daemon, paired)
     for method, limit in (("GET", TARGET_WORKERS_SCALING), ("PUT", None)):
         ratio = scaling[method]
         judged = f">= {limit:.1f}x one worker" if limit else "vs one worker (no target)"
         target = f"{method} {label}: req/s with 2 workers {judged}"
         measured = "not measured" if ratio is None else f"{ratio:.2f}x"
+        rounds = paired_spread(paired, method, S3BALANCE_2WORKERS)
+        if rounds is not None:
+            measured = describe_ratio(rounds)
         passed = None if ratio is None or limit is None else ratio >= limit
         found.append((target, measured, passed))
     return found
+
+
+def paired_lines(paired: PairedRounds, base: str) -> list[str]:
+    """The paired rounds as the report prints them, one line per comparison: the median of the
+    per-round figures, the quartiles and the range."""
+    lines = []
+    for path, rounds in paired.items():
+        operation = rounds.operation
+        found = paired_spread(paired, operation.split(" ", 1)[0], path)
+        if PAIRED_PATHS.get(path) == "rate":
+            what = f"{path} req/s / {base} req/s"
+            measured = "-" if found is None else describe_ratio(found)
+        else:
+            what = f"{path} CPU/request - {base} CPU/request"
+            measured = "-" if found is None else describe_difference(found)
+        how = "pinned to one core, loaded together" if PAIRED_PATHS.get(path) == "cpu" else (
+            "back to back, the order alternating"
+        )
+        lines.append(f"  {operation}, {how}: {what}: {measured}")
+        if rounds.error:
+            lines.append(f"  ! {operation} via {path}, rounds stopped: {rounds.error}")
+    return lines

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.timeout(180), smoke.needs_nginx_and_curl]
 #: The smallest run of the one command: no large objects, one repetition, a few keys.
 TINY = [
     "--sizes", "none", "--repeat", "1", "--small-count", "8", "--small-seconds", "0.3",
-    "--concurrency", "2",
+    "--concurrency", "2", "--pair-rounds", "2",
 ]  # fmt: skip
 LABEL = "4 KiB x2"
 
@@ -67,10 +67,18 @@ def test_new_rows_are_printed_with_figures(capsys: pytest.CaptureFixture[str]) -
         for path in paths:
             row = rf"^{method} {LABEL}\s+{path}\s+\d+\s+-\s+\d+ µs\s+([\d.]+ ms|-)$"
             assert re.search(row, small, re.M), f"no {method} row for {path}:\n{out}"
-    assert re.search(r"^scaling with server.workers: 2 .*: GET \d+\.\d\dx, PUT \d+\.\d\dx$",
-                     out, re.M), out  # fmt: skip
+    paired = r"\(IQR [\d.]+-[\d.]+, range [\d.]+-[\d.]+, 2 paired rounds\)"
+    assert re.search(
+        rf"^scaling with server.workers: 2 .*: GET \d+\.\d\dx {paired}, PUT \d+\.\d\dx$", out, re.M
+    ), out
     assert re.search(
         rf"^  \[(PASS|FAIL)\] GET {LABEL}: req/s with 2 workers >= 1.4x one worker: \d", out, re.M
+    ), out
+    assert re.search(
+        rf"^  GET {LABEL}, back to back, the order alternating: {S3BALANCE_2WORKERS} req/s / "
+        rf"{S3BALANCE} req/s: \d+\.\d\dx \(IQR",
+        out,
+        re.M,
     ), out
     assert (
         "databases: s3balance, s3balance-2workers: sqlite; s3balance-postgres: postgres; "

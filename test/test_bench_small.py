@@ -4,6 +4,7 @@ p99, and the signed load a SigV4-verifying daemon accepts."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -109,3 +110,30 @@ def test_profile_summary_splits_reactor_and_other_threads_and_skips_idle() -> No
     assert "30 busy samples" in reactor and "100.0%  _serve (s3balance/web/resource.py)" in reactor
     others = "\n".join(top_functions(raw, False, 5))
     assert "10 busy samples" in others and "_get_object (s3balance/db/store.py)" in others
+
+
+@needs_wrk
+def test_one_command_judges_sigv4_on_rounds_pinned_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.run import main
+
+    tiny = ["--sizes", "none", "--repeat", "1", "--small-count", "8", "--small-seconds", "0.3"]
+    paths = f"{S3BALANCE},{S3BALANCE_SIGV4}"
+    code = main([*tiny, "--concurrency", "4", "--pair-rounds", "2", "--paths", paths])
+    out = capsys.readouterr().out
+    spread = r"[+-]\d+ µs \(IQR [+-]\d+\.\.[+-]\d+, range [+-]\d+\.\.[+-]\d+, 2 paired rounds\)"
+    assert re.search(
+        rf"^  GET 4 KiB x4, pinned to one core, loaded together: {S3BALANCE_SIGV4} CPU/request - "
+        rf"{S3BALANCE} CPU/request: {spread}$",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        rf"^  \[(PASS|FAIL)\] GET 4 KiB x4: SigV4 adds <= 100 µs CPU per request: {spread}$",
+        out,
+        re.M,
+    ), out
+    assert re.search(rf"^GET 4 KiB x4\s+{S3BALANCE_SIGV4}\s+\d+", out, re.M), out  # its row stays
+    assert "FAILED" not in out and "error:" not in out, out
+    assert code in (0, 1)

@@ -295,6 +295,8 @@ def test_one_command_runs_every_path(capsys: pytest.CaptureFixture[str]) -> None
             "2",
             "--small-client",
             "python",
+            "--pair-rounds",
+            "2",
         ]
     )
     out = capsys.readouterr().out
