@@ -112,6 +112,32 @@ def test_stall_watch_suspended_never_fires() -> None:
     assert not clock.getDelayedCalls()
 
 
+def test_stall_watch_briefly_suspended_keeps_its_timer_and_fires_on_time() -> None:
+    clock = Clock()
+    watch = StallWatch(clock, 5.0)
+    fired: list[float] = []
+    watch.on_stall = lambda: fired.append(clock.seconds())
+    watch.resume()  # at 0
+    clock.advance(1)
+    scheduled: list[float] = []
+    schedule = clock.callLater
+
+    def counting(delay: float, function: Any, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(delay)
+        return schedule(delay, function, *args, **kwargs)
+
+    clock.callLater = counting  # type: ignore[method-assign]
+    watch.suspend()  # at 1: our side holds things up
+    clock.advance(2)
+    watch.resume()  # at 3: the peer is silent from now on
+    assert scheduled == [], "a pause within the timeout set a new timer"
+    clock.advance(4.9)  # 7.9: the old timer came due at 5 and was set again for 8
+    assert not fired
+    clock.advance(0.2)
+    assert fired == [8.1] and watch.fired
+    assert not clock.getDelayedCalls()
+
+
 def test_background_md5_matches_hashlib() -> None:
     import hashlib
     import os

@@ -249,18 +249,20 @@ class Signer:
             payload = EMPTY_SHA256
         signed["X-Amz-Content-SHA256"] = payload
 
-        values: dict[str, list[str]] = {}
+        # Each value with its runs of whitespace collapsed; several values of one name joined by
+        # commas.  Built in one pass: this runs for every backend request.
+        values: dict[str, str] = {}
         for name, value in signed.items():
             lowered = name.lower()
-            if lowered not in UNSIGNED_HEADERS:
-                values.setdefault(lowered, []).append(value)
+            if lowered in UNSIGNED_HEADERS:
+                continue
+            collapsed = " ".join(value.split())
+            earlier = values.get(lowered)
+            values[lowered] = collapsed if earlier is None else f"{earlier},{collapsed}"
         if "host" not in values:
             raise ValueError("the headers to sign carry no Host")
         names = sorted(values)
-        canonical_headers = "".join(
-            f"{name}:{','.join(' '.join(value.split()) for value in values[name])}\n"
-            for name in names
-        )
+        canonical_headers = "".join([f"{name}:{values[name]}\n" for name in names])
         signed_names = ";".join(name.strip() for name in names)
         canonical = "\n".join(
             [

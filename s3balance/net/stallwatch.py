@@ -39,9 +39,14 @@ class StallWatch:
         self.touch()
 
     def suspend(self) -> None:
-        """We (or our client) are the ones who have to act: not the peer's stall."""
+        """We (or our client) are the ones who have to act: not the peer's stall.
+
+        The timer is left to run: when it comes due on a suspended watch it simply lapses, and a
+        watch resumed before then keeps it (re-armed for what is left since the resumption), so
+        a short pause, such as between a backend's response headers and the reading of its body,
+        costs no timer cancelled and set again.
+        """
         self._active = False
-        self._cancel()
 
     def touch(self) -> None:
         """Something moved: start counting again."""

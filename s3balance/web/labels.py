@@ -63,6 +63,11 @@ class BucketLabels:
     def __len__(self) -> int:
         return len(self._known)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the set was loaded once (:meth:`ready` would fire at once)."""
+        return self._loaded
+
     def ready(self) -> defer.Deferred[None]:
         """Fires once the set was loaded from the store (at once after the first load; a load
         that failed fires too, and the next unknown name tries again)."""

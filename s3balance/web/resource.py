@@ -347,10 +347,13 @@ class _S3Operation(Resource):
         labelled(metrics.S3_OPERATION_DURATION, route.operation).observe(
             max(0.0, self.root.clock.seconds() - started)
         )
-        # Only the first requests wait for the label set to be loaded.
-        self.root.bucket_labels.ready().addCallback(
-            lambda _: self._count_operation(route, status)
-        )
+        # Only the first requests wait for the label set to be loaded (the others count at once,
+        # without a Deferred per request).
+        labels = self.root.bucket_labels
+        if labels.loaded:
+            self._count_operation(route, status)
+            return
+        labels.ready().addCallback(lambda _: self._count_operation(route, status))
 
     def _count_operation(self, route: Route, status: str) -> None:
         labels = self.root.bucket_labels

@@ -135,6 +135,7 @@ class S3Site(Site):
         channel = super().buildProtocol(addr)
         if channel is not None:
             channel.header_timeout = self.header_timeout
+            channel.clock = self.clock
         return channel
 
     def connection_opened(self) -> None:
