@@ -11,12 +11,10 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import sqlalchemy as sa
 from test.dbfixture import POSTGRES_SERVER, ServerDatabase
 from test.support import s3client, unavailable, unique_bucket_name, wait_until
 from test.support.daemon import without_write_ids
+from test.support.postgres import PrivatePostgres, postgres_bin_dir
 from test.support.process import DaemonProcess
 from test.support.scrubbing import assert_process_left_nothing
 from test.support.seaweedfs import SeaweedFS, shared_seaweedfs
@@ -692,49 +691,17 @@ def test_client_gone_mid_get_stops_reading_from_the_backend(tmp_path: Path) -> N
 # -- the metadata database really restarted ---------------------------------------------------
 
 
-def _postgres_cluster() -> tuple[str, str] | None:
-    """(version, name) of the local PostgreSQL cluster that pg_ctlcluster manages, or None."""
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
-        return None
-    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir() if (p / "main").is_dir())
-    return (versions[-1], "main") if versions else None
-
-
-def _pg_ctl(cluster: tuple[str, str], action: str, check: bool = True) -> None:
-    command = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action]
-    if action in ("stop", "restart"):
-        command += ["-m", "fast"]
-    subprocess.run(command, check=check, capture_output=True, timeout=60)
-
-
-def _ensure_postgres_running(cluster: tuple[str, str]) -> None:
-    """Whatever happened, leave the shared server running (other tests use it too)."""
-    if not _pg_ready(3):
-        _pg_ctl(cluster, "start", check=False)
-    assert _pg_ready(30), "PostgreSQL did not come back"
-
-
-def _pg_ready(timeout: float) -> bool:
-    def ready() -> bool:
-        done = subprocess.run(
-            ["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, timeout=10
-        )
-        return done.returncode == 0
-
-    return wait_until(ready, timeout, interval=0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(150)
 def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -> None:
-    database = ServerDatabase(POSTGRES_SERVER)
-    reason = database.unreachable_reason()
-    if reason:
-        unavailable(reason)
-    cluster = _postgres_cluster()
-    if cluster is None or os.geteuid() != 0:
-        pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL server")
+    """On a private PostgreSQL server: the shared one must stay up for the other tests."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        unavailable("PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin) are not installed")
+    server = PrivatePostgres(bin_dir)
+    server.start()
+    database = ServerDatabase(server.server_url)
     url = database.create()
     try:
         config = {
@@ -754,15 +721,14 @@ def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -
             }
             during: list[tuple[str, int, str]] = []
             try:
-                _pg_ctl(cluster, "stop")
+                server.ctl("stop")
                 # The window: the server is down for the few seconds these requests take.
                 for name, request in requests.items():
                     answer = raw_request(daemon.port, request, limit=15)
                     during.append((name, answer.status, answer.s3_code or ""))
                     assert b"Traceback" not in answer.body
             finally:
-                _pg_ctl(cluster, "start", check=False)
-                _ensure_postgres_running(cluster)
+                server.ctl("start")
             # Each answer is whole: a success, or a clean S3 5xx error document...
             for name, status, code in during:
                 assert status == 200 or (500 <= status < 600 and code), (name, status, code)
@@ -787,14 +753,11 @@ def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -
             worker.start()
             try:
                 time.sleep(0.3)
-                _pg_ctl(cluster, "restart")
+                server.ctl("restart")
             finally:
-                try:
-                    _ensure_postgres_running(cluster)
-                finally:
-                    time.sleep(0.5)
-                    stop.set()
-                    worker.join(30)
+                time.sleep(0.5)
+                stop.set()
+                worker.join(30)
             assert not worker.is_alive()
             assert results
             for status, code in results:
@@ -812,4 +775,7 @@ def test_postgres_server_restarted_under_traffic_then_recovery(tmp_path: Path) -
             assert ("during" in keys) == (put_status == 200), (put_status, keys)
         assert_process_left_nothing(daemon.config_path)
     finally:
-        database.drop()
+        try:
+            database.drop()
+        finally:
+            server.destroy()

@@ -16,7 +16,11 @@ from s3balance.web.labels import OTHER_BUCKET
 from test.support.daemon import DaemonTestCase, in_thread
 from test.support.process import DaemonProcess
 
+#: The issue's count, for the daemon process's memory: its 38 MiB leak came from this many.
 UNKNOWN_NAMES = 10_000
+#: In process, one series or one scrape line per unknown name is caught by the exact series
+#: count and the 200-byte scrape bound whatever the count: a fifth of the issue's names suffice.
+UNKNOWN_NAMES_IN_PROCESS = 2_000
 
 
 def operation_series() -> int:
@@ -57,10 +61,10 @@ class BucketLabelTests(DaemonTestCase, unittest.TestCase):
         await self.daemon.resource.bucket_labels.ready()
         series_before = operation_series()
         scrape_before = len(generate_latest(metrics.REGISTRY))
-        paths = [f"/unknown-{index:05d}/key" for index in range(UNKNOWN_NAMES)]
+        paths = [f"/unknown-{index:05d}/key" for index in range(UNKNOWN_NAMES_IN_PROCESS)]
         paths[0] = "/nul%00bucket/key"
         statuses = await in_thread(send_unsigned, port, paths, 180)
-        self.assertEqual(len(statuses), UNKNOWN_NAMES)
+        self.assertEqual(len(statuses), UNKNOWN_NAMES_IN_PROCESS)
         self.assertEqual(set(statuses), {403})
         self.assertEqual(operation_series(), series_before)
         # The scrape does not grow with the names (a counter's digits may).

@@ -70,7 +70,13 @@ class KillingBody(io.RawIOBase):
         return len(chunk)
 
 
-class ReplicasOnTwoServers(TestCase):
+class OnTwoServers(TestCase):
+    """Two fresh SeaweedFS servers and a daemon for every test (tests kill and wipe servers).
+
+    Its tests are split over two subclasses only so that parallel test workers can take one
+    each (a class's tests run together on one worker).
+    """
+
     timeout = 280
 
     def setUp(self) -> defer.Deferred[None]:
@@ -126,6 +132,10 @@ class ReplicasOnTwoServers(TestCase):
         client = self.servers[backend].boto3_client()
         listed = await in_thread(client.list_multipart_uploads, Bucket=weed_bucket(backend))
         return list(listed.get("Uploads", []))
+
+
+class ReplicasOnTwoServers(OnTwoServers):
+    """Writes, reads and deletes with a server down or killed."""
 
     async def test_a_write_lands_on_two_backends_and_counts_twice(self) -> None:
         data = await self.put_big("big")
@@ -320,6 +330,10 @@ class ReplicasOnTwoServers(TestCase):
             self.assertEqual(await self.uploads_on(name), [], name)
             self.assertEqual(self.daemon.usage.usage(name).used_bytes, 0)
         self.assertEqual(await self.daemon.store.due_deletions(1e12), [])
+
+
+class ReplicasRepairedOnTwoServers(OnTwoServers):
+    """Copies lost (a server wiped, killed mid-write, ``replicas`` changed) and repaired."""
 
     async def test_a_server_wiped_and_restarted_empty_gets_every_copy_back(self) -> None:
         written = {f"big{index}": generated_bytes(2 << 20, seed=index) for index in range(3)}

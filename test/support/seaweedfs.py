@@ -141,6 +141,7 @@ class SeaweedFS(S3TestServer):
             "-ip.bind=127.0.0.1",
             f"-master.dir={self.master_dir}",
             f"-master.port={p['master']}",
+            "-master.peers=none",
             f"-master.port.grpc={p['master_grpc']}",
             "-master.volumeSizeLimitMB=64",
             f"-volume.port={p['volume']}",
