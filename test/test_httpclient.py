@@ -363,6 +363,24 @@ class HTTPClientTests(TestCase):
             await client.request("GET", "/k", {"Host": "h"})
         self.assertIn("bad status line", str(raised.exception.reasons[0].value))  # type: ignore[attr-defined]
 
+    async def test_a_chunk_size_that_is_not_plain_hex_fails_the_body(self) -> None:
+        # int(text, 16) also takes "0x5", "+5" and "5_0"; a chunk size is hex digits only.
+        for size in (b"0x5", b"+5", b"5_0"):
+
+            def chunked(
+                server: ScriptedServer, head: bytes, body: bytes, size: bytes = size
+            ) -> None:
+                server.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                server.send(size + b"\r\nhello\r\n0\r\n\r\n")
+
+            site, client, _ = self.serve(chunked)
+            response = await client.request("GET", "/k", {"Host": "h"})
+            collector = Collector()
+            response.deliverBody(collector)
+            [reason] = await collector.done
+            self.assertIn("bad chunk size", str(reason.value), size)
+            self.assertEqual(b"".join(collector.chunks), b"", size)
+
 
 def test_header_values_never_add_a_line() -> None:
     head = encode_head("PUT", "/k", {"Host": "h", "x-amz-meta-a": "1\r\nEvil: yes"}, 3)

@@ -54,6 +54,8 @@ NO_BODY_CODES = frozenset({204, 304})
 _HEAD_END = b"\r\n\r\n"
 #: What a header name must not hold: a colon, white space, anything but ASCII.
 _NOT_IN_NAMES = re.compile(r"[:\s]|[^\x00-\x7f]")
+#: A chunk size: hex digits only, at most 16 of them (a 64-bit length).
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class ProtocolError(Exception):
@@ -537,12 +539,10 @@ class HTTP11Connection(Protocol):
                         self._body_finished(exchange)
                     continue
                 size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size_text!r}") from None
-                if size < 0 or not size_text.isalnum():
+                if not _CHUNK_SIZE.fullmatch(size_text):
+                    # int(text, 16) alone would also take "0x5", "+5" and "5_0".
                     raise ProtocolError(f"bad chunk size {size_text!r}")
+                size = int(size_text, 16)
                 if size == 0:
                     self._state = "trailer"
                 else:
