@@ -143,7 +143,9 @@ def test_a_daemonising_twistd_reports_the_port_in_use_and_exits(tmp_path: Path) 
         )  # fmt: skip
     assert result.returncode == 1, result
     assert f"cannot listen on tcp:{port}" in result.stderr
-    assert not (tmp_path / "twistd.pid").exists()
+    # twistd's child writes its word to the parent before it removes the pid file, so the
+    # parent may exit a moment before the file is gone: wait for the child's cleanup.
+    assert wait_until(lambda: not (tmp_path / "twistd.pid").exists(), timeout=10, interval=0.05)
 
 
 def test_an_outdated_schema_refuses_to_start_without_auto_migrate(tmp_path: Path) -> None:
