@@ -11,6 +11,8 @@ import pytest
 from botocore.credentials import Credentials
 
 from s3balance.auth import sigv4
+from s3balance.auth.authenticator import unsigned_amz_headers
+from s3balance.auth.headers import RequestHeaders
 from s3balance.errors import S3Error
 from test.test_auth_support import (
     ACCESS_KEY,
@@ -155,6 +157,31 @@ def test_unsigned_amz_header_is_rejected() -> None:
     assert caught.value.extra["HeadersNotSigned"] == "x-amz-meta-late"
     # Headers outside x-amz-* may be added by proxies and need no signature.
     assert sigv4_request("GET", "/b/k").with_header("User-Agent", "x").verify(authenticator())
+
+
+def test_unsigned_amz_headers_reads_signed_names_in_any_spelling() -> None:
+    """Names listed as sent (lower case) are matched as they are; a name listed in another case
+    or with spaces still counts as signed, and what is left is reported sorted."""
+    headers = RequestHeaders(
+        [
+            ("X-Amz-Date", "20260101T000000Z"),
+            ("x-amz-meta-b", "1"),
+            ("x-amz-meta-a", "2"),
+            ("X-Amz-Acl", "private"),
+            ("x-amz-content-sha256", sigv4.UNSIGNED_PAYLOAD),
+            ("Host", "h"),
+        ]
+    )
+    assert unsigned_amz_headers(headers, ["host", "x-amz-date"]) == [
+        "x-amz-acl",
+        "x-amz-meta-a",
+        "x-amz-meta-b",
+    ]
+    assert unsigned_amz_headers(headers, ["host", " X-Amz-Acl", "x-amz-date", "X-AMZ-META-B"]) == [
+        "x-amz-meta-a"
+    ]
+    everything = ["host", "x-amz-acl", "x-amz-date", "x-amz-meta-a", "x-amz-meta-b"]
+    assert unsigned_amz_headers(headers, everything) == []
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ filter :meth:`Authenticator.body_filter` returns, since bodies stream after the 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,11 +107,13 @@ def _bytes_listing(text: str) -> str:
     return " ".join(f"{b:02x}" for b in encode_signed_text(text))
 
 
+@functools.lru_cache(maxsize=64)
 def _parse_amz_date(value: str) -> float | None:
     """``YYYYMMDDTHHMMSSZ`` as seconds since the epoch; None when it is no such time.
 
     The form every client sends is read by slicing (``strptime`` was a sixth of verifying a
     signature); anything else goes to ``strptime``, which accepts what it always accepted.
+    Kept for the last few values: a busy client signs many requests in the same second.
     """
     try:
         if _AMZ_DATE.fullmatch(value):
@@ -148,14 +151,19 @@ def unsigned_amz_headers(hdrs: RequestHeaders, signed_names: Sequence[str]) -> l
     for ``host`` alone must not carry any.  The one exception, :data:`UNSIGNED_AMZ_HEADERS_ALLOWED`,
     is bound into the signature through its value anyway.
     """
-    signed = {name.strip().lower() for name in signed_names}
-    return sorted(
+    # Every signed request has some (``x-amz-date`` at least), and every client lists them as
+    # they are named (lower case): the names are normalised only for one not found as listed.
+    unlisted = [
         name
         for name in hdrs.names()
         if name.startswith("x-amz-")
-        and name not in signed
         and name not in UNSIGNED_AMZ_HEADERS_ALLOWED
-    )
+        and name not in signed_names
+    ]
+    if not unlisted:
+        return []
+    signed = {name.strip().lower() for name in signed_names}
+    return sorted(name for name in unlisted if name not in signed)
 
 
 def _is_sha256_hex(value: str) -> bool:

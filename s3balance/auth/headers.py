@@ -55,7 +55,10 @@ class RequestHeaders:
         built = cls()
         values = built._values
         for raw_name, raw_values in headers.getAllRawHeaders():
-            decoded = [decode_header_bytes(v) for v in raw_values]
+            if len(raw_values) == 1:  # nearly always: no comprehension to run
+                decoded = [raw_values[0].decode("utf-8", "surrogateescape")]
+            else:
+                decoded = [decode_header_bytes(v) for v in raw_values]
             name = raw_name.decode("latin-1").lower()
             present = values.get(name)
             if present is None:

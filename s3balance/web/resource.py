@@ -48,6 +48,7 @@ from s3balance.auth.authenticator import Authenticator
 from s3balance.auth.chunked import Sha256PayloadVerifier
 from s3balance.auth.credentials import KeyRing
 from s3balance.auth.headers import RequestHeaders
+from s3balance.auth.sigv4 import EMPTY_SHA256
 from s3balance.config import Config
 from s3balance.db.errors import MetadataUnavailable
 from s3balance.gateway import Gateway
@@ -229,11 +230,14 @@ class S3Resource(Resource):
                 request.payload_filter = payload_filter  # type: ignore[attr-defined]
         elif result.identity is not None:
             # A buffered body is whole by now: its signed SHA-256 can be checked at once (its
-            # headers were authenticated before it was read, see body_limit).
-            payload_filter = self.authenticator.body_filter(result, headers)
-            if isinstance(payload_filter, Sha256PayloadVerifier):
-                payload_filter.feed(_buffered_body(request))
-                payload_filter.finish()
+            # headers were authenticated before it was read, see body_limit). No body signed as
+            # none (every GET, HEAD and DELETE an SDK sends) has nothing to hash.
+            buffered = _buffered_body(request)
+            if buffered or result.payload != EMPTY_SHA256:
+                payload_filter = self.authenticator.body_filter(result, headers)
+                if isinstance(payload_filter, Sha256PayloadVerifier):
+                    payload_filter.feed(buffered)
+                    payload_filter.finish()
         identity = result.identity
         if identity is not None:
             write = writes(route.operation)
