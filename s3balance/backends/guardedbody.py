@@ -35,6 +35,14 @@ class GuardedBody:
     has paused us (the backend is not reading), and holds back the last byte until the body's
     Deferred succeeds: if the body fails at the very end (a bad checksum found after the last
     chunk), the backend never receives the complete body and cannot store it.
+
+    There are two hold-backs on purpose.  :class:`s3balance.web.requestbody.RequestBody` holds
+    back the client's last chunk until its filters (digest, signature, aws-chunked decoding) have
+    given their verdict; it guards only bodies that come from a client.  This one sits in every
+    backend's put path (S3, local, memory) and guards whatever producer it is given, whatever its
+    source, together with the declared length.  Neither is removed until tests show the other
+    covers every case (short, long, aws-chunked length mismatch, client gone mid-body, for each
+    backend).
     """
 
     def __init__(

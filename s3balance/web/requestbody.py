@@ -62,7 +62,10 @@ class RequestBody:
     are handed out, so filters added after the first bytes arrived still see every byte.  The
     last chunk of output is always held back until the end of input has been verified by every
     filter's ``finish()`` (the hold-back rule): a backend never receives a complete object that
-    failed its digest or signature.
+    failed its digest or signature.  This is the front end of the rule and knows the filters'
+    verdict; :class:`s3balance.backends.guardedbody.GuardedBody` is the backend end, holding back
+    the last byte of any body on its way to any backend (it knows nothing of filters).  Both
+    stay until tests show one covers every case the other does.
 
     :param length: the decoded body length a consumer will get, or ``UNKNOWN_LENGTH``; the front
         may reassign it (aws-chunked) before ``startProducing``.
