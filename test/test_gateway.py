@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -31,7 +30,7 @@ from test.support.bodies import (
     collect,
     generated_md5,
 )
-from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.support.daemon import InProcessDaemon
 from test.test_pool import database_down
 
 
@@ -51,25 +50,8 @@ class HeldBody(IgnoresFlowControl):
         return self.release
 
 
-class GatewayTestCase(unittest.TestCase):
+class GatewayTestCase(InProcessDaemon, unittest.TestCase):
     timeout = 60
-    backend_names = ["r1", "r2"]
-
-    def configure(self, config: Config) -> None:
-        pass
-
-    async def _start(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="s3b-gw-")
-        self.addCleanup(shutil.rmtree, self.workdir, True)
-        self.daemon: Daemon = await start_daemon(
-            self.workdir, local_buckets(self.workdir, self.backend_names), configure=self.configure
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(self.daemon.stop()))
-        self.gateway = self.daemon.gateway
-        self.store = self.daemon.store
-
-    def setUp(self) -> defer.Deferred[None]:
-        return defer.ensureDeferred(self._start())
 
     async def put(self, key: str, data: bytes, bucket: str = "vb") -> Any:
         return await self.gateway.put_object(
@@ -131,8 +113,8 @@ class PlacementTests(GatewayTestCase):
 class RetryTests(GatewayTestCase):
     """The first backend refuses before reading the body: the next one takes the object."""
 
-    async def _start(self) -> None:
-        await super()._start()
+    async def start(self) -> None:
+        await super().start()
         # Let the backend finish preparing its directory (its disk threads walk it), then pull
         # the disk away: the local backend answers BackendUnavailable before the body.
         await self.daemon.pool.get("r1").capacity()

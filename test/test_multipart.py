@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from s3balance import errors
-from s3balance.config import Config
 from s3balance.db.records import ObjectRecord
 from s3balance.etags import multipart_etag
 from s3balance.multipart import (
@@ -27,7 +24,7 @@ from s3balance.multipart import (
 from s3balance.parts import parse_part_number, part_range, parts_count
 from s3balance.web.objects import BytesBody
 from test.support.bodies import BodyFailed, GeneratedBody, collect, generated_bytes
-from test.support.daemon import Daemon, local_buckets, start_daemon
+from test.support.daemon import InProcessDaemon
 
 SMALL_MIN = 1024
 
@@ -37,27 +34,13 @@ def md5_etag(*chunks: bytes) -> str:
     return f'"{hashlib.md5(joined).hexdigest()}-{len(chunks)}"'
 
 
-class MultipartCoreCase(unittest.TestCase):
+class MultipartCoreCase(InProcessDaemon, unittest.TestCase):
     timeout = 60
-    backend_names = ["r1", "r2"]
     min_part_size = SMALL_MIN
 
-    def configure(self, config: Config) -> None:
-        pass
-
-    async def _start(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="s3b-mp-")
-        self.addCleanup(shutil.rmtree, self.workdir, True)
-        self.daemon: Daemon = await start_daemon(
-            self.workdir, local_buckets(self.workdir, self.backend_names), configure=self.configure
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(self.daemon.stop()))
-        self.gateway = self.daemon.gateway
-        self.store = self.daemon.store
+    async def start(self) -> None:
+        await super().start()
         self.uploads = MultipartUploads(self.gateway, min_part_size=self.min_part_size)
-
-    def setUp(self) -> defer.Deferred[None]:
-        return defer.ensureDeferred(self._start())
 
     async def part(self, upload_id: str, number: int, data: bytes, key: str = "k") -> str:
         record = await self.uploads.upload_part(

@@ -241,16 +241,20 @@ async def start_daemon(
     return daemon
 
 
-class DaemonTestCase:
-    """Mixin for ``twisted.trial.unittest.TestCase``: a daemon over local-directory backends
-    (``backend_names``), and ``self.s3`` a boto3 client with boto3's default settings
-    (aws-chunked uploads with a CRC32 trailer)."""
+class InProcessDaemon:
+    """Mixin for ``twisted.trial.unittest.TestCase``: ``self.daemon`` runs over the real buckets of
+    :meth:`real_bucket_configs` (local directories named ``backend_names`` by default) in a fresh
+    temporary directory, stopped and removed at cleanup; ``self.gateway`` and ``self.store`` are
+    its own."""
 
     backend_names = ["r1", "r2"]
-    client_options: dict[str, Any] = {}
+    workdir: str
+    daemon: Daemon
+    gateway: Gateway
+    store: MetadataStore
 
     def configure(self, config: Config) -> None:
-        pass
+        """Change the configuration before the daemon starts (nothing by default)."""
 
     def real_bucket_configs(self, workdir: str) -> list[BucketConfig]:
         return local_buckets(workdir, self.backend_names)
@@ -259,7 +263,7 @@ class DaemonTestCase:
         import shutil
         import tempfile
 
-        self.workdir = tempfile.mkdtemp(prefix="s3b-e2e-")
+        self.workdir = tempfile.mkdtemp(prefix="s3b-test-")
         self.addCleanup(shutil.rmtree, self.workdir, True)  # type: ignore[attr-defined]
         self.daemon = await start_daemon(
             self.workdir, self.real_bucket_configs(self.workdir), configure=self.configure
@@ -267,10 +271,22 @@ class DaemonTestCase:
         self.addCleanup(  # type: ignore[attr-defined]
             lambda: defer.ensureDeferred(self.daemon.stop())
         )
-        self.s3 = self.daemon.client(**self.client_options)
+        self.gateway = self.daemon.gateway
+        self.store = self.daemon.store
 
     def setUp(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self.start())
+
+
+class DaemonTestCase(InProcessDaemon):
+    """:class:`InProcessDaemon`, and ``self.s3`` a boto3 client with boto3's default settings
+    (aws-chunked uploads with a CRC32 trailer)."""
+
+    client_options: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        await super().start()
+        self.s3 = self.daemon.client(**self.client_options)
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """A blocking (boto3) call, run off the reactor thread.
