@@ -514,13 +514,7 @@ class HTTP11Connection(Protocol):
             elif state == "length":
                 if not self._buffer:
                     return
-                data, self._buffer = (
-                    self._buffer[: self._remaining],
-                    self._buffer[self._remaining :],
-                )
-                self._remaining -= len(data)
-                exchange.body_data(data)
-                if self._remaining == 0:
+                if self._deliver_counted(exchange):
                     self._body_finished(exchange)
             elif state == "close":
                 data, self._buffer = self._buffer, b""
@@ -551,13 +545,7 @@ class HTTP11Connection(Protocol):
             elif state == "chunk-data":
                 if not self._buffer:
                     return
-                data, self._buffer = (
-                    self._buffer[: self._remaining],
-                    self._buffer[self._remaining :],
-                )
-                self._remaining -= len(data)
-                exchange.body_data(data)
-                if self._remaining == 0:
+                if self._deliver_counted(exchange):
                     self._state = "chunk-end"
             elif state == "chunk-end":
                 if len(self._buffer) < 2:
@@ -568,6 +556,14 @@ class HTTP11Connection(Protocol):
                 self._state = "chunk-size"
             else:
                 raise ProtocolError(f"bytes after the response ({state})")
+
+    def _deliver_counted(self, exchange: Exchange) -> bool:
+        """Hand on what the buffer holds of the ``_remaining`` bytes of a counted body (a
+        Content-Length body or one chunk); whether that was the last of them."""
+        data, self._buffer = self._buffer[: self._remaining], self._buffer[self._remaining :]
+        self._remaining -= len(data)
+        exchange.body_data(data)
+        return self._remaining == 0
 
     def _parse_head(self, exchange: Exchange) -> bool:
         end = self._buffer.find(_HEAD_END)
