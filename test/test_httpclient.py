@@ -209,15 +209,14 @@ class HTTPClientTests(TestCase):
         await self.get_body(client)
         self.assertEqual(len(site.connections), 2)
 
-    async def test_a_connection_the_server_closed_between_requests_is_retried_once(
-        self,
-    ) -> None:
+    async def idle_connection_the_server_will_drop(self) -> tuple[Site, HTTPClient]:
+        """A client with one idle kept-alive connection, which the server closes as the next
+        request arrives on it (nothing answered); requests on new connections are answered."""
         site, client, _ = self.serve(ok())
         await self.get_body(client)
         first = site.connections[0]
 
         def drop_first(server: ScriptedServer, head: bytes, body: bytes) -> None:
-            # The reused connection is closed as the request arrives: nothing was answered.
             if server is first:
                 assert server.transport is not None
                 server.transport.abortConnection()
@@ -225,23 +224,18 @@ class HTTPClientTests(TestCase):
                 ok()(server, head, body)
 
         site.handler = drop_first
+        return site, client
+
+    async def test_a_connection_the_server_closed_between_requests_is_retried_once(
+        self,
+    ) -> None:
+        site, client = await self.idle_connection_the_server_will_drop()
         _, body = await self.get_body(client)
         self.assertEqual(body, b"hello")
         self.assertEqual(len(site.connections), 2)
 
     async def test_a_request_with_a_body_is_not_sent_again(self) -> None:
-        site, client, _ = self.serve(ok())
-        await self.get_body(client)
-        first = site.connections[0]
-
-        def drop_first(server: ScriptedServer, head: bytes, body: bytes) -> None:
-            if server is first:
-                assert server.transport is not None
-                server.transport.abortConnection()
-            else:
-                ok()(server, head, body)
-
-        site.handler = drop_first
+        site, client = await self.idle_connection_the_server_will_drop()
         with self.assertRaises(ResponseNeverReceived):
             await client.request("PUT", "/k", {"Host": "h"}, small_body=b"data")
         self.assertEqual(len(site.connections), 1)
